@@ -1,0 +1,52 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP     := $(VENV)/.dev-installed
+
+# The test suite talks to the machine's real PostgreSQL and Redis.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
+TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	SECRET_KEY=test-secret-key-for-the-suite-only-0123456789abcdefghijklmnopqrstuvwxyz \
+	DEBUG=false SECURE_SSL_REDIRECT=false ALLOWED_HOSTS=testserver,127.0.0.1,localhost \
+	MODEL_STORAGE_ROOT=$(CURDIR)/var/test-models
+
+.PHONY: run test install install-dev services migrate demo check-deploy clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(RUNTIME_STAMP): requirements.txt | $(PY)
+	$(PIP) install -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PIP) install -r requirements-dev.txt
+	touch $@ $(RUNTIME_STAMP)
+
+install: $(RUNTIME_STAMP)
+install-dev: $(DEV_STAMP)
+
+## run: set up and start web, worker and beat on http://127.0.0.1:8000 (Ctrl-C stops all)
+run: $(RUNTIME_STAMP)
+	@scripts/run.sh
+
+## test: set up and run the whole suite against the real PostgreSQL and Redis
+test: $(DEV_STAMP) services
+	$(TEST_ENV) $(PY) manage.py collectstatic --noinput -v0
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+services:
+	@scripts/ensure_services.sh
+
+## check-deploy: Django's production checks with production-like values
+check-deploy: $(RUNTIME_STAMP)
+	DEBUG=false SECRET_KEY=$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(64))') \
+	ALLOWED_HOSTS=modelhost.example.com DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	$(PY) manage.py check --deploy --fail-level WARNING
+
+clean:
+	rm -rf $(VENV) var staticfiles

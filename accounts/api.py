@@ -1,0 +1,253 @@
+"""REST API for accounts: registration, JWT, the caller, organizations, members, keys, audit."""
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+
+from accounts import selectors, services
+from accounts.models import Role
+from accounts.principals import caller_from_request
+from platform_site.pagination import Pagination
+from platform_site.serializers import StrictSerializer
+
+
+def paginated(request, view, queryset, serializer_class) -> Response:
+    paginator = Pagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+class UserOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    email = serializers.EmailField()
+    name = serializers.CharField()
+    date_joined = serializers.DateTimeField()
+
+
+class OrganizationOutputSerializer(serializers.Serializer):
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    role = serializers.CharField(source="caller_role", default=None)
+
+
+class RegisterApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(StrictSerializer):
+        email = serializers.EmailField()
+        password = serializers.CharField(write_only=True, trim_whitespace=False)
+        name = serializers.CharField(required=False, allow_blank=True, max_length=150, default="")
+        organization = serializers.CharField(required=False, allow_blank=True, max_length=150, default="")
+
+    @extend_schema(request=InputSerializer, responses={201: UserOutputSerializer})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user, org = services.register_user(**data.validated_data, ip_address=request.META.get("REMOTE_ADDR"))
+        org.caller_role = Role.OWNER
+        return Response(
+            {"user": UserOutputSerializer(user).data, "organization": OrganizationOutputSerializer(org).data},
+            status=status.HTTP_201_CREATED,
+        )
+
+
+class TokenObtainApi(TokenObtainPairView):
+    """`{email, password}` -> `{access, refresh}`."""
+
+
+class TokenRefreshApi(TokenRefreshView):
+    """`{refresh}` -> `{access}`."""
+
+
+class MeApi(APIView):
+    def get(self, request):
+        caller = caller_from_request(request)
+        if caller.api_key is not None:
+            key = caller.api_key
+            return Response(
+                {
+                    "api_key": {"prefix": key.prefix, "name": key.name, "scopes": sorted(key.scopes)},
+                    "organizations": [{"slug": key.organization_slug, "role": None}],
+                }
+            )
+        memberships = selectors.memberships_of_user(user=request.user)
+        return Response(
+            {
+                "user": UserOutputSerializer(request.user).data,
+                "organizations": [
+                    {"slug": m.organization.slug, "name": m.organization.name, "role": m.role} for m in memberships
+                ],
+            }
+        )
+
+
+class OrganizationListApi(APIView):
+    class InputSerializer(StrictSerializer):
+        name = serializers.CharField(max_length=150)
+        slug = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
+
+    def get(self, request):
+        caller = caller_from_request(request)
+        if caller.api_key is not None:
+            orgs = list(selectors.organizations_for_caller(caller=caller))
+        else:
+            orgs = []
+            for membership in selectors.memberships_of_user(user=request.user):
+                membership.organization.caller_role = membership.role
+                orgs.append(membership.organization)
+        return Response({"count": len(orgs), "results": OrganizationOutputSerializer(orgs, many=True).data})
+
+    @extend_schema(request=InputSerializer, responses={201: OrganizationOutputSerializer})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        org = services.create_organization(caller=caller_from_request(request), **data.validated_data)
+        org.caller_role = Role.OWNER
+        return Response(OrganizationOutputSerializer(org).data, status=status.HTTP_201_CREATED)
+
+
+class OrganizationDetailApi(APIView):
+    class InputSerializer(StrictSerializer):
+        name = serializers.CharField(max_length=150)
+
+    def get(self, request, org: str):
+        organization = selectors.organization_for_caller(caller=caller_from_request(request), slug=org)
+        return Response(OrganizationOutputSerializer(organization).data)
+
+    @extend_schema(request=InputSerializer, responses={200: OrganizationOutputSerializer})
+    def patch(self, request, org: str):
+        caller = caller_from_request(request)
+        organization = selectors.organization_for_caller(caller=caller, slug=org, min_role=Role.ADMIN)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.rename_organization(caller=caller, organization=organization, name=data.validated_data["name"])
+        return Response(OrganizationOutputSerializer(organization).data)
+
+
+class MembershipOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    email = serializers.EmailField(source="user.email")
+    name = serializers.CharField(source="user.name")
+    role = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class MemberListApi(APIView):
+    class InputSerializer(StrictSerializer):
+        email = serializers.EmailField()
+        role = serializers.CharField(default=Role.MEMBER)
+
+    def get(self, request, org: str):
+        organization = selectors.organization_for_caller(caller=caller_from_request(request), slug=org)
+        return paginated(request, self, selectors.members_of(organization=organization), MembershipOutputSerializer)
+
+    @extend_schema(request=InputSerializer, responses={201: MembershipOutputSerializer})
+    def post(self, request, org: str):
+        caller = caller_from_request(request)
+        organization = selectors.organization_for_caller(caller=caller, slug=org)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = services.add_member(caller=caller, organization=organization, **data.validated_data)
+        return Response(MembershipOutputSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+class MemberDetailApi(APIView):
+    class InputSerializer(StrictSerializer):
+        role = serializers.CharField()
+
+    def get(self, request, org: str, member_id: int):
+        organization = selectors.organization_for_caller(caller=caller_from_request(request), slug=org)
+        return Response(MembershipOutputSerializer(selectors.membership_in(organization=organization, membership_id=member_id)).data)
+
+    @extend_schema(request=InputSerializer, responses={200: MembershipOutputSerializer})
+    def patch(self, request, org: str, member_id: int):
+        caller = caller_from_request(request)
+        organization = selectors.organization_for_caller(caller=caller, slug=org)
+        membership = selectors.membership_in(organization=organization, membership_id=member_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.change_member_role(caller=caller, membership=membership, role=data.validated_data["role"])
+        return Response(MembershipOutputSerializer(membership).data)
+
+    def delete(self, request, org: str, member_id: int):
+        caller = caller_from_request(request)
+        organization = selectors.organization_for_caller(caller=caller, slug=org)
+        membership = selectors.membership_in(organization=organization, membership_id=member_id)
+        services.remove_member(caller=caller, membership=membership)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ApiKeyOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    created_by = serializers.EmailField(source="created_by.email", default=None)
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    revoked_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField()
+
+
+class ApiKeyListApi(APIView):
+    class InputSerializer(StrictSerializer):
+        name = serializers.CharField(max_length=100)
+        scopes = serializers.ListField(child=serializers.CharField(), allow_empty=True)
+        expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+    def get(self, request, org: str):
+        organization = selectors.organization_for_caller(caller=caller_from_request(request), slug=org)
+        return paginated(request, self, selectors.api_keys_of(organization=organization), ApiKeyOutputSerializer)
+
+    @extend_schema(request=InputSerializer, responses={201: ApiKeyOutputSerializer})
+    def post(self, request, org: str):
+        caller = caller_from_request(request)
+        organization = selectors.organization_for_caller(caller=caller, slug=org)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        key, plaintext = services.create_api_key(caller=caller, organization=organization, **data.validated_data)
+        body = ApiKeyOutputSerializer(key).data
+        body["key"] = plaintext
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class ApiKeyDetailApi(APIView):
+    def get(self, request, org: str, key_id: int):
+        organization = selectors.organization_for_caller(caller=caller_from_request(request), slug=org)
+        return Response(ApiKeyOutputSerializer(selectors.api_key_in(organization=organization, key_id=key_id)).data)
+
+    def delete(self, request, org: str, key_id: int):
+        caller = caller_from_request(request)
+        organization = selectors.organization_for_caller(caller=caller, slug=org)
+        key = selectors.api_key_in(organization=organization, key_id=key_id)
+        services.revoke_api_key(caller=caller, key=key)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AuditEventOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    action = serializers.CharField()
+    actor = serializers.EmailField(source="actor.email", default=None)
+    actor_api_key = serializers.CharField(source="actor_api_key.prefix", default=None)
+    target_type = serializers.CharField()
+    target_id = serializers.CharField()
+    data = serializers.JSONField()
+    ip_address = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class AuditEventListApi(APIView):
+    def get(self, request, org: str):
+        caller = caller_from_request(request)
+        organization = selectors.organization_for_caller(caller=caller, slug=org, min_role=Role.ADMIN)
+        events = selectors.audit_events_of(organization=organization)
+        action = request.query_params.get("action")
+        if action:
+            events = events.filter(action=action)
+        return paginated(request, self, events, AuditEventOutputSerializer)

@@ -1,0 +1,259 @@
+"""Writes and rules for accounts: registration, organizations, memberships, API keys, audit."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from accounts import selectors
+from accounts.authentication import forget_cached_keys
+from accounts.keys import generate_key, hash_key
+from accounts.models import ROLE_RANK, ApiKey, AuditEvent, Membership, Organization, Role, Scope, User
+from accounts.principals import Caller
+from platform_site.errors import Conflict, InvalidInput, PermissionDenied
+
+RESERVED_SLUGS = {"api", "admin", "static", "v2", "new", "me", "orgs", "models", "login", "logout", "signup"}
+
+
+def record_audit_event(
+    *,
+    organization: Organization,
+    caller: Caller | None,
+    action: str,
+    target: Any = None,
+    data: dict | None = None,
+) -> AuditEvent:
+    return AuditEvent.objects.create(
+        organization=organization,
+        actor=caller.person if caller else None,
+        actor_api_key_id=caller.api_key.id if caller and caller.api_key else None,
+        action=action,
+        target_type=target._meta.model_name if target is not None else "",
+        target_id=str(target.pk) if target is not None else "",
+        data=data or {},
+        ip_address=caller.ip_address if caller else None,
+    )
+
+
+def _check_password(password: str, *, user: User | None = None) -> None:
+    try:
+        validate_password(password, user=user)
+    except DjangoValidationError as exc:
+        raise InvalidInput(
+            "The password is too weak: " + " ".join(exc.messages),
+            errors=[{"field": "password", "message": message} for message in exc.messages],
+        ) from None
+
+
+def _unique_slug(base: str) -> str:
+    base = (slugify(base) or "org")[:40].strip("-") or "org"
+    if base in RESERVED_SLUGS:
+        base = f"{base}-org"
+    slug, n = base, 1
+    while Organization.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+def _check_slug(slug: str) -> None:
+    if slug != slugify(slug) or not slug or len(slug) > 50:
+        raise InvalidInput(
+            f"'{slug}' is not a valid organization slug: use lowercase letters, digits and hyphens.",
+            errors=[{"field": "slug", "message": "use lowercase letters, digits and hyphens (at most 50)"}],
+        )
+    if slug in RESERVED_SLUGS:
+        raise InvalidInput(f"'{slug}' is reserved.", errors=[{"field": "slug", "message": "this slug is reserved"}])
+    if Organization.objects.filter(slug=slug).exists():
+        raise Conflict(f"The organization slug '{slug}' is taken.", errors=[{"field": "slug", "message": "already taken"}])
+
+
+@transaction.atomic
+def register_user(*, email: str, password: str, name: str = "", organization: str = "", ip_address: str | None = None) -> tuple[User, Organization]:
+    """Create a user and their first organization (they own it)."""
+    email = email.strip().lower()
+    if User.objects.filter(email__iexact=email).exists():
+        raise Conflict(f"An account with the email {email} already exists.", errors=[{"field": "email", "message": "already registered"}])
+    _check_password(password, user=User(email=email, name=name))
+    try:
+        with transaction.atomic():
+            user = User.objects.create_user(email=email, password=password, name=name)
+    except IntegrityError:
+        raise Conflict(f"An account with the email {email} already exists.", errors=[{"field": "email", "message": "already registered"}]) from None
+    org_name = organization.strip() or (f"{name}'s organization" if name else email.split("@")[0])
+    org = create_organization(caller=Caller(user=user, ip_address=ip_address), name=org_name)
+    return user, org
+
+
+@transaction.atomic
+def create_organization(*, caller: Caller, name: str, slug: str = "") -> Organization:
+    if caller.person is None:
+        raise PermissionDenied("Organizations are created by people, not API keys.")
+    name = name.strip()
+    if not name:
+        raise InvalidInput("The organization needs a name.", errors=[{"field": "name", "message": "required"}])
+    if slug:
+        _check_slug(slug)
+    else:
+        slug = _unique_slug(name)
+    org = Organization.objects.create(slug=slug, name=name)
+    membership = Membership.objects.create(user=caller.person, organization=org, role=Role.OWNER)
+    record_audit_event(organization=org, caller=caller, action="organization.created", target=org, data={"name": name})
+    record_audit_event(organization=org, caller=caller, action="member.added", target=membership, data={"email": caller.person.email, "role": Role.OWNER})
+    return org
+
+
+@transaction.atomic
+def rename_organization(*, caller: Caller, organization: Organization, name: str) -> Organization:
+    name = name.strip()
+    if not name:
+        raise InvalidInput("The organization needs a name.", errors=[{"field": "name", "message": "required"}])
+    old = organization.name
+    organization.name = name
+    organization.save(update_fields=["name"])
+    record_audit_event(organization=organization, caller=caller, action="organization.renamed", target=organization, data={"from": old, "to": name})
+    return organization
+
+
+def _caller_rank(*, caller: Caller, organization: Organization) -> int:
+    if caller.api_key is not None:
+        return ROLE_RANK[Role.ADMIN] if caller.api_key.has_scope("admin") else 0
+    role = selectors.role_of(caller=caller, organization=organization)
+    return ROLE_RANK[Role(role)] if role else 0
+
+
+def _require_may_manage(*, caller: Caller, organization: Organization, role: str) -> None:
+    """Admins manage members up to admin; only owners grant, change or remove owner."""
+    rank = _caller_rank(caller=caller, organization=organization)
+    if rank < ROLE_RANK[Role.ADMIN]:
+        raise PermissionDenied("Managing members needs the admin or owner role.")
+    if role == Role.OWNER and rank < ROLE_RANK[Role.OWNER]:
+        raise PermissionDenied("Only an owner can add, change or remove an owner.")
+
+
+def _check_role(role: str) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        raise InvalidInput(
+            f"'{role}' is not a role; choose one of owner, admin, member, viewer.",
+            errors=[{"field": "role", "message": "choose one of owner, admin, member, viewer"}],
+        ) from None
+
+
+@transaction.atomic
+def add_member(*, caller: Caller, organization: Organization, email: str, role: str) -> Membership:
+    role = _check_role(role)
+    _require_may_manage(caller=caller, organization=organization, role=role)
+    user = User.objects.filter(email__iexact=email.strip()).first()
+    if user is None:
+        raise InvalidInput(
+            f"No account uses the email {email}; ask them to register first.",
+            errors=[{"field": "email", "message": "no account with this email"}],
+        )
+    if Membership.objects.filter(user=user, organization=organization).exists():
+        raise Conflict(f"{user.email} is already a member.", errors=[{"field": "email", "message": "already a member"}])
+    membership = Membership.objects.create(user=user, organization=organization, role=role)
+    record_audit_event(organization=organization, caller=caller, action="member.added", target=membership, data={"email": user.email, "role": role})
+    return membership
+
+
+@transaction.atomic
+def change_member_role(*, caller: Caller, membership: Membership, role: str) -> Membership:
+    role = _check_role(role)
+    organization = membership.organization
+    # Changing an owner, or making someone owner, both need an owner.
+    _require_may_manage(caller=caller, organization=organization, role=Role.OWNER if Role.OWNER in (role, membership.role) else role)
+    # Lock the organization's owner rows so two demotions cannot both pass the last-owner check.
+    owners = list(Membership.objects.select_for_update().filter(organization=organization, role=Role.OWNER).values_list("id", flat=True))
+    if membership.role == Role.OWNER and role != Role.OWNER and owners == [membership.id]:
+        raise Conflict("The last owner cannot be demoted; make someone else owner first.")
+    old = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    record_audit_event(organization=organization, caller=caller, action="member.role_changed", target=membership, data={"email": membership.user.email, "from": old, "to": role})
+    return membership
+
+
+@transaction.atomic
+def remove_member(*, caller: Caller, membership: Membership) -> None:
+    organization = membership.organization
+    leaving_self = caller.person is not None and caller.person.pk == membership.user_id
+    if not leaving_self:
+        _require_may_manage(caller=caller, organization=organization, role=membership.role)
+    owners = list(Membership.objects.select_for_update().filter(organization=organization, role=Role.OWNER).values_list("id", flat=True))
+    if membership.role == Role.OWNER and owners == [membership.id]:
+        raise Conflict("The last owner cannot leave or be removed; make someone else owner first.")
+    record_audit_event(
+        organization=organization,
+        caller=caller,
+        action="member.left" if leaving_self else "member.removed",
+        target=membership,
+        data={"email": membership.user.email, "role": membership.role},
+    )
+    membership.delete()
+
+
+def _check_scopes(scopes: list[str]) -> list[str]:
+    valid = {choice.value for choice in Scope}
+    if not scopes:
+        raise InvalidInput("Choose at least one scope.", errors=[{"field": "scopes", "message": "choose at least one of predict, read, write, admin"}])
+    unknown = [scope for scope in scopes if scope not in valid]
+    if unknown:
+        raise InvalidInput(
+            f"Unknown scope(s): {', '.join(map(str, unknown))}; choose from predict, read, write, admin.",
+            errors=[{"field": "scopes", "message": f"unknown scope {scope}"} for scope in unknown],
+        )
+    return sorted(set(scopes))
+
+
+@transaction.atomic
+def create_api_key(
+    *, caller: Caller, organization: Organization, name: str, scopes: list[str], expires_at: datetime | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key; returns it and its plaintext, which is never shown again."""
+    scopes = _check_scopes(scopes)
+    rank = _caller_rank(caller=caller, organization=organization)
+    if rank < ROLE_RANK[Role.MEMBER]:
+        raise PermissionDenied("Creating API keys needs the member role or higher; viewers cannot.")
+    if Scope.ADMIN in scopes and rank < ROLE_RANK[Role.ADMIN]:
+        raise PermissionDenied("Only admins and owners can create keys with the admin scope.")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidInput("expires_at must be in the future.", errors=[{"field": "expires_at", "message": "must be in the future"}])
+    name = name.strip()
+    if not name:
+        raise InvalidInput("The key needs a name.", errors=[{"field": "name", "message": "required"}])
+    prefix, plaintext = generate_key()
+    key = ApiKey.objects.create(
+        organization=organization,
+        name=name,
+        prefix=prefix,
+        hashed_key=hash_key(plaintext),
+        scopes=scopes,
+        expires_at=expires_at,
+        created_by=caller.person,
+    )
+    record_audit_event(organization=organization, caller=caller, action="api_key.created", target=key, data={"name": name, "prefix": prefix, "scopes": scopes, "expires_at": expires_at.isoformat() if expires_at else None})
+    return key, plaintext
+
+
+@transaction.atomic
+def revoke_api_key(*, caller: Caller, key: ApiKey) -> ApiKey:
+    """Revoke a key. This process forgets it now; the others within API_KEY_CACHE_SECONDS."""
+    organization = key.organization
+    rank = _caller_rank(caller=caller, organization=organization)
+    own_key = caller.person is not None and key.created_by_id == caller.person.pk
+    if rank < ROLE_RANK[Role.ADMIN] and not (own_key and rank >= ROLE_RANK[Role.MEMBER]):
+        raise PermissionDenied("Members revoke their own keys; revoking others' needs admin.")
+    if key.revoked_at is not None:
+        raise Conflict(f"The key mh_{key.prefix}_… was already revoked.")
+    key.revoked_at = timezone.now()
+    key.save(update_fields=["revoked_at"])
+    record_audit_event(organization=organization, caller=caller, action="api_key.revoked", target=key, data={"name": key.name, "prefix": key.prefix})
+    transaction.on_commit(forget_cached_keys)
+    return key

@@ -1,0 +1,80 @@
+"""Fixtures every app's tests share: API clients, tenants with credentials, clean caches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from rest_framework.test import APIClient
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from accounts.tests.factories import OrganizationFactory, UserFactory
+
+
+@pytest.fixture(autouse=True)
+def _clean_caches(settings):
+    """Tests share one Redis database and this process's key cache; start each from empty."""
+    from django.core.cache import cache
+
+    from accounts.authentication import forget_cached_keys
+
+    forget_cached_keys()
+    cache.clear()
+    yield
+    forget_cached_keys()
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    return APIClient()
+
+
+@dataclass
+class Tenant:
+    """One organization with an owner, a JWT for them and an all-scopes API key."""
+
+    user: object
+    organization: object
+    jwt: str
+    api_key: str
+    api_key_id: int
+    password: str = "correct-horse-battery-staple"
+
+    def jwt_client(self) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {self.jwt}")
+        return client
+
+    def key_client(self, key: str | None = None) -> APIClient:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {key or self.api_key}")
+        return client
+
+
+def make_tenant(slug: str) -> Tenant:
+    from accounts import services
+    from accounts.models import Membership, Role
+    from accounts.principals import Caller
+
+    user = UserFactory(email=f"owner@{slug}.example")
+    organization = OrganizationFactory(slug=slug, name=slug.title())
+    Membership.objects.create(user=user, organization=organization, role=Role.OWNER)
+    key, plaintext = services.create_api_key(
+        caller=Caller(user=user), organization=organization, name=f"{slug} key", scopes=["predict", "read", "write", "admin"]
+    )
+    return Tenant(
+        user=user,
+        organization=organization,
+        jwt=str(RefreshToken.for_user(user).access_token),
+        api_key=plaintext,
+        api_key_id=key.id,
+    )
+
+
+@pytest.fixture
+def tenant_a(db) -> Tenant:
+    return make_tenant("acme")
+
+
+@pytest.fixture
+def tenant_b(db) -> Tenant:
+    return make_tenant("globex")

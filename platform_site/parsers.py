@@ -1,0 +1,26 @@
+"""orjson parsing for the REST API; a malformed body is a problem naming the position."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from rest_framework.parsers import BaseParser
+
+from platform_site.errors import MalformedBody
+
+
+class OrjsonParser(BaseParser):
+    media_type = "application/json"
+
+    def parse(self, stream, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        raw = stream.read() if stream is not None else b""
+        return parse_json_body(raw)
+
+
+def parse_json_body(raw: bytes) -> Any:
+    if not raw:
+        raise MalformedBody("The request body is empty; send a JSON document.")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(f"The request body is not valid JSON: {exc}.") from None
