@@ -17,6 +17,7 @@ def _clean_caches(settings):
 
     from accounts.authentication import forget_cached_keys
 
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     forget_cached_keys()
     cache.clear()
     yield

@@ -255,5 +255,7 @@ def revoke_api_key(*, caller: Caller, key: ApiKey) -> ApiKey:
     key.revoked_at = timezone.now()
     key.save(update_fields=["revoked_at"])
     record_audit_event(organization=organization, caller=caller, action="api_key.revoked", target=key, data={"name": key.name, "prefix": key.prefix})
+    # Forget now and again after commit, so no request in between re-caches the live key.
+    forget_cached_keys()
     transaction.on_commit(forget_cached_keys)
     return key

@@ -1,0 +1,43 @@
+"""The tenant-isolation harness: one line per tenant URL.
+
+`world` holds tenant A's resources (ids, slugs); each endpoint's path is a template over it.
+Tenant B, with a JWT and with an API key, must get exactly the 404 a missing resource gets,
+and list endpoints must not mention anything of A's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    body: dict = field(default_factory=dict)
+    # Resource paths answer 404; list paths answer 200 without A's data.
+    is_list: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+# Placeholders: {org}, {member_id}, {key_id}, and more as apps add resources to `world`.
+TENANT_ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", "/api/v1/orgs/{org}"),
+    Endpoint("PATCH", "/api/v1/orgs/{org}", {"name": "stolen"}),
+    Endpoint("GET", "/api/v1/orgs/{org}/members"),
+    Endpoint("POST", "/api/v1/orgs/{org}/members", {"email": "owner@globex.example", "role": "admin"}),
+    Endpoint("GET", "/api/v1/orgs/{org}/members/{member_id}"),
+    Endpoint("PATCH", "/api/v1/orgs/{org}/members/{member_id}", {"role": "viewer"}),
+    Endpoint("DELETE", "/api/v1/orgs/{org}/members/{member_id}"),
+    Endpoint("GET", "/api/v1/orgs/{org}/api-keys"),
+    Endpoint("POST", "/api/v1/orgs/{org}/api-keys", {"name": "x", "scopes": ["read"]}),
+    Endpoint("GET", "/api/v1/orgs/{org}/api-keys/{key_id}"),
+    Endpoint("DELETE", "/api/v1/orgs/{org}/api-keys/{key_id}"),
+    Endpoint("GET", "/api/v1/orgs/{org}/audit-events"),
+    Endpoint("GET", "/api/v1/orgs", is_list=True),
+    Endpoint("GET", "/api/v1/me", is_list=True),
+]
+
+# What stands in for each placeholder when asking for a resource that does not exist.
+MISSING = {"org": "no-such-org", "member_id": 987654321, "key_id": 987654321}

@@ -1,0 +1,50 @@
+"""Every tenant URL: another organization's resource is indistinguishable from a missing one."""
+import pytest
+
+from platform_site.tests.isolation import MISSING, TENANT_ENDPOINTS, Endpoint
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def world(tenant_a) -> dict:
+    """Tenant A's resources by placeholder name; apps extend it as they add resources."""
+    from accounts.models import Membership
+
+    membership = Membership.objects.get(organization=tenant_a.organization, user=tenant_a.user)
+    return {"org": tenant_a.organization.slug, "member_id": membership.id, "key_id": tenant_a.api_key_id}
+
+
+def call(client, endpoint: Endpoint, values: dict):
+    path = endpoint.path.format(**values)
+    return getattr(client, endpoint.method.lower())(path, endpoint.body, format="json")
+
+
+def secrets_of(world: dict, tenant_a) -> list[str]:
+    return [tenant_a.organization.slug, tenant_a.user.email, tenant_a.api_key.split("_")[1]] + [
+        str(value) for key, value in world.items() if key != "org"
+    ]
+
+
+@pytest.mark.parametrize("endpoint", TENANT_ENDPOINTS, ids=str)
+@pytest.mark.parametrize("credential", ["jwt", "api_key"])
+def test_other_tenant_sees_nothing(endpoint, credential, world, tenant_a, tenant_b):
+    client = tenant_b.jwt_client() if credential == "jwt" else tenant_b.key_client()
+    response = call(client, endpoint, world)
+    if endpoint.is_list:
+        assert response.status_code == 200
+        text = response.content.decode()
+        for secret in (tenant_a.organization.slug, tenant_a.user.email, tenant_a.api_key.split("_")[1]):
+            assert secret not in text
+        return
+    missing = call(client, endpoint, {**world, **{k: v for k, v in MISSING.items() if k in world}})
+    assert response.status_code == 404, response.content
+    assert response.content == missing.content
+    assert response["Content-Type"] == missing["Content-Type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize("endpoint", [e for e in TENANT_ENDPOINTS if not e.is_list and e.method == "GET"], ids=str)
+def test_owner_reaches_their_own_resources(endpoint, world, tenant_a):
+    """The harness is only meaningful if the same URL works for its owner."""
+    response = call(tenant_a.jwt_client(), endpoint, world)
+    assert response.status_code == 200, response.content
