@@ -1,0 +1,23 @@
+"""Safe loading and inspection of tenants' scikit-learn model files.
+
+Public entry points are imported lazily, so ``python -m registry.loaders.sandbox_child``
+can prepare its imports before anything here pulls in the platform.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "audit_pickle_globals": "safe_pickle",
+    "load_pickle": "safe_pickle",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -1,0 +1,614 @@
+"""Walk a pickle's opcodes, without running any of it, and list every global it names.
+
+Hand-written because of our threat model: scanners that look only at GLOBAL opcodes, or
+take "the last two strings pushed" as STACK_GLOBAL's operands, are fooled by memoized
+strings, EXT codes and joblib's raw array buffers. This walker keeps a symbolic stack
+and memo exactly as ``pickle._Unpickler`` does (literals are kept, anything built by a call
+is a placeholder), so STACK_GLOBAL's operands are the real ones, and it understands
+joblib's layout (a pickle whose BUILD of a ``NumpyArrayWrapper`` is followed by raw array
+bytes, or by a nested pickle for object arrays), so nothing hides in an array buffer.
+
+It reads the opcode table of ``pickletools`` like ``pickletools.genops`` does, but reads
+the arguments of GLOBAL/INST itself (two lines, as the unpickler does, rather than
+genops' space-joined pair) and skips large binary payloads instead of holding them.
+
+The walk is the reporting half of the safety story: it names *every* refused global
+before anything loads. The enforcing half is the unpickler's ``find_class`` in
+``safe_pickle.py``; should the two ever disagree, the unpickler still refuses.
+"""
+from __future__ import annotations
+
+import copyreg
+import io
+import math
+import pickle
+import pickletools
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from platform_site.errors import InvalidArtifact, UnsafeArtifact
+
+from .allowlist import JOBLIB_ARRAY_WRAPPER, OLD_JOBLIB_WRAPPERS, canonical_global, is_allowed_global
+
+_CHUNK = 1 << 20
+# Binary payloads at least this big are skipped, not read: they are array data, never names.
+_SKIP_PAYLOAD_BYTES = 1 << 16
+_BINARY_LENGTH_PREFIX = {"SHORT_BINBYTES": 1, "BINBYTES": 4, "BINBYTES8": 8, "BYTEARRAY8": 8}
+_WRAPPER_NAME = ".".join(JOBLIB_ARRAY_WRAPPER)
+_ARRAY_SUBCLASSES = frozenset({"numpy.ndarray", "numpy.matrix"})
+# Opcodes whose whole effect is to push their argument.
+_LITERAL_OPCODES = frozenset(
+    {
+        "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT", "NONE",
+        "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
+        "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8",
+    }
+)
+
+
+@dataclass(frozen=True)
+class PickleAudit:
+    """What a pickle (or joblib) stream refers to; every global in it is on the allow-list."""
+
+    globals: tuple[str, ...]
+    sklearn_versions: tuple[str, ...]
+    joblib_arrays: int
+    nested_pickles: int
+
+
+class _Malformed(Exception):
+    """The stream is not one the unpickler would read the way we read it."""
+
+
+class _Global:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Obj:
+    """Whatever a call builds; ``kind`` is "new" (cls.__new__, no __init__) or "call"."""
+
+    __slots__ = ("kind", "factory", "args", "state")
+
+    def __init__(self, kind: str, factory: Any, args: Any) -> None:
+        self.kind, self.factory, self.args, self.state = kind, factory, args, None
+
+
+class _Dict:
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[Any, Any]] | None = None) -> None:
+        self.items = items or []
+
+    def get(self, key: str, default: Any = None) -> Any:
+        for k, v in reversed(self.items):
+            if k == key and isinstance(k, str):
+                return v
+        return default
+
+
+class _Blob:
+    """A binary payload too large to keep; only its length matters."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class _Opaque:
+    """A set, persistent object or anything else whose content does not matter."""
+
+    __slots__ = ()
+
+
+@dataclass
+class _Findings:
+    seen: dict[str, None] = field(default_factory=dict)
+    refused: dict[str, None] = field(default_factory=dict)
+    reasons: dict[str, None] = field(default_factory=dict)
+    sklearn_versions: dict[str, None] = field(default_factory=dict)
+    joblib_arrays: int = 0
+    nested_pickles: int = 0
+
+
+class _CountingReader:
+    """A read-only view of a stream that knows how many bytes were consumed."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.pos = 0
+        # Uncompressed files and bytes can skip array data by seeking; decompressors must read it.
+        self._size: int | None = None
+        if isinstance(raw, io.BytesIO) or isinstance(getattr(raw, "raw", None), io.FileIO):
+            here = raw.tell()
+            self._size = raw.seek(0, io.SEEK_END)
+            raw.seek(here)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.pos += len(data)
+        return data
+
+    def readline(self) -> bytes:
+        data = self.raw.readline()
+        self.pos += len(data)
+        return data
+
+    def skip(self, n: int) -> None:
+        if self._size is not None:
+            here = self.raw.tell()
+            if here + n > self._size:
+                raise _Malformed("the file ends inside array data")
+            self.raw.seek(here + n)
+            self.pos += n
+            return
+        while n > 0:
+            chunk = self.read(min(n, _CHUNK))
+            if not chunk:
+                raise _Malformed("the file ends inside array data")
+            n -= len(chunk)
+
+
+def walk_pickle_stream(stream: BinaryIO) -> PickleAudit:
+    """Walk one pickle (joblib-aware) from ``stream`` and return what it refers to.
+
+    Raises UnsafeArtifact naming every refused global (after walking the whole stream),
+    InvalidArtifact for a stream the unpickler would not read the way we read it (or an
+    old multi-file joblib pickle). A structural error after a refusal still reports the
+    refusal: it is the more useful message.
+    """
+    findings = _Findings()
+    try:
+        _Walker(_CountingReader(stream), findings, nested=False).run()
+    except _WALK_ERRORS as exc:
+        if findings.refused or findings.reasons:
+            raise _refusal(findings) from exc
+        raise InvalidArtifact(f"The file is not a pickle this platform can read: {_describe(exc)}.") from exc
+    if findings.refused and set(findings.refused) <= OLD_JOBLIB_WRAPPERS:
+        raise InvalidArtifact(
+            "The file was written by joblib older than 0.10, which kept arrays in companion .npy files; "
+            "load it with that joblib and save it again with joblib.dump."
+        )
+    if findings.refused or findings.reasons:
+        raise _refusal(findings)
+    return PickleAudit(
+        globals=tuple(findings.seen),
+        sklearn_versions=tuple(findings.sklearn_versions),
+        joblib_arrays=findings.joblib_arrays,
+        nested_pickles=findings.nested_pickles,
+    )
+
+
+_WALK_ERRORS = (_Malformed, ValueError, IndexError, KeyError, EOFError, TypeError, OverflowError, RecursionError)
+
+
+def _refusal(findings: _Findings) -> UnsafeArtifact:
+    refused = list(findings.refused)
+    if not findings.reasons:
+        return UnsafeArtifact(refused_globals=refused)
+    parts = ["it refers to globals outside the allow-list: " + ", ".join(sorted(refused))] if refused else []
+    parts.extend(findings.reasons)
+    return UnsafeArtifact("The model file is refused: " + "; ".join(parts) + ".", refused_globals=refused)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _Malformed):
+        return str(exc)
+    if isinstance(exc, IndexError):
+        return "an opcode needs more values than the stack holds"
+    if isinstance(exc, KeyError):
+        return f"it reads memo entry {exc.args[0]!r} before writing it"
+    if isinstance(exc, EOFError):
+        return "it ends before its STOP opcode"
+    return str(exc) or type(exc).__name__
+
+
+class _Walker:
+    def __init__(self, reader: _CountingReader, findings: _Findings, *, nested: bool) -> None:
+        self.reader = reader
+        self.findings = findings
+        self.nested = nested
+        self.stack: list[Any] = []
+        self.metastack: list[list[Any]] = []
+        self.memo: dict[int, Any] = {}
+        self.frame_end: int | None = None
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        reader = self.reader
+        while True:
+            start = reader.pos
+            if self.frame_end is not None and start >= self.frame_end:
+                self.frame_end = None
+            code = reader.read(1)
+            if not code:
+                raise _Malformed("it ends before its STOP opcode")
+            opcode = pickletools.code2op.get(code.decode("latin-1"))
+            if opcode is None:
+                raise _Malformed(f"unknown opcode {code!r} at byte {start}")
+            arg = self._read_arg(opcode)
+            if self.frame_end is not None and reader.pos > self.frame_end:
+                raise _Malformed("an opcode crosses the end of its frame")
+            if opcode.name == "STOP":
+                if self.frame_end is not None and reader.pos < self.frame_end:
+                    raise _Malformed("data follows STOP inside the last frame")
+                if not self.stack:
+                    raise _Malformed("STOP with an empty stack")
+                return
+            if opcode.name in _LITERAL_OPCODES:
+                self._push(arg)
+                continue
+            handler = getattr(self, "_op_" + opcode.name, None)
+            if handler is None:
+                raise _Malformed(f"opcode {opcode.name} is not understood by the audit")
+            handler(arg)
+
+    def _read_arg(self, opcode: pickletools.OpcodeInfo) -> Any:
+        if opcode.arg is None:
+            return None
+        if opcode.name in ("GLOBAL", "INST"):
+            # The unpickler reads two newline-terminated UTF-8 lines; so do we.
+            module = self._read_line().decode("utf-8")
+            name = self._read_line().decode("utf-8")
+            return module, name
+        width = _BINARY_LENGTH_PREFIX.get(opcode.name)
+        if width is not None:
+            prefix = self.reader.read(width)
+            if len(prefix) != width:
+                raise _Malformed("it ends inside a length prefix")
+            size = int.from_bytes(prefix, "little")
+            if size >= _SKIP_PAYLOAD_BYTES:
+                self.reader.skip(size)
+                return _Blob(size)
+            data = self.reader.read(size)
+            if len(data) != size:
+                raise _Malformed("it ends inside a bytes payload")
+            return bytearray(data) if opcode.name == "BYTEARRAY8" else data
+        return opcode.arg.reader(self.reader)
+
+    def _read_line(self) -> bytes:
+        line = self.reader.readline()
+        if not line.endswith(b"\n"):
+            raise _Malformed("it ends inside a GLOBAL/INST name")
+        return line[:-1]
+
+    # --- stack helpers ----------------------------------------------------------------
+
+    def _push(self, value: Any) -> None:
+        self.stack.append(value)
+
+    def _pop(self) -> Any:
+        return self.stack.pop()
+
+    def _pop_mark(self) -> list[Any]:
+        items = self.stack
+        self.stack = self.metastack.pop()
+        return items
+
+    # --- globals ----------------------------------------------------------------------
+
+    def _global(self, module: str, name: str) -> _Global:
+        module, name = canonical_global(module, name)
+        full = f"{module}.{name}"
+        self.findings.seen.setdefault(full, None)
+        if not is_allowed_global(module, name):
+            self.findings.refused.setdefault(full, None)
+        elif self.nested and full == _WRAPPER_NAME:
+            raise _Malformed("a joblib array wrapper inside an object array's pickle")
+        return _Global(full)
+
+    def _op_GLOBAL(self, arg: tuple[str, str]) -> None:
+        self._push(self._global(*arg))
+
+    def _op_STACK_GLOBAL(self, _: None) -> None:
+        name = self._pop()
+        module = self._pop()
+        if isinstance(module, str) and isinstance(name, str):
+            self._push(self._global(module, name))
+            return
+        # Operands built at load time cannot be named now; refuse rather than guess.
+        self.findings.reasons.setdefault("it builds a STACK_GLOBAL name at load time", None)
+        self._push(_Global("<computed>"))
+
+    def _ext(self, code: int) -> None:
+        key = copyreg._inverted_registry.get(code)
+        if key is None:
+            raise _Malformed(f"it uses copyreg extension code {code}, which is not registered")
+        self._push(self._global(*key))
+
+    def _op_EXT1(self, code: int) -> None:
+        self._ext(code)
+
+    _op_EXT2 = _op_EXT1
+    _op_EXT4 = _op_EXT1
+
+    # --- framing, protocol, memo --------------------------------------------------------
+
+    def _op_PROTO(self, proto: int) -> None:
+        if not 0 <= proto <= pickle.HIGHEST_PROTOCOL:
+            raise _Malformed(f"unsupported pickle protocol {proto}")
+
+    def _op_FRAME(self, size: int) -> None:
+        if self.frame_end is not None and self.reader.pos < self.frame_end:
+            raise _Malformed("a frame starts before the previous one ends")
+        self.frame_end = self.reader.pos + size
+
+    def _put(self, index: int) -> None:
+        if index < 0:
+            raise _Malformed("negative memo index")
+        self.memo[index] = self.stack[-1]
+
+    def _op_PUT(self, index: int) -> None:
+        self._put(index)
+
+    _op_BINPUT = _op_PUT
+    _op_LONG_BINPUT = _op_PUT
+
+    def _op_MEMOIZE(self, _: None) -> None:
+        self._put(len(self.memo))
+
+    def _op_GET(self, index: int) -> None:
+        self._push(self.memo[index])
+
+    _op_BINGET = _op_GET
+    _op_LONG_BINGET = _op_GET
+
+    # --- literals with a twist ----------------------------------------------------------
+
+    def _op_INT(self, value: int | bool) -> None:
+        self._push(value)  # "I01"/"I00" are True/False, as the unpickler reads them
+
+    def _op_NEWTRUE(self, _: None) -> None:
+        self._push(True)
+
+    def _op_NEWFALSE(self, _: None) -> None:
+        self._push(False)
+
+    def _op_PERSID(self, _: Any) -> None:
+        self.findings.reasons.setdefault("it uses pickle persistent ids, which the platform refuses", None)
+        self._push(_Opaque())
+
+    def _op_BINPERSID(self, _: None) -> None:
+        self._pop()
+        self._op_PERSID(None)
+
+    def _op_NEXT_BUFFER(self, _: None) -> None:
+        raise _Malformed("it refers to out-of-band buffers")
+
+    _op_READONLY_BUFFER = _op_NEXT_BUFFER
+
+    # --- containers ---------------------------------------------------------------------
+
+    def _op_MARK(self, _: None) -> None:
+        self.metastack.append(self.stack)
+        self.stack = []
+
+    def _op_POP(self, _: None) -> None:
+        if self.stack:
+            self.stack.pop()
+        else:
+            self._pop_mark()
+
+    def _op_POP_MARK(self, _: None) -> None:
+        self._pop_mark()
+
+    def _op_DUP(self, _: None) -> None:
+        self._push(self.stack[-1])
+
+    def _op_EMPTY_LIST(self, _: None) -> None:
+        self._push([])
+
+    def _op_LIST(self, _: None) -> None:
+        self._push(self._pop_mark())
+
+    def _op_APPEND(self, _: None) -> None:
+        value = self._pop()
+        target = self.stack[-1]
+        if isinstance(target, list):
+            target.append(value)
+
+    def _op_APPENDS(self, _: None) -> None:
+        items = self._pop_mark()
+        target = self.stack[-1]
+        if isinstance(target, list):
+            target.extend(items)
+
+    def _op_EMPTY_TUPLE(self, _: None) -> None:
+        self._push(())
+
+    def _op_TUPLE(self, _: None) -> None:
+        self._push(tuple(self._pop_mark()))
+
+    def _op_TUPLE1(self, _: None) -> None:
+        self.stack[-1] = (self.stack[-1],)
+
+    def _op_TUPLE2(self, _: None) -> None:
+        second = self._pop()
+        self.stack[-1] = (self.stack[-1], second)
+
+    def _op_TUPLE3(self, _: None) -> None:
+        third = self._pop()
+        second = self._pop()
+        self.stack[-1] = (self.stack[-1], second, third)
+
+    def _op_EMPTY_DICT(self, _: None) -> None:
+        self._push(_Dict())
+
+    def _op_DICT(self, _: None) -> None:
+        items = self._pop_mark()
+        self._push(_Dict(list(zip(items[::2], items[1::2]))))
+
+    def _op_SETITEM(self, _: None) -> None:
+        value = self._pop()
+        key = self._pop()
+        target = self.stack[-1]
+        if isinstance(target, _Dict):
+            target.items.append((key, value))
+
+    def _op_SETITEMS(self, _: None) -> None:
+        items = self._pop_mark()
+        target = self.stack[-1]
+        if isinstance(target, _Dict):
+            target.items.extend(zip(items[::2], items[1::2]))
+
+    def _op_EMPTY_SET(self, _: None) -> None:
+        self._push(_Opaque())
+
+    def _op_ADDITEMS(self, _: None) -> None:
+        self._pop_mark()
+        self.stack[-1]  # noqa: B018 - the unpickler needs a target; so do we
+
+    def _op_FROZENSET(self, _: None) -> None:
+        self._pop_mark()
+        self._push(_Opaque())
+
+    # --- calls ----------------------------------------------------------------------------
+
+    def _called(self, factory: Any, args: Any) -> _Obj:
+        if isinstance(factory, _Global) and factory.name == _WRAPPER_NAME:
+            raise _Malformed("a joblib array wrapper built by calling it")
+        return _Obj("call", factory, args)
+
+    def _op_REDUCE(self, _: None) -> None:
+        args = self._pop()
+        factory = self.stack[-1]
+        if (
+            isinstance(factory, _Global)
+            and factory.name == "copyreg._reconstructor"
+            and isinstance(args, tuple)
+            and len(args) == 3
+            and isinstance(args[1], _Global)
+            and args[1].name == "builtins.object"
+            and args[2] is None
+        ):
+            self.stack[-1] = _Obj("new", args[0], ())  # object.__new__(cls): how protocols 0-1 write objects
+        else:
+            self.stack[-1] = self._called(factory, args)
+
+    def _op_NEWOBJ(self, _: None) -> None:
+        args = self._pop()
+        cls = self._pop()
+        self._push(_Obj("new", cls, args))
+
+    def _op_NEWOBJ_EX(self, _: None) -> None:
+        self._pop()  # kwargs
+        args = self._pop()
+        cls = self._pop()
+        self._push(_Obj("new", cls, args))
+
+    def _op_OBJ(self, _: None) -> None:
+        items = self._pop_mark()
+        self._push(self._called(items[0], tuple(items[1:])))
+
+    def _op_INST(self, arg: tuple[str, str]) -> None:
+        cls = self._global(*arg)
+        self._push(self._called(cls, tuple(self._pop_mark())))
+
+    def _op_BUILD(self, _: None) -> None:
+        state = self._pop()
+        target = self.stack[-1]
+        if isinstance(state, _Dict):
+            version = state.get("_sklearn_version")
+            if isinstance(version, str):
+                self.findings.sklearn_versions.setdefault(version, None)
+        if isinstance(target, _Obj):
+            target.state = state
+            if isinstance(target.factory, _Global) and target.factory.name == _WRAPPER_NAME:
+                self._consume_joblib_array(target)
+                self.stack[-1] = _Obj("call", _Global("numpy.ndarray"), ())
+
+    # --- joblib -----------------------------------------------------------------------------
+
+    def _consume_joblib_array(self, wrapper: _Obj) -> None:
+        """Skip (or, for object arrays, walk) the bytes joblib wrote after this wrapper."""
+        if self.frame_end is not None and self.reader.pos < self.frame_end:
+            # The unpickler would have buffered the whole frame: array bytes and opcodes
+            # would no longer be where we read them.
+            raise _Malformed("joblib array data inside a pickle frame")
+        subclass = wrapper.state.get("subclass") if isinstance(wrapper.state, _Dict) else None
+        if not (isinstance(subclass, _Global) and subclass.name in _ARRAY_SUBCLASSES):
+            raise _Malformed("a joblib array whose subclass is not numpy.ndarray or numpy.matrix")
+        layout = joblib_array_layout(_as_plain_state(wrapper.state))
+        self.findings.joblib_arrays += 1
+        if layout.dtype.hasobject:
+            self.findings.nested_pickles += 1
+            _Walker(self.reader, self.findings, nested=True).run()
+            return
+        if layout.alignment is not None:
+            padding = self.reader.read(1)
+            self.reader.skip(padding[0] if padding else 0)
+        self.reader.skip(layout.nbytes)
+
+
+@dataclass(frozen=True)
+class JoblibArrayLayout:
+    """Where and how joblib stored one array, from its NumpyArrayWrapper's state."""
+
+    dtype: Any
+    shape: tuple[int, ...]
+    order: str
+    alignment: int | None
+    count: int
+    nbytes: int
+
+
+def joblib_array_layout(state: dict[str, Any]) -> JoblibArrayLayout:
+    """Validate a NumpyArrayWrapper's state (plain values) and return its layout.
+
+    Shared by the walk and by the unpickler, so both read the same bytes the same way.
+    """
+    import numpy as np
+
+    dtype = state.get("dtype")
+    shape = state.get("shape")
+    order = state.get("order", "C")
+    alignment = state.get("numpy_array_alignment_bytes")
+    if not isinstance(dtype, np.dtype):
+        raise _Malformed("a joblib array without a numpy dtype")
+    if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
+        raise _Malformed("a joblib array with an invalid shape")
+    if order not in ("C", "F"):
+        raise _Malformed("a joblib array with an invalid memory order")
+    if alignment is not None and (type(alignment) is not int or not 0 < alignment <= 255):
+        raise _Malformed("a joblib array with an invalid alignment")
+    count = math.prod(shape)
+    return JoblibArrayLayout(
+        dtype=dtype, shape=shape, order=order, alignment=alignment, count=count, nbytes=count * dtype.itemsize
+    )
+
+
+def _as_plain_state(state: Any) -> dict[str, Any]:
+    if not isinstance(state, _Dict):
+        raise _Malformed("a joblib array wrapper whose state is not a dict")
+    return {key: _materialize(value) for key, value in state.items if isinstance(key, str) and key != "subclass"}
+
+
+def _materialize(value: Any) -> Any:
+    """Turn a symbolic literal (and numpy dtypes built from literals) into a real value."""
+    if value is None or isinstance(value, (str, bytes, bool, int, float)):
+        return value
+    if isinstance(value, tuple):
+        return tuple(_materialize(item) for item in value)
+    if isinstance(value, _Dict):
+        return {_materialize(k): _materialize(v) for k, v in value.items}
+    if isinstance(value, _Obj) and isinstance(value.factory, _Global) and value.factory.name == "numpy.dtype":
+        # numpy.dtype is on the allow-list; building one from literals runs no tenant code.
+        import numpy as np
+
+        if value.kind != "call" or not isinstance(value.args, tuple):
+            raise _Malformed("a numpy dtype that is not built from literals")
+        try:
+            dtype = np.dtype(*_materialize(value.args))
+            if value.state is not None:
+                dtype.__setstate__(_materialize(value.state))
+        except (TypeError, ValueError) as exc:
+            raise _Malformed(f"an invalid numpy dtype ({exc})") from exc
+        return dtype
+    raise _Malformed("a joblib array wrapper whose state is not plain data")
+
+
+__all__ = ["PickleAudit", "JoblibArrayLayout", "joblib_array_layout", "walk_pickle_stream"]

@@ -1,0 +1,255 @@
+"""Load a tenant's pickle or joblib file without letting it run code.
+
+Hand-written because of our threat model: tenants are untrusted, and a pickle runs
+whatever its globals name. Loading is two steps:
+
+1. ``audit_pickle_globals`` walks the opcodes (``pickle_audit.py``) and refuses the file,
+   naming every global off the allow-list, before any object is built;
+2. the file is read by an unpickler whose ``find_class`` refuses the same globals and
+   whose ``persistent_load`` refuses everything, so a file the walk misread still cannot
+   reach code.
+
+joblib files are a pickle whose ``NumpyArrayWrapper`` objects are each followed by raw
+array bytes, or by a nested pickle for object-dtype arrays (fitted sklearn models have
+those: ``feature_names_in_``, string ``classes_``), possibly compressed as a whole.
+``joblib.load`` reads those nested pickles with an unpickler we do not control, so we
+subclass joblib's ``NumpyUnpickler`` and read every array ourselves: raw bytes with numpy,
+nested pickles with our restricted unpickler. Compressed files are opened with joblib's
+own decompressors. We never call ``pickle.load``/``joblib.load``/``cloudpickle.load`` on
+tenant bytes.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import lzma
+import pickle
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from joblib.numpy_pickle import NumpyUnpickler
+from platform_site.errors import InvalidArtifact, ModelhostError, UnsafeArtifact
+
+from .allowlist import JOBLIB_ARRAY_WRAPPER, canonical_global, is_allowed_global, resolve_allowed_global
+from .pickle_audit import PickleAudit, _Malformed, joblib_array_layout, walk_pickle_stream
+
+PickleSource = str | os.PathLike[str] | bytes
+
+
+@dataclass(frozen=True)
+class LoadedPickle:
+    """The object a pickle or joblib file held, and what its audit found."""
+
+    obj: Any
+    audit: PickleAudit
+    compression: str | None
+
+
+def audit_pickle_globals(*, source: PickleSource) -> PickleAudit:
+    """Walk a pickle/joblib file (path or bytes, compressed or not); return every global it names.
+
+    Raises UnsafeArtifact naming every global off the allow-list, InvalidArtifact for a
+    file that is not a readable pickle. Nothing in the file is executed.
+    """
+    with open_pickle_stream(source=source) as (stream, _compression):
+        return walk_pickle_stream(stream)
+
+
+def load_pickle(*, source: PickleSource) -> LoadedPickle:
+    """Audit, then load, a pickle or joblib file with the enforcing unpicklers.
+
+    Plain pickles go through the C unpickler; files with joblib arrays or compression
+    through our ``NumpyUnpickler`` subclass. Errors as ``audit_pickle_globals``.
+    """
+    audit = audit_pickle_globals(source=source)
+    with open_pickle_stream(source=source) as (stream, compression):
+        try:
+            if audit.joblib_arrays or compression:
+                filename = os.fspath(source) if not isinstance(source, bytes) else ""
+                unpickler: pickle.Unpickler | pickle._Unpickler = RestrictedJoblibUnpickler(filename, stream, True)
+            else:
+                unpickler = RestrictedUnpickler(stream)
+            # Safe: the audit allowed every global in these bytes, and find_class enforces it again.
+            obj = unpickler.load()
+        except ModelhostError:
+            raise
+        except _Malformed as exc:
+            raise InvalidArtifact(f"The file is not a pickle this platform can read: {exc}.") from exc
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+            raise InvalidArtifact(f"The model file could not be loaded: {type(exc).__name__}: {exc}") from exc
+    return LoadedPickle(obj=obj, audit=audit, compression=compression)
+
+
+@contextlib.contextmanager
+def open_pickle_stream(*, source: PickleSource) -> Iterator[tuple[BinaryIO, str | None]]:
+    """Yield (readable stream, compression name or None) for a path or bytes.
+
+    Compression is recognised by joblib's magic numbers and undone by joblib's own
+    decompressors; joblib < 0.9.3's "ZF" format and a missing lz4 are InvalidArtifact.
+    """
+    from joblib.compressor import _COMPRESSORS
+    from joblib.numpy_pickle_utils import _buffered_read_file, _detect_compressor
+
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, bytes):
+            raw: BinaryIO = io.BytesIO(source)
+        else:
+            raw = stack.enter_context(open(Path(source), "rb"))
+        if not raw.read(1):
+            raise InvalidArtifact("The model file is empty.")
+        raw.seek(0)
+        compressor = _detect_compressor(raw)
+        if compressor == "compat":
+            raise InvalidArtifact(
+                "The file was written by joblib older than 0.9.3; load it with that joblib and save it again."
+            )
+        if compressor == "not-compressed":
+            yield raw, None
+            return
+        try:
+            decompressed = _COMPRESSORS[compressor].decompressor_file(raw)
+        except ValueError as exc:  # e.g. lz4 not installed
+            raise InvalidArtifact(f"The {compressor}-compressed file cannot be read here: {exc}") from exc
+        stream = stack.enter_context(_buffered_read_file(decompressed))
+        try:
+            yield stream, compressor
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:  # corrupt data surfaces while reading
+            raise InvalidArtifact(f"The {compressor}-compressed file is corrupt: {exc}") from exc
+
+
+# --- the enforcing unpicklers ----------------------------------------------------------------
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """Stand-in for ``_codecs.encode``: protocols 0-2 write bytes as encode(str, "latin1")."""
+    if encoding not in ("latin1", "latin-1") or errors != "strict" or not isinstance(text, str):
+        raise UnsafeArtifact(
+            f"The model file calls _codecs.encode with encoding {encoding!r}; only latin1 is allowed.",
+            refused_globals=["_codecs.encode"],
+        )
+    return text.encode("latin-1")
+
+
+class JoblibArrayPlaceholder:
+    """What ``joblib.numpy_pickle.NumpyArrayWrapper`` unpickles to; replaced by its array at BUILD.
+
+    Calling it is refused: joblib only ever writes it with NEWOBJ (or object.__new__ in
+    protocols 0-1) plus a state dict, which is all the audit accepts too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise InvalidArtifact("The file builds a joblib array wrapper by calling it, which joblib never does.")
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            raise InvalidArtifact("A joblib array wrapper's state is not a dict.")
+        self.__dict__.update(state)
+
+
+class _AllowListMixin:
+    """find_class/persistent_load shared by every unpickler that reads tenant bytes."""
+
+    allows_array_wrapper = False
+
+    def find_class(self, module: str, name: str) -> Any:
+        module, name = canonical_global(module, name)
+        if not is_allowed_global(module, name):
+            raise UnsafeArtifact(refused_globals=[f"{module}.{name}"])
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if (module, name) == JOBLIB_ARRAY_WRAPPER:
+            if not self.allows_array_wrapper:
+                raise InvalidArtifact("A joblib array wrapper appears where joblib never writes one.")
+            return JoblibArrayPlaceholder
+        return resolve_allowed_global(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeArtifact("The model file uses pickle persistent ids, which the platform refuses.")
+
+
+class RestrictedUnpickler(_AllowListMixin, pickle.Unpickler):
+    """The C unpickler, restricted to the allow-list; for plain pickles."""
+
+
+class _RestrictedPurePythonUnpickler(_AllowListMixin, pickle._Unpickler):
+    """The pure-Python unpickler, restricted; reads the nested pickle of a joblib object array.
+
+    Pure Python because it must stop exactly at the nested STOP, leaving the outer stream
+    where joblib left it.
+    """
+
+
+class RestrictedJoblibUnpickler(_AllowListMixin, NumpyUnpickler):
+    """joblib's NumpyUnpickler, restricted, reading every array itself (see module docstring)."""
+
+    allows_array_wrapper = True
+    dispatch = NumpyUnpickler.dispatch.copy()
+
+    def load_build(self) -> None:
+        pickle._Unpickler.load_build(self)
+        if isinstance(self.stack[-1], JoblibArrayPlaceholder):
+            wrapper = self.stack.pop()
+            self.stack.append(self._read_array(wrapper))
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def _read_array(self, wrapper: JoblibArrayPlaceholder) -> Any:
+        import numpy as np
+        from joblib.numpy_pickle_utils import BUFFER_SIZE, _ensure_native_byte_order, _read_bytes
+
+        state = dict(wrapper.__dict__)
+        if state.get("subclass") not in (np.ndarray, np.matrix):
+            raise InvalidArtifact("A joblib array whose subclass is not numpy.ndarray or numpy.matrix.")
+        layout = joblib_array_layout(state)
+        frame = self._unframer.current_frame
+        if frame is not None and _bytes_left(frame):
+            raise InvalidArtifact("The file is not a pickle this platform can read: joblib array data inside a frame.")
+        if layout.dtype.hasobject:
+            inner = _RestrictedPurePythonUnpickler(self.file_handle)
+            # Safe: a restricted unpickler; the audit walked this nested pickle too.
+            array = inner.load()
+            inner_frame = inner._unframer.current_frame
+            if inner_frame is not None and _bytes_left(inner_frame):
+                raise InvalidArtifact("The file is not a pickle this platform can read: data after an object array.")
+            if not isinstance(array, np.ndarray):
+                raise InvalidArtifact("A joblib object array's payload is not an array.")
+        else:
+            if layout.alignment is not None:
+                padding = self.file_handle.read(1)
+                if padding and padding[0]:
+                    _read_bytes(self.file_handle, padding[0], "array padding")
+            # Read in bounded chunks, as joblib does: crc32 breaks on reads over 4 GiB.
+            per_read = BUFFER_SIZE // min(BUFFER_SIZE, layout.dtype.itemsize or 1)
+            array = np.empty(layout.count, dtype=layout.dtype)
+            for start in range(0, layout.count, per_read):
+                count = min(per_read, layout.count - start)
+                data = _read_bytes(self.file_handle, count * layout.dtype.itemsize, "array data")
+                array[start : start + count] = np.frombuffer(data, dtype=layout.dtype, count=count)
+            if layout.order == "F":
+                array = array.reshape(layout.shape[::-1]).transpose()
+            else:
+                array = array.reshape(layout.shape)
+        return _ensure_native_byte_order(array)
+
+
+def _bytes_left(frame: io.BytesIO) -> int:
+    position = frame.tell()
+    end = frame.seek(0, io.SEEK_END)
+    frame.seek(position)
+    return end - position
+
+
+__all__ = [
+    "JoblibArrayPlaceholder",
+    "LoadedPickle",
+    "PickleAudit",
+    "RestrictedJoblibUnpickler",
+    "RestrictedUnpickler",
+    "audit_pickle_globals",
+    "load_pickle",
+    "open_pickle_stream",
+]

@@ -1,0 +1,273 @@
+"""A corpus of hostile model files for the loader tests.
+
+Every "live" case, loaded with plain pickle or joblib, creates ``marker`` (a file in the
+test's tmp_path): the tests prove that first, so "the marker never exists" after our
+loaders refuse a case is a claim that can fail. Each case names the exact globals our
+audit must refuse.
+"""
+from __future__ import annotations
+
+import builtins
+import contextlib
+import copyreg
+import io
+import os
+import pickle
+import shlex
+import struct
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+# The name pickle writes for os.system: the function lives in posix on Linux.
+OS_SYSTEM = f"{os.system.__module__}.system"
+
+
+class Reduce:
+    """Pickles as ``func(*args)``: what a malicious ``__reduce__`` returns."""
+
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.func = func
+        self.args = args
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self.func, self.args
+
+    def __call__(self, *args: Any) -> Any:
+        # Only so pickle accepts a Reduce as another Reduce's callable; never called here.
+        raise NotImplementedError
+
+
+def touch_command(marker: Path) -> str:
+    return f"touch {shlex.quote(str(marker))}"
+
+
+def touch_code(marker: Path) -> str:
+    return f"open({str(marker)!r}, 'w').close()"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile file: ``build(marker)`` returns its bytes."""
+
+    id: str
+    build: Callable[[Path], bytes]
+    refused: tuple[str, ...]
+    is_joblib: bool = False
+    # Loading it with plain pickle/joblib really runs the payload (checked by a control test).
+    is_live: bool = True
+    # Held open while the case is built and loaded (copyreg extension codes).
+    context: Callable[[], contextlib.AbstractContextManager[Any]] = field(default=contextlib.nullcontext)
+
+
+# --- payloads ------------------------------------------------------------------------------
+
+
+def os_system(marker: Path) -> Reduce:
+    return Reduce(os.system, touch_command(marker))
+
+
+def eval_payload(marker: Path) -> Reduce:
+    return Reduce(builtins.eval, touch_code(marker))
+
+
+def exec_payload(marker: Path) -> Reduce:
+    return Reduce(builtins.exec, touch_code(marker))
+
+
+def popen_payload(marker: Path) -> Reduce:
+    return Reduce(subprocess.Popen, ["touch", str(marker)])
+
+
+def import_getattr_chain(marker: Path) -> Reduce:
+    """``getattr(__import__('os'), 'system')('touch marker')`` as nested reduces."""
+    system = Reduce(builtins.getattr, Reduce(builtins.__import__, "os"), "system")
+    return Reduce(system, touch_command(marker))
+
+
+def tiny_pipeline() -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.arange(40, dtype=float).reshape(20, 2)
+    y = np.array([0, 1] * 10)
+    return Pipeline([("scale", StandardScaler()), ("model", LogisticRegression())]).fit(X, y)
+
+
+def pipeline_with_payload(marker: Path) -> Any:
+    pipeline = tiny_pipeline()
+    pipeline.named_steps["scale"].evil_ = os_system(marker)
+    return pipeline
+
+
+def pipeline_with_object_array_payload(marker: Path) -> Any:
+    pipeline = tiny_pipeline()
+    pipeline.named_steps["model"].evil_ = np.array(["harmless", os_system(marker)], dtype=object)
+    return pipeline
+
+
+def joblib_bytes(obj: Any, *, compress: int | tuple[str, int] = 0) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(obj, buffer, compress=compress)
+    return buffer.getvalue()
+
+
+# --- hand-written opcode streams -----------------------------------------------------------------
+
+
+def _unicode(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return pickle.BINUNICODE + struct.pack("<I", len(data)) + data
+
+
+def global_opcode_os_system(marker: Path) -> bytes:
+    """Protocol 0, as a human would write it: ``cos\\nsystem`` then REDUCE."""
+    return b"cos\nsystem\n(V" + touch_command(marker).encode() + b"\ntR."
+
+
+def inst_opcode_os_system(marker: Path) -> bytes:
+    """The INST opcode: calls ``os.system`` with the marked arguments."""
+    return b"(V" + touch_command(marker).encode() + b"\nios\nsystem\n."
+
+
+def stack_global_memoized(marker: Path) -> bytes:
+    """STACK_GLOBAL whose operands come from the memo, with decoy strings pushed in between.
+
+    A scanner that takes "the last two strings pushed" reads sklearn.pipeline.Pipeline.
+    """
+    return (
+        pickle.PROTO + b"\x04"
+        + _unicode("os") + pickle.MEMOIZE + pickle.POP
+        + _unicode("system") + pickle.MEMOIZE + pickle.POP
+        + _unicode("sklearn.pipeline") + _unicode("Pipeline") + pickle.POP + pickle.POP
+        + pickle.BINGET + b"\x00" + pickle.BINGET + b"\x01" + pickle.STACK_GLOBAL
+        + _unicode(touch_command(marker)) + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP
+    )
+
+
+def stack_global_computed_name(marker: Path) -> bytes:
+    """STACK_GLOBAL whose module name is built by a call: nothing static can name it."""
+    return (
+        pickle.PROTO + b"\x04"
+        + pickle.GLOBAL + b"numpy\nstr_\n" + _unicode("os") + pickle.TUPLE1 + pickle.REDUCE
+        + _unicode("system") + pickle.STACK_GLOBAL
+        + _unicode(touch_command(marker)) + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP
+    )
+
+
+@contextlib.contextmanager
+def registered_extension(module: str, name: str, code: int) -> Iterator[None]:
+    """Register a copyreg extension code for the duration (EXT1/EXT2/EXT4 opcodes)."""
+    copyreg.add_extension(module, name, code)
+    try:
+        yield
+    finally:
+        copyreg.remove_extension(module, name, code)
+
+
+def _ext_case(code: int, opcode: str) -> Case:
+    module, name = OS_SYSTEM.rsplit(".", 1)
+    return Case(
+        id=f"ext_opcode_{opcode}",
+        build=lambda marker: pickle.dumps(os_system(marker), protocol=2),
+        refused=(OS_SYSTEM,),
+        context=lambda: registered_extension(module, name, code),
+    )
+
+
+def cloudpickled_lambda(marker: Path) -> bytes:
+    import cloudpickle
+
+    command = touch_command(marker)
+    return cloudpickle.dumps(Reduce(lambda: os.system(command)))
+
+
+# cloudpickle 3.1.2 rebuilds a lambda from these; each one is refused.
+CLOUDPICKLE_LAMBDA_GLOBALS = (
+    "cloudpickle.cloudpickle._builtin_type",
+    "cloudpickle.cloudpickle._function_setstate",
+    "cloudpickle.cloudpickle._make_cell",
+    "cloudpickle.cloudpickle._make_empty_cell",
+    "cloudpickle.cloudpickle._make_function",
+    "cloudpickle.cloudpickle.subimport",
+)
+
+
+def corpus() -> list[Case]:
+    """Return every hostile case, with readable ids."""
+    cases = [
+        Case("os_system_global_opcode", global_opcode_os_system, ("os.system",)),
+        Case("os_system_inst_opcode", inst_opcode_os_system, ("os.system",)),
+        Case("stack_global_memoized_strings", stack_global_memoized, ("os.system",)),
+        Case(
+            "import_getattr_chain",
+            lambda marker: pickle.dumps(import_getattr_chain(marker)),
+            ("builtins.__import__", "builtins.getattr"),
+        ),
+        Case(
+            "every_refused_global_named",
+            lambda marker: pickle.dumps(
+                [os_system(marker), eval_payload(marker), popen_payload(marker), import_getattr_chain(marker)]
+            ),
+            tuple(sorted((OS_SYSTEM, "builtins.eval", "subprocess.Popen", "builtins.__import__", "builtins.getattr"))),
+        ),
+        Case("pipeline_step_attribute", lambda marker: pickle.dumps(pipeline_with_payload(marker)), (OS_SYSTEM,)),
+        Case(
+            "joblib_top_level",
+            lambda marker: joblib_bytes(pipeline_with_payload(marker)),
+            (OS_SYSTEM,),
+            is_joblib=True,
+        ),
+        Case(
+            "joblib_object_array",
+            lambda marker: joblib_bytes(pipeline_with_object_array_payload(marker)),
+            (OS_SYSTEM,),
+            is_joblib=True,
+        ),
+        Case(
+            "joblib_object_array_zlib",
+            lambda marker: joblib_bytes(pipeline_with_object_array_payload(marker), compress=3),
+            (OS_SYSTEM,),
+            is_joblib=True,
+        ),
+        Case(
+            "joblib_object_array_eval_gzip",
+            lambda marker: joblib_bytes(
+                np.array([eval_payload(marker)], dtype=object), compress=("gzip", 3)
+            ),
+            ("builtins.eval",),
+            is_joblib=True,
+        ),
+        Case("cloudpickle_lambda", cloudpickled_lambda, CLOUDPICKLE_LAMBDA_GLOBALS),
+        _ext_case(0xF0, "EXT1"),
+        _ext_case(0xF00D, "EXT2"),
+        _ext_case(0x0BADF00D, "EXT4"),
+    ]
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        for payload, refused in (
+            (os_system, OS_SYSTEM),
+            (eval_payload, "builtins.eval"),
+            (exec_payload, "builtins.exec"),
+            (popen_payload, "subprocess.Popen"),
+        ):
+            cases.append(
+                Case(
+                    f"{refused}-protocol{protocol}",
+                    lambda marker, payload=payload, protocol=protocol: pickle.dumps(payload(marker), protocol=protocol),
+                    (refused,),
+                )
+            )
+    return cases
+
+
+def load_unsafely(data: bytes, *, is_joblib: bool) -> Any:
+    """Load with plain joblib/pickle: ONLY for the control test that proves a payload is live."""
+    if is_joblib:
+        return joblib.load(io.BytesIO(data))
+    return pickle.loads(data)

@@ -1,0 +1,235 @@
+"""Hostile pickles and joblib files: refused, named, and never run."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from platform_site.errors import InvalidArtifact, UnsafeArtifact
+from registry.loaders.safe_pickle import (
+    RestrictedJoblibUnpickler,
+    RestrictedUnpickler,
+    audit_pickle_globals,
+    load_pickle,
+)
+from registry.tests import malicious
+
+CASES = malicious.corpus()
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    return tmp_path / "payload-ran"
+
+
+def _write(tmp_path: Path, data: bytes, *, is_joblib: bool) -> Path:
+    path = tmp_path / ("model.joblib" if is_joblib else "model.pkl")
+    path.write_bytes(data)
+    return path
+
+
+def _wait_for(path: Path) -> bool:
+    # subprocess.Popen payloads touch the marker from a child process, shortly after loading.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if case.is_live], ids=lambda case: case.id)
+def test_payload_runs_when_loaded_without_our_loader(case: malicious.Case, marker: Path) -> None:
+    """Control: proves each payload is real, so the refusal tests below can fail."""
+    with case.context():
+        data = case.build(marker)
+        malicious.load_unsafely(data, is_joblib=case.is_joblib)
+    assert _wait_for(marker)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_load_refuses_and_names_every_refused_global(case: malicious.Case, marker: Path, tmp_path: Path) -> None:
+    with case.context():
+        path = _write(tmp_path, case.build(marker), is_joblib=case.is_joblib)
+        with pytest.raises(UnsafeArtifact) as raised:
+            load_pickle(source=path)
+    assert raised.value.refused_globals == sorted(case.refused)
+    assert raised.value.detail == "The model file refers to globals outside the allow-list: " + ", ".join(
+        sorted(case.refused)
+    )
+    assert raised.value.status == 422
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_audit_alone_refuses_from_bytes(case: malicious.Case, marker: Path) -> None:
+    with case.context():
+        data = case.build(marker)
+        with pytest.raises(UnsafeArtifact) as raised:
+            audit_pickle_globals(source=data)
+    assert raised.value.refused_globals == sorted(case.refused)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "case", [case for case in CASES if case.is_live and not case.is_joblib], ids=lambda case: case.id
+)
+def test_enforcing_unpickler_refuses_without_the_audit(case: malicious.Case, marker: Path) -> None:
+    """The second line of defence: find_class alone stops the first refused global it meets."""
+    with case.context():
+        data = case.build(marker)
+        with pytest.raises(UnsafeArtifact) as raised:
+            RestrictedUnpickler(io.BytesIO(data)).load()
+    assert len(raised.value.refused_globals) == 1
+    assert raised.value.refused_globals[0] in case.refused
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("case", [case for case in CASES if case.is_joblib], ids=lambda case: case.id)
+def test_enforcing_joblib_unpickler_refuses_nested_object_array_payloads(case: malicious.Case, marker: Path) -> None:
+    from registry.loaders.safe_pickle import open_pickle_stream
+
+    data = case.build(marker)
+    with open_pickle_stream(source=data) as (stream, _), pytest.raises(UnsafeArtifact) as raised:
+        RestrictedJoblibUnpickler("", stream, True).load()
+    assert raised.value.refused_globals == sorted(case.refused)
+    assert not marker.exists()
+
+
+def test_stack_global_with_a_computed_name_is_refused(marker: Path) -> None:
+    with pytest.raises(UnsafeArtifact) as raised:
+        audit_pickle_globals(source=malicious.stack_global_computed_name(marker))
+    assert raised.value.refused_globals == []
+    assert raised.value.detail == "The model file is refused: it builds a STACK_GLOBAL name at load time."
+
+
+def test_persistent_ids_are_refused(tmp_path: Path) -> None:
+    class PersistentPickler(pickle.Pickler):
+        def persistent_id(self, obj: object) -> str | None:
+            return "tenant-object" if obj == "persisted" else None
+
+    buffer = io.BytesIO()
+    PersistentPickler(buffer, protocol=2).dump(["persisted", "plain"])
+    with pytest.raises(UnsafeArtifact) as raised:
+        load_pickle(source=buffer.getvalue())
+    assert raised.value.detail == "The model file is refused: it uses pickle persistent ids, which the platform refuses."
+    with pytest.raises(UnsafeArtifact, match="persistent ids"):
+        RestrictedUnpickler(io.BytesIO(buffer.getvalue())).load()
+
+
+def test_refusal_and_persistent_id_are_reported_together(marker: Path) -> None:
+    class PersistentPickler(pickle.Pickler):
+        def persistent_id(self, obj: object) -> str | None:
+            return "tenant-object" if obj == "persisted" else None
+
+    buffer = io.BytesIO()
+    PersistentPickler(buffer, protocol=4).dump(["persisted", malicious.eval_payload(marker)])
+    with pytest.raises(UnsafeArtifact) as raised:
+        audit_pickle_globals(source=buffer.getvalue())
+    assert raised.value.refused_globals == ["builtins.eval"]
+    assert raised.value.detail == (
+        "The model file is refused: it refers to globals outside the allow-list: builtins.eval; "
+        "it uses pickle persistent ids, which the platform refuses."
+    )
+
+
+def test_unregistered_extension_code_is_invalid(marker: Path) -> None:
+    with malicious.registered_extension("posix", "system", 0xF1):
+        data = pickle.dumps(malicious.os_system(marker), protocol=2)
+    with pytest.raises(InvalidArtifact, match="copyreg extension code 241, which is not registered"):
+        load_pickle(source=data)
+    assert not marker.exists()
+
+
+def test_latin1_stand_in_refuses_other_codecs() -> None:
+    # Protocols 0-2 write bytes as _codecs.encode(text, "latin1"); any other codec is refused at load.
+    data = pickle.PROTO + b"\x02" + pickle.GLOBAL + b"_codecs\nencode\n" + b"X\x03\x00\x00\x00abcX\x05\x00\x00\x00rot13\x86R."
+    assert audit_pickle_globals(source=data).globals == ("_codecs.encode",)
+    with pytest.raises(UnsafeArtifact) as raised:
+        load_pickle(source=data)
+    assert raised.value.refused_globals == ["_codecs.encode"]
+    assert raised.value.detail == "The model file calls _codecs.encode with encoding 'rot13'; only latin1 is allowed."
+
+
+def test_old_multi_file_joblib_pickle_is_invalid() -> None:
+    from joblib.numpy_pickle_compat import NDArrayWrapper
+
+    data = pickle.dumps(NDArrayWrapper("model.pkl_01.npy", np.ndarray), protocol=2)
+    with pytest.raises(InvalidArtifact, match="joblib older than 0.10, which kept arrays in companion .npy files"):
+        load_pickle(source=data)
+
+
+def test_joblib_wrapper_built_by_a_call_is_invalid() -> None:
+    # joblib writes its wrapper with NEWOBJ + state; a REDUCE call could pick any attributes.
+    data = (
+        pickle.PROTO + b"\x02" + pickle.GLOBAL + b"joblib.numpy_pickle\nNumpyArrayWrapper\n"
+        + pickle.GLOBAL + b"numpy\nndarray\n" + pickle.EMPTY_TUPLE + pickle.TUPLE2 + pickle.REDUCE
+        + pickle.EMPTY_DICT + pickle.BUILD + pickle.STOP
+    )
+    with pytest.raises(InvalidArtifact, match="a joblib array wrapper built by calling it"):
+        audit_pickle_globals(source=data)
+    with pytest.raises(InvalidArtifact, match="builds a joblib array wrapper by calling it"):
+        RestrictedJoblibUnpickler("", io.BytesIO(data), True).load()
+
+
+def _joblib_array_inside_a_frame() -> bytes:
+    """A joblib file whose first frame is stretched over the raw array bytes that follow it.
+
+    The pickle unpickler would buffer the whole frame, so array bytes would be read as
+    opcodes and vice versa: a parser differential, refused by the audit and the loader.
+    """
+    data = bytearray(malicious.joblib_bytes(np.arange(4, dtype=np.int64)))
+    assert data[2:3] == pickle.FRAME
+    frame_length = int.from_bytes(data[3:11], "little")
+    data[3:11] = (frame_length + 16 + 32).to_bytes(8, "little")
+    return bytes(data)
+
+
+def test_joblib_array_data_inside_a_pickle_frame_is_invalid() -> None:
+    data = _joblib_array_inside_a_frame()
+    with pytest.raises(InvalidArtifact, match="joblib array data inside a pickle frame"):
+        audit_pickle_globals(source=data)
+
+
+def test_joblib_loader_alone_refuses_array_data_inside_a_frame() -> None:
+    with pytest.raises(InvalidArtifact, match="joblib array data inside a frame"):
+        RestrictedJoblibUnpickler("", io.BytesIO(_joblib_array_inside_a_frame()), True).load()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        pytest.param(b"", "The model file is empty.", id="empty"),
+        pytest.param(b"not a pickle at all", "unknown opcode b'n' at byte 0", id="text"),
+        pytest.param(pickle.dumps([1, 2, 3])[:-1], "it ends before its STOP opcode", id="truncated"),
+        pytest.param(b"\x80\x05h\x07.", "it reads memo entry 7 before writing it", id="memo_get_before_put"),
+        pytest.param(
+            malicious.joblib_bytes(np.arange(1000, dtype=np.float64))[:-100],
+            "the file ends inside array data",
+            id="truncated_joblib_array",
+        ),
+    ],
+)
+def test_unreadable_files_are_invalid_with_the_reason(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidArtifact) as raised:
+        load_pickle(source=data)
+    assert message in raised.value.detail
+
+
+def test_corrupt_compressed_joblib_is_invalid() -> None:
+    data = bytearray(malicious.joblib_bytes({"weights": np.arange(5000.0)}, compress=3))
+    data[40:60] = b"\x00" * 20
+    with pytest.raises(InvalidArtifact, match="zlib-compressed file is corrupt"):
+        load_pickle(source=bytes(data))
+
+
+def test_lz4_joblib_is_invalid_without_lz4_installed() -> None:
+    if importlib.util.find_spec("lz4") is not None:
+        pytest.skip("lz4 is installed here")
+    with pytest.raises(InvalidArtifact, match="The lz4-compressed file cannot be read here"):
+        load_pickle(source=b"\x04\x22\x4d\x18" + b"\x00" * 32)
