@@ -16,12 +16,18 @@ def _clean_caches(settings):
     from django.core.cache import cache
 
     from accounts.authentication import forget_cached_keys
+    from inference import routing
+    from platform_site import redis_client
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     forget_cached_keys()
+    routing.clear_routes()
+    redis_client.reset()
     cache.clear()
     yield
     forget_cached_keys()
+    routing.clear_routes()
+    redis_client.reset()
 
 
 @pytest.fixture

@@ -1,10 +1,31 @@
 """The Celery application shared by the worker and beat processes."""
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "platform_site.settings")
 
 app = Celery("modelhost")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.worker_ready.connect
+def start_heartbeat(sender=None, **kwargs) -> None:
+    """Tell the web processes this worker is alive (modelhost_workers_online), every 10 s."""
+    import threading
+    import time
+
+    from platform_site.metrics import HEARTBEAT_SECONDS, record_worker_heartbeat
+
+    hostname = getattr(sender, "hostname", None) or "worker"
+
+    def beat() -> None:
+        while True:
+            try:
+                record_worker_heartbeat(hostname)
+            except Exception:  # the cache may be briefly down; the next beat retries
+                pass
+            time.sleep(HEARTBEAT_SECONDS)
+
+    threading.Thread(target=beat, name="modelhost-heartbeat", daemon=True).start()

@@ -61,3 +61,111 @@ BATCH_ROWS = Counter(
     "Rows scored by batch jobs.",
     [],
 )
+
+
+# --- gauges read at scrape time -----------------------------------------------------------
+# These describe shared state (the broker, the workers, the latest drift reports), so the
+# web process that is scraped reads them when asked instead of each process exporting them.
+
+QUEUES = ("default", "batch", "analytics", "ingest")
+# Apps add (name, callable) pairs that yield GaugeMetricFamily samples; analytics registers
+# the drift gauge this way, since nothing may import from analytics.
+SCRAPE_HOOKS: dict[str, object] = {}
+
+
+class PlatformCollector:
+    """Broker queue depth, live Celery workers and app-provided gauges, at scrape time."""
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        queue_length = GaugeMetricFamily("modelhost_queue_length", "Messages waiting in each Celery queue.", labels=["queue"])
+        for queue, depth in queue_depths().items():
+            queue_length.add_metric([queue], depth)
+        yield queue_length
+        workers = GaugeMetricFamily("modelhost_workers_online", "Celery workers that sent a heartbeat in the last 30 seconds.")
+        workers.add_metric([], float(len(workers_online())))
+        yield workers
+        drift = GaugeMetricFamily(
+            "modelhost_drift_detected", "1 when the latest drift report of a production version says drift.", labels=["org", "model", "version"]
+        )
+        hook = SCRAPE_HOOKS.get("drift")
+        if hook is not None:
+            for labels, value in hook():
+                drift.add_metric(labels, value)
+        yield drift
+
+    def describe(self):
+        return []
+
+
+def queue_depths() -> dict[str, float]:
+    """Messages waiting per queue, asked of the broker with a short timeout; NaN when unknown."""
+    from django.conf import settings
+    from kombu import Connection
+
+    depths = {queue: float("nan") for queue in QUEUES}
+    try:
+        with Connection(settings.CELERY_BROKER_URL, transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS, connect_timeout=1) as conn:
+            channel = conn.default_channel
+            for queue in QUEUES:
+                try:
+                    depths[queue] = float(channel.queue_declare(queue=queue, passive=True).message_count)
+                except Exception:  # a queue nobody declared yet holds nothing
+                    depths[queue] = 0.0
+    except Exception:  # broker down: the gauge says "unknown" and the worker-down alert speaks
+        pass
+    return depths
+
+
+HEARTBEAT_SECONDS = 10
+HEARTBEAT_TTL = 30
+
+
+def record_worker_heartbeat(hostname: str) -> None:
+    """Called by each worker every HEARTBEAT_SECONDS (platform_site.celery)."""
+    from django.core.cache import cache
+
+    known = set(cache.get("mh:workers", []))
+    known.add(hostname)
+    cache.set("mh:workers", sorted(known), timeout=None)
+    cache.set(f"mh:worker:{hostname}", 1, timeout=HEARTBEAT_TTL)
+
+
+def workers_online() -> list[str]:
+    from django.core.cache import cache
+
+    try:
+        known = cache.get("mh:workers", [])
+        alive = cache.get_many([f"mh:worker:{name}" for name in known])
+    except Exception:  # cache down: no worker can be confirmed
+        return []
+    return [name for name in known if f"mh:worker:{name}" in alive]
+
+
+def metrics_view(request):
+    """/metrics: the multiprocess aggregate of every web process, plus the scrape-time gauges."""
+    import os
+
+    from django.http import HttpResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        registry.register(_platform_collector)
+    else:
+        registry = REGISTRY
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+_platform_collector = PlatformCollector()
+
+
+def register_platform_collector() -> None:
+    from prometheus_client import REGISTRY
+
+    try:
+        REGISTRY.register(_platform_collector)
+    except ValueError:  # already registered (autoreload)
+        pass

@@ -97,6 +97,8 @@ else:
 REDIS_URL = env.str("REDIS_URL", default="")
 # Every Redis call has a bound: a Redis that stops answering costs a request at most this.
 REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=0.25)
+# After a Redis error the hot path skips Redis this long before trying again.
+REDIS_RETRY_SECONDS = env.float("REDIS_RETRY_SECONDS", default=2.0)
 
 if REDIS_URL:
     CACHES = {
@@ -129,6 +131,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 elif CELERY_BROKER_URL.startswith("redis"):
@@ -142,6 +145,14 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ROUTES = {
+    "inference.drain_prediction_records": {"queue": "ingest"},
+    "inference.score_batch_chunk": {"queue": "batch"},
+    "analytics.*": {"queue": "analytics"},
+}
+CELERY_BEAT_SCHEDULE = {
+    "drain-prediction-records": {"task": "inference.drain_prediction_records", "schedule": env.float("RECORD_DRAIN_SECONDS", default=2.0)},
+}
 
 # --- Model storage ----------------------------------------------------------------------
 
@@ -235,9 +246,31 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
+# --- Prediction records and the model cache ----------------------------------------------
+
+RECORD_STREAM_MAXLEN = env.int("RECORD_STREAM_MAXLEN", default=2_000_000)
+RECORD_BUFFER_MAX = env.int("RECORD_BUFFER_MAX", default=10_000)
+RECORD_FLUSH_SECONDS = env.float("RECORD_FLUSH_SECONDS", default=1.0)
+RECORD_CLAIM_IDLE_SECONDS = env.float("RECORD_CLAIM_IDLE_SECONDS", default=60.0)
+# Rows of input and output kept per prediction record (for drift and feedback joins).
+RECORD_MAX_ROWS = env.int("RECORD_MAX_ROWS", default=100)
+MODEL_CACHE_MAX_MB = env.int("MODEL_CACHE_MAX_MB", default=1024)
+MODEL_CACHE_MAX_MODELS = env.int("MODEL_CACHE_MAX_MODELS", default=64)
+# Routes (org/model -> version) are cached in-process this long; a promotion made in another
+# process is seen within this bound (at once in the process that made it).
+ROUTE_CACHE_SECONDS = env.float("ROUTE_CACHE_SECONDS", default=2.0)
+MAX_ROWS_PER_REQUEST = env.int("MAX_ROWS_PER_REQUEST", default=10_000)
+
 # --- Limits -----------------------------------------------------------------------------
 
 MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=512 * 1024 * 1024)
+MAX_REFERENCE_BYTES = env.int("MAX_REFERENCE_BYTES", default=100 * 1024 * 1024)
+# The upload-time check (safe load + a prediction on the input example) runs in a child
+# process bounded by these; a runaway model kills the child, not the web process.
+MODEL_CHECK_TIMEOUT_SECONDS = env.float("MODEL_CHECK_TIMEOUT_SECONDS", default=60.0)
+MODEL_CHECK_MEMORY_MB = env.int("MODEL_CHECK_MEMORY_MB", default=2048)
+# Local copies of stored artifacts (downloaded from S3, unpacked MLflow zips), per host.
+ARTIFACT_CACHE_DIR = env.path("ARTIFACT_CACHE_DIR", default=VAR_DIR / "artifact-cache")
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_JSON_BODY_BYTES", default=10 * 1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 

@@ -37,7 +37,33 @@ TENANT_ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/api/v1/orgs/{org}/audit-events"),
     Endpoint("GET", "/api/v1/orgs", is_list=True),
     Endpoint("GET", "/api/v1/me", is_list=True),
+    # registry
+    Endpoint("GET", "/api/v1/models", is_list=True),
+    Endpoint("POST", "/api/v1/models", {"org": "{org}", "name": "stolen"}),
+    Endpoint("GET", "/api/v1/models/{org}/{model}"),
+    Endpoint("PATCH", "/api/v1/models/{org}/{model}", {"description": "stolen"}),
+    Endpoint("DELETE", "/api/v1/models/{org}/{model}"),
+    Endpoint("GET", "/api/v1/models/{org}/{model}/versions"),
+    Endpoint("POST", "/api/v1/models/{org}/{model}/versions", {"description": "x"}),
+    Endpoint("POST", "/api/v1/models/{org}/{model}/versions/import-mlflow", {"model_uri": "models:/x/1"}),
+    Endpoint("GET", "/api/v1/models/{org}/{model}/versions/{version}"),
+    Endpoint("POST", "/api/v1/models/{org}/{model}/versions/{version}/stage", {"stage": "archived"}),
+    Endpoint("POST", "/api/v1/models/{org}/{model}/rollback"),
+    Endpoint("GET", "/api/v1/models/{org}/{model}/releases"),
+    # inference
+    Endpoint("POST", "/api/v1/models/{org}/{model}/predict", {"inputs": [[5.1, 3.5, 1.4, 0.2]]}),
+    Endpoint("POST", "/api/v1/models/{org}/{model}/versions/{version}/predict", {"inputs": [[5.1, 3.5, 1.4, 0.2]]}),
+    Endpoint("POST", "/api/v1/models/{org}/{model}/invocations", {"inputs": [[5.1, 3.5, 1.4, 0.2]]}),
+    Endpoint("POST", "/api/v1/models/{org}/{model}/versions/{version}/invocations", {"inputs": [[5.1, 3.5, 1.4, 0.2]]}),
+    Endpoint("POST", "/api/v1/predictions/{prediction}/feedback", {"label": 0}),
 ]
 
 # What stands in for each placeholder when asking for a resource that does not exist.
-MISSING = {"org": "no-such-org", "member_id": 987654321, "key_id": 987654321}
+MISSING = {
+    "org": "no-such-org",
+    "member_id": 987654321,
+    "key_id": 987654321,
+    "model": "no-such-model",
+    "version": 987654,
+    "prediction": "prd_00000000000000000000000000",
+}

@@ -1,0 +1,341 @@
+"""The inference hot path: one straight line of named steps, shared by every protocol.
+
+authenticate -> resolve (production or experiment variant) -> limit -> validate -> cache
+-> predict -> record. A warm request makes no database query: keys, routes and models come
+from in-process caches; limits, the prediction cache and the record stream are Redis calls
+with timeouts and fallbacks. Each step feeds Server-Timing and the Prometheus metrics.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import orjson
+from django.conf import settings
+from django.http import HttpRequest
+
+from accounts.authentication import ApiKeyError, authenticate_api_key, credential_from_headers
+from inference import limits, prediction_cache, records, routing
+from inference.model_cache import models as model_cache
+from platform_site.errors import ModelhostError, NotFound, PermissionDenied, Unauthenticated
+from platform_site.metrics import PREDICTION_CACHE_HITS, PREDICTION_ERRORS, PREDICTION_LATENCY, PREDICTION_REQUESTS, PREDICTION_ROWS
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_prediction_id() -> str:
+    """`prd_` + a ULID: 48 bits of milliseconds then 80 random bits, sortable by time."""
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(secrets.token_bytes(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "prd_" + "".join(reversed(chars))
+
+
+@dataclass
+class Timings:
+    started: float = field(default_factory=time.perf_counter)
+    last: float = 0.0
+    spans: list[tuple[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.last = self.started
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.spans.append((name, (now - self.last) * 1000))
+        self.last = now
+
+    def total_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={ms:.3f}" for name, ms in self.spans)
+
+
+@dataclass(frozen=True)
+class CallerIdentity:
+    """Who is predicting: counted against `subject`'s limits and recorded with `api_key_id`."""
+
+    org_slug: str | None
+    subject: str
+    api_key_id: int | None
+    key_limit: int = 0
+    key_quota: int = 0
+    org_limit: int = 0
+    org_quota: int = 0
+
+
+@dataclass
+class ModelInput:
+    """A validated batch: what the model predicts on, and its canonical bytes for the cache key."""
+
+    x: Any
+    n_rows: int
+    canonical: bytes
+    recorded: Any
+
+
+@dataclass
+class PredictionCall:
+    """A protocol's request, before the version (and so the signature) is known.
+
+    `validate(target)` checks the body against the chosen version and may set
+    `want_proba` (the V2 protocol asks for probabilities by output name).
+    """
+
+    unit_id: str | None
+    want_proba: bool
+    validate: Callable[["routing.VersionTarget"], ModelInput]
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    prediction_id: str
+    route: routing.Route
+    target: routing.VersionTarget
+    variant: str | None
+    predictions: np.ndarray | list
+    probabilities: np.ndarray | list | None
+    cache_hit: bool
+    latency_ms: float
+    timings: Timings
+    limit_headers: dict[str, str]
+    call: PredictionCall
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Cache": "HIT" if self.cache_hit else "MISS", "Server-Timing": self.timings.header(), **self.limit_headers}
+
+
+def authenticate(request: HttpRequest) -> CallerIdentity:
+    """API key (the fast path), else a JWT or a browser session of an organization member."""
+    plaintext = credential_from_headers(request.META)
+    if plaintext is not None:
+        try:
+            key = authenticate_api_key(plaintext)
+        except ApiKeyError as exc:
+            raise Unauthenticated(exc.reason, headers={"WWW-Authenticate": 'Bearer realm="api"'}) from None
+        if not key.has_scope("predict"):
+            raise PermissionDenied("This API key lacks the 'predict' scope.")
+        return CallerIdentity(
+            org_slug=key.organization_slug,
+            subject=f"k{key.id}",
+            api_key_id=key.id,
+            key_limit=key.rate_limit_per_minute,
+            key_quota=key.monthly_quota,
+            org_limit=key.organization_rate_limit_per_minute,
+            org_quota=key.organization_monthly_quota,
+        )
+    user = _user_from_jwt_or_session(request)
+    if user is None:
+        raise Unauthenticated("Send an API key (Authorization: Bearer mh_… or X-API-Key), a JWT, or log in.", headers={"WWW-Authenticate": 'Bearer realm="api"'})
+    return CallerIdentity(org_slug=None, subject=f"u{user.pk}", api_key_id=None)
+
+
+def _user_from_jwt_or_session(request: HttpRequest):
+    from rest_framework.exceptions import AuthenticationFailed
+
+    from accounts.authentication import JwtAuthentication
+
+    if request.META.get("HTTP_AUTHORIZATION", "").lower().startswith("bearer "):
+        try:
+            result = JwtAuthentication().authenticate(request)
+        except AuthenticationFailed as exc:
+            raise Unauthenticated(str(exc.detail), headers={"WWW-Authenticate": 'Bearer realm="api"'}) from None
+        return result[0] if result else None
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        _enforce_csrf(request)
+        return user
+    return None
+
+
+def _enforce_csrf(request: HttpRequest) -> None:
+    # A browser session must carry the CSRF token, as DRF's SessionAuthentication requires.
+    from django.middleware.csrf import CsrfViewMiddleware
+
+    reason = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
+    if reason is not None:
+        raise PermissionDenied("CSRF check failed: send the X-CSRFToken header with a session-authenticated request.")
+
+
+def _route_for(identity: CallerIdentity, org_slug: str, model_name: str) -> tuple[routing.Route, CallerIdentity]:
+    """The route, if the caller may use it; people get their organization's limits attached."""
+    if identity.api_key_id is not None:
+        if identity.org_slug != org_slug:
+            raise NotFound()
+        return routing.resolve_route(org_slug, model_name), identity
+    from accounts.models import Membership
+
+    membership = Membership.objects.select_related("organization").filter(user_id=int(identity.subject[1:]), organization__slug=org_slug).first()
+    if membership is None:
+        raise NotFound()
+    org = membership.organization
+    identity = CallerIdentity(org_slug=org_slug, subject=identity.subject, api_key_id=None, org_limit=org.rate_limit_per_minute, org_quota=org.monthly_quota)
+    return routing.resolve_route(org_slug, model_name), identity
+
+
+def run_prediction(
+    *,
+    request: HttpRequest,
+    org_slug: str | None,
+    model_name: str,
+    version_number: int | None,
+    protocol: str,
+    parse: Callable[[], PredictionCall],
+) -> Outcome:
+    timings = Timings()
+    identity = authenticate(request)
+    timings.mark("auth")
+    org_slug = org_slug or identity.org_slug
+    if org_slug is None:
+        raise NotFound()
+    route, identity = _route_for(identity, org_slug, model_name)
+    call = parse()
+    target, variant = _choose_target(route, version_number, call.unit_id)
+    timings.mark("resolve")
+    try:
+        limit_state = limits.check_and_count(
+            subject=identity.subject,
+            org_id=route.org_id,
+            key_limit=identity.key_limit,
+            org_limit=identity.org_limit,
+            key_quota=identity.key_quota,
+            org_quota=identity.org_quota,
+        )
+        if routing.note_generation(limit_state.route_generation):
+            route, identity = _route_for(identity, org_slug, model_name)
+            target, variant = _choose_target(route, version_number, call.unit_id)
+        timings.mark("limit")
+        model_input = call.validate(target)
+        timings.mark("validate")
+        key = None
+        cached = None
+        if route.cache_ttl > 0:
+            key = prediction_cache.cache_key(version_id=target.id, canonical_input=model_input.canonical, want_proba=call.want_proba)
+            cached = prediction_cache.lookup(key)
+        timings.mark("cache")
+        if cached is not None:
+            predictions, probabilities = cached["p"], cached.get("q")
+        else:
+            loaded = model_cache.get(target.id, size_bytes=target.size_bytes, load=lambda: _load_estimator(target.id))
+            predictions, probabilities = loaded.predict(model_input.x, want_proba=call.want_proba)
+        timings.mark("predict")
+    except ModelhostError as exc:
+        _record_failure(identity=identity, route=route, target=target, variant=variant, protocol=protocol, call=call, timings=timings, error=exc)
+        raise
+    outcome = Outcome(
+        prediction_id=new_prediction_id(),
+        route=route,
+        target=target,
+        variant=variant,
+        predictions=predictions,
+        probabilities=probabilities,
+        cache_hit=cached is not None,
+        latency_ms=0.0,
+        timings=timings,
+        limit_headers=limit_state.headers(),
+        call=call,
+    )
+    cache_value = None
+    if key is not None and cached is None:
+        cache_value = orjson.dumps({"p": predictions, "q": probabilities}, option=orjson.OPT_SERIALIZE_NUMPY)
+    outcome.latency_ms = timings.total_ms()
+    records.publish(
+        record=_record(identity=identity, outcome=outcome, protocol=protocol, rows=model_input.n_rows, inputs=model_input.recorded),
+        cache_key=key,
+        cache_value=cache_value,
+        ttl=route.cache_ttl,
+    )
+    timings.mark("record")
+    _observe(outcome=outcome, protocol=protocol, rows=model_input.n_rows)
+    return outcome
+
+
+def _choose_target(route: routing.Route, version_number: int | None, unit_id: str | None) -> tuple[routing.VersionTarget, str | None]:
+    if version_number is not None:
+        return routing.resolve_version(route, version_number), None
+    if route.experiment is not None:
+        variant = route.experiment.choose(unit_id)
+        return variant.target, variant.name
+    if route.production is None:
+        raise NotFound(f"{route.full_name} has no production version; promote one or call /versions/<n>/predict.")
+    return route.production, None
+
+
+def _load_estimator(version_id: int):
+    from registry.artifacts import load_estimator
+    from registry.models import ModelVersion
+
+    return load_estimator(ModelVersion.objects.get(id=version_id))
+
+
+def _capped(values: Any) -> Any:
+    if isinstance(values, np.ndarray):
+        values = values[: settings.RECORD_MAX_ROWS].tolist()
+    elif isinstance(values, list):
+        values = values[: settings.RECORD_MAX_ROWS]
+    return values
+
+
+def _record(*, identity: CallerIdentity, outcome: Outcome, protocol: str, rows: int, inputs: Any) -> dict:
+    return {
+        "id": outcome.prediction_id,
+        "ts": time.time(),
+        "org": outcome.route.org_id,
+        "model": outcome.route.model_id,
+        "version": outcome.target.id,
+        "exp": outcome.route.experiment.id if outcome.variant is not None and outcome.route.experiment else None,
+        "variant": outcome.variant,
+        "key": identity.api_key_id,
+        "unit": outcome.call.unit_id,
+        "proto": protocol,
+        "rows": rows,
+        "lat": round(outcome.latency_ms, 3),
+        "hit": outcome.cache_hit,
+        "status": 200,
+        "in": _capped(inputs),
+        "out": _capped(outcome.predictions),
+    }
+
+
+def _record_failure(*, identity, route, target, variant, protocol, call, timings, error: ModelhostError) -> None:
+    PREDICTION_ERRORS.labels(route.org_slug, route.model_name, protocol, error.code).inc()
+    records.publish(
+        record={
+            "id": new_prediction_id(),
+            "ts": time.time(),
+            "org": route.org_id,
+            "model": route.model_id,
+            "version": target.id,
+            "exp": route.experiment.id if variant is not None and route.experiment else None,
+            "variant": variant,
+            "key": identity.api_key_id,
+            "unit": call.unit_id,
+            "proto": protocol,
+            "rows": 0,
+            "lat": round(timings.total_ms(), 3),
+            "hit": False,
+            "status": error.status,
+            "err": error.code,
+        }
+    )
+
+
+def _observe(*, outcome: Outcome, protocol: str, rows: int) -> None:
+    org, model, version = outcome.route.org_slug, outcome.route.model_name, str(outcome.target.number)
+    PREDICTION_REQUESTS.labels(org, model, version, protocol, outcome.variant or "").inc()
+    PREDICTION_ROWS.labels(org, model, version).inc(rows)
+    if outcome.cache_hit:
+        PREDICTION_CACHE_HITS.labels(org, model, version).inc()
+    PREDICTION_LATENCY.labels(org, model, version, protocol).observe(outcome.latency_ms / 1000)
+
+
+def canonical_bytes(rows: Any) -> bytes:
+    return orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)
+

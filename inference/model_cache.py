@@ -1,0 +1,110 @@
+"""A bounded per-process LRU of loaded models, with a memory budget.
+
+Not every model lives in every worker: a version is loaded on first use (through the
+registry's safe loader) and the least recently used ones are dropped when the count or the
+estimated memory passes MODEL_CACHE_MAX_MODELS / MODEL_CACHE_MAX_MB. The estimate is the
+artifact's size on disk, which for pickles and joblib files is close to the size in memory.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from django.conf import settings
+
+from platform_site.metrics import MODEL_LOAD_SECONDS, MODELS_LOADED
+
+
+@dataclass
+class LoadedModel:
+    version_id: int
+    estimator: Any
+    has_proba: bool
+    classes: np.ndarray | None
+    size_bytes: int
+    load_seconds: float
+
+    def predict(self, x, *, want_proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predictions and, when asked and available, probabilities.
+
+        predict() is always called: deriving labels from argmax(predict_proba) is wrong for
+        threshold-tuned classifiers, so the cost of a second call is paid for correctness.
+        """
+        predictions = self.estimator.predict(x)
+        if want_proba and self.has_proba:
+            return predictions, self.estimator.predict_proba(x)
+        return predictions, None
+
+
+class ModelCache:
+    def __init__(self) -> None:
+        self._models: OrderedDict[int, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[int, threading.Lock] = {}
+
+    def get(self, version_id: int, *, size_bytes: int, load: Callable[[], Any]) -> LoadedModel:
+        model = self._models.get(version_id)
+        if model is not None:
+            self._models.move_to_end(version_id)
+            return model
+        with self._lock:
+            gate = self._loading.setdefault(version_id, threading.Lock())
+        with gate:  # one load per version per process, even under threads
+            model = self._models.get(version_id)
+            if model is not None:
+                return model
+            started = time.perf_counter()
+            estimator = load()
+            seconds = time.perf_counter() - started
+            MODEL_LOAD_SECONDS.observe(seconds)
+            classes = getattr(estimator, "classes_", None)
+            model = LoadedModel(
+                version_id=version_id,
+                estimator=estimator,
+                has_proba=_has_predict_proba(estimator),
+                classes=np.asarray(classes) if classes is not None else None,
+                size_bytes=size_bytes,
+                load_seconds=seconds,
+            )
+            with self._lock:
+                self._models[version_id] = model
+                self._evict()
+                self._loading.pop(version_id, None)
+            MODELS_LOADED.set(len(self._models))
+            return model
+
+    def _evict(self) -> None:
+        budget = settings.MODEL_CACHE_MAX_MB * 1024 * 1024
+        while len(self._models) > 1 and (
+            len(self._models) > settings.MODEL_CACHE_MAX_MODELS or sum(m.size_bytes for m in self._models.values()) > budget
+        ):
+            self._models.popitem(last=False)
+
+    def discard(self, version_id: int) -> None:
+        with self._lock:
+            self._models.pop(version_id, None)
+        MODELS_LOADED.set(len(self._models))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+        MODELS_LOADED.set(0)
+
+    def __contains__(self, version_id: int) -> bool:
+        return version_id in self._models
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+def _has_predict_proba(estimator: Any) -> bool:
+    # SVC(probability=False) and pipelines ending in a regressor hide predict_proba behind
+    # an AttributeError raised on access, which hasattr() turns into False.
+    return hasattr(estimator, "predict_proba")
+
+
+models = ModelCache()

@@ -1,0 +1,31 @@
+"""The Redis prediction cache: key = version id + hash of the canonical input and options.
+
+The key names the version, so a promotion or rollback can never serve another version's
+answer. Redis down: every lookup is a miss and nothing is stored (served uncached).
+"""
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success
+
+
+def cache_key(*, version_id: int, canonical_input: bytes, want_proba: bool) -> str:
+    digest = hashlib.blake2b(canonical_input, digest_size=16)
+    digest.update(b"p" if want_proba else b"-")
+    return f"mh:pc:{version_id}:{digest.hexdigest()}"
+
+
+def lookup(key: str) -> dict | None:
+    client = get_redis()
+    if client is None:
+        return None
+    try:
+        raw = client.get(key)
+        report_success()
+    except REDIS_ERRORS as exc:
+        report_failure(exc)
+        return None
+    return orjson.loads(raw) if raw is not None else None

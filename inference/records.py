@@ -1,0 +1,180 @@
+"""Prediction records: appended to a Redis stream per request, written to the database in bulk.
+
+The web process never writes a prediction record to the database itself on the request
+path. With Redis: each request's record is in the stream (pipelined with the cache write,
+one round trip) before the response leaves, so a web crash loses no record; the worker
+reads the stream with a consumer group and acknowledges only after its bulk insert
+committed, so a worker crash loses none either (pending entries are claimed again after
+RECORD_CLAIM_IDLE_SECONDS). Inserts ignore duplicate prediction ids, so a batch that is
+inserted twice is stored once.
+
+Without Redis (make run's embedded mode, or Redis down): records go to a bounded
+in-process buffer that a background thread writes in bulk every RECORD_FLUSH_SECONDS; a
+crash of that process loses at most the records of that last interval (and never more
+than RECORD_BUFFER_MAX).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from datetime import datetime, timezone
+
+import orjson
+from django.conf import settings
+from django.db import close_old_connections
+
+from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success
+
+logger = logging.getLogger(__name__)
+
+STREAM = "mh:predictions"
+GROUP = "ingest"
+
+
+def publish(*, record: dict, cache_key: str | None = None, cache_value: bytes | None = None, ttl: int = 0) -> None:
+    """Store the answer in the prediction cache and append the record, in one round trip."""
+    client = get_redis()
+    if client is not None:
+        pipe = client.pipeline(transaction=False)
+        if cache_key is not None and cache_value is not None and ttl > 0:
+            pipe.set(cache_key, cache_value, ex=ttl)
+        pipe.xadd(STREAM, {"r": orjson.dumps(record)}, maxlen=settings.RECORD_STREAM_MAXLEN, approximate=True)
+        try:
+            pipe.execute()
+            report_success()
+            return
+        except REDIS_ERRORS as exc:
+            report_failure(exc)
+    _local_buffer().append(record)
+
+
+class LocalRecordBuffer:
+    """The fallback: a bounded deque drained into the database by a daemon thread."""
+
+    def __init__(self) -> None:
+        self.records: deque = deque(maxlen=settings.RECORD_BUFFER_MAX)
+        self.pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="prediction-record-flusher", daemon=True)
+        self._thread.start()
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+
+    def flush(self) -> int:
+        batch = []
+        while self.records:
+            try:
+                batch.append(self.records.popleft())
+            except IndexError:
+                break
+        if batch:
+            ingest_records(batch)
+        return len(batch)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(settings.RECORD_FLUSH_SECONDS)
+            try:
+                self.flush()
+            except Exception:  # a database hiccup must not kill the flusher; the batch is retried next time
+                logger.exception("could not flush prediction records")
+            finally:
+                close_old_connections()
+
+
+_buffer: LocalRecordBuffer | None = None
+_buffer_lock = threading.Lock()
+
+
+def _local_buffer() -> LocalRecordBuffer:
+    global _buffer
+    if _buffer is None or _buffer.pid != os.getpid():
+        with _buffer_lock:
+            if _buffer is None or _buffer.pid != os.getpid():
+                _buffer = LocalRecordBuffer()
+    return _buffer
+
+
+def flush_local_buffer() -> int:
+    """Write this process's buffered records now (tests, shutdown)."""
+    return _local_buffer().flush() if _buffer is not None else 0
+
+
+def ingest_records(records: list[dict]) -> int:
+    """Bulk-insert records; duplicates (same prediction id) are ignored, so retries are safe."""
+    from inference.models import PredictionRecord
+
+    objects = [
+        PredictionRecord(
+            prediction_id=r["id"],
+            created_at=datetime.fromtimestamp(r["ts"], tz=timezone.utc),
+            organization_id=r["org"],
+            registered_model_id=r["model"],
+            version_id=r["version"],
+            experiment_id=r.get("exp"),
+            variant=r.get("variant") or "",
+            api_key_id=r.get("key"),
+            unit_id=r.get("unit") or "",
+            protocol=r["proto"],
+            rows=r["rows"],
+            latency_ms=r["lat"],
+            cache_hit=r["hit"],
+            status=r.get("status", 200),
+            error_code=r.get("err") or "",
+            inputs=r.get("in"),
+            outputs=r.get("out"),
+        )
+        for r in records
+    ]
+    PredictionRecord.objects.bulk_create(objects, batch_size=2000, ignore_conflicts=True)
+    return len(objects)
+
+
+def _consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def drain_stream(*, batch_size: int = 5000, max_batches: int = 50) -> int:
+    """Move records from the stream to the database; returns how many were acknowledged."""
+    client = get_redis()
+    if client is None:
+        return 0
+    try:
+        client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    except REDIS_ERRORS as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+    consumer = _consumer_name()
+    done = 0
+    # First take over what a crashed consumer read but never acknowledged.
+    _, claimed, _ = client.xautoclaim(STREAM, GROUP, consumer, min_idle_time=int(settings.RECORD_CLAIM_IDLE_SECONDS * 1000), start_id="0-0", count=batch_size)
+    if claimed:
+        done += _store_and_ack(client, claimed)
+    for _ in range(max_batches):
+        response = client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=batch_size)
+        if not response:
+            break
+        entries = response[0][1]
+        if not entries:
+            break
+        done += _store_and_ack(client, entries)
+        if len(entries) < batch_size:
+            break
+    return done
+
+
+def _store_and_ack(client, entries) -> int:
+    ids = [entry_id for entry_id, fields in entries if fields]
+    records = [orjson.loads(fields[b"r"]) for _, fields in entries if fields and b"r" in fields]
+    if records:
+        ingest_records(records)
+    if ids:
+        pipe = client.pipeline(transaction=False)
+        pipe.xack(STREAM, GROUP, *ids)
+        pipe.xdel(STREAM, *ids)
+        pipe.execute()
+    return len(ids)

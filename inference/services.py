@@ -1,0 +1,54 @@
+"""Writes for inference outside the hot path: feedback."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from accounts.principals import Caller
+from accounts.selectors import organizations_for_caller
+from inference import records
+from inference.models import Feedback, PredictionRecord
+from platform_site.errors import InvalidInput, NotFound, PermissionDenied
+
+
+def _find_prediction(*, caller: Caller, prediction_id: str) -> PredictionRecord | None:
+    orgs = organizations_for_caller(caller=caller)
+    return PredictionRecord.objects.select_related("version").filter(prediction_id=prediction_id, organization__in=orgs, status=200).first()
+
+
+@transaction.atomic
+def record_feedback(*, caller: Caller, prediction_id: str, label: Any = None, value: Any = None, has_label: bool, has_value: bool) -> tuple[Feedback, bool]:
+    """Store the truth for a prediction of the caller's organization; returns (feedback, created)."""
+    if caller.api_key is not None and not (caller.api_key.has_scope("predict") or caller.api_key.has_scope("write")):
+        raise PermissionDenied("Sending feedback needs the 'predict' or 'write' scope.")
+    if has_label == has_value:
+        raise InvalidInput("Send exactly one of label (classification) or value (regression).", errors=[{"field": "label", "message": "send label or value"}])
+    record = _find_prediction(caller=caller, prediction_id=prediction_id)
+    if record is None:
+        # The record may still be in the stream: move it to the database now and look again.
+        records.drain_stream()
+        records.flush_local_buffer()
+        record = _find_prediction(caller=caller, prediction_id=prediction_id)
+    if record is None:
+        raise NotFound()
+    task = record.version.task
+    if has_value:
+        if task != "regression":
+            raise InvalidInput("This prediction came from a classifier: send label, not value.", errors=[{"field": "value", "message": "send label for a classifier"}])
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidInput("value must be a number.", errors=[{"field": "value", "message": "expected a number"}])
+    if has_label:
+        if task != "classification":
+            raise InvalidInput("This prediction came from a regressor: send value, not label.", errors=[{"field": "label", "message": "send value for a regressor"}])
+        if not isinstance(label, (str, int, float, bool)):
+            raise InvalidInput("label must be a string, number or boolean.", errors=[{"field": "label", "message": "expected a scalar"}])
+        classes = record.version.classes
+        if classes is not None and label not in classes:
+            raise InvalidInput(f"{label!r} is not one of the model's classes {classes}.", errors=[{"field": "label", "message": "not one of the model's classes"}])
+    feedback, created = Feedback.objects.update_or_create(
+        organization_id=record.organization_id,
+        prediction_id=prediction_id,
+        defaults={"version_id": record.version_id, "label": label if has_label else None, "value": float(value) if has_value else None},
+    )
+    return feedback, created

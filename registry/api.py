@@ -1,0 +1,247 @@
+"""REST API for the registry: models, versions (upload, MLflow import), stages, releases."""
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Role
+from accounts.principals import caller_from_request
+from accounts.selectors import organization_for_caller
+from platform_site.errors import InvalidInput, PayloadTooLarge
+from platform_site.pagination import Pagination
+from platform_site.parsers import OrjsonParser
+from platform_site.serializers import StrictSerializer
+from registry import selectors, services, signatures
+
+
+def paginated(request, view, queryset, serializer_class) -> Response:
+    paginator = Pagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+class ModelOutputSerializer(serializers.Serializer):
+    org = serializers.CharField(source="organization.slug")
+    name = serializers.CharField()
+    full_name = serializers.CharField()
+    description = serializers.CharField()
+    task = serializers.CharField()
+    production_version = serializers.IntegerField(source="production_version.number", default=None)
+    prediction_cache_ttl = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class VersionOutputSerializer(serializers.Serializer):
+    model = serializers.CharField(source="registered_model.full_name")
+    number = serializers.IntegerField()
+    stage = serializers.CharField()
+    sha256 = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    format = serializers.CharField()
+    sklearn_version = serializers.CharField()
+    serving_sklearn_version = serializers.CharField()
+    sklearn_version_mismatch = serializers.SerializerMethodField()
+    warnings = serializers.JSONField()
+    estimator_class = serializers.CharField()
+    final_estimator_class = serializers.CharField()
+    task = serializers.CharField()
+    classes = serializers.JSONField()
+    has_predict_proba = serializers.BooleanField()
+    n_features = serializers.IntegerField()
+    feature_names = serializers.SerializerMethodField()
+    signature = serializers.JSONField()
+    input_example = serializers.JSONField()
+    reference_rows = serializers.IntegerField()
+    metrics = serializers.JSONField()
+    params = serializers.JSONField()
+    description = serializers.CharField()
+    source = serializers.CharField()
+    load_seconds = serializers.FloatField()
+    created_by = serializers.EmailField(source="created_by.email", default=None)
+    created_at = serializers.DateTimeField()
+
+    def get_sklearn_version_mismatch(self, version) -> bool:
+        return bool(version.sklearn_version) and version.sklearn_version != version.serving_sklearn_version
+
+    def get_feature_names(self, version) -> list[str]:
+        return signatures.column_names(version.signature)
+
+
+class ReleaseOutputSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    kind = serializers.CharField()
+    from_version = serializers.IntegerField(source="from_version.number", default=None)
+    to_version = serializers.IntegerField(source="to_version.number", default=None)
+    reason = serializers.CharField()
+    actor = serializers.EmailField(source="actor.email", default=None)
+    actor_api_key = serializers.CharField(source="actor_api_key_prefix")
+    created_at = serializers.DateTimeField()
+
+
+class ModelListApi(APIView):
+    class InputSerializer(StrictSerializer):
+        org = serializers.SlugField()
+        name = serializers.CharField(max_length=100)
+        description = serializers.CharField(required=False, allow_blank=True, default="")
+        task = serializers.CharField(required=False, allow_blank=True, default="")
+
+    def get(self, request):
+        models = selectors.models_for_caller(caller=caller_from_request(request))
+        query = request.query_params.get("q")
+        if query:
+            models = models.filter(name__icontains=query)
+        org = request.query_params.get("org")
+        if org:
+            models = models.filter(organization__slug=org)
+        return paginated(request, self, models, ModelOutputSerializer)
+
+    @extend_schema(request=InputSerializer, responses={201: ModelOutputSerializer})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        caller = caller_from_request(request)
+        fields = dict(data.validated_data)
+        organization = organization_for_caller(caller=caller, slug=fields.pop("org"), min_role=Role.MEMBER)
+        model = services.create_model(caller=caller, organization=organization, **fields)
+        return Response(ModelOutputSerializer(model).data, status=status.HTTP_201_CREATED)
+
+
+def resolve_model(request, org: str, model: str, *, min_role: str = Role.VIEWER):
+    caller = caller_from_request(request)
+    organization = organization_for_caller(caller=caller, slug=org, min_role=min_role)
+    return caller, selectors.model_in(organization=organization, name=model)
+
+
+class ModelDetailApi(APIView):
+    class InputSerializer(StrictSerializer):
+        description = serializers.CharField(required=False, allow_blank=True)
+        prediction_cache_ttl = serializers.IntegerField(required=False, min_value=0, max_value=7 * 24 * 3600)
+
+    def get(self, request, org: str, model: str):
+        _, registered = resolve_model(request, org, model)
+        return Response(ModelOutputSerializer(registered).data)
+
+    @extend_schema(request=InputSerializer, responses={200: ModelOutputSerializer})
+    def patch(self, request, org: str, model: str):
+        caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.update_model(caller=caller, model=registered, **data.validated_data)
+        return Response(ModelOutputSerializer(registered).data)
+
+    def delete(self, request, org: str, model: str):
+        caller, registered = resolve_model(request, org, model, min_role=Role.ADMIN)
+        services.delete_model(caller=caller, model=registered)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class VersionListApi(APIView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    def get(self, request, org: str, model: str):
+        _, registered = resolve_model(request, org, model)
+        return paginated(request, self, selectors.versions_of(model=registered), VersionOutputSerializer)
+
+    @extend_schema(
+        request={
+            "multipart/form-data": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "reference_data": {"type": "string", "format": "binary"},
+                    "input_example": {"type": "string", "description": "JSON"},
+                    "metrics": {"type": "string", "description": "JSON object of numbers"},
+                    "params": {"type": "string", "description": "JSON object"},
+                    "description": {"type": "string"},
+                },
+                "required": ["file"],
+            }
+        },
+        responses={201: VersionOutputSerializer},
+    )
+    def post(self, request, org: str, model: str):
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        limit = services.max_upload_bytes()
+        if length > limit + 16 * 1024 * 1024:  # the model file plus room for the other parts
+            raise PayloadTooLarge(f"The upload is larger than the limit of {limit // (1024 * 1024)} MiB.")
+        caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
+        known = {"file", "reference_data", "input_example", "metrics", "params", "description"}
+        unknown = sorted((set(request.data.keys()) | set(request.FILES.keys())) - known)
+        if unknown:
+            raise InvalidInput(f"Unknown field(s): {', '.join(unknown)}.", errors=[{"field": name, "message": "Unknown field."} for name in unknown])
+        file = request.FILES.get("file")
+        if file is None:
+            raise InvalidInput("Send the model as a multipart field named 'file'.", errors=[{"field": "file", "message": "required"}])
+        version = services.upload_version(
+            caller=caller,
+            model=registered,
+            file=file,
+            reference_data=request.FILES.get("reference_data"),
+            input_example=signatures.parse_json_field(request.data.get("input_example") or request.FILES.get("input_example"), field="input_example"),
+            metrics=signatures.parse_json_field(request.data.get("metrics"), field="metrics"),
+            params=signatures.parse_json_field(request.data.get("params"), field="params"),
+            description=request.data.get("description", ""),
+        )
+        return Response(VersionOutputSerializer(version).data, status=status.HTTP_201_CREATED)
+
+
+class VersionImportMlflowApi(APIView):
+    parser_classes = [OrjsonParser]
+
+    class InputSerializer(StrictSerializer):
+        model_uri = serializers.CharField(max_length=500)
+        description = serializers.CharField(required=False, allow_blank=True, default="")
+
+    @extend_schema(request=InputSerializer, responses={201: VersionOutputSerializer})
+    def post(self, request, org: str, model: str):
+        caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = services.import_mlflow_version(caller=caller, model=registered, **data.validated_data)
+        return Response(VersionOutputSerializer(version).data, status=status.HTTP_201_CREATED)
+
+
+class VersionDetailApi(APIView):
+    def get(self, request, org: str, model: str, number: int):
+        _, registered = resolve_model(request, org, model)
+        return Response(VersionOutputSerializer(selectors.version_of(model=registered, number=number)).data)
+
+
+class VersionStageApi(APIView):
+    class InputSerializer(StrictSerializer):
+        stage = serializers.CharField()
+        reason = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
+
+    @extend_schema(request=InputSerializer, responses={200: VersionOutputSerializer})
+    def post(self, request, org: str, model: str, number: int):
+        caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
+        version = selectors.version_of(model=registered, number=number)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = services.set_stage(caller=caller, version=version, **data.validated_data)
+        return Response(VersionOutputSerializer(version).data)
+
+
+class ModelRollbackApi(APIView):
+    class InputSerializer(StrictSerializer):
+        reason = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
+
+    @extend_schema(request=InputSerializer, responses={200: ReleaseOutputSerializer})
+    def post(self, request, org: str, model: str):
+        caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
+        data = self.InputSerializer(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        release = services.rollback(caller=caller, model=registered, **data.validated_data)
+        return Response(ReleaseOutputSerializer(release).data)
+
+
+class ReleaseListApi(APIView):
+    @extend_schema(responses={200: ReleaseOutputSerializer(many=True)})
+    def get(self, request, org: str, model: str):
+        _, registered = resolve_model(request, org, model)
+        return paginated(request, self, selectors.releases_of(model=registered), ReleaseOutputSerializer)
+

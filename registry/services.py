@@ -1,0 +1,322 @@
+"""Writes and rules for the registry: models, version uploads, stages, releases, rollback."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django.db.models import Max
+from django.dispatch import Signal
+from django.utils import timezone
+from django.utils.text import slugify
+
+from accounts.models import Organization
+from accounts.principals import Caller
+from accounts.services import record_audit_event
+from platform_site.errors import Conflict, InvalidInput, NotFound
+from registry import artifacts, signatures
+from registry.models import ModelVersion, RegisteredModel, Release, Stage, Task
+
+logger = logging.getLogger(__name__)
+
+# Sent after a version becomes production (on commit): the inference layer warms it.
+production_changed = Signal()
+
+
+def _check_name(name: str) -> str:
+    if not name or name != slugify(name) or len(name) > 100:
+        raise InvalidInput(
+            f"'{name}' is not a valid model name: use lowercase letters, digits, hyphens and underscores (at most 100).",
+            errors=[{"field": "name", "message": "use lowercase letters, digits, hyphens and underscores"}],
+        )
+    return name
+
+
+@transaction.atomic
+def create_model(*, caller: Caller, organization: Organization, name: str, description: str = "", task: str = "") -> RegisteredModel:
+    _check_name(name)
+    if task and task not in Task.values:
+        raise InvalidInput(f"'{task}' is not a task; choose classification or regression.", errors=[{"field": "task", "message": "choose classification or regression"}])
+    if RegisteredModel.objects.filter(organization=organization, name=name, deleted_at__isnull=True).exists():
+        raise Conflict(f"A model named {organization.slug}/{name} already exists.", errors=[{"field": "name", "message": "already exists"}])
+    model = RegisteredModel.objects.create(organization=organization, name=name, description=description, task=task, created_by=caller.person)
+    record_audit_event(organization=organization, caller=caller, action="model.created", target=model, data={"name": name})
+    return model
+
+
+@transaction.atomic
+def update_model(*, caller: Caller, model: RegisteredModel, **changes: Any) -> RegisteredModel:
+    allowed = {"description", "prediction_cache_ttl"}
+    for field, value in changes.items():
+        if field not in allowed:
+            raise InvalidInput(f"{field} cannot be changed.", errors=[{"field": field, "message": "read-only"}])
+        setattr(model, field, value)
+    model.save(update_fields=[*changes, "updated_at"])
+    record_audit_event(organization=model.organization, caller=caller, action="model.updated", target=model, data=changes)
+    return model
+
+
+@transaction.atomic
+def delete_model(*, caller: Caller, model: RegisteredModel) -> None:
+    """Soft delete: the name is freed and the model stops serving; versions stay for audit."""
+    model.deleted_at = timezone.now()
+    model.save(update_fields=["deleted_at", "updated_at"])
+    record_audit_event(organization=model.organization, caller=caller, action="model.deleted", target=model, data={"name": model.name})
+
+
+def _parse_metrics(value: Any, *, field: str, numbers_only: bool) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field} must be a JSON object.", errors=[{"field": field, "message": "expected a JSON object"}])
+    for key, item in value.items():
+        ok = isinstance(item, (int, float)) and not isinstance(item, bool) if numbers_only else isinstance(item, (str, int, float, bool)) or item is None
+        if not ok:
+            kind = "a number" if numbers_only else "a string, number or boolean"
+            raise InvalidInput(f"{field}.{key} must be {kind}.", errors=[{"field": f"{field}.{key}", "message": f"expected {kind}"}])
+    return value
+
+
+def upload_version(
+    *,
+    caller: Caller,
+    model: RegisteredModel,
+    file: UploadedFile,
+    reference_data: UploadedFile | None = None,
+    input_example: Any = None,
+    metrics: Any = None,
+    params: Any = None,
+    description: str = "",
+    source: str = "upload",
+) -> ModelVersion:
+    """Check an uploaded artifact in a sandbox, store it, and record it as the next version.
+
+    Nothing is stored unless every check passes: the file is inspected from a temporary
+    copy, and the stored copy is removed again if recording the version fails.
+    """
+    metrics = _parse_metrics(metrics, field="metrics", numbers_only=True)
+    params = _parse_metrics(params, field="params", numbers_only=False)
+    with artifacts.staged_upload(file) as staged:
+        reference = artifacts.read_reference_data(reference_data) if reference_data is not None else None
+        if input_example is not None:
+            signatures.example_rows(input_example)  # shape check before the expensive part
+        check_example = input_example if input_example is not None else staged.input_example
+        if check_example is None and reference is not None:
+            check_example = reference.head_records
+        report = artifacts.inspect_in_sandbox(staged, input_example=check_example)
+        signature = _choose_signature(staged=staged, input_example=input_example, reference=reference, report=report)
+        stored_paths: list[str] = []
+        try:
+            with transaction.atomic():
+                locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+                number = (locked.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+                version = ModelVersion(
+                    registered_model=locked,
+                    number=number,
+                    sha256=staged.sha256,
+                    size_bytes=staged.size,
+                    format=staged.format,
+                    inner_path=staged.inner_path,
+                    inner_format=staged.inner_format,
+                    sklearn_version=report.get("sklearn_version") or "",
+                    serving_sklearn_version=report["serving_sklearn_version"],
+                    estimator_class=report["estimator_class"],
+                    final_estimator_class=report.get("final_estimator_class") or "",
+                    task=report["task"],
+                    classes=report.get("classes"),
+                    has_predict_proba=bool(report.get("has_predict_proba")),
+                    n_features=report.get("n_features"),
+                    fitted_with_feature_names=bool(report.get("feature_names")),
+                    signature=signature,
+                    input_example=input_example if input_example is not None else (staged.input_example or (reference.head_records if reference else None)),
+                    reference_rows=reference.rows if reference else 0,
+                    metrics=metrics,
+                    params=params,
+                    description=description,
+                    warnings=_warnings(report),
+                    source=source,
+                    load_seconds=report.get("load_seconds"),
+                    created_by=caller.person,
+                )
+                base = f"orgs/{locked.organization_id}/models/{locked.pk}/versions/{number}"
+                version.artifact.name = artifacts.store(staged.path, f"{base}/{staged.sha256[:16]}.{staged.extension}")
+                stored_paths.append(version.artifact.name)
+                if reference is not None:
+                    version.reference_data.name = artifacts.store(reference.path, f"{base}/reference.csv")
+                    stored_paths.append(version.reference_data.name)
+                version.save()
+                if not locked.task:
+                    locked.task = version.task
+                    locked.save(update_fields=["task", "updated_at"])
+                record_audit_event(
+                    organization=locked.organization,
+                    caller=caller,
+                    action="version.created",
+                    target=version,
+                    data={"model": locked.name, "number": number, "sha256": staged.sha256, "format": staged.format, "source": source},
+                )
+        except BaseException:
+            for name in stored_paths:
+                artifacts.delete_stored(name)
+            raise
+        finally:
+            if reference is not None:
+                reference.cleanup()
+    return version
+
+
+def _warnings(report: dict) -> list[dict]:
+    found = []
+    saved, serving = report.get("sklearn_version"), report["serving_sklearn_version"]
+    if saved and saved != serving:
+        found.append(
+            {
+                "code": "sklearn_version_mismatch",
+                "message": f"Saved with scikit-learn {saved}, served by {serving}; predictions may differ. Retrain or re-save with {serving} to silence this.",
+            }
+        )
+    if not saved:
+        found.append({"code": "sklearn_version_unknown", "message": "The artifact does not record the scikit-learn version it was saved with."})
+    return found
+
+
+def _choose_signature(*, staged: artifacts.StagedArtifact, input_example: Any, reference: artifacts.ReferenceData | None, report: dict) -> dict:
+    signature: dict = {}
+    if staged.mlflow_signature:
+        signature = signatures.from_mlflow(staged.mlflow_signature)
+    if not signature and input_example is not None:
+        signature = signatures.from_example(input_example)
+    if not signature and staged.input_example is not None:
+        signature = signatures.from_example(staged.input_example)
+    if not signature and reference is not None:
+        signature = signatures.from_dataframe_dtypes(reference.columns, reference.dtypes, "reference_data")
+    if not signature:
+        signature = signatures.from_estimator(feature_names=report.get("feature_names"), n_features=report.get("n_features"))
+    if not signature:
+        raise InvalidInput(
+            "The model's input columns cannot be determined: send an input_example or reference_data.",
+            errors=[{"field": "input_example", "message": "required for this model"}],
+        )
+    expected = report.get("n_features")
+    width = len(signature["inputs"])
+    if expected is not None and width != expected:
+        raise InvalidInput(
+            f"The signature has {width} columns ({signature['source']}) but the model expects {expected} features.",
+            errors=[{"field": "signature", "message": f"{width} columns, model expects {expected}"}],
+        )
+    names = report.get("feature_names")
+    if names and signature["named"] and set(signatures.column_names(signature)) != set(names):
+        missing = sorted(set(names) - set(signatures.column_names(signature)))
+        extra = sorted(set(signatures.column_names(signature)) - set(names))
+        raise InvalidInput(
+            f"The signature's columns do not match the model's features (missing: {', '.join(missing) or '-'}; unexpected: {', '.join(extra) or '-'}).",
+            errors=[{"field": "signature", "message": f"missing {m}"} for m in missing] + [{"field": "signature", "message": f"unexpected {e}"} for e in extra],
+        )
+    if names and signature["named"]:
+        # Keep the model's own column order, which is what it was fitted on.
+        by_name = {column["name"]: column for column in signature["inputs"]}
+        signature = {**signature, "inputs": [by_name[name] for name in names]}
+    return signature
+
+
+def _next_release_number(model: RegisteredModel) -> int:
+    return (model.releases.aggregate(n=Max("number"))["n"] or 0) + 1
+
+
+def _record_release(*, caller: Caller, model: RegisteredModel, kind: str, from_version, to_version, reason: str) -> Release:
+    release = Release.objects.create(
+        registered_model=model,
+        number=_next_release_number(model),
+        kind=kind,
+        from_version=from_version,
+        to_version=to_version,
+        reason=reason,
+        actor=caller.person,
+        actor_api_key_prefix=caller.api_key.prefix if caller.api_key else "",
+    )
+    record_audit_event(
+        organization=model.organization,
+        caller=caller,
+        action=f"release.{kind}",
+        target=release,
+        data={
+            "model": model.name,
+            "release": release.number,
+            "from_version": from_version.number if from_version else None,
+            "to_version": to_version.number if to_version else None,
+            "reason": reason,
+        },
+    )
+    return release
+
+
+def _make_production(*, caller: Caller, model: RegisteredModel, version: ModelVersion | None, kind: str, reason: str) -> Release:
+    """Switch the production pointer under a row lock: exactly one production version."""
+    previous = model.production_version
+    if previous is not None and previous.pk != getattr(version, "pk", None):
+        ModelVersion.objects.filter(pk=previous.pk).update(stage=Stage.ARCHIVED)
+    if version is not None:
+        ModelVersion.objects.filter(pk=version.pk).update(stage=Stage.PRODUCTION)
+        version.stage = Stage.PRODUCTION
+    model.production_version = version
+    model.save(update_fields=["production_version", "updated_at"])
+    release = _record_release(caller=caller, model=model, kind=kind, from_version=previous, to_version=version, reason=reason)
+    transaction.on_commit(lambda: production_changed.send(sender=RegisteredModel, model_id=model.pk, version_id=getattr(version, "pk", None)))
+    return release
+
+
+@transaction.atomic
+def set_stage(*, caller: Caller, version: ModelVersion, stage: str, reason: str = "") -> ModelVersion:
+    if stage not in (Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED):
+        raise InvalidInput(
+            f"'{stage}' is not a stage; choose staging, production or archived.",
+            errors=[{"field": "stage", "message": "choose staging, production or archived"}],
+        )
+    model = RegisteredModel.objects.select_for_update(of=("self",)).select_related("organization", "production_version").get(pk=version.registered_model_id)
+    version = ModelVersion.objects.get(pk=version.pk)
+    if stage == Stage.PRODUCTION:
+        if model.production_version_id == version.pk:
+            raise Conflict(f"Version {version.number} is already in production.")
+        _make_production(caller=caller, model=model, version=version, kind=Release.Kind.PROMOTE, reason=reason)
+    else:
+        old = version.stage
+        version.stage = stage
+        version.save(update_fields=["stage"])
+        if model.production_version_id == version.pk:
+            _make_production(caller=caller, model=model, version=None, kind=Release.Kind.RETIRE, reason=reason or f"moved to {stage}")
+            version.stage = stage
+            ModelVersion.objects.filter(pk=version.pk).update(stage=stage)
+        record_audit_event(organization=model.organization, caller=caller, action="version.stage_changed", target=version, data={"model": model.name, "number": version.number, "from": old, "to": stage})
+    version.refresh_from_db()
+    return version
+
+
+@transaction.atomic
+def rollback(*, caller: Caller, model: RegisteredModel, reason: str = "") -> Release:
+    """Production goes back to the version before the current one, as a new release."""
+    model = RegisteredModel.objects.select_for_update(of=("self",)).select_related("organization", "production_version").get(pk=model.pk)
+    latest = model.releases.order_by("-number").select_related("from_version").first()
+    if latest is None or latest.from_version is None:
+        raise Conflict("There is no previous production version to roll back to.")
+    target = latest.from_version
+    if target.registered_model_id != model.pk:
+        raise NotFound()
+    return _make_production(
+        caller=caller,
+        model=model,
+        version=target,
+        kind=Release.Kind.ROLLBACK,
+        reason=reason or f"rollback to v{target.number} (release {latest.number - 1 if latest.number > 1 else latest.number})",
+    )
+
+
+def import_mlflow_version(*, caller: Caller, model: RegisteredModel, model_uri: str, description: str = "") -> ModelVersion:
+    """Download an MLflow model from the configured tracking server and upload it as a version."""
+    with artifacts.download_mlflow_model(model_uri) as uploaded:
+        return upload_version(caller=caller, model=model, file=uploaded, description=description, source=model_uri)
+
+
+def max_upload_bytes() -> int:
+    return settings.MAX_UPLOAD_BYTES
