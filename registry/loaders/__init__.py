@@ -11,6 +11,7 @@ from typing import Any
 _EXPORTS = {
     "audit_pickle_globals": "safe_pickle",
     "load_pickle": "safe_pickle",
+    "check_model_structures": "structure",
 }
 
 __all__ = sorted(_EXPORTS)

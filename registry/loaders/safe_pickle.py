@@ -134,6 +134,24 @@ def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -
     return text.encode("latin-1")
 
 
+def _checked_tree(n_features: Any, n_classes: Any, n_outputs: Any) -> Any:
+    """Stand-in for ``sklearn.tree._tree.Tree(...)``: its Cython constructor copies
+    ``n_outputs`` entries of ``n_classes`` without a bounds check, so check first."""
+    import numpy as np
+    from sklearn.tree._tree import Tree
+
+    classes = np.asarray(n_classes)
+    if (
+        type(n_features) is not int
+        or type(n_outputs) is not int
+        or not 0 < n_outputs == len(classes)
+        or classes.ndim != 1
+        or classes.dtype.kind not in "iu"
+    ):
+        raise InvalidArtifact("The model's decision tree is corrupt: its class counts do not match its outputs.")
+    return Tree(n_features, classes, n_outputs)
+
+
 class JoblibArrayPlaceholder:
     """What ``joblib.numpy_pickle.NumpyArrayWrapper`` unpickles to; replaced by its array at BUILD.
 
@@ -161,6 +179,8 @@ class _AllowListMixin:
             raise UnsafeArtifact(refused_globals=[f"{module}.{name}"])
         if (module, name) == ("_codecs", "encode"):
             return _latin1_encode
+        if (module, name) == ("sklearn.tree._tree", "Tree"):
+            return _checked_tree
         if (module, name) == JOBLIB_ARRAY_WRAPPER:
             if not self.allows_array_wrapper:
                 raise InvalidArtifact("A joblib array wrapper appears where joblib never writes one.")

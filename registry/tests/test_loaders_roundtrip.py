@@ -16,6 +16,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import sklearn
 from sklearn.base import is_classifier, is_regressor
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.cluster import KMeans
@@ -44,6 +45,7 @@ from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from registry.loaders.safe_pickle import load_pickle
+from registry.loaders.structure import check_model_structures
 
 RNG = np.random.RandomState(0)
 X = RNG.rand(60, 4)
@@ -145,6 +147,22 @@ def _assert_same_predictions(original: Any, loaded: Any, data: Any) -> None:
         np.testing.assert_array_equal(loaded.predict_proba(data), original.predict_proba(data))
 
 
+# How many trees, gradient-boosting predictors and neighbour trees each model holds.
+STRUCTURES = {
+    "KNeighborsClassifier": 1,
+    "KNeighborsRegressor_ball_tree": 1,
+    "DecisionTreeClassifier": 1,
+    "DecisionTreeRegressor": 1,
+    "RandomForestClassifier": 5,
+    "RandomForestRegressor": 5,
+    "ExtraTreesClassifier": 5,
+    "ExtraTreesRegressor": 5,
+    "GradientBoostingClassifier": 5,
+    "GradientBoostingRegressor": 5,
+    "HistGradientBoostingClassifier": 5,
+    "HistGradientBoostingRegressor": 5,
+    "RandomForest_string_classes": 3,
+}
 MODEL_NAMES = [*ESTIMATORS, "Pipeline_ColumnTransformer_DataFrame", "RandomForest_string_classes"]
 
 
@@ -156,7 +174,9 @@ def test_model_loads_through_the_safe_path_and_predicts_identically(
     original = fitted[name]
     loaded = load_pickle(source=SERIALIZERS[serializer](original))
     _assert_same_predictions(original, loaded.obj, _inputs(name))
-    assert loaded.audit.sklearn_versions == (__import__("sklearn").__version__,)
+    assert loaded.audit.sklearn_versions == (sklearn.__version__,)
+    # No false alarm from the structure check on real models.
+    assert check_model_structures(model=loaded.obj) == STRUCTURES.get(name, 0)
 
 
 @pytest.mark.parametrize("compressor", COMPRESSORS)
