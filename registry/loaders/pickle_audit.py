@@ -439,8 +439,7 @@ class _Walker:
         self._push(_Dict())
 
     def _op_DICT(self, _: None) -> None:
-        items = self._pop_mark()
-        self._push(_Dict(list(zip(items[::2], items[1::2]))))
+        self._push(_Dict(_pairs(self._pop_mark())))
 
     def _op_SETITEM(self, _: None) -> None:
         value = self._pop()
@@ -450,10 +449,10 @@ class _Walker:
             target.items.append((key, value))
 
     def _op_SETITEMS(self, _: None) -> None:
-        items = self._pop_mark()
+        pairs = _pairs(self._pop_mark())
         target = self.stack[-1]
         if isinstance(target, _Dict):
-            target.items.extend(zip(items[::2], items[1::2]))
+            target.items.extend(pairs)
 
     def _op_EMPTY_SET(self, _: None) -> None:
         self._push(_Opaque())
@@ -542,6 +541,12 @@ class _Walker:
             padding = self.reader.read(1)
             self.reader.skip(padding[0] if padding else 0)
         self.reader.skip(layout.nbytes)
+
+
+def _pairs(items: list[Any]) -> list[tuple[Any, Any]]:
+    if len(items) % 2:
+        raise _Malformed("a dict with a key but no value")
+    return list(zip(items[::2], items[1::2], strict=True))
 
 
 @dataclass(frozen=True)

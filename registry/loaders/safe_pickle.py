@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import lzma
+import os
 import pickle
 import zlib
 from collections.abc import Iterator
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from joblib.numpy_pickle import NumpyUnpickler
+
 from platform_site.errors import InvalidArtifact, ModelhostError, UnsafeArtifact
 
 from .allowlist import JOBLIB_ARRAY_WRAPPER, canonical_global, is_allowed_global, resolve_allowed_global

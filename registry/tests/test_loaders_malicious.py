@@ -208,6 +208,8 @@ def test_joblib_loader_alone_refuses_array_data_inside_a_frame() -> None:
         pytest.param(b"not a pickle at all", "unknown opcode b'n' at byte 0", id="text"),
         pytest.param(pickle.dumps([1, 2, 3])[:-1], "it ends before its STOP opcode", id="truncated"),
         pytest.param(b"\x80\x05h\x07.", "it reads memo entry 7 before writing it", id="memo_get_before_put"),
+        pytest.param(b"\x80\x02(K\x01d.", "a dict with a key but no value", id="odd_dict"),
+        pytest.param(b"\x80\x02}(K\x01u.", "a dict with a key but no value", id="odd_setitems"),
         pytest.param(
             malicious.joblib_bytes(np.arange(1000, dtype=np.float64))[:-100],
             "the file ends inside array data",
