@@ -9,6 +9,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "load_model": "formats",
+    "load_artifact": "formats",
+    "detect_format": "formats",
+    "LoadedArtifact": "formats",
+    "extract_mlflow_archive": "archive",
+    "read_mlflow_model": "archive",
+    "MlflowModel": "archive",
+    "ZipLimits": "archive",
+    "audit_skops_types": "skops_format",
     "audit_pickle_globals": "safe_pickle",
     "load_pickle": "safe_pickle",
     "check_model_structures": "structure",
