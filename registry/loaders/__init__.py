@@ -18,6 +18,8 @@ _EXPORTS = {
     "MlflowModel": "archive",
     "ZipLimits": "archive",
     "audit_skops_types": "skops_format",
+    "describe_estimator": "describe",
+    "ModelDescription": "describe",
     "audit_pickle_globals": "safe_pickle",
     "load_pickle": "safe_pickle",
     "check_model_structures": "structure",
