@@ -1,7 +1,14 @@
 """Safe loading and inspection of tenants' scikit-learn model files.
 
-Public entry points are imported lazily, so ``python -m registry.loaders.sandbox_child``
-can prepare its imports before anything here pulls in the platform.
+Public entry points (imported lazily, so ``python -m registry.loaders.sandbox_child``
+can prepare its imports before anything here pulls in the platform):
+
+- ``inspect_artifact``: the upload-time check, in a resource-limited child process;
+- ``load_model`` / ``load_artifact``: the same safe load, in-process, for serving;
+- ``detect_format``: which loader a file needs;
+- ``extract_mlflow_archive`` / ``read_mlflow_model``: MLflow model folders uploaded as zip;
+- ``describe_estimator``: what a loaded model is and serves;
+- ``audit_pickle_globals`` / ``audit_skops_types``: the allow-list audits on their own.
 """
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "inspect_artifact": "sandbox",
     "load_model": "formats",
     "load_artifact": "formats",
     "detect_format": "formats",
@@ -17,11 +25,11 @@ _EXPORTS = {
     "read_mlflow_model": "archive",
     "MlflowModel": "archive",
     "ZipLimits": "archive",
-    "audit_skops_types": "skops_format",
     "describe_estimator": "describe",
     "ModelDescription": "describe",
     "audit_pickle_globals": "safe_pickle",
     "load_pickle": "safe_pickle",
+    "audit_skops_types": "skops_format",
     "check_model_structures": "structure",
 }
 

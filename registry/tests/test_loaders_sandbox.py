@@ -1,0 +1,192 @@
+"""The upload check in a limited child process: what it reports, and how each failure maps."""
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn
+import skops.io
+from joblib.numpy_pickle import NumpyArrayWrapper
+from sklearn.cluster import KMeans
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from platform_site.errors import InvalidArtifact, UnsafeArtifact
+from registry.loaders.sandbox import inspect_artifact
+from registry.tests import malicious
+
+RNG = np.random.RandomState(6)
+X = RNG.rand(40, 4)
+Y = (X[:, 0] > 0.5).astype(int)
+MODEL = LogisticRegression().fit(X, Y)
+FRAME = pd.DataFrame({"size": RNG.rand(40), "city": RNG.choice(["lima", "oslo"], 40)})
+FRAME_MODEL = Pipeline(
+    [
+        ("columns", ColumnTransformer([("size", StandardScaler(), ["size"]), ("city", OneHotEncoder(), ["city"])])),
+        ("model", LogisticRegression()),
+    ]
+).fit(FRAME, np.where(FRAME["size"] > 0.5, "big", "small"))
+LIMITS = {"timeout_s": 60.0, "memory_mb": 2048}
+
+
+def _dump(tmp_path: Path, model: Any, name: str = "model.joblib") -> str:
+    path = tmp_path / name
+    joblib.dump(model, path)
+    return str(path)
+
+
+def test_report_describes_the_model_and_its_prediction_on_the_input_example(tmp_path: Path) -> None:
+    rows = X[:2].tolist()
+    report = inspect_artifact(_dump(tmp_path, MODEL), fmt="joblib", input_example=rows, **LIMITS)
+    assert report["description"] == {
+        "estimator_class": "sklearn.linear_model._logistic.LogisticRegression",
+        "final_estimator_class": "sklearn.linear_model._logistic.LogisticRegression",
+        "task": "classification",
+        "classes": [0, 1],
+        "n_features": 4,
+        "feature_names": None,
+        "has_predict_proba": True,
+        "saved_sklearn_version": sklearn.__version__,
+        "running_sklearn_version": sklearn.__version__,
+    }
+    assert report["sample"] == {"source": "input_example", "ok": True, "predictions": MODEL.predict(X[:2]).tolist()}
+    assert report["imported_django"] is False
+    assert set(report) == {"description", "sample", "load_seconds", "predict_seconds", "imported_django"}
+
+
+def test_model_on_a_plain_array_is_tried_on_a_zero_row_without_an_example(tmp_path: Path) -> None:
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(MODEL))
+    report = inspect_artifact(str(path), fmt="pickle", input_example=None, **LIMITS)
+    assert report["sample"] == {"source": "zero_row", "ok": True, "predictions": MODEL.predict(np.zeros((1, 4))).tolist()}
+
+
+def test_dataframe_model_is_tried_on_dict_rows(tmp_path: Path) -> None:
+    rows = [{"city": "oslo", "size": 0.9}, {"city": "lima", "size": 0.1}]
+    report = inspect_artifact(_dump(tmp_path, FRAME_MODEL), fmt="joblib", input_example=rows, **LIMITS)
+    assert report["description"]["feature_names"] == ["size", "city"]
+    assert report["description"]["classes"] == ["big", "small"]
+    expected = FRAME_MODEL.predict(pd.DataFrame(rows)[["size", "city"]]).tolist()
+    assert report["sample"] == {"source": "input_example", "ok": True, "predictions": expected}
+
+
+def test_dataframe_model_without_an_example_is_not_tried(tmp_path: Path) -> None:
+    report = inspect_artifact(_dump(tmp_path, FRAME_MODEL), fmt="joblib", input_example=None, **LIMITS)
+    assert report["sample"] == {"source": None}
+
+
+@pytest.mark.parametrize(
+    ("model", "rows", "detail"),
+    [
+        pytest.param(
+            MODEL,
+            [[0.1, 0.2, 0.3]],
+            "the model failed to predict on its input example: ValueError: X has 3 features, "
+            "but LogisticRegression is expecting 4 features as input.",
+            id="wrong_width",
+        ),
+        pytest.param(
+            FRAME_MODEL,
+            [{"size": 0.3}],
+            "the model failed to predict on its input example: The input example lacks the model's columns: city",
+            id="missing_column",
+        ),
+    ],
+)
+def test_prediction_failure_on_the_models_own_example_is_invalid(
+    tmp_path: Path, model: Any, rows: list[Any], detail: str
+) -> None:
+    with pytest.raises(InvalidArtifact) as raised:
+        inspect_artifact(_dump(tmp_path, model), fmt="joblib", input_example=rows, **LIMITS)
+    assert raised.value.detail == detail
+
+
+def test_a_check_that_outlives_its_timeout_is_invalid(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArtifact) as raised:
+        inspect_artifact(_dump(tmp_path, MODEL), fmt="joblib", input_example=None, timeout_s=0.05, memory_mb=2048)
+    assert raised.value.detail == "loading the model took longer than 0.05 s"
+    assert raised.value.as_problem()["limit"] == "timeout_s"
+
+
+def _huge_joblib_array(path: Path, *, n_bytes: int) -> None:
+    """A joblib file of one float64 array of ``n_bytes``, its data a sparse hole (no disk used)."""
+    wrapper = NumpyArrayWrapper(np.ndarray, (n_bytes // 8,), "C", np.dtype("float64"), allow_mmap=True)
+    header = pickle.dumps(wrapper, protocol=2)[:-1]  # joblib's layout: wrapper, padding, raw data, STOP
+    padding = 16 - (len(header) + 1) % 16
+    with open(path, "wb") as out:
+        out.write(header + bytes([padding]) + b"\xff" * padding)
+        out.seek(n_bytes, io.SEEK_CUR)
+        out.write(pickle.STOP)
+
+
+def _huge_pickled_bytearray(path: Path, *, n_bytes: int) -> None:
+    """A protocol 5 pickle of one bytearray of ``n_bytes``, its data a sparse hole."""
+    with open(path, "wb") as out:
+        out.write(pickle.PROTO + b"\x05" + pickle.BYTEARRAY8 + n_bytes.to_bytes(8, "little"))
+        out.seek(n_bytes, io.SEEK_CUR)
+        out.write(pickle.STOP)
+
+
+@pytest.mark.parametrize(
+    ("write", "fmt"),
+    [pytest.param(_huge_joblib_array, "joblib", id="joblib_array"), pytest.param(_huge_pickled_bytearray, "pickle", id="pickle")],
+)
+def test_a_model_larger_than_the_memory_limit_is_invalid(tmp_path: Path, write: Any, fmt: str) -> None:
+    path = tmp_path / "huge"
+    write(path, n_bytes=1536 * 1024 * 1024)
+    with pytest.raises(InvalidArtifact) as raised:
+        inspect_artifact(str(path), fmt=fmt, input_example=None, timeout_s=60, memory_mb=1024)
+    assert raised.value.detail == "loading the model needed more than the 1024 MiB memory limit"
+    assert raised.value.as_problem()["limit"] == "memory_mb"
+
+
+def test_refused_globals_come_back_from_the_child_by_name(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(malicious.pipeline_with_payload(marker)))
+    with pytest.raises(UnsafeArtifact) as raised:
+        inspect_artifact(str(path), fmt="pickle", input_example=None, **LIMITS)
+    assert raised.value.refused_globals == [malicious.OS_SYSTEM]
+    assert not marker.exists()
+
+
+def test_refused_skops_types_come_back_from_the_child_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "model.skops"
+    skops.io.dump(Pipeline([("run", FunctionTransformer(func=eval)), ("model", MODEL)]), path)
+    with pytest.raises(UnsafeArtifact) as raised:
+        inspect_artifact(str(path), fmt="skops", input_example=None, **LIMITS)
+    assert raised.value.refused_globals == ["builtins.eval"]
+
+
+def test_mlflow_folder_is_inspected(tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "model.zip", "w") as archive:
+        archive.writestr("MLmodel", "flavors:\n  sklearn:\n    pickled_model: model.pkl\n    sklearn_version: 1.9.1\n")
+        archive.writestr("model.pkl", pickle.dumps(MODEL))
+    with zipfile.ZipFile(tmp_path / "model.zip") as archive:
+        archive.extractall(tmp_path / "folder")
+    report = inspect_artifact(str(tmp_path / "folder"), fmt="mlflow", input_example=[[1.0, 0.0, 0.0, 0.0]], **LIMITS)
+    assert report["description"]["estimator_class"] == "sklearn.linear_model._logistic.LogisticRegression"
+    assert report["sample"]["predictions"] == MODEL.predict(np.array([[1.0, 0.0, 0.0, 0.0]])).tolist()
+
+
+def test_a_model_that_is_not_a_classifier_or_regressor_is_invalid(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArtifact) as raised:
+        inspect_artifact(_dump(tmp_path, KMeans(n_clusters=2, n_init=1).fit(X)), fmt="joblib", input_example=None, **LIMITS)
+    assert raised.value.detail == (
+        "Only classifiers and regressors can be served; the model's final step is sklearn.cluster._kmeans.KMeans."
+    )
+
+
+def test_unknown_format_is_refused_before_starting_a_child(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArtifact) as raised:
+        inspect_artifact(str(tmp_path / "model.onnx"), fmt="onnx", input_example=None, **LIMITS)
+    assert raised.value.detail == "Unknown model format 'onnx'; expected one of joblib, pickle, skops, mlflow."
