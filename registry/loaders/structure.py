@@ -37,7 +37,10 @@ def check_model_structures(*, model: Any) -> int:
     predictor_type = _loaded_class("sklearn.ensemble._hist_gradient_boosting.predictor", "TreePredictor")
     neighbour_types = tuple(
         cls
-        for cls in (_loaded_class("sklearn.neighbors._kd_tree", "KDTree"), _loaded_class("sklearn.neighbors._ball_tree", "BallTree"))
+        for cls in (
+            _loaded_class("sklearn.neighbors._kd_tree", "KDTree"),
+            _loaded_class("sklearn.neighbors._ball_tree", "BallTree"),
+        )
         if cls is not _Never
     )
     checked = 0
