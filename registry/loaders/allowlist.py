@@ -225,10 +225,10 @@ def _is_sklearn_estimator_class(module: str, name: str) -> bool:
         return False  # also refuses dotted qualnames such as "Pipeline.__init__"
     try:
         target = getattr(importlib.import_module(module), name, None)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module.startswith(exc.name):
-            return False  # no such sklearn module here: nothing to allow
-        raise  # a dependency is missing: an environment problem, not the file's
+    except ModuleNotFoundError:
+        # No such module here, or it needs an optional dependency we lack: nothing to allow.
+        # Other ImportErrors (e.g. out of address space in the sandbox) propagate.
+        return False
     from sklearn.base import BaseEstimator
 
     return (

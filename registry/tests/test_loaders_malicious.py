@@ -235,3 +235,21 @@ def test_lz4_joblib_is_invalid_without_lz4_installed() -> None:
         pytest.skip("lz4 is installed here")
     with pytest.raises(InvalidArtifact, match="The lz4-compressed file cannot be read here"):
         load_pickle(source=b"\x04\x22\x4d\x18" + b"\x00" * 32)
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        pytest.param("sklearn.no_such_module", "LogisticRegression", id="missing_module"),
+        pytest.param("sklearn.linear_model", "LogisticRegression.__init__", id="dotted_qualname"),
+        pytest.param("sklearn.linear_model", "__builtins__", id="dunder"),
+        pytest.param("sklearn.linear_model.tests.test_logistic", "LogisticRegression", id="test_module"),
+        pytest.param("sklearn.base", "clone", id="function_not_class"),
+        pytest.param("sklearn.externals._packaging.version", "Version", id="vendored"),
+    ],
+)
+def test_sklearn_names_that_are_not_estimator_classes_are_refused(module: str, name: str) -> None:
+    data = pickle.PROTO + b"\x04" + malicious._unicode(module) + malicious._unicode(name) + pickle.STACK_GLOBAL + pickle.STOP
+    with pytest.raises(UnsafeArtifact) as raised:
+        audit_pickle_globals(source=data)
+    assert raised.value.refused_globals == [f"{module}.{name}"]
