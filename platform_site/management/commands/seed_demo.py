@@ -55,5 +55,8 @@ class Command(BaseCommand):
         )
 
     def _seed_models(self, *, caller: Caller, organization: Organization) -> list[str]:
-        """The demo model; returns lines to print."""
-        return []
+        """The demo model, uploaded through the same safe path as any other; lines to print."""
+        from registry.demo import seed_demo_model
+
+        model = seed_demo_model(caller=caller, organization=organization)
+        return [f"  demo model:    {model.full_name} (production version {model.production_version.number})"]
