@@ -21,4 +21,6 @@ urlpatterns = [
     path("v2", views_protocols.v2_server_metadata, name="v2-server"),
     path("v2/", include("inference.urls_v2")),
     path("", include("accounts.web_urls")),
+    path("", include("registry.web_urls")),
+    path("", include("inference.web_urls")),
 ]

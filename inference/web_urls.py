@@ -1,0 +1,7 @@
+from django.urls import path
+
+from inference import views
+
+urlpatterns = [
+    path("models/<slug:org>/<slug:model>/versions/<int:number>/try/", views.try_version, name="version-try"),
+]
