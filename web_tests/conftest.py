@@ -1,7 +1,11 @@
 """Fixtures for the web pages: signed-in Django test clients and a model with versions."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+from django.conf import settings as django_settings
 from django.test import Client
 
 from accounts.models import Membership, Role
@@ -50,3 +54,52 @@ def iris(tenant_a):
 
 
 __all__ = ["PASSWORD", "member_of", "signed_in"]
+
+
+# ---------------------------------------------------------------------------- the browser
+
+CHROMIUM = "/usr/bin/chromium"
+# Debian's Chromium; Playwright's own browser download is not reachable from here.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One Chromium for the session; Playwright gives each launch a fresh temporary profile,
+    and each test opens its own context (cookies, storage)."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/install_ui_tools.sh (as root) first.")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make
+    # between browser steps are still synchronous, which Django would otherwise refuse.
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def web(settings, live_server):
+    """The live server, with plain static storage: its static handler serves files by their
+    own names, not the hashed names the manifest storage would put in the pages."""
+    settings.STORAGES = {**settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+    return live_server
+
+
+@pytest.fixture
+def screenshots_dir():
+    """Where page screenshots go: docs/screenshots via `make screenshots`, else var/screenshots."""
+    folder = Path(os.environ.get("MODELHOST_SCREENSHOTS_DIR") or django_settings.BASE_DIR / "var" / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

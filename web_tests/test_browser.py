@@ -1,0 +1,224 @@
+"""A data scientist's day in a real browser (Debian's Chromium driven by Playwright) against
+the live server and the real database: sign up, create a key, upload a joblib model (file
+input, then drag-and-drop), try it, promote, roll back. Every page passes axe-core with no
+serious or critical violation, fits a phone's width, and is saved as a screenshot."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Page, expect
+
+from registry.tests.factories import IRIS_FEATURES, IRIS_ROW, iris_model, joblib_bytes
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+PASSWORD = "a-long-enough-passphrase-42"
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+_axe = Axe()
+# The outermost elements that stick out of the window on the right, for the failure message.
+WIDEST = """[...document.querySelectorAll("body *")]
+  .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 && !(e.parentElement.getBoundingClientRect().right > window.innerWidth + 1))
+  .slice(0, 5).map(e => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + (e.className ? "." + e.className : ""))"""
+
+
+def check_page(page: Page, folder, name: str) -> None:
+    """A screenshot; axe-core finds nothing serious or critical; the page fits its width."""
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+    results = _axe.run(page)
+    bad = [v for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, f"{name}: " + "; ".join(f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']]}" for v in bad)
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"{name} is {overflow}px wider than the window, because of {page.evaluate(WIDEST)}"
+
+
+def confirm_dialog(page: Page, reason: str | None = None) -> None:
+    dialog = page.locator("#confirm-dialog")
+    expect(dialog).to_be_visible()
+    if reason is not None:
+        page.fill("#confirm-reason", reason)
+    with page.expect_navigation():
+        page.click("#confirm-ok")
+
+
+def test_sign_up_upload_try_promote_and_roll_back(browser, web, screenshots_dir, tmp_path):
+    model_file = tmp_path / "iris.joblib"
+    model_file.write_bytes(joblib_bytes(iris_model()))
+    example = json.dumps([dict(zip(IRIS_FEATURES, IRIS_ROW))])
+    context = browser.new_context(viewport=DESKTOP, base_url=web.url)
+    page = context.new_page()
+
+    # Sign up: the first organization opens, with no models yet.
+    page.goto("/signup/")
+    check_page(page, screenshots_dir, "signup")
+    page.fill("#id_email", "ada@example.com")
+    page.fill("#id_name", "Ada")
+    page.fill("#id_organization", "Acme Lab")
+    page.fill("#id_password", "short")
+    page.click("button[type=submit].primary")
+    expect(page.locator("#error-password")).to_contain_text("too short")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit].primary")
+    expect(page).to_have_url(re.compile(r"/orgs/acme-lab/$"))
+    page.fill("#id_name", "iris")
+    page.fill("#id_description", "Iris flowers, logistic regression")
+    check_page(page, screenshots_dir, "models")
+    page.click("text=Create model")
+    expect(page).to_have_url(re.compile(r"/models/acme-lab/iris/$"))
+
+    # Upload through the page: XMLHttpRequest to the REST endpoint, with a progress bar.
+    page.set_input_files("#id_file", str(model_file))
+    page.fill("#id_input_example", example)
+    page.fill("#id_metrics", '{"accuracy": 0.97}')
+    page.click("#upload-submit")
+    expect(page.locator("#upload-status")).to_have_text("Version 1 uploaded and checked.", timeout=30_000)
+    expect(page.locator("#upload-bar")).to_have_attribute("value", "100")
+    expect(page.locator("#version-1")).to_contain_text("LogisticRegression")
+    expect(page.locator("#version-1")).to_contain_text("accuracy: 0.97")
+
+    # A bad field comes back next to the field, from the API's problem+json.
+    page.set_input_files("#id_file", str(model_file))
+    page.fill("#id_metrics", '{"accuracy": "high"}')
+    page.click("#upload-submit")
+    expect(page.locator("#error-metrics")).to_have_text("expected a number")
+    page.fill("#id_metrics", "")
+
+    # Drag and drop the second version onto the drop zone.
+    page.evaluate(
+        """([b64, name]) => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, {type: "application/octet-stream"}));
+            const zone = document.getElementById("dropzone");
+            zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+            zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        }""",
+        [base64.b64encode(model_file.read_bytes()).decode(), "iris-v2.joblib"],
+    )
+    expect(page.locator("#dropzone")).to_contain_text("Chosen: iris-v2.joblib")
+    page.fill("#id_input_example", example)
+    page.click("#upload-submit")
+    expect(page.locator("#upload-status")).to_have_text("Version 2 uploaded and checked.", timeout=30_000)
+    expect(page.locator("#version-2")).to_be_visible()
+
+    # Create an API key; its secret is shown once.
+    page.click("nav.tabs >> text=API keys")
+    page.fill("#id_name", "notebook")
+    page.fill("#id_expires_on", "2099-12-31")
+    page.click("text=Create key")
+    secret = page.input_value("#new-key")
+    assert re.fullmatch(r"mh_[A-Za-z0-9]+_[A-Za-z0-9_-]+", secret), secret
+    page.click("[data-copy='#new-key']")
+    expect(page.locator("[data-copy='#new-key']")).to_contain_text("Copied")
+    check_page(page, screenshots_dir, "api-keys")
+    page.goto("/orgs/acme-lab/api-keys/")
+    assert secret not in page.content()
+    expect(page.locator("table")).to_contain_text("notebook")
+
+    # Try version 1: the form is generated from the signature and prefilled from the example.
+    page.goto("/models/acme-lab/iris/")
+    page.click("#version-1 >> text=Try it")
+    expect(page.locator("label[for=col-2]")).to_contain_text("petal_length")
+    expect(page.locator("#col-0")).to_have_value("5.1")
+    page.click("text=Predict")
+    expect(page.locator("#try-result .prediction")).to_have_text("Prediction: 0")
+    expect(page.locator("#try-result .bars li")).to_have_count(3)
+    expect(page.locator("#try-result")).to_contain_text("miss")
+    page.click("text=Predict")
+    expect(page.locator("#try-result")).to_contain_text("hit")
+    check_page(page, screenshots_dir, "try-it")
+    # A bad value is named next to its field.
+    page.fill("#col-3", "")
+    page.click("text=Predict")
+    expect(page.locator("#error-col-3")).not_to_be_empty()
+
+    # Promote version 1 with the keyboard only: focus, Enter, the dialog, Enter.
+    page.goto("/models/acme-lab/iris/")
+    page.focus("#version-1 button:has-text('Promote')")
+    page.keyboard.press("Enter")
+    expect(page.locator("#confirm-dialog")).to_be_visible()
+    expect(page.locator("#confirm-ok")).to_be_focused()
+    page.fill("#confirm-reason", "first release")
+    page.focus("#confirm-ok")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    expect(page.locator("#version-1 .badge")).to_have_text("Production")
+
+    # Cancelling the dialog changes nothing.
+    page.click("#version-2 button:has-text('Promote')")
+    page.click("#confirm-dialog button[value=cancel]")
+    expect(page.locator("#version-2 .badge")).to_have_text("None")
+
+    page.click("#version-2 button:has-text('Promote')")
+    confirm_dialog(page, reason="better recall")
+    expect(page.locator("#version-2 .badge")).to_have_text("Production")
+    expect(page.locator("#version-1 .badge")).to_have_text("Archived")
+
+    # Programs see the promotion with the key created above.
+    def production_version() -> int:
+        answer = context.request.post(
+            f"{web.url}/api/v1/models/acme-lab/iris/predict", headers={"X-API-Key": secret}, data={"inputs": [IRIS_ROW]}
+        )
+        assert answer.status == 200, answer.text()
+        return answer.json()["version"]
+
+    assert production_version() == 2
+
+    # Roll back: version 1 serves again, as release 3.
+    page.click("text=Roll back to v1")
+    confirm_dialog(page, reason="v2 regressed")
+    expect(page.locator(".messages")).to_contain_text("version 1 in production")
+    expect(page.locator("#version-1 .badge")).to_have_text("Production")
+    releases = page.locator("section[aria-labelledby=releases-title] tbody tr")
+    expect(releases).to_have_count(3)
+    expect(releases.first).to_contain_text("Rollback")
+    expect(releases.first).to_contain_text("v2 regressed")
+    assert production_version() == 1
+    check_page(page, screenshots_dir, "model")
+
+    # The organization's other pages.
+    for path, name in [
+        ("/orgs/acme-lab/members/", "members"),
+        ("/orgs/acme-lab/audit/", "audit-log"),
+        ("/orgs/acme-lab/settings/", "settings"),
+        ("/password/", "password"),
+        ("/", "organizations"),
+    ]:
+        page.goto(path)
+        check_page(page, screenshots_dir, name)
+    expect(page.locator("table")).to_contain_text("Acme Lab")
+
+    # At phone width the model and Try it pages still fit.
+    page.set_viewport_size(PHONE)
+    page.goto("/models/acme-lab/iris/")
+    check_page(page, screenshots_dir, "model-phone")
+    page.goto("/models/acme-lab/iris/versions/1/try/")
+    check_page(page, screenshots_dir, "try-it-phone")
+    context.close()
+
+
+def test_log_in_out_and_not_found(browser, web, screenshots_dir, tenant_a):
+    from accounts.tests.factories import PASSWORD as OWNER_PASSWORD
+
+    context = browser.new_context(viewport=PHONE, base_url=web.url)
+    page = context.new_page()
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/login/\?next=/$"))
+    check_page(page, screenshots_dir, "login")
+    page.fill("#id_username", "owner@acme.example")
+    page.fill("#id_password", OWNER_PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.locator("h1")).to_have_text("Your organizations")
+    page.select_option("#org-switcher", "acme")
+    page.click(".switcher button")
+    expect(page).to_have_url(re.compile(r"/orgs/acme/$"))
+    page.goto("/models/acme/missing/")
+    expect(page.locator("h1")).to_have_text("Not found")
+    check_page(page, screenshots_dir, "not-found")
+    page.click("text=Log out")
+    expect(page).to_have_url(re.compile(r"/login/$"))
+    context.close()
