@@ -13,6 +13,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_POST
 
 from accounts.models import Organization, Role
@@ -121,10 +122,14 @@ def model_list(request: HttpRequest, org: str) -> HttpResponse:
     organization = organization_or_404(request, org)
     query = request.GET.get("q", "").strip()
     context = {"organization": organization, "models": _models_of(organization, query), "query": query}
-    if request.htmx:
-        return render_page(request, "registry/_model_results.html", context)
-    context.update({"form": ModelForm(), "can_write": may(organization, Role.MEMBER), "tab": "models"})
-    return render_page(request, "registry/model_list.html", context)
+    if request.htmx and not request.htmx.history_restore_request:
+        response = render_page(request, "registry/_model_results.html", context)
+    else:
+        context.update({"form": ModelForm(), "can_write": may(organization, Role.MEMBER), "tab": "models"})
+        response = render_page(request, "registry/model_list.html", context)
+    # The same URL answers a fragment to htmx and a page otherwise: caches must tell them apart.
+    patch_vary_headers(response, ("HX-Request",))
+    return response
 
 
 @login_required

@@ -180,6 +180,14 @@ def test_sign_up_upload_try_promote_and_roll_back(browser, web, screenshots_dir,
     assert production_version() == 1
     check_page(page, screenshots_dir, "model")
 
+    # Search swaps only the results (htmx) and keeps the query in the address bar.
+    page.goto("/orgs/acme-lab/")
+    page.fill("#model-search", "zz")
+    expect(page.locator("#model-results")).to_contain_text("No model's name contains “zz”")
+    page.fill("#model-search", "ir")
+    expect(page.locator("#model-results a")).to_have_text("iris")
+    expect(page).to_have_url(re.compile(r"\?q=ir$"))
+
     # The organization's other pages.
     for path, name in [
         ("/orgs/acme-lab/members/", "members"),

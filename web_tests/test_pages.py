@@ -215,6 +215,9 @@ def test_model_list_search_and_htmx_partial(owner_client, iris, tenant_a):
     partial = owner_client.get("/orgs/acme/?q=ir", HTTP_HX_REQUEST="true")
     assert partial.content.lstrip().startswith(b'<div id="model-results"')
     assert b"/models/acme/iris/" in partial.content and b"<html" not in partial.content
+    assert "HX-Request" in partial["Vary"]
+    restored = owner_client.get("/orgs/acme/?q=ir", HTTP_HX_REQUEST="true", HTTP_HX_HISTORY_RESTORE_REQUEST="true")
+    assert b"<html" in restored.content
 
 
 def test_create_model_and_errors_next_to_name(owner_client, viewer_client, tenant_a):
