@@ -1,7 +1,8 @@
 """REST API for accounts: registration, JWT, the caller, organizations, members, keys, audit."""
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -66,6 +67,7 @@ class TokenRefreshApi(TokenRefreshView):
 
 
 class MeApi(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, description="The caller: a user with their organizations and roles, or an API key with its scopes.")
     def get(self, request):
         caller = caller_from_request(request)
         if caller.api_key is not None:
@@ -92,6 +94,7 @@ class OrganizationListApi(APIView):
         name = serializers.CharField(max_length=150)
         slug = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
 
+    @extend_schema(responses={200: OrganizationOutputSerializer(many=True)}, operation_id="v1_orgs_list")
     def get(self, request):
         caller = caller_from_request(request)
         if caller.api_key is not None:
@@ -116,6 +119,7 @@ class OrganizationDetailApi(APIView):
     class InputSerializer(StrictSerializer):
         name = serializers.CharField(max_length=150)
 
+    @extend_schema(responses={200: OrganizationOutputSerializer})
     def get(self, request, org: str):
         organization = selectors.organization_for_caller(caller=caller_from_request(request), slug=org)
         return Response(OrganizationOutputSerializer(organization).data)
@@ -139,10 +143,13 @@ class MembershipOutputSerializer(serializers.Serializer):
 
 
 class MemberListApi(APIView):
+    pagination_class = Pagination
+
     class InputSerializer(StrictSerializer):
         email = serializers.EmailField()
         role = serializers.CharField(default=Role.MEMBER)
 
+    @extend_schema(responses={200: MembershipOutputSerializer(many=True)})
     def get(self, request, org: str):
         organization = selectors.organization_for_caller(caller=caller_from_request(request), slug=org)
         return paginated(request, self, selectors.members_of(organization=organization), MembershipOutputSerializer)
@@ -161,6 +168,7 @@ class MemberDetailApi(APIView):
     class InputSerializer(StrictSerializer):
         role = serializers.CharField()
 
+    @extend_schema(responses={200: MembershipOutputSerializer})
     def get(self, request, org: str, member_id: int):
         organization = selectors.organization_for_caller(caller=caller_from_request(request), slug=org)
         return Response(MembershipOutputSerializer(selectors.membership_in(organization=organization, membership_id=member_id)).data)
@@ -175,6 +183,7 @@ class MemberDetailApi(APIView):
         services.change_member_role(caller=caller, membership=membership, role=data.validated_data["role"])
         return Response(MembershipOutputSerializer(membership).data)
 
+    @extend_schema(responses={204: None})
     def delete(self, request, org: str, member_id: int):
         caller = caller_from_request(request)
         organization = selectors.organization_for_caller(caller=caller, slug=org)
@@ -196,11 +205,14 @@ class ApiKeyOutputSerializer(serializers.Serializer):
 
 
 class ApiKeyListApi(APIView):
+    pagination_class = Pagination
+
     class InputSerializer(StrictSerializer):
         name = serializers.CharField(max_length=100)
         scopes = serializers.ListField(child=serializers.CharField(), allow_empty=True)
         expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
+    @extend_schema(responses={200: ApiKeyOutputSerializer(many=True)})
     def get(self, request, org: str):
         organization = selectors.organization_for_caller(caller=caller_from_request(request), slug=org)
         return paginated(request, self, selectors.api_keys_of(organization=organization), ApiKeyOutputSerializer)
@@ -218,10 +230,12 @@ class ApiKeyListApi(APIView):
 
 
 class ApiKeyDetailApi(APIView):
+    @extend_schema(responses={200: ApiKeyOutputSerializer})
     def get(self, request, org: str, key_id: int):
         organization = selectors.organization_for_caller(caller=caller_from_request(request), slug=org)
         return Response(ApiKeyOutputSerializer(selectors.api_key_in(organization=organization, key_id=key_id)).data)
 
+    @extend_schema(responses={204: None}, description="Revoke the key; it stops working everywhere within API_KEY_CACHE_SECONDS.")
     def delete(self, request, org: str, key_id: int):
         caller = caller_from_request(request)
         organization = selectors.organization_for_caller(caller=caller, slug=org)
@@ -243,6 +257,9 @@ class AuditEventOutputSerializer(serializers.Serializer):
 
 
 class AuditEventListApi(APIView):
+    pagination_class = Pagination
+
+    @extend_schema(responses={200: AuditEventOutputSerializer(many=True)}, parameters=[OpenApiParameter("action", str, description="Only events with this action, e.g. api_key.revoked.")])
     def get(self, request, org: str):
         caller = caller_from_request(request)
         organization = selectors.organization_for_caller(caller=caller, slug=org, min_role=Role.ADMIN)

@@ -11,17 +11,20 @@ from inference import services
 from platform_site.serializers import StrictSerializer
 
 
+class FeedbackOutputSerializer(serializers.Serializer):
+    prediction_id = serializers.CharField()
+    version = serializers.IntegerField(source="version.number")
+    label = serializers.JSONField()
+    value = serializers.FloatField()
+    created_at = serializers.DateTimeField()
+
+
 class FeedbackApi(APIView):
     class InputSerializer(StrictSerializer):
         label = serializers.JSONField(required=False)
         value = serializers.JSONField(required=False)
 
-    class OutputSerializer(serializers.Serializer):
-        prediction_id = serializers.CharField()
-        version = serializers.IntegerField(source="version.number")
-        label = serializers.JSONField()
-        value = serializers.FloatField()
-        created_at = serializers.DateTimeField()
+    OutputSerializer = FeedbackOutputSerializer
 
     @extend_schema(request=InputSerializer, responses={201: OutputSerializer, 200: OutputSerializer})
     def post(self, request, prediction_id: str):

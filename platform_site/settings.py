@@ -244,6 +244,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "EXTENSIONS_INFO": {},
 }
 
 # --- Prediction records and the model cache ----------------------------------------------

@@ -1,7 +1,7 @@
 """REST API for the registry: models, versions (upload, MLflow import), stages, releases."""
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
@@ -83,12 +83,19 @@ class ReleaseOutputSerializer(serializers.Serializer):
 
 
 class ModelListApi(APIView):
+    pagination_class = Pagination
+
     class InputSerializer(StrictSerializer):
         org = serializers.SlugField()
         name = serializers.CharField(max_length=100)
         description = serializers.CharField(required=False, allow_blank=True, default="")
         task = serializers.CharField(required=False, allow_blank=True, default="")
 
+    @extend_schema(
+        responses={200: ModelOutputSerializer(many=True)},
+        operation_id="v1_models_list",
+        parameters=[OpenApiParameter("q", str, description="Name contains"), OpenApiParameter("org", str, description="Only this organization")],
+    )
     def get(self, request):
         models = selectors.models_for_caller(caller=caller_from_request(request))
         query = request.query_params.get("q")
@@ -121,6 +128,7 @@ class ModelDetailApi(APIView):
         description = serializers.CharField(required=False, allow_blank=True)
         prediction_cache_ttl = serializers.IntegerField(required=False, min_value=0, max_value=7 * 24 * 3600)
 
+    @extend_schema(responses={200: ModelOutputSerializer})
     def get(self, request, org: str, model: str):
         _, registered = resolve_model(request, org, model)
         return Response(ModelOutputSerializer(registered).data)
@@ -133,6 +141,7 @@ class ModelDetailApi(APIView):
         services.update_model(caller=caller, model=registered, **data.validated_data)
         return Response(ModelOutputSerializer(registered).data)
 
+    @extend_schema(responses={204: None}, description="Soft delete: the model stops serving and its name is freed; versions are kept for audit.")
     def delete(self, request, org: str, model: str):
         caller, registered = resolve_model(request, org, model, min_role=Role.ADMIN)
         services.delete_model(caller=caller, model=registered)
@@ -140,8 +149,11 @@ class ModelDetailApi(APIView):
 
 
 class VersionListApi(APIView):
+    pagination_class = Pagination
+
     parser_classes = [MultiPartParser, FormParser]
 
+    @extend_schema(responses={200: VersionOutputSerializer(many=True)})
     def get(self, request, org: str, model: str):
         _, registered = resolve_model(request, org, model)
         return paginated(request, self, selectors.versions_of(model=registered), VersionOutputSerializer)
@@ -206,6 +218,7 @@ class VersionImportMlflowApi(APIView):
 
 
 class VersionDetailApi(APIView):
+    @extend_schema(responses={200: VersionOutputSerializer})
     def get(self, request, org: str, model: str, number: int):
         _, registered = resolve_model(request, org, model)
         return Response(VersionOutputSerializer(selectors.version_of(model=registered, number=number)).data)
@@ -240,6 +253,8 @@ class ModelRollbackApi(APIView):
 
 
 class ReleaseListApi(APIView):
+    pagination_class = Pagination
+
     @extend_schema(responses={200: ReleaseOutputSerializer(many=True)})
     def get(self, request, org: str, model: str):
         _, registered = resolve_model(request, org, model)
