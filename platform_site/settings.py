@@ -244,7 +244,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
-    "EXTENSIONS_INFO": {},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "platform_site.openapi.add_inference_paths",
+    ],
 }
 
 # --- Prediction records and the model cache ----------------------------------------------

@@ -379,3 +379,48 @@ def test_metrics_count_predictions(tenant_a, iris, client):
     assert 'modelhost_prediction_requests_total{model="iris",org="acme",protocol="native",variant="",version="1"}' in text
     assert "modelhost_prediction_latency_seconds_bucket" in text
     cache.clear()
+
+
+# --- database down -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "path, body, content_type, shape",
+    [
+        pytest.param("/api/v1/models/acme/iris/predict", {"inputs": [ROW]}, "application/problem+json", {"type", "title", "status", "detail", "code", "service"}, id="native"),
+        pytest.param("/api/v1/models/acme/iris/invocations", {"inputs": [ROW]}, "application/json", {"error_code", "message"}, id="mlflow"),
+        pytest.param("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": ROW}]}, "application/json", {"error"}, id="v2"),
+    ],
+)
+def test_database_down_on_a_cold_route_is_503_in_each_protocols_shape(tenant_a, iris, monkeypatch, path, body, content_type, shape):
+    from django.db import OperationalError
+
+    from inference import routing
+
+    def down(*args):
+        raise OperationalError("could not connect to server: Connection refused")
+
+    authentication_warm = tenant_a.key_client()
+    authentication_warm.get("/api/v1/me")  # the key is cached; the route is not
+    monkeypatch.setattr(routing, "_load_model", down)
+    response = authentication_warm.post(path, body, format="json")
+    assert response.status_code == 503
+    assert response["Content-Type"] == content_type
+    assert set(response.json()) == shape
+    assert "database is unavailable" in str(response.json())
+
+
+def test_warm_predictions_survive_a_database_outage(tenant_a, iris, monkeypatch):
+    """Keys, routes and models are in process memory: a warm path needs no database."""
+    from django.db.backends.utils import CursorWrapper
+    from django.db import OperationalError
+
+    client = tenant_a.key_client()
+    assert predict(client, {"inputs": [ROW]}).status_code == 200
+
+    def down(*args, **kwargs):
+        raise OperationalError("the database is gone")
+
+    monkeypatch.setattr(CursorWrapper, "execute", down)
+    response = predict(client, {"inputs": [[6.0, 3.0, 4.8, 1.8]]})
+    assert response.status_code == 200
+    assert response.json()["predictions"] == [2]

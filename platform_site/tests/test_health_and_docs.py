@@ -68,6 +68,9 @@ def test_openapi_schema_and_docs(client):
     paths = schema.json()["paths"]
     assert "/api/v1/auth/register" in paths
     assert "/api/v1/orgs/{org}/api-keys" in paths
+    assert "/api/v1/models/{org}/{model}/predict" in paths
+    assert "/v2/models/{model}/infer" in paths
+    assert set(schema.json()["components"]["securitySchemes"]) == {"ApiKey", "jwtAuth", "cookieAuth"}
     assert client.get("/api/docs/").status_code == 200
 
 
