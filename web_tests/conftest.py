@@ -72,18 +72,19 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One Chromium for the session; Playwright gives each launch a fresh temporary profile,
+    """One Chromium per test module; Playwright gives each launch a fresh temporary profile,
     and each test opens its own context (cookies, storage)."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run scripts/install_ui_tools.sh (as root) first.")
     from playwright.sync_api import sync_playwright
 
-    # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make
-    # between browser steps are still synchronous, which Django would otherwise refuse.
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
+    # While Playwright's sync API is started, this thread has a running event loop, and Django
+    # refuses ORM calls from it. Allow them only for as long as the browser lives: the flag
+    # must not leak into later tests (`check --deploy` rightly fails on it).
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield instance
         instance.close()
