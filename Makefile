@@ -14,7 +14,7 @@ TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	DEBUG=false SECURE_SSL_REDIRECT=false ALLOWED_HOSTS=testserver,127.0.0.1,localhost \
 	MODEL_STORAGE_ROOT=$(CURDIR)/var/test-models
 
-.PHONY: run test install install-dev services migrate demo check-deploy clean
+.PHONY: run test install install-dev services migrate demo check-deploy clean screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ test: $(DEV_STAMP) services
 
 services:
 	@scripts/ensure_services.sh
+
+## screenshots: refresh docs/screenshots/ from the browser tests
+screenshots: $(DEV_STAMP) services
+	@scripts/install_ui_tools.sh
+	$(TEST_ENV) $(PY) manage.py collectstatic --noinput -v0
+	MODELHOST_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(TEST_ENV) $(PY) -m pytest web_tests/test_browser.py -q
 
 ## check-deploy: Django's production checks with production-like values
 check-deploy: $(RUNTIME_STAMP)
