@@ -1,0 +1,264 @@
+"""Where a Modelhost predict request spends its time, step by step, without HTTP or load noise.
+
+    python3 bench/profile_hotpath.py [--requests 3000] [--model iris]
+
+Runs in one process with the benchmark's environment (real PostgreSQL and Redis): Django's
+WSGIHandler (every middleware, the URL resolver, the view) is called directly with a WSGI
+environ for `POST /api/v1/models/bench/<model>/predict`, each request with a distinct input
+(cache miss), then the same with a repeated input (cache hit).
+
+Each hot-path step is wrapped (in this process only; no application code changes) with a
+timer reading both the thread's CPU clock and the wall clock, so the table says what a step
+costs in CPU and what it costs in waiting (the Redis round trips). Other sessions' load on
+this machine moves the wall figures, hardly the CPU ones. A short cProfile pass then lists the
+costliest functions (cProfile inflates Python-heavy code; read it for ranking, not for µs).
+The HTTP server's own share (gunicorn's parsing, socket writes, accept and close) is not in
+here: it is the floor's cost in bench/inference_bench.py.
+
+Re-executes itself under the project's .venv with the bench environment.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import functools
+import io
+import json
+import os
+import pstats
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+TOTALS: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+WHOLE = "whole request (Django WSGIHandler)"
+VIEW = "  the view (views_native._predict)"
+RESOLVE = "  URL resolving"
+
+
+def timed(label: str, function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        cpu, wall = time.thread_time(), time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            entry = TOTALS[label]
+            entry[0] += time.thread_time() - cpu
+            entry[1] += time.perf_counter() - wall
+            entry[2] += 1
+
+    return wrapper
+
+
+def instrument() -> list[str]:
+    """Wrap the hot path's steps; returns the labels in display order."""
+    from django.core.handlers.base import BaseHandler
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from inference import hotpath, limits, prediction_cache, records, views_native
+    from inference.model_cache import LoadedModel
+
+    steps = [
+        (WHOLE, WSGIHandler, "__call__"),
+        (RESOLVE, BaseHandler, "resolve_request"),
+        (VIEW, views_native, "_predict"),
+        ("    read body", views_native, "read_body"),
+        ("    authenticate (API key, in-process cache)", hotpath, "authenticate"),
+        ("    resolve route (in-process cache)", hotpath, "_route_for"),
+        ("    parse body (orjson + field checks)", views_native, "parse_native"),
+        ("    rate limit + quota (Redis EVALSHA)", limits, "check_and_count"),
+        ("    prediction cache key (blake2b)", prediction_cache, "cache_key"),
+        ("    prediction cache lookup (Redis GET)", prediction_cache, "lookup"),
+        ("    model.predict", LoadedModel, "predict"),
+        ("    build the record", hotpath, "_record"),
+        ("    record + cache store (Redis pipeline XADD+SET)", records, "publish"),
+        ("    Prometheus counters + histogram", hotpath, "_observe"),
+        ("    render the JSON response", views_native, "_json"),
+    ]
+    for label, owner, name in steps:
+        setattr(owner, name, timed(label, getattr(owner, name)))
+    # The signature check is a closure made per request by parse_native: wrap what it returns.
+    parse = views_native.parse_native
+
+    def parse_and_wrap(raw):
+        call = parse(raw)
+        call.validate = timed("    validate against the signature", call.validate)
+        return call
+
+    views_native.parse_native = parse_and_wrap
+    labels = [label for label, _, _ in steps]
+    labels.insert(labels.index("    rate limit + quota (Redis EVALSHA)") + 1, "    validate against the signature")
+    return labels
+
+
+def reexec_under_app_venv() -> None:
+    if os.environ.get("MH_PROFILE_CHILD") == "1":
+        return
+    sys.path.insert(0, str(BENCH))
+    import harness
+
+    env = harness.modelhost_env(MH_PROFILE_CHILD="1")
+    os.chdir(ROOT)
+    python = str(harness.APP_VENV / "bin" / "python")
+    os.execve(python, [python, *sys.argv], env)
+
+
+def environ_for(path: str, body: bytes, key: str) -> dict:
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "127.0.0.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_X_API_KEY": key,
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+
+
+def main() -> None:
+    reexec_under_app_venv()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--model", default="iris")
+    args = parser.parse_args()
+
+    import django
+
+    sys.path.insert(0, str(ROOT))
+    django.setup()
+    from django.core.handlers.wsgi import WSGIHandler
+
+    sys.path.insert(0, str(BENCH))
+    import harness
+
+    key = harness.seed("inference")["orgs"]["bench"]["key"]
+    rows = json.loads((harness.ARTIFACTS / f"{args.model}.rows.json").read_text())
+    handler = WSGIHandler()
+    path = f"/api/v1/models/bench/{args.model}/predict"
+    statuses: list[str] = []
+
+    def start_response(status, headers, exc_info=None):
+        statuses.append(status)
+
+    def body(i: int, unique: bool) -> bytes:
+        row = list(rows[i % len(rows)] if unique else rows[0])
+        if unique:
+            row[0] = float(f"{row[0]:.4f}{i:09d}")
+        return json.dumps({"inputs": [row]}).encode()
+
+    def one(i: int, unique: bool) -> None:
+        for _ in handler(environ_for(path, body(i, unique), key), start_response):
+            pass
+
+    import redis as redis_lib
+
+    ping = redis_lib.Redis.from_url(harness.REDIS_URL)
+    offset = int(time.time()) % 100_000 * 10_000  # distinct inputs from any earlier run
+    plain: dict[str, tuple[float, float]] = {}
+    for label, unique in (("miss", True), ("hit", False)):
+        for i in range(300):  # warm: URLconf, key, route, model
+            one(offset + i, unique)
+        cpu, wall = time.thread_time(), time.perf_counter()
+        for i in range(args.requests):
+            one(offset + 1000 + i, unique)
+        plain[label] = ((time.thread_time() - cpu) / args.requests * 1e6, (time.perf_counter() - wall) / args.requests * 1e6)
+        offset += 5_000_000
+
+    # Middleware ablation: the same loop (misses) with fewer middleware, in this process only.
+    from django.conf import settings
+
+    full = list(settings.MIDDLEWARE)
+    variants = [
+        ("as configured", full),
+        ("without django_prometheus's two", [m for m in full if "django_prometheus" not in m]),
+        ("API-only set: Security, BackingServiceError, Common", [m for m in full if m.rsplit(".", 1)[1] in ("SecurityMiddleware", "BackingServiceErrorMiddleware", "CommonMiddleware")]),
+        ("no middleware at all", []),
+    ]
+    ablation = []
+    for name, middleware in variants:
+        settings.MIDDLEWARE = middleware
+        handler = WSGIHandler()
+        for i in range(100):
+            one(offset + i, True)
+        cpu, wall = time.thread_time(), time.perf_counter()
+        for i in range(args.requests):
+            one(offset + 1000 + i, True)
+        ablation.append((name, len(middleware), (time.thread_time() - cpu) / args.requests * 1e6, (time.perf_counter() - wall) / args.requests * 1e6))
+        offset += 5_000_000
+    settings.MIDDLEWARE = full
+    handler = WSGIHandler()
+
+    labels = instrument()
+    per_case: dict[str, dict[str, tuple[float, float]]] = {}
+    for label, unique in (("miss", True), ("hit", False)):
+        TOTALS.clear()
+        for i in range(args.requests):
+            one(offset + i, unique)
+        per_case[label] = {name: (v[0] / args.requests * 1e6, v[1] / args.requests * 1e6) for name, v in TOTALS.items()}
+        offset += 5_000_000
+
+    profile = cProfile.Profile()
+    profile.enable()
+    for i in range(min(args.requests, 1000)):
+        one(offset + i, True)
+    profile.disable()
+
+    bad = [s for s in statuses if not s.startswith("200")]
+    if bad:
+        raise SystemExit(f"{len(bad)} requests did not answer 200: {bad[:3]}")
+    started = time.perf_counter()
+    for _ in range(2000):
+        ping.ping()
+    rtt = (time.perf_counter() - started) / 2000 * 1e6
+
+    print(f"Modelhost predict on {args.model}: {args.requests} requests per pass, in one process (no HTTP server), microseconds per request")
+    print(
+        f"Uninstrumented loop: miss {plain['miss'][0]:.0f} us CPU / {plain['miss'][1]:.0f} us wall; "
+        f"hit {plain['hit'][0]:.0f} us CPU / {plain['hit'][1]:.0f} us wall. Redis PING round trip: {rtt:.0f} us wall."
+    )
+    print()
+    print("| step | miss: CPU us | miss: wall us | hit: CPU us | hit: wall us |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name in labels:
+        miss, hit = per_case["miss"].get(name), per_case["hit"].get(name)
+        cells = [f"{miss[0]:.0f}", f"{miss[1]:.0f}"] if miss else ["-", "-"]
+        cells += [f"{hit[0]:.0f}", f"{hit[1]:.0f}"] if hit else ["-", "-"]
+        print(f"| {name} | {' | '.join(cells)} |")
+    rest = []
+    for case in ("miss", "hit"):
+        whole, view, resolve = (per_case[case][k] for k in (WHOLE, VIEW, RESOLVE))
+        rest += [f"{whole[0] - view[0] - resolve[0]:.0f}", f"{whole[1] - view[1] - resolve[1]:.0f}"]
+    print(f"| middleware + Django handler (whole - view - URL resolving) | {' | '.join(rest)} |")
+    print()
+    print("Middleware ablation (cache miss, uninstrumented loop):")
+    print()
+    print("| middleware | count | CPU us per request | wall us per request |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, count, cpu_us, wall_us in ablation:
+        print(f"| {name} | {count} | {cpu_us:.0f} | {wall_us:.0f} |")
+    print()
+    print("Top functions by cumulative time under cProfile, cache miss (ranking only):")
+    stream = io.StringIO()
+    pstats.Stats(profile, stream=stream).sort_stats("cumulative").print_stats(40)
+    print("\n".join(line for line in stream.getvalue().splitlines() if line.strip()))
+
+
+if __name__ == "__main__":
+    main()
