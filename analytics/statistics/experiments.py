@@ -1,0 +1,117 @@
+"""A/B statistics: intervals for one variant, its difference to the control, and SRM.
+
+Accuracy is a proportion: Wilson score interval, Newcombe's hybrid score interval for the
+difference, and the pooled two-proportion z-test. A mean value: Student's t interval, and
+Welch's t-test (unequal variances) with the Welch–Satterthwaite interval for the
+difference. Sample-ratio mismatch: chi-squared goodness of fit of assignment counts to the
+configured weights.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float | None
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    difference: float | None
+    low: float | None
+    high: float | None
+    p_value: float | None
+
+
+NOTHING = Estimate(None, None, None)
+NO_COMPARISON = Comparison(None, None, None, None)
+
+
+def _z(confidence: float) -> float:
+    return float(stats.norm.ppf(0.5 + confidence / 2))
+
+
+def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> Estimate:
+    """The proportion and its Wilson score interval (scipy's binomtest, method 'wilson')."""
+    if n <= 0:
+        return NOTHING
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return Estimate(successes / n, float(ci.low), float(ci.high))
+
+
+def t_interval(*, mean: float, std: float, n: int, confidence: float = 0.95) -> Estimate:
+    """The mean and its Student t interval, from the sample mean, sample std (ddof=1) and n."""
+    if n <= 0:
+        return NOTHING
+    if n == 1 or not math.isfinite(std):
+        return Estimate(mean, None, None)
+    sem = std / math.sqrt(n)
+    if sem == 0:
+        return Estimate(mean, mean, mean)
+    low, high = stats.t.interval(confidence, df=n - 1, loc=mean, scale=sem)
+    return Estimate(mean, float(low), float(high))
+
+
+def compare_proportions(successes: int, n: int, control_successes: int, control_n: int, *, confidence: float = 0.95) -> Comparison:
+    """Variant minus control: Newcombe's interval and the pooled two-proportion z-test p-value."""
+    if n <= 0 or control_n <= 0:
+        return NO_COMPARISON
+    p1, p0 = successes / n, control_successes / control_n
+    difference = p1 - p0
+    w1, w0 = wilson_interval(successes, n, confidence=confidence), wilson_interval(control_successes, control_n, confidence=confidence)
+    low = difference - math.sqrt((p1 - w1.low) ** 2 + (w0.high - p0) ** 2)
+    high = difference + math.sqrt((w1.high - p1) ** 2 + (p0 - w0.low) ** 2)
+    pooled = (successes + control_successes) / (n + control_n)
+    variance = pooled * (1 - pooled) * (1 / n + 1 / control_n)
+    if variance == 0:
+        p_value = 1.0 if difference == 0 else 0.0
+    else:
+        z = difference / math.sqrt(variance)
+        p_value = float(2 * stats.norm.sf(abs(z)))
+    return Comparison(difference, low, high, p_value)
+
+
+def compare_means(
+    *, mean: float, std: float, n: int, control_mean: float, control_std: float, control_n: int, confidence: float = 0.95
+) -> Comparison:
+    """Variant minus control: Welch's t-test p-value and the Welch–Satterthwaite interval."""
+    if n < 2 or control_n < 2:
+        return NO_COMPARISON
+    difference = mean - control_mean
+    v1, v0 = std**2 / n, control_std**2 / control_n
+    se = math.sqrt(v1 + v0)
+    if se == 0:
+        return Comparison(difference, difference, difference, 1.0 if difference == 0 else 0.0)
+    result = stats.ttest_ind_from_stats(mean, std, n, control_mean, control_std, control_n, equal_var=False)
+    df = (v1 + v0) ** 2 / (v1**2 / (n - 1) + v0**2 / (control_n - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    return Comparison(difference, difference - half, difference + half, float(result.pvalue))
+
+
+@dataclass(frozen=True)
+class SampleRatioCheck:
+    statistic: float | None
+    p_value: float | None
+    expected: list[float]
+    is_mismatch: bool
+
+
+def sample_ratio_mismatch(observed: Sequence[int], weights: Sequence[float], *, alarm_p_value: float = 0.001) -> SampleRatioCheck:
+    """Chi-squared goodness of fit of assignment counts to the weights; alarm below `alarm_p_value`."""
+    observed_array = np.asarray(observed, dtype=np.float64)
+    weights_array = np.asarray(weights, dtype=np.float64)
+    total = observed_array.sum()
+    expected = (total * weights_array / weights_array.sum()).tolist()
+    if total == 0 or len(observed_array) < 2:
+        return SampleRatioCheck(None, None, expected, False)
+    result = stats.chisquare(observed_array, f_exp=expected)
+    p_value = float(result.pvalue)
+    return SampleRatioCheck(float(result.statistic), p_value, expected, p_value < alarm_p_value)
