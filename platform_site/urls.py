@@ -18,6 +18,7 @@ urlpatterns = [
     path("api/v1/", include("registry.urls")),
     path("api/v1/", include("inference.urls")),
     path("api/v1/", include("inference.experiments.urls")),
+    path("api/v1/", include("analytics.urls")),
     path("api/<path:rest>", api_not_found),
     path("v2", views_protocols.v2_server_metadata, name="v2-server"),
     path("v2/", include("inference.urls_v2")),

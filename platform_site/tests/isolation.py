@@ -56,6 +56,28 @@ TENANT_ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/api/v1/models/{org}/{model}/invocations", {"inputs": [[5.1, 3.5, 1.4, 0.2]]}),
     Endpoint("POST", "/api/v1/models/{org}/{model}/versions/{version}/invocations", {"inputs": [[5.1, 3.5, 1.4, 0.2]]}),
     Endpoint("POST", "/api/v1/predictions/{prediction}/feedback", {"label": 0}),
+    # batch jobs
+    Endpoint("GET", "/api/v1/models/{org}/{model}/batch-jobs"),
+    Endpoint("POST", "/api/v1/models/{org}/{model}/batch-jobs", {"probabilities": "true"}),
+    Endpoint("GET", "/api/v1/batch-jobs", is_list=True),
+    Endpoint("GET", "/api/v1/batch-jobs/{job}"),
+    Endpoint("GET", "/api/v1/batch-jobs/{job}/result"),
+    Endpoint("POST", "/api/v1/batch-jobs/{job}/cancel"),
+    # experiments
+    Endpoint("GET", "/api/v1/models/{org}/{model}/experiments"),
+    Endpoint("POST", "/api/v1/models/{org}/{model}/experiments", {"name": "x", "variants": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]}),
+    Endpoint("GET", "/api/v1/experiments/{experiment}"),
+    Endpoint("POST", "/api/v1/experiments/{experiment}/stop"),
+    Endpoint("POST", "/api/v1/experiments/{experiment}/promote", {"version": 1}),
+    Endpoint("GET", "/api/v1/experiments/{experiment}/results"),
+    # analytics
+    Endpoint("GET", "/api/v1/models/{org}/{model}/usage"),
+    Endpoint("GET", "/api/v1/models/{org}/{model}/quality"),
+    Endpoint("GET", "/api/v1/models/{org}/{model}/drift-reports"),
+    Endpoint("POST", "/api/v1/models/{org}/{model}/drift-reports", {"window_hours": 1}),
+    Endpoint("GET", "/api/v1/drift-reports/{drift_report}"),
+    Endpoint("GET", "/api/v1/orgs/{org}/alert-settings"),
+    Endpoint("PATCH", "/api/v1/orgs/{org}/alert-settings", {"drift_webhook_url": "https://93.184.215.14/stolen"}),
 ]
 
 # What stands in for each placeholder when asking for a resource that does not exist.
@@ -66,4 +88,7 @@ MISSING = {
     "model": "no-such-model",
     "version": 987654,
     "prediction": "prd_00000000000000000000000000",
+    "job": 987654321,
+    "experiment": 987654321,
+    "drift_report": 987654321,
 }

@@ -9,8 +9,14 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def world(tenant_a) -> dict:
     """Tenant A's resources by placeholder name; apps extend it as they add resources."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
     from accounts.models import Membership
     from accounts.principals import Caller
+    from analytics.models import DriftReport
+    from inference.experiments import services as experiment_services
     from registry import services as registry_services
     from registry.tests import factories
 
@@ -21,6 +27,23 @@ def world(tenant_a) -> dict:
     prediction = tenant_a.key_client().post(
         "/api/v1/models/acme/secret-model/predict", {"inputs": [factories.IRIS_ROW]}, format="json"
     ).json()["id"]
+    factories.create_version(model)
+    experiment = experiment_services.create_experiment(
+        caller=caller, model=model, name="secret-experiment", variants=[{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]
+    )
+    drift_report = DriftReport.objects.create(
+        organization=tenant_a.organization, registered_model=model, version=version, trigger="api",
+        window_start=timezone.now() - timedelta(hours=1), window_end=timezone.now(), reference_source="reference_data",
+        reference_rows=1, current_rows=1, drift_share_threshold=0.5, n_features=0, drifted_features=0, share_drifted=0.0, is_drift=False,
+    )
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from inference.tests.test_batch_api import run_job
+
+    job = tenant_a.key_client().post(
+        "/api/v1/models/acme/secret-model/batch-jobs", {"file": SimpleUploadedFile("rows.csv", b"a,b,c,d\n5.1,3.5,1.4,0.2\n")}, format="multipart"
+    ).json()["id"]
+    run_job(job)
     return {
         "org": tenant_a.organization.slug,
         "member_id": membership.id,
@@ -28,6 +51,9 @@ def world(tenant_a) -> dict:
         "model": model.name,
         "version": version.number,
         "prediction": prediction,
+        "job": job,
+        "experiment": experiment.id,
+        "drift_report": drift_report.id,
     }
 
 

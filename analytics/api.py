@@ -1,0 +1,221 @@
+"""REST API for analytics: usage, live quality, drift reports, experiment results, alert settings."""
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import Role
+from accounts.principals import caller_from_request
+from accounts.selectors import organization_for_caller
+from analytics.models import AlertSettings, DriftReport, Granularity
+from analytics.selectors import drift as drift_selectors
+from analytics.selectors.experiments import experiment_results
+from analytics.selectors.quality import quality_of
+from analytics.selectors.usage import usage_of
+from analytics.services import alerts
+from analytics.services import drift as drift_services
+from analytics.services.usage import day_floor, hour_floor
+from inference.experiments.selectors import experiment_for_caller
+from platform_site.errors import InvalidInput
+from platform_site.serializers import StrictSerializer
+from registry import selectors as registry_selectors
+from registry.api import paginated, resolve_model
+
+# The most buckets one usage request may ask for: a month of hours, about a year of days.
+MAX_BUCKETS = {Granularity.HOUR: 31 * 24, Granularity.DAY: 400}
+DEFAULT_SPAN = {Granularity.HOUR: timedelta(hours=24), Granularity.DAY: timedelta(days=30)}
+MAX_WINDOW_HOURS = 90 * 24
+
+
+def _instant(request, name: str) -> datetime | None:
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        moment = parse_datetime(raw)
+        if moment is None:
+            day = parse_date(raw)
+            moment = datetime.combine(day, time()) if day else None
+    except ValueError:  # well formed but impossible, like month 13
+        moment = None
+    if moment is None:
+        raise InvalidInput(f"{name}={raw!r} is not an ISO 8601 date or date-time.", errors=[{"field": name, "message": "expected ISO 8601"}])
+    return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
+
+
+def _range(request, *, default_span: timedelta, max_span: timedelta) -> tuple[datetime, datetime]:
+    end = _instant(request, "end") or timezone.now()
+    start = _instant(request, "start") or end - default_span
+    if start >= end:
+        raise InvalidInput("start must be before end.", errors=[{"field": "start", "message": "must be before end"}])
+    if end - start > max_span:
+        raise InvalidInput(f"The range is longer than {max_span.days} days; ask for less.", errors=[{"field": "start", "message": "range too long"}])
+    return start, end
+
+
+RANGE_PARAMETERS = [
+    OpenApiParameter("start", OpenApiTypes.DATETIME, description="ISO 8601; default: one span before end"),
+    OpenApiParameter("end", OpenApiTypes.DATETIME, description="ISO 8601, exclusive; default: now"),
+]
+
+
+class UsageApi(APIView):
+    @extend_schema(
+        parameters=[*RANGE_PARAMETERS, OpenApiParameter("granularity", str, enum=["hour", "day"], description="default: hour")],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request, org: str, model: str):
+        _, registered = resolve_model(request, org, model)
+        granularity = request.query_params.get("granularity") or Granularity.HOUR
+        if granularity not in Granularity.values:
+            raise InvalidInput(f"granularity={granularity!r}; choose hour or day.", errors=[{"field": "granularity", "message": "choose hour or day"}])
+        step = timedelta(hours=1) if granularity == Granularity.HOUR else timedelta(days=1)
+        start, end = _range(request, default_span=DEFAULT_SPAN[granularity], max_span=step * MAX_BUCKETS[granularity])
+        start = hour_floor(start) if granularity == Granularity.HOUR else day_floor(start)
+        return Response(usage_of(model=registered, start=start, end=end, granularity=granularity))
+
+
+class QualityApi(APIView):
+    @extend_schema(parameters=RANGE_PARAMETERS, responses={200: OpenApiTypes.OBJECT})
+    def get(self, request, org: str, model: str):
+        _, registered = resolve_model(request, org, model)
+        start, end = _range(request, default_span=timedelta(days=30), max_span=timedelta(days=400))
+        # Every day the range touches: [start's day, the day of end's last instant].
+        first: date = start.astimezone(UTC).date()
+        last: date = (end.astimezone(UTC) - timedelta(microseconds=1)).date() + timedelta(days=1)
+        return Response(quality_of(model=registered, start=first, end=last))
+
+
+class DriftFeatureSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    type = serializers.CharField()
+    test = serializers.CharField(allow_null=True)
+    statistic = serializers.FloatField(allow_null=True)
+    p_value = serializers.FloatField(allow_null=True)
+    threshold = serializers.FloatField(allow_null=True)
+    drifted = serializers.BooleanField()
+    psi = serializers.FloatField(allow_null=True)
+    psi_band = serializers.CharField(allow_null=True)
+    reference_rows = serializers.IntegerField()
+    current_rows = serializers.IntegerField()
+    histogram = serializers.JSONField()
+    note = serializers.CharField()
+
+
+class DriftReportSummarySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    model = serializers.CharField(source="registered_model.full_name")
+    version = serializers.IntegerField(source="version.number")
+    trigger = serializers.CharField()
+    window_start = serializers.DateTimeField()
+    window_end = serializers.DateTimeField()
+    reference_source = serializers.CharField()
+    reference_rows = serializers.IntegerField()
+    current_rows = serializers.IntegerField()
+    n_features = serializers.IntegerField()
+    drifted_features = serializers.IntegerField()
+    share_drifted = serializers.FloatField()
+    drift_share_threshold = serializers.FloatField()
+    is_drift = serializers.BooleanField()
+    prediction_drifted = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+
+    def get_prediction_drifted(self, report) -> bool | None:
+        return report.prediction.get("drifted") if report.prediction else None
+
+
+class DriftReportOutputSerializer(DriftReportSummarySerializer):
+    reference_start = serializers.DateTimeField()
+    reference_end = serializers.DateTimeField()
+    features = serializers.JSONField()
+    prediction = serializers.JSONField()
+    seconds = serializers.FloatField()
+    created_by = serializers.EmailField(source="created_by.email", default=None)
+    alerted_at = serializers.DateTimeField()
+    webhook_delivered_at = serializers.DateTimeField()
+
+
+class DriftReportListApi(APIView):
+    class InputSerializer(StrictSerializer):
+        version = serializers.IntegerField(min_value=1, required=False)
+        window_hours = serializers.IntegerField(min_value=1, max_value=MAX_WINDOW_HOURS, required=False)
+
+    @extend_schema(responses={200: DriftReportSummarySerializer(many=True)})
+    def get(self, request, org: str, model: str):
+        _, registered = resolve_model(request, org, model)
+        return paginated(request, self, drift_selectors.reports_of(model=registered), DriftReportSummarySerializer)
+
+    @extend_schema(request=InputSerializer, responses={201: DriftReportOutputSerializer})
+    def post(self, request, org: str, model: str):
+        caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
+        data = self.InputSerializer(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        number = data.validated_data.get("version")
+        if number is None:
+            if registered.production_version is None:
+                raise InvalidInput(
+                    f"{registered.full_name} has no production version; name the version to check.",
+                    errors=[{"field": "version", "message": "required when no version is in production"}],
+                )
+            number = registered.production_version.number
+        version = registry_selectors.version_of(model=registered, number=number)
+        window_end = timezone.now()
+        window_start = window_end - timedelta(hours=data.validated_data.get("window_hours") or drift_services.default_window_hours())
+        report = drift_services.run_drift_report(
+            version=version, window_start=window_start, window_end=window_end, trigger=DriftReport.Trigger.API, caller=caller
+        )
+        return Response(DriftReportOutputSerializer(report).data, status=status.HTTP_201_CREATED)
+
+
+class DriftReportDetailApi(APIView):
+    @extend_schema(responses={200: DriftReportOutputSerializer})
+    def get(self, request, report_id: int):
+        report = drift_selectors.report_for_caller(caller=caller_from_request(request), report_id=report_id)
+        return Response(DriftReportOutputSerializer(report).data)
+
+
+class ExperimentResultsApi(APIView):
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request, experiment_id: int):
+        experiment = experiment_for_caller(caller=caller_from_request(request), experiment_id=experiment_id)
+        return Response(experiment_results(experiment=experiment))
+
+
+class AlertSettingsApi(APIView):
+    class InputSerializer(StrictSerializer):
+        drift_webhook_url = serializers.URLField(max_length=500, allow_blank=True, required=False)
+        rotate_secret = serializers.BooleanField(required=False, default=False)
+
+    class OutputSerializer(serializers.Serializer):
+        organization = serializers.CharField(source="organization.slug")
+        drift_webhook_url = serializers.CharField()
+        secret_prefix = serializers.SerializerMethodField()
+        updated_at = serializers.DateTimeField()
+
+        def get_secret_prefix(self, row) -> str | None:
+            return row.drift_webhook_secret[:10] if row.drift_webhook_secret else None
+
+    @extend_schema(responses={200: OutputSerializer})
+    def get(self, request, org: str):
+        organization = organization_for_caller(caller=caller_from_request(request), slug=org, min_role=Role.ADMIN)
+        row = AlertSettings.objects.filter(organization=organization).first() or AlertSettings(organization=organization)
+        return Response(self.OutputSerializer(row).data)
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
+    def patch(self, request, org: str):
+        caller = caller_from_request(request)
+        organization = organization_for_caller(caller=caller, slug=org, min_role=Role.ADMIN)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        row, secret = alerts.update_alert_settings(caller=caller, organization=organization, **data.validated_data)
+        body = self.OutputSerializer(row).data
+        if secret is not None:
+            body["secret"] = secret  # shown once; sign-checking receivers need it
+        return Response(body)

@@ -1,0 +1,196 @@
+"""Usage and quality rollups, drift reports, and each organization's alert settings.
+
+Rollups are the history: prediction records are pruned after a retention window, rollups
+stay. Every rollup row is keyed so that recomputing it (a late record, a retried task)
+overwrites the same row instead of adding one.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from accounts.models import Organization
+from registry.models import ModelVersion, RegisteredModel
+
+# Latency quantiles kept per hourly row: every percent, and every tenth of a percent above
+# p99. An hour's p50/p95/p99 are exact (picked from this grid); a day's are merged from its
+# hours' grids (analytics.statistics.quantiles), with a rank error of at most 0.01 (0.001
+# above p99).
+QUANTILE_GRID: tuple[float, ...] = tuple(i / 100 for i in range(100)) + tuple(0.99 + i / 1000 for i in range(1, 10)) + (1.0,)
+
+
+class Granularity(models.TextChoices):
+    HOUR = "hour", "Hour"
+    DAY = "day", "Day"
+
+
+class UsageRollup(models.Model):
+    """Traffic of one version, variant and API key in one hour or one day."""
+
+    TENANT_PATH = "organization"
+
+    granularity = models.CharField(max_length=4, choices=Granularity.choices)
+    bucket_start = models.DateTimeField()
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    variant = models.CharField(max_length=64, blank=True)
+    # 0 stands for "no API key" (a person calling with a JWT or a session), so that the
+    # unique key has no NULL in it on every database.
+    api_key_id = models.BigIntegerField(default=0)
+    requests = models.BigIntegerField(default=0)
+    rows = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    cache_hits = models.BigIntegerField(default=0)
+    latency_sum_ms = models.FloatField(default=0.0)
+    latency_max_ms = models.FloatField(default=0.0)
+    latency_p50_ms = models.FloatField(null=True, blank=True)
+    latency_p95_ms = models.FloatField(null=True, blank=True)
+    latency_p99_ms = models.FloatField(null=True, blank=True)
+    # Latency at each QUANTILE_GRID point, for merging hours into days.
+    latency_quantiles = models.JSONField(default=list, blank=True)
+    # Classifiers: {"kind": "classes", "counts": {"0": 12, ...}}; regressors: {"kind": "numeric",
+    # "count", "sum", "min", "max", "deciles"}. Successful predictions only.
+    outputs = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["granularity", "bucket_start", "version", "variant", "api_key_id"], name="one_usage_rollup_per_bucket"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["registered_model", "granularity", "bucket_start"]),
+            models.Index(fields=["organization", "granularity", "bucket_start"]),
+            models.Index(fields=["granularity", "bucket_start"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.granularity} {self.bucket_start:%Y-%m-%d %H:%M} v{self.version_id}"
+
+
+class PlatformDashboard(UsageRollup):
+    """The operators' dashboard in the Django admin (a proxy: it has no table of its own)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "platform dashboard"
+        verbose_name_plural = "platform dashboard"
+
+
+class RollupCursor(models.Model):
+    """How far the rollup has read the prediction records (by id, which grows with inserts).
+
+    `settled_record_id` trails `last_record_id` by one run: each run re-reads the records
+    above it, so a record whose insert committed late (after a run already read a larger
+    id) is still rolled up by the next run.
+    """
+
+    name = models.CharField(max_length=40, unique=True)
+    last_record_id = models.BigIntegerField(default=0)
+    settled_record_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.last_record_id}"
+
+
+class QualityRollup(models.Model):
+    """Live quality of one version on one day (the day the predictions were served)."""
+
+    TENANT_PATH = "organization"
+
+    day = models.DateField()
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    task = models.CharField(max_length=20)
+    feedback = models.IntegerField(default=0)
+    correct = models.IntegerField(default=0)
+    abs_error_sum = models.FloatField(default=0.0)
+    squared_error_sum = models.FloatField(default=0.0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["version", "day"], name="one_quality_rollup_per_version_day")]
+        indexes = [models.Index(fields=["registered_model", "day"])]
+
+    def __str__(self) -> str:
+        return f"quality v{self.version_id} {self.day}"
+
+
+class DriftReport(models.Model):
+    """One comparison of a version's reference data with the inputs it served in a window."""
+
+    TENANT_PATH = "organization"
+
+    class Trigger(models.TextChoices):
+        API = "api", "API"
+        ADMIN = "admin", "Admin"
+        SCHEDULE = "schedule", "Schedule"
+
+    class ReferenceSource(models.TextChoices):
+        REFERENCE_DATA = "reference_data", "Uploaded reference data"
+        FIRST_DAYS = "first_days", "Inputs of the version's first days"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    reference_source = models.CharField(max_length=20, choices=ReferenceSource.choices)
+    reference_start = models.DateTimeField(null=True, blank=True)
+    reference_end = models.DateTimeField(null=True, blank=True)
+    reference_rows = models.PositiveIntegerField()
+    current_rows = models.PositiveIntegerField()
+    drift_share_threshold = models.FloatField()
+    n_features = models.PositiveIntegerField()
+    drifted_features = models.PositiveIntegerField()
+    share_drifted = models.FloatField()
+    is_drift = models.BooleanField()
+    # [{"name", "type", "test", "statistic", "p_value", "threshold", "drifted", "psi", "psi_band",
+    #   "histogram": {...}}] in signature order.
+    features = models.JSONField(default=list)
+    # The same fields for the model's output, or {} when no output was recorded.
+    prediction = models.JSONField(default=dict, blank=True)
+    seconds = models.FloatField(default=0.0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    alerted_at = models.DateTimeField(null=True, blank=True)
+    webhook_delivered_at = models.DateTimeField(null=True, blank=True)
+    webhook_attempts = models.PositiveIntegerField(default=0)
+    webhook_error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["version", "-created_at"]), models.Index(fields=["registered_model", "-created_at"])]
+        constraints = [
+            # The beat schedule may fire twice for one window; the report is stored once.
+            models.UniqueConstraint(
+                fields=["version", "window_start", "window_end"], condition=models.Q(trigger="schedule"), name="one_scheduled_drift_report_per_window"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"drift v{self.version_id} {self.window_start:%Y-%m-%d %H:%M}..{self.window_end:%H:%M}"
+
+
+class AlertSettings(models.Model):
+    """Where an organization wants drift alerts sent, besides its audit log."""
+
+    TENANT_PATH = "organization"
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="+")
+    drift_webhook_url = models.URLField(max_length=500, blank=True)
+    # Signs each delivery (HMAC-SHA256); shown to the organization once, when made.
+    drift_webhook_secret = models.CharField(max_length=80, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "alert settings"
+
+    def __str__(self) -> str:
+        return f"alert settings of {self.organization}"

@@ -1,0 +1,1 @@
+"""Writes for analytics, by job: usage rollups and retention, quality, drift reports, alerts."""

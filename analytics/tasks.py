@@ -1,0 +1,53 @@
+"""Celery tasks for analytics: one-line wrappers around services, passing ids (queue `analytics`)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from celery import shared_task
+
+from analytics.services import alerts, drift, quality, usage
+
+
+@shared_task(name="analytics.roll_up_usage", acks_late=True, ignore_result=True)
+def roll_up_usage() -> int:
+    return len(usage.roll_up_usage().hours)
+
+
+@shared_task(name="analytics.roll_up_quality", acks_late=True, ignore_result=True)
+def roll_up_quality() -> int:
+    return quality.roll_up_quality()
+
+
+@shared_task(name="analytics.prune_prediction_records", acks_late=True, ignore_result=True)
+def prune_prediction_records() -> int:
+    return usage.prune_prediction_records()
+
+
+@shared_task(name="analytics.schedule_drift_reports", acks_late=True, ignore_result=True)
+def schedule_drift_reports() -> int:
+    """Fan out one report task per production version that served traffic in the last window."""
+    windows = drift.scheduled_windows()
+    for version_id, start, end in windows:
+        run_scheduled_drift_report.delay(version_id, start.isoformat(), end.isoformat())
+    return len(windows)
+
+
+@shared_task(name="analytics.run_scheduled_drift_report", acks_late=True, ignore_result=True)
+def run_scheduled_drift_report(version_id: int, window_start: str, window_end: str) -> int | None:
+    report = drift.run_scheduled_report(
+        version_id=version_id, window_start=datetime.fromisoformat(window_start), window_end=datetime.fromisoformat(window_end)
+    )
+    return report.pk if report else None
+
+
+@shared_task(
+    name="analytics.deliver_drift_webhook",
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(alerts.WebhookDeliveryFailed,),
+    retry_backoff=30,
+    retry_backoff_max=3600,
+    max_retries=8,
+)
+def deliver_drift_webhook(report_id: int) -> bool:
+    return alerts.deliver_drift_webhook(report_id=report_id)
