@@ -100,3 +100,126 @@ class Experiment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.registered_model} experiment {self.name}"
+
+
+class BatchLimits(models.Model):
+    """An organization's batch limits, set by an operator; an empty field means the platform default."""
+
+    TENANT_PATH = "organization"
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="batch_limits")
+    max_concurrent_jobs = models.PositiveIntegerField(null=True, blank=True, help_text="Queued plus running jobs at once.")
+    max_file_bytes = models.PositiveBigIntegerField(null=True, blank=True, help_text="Largest input file, uncompressed.")
+    max_rows = models.PositiveBigIntegerField(null=True, blank=True, help_text="Most rows in one job.")
+
+    class Meta:
+        verbose_name_plural = "batch limits"
+
+    def __str__(self) -> str:
+        return f"batch limits of {self.organization}"
+
+
+class BatchJob(models.Model):
+    """A file of rows scored by the workers in chunks; the result keeps the input's rows in order."""
+
+    TENANT_PATH = "organization"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Format(models.TextChoices):
+        CSV = "csv", "CSV with a header"
+        JSONL = "jsonl", "JSON lines"
+
+    class OnError(models.TextChoices):
+        FAIL = "fail", "Fail the job"
+        SKIP = "skip", "Write an error column and go on"
+
+    class WebhookStatus(models.TextChoices):
+        NONE = "", "No webhook"
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="batch_jobs")
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    api_key_id = models.BigIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    input_format = models.CharField(max_length=5, choices=Format.choices)
+    input_name = models.CharField(max_length=300, help_text="The input file in storage, as uploaded.")
+    input_filename = models.CharField(max_length=255, blank=True)
+    input_compressed = models.BooleanField(default=False)
+    input_bytes = models.PositiveBigIntegerField(default=0)
+    storage_prefix = models.CharField(max_length=200)
+    # The input's columns in file order (CSV header, or the first JSON line's keys).
+    columns = models.JSONField(default=list)
+    want_proba = models.BooleanField(default=False)
+    on_error = models.CharField(max_length=4, choices=OnError.choices, default=OnError.FAIL)
+    chunk_rows = models.PositiveIntegerField()
+    chunk_max_bytes = models.PositiveBigIntegerField()
+    rows_total = models.PositiveBigIntegerField(null=True, blank=True)
+    rows_done = models.PositiveBigIntegerField(default=0)
+    rows_failed = models.PositiveBigIntegerField(default=0)
+    chunks_total = models.PositiveIntegerField(null=True, blank=True)
+    chunks_done = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    errors = models.JSONField(default=list, blank=True)
+    result_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    webhook_url = models.URLField(max_length=2000, blank=True)
+    webhook_secret = models.CharField(max_length=80, blank=True)
+    webhook_status = models.CharField(max_length=10, choices=WebhookStatus.choices, blank=True, default=WebhookStatus.NONE)
+    webhook_attempts = models.PositiveSmallIntegerField(default=0)
+    webhook_response_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    webhook_last_error = models.CharField(max_length=500, blank=True)
+    webhook_delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Last time the split wrote a chunk or a chunk was counted: the stall sweeper's clock.
+    progressed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "status"]),
+            models.Index(fields=["status", "progressed_at"]),
+            models.Index(fields=["registered_model", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"batch job {self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
+
+
+class BatchChunk(models.Model):
+    """One slice of a job's rows: scored by one task, written as one part, counted once."""
+
+    TENANT_PATH = "job__organization"
+
+    job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    first_row = models.PositiveBigIntegerField()
+    rows = models.PositiveIntegerField()
+    is_done = models.BooleanField(default=False)
+    rows_failed = models.PositiveIntegerField(default=0)
+    # How many times a worker started it (more than one after a worker died or a redelivery).
+    attempts = models.PositiveSmallIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "index"]
+        constraints = [models.UniqueConstraint(fields=["job", "index"], name="unique_batch_chunk_index")]
+
+    def __str__(self) -> str:
+        return f"chunk {self.index} of job {self.job_id}"
