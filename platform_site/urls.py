@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/v1/", include("accounts.urls")),
     path("api/v1/", include("registry.urls")),
     path("api/v1/", include("inference.urls")),
+    path("api/v1/", include("inference.batch.urls")),
     path("api/v1/", include("inference.experiments.urls")),
     path("api/v1/", include("analytics.urls")),
     path("api/<path:rest>", api_not_found),
