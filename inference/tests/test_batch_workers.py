@@ -1,0 +1,292 @@
+"""Batch jobs on real Celery workers: separate processes, a real Redis broker, the test database.
+
+The workers run `celery --app platform_site worker` with inference/tests/batch_worker_settings.py
+(a 5 s broker visibility timeout), Redis database 11 as broker, and DATABASE_URL pointing at
+this session's test database; the tests commit their data (transaction=True) so the workers
+see it. Nothing is faked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+from django.db import connection
+from django.utils import timezone
+from sklearn.ensemble import RandomForestClassifier
+
+from inference.batch import storage
+from inference.models import BatchChunk, BatchJob, PredictionRecord
+from inference.tests.test_batch_webhooks import Receiver
+from registry.tests import factories as f
+
+BROKER = "redis://127.0.0.1:6379/11"
+ROOT = Path(__file__).resolve().parents[2]
+FEATURES = f.IRIS_FEATURES
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
+
+
+def _database_url() -> str:
+    s = connection.settings_dict
+    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
+    return f"postgres://{s['USER']}{password}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+class Worker:
+    def __init__(self, name: str, env: dict) -> None:
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"batch-{name}-", suffix=".log", delete=False)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "--app",
+                "platform_site",
+                "worker",
+                "--queues",
+                "batch,default",
+                "--concurrency",
+                "1",
+                "-n",
+                f"{name}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.output():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"worker {self.name} did not start:\n{self.output()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool process at once: no shutdown, no ack, nothing flushed."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+class WorkerPool:
+    def __init__(self) -> None:
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "inference.tests.batch_worker_settings",
+            "CELERY_BROKER_URL": BROKER,
+            "DATABASE_URL": _database_url(),
+        }
+        self.workers: dict[str, Worker] = {}
+
+    def ensure(self, *names: str) -> list[Worker]:
+        started = []
+        for name in names:
+            if name not in self.workers or self.workers[name].process.poll() is not None:
+                if name in self.workers:
+                    self.workers[name].stop()
+                self.workers[name] = Worker(name, self.env)
+                started.append(self.workers[name])
+        for worker in started:
+            worker.wait_ready()
+        return [self.workers[name] for name in names]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}\n{w.output()[-4000:]}" for name, w in self.workers.items())
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+
+
+@pytest.fixture(scope="module")
+def pool(django_db_setup):
+    redis.Redis.from_url(BROKER).flushdb()
+    workers = WorkerPool()
+    yield workers
+    workers.stop()  # before the test database is dropped: the workers hold connections to it
+    redis.Redis.from_url(BROKER).flushdb()
+
+
+@contextmanager
+def publishing_to(url: str):
+    """Make this process's Celery app send to `url` (the app may already hold a pool for another broker)."""
+    from platform_site.celery import app
+
+    def reset() -> None:
+        # Drop the pools (as Celery does after a fork); kombu's registry keeps them for their own broker.
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    previous = app.conf.broker_url
+    reset()
+    app.conf.broker_url = url
+    try:
+        yield
+    finally:
+        reset()
+        app.conf.broker_url = previous
+
+
+@pytest.fixture
+def slow_forest(tenant_a):
+    """A 200-tree forest on noisy iris: deep trees make a chunk take a fraction of a second."""
+    from accounts.principals import Caller
+    from registry import services as registry_services
+
+    x, y = f.iris_data()
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(x), 4000)
+    frame = pd.DataFrame(x[picks] + rng.normal(scale=0.3, size=(4000, 4)), columns=FEATURES)
+    forest = RandomForestClassifier(n_estimators=200, random_state=0).fit(frame, y[rng.integers(0, len(x), 4000)])
+    model = registry_services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="forest")
+    f.create_version(model, forest, promote=True)
+    return forest
+
+
+def big_csv(rows: int) -> bytes:
+    x, _ = f.iris_data()
+    rng = np.random.default_rng(1)
+    data = np.round(x[rng.integers(0, len(x), rows)] + rng.normal(scale=0.3, size=(rows, 4)), 2)
+    buffer = io.StringIO()
+    pd.DataFrame(data, columns=FEATURES).to_csv(buffer, index=False)
+    return buffer.getvalue().encode()
+
+
+def submit(tenant, content: bytes, **fields) -> int:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    response = tenant.key_client().post(
+        "/api/v1/models/acme/forest/batch-jobs", {"file": SimpleUploadedFile("rows.csv", content), **fields}, format="multipart"
+    )
+    assert response.status_code == 202, response.content
+    return response.json()
+
+
+def wait_for(condition, *, timeout: float, pool: WorkerPool, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out; jobs: {list(BatchJob.objects.values('id', 'status', 'chunks_done', 'chunks_total', 'error'))}\n{pool.logs()}"
+    )
+
+
+def test_a_worker_killed_mid_job_loses_and_doubles_no_row(tenant_a, slow_forest, pool, settings):
+    settings.BATCH_CHUNK_ROWS = 8000  # about a second per chunk for this forest
+    settings.BATCH_WEBHOOK_ALLOW_PRIVATE_HOSTS = True
+    w1, w2 = pool.ensure("w1", "w2")
+    receiver = Receiver([200])
+    content = big_csv(96_000)
+    try:
+        with publishing_to(BROKER):
+            created = submit(tenant_a, content, probabilities="true", webhook=receiver.url)
+        job_id = created["id"]
+
+        def w1_just_started_a_chunk():
+            # Started less than 0.3 s ago: it is still being scored when the kill lands.
+            recent = timezone.now() - timezone.timedelta(seconds=0.3)
+            return BatchChunk.objects.filter(
+                job_id=job_id, worker__startswith="w1@", is_done=False, started_at__gte=recent, job__chunks_done__gte=2
+            ).first()
+
+        in_flight = wait_for(w1_just_started_a_chunk, timeout=60, pool=pool)
+        w1.kill()
+        lost = list(BatchChunk.objects.filter(job_id=job_id, worker__startswith="w1@", is_done=False))
+        assert [c.index for c in lost] == [in_flight.index], "the killed worker had exactly that chunk in hand"
+
+        job = wait_for(
+            lambda: BatchJob.objects.filter(id=job_id).exclude(status__in=["queued", "running"]).first(),
+            timeout=60,
+            pool=pool,
+            interval=0.2,
+        )
+        assert job.status == "succeeded", (job.error, pool.logs())
+        redone = BatchChunk.objects.get(job_id=job_id, index=in_flight.index)
+        assert redone.is_done and redone.attempts == 2 and redone.worker.startswith("w2@")
+
+        response = tenant_a.key_client().get(f"/api/v1/batch-jobs/{job_id}/result")
+        result = pd.read_csv(io.BytesIO(b"".join(response.streaming_content)))
+        source = pd.read_csv(io.BytesIO(content))
+        assert len(result) == len(source) == 96_000 == job.rows_total == job.rows_done
+        np.testing.assert_array_equal(result[FEATURES].to_numpy(), source.to_numpy())  # same rows, same order
+        np.testing.assert_array_equal(result["prediction"].to_numpy(), slow_forest.predict(source))
+        np.testing.assert_array_equal(
+            result[[f"probability_{c}" for c in (0, 1, 2)]].to_numpy(), slow_forest.predict_proba(source)
+        )
+        records = PredictionRecord.objects.filter(prediction_id__startswith=f"batch_{job_id}_")
+        assert records.count() == job.chunks_total == 12 and sum(r.rows for r in records) == 96_000
+
+        wait_for(lambda: receiver.received, timeout=20, pool=pool)
+        headers, body = receiver.received[0]
+        assert (
+            headers["x-modelhost-signature"]
+            == "sha256=" + hmac.new(created["webhook_secret"].encode(), body, hashlib.sha256).hexdigest()
+        )
+        assert b'"event":"batch_job.succeeded"' in body
+        wait_for(lambda: not storage.exists(storage.part_name(job.storage_prefix, 0)), timeout=20, pool=pool, interval=0.2)
+    finally:
+        receiver.close()
+
+
+def test_cancel_stops_real_workers_within_seconds(tenant_a, slow_forest, pool, settings):
+    settings.BATCH_CHUNK_ROWS = 3000
+    pool.ensure("w1", "w2")
+    with publishing_to(BROKER):
+        job_id = submit(tenant_a, big_csv(60_000), probabilities="true")["id"]
+        wait_for(lambda: BatchJob.objects.filter(id=job_id, chunks_done__gte=2).exists(), timeout=60, pool=pool)
+        response = tenant_a.key_client().post(f"/api/v1/batch-jobs/{job_id}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    cancelled_at = timezone.now()
+    broker = redis.Redis.from_url(BROKER)
+    # Queued chunks are dropped at once (each task reads the status first): the queue drains in seconds.
+    wait_for(lambda: broker.llen("batch") == 0, timeout=5, pool=pool, interval=0.1)
+    time.sleep(1.0)  # a chunk in flight at the cancel finishes its rows and writes nothing
+    job = BatchJob.objects.get(id=job_id)
+    assert job.status == "cancelled" and job.chunks_done < job.chunks_total == 20
+    assert not BatchChunk.objects.filter(job_id=job_id, started_at__gt=cancelled_at).exists()
+    done = job.chunks_done
+    time.sleep(1.0)
+    assert BatchJob.objects.get(id=job_id).chunks_done == done
+    assert not storage.exists(storage.result_name(job.storage_prefix, "csv"))
