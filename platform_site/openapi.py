@@ -1,6 +1,18 @@
 """OpenAPI descriptions of the platform's own authentication schemes (drf-spectacular)."""
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
+
+
+class AutoSchema(SpectacularAutoSchema):
+    """Views nest their `InputSerializer`/`OutputSerializer` (STYLE.md); name those components
+    after the view, so `RegisterApi.InputSerializer` is `RegisterInput`, never a bare `Input`."""
+
+    def get_serializer_name(self, serializer, direction):
+        outer, _, inner = type(serializer).__qualname__.rpartition(".")
+        if outer:
+            return outer.removesuffix("Api") + inner.removesuffix("Serializer")
+        return super().get_serializer_name(serializer, direction)
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
