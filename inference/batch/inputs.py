@@ -211,10 +211,13 @@ class Chunk:
 
 
 class RecordSplitter:
-    """Cut a stream of records into chunks of at most `rows` records and about `max_bytes` bytes.
+    """Cut a stream of records into chunks of at most `rows` records and `max_bytes` bytes.
 
-    Records keep their bytes (and line endings); blank lines are dropped; the last record
-    gets a newline if the file had none. Memory: one block plus one chunk.
+    A single record longer than `max_bytes` makes a chunk of its own.
+
+    Records keep their bytes (and line endings); empty lines ("\n" or "\r\n") are dropped,
+    as pandas drops them; the last record gets a newline if the file had none. Memory: one
+    block plus one chunk.
     """
 
     def __init__(self, stream: BinaryIO, *, is_csv: bool, rows: int, max_bytes: int, block_size: int = BLOCK) -> None:
@@ -264,6 +267,8 @@ class RecordSplitter:
         return chunk
 
     def _add(self, data: bytes, count: int) -> Iterator[Chunk]:
+        if self._count and self._bytes + len(data) > self.max_bytes:
+            yield self._flush()
         self._parts.append(data)
         self._count += count
         self._bytes += len(data)
@@ -272,37 +277,39 @@ class RecordSplitter:
 
     def _take(self, lines: bytes) -> Iterator[Chunk]:
         """`lines` ends with a newline."""
-        simple = (
-            not self._pending
-            and not (self.is_csv and b'"' in lines)
-            and b"\n\n" not in lines
-            and b"\n\r\n" not in lines
-            and not lines.startswith((b"\n", b"\r\n"))
-        )
-        if simple:
-            yield from self._take_simple(lines)
-            return
+        if not self._pending and not (self.is_csv and b'"' in lines):
+            octets = np.frombuffer(lines, dtype=np.uint8)
+            ends = np.flatnonzero(octets == 10) + 1  # end offset of each line
+            lengths = np.diff(ends, prepend=0)
+            blank = (lengths == 1) | ((lengths == 2) & (octets[ends - 2] == 13))
+            if not blank.any():
+                yield from self._take_simple(lines, ends)
+                return
         for line in lines[:-1].split(b"\n"):
             line += b"\n"
             if self._pending:
                 line = self._pending + line
                 self._pending = b""
-            elif _is_blank(line):
+            elif line in (b"\n", b"\r\n"):
                 continue
             if self.is_csv and line.count(b'"') % 2:
                 self._pending = line
                 continue
             yield from self._add(line, 1)
 
-    def _take_simple(self, lines: bytes) -> Iterator[Chunk]:
-        ends = np.flatnonzero(np.frombuffer(lines, dtype=np.uint8) == 10) + 1  # end offset of each record
+    def _take_simple(self, lines: bytes, ends: np.ndarray) -> Iterator[Chunk]:
+        """Every line is one record: cut at newline offsets without a Python loop over lines."""
         start, done, total = 0, 0, len(ends)
         while done < total:
             room_rows = self.rows - self._count
             room_bytes = self.max_bytes - self._bytes
-            # Records that fit in the byte budget, at least one so that a huge record still moves on.
             fit = int(np.searchsorted(ends, start + room_bytes, side="right")) - done
-            take = max(1, min(room_rows, total - done, fit))
+            take = min(room_rows, total - done, fit)
+            if take == 0:
+                if self._count:
+                    yield self._flush()  # the next record would pass the byte budget
+                    continue
+                take = 1  # a record larger than the budget is a chunk of its own
             end = int(ends[done + take - 1])
             yield from self._add(lines[start:end], take)
             start, done = end, done + take

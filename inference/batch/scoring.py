@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -179,6 +180,17 @@ def _prediction_cells(predictions: np.ndarray, probabilities: np.ndarray | None,
     return cells
 
 
+def _line_suffixes(predictions: np.ndarray, probabilities: np.ndarray | None, layout: ChunkLayout) -> list[bytes]:
+    """Per row, what follows the input line: the appended cells (an empty error cell if skipping) and the newline."""
+    tail = ",\n" if layout.skip_bad_rows else "\n"  # good rows have an empty error cell
+    if predictions.dtype.kind != "f" and predictions.ndim == 1 and not (layout.want_proba and layout.classes is not None):
+        # A classifier's labels are few: format each once and share the bytes between rows.
+        labels, inverse = np.unique(predictions, return_inverse=True)
+        table = [("," + _csv_field(str(label)) + tail).encode() for label in labels.tolist()]
+        return [table[i] for i in inverse.reshape(-1).tolist()]
+    return [("," + cell + tail).encode() for cell in _prediction_cells(predictions, probabilities, layout)]
+
+
 def _prediction_values(predictions: np.ndarray, probabilities: np.ndarray | None, layout: ChunkLayout) -> list[list[str]]:
     """Per row, the appended cells as plain text, for csv.writer."""
     values = [[p] for p in _value_texts(predictions, escape=False)]
@@ -215,12 +227,10 @@ def _score_csv(data: bytes, *, layout: ChunkLayout, first_row: int, predict: Pre
         if x is not None:
             model_input = to_model_input(x, layout.spec) if layout.spec.wants_frame else x
             predictions, probabilities = _predict(predict, model_input)
-            cells = _prediction_cells(predictions, probabilities, layout)
-            tail = ",\n" if layout.skip_bad_rows else "\n"  # an empty error cell for good rows
-            suffixes = [("," + cell + tail).encode() for cell in cells]
+            suffixes = _line_suffixes(predictions, probabilities, layout)
             if b"\r" in data:
                 lines = [line.rstrip(b"\r") for line in lines]
-            body = b"".join([line + suffix for line, suffix in zip(lines, suffixes)])
+            body = b"".join(itertools.chain.from_iterable(zip(lines, suffixes)))
             return ScoredChunk(
                 body=body,
                 rows=len(lines),

@@ -134,8 +134,8 @@ def submit_job(
                 columns=shape.columns,
                 want_proba=want_proba,
                 on_error=on_error,
-                chunk_rows=int(_setting("BATCH_CHUNK_ROWS", 10_000)),
-                chunk_max_bytes=int(_setting("BATCH_CHUNK_MAX_BYTES", 16 * 1024 * 1024)),
+                chunk_rows=int(_setting("BATCH_CHUNK_ROWS", 100_000)),
+                chunk_max_bytes=int(_setting("BATCH_CHUNK_MAX_BYTES", 4 * 1024 * 1024)),
                 webhook_url=webhook_url,
                 webhook_secret=secret or "",
                 progressed_at=timezone.now(),
@@ -218,6 +218,7 @@ def split_job(*, job_id: int) -> None:
         return
     max_rows = selectors.limits_for(organization=job.organization).max_rows
     rows = chunks = 0
+    checked = 0.0
     with storage.open_for_reading(job.input_name) as handle:
         stream = inputs.open_records(handle, compressed=job.input_compressed)
         is_csv = job.input_format == BatchJob.Format.CSV
@@ -229,11 +230,13 @@ def split_job(*, job_id: int) -> None:
             if rows > max_rows:
                 fail_job(job_id=job_id, error=f"The file has more than {max_rows} rows, this organization's limit per job.")
                 return
-            if not _note_progress(job_id):
-                return  # cancelled (or failed by a chunk) while splitting
+            if time.monotonic() - checked > 0.5:  # a cancel stops the split within half a second
+                if not _note_progress(job_id):
+                    return  # cancelled (or failed by a chunk) while splitting
+                checked = time.monotonic()
             storage.write_bytes_once(storage.chunk_name(job.storage_prefix, chunk.index), chunk.data)
-            BatchChunk.objects.get_or_create(
-                job=job, index=chunk.index, defaults={"first_row": chunk.first_row, "rows": chunk.rows}
+            BatchChunk.objects.bulk_create(
+                [BatchChunk(job=job, index=chunk.index, first_row=chunk.first_row, rows=chunk.rows)], ignore_conflicts=True
             )
             _enqueue_on_commit("chunk", job.id, chunk.index)  # at once: the chunk row is committed
     if rows == 0:
@@ -296,12 +299,12 @@ def score_chunk(*, job_id: int, index: int, worker: str = "") -> None:
     if _status_of(job_id) != Status.RUNNING:
         return  # cancelled while scoring: write nothing
     storage.write_bytes_once(storage.part_name(job.storage_prefix, index), scored.body)
-    _count_chunk(job=job, chunk=chunk, scored=scored, latency_ms=latency_ms)
-    if _status_of(job_id) != Status.RUNNING:
+    if _count_chunk(job=job, chunk=chunk, scored=scored, latency_ms=latency_ms) != Status.RUNNING:
         _discard_chunk(job, index)  # cancelled meanwhile: the discard task may already have run
 
 
-def _count_chunk(*, job: BatchJob, chunk: BatchChunk, scored: scoring.ScoredChunk, latency_ms: float) -> None:
+def _count_chunk(*, job: BatchJob, chunk: BatchChunk, scored: scoring.ScoredChunk, latency_ms: float) -> str:
+    """Add the chunk to the job's progress unless an earlier run did; returns the job's status."""
     with transaction.atomic():
         flipped = BatchChunk.objects.filter(id=chunk.id, is_done=False).update(
             is_done=True, rows_failed=scored.rows_failed, finished_at=timezone.now()
@@ -316,6 +319,7 @@ def _count_chunk(*, job: BatchJob, chunk: BatchChunk, scored: scoring.ScoredChun
             _record_predictions(job=job, chunk=chunk, scored=scored, latency_ms=latency_ms)
         if locked.status == Status.RUNNING and locked.chunks_total is not None and locked.chunks_done >= locked.chunks_total:
             _enqueue_on_commit("assemble", job.id)
+    return locked.status
 
 
 def _record_predictions(*, job: BatchJob, chunk: BatchChunk, scored: scoring.ScoredChunk, latency_ms: float) -> None:

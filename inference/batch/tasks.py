@@ -8,7 +8,7 @@ running forever. A bad row is a result (a failed job or an error column), never 
 
 from __future__ import annotations
 
-from celery import Task, shared_task
+from celery import Task, shared_task, signals
 from django.db import InterfaceError, OperationalError
 
 from inference.batch import services, webhooks
@@ -24,6 +24,19 @@ __all__ = [
 
 TRANSIENT = (OSError, OperationalError, InterfaceError)
 RETRIES = {"autoretry_for": TRANSIENT, "retry_backoff": 2, "retry_backoff_max": 60, "retry_jitter": True, "max_retries": 5}
+
+
+@signals.worker_init.connect
+def import_scikit_learn_before_the_pool_forks(**kwargs) -> None:
+    """Import scikit-learn's estimator families once in the worker's main process.
+
+    Pool processes are forked from it and inherit the modules, so none of them spends the
+    second or two that `import sklearn.linear_model` takes on its first chunk.
+    """
+    import sklearn.ensemble  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.pipeline  # noqa: F401
+    import sklearn.preprocessing  # noqa: F401
 
 
 class BatchTask(Task):

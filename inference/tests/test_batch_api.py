@@ -500,6 +500,26 @@ def test_chunk_task_run_twice_writes_its_part_and_counts_its_rows_once(tenant_a,
     assert PredictionRecord.objects.filter(prediction_id=f"batch_{job.id}_1", rows=100, protocol="batch").count() == 1
 
 
+def test_two_runs_of_one_chunk_at_the_same_time_count_it_once(tenant_a, named, monkeypatch):
+    job = submitted_job(tenant_a, csv_bytes(iris_rows(250)))
+    services.split_job(job_id=job.id)
+    write = storage.write_bytes_once
+
+    def twin_finishes_first(name, data):
+        # A redelivered twin of this task runs start to end while this run is between its
+        # checks and its count: both saw the chunk not done.
+        monkeypatch.setattr(storage, "write_bytes_once", write)
+        services.score_chunk(job_id=job.id, index=1, worker="twin")
+        return write(name, data)
+
+    monkeypatch.setattr(storage, "write_bytes_once", twin_finishes_first)
+    services.score_chunk(job_id=job.id, index=1, worker="first")
+    job.refresh_from_db()
+    assert (job.rows_done, job.chunks_done) == (100, 1)
+    assert BatchChunk.objects.get(job=job, index=1).attempts == 2
+    assert PredictionRecord.objects.filter(prediction_id=f"batch_{job.id}_1").count() == 1
+
+
 def test_a_run_that_died_after_writing_its_part_is_finished_by_the_next_without_rewriting(tenant_a, named, monkeypatch):
     job = submitted_job(tenant_a, csv_bytes(iris_rows(250)))
     services.split_job(job_id=job.id)
