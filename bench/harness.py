@@ -162,6 +162,21 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def redis_server_pid() -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and cmdline(int(entry.name)).startswith("redis-server"):
+            return int(entry.name)
+    return None
+
+
+def others_cores(exclude: list[int], seconds: float = 1.0) -> float:
+    """Cores' worth of CPU used over `seconds` by every process but `exclude` (and this one)."""
+    mine = [os.getpid(), *exclude]
+    before_all, before_mine = busy_seconds(), sum(cpu_seconds(p) for p in mine)
+    time.sleep(seconds)
+    return max(0.0, (busy_seconds() - before_all) - (sum(cpu_seconds(p) for p in mine) - before_mine)) / seconds
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

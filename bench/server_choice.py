@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--servers", default="sync,gthread,uvicorn,granian")
+    parser.add_argument("--quiet-wait", type=float, default=8.0)
     args = parser.parse_args()
     args.drain_during = False
     started = time.monotonic()
