@@ -4,3 +4,7 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "platform_site.settings")
 application = get_wsgi_application()
+
+from platform_site.startup import warm_up  # noqa: E402  (needs the app loaded)
+
+warm_up()
