@@ -148,10 +148,16 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ROUTES = {
     "inference.drain_prediction_records": {"queue": "ingest"},
     "inference.score_batch_chunk": {"queue": "batch"},
+    "inference.batch_*": {"queue": "batch"},
     "analytics.*": {"queue": "analytics"},
 }
 CELERY_BEAT_SCHEDULE = {
     "drain-prediction-records": {"task": "inference.drain_prediction_records", "schedule": env.float("RECORD_DRAIN_SECONDS", default=2.0)},
+    "roll-up-usage": {"task": "analytics.roll_up_usage", "schedule": env.float("ANALYTICS_ROLLUP_SECONDS", default=60.0)},
+    "roll-up-quality": {"task": "analytics.roll_up_quality", "schedule": env.float("ANALYTICS_QUALITY_SECONDS", default=900.0)},
+    "schedule-drift-reports": {"task": "analytics.schedule_drift_reports", "schedule": env.float("ANALYTICS_DRIFT_SCHEDULE_SECONDS", default=3600.0)},
+    "prune-prediction-records": {"task": "analytics.prune_prediction_records", "schedule": env.float("ANALYTICS_PRUNE_SECONDS", default=3600.0)},
+    "requeue-stalled-batch-jobs": {"task": "inference.batch_requeue_stalled", "schedule": env.float("BATCH_REQUEUE_SECONDS", default=60.0)},
 }
 
 # --- Model storage ----------------------------------------------------------------------
@@ -264,6 +270,28 @@ MODEL_CACHE_MAX_MODELS = env.int("MODEL_CACHE_MAX_MODELS", default=64)
 # process is seen within this bound (at once in the process that made it).
 ROUTE_CACHE_SECONDS = env.float("ROUTE_CACHE_SECONDS", default=2.0)
 MAX_ROWS_PER_REQUEST = env.int("MAX_ROWS_PER_REQUEST", default=10_000)
+
+# --- Analytics ----------------------------------------------------------------------------
+
+ANALYTICS_RECORD_RETENTION_DAYS = env.int("ANALYTICS_RECORD_RETENTION_DAYS", default=30)
+ANALYTICS_DRIFT_WINDOW_HOURS = env.int("ANALYTICS_DRIFT_WINDOW_HOURS", default=24)
+ANALYTICS_DRIFT_REFERENCE_DAYS = env.int("ANALYTICS_DRIFT_REFERENCE_DAYS", default=7)
+ANALYTICS_DRIFT_SHARE_THRESHOLD = env.float("ANALYTICS_DRIFT_SHARE_THRESHOLD", default=0.5)
+ANALYTICS_DRIFT_MAX_ROWS = env.int("ANALYTICS_DRIFT_MAX_ROWS", default=200_000)
+ANALYTICS_QUALITY_LOOKBACK_DAYS = env.int("ANALYTICS_QUALITY_LOOKBACK_DAYS", default=7)
+ANALYTICS_SRM_P_VALUE = env.float("ANALYTICS_SRM_P_VALUE", default=0.001)
+ANALYTICS_ROLLUP_WORK_MEM = env.str("ANALYTICS_ROLLUP_WORK_MEM", default="256MB")
+ANALYTICS_ROLLUP_CONCURRENCY = env.int("ANALYTICS_ROLLUP_CONCURRENCY", default=1)
+ANALYTICS_WEBHOOK_TIMEOUT_SECONDS = env.float("ANALYTICS_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+ANALYTICS_WEBHOOK_ALLOW_PRIVATE = env.bool("ANALYTICS_WEBHOOK_ALLOW_PRIVATE", default=False)
+
+# --- Batch jobs ---------------------------------------------------------------------------
+
+BATCH_WEBHOOK_TIMEOUT_SECONDS = env.float("BATCH_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+BATCH_WEBHOOK_MAX_RETRIES = env.int("BATCH_WEBHOOK_MAX_RETRIES", default=6)
+BATCH_WEBHOOK_BACKOFF_SECONDS = env.float("BATCH_WEBHOOK_BACKOFF_SECONDS", default=10.0)
+BATCH_WEBHOOK_BACKOFF_MAX_SECONDS = env.float("BATCH_WEBHOOK_BACKOFF_MAX_SECONDS", default=600.0)
+BATCH_WEBHOOK_ALLOW_PRIVATE_HOSTS = env.bool("BATCH_WEBHOOK_ALLOW_PRIVATE_HOSTS", default=False)
 
 # --- Limits -----------------------------------------------------------------------------
 
