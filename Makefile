@@ -14,7 +14,7 @@ TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	DEBUG=false SECURE_SSL_REDIRECT=false ALLOWED_HOSTS=testserver,127.0.0.1,localhost \
 	MODEL_STORAGE_ROOT=$(CURDIR)/var/test-models
 
-.PHONY: run test install install-dev services migrate demo check-deploy clean screenshots
+.PHONY: run test install install-dev services migrate demo check-deploy clean screenshots bench-inference bench-memory bench-upload
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,18 @@ screenshots: $(DEV_STAMP) services
 	@scripts/install_ui_tools.sh
 	$(TEST_ENV) $(PY) manage.py collectstatic --noinput -v0
 	MODELHOST_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(TEST_ENV) $(PY) -m pytest web_tests/test_browser.py -q
+
+## bench-inference: Modelhost against MLServer, mlflow serve and a bare WSGI app (~10 min)
+bench-inference: $(DEV_STAMP) services
+	$(PYTHON) bench/inference_bench.py
+
+## bench-memory: RSS with 100 models, and the cold first request
+bench-memory: $(DEV_STAMP) services
+	$(PYTHON) bench/memory_bench.py
+
+## bench-upload: upload-to-ready time for iris and a 500-tree forest
+bench-upload: $(DEV_STAMP) services
+	$(PY) bench/upload_bench.py
 
 ## check-deploy: Django's production checks with production-like values
 check-deploy: $(RUNTIME_STAMP)
