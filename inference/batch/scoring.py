@@ -127,7 +127,10 @@ def _predict(predict: Predictor, x) -> tuple[np.ndarray, np.ndarray | None]:
         raise
     except Exception as exc:  # the model's own error (a bad pipeline, a dtype it refuses)
         raise ModelFailed(f"The model raised {type(exc).__name__}: {exc}") from exc
-    return np.asarray(predictions), None if probabilities is None else np.asarray(probabilities)
+    predictions = np.asarray(predictions)
+    if predictions.ndim > 1 and predictions.shape[1] != 1:
+        raise ModelFailed(f"The model returns {predictions.shape[1]} outputs per row; batch jobs write one prediction column.")
+    return predictions.reshape(len(predictions)), None if probabilities is None else np.asarray(probabilities)
 
 
 def _sample(x, rows: int) -> list:

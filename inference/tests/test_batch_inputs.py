@@ -113,3 +113,11 @@ def test_a_model_that_raises_fails_without_retry():
 
     with pytest.raises(scoring.ModelFailed, match="The model raised ValueError: X has 3 features"):
         scoring.score_records(b"1,2,3,4\n", layout=layout(), first_row=0, predict=broken)
+
+
+def test_a_model_with_several_outputs_is_refused_rather_than_cut():
+    def two_outputs(x):
+        return np.zeros((len(x), 2)), None
+
+    with pytest.raises(scoring.ModelFailed, match="returns 2 outputs per row"):
+        scoring.score_records(b"1,2,3,4\n", layout=layout(), first_row=0, predict=two_outputs)
