@@ -136,7 +136,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     }
 elif CELERY_BROKER_URL.startswith("redis"):
     # Tasks are kept well under this, or Redis redelivers them while they still run.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -287,6 +287,15 @@ ANALYTICS_WEBHOOK_ALLOW_PRIVATE = env.bool("ANALYTICS_WEBHOOK_ALLOW_PRIVATE", de
 
 # --- Batch jobs ---------------------------------------------------------------------------
 
+BATCH_CHUNK_ROWS = env.int("BATCH_CHUNK_ROWS", default=100_000)
+# What bounds a worker's memory: a chunk holds at most this many input bytes.
+BATCH_CHUNK_MAX_BYTES = env.int("BATCH_CHUNK_MAX_BYTES", default=4 * 1024 * 1024)
+BATCH_MAX_CONCURRENT_JOBS = env.int("BATCH_MAX_CONCURRENT_JOBS", default=4)
+BATCH_MAX_FILE_BYTES = env.int("BATCH_MAX_FILE_BYTES", default=1024 * 1024 * 1024)
+BATCH_MAX_ROWS = env.int("BATCH_MAX_ROWS", default=10_000_000)
+BATCH_CHUNK_TIME_LIMIT_SECONDS = env.int("BATCH_CHUNK_TIME_LIMIT_SECONDS", default=900)
+BATCH_FILE_TIME_LIMIT_SECONDS = env.int("BATCH_FILE_TIME_LIMIT_SECONDS", default=1800)
+BATCH_STALL_SECONDS = env.int("BATCH_STALL_SECONDS", default=max(BATCH_CHUNK_TIME_LIMIT_SECONDS, BATCH_FILE_TIME_LIMIT_SECONDS) + 60)
 BATCH_WEBHOOK_TIMEOUT_SECONDS = env.float("BATCH_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 BATCH_WEBHOOK_MAX_RETRIES = env.int("BATCH_WEBHOOK_MAX_RETRIES", default=6)
 BATCH_WEBHOOK_BACKOFF_SECONDS = env.float("BATCH_WEBHOOK_BACKOFF_SECONDS", default=10.0)
