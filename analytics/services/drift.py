@@ -10,7 +10,9 @@ no labels.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -68,11 +70,15 @@ def _served(version: ModelVersion, start: datetime, end: datetime):
     return PredictionRecord.objects.filter(version=version, created_at__gte=start, created_at__lt=end, status__lt=400)
 
 
+BLOCK_RECORDS = 5000
+
+
 def _recorded_sample(queryset, spec: list[tuple[str, str]], *, limit: int) -> Sample:
     """The newest `limit` rows of inputs and outputs recorded by `queryset`, as columns.
 
-    The JSON is fetched as text and parsed by orjson in one call: much faster than one
-    json.loads per record.
+    The JSON is fetched as text and parsed by orjson a block of records at a time (much
+    faster than one json.loads per record), and each block becomes numpy columns at once,
+    so only one block's Python objects are alive at a time.
     """
     texts = (
         queryset.exclude(inputs=None)
@@ -80,33 +86,56 @@ def _recorded_sample(queryset, spec: list[tuple[str, str]], *, limit: int) -> Sa
         .annotate(inputs_text=Cast("inputs", TextField()), outputs_text=Cast("outputs", TextField()))
         .values_list("inputs_text", "outputs_text")[:limit]
     )
-    input_texts, output_texts = [], []
-    for inputs_text, outputs_text in texts:
-        input_texts.append(inputs_text)
-        if outputs_text and outputs_text != "null":
-            output_texts.append(outputs_text)
-    rows: list = []
-    for chunk in orjson.loads(("[" + ",".join(input_texts) + "]").encode()):
-        if isinstance(chunk, list):
-            rows.extend(chunk)
+    blocks: list[list] = []
     outputs: list = []
-    for chunk in orjson.loads(("[" + ",".join(output_texts) + "]").encode()):
-        if isinstance(chunk, list):
-            outputs.extend(chunk)
-    rows, outputs = rows[:limit], outputs[:limit]
-    return Sample(columns=_columns(rows, spec), outputs=outputs, rows=len(rows))
+    rows = 0
+    pending_in: list[str] = []
+    pending_out: list[str] = []
+
+    def flush() -> None:
+        nonlocal rows
+        if not pending_in:
+            return
+        block = [row for chunk in orjson.loads(("[" + ",".join(pending_in) + "]").encode()) if isinstance(chunk, list) for row in chunk]
+        block = block[: limit - rows]
+        blocks.append(_columns(block, spec))
+        rows += len(block)
+        for chunk in orjson.loads(("[" + ",".join(pending_out) + "]").encode()):
+            if isinstance(chunk, list):
+                outputs.extend(chunk)
+        pending_in.clear()
+        pending_out.clear()
+
+    for inputs_text, outputs_text in texts.iterator(chunk_size=BLOCK_RECORDS):
+        pending_in.append(inputs_text)
+        if outputs_text and outputs_text != "null":
+            pending_out.append(outputs_text)
+        if len(pending_in) >= BLOCK_RECORDS:
+            flush()
+            if rows >= limit:
+                break
+    flush()
+    columns = [_concatenate([block[j] for block in blocks]) for j in range(len(spec))]
+    return Sample(columns=columns, outputs=outputs[:limit], rows=rows)
+
+
+def _concatenate(parts: list) -> np.ndarray | list:
+    if parts and all(isinstance(part, np.ndarray) for part in parts):
+        return np.concatenate(parts)
+    return [value for part in parts for value in (part.tolist() if isinstance(part, np.ndarray) else part)]
 
 
 def _columns(rows: list, spec: list[tuple[str, str]]) -> list:
+    """Rows (lists in signature order, or objects by name) as one array or list per column."""
     names = [name for name, _ in spec]
-    if rows and all(isinstance(row, dict) for row in rows[:1]):
+    if rows and isinstance(rows[0], dict):
         rows = [[row.get(name) for name in names] if isinstance(row, dict) else row for row in rows]
     width = len(names)
     if all(kind == "num" for _, kind in spec):
         try:
             matrix = np.asarray(rows, dtype=np.float64)
             if matrix.ndim == 2 and matrix.shape[1] == width:
-                return [matrix[:, j] for j in range(width)]
+                return [matrix[:, j].copy() for j in range(width)]
         except (TypeError, ValueError):
             pass  # ragged or mixed rows: column by column below
     return [[row[j] if isinstance(row, list) and j < len(row) else None for row in rows] for j in range(width)]
@@ -176,16 +205,17 @@ def _reference_predictions(version: ModelVersion, frame, names: list[str]) -> tu
     return np.asarray(predictions).tolist(), ""
 
 
-def compare(*, version: ModelVersion, reference: Sample, current: Sample, threshold: float) -> tuple[list[stattests.FeatureDrift], stattests.FeatureDrift | None]:
+def compare(*, version: ModelVersion, reference: Sample, current: Sample) -> tuple[list[stattests.FeatureDrift], stattests.FeatureDrift | None]:
+    """Each feature's drift, and the prediction's when both samples have predictions."""
     spec = feature_spec(version)
-    features = [
-        stattests.compare_feature(name, kind, reference.columns[j], current.columns[j]) for j, (name, kind) in enumerate(spec)
-    ]
-    prediction = None
+    jobs = [(name, kind, reference.columns[j], current.columns[j]) for j, (name, kind) in enumerate(spec)]
     if reference.outputs and current.outputs:
-        kind = "num" if version.task == "regression" else "cat"
-        prediction = stattests.compare_feature("prediction", kind, reference.outputs, current.outputs)
-    return features, prediction
+        jobs.append(("prediction", "num" if version.task == "regression" else "cat", reference.outputs, current.outputs))
+    # numpy and scipy sort without the GIL: features are compared on every core.
+    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+        results = list(pool.map(lambda job: stattests.compare_feature(*job), jobs))
+    has_prediction = len(results) > len(spec)
+    return results[: len(spec)], results[-1] if has_prediction else None
 
 
 def run_drift_report(
@@ -211,7 +241,7 @@ def run_drift_report(
         )
     reference = reference_sample(version=version, before=window_start)
     threshold = share_threshold()
-    features, prediction = compare(version=version, reference=reference, current=current, threshold=threshold)
+    features, prediction = compare(version=version, reference=reference, current=current)
     n_features, drifted, share, is_drift = stattests.dataset_verdict(features, share_threshold=threshold)
     prediction_result = prediction.as_dict() if prediction else ({"note": reference.note} if reference.note else {})
     model = version.registered_model

@@ -270,3 +270,19 @@ def test_usage_api_rejects_bad_ranges(tenant_a, iris, params, field):
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_input"
     assert response.json()["errors"][0]["field"] == field
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hours_rolled_up_concurrently_give_the_same_rows(settings, tenant_a):
+    _, (v1, v2) = af.iris_model(tenant_a, versions=2)
+    hour = usage.day_floor(timezone.now() - timedelta(days=2)) + timedelta(hours=3)
+    af.ingest([af.record((v1, v2)[i % 2], at=hour + timedelta(minutes=i), lat=float(i % 13)) for i in range(6 * 60)])
+    usage.roll_up_range(start=hour, end=hour + timedelta(hours=6))
+    sequential = rollups()
+
+    settings.ANALYTICS_ROLLUP_CONCURRENCY = 3
+    UsageRollup.objects.all().delete()
+    usage.roll_up_range(start=hour, end=hour + timedelta(hours=6))
+
+    assert rollups() == sequential
+    assert len(sequential) == 12
