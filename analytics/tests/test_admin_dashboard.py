@@ -84,3 +84,17 @@ def test_charts_escape_labels_and_survive_empty_series():
     assert "no data" in charts.line_chart([], title="empty")
     assert "<circle" in charts.line_chart([(timezone.now(), 1.0)], title="one point")
     assert np.isfinite(float(charts._nice_ceiling(0.037)))
+
+
+def test_dashboard_counts_batch_jobs_by_state(operator, busy_platform):
+    from inference.models import BatchJob
+
+    model, version = busy_platform
+    for status in ("queued", "running", "running", "failed"):
+        BatchJob.objects.create(
+            organization=model.organization, registered_model=model, version=version, status=status, input_format="csv",
+            input_name="in.csv", storage_prefix="batch/x", chunk_rows=100, chunk_max_bytes=1000,
+        )
+    page = operator.get("/admin/analytics/platformdashboard/").content.decode()
+    assert "Batch jobs by state" in page
+    assert "<tr><td>running</td><td>2</td></tr>" in page and "<tr><td>failed</td><td>1</td></tr>" in page
