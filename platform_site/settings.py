@@ -153,7 +153,7 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_BEAT_SCHEDULE = {
     "drain-prediction-records": {"task": "inference.drain_prediction_records", "schedule": env.float("RECORD_DRAIN_SECONDS", default=2.0)},
-    "roll-up-usage": {"task": "analytics.roll_up_usage", "schedule": env.float("ANALYTICS_ROLLUP_SECONDS", default=60.0)},
+    "roll-up-usage": {"task": "analytics.roll_up_usage", "schedule": env.float("ANALYTICS_ROLLUP_SECONDS", default=300.0)},
     "roll-up-quality": {"task": "analytics.roll_up_quality", "schedule": env.float("ANALYTICS_QUALITY_SECONDS", default=900.0)},
     "schedule-drift-reports": {"task": "analytics.schedule_drift_reports", "schedule": env.float("ANALYTICS_DRIFT_SCHEDULE_SECONDS", default=3600.0)},
     "prune-prediction-records": {"task": "analytics.prune_prediction_records", "schedule": env.float("ANALYTICS_PRUNE_SECONDS", default=3600.0)},
