@@ -12,14 +12,9 @@ from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 from accounts import selectors, services
 from accounts.models import Role
 from accounts.principals import caller_from_request
-from platform_site.pagination import Pagination
+from platform_site.pagination import Pagination, paginated
 from platform_site.serializers import StrictSerializer
 
-
-def paginated(request, view, queryset, serializer_class) -> Response:
-    paginator = Pagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
 class UserOutputSerializer(serializers.Serializer):

@@ -26,7 +26,8 @@ from inference.experiments.selectors import experiment_for_caller
 from platform_site.errors import InvalidInput
 from platform_site.serializers import StrictSerializer
 from registry import selectors as registry_selectors
-from registry.api import paginated, resolve_model
+from platform_site.pagination import paginated
+from registry.api import resolve_model
 
 # The most buckets one usage request may ask for: a month of hours, about a year of days.
 MAX_BUCKETS = {Granularity.HOUR: 31 * 24, Granularity.DAY: 400}

@@ -11,16 +11,11 @@ from accounts.models import Role
 from accounts.principals import caller_from_request
 from accounts.selectors import organization_for_caller
 from platform_site.errors import InvalidInput, PayloadTooLarge
-from platform_site.pagination import Pagination
+from platform_site.pagination import Pagination, paginated
 from platform_site.parsers import OrjsonParser
 from platform_site.serializers import StrictSerializer
 from registry import selectors, services, signatures
 
-
-def paginated(request, view, queryset, serializer_class) -> Response:
-    paginator = Pagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
 class ModelOutputSerializer(serializers.Serializer):

@@ -13,7 +13,7 @@ from accounts.principals import caller_from_request
 from inference.batch import selectors, services, storage
 from inference.models import BatchJob
 from platform_site.errors import InvalidInput, PayloadTooLarge
-from platform_site.pagination import Pagination
+from platform_site.pagination import paginated
 from platform_site.serializers import StrictSerializer
 from registry.selectors import model_in
 
@@ -83,12 +83,6 @@ class BatchJobCreatedSerializer(BatchJobOutputSerializer):
     )
 
 
-def _paginated(request, view, queryset) -> Response:
-    paginator = Pagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(BatchJobOutputSerializer(page, many=True).data)
-
-
 def _filtered(request, queryset):
     wanted = request.query_params.get("status")
     if wanted:
@@ -119,7 +113,7 @@ class ModelBatchJobListApi(APIView):
     def get(self, request, org: str, model: str):
         organization = selectors.batch_organization(caller=caller_from_request(request), slug=org, write=False)
         registered = model_in(organization=organization, name=model)
-        return _paginated(request, self, _filtered(request, selectors.jobs_of_model(model=registered)))
+        return paginated(request, self, _filtered(request, selectors.jobs_of_model(model=registered)), BatchJobOutputSerializer)
 
     @extend_schema(
         request={
@@ -190,7 +184,7 @@ class BatchJobListApi(APIView):
         org = request.query_params.get("org")
         if org:
             jobs = jobs.filter(organization__slug=org)
-        return _paginated(request, self, jobs)
+        return paginated(request, self, jobs, BatchJobOutputSerializer)
 
 
 class BatchJobDetailApi(APIView):

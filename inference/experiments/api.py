@@ -10,7 +10,8 @@ from accounts.models import Role
 from accounts.principals import caller_from_request
 from inference.experiments import selectors, services
 from platform_site.serializers import StrictSerializer
-from registry.api import paginated, resolve_model
+from platform_site.pagination import paginated
+from registry.api import resolve_model
 
 
 class VariantOutputSerializer(serializers.Serializer):
