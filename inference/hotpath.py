@@ -334,8 +334,3 @@ def _observe(*, outcome: Outcome, protocol: str, rows: int) -> None:
     if outcome.cache_hit:
         PREDICTION_CACHE_HITS.labels(org, model, version).inc()
     PREDICTION_LATENCY.labels(org, model, version, protocol).observe(outcome.latency_ms / 1000)
-
-
-def canonical_bytes(rows: Any) -> bytes:
-    return orjson.dumps(rows, option=orjson.OPT_SERIALIZE_NUMPY)
-

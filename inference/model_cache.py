@@ -24,7 +24,6 @@ class LoadedModel:
     version_id: int
     estimator: Any
     has_proba: bool
-    classes: np.ndarray | None
     size_bytes: int
     load_seconds: float
 
@@ -61,12 +60,10 @@ class ModelCache:
             estimator = load()
             seconds = time.perf_counter() - started
             MODEL_LOAD_SECONDS.observe(seconds)
-            classes = getattr(estimator, "classes_", None)
             model = LoadedModel(
                 version_id=version_id,
                 estimator=estimator,
                 has_proba=_has_predict_proba(estimator),
-                classes=np.asarray(classes) if classes is not None else None,
                 size_bytes=size_bytes,
                 load_seconds=seconds,
             )

@@ -38,7 +38,3 @@ def version_of(*, model: RegisteredModel, number: int) -> ModelVersion:
 
 def releases_of(*, model: RegisteredModel) -> QuerySet:
     return Release.objects.filter(registered_model=model).select_related("from_version", "to_version", "actor").order_by("-number")
-
-
-def production_version(*, model: RegisteredModel) -> ModelVersion | None:
-    return model.production_version
