@@ -1,24 +1,17 @@
 """/metrics aggregates every gunicorn worker (prometheus_client multiprocess mode)."""
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 from django.db import connection
 
+from platform_site.tests.processes import free_port, wait_for_http
 from registry.tests import factories as f
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -42,19 +35,11 @@ def test_counters_add_up_across_two_web_processes(tenant_a, tmp_path, settings):
     }
     web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "platform_site.wsgi", "--config", "platform_site/gunicorn_conf.py"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/healthz", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert web.poll() is None and time.monotonic() < deadline, web.stderr.read().decode()[-2000:] if web.poll() is not None else "no answer"
-            time.sleep(0.2)
+        wait_for_http(f"{base}/healthz", web, timeout=60)
         for i in range(40):
             # A fresh connection per request lets the kernel spread them over both workers.
             with requests.Session() as session:

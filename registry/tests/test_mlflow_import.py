@@ -1,22 +1,14 @@
 """Import versions from a real MLflow tracking server, started by the tests."""
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
+from platform_site.tests.processes import free_port, wait_for_http
 from registry.models import ModelVersion
 from registry.tests import factories as f
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +26,7 @@ def mlflow_server(tmp_path_factory):
         stderr=open(root / "server.log", "wb"),
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("mlflow server did not start:\n" + (root / "server.log").read_text()[-3000:])
-        time.sleep(0.5)
+    wait_for_http(f"{url}/health", process, timeout=90, log=lambda: (root / "server.log").read_text()[-3000:])
     yield url
     process.terminate()
     process.wait(timeout=20)

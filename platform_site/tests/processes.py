@@ -1,0 +1,28 @@
+"""Helpers for tests that start real servers (gunicorn, mlflow, moto) as child processes."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, *, timeout: float, log=lambda: "") -> None:
+    """Return once `url` answers 200; fail with the process's log if it dies or never answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer (exit status {process.poll()}):\n{log()}")
+        time.sleep(0.2)
