@@ -10,6 +10,16 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from accounts.tests.factories import OrganizationFactory, UserFactory
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _predictions_through_the_dispatcher():
+    """Prediction requests enter through platform_site.dispatch, as in production."""
+    from platform_site.tests import dispatching
+
+    with pytest.MonkeyPatch.context() as patch:
+        dispatching.install(patch)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _clean_caches(settings):
     """Tests share one Redis database and this process's key cache; start each from empty."""

@@ -24,16 +24,21 @@ class BackingServiceErrorMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, (OperationalError, InterfaceError)):
             return None
-        logger.error("database unavailable on %s: %s", request.path, exception)
-        error = errors.ServiceUnavailable("The database is unavailable; try again shortly.", service="database")
-        if request.path.startswith("/v2/"):
-            return JsonResponse({"error": error.detail}, status=503)
-        if "/invocations" in request.path:
-            return JsonResponse({"error_code": "SERVICE_UNAVAILABLE", "message": error.detail}, status=503)
-        if request.path.startswith("/api/"):
-            return problem_response(error)
-        return HttpResponse(
-            "<h1>Service unavailable</h1><p>The database is unavailable; try again shortly.</p>",
-            status=503,
-            content_type="text/html",
-        )
+        return database_unavailable(request, exception)
+
+
+def database_unavailable(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """The 503 for a database outage, in the error shape of the protocol the path speaks."""
+    logger.error("database unavailable on %s: %s", request.path, exception)
+    error = errors.ServiceUnavailable("The database is unavailable; try again shortly.", service="database")
+    if request.path.startswith("/v2/"):
+        return JsonResponse({"error": error.detail}, status=503)
+    if "/invocations" in request.path:
+        return JsonResponse({"error_code": "SERVICE_UNAVAILABLE", "message": error.detail}, status=503)
+    if request.path.startswith("/api/"):
+        return problem_response(error)
+    return HttpResponse(
+        "<h1>Service unavailable</h1><p>The database is unavailable; try again shortly.</p>",
+        status=503,
+        content_type="text/html",
+    )

@@ -1,0 +1,173 @@
+"""The WSGI entry point: prediction requests go straight to their view, the rest through Django.
+
+DESIGN.md asks for "one request, in order, with nothing else on the way". Through Django's
+full handler a prediction first crosses twelve middleware (sessions, CSRF, messages,
+htmx, two Prometheus passes that record a dozen series) and the URL resolver, which walks
+every pattern of the site: about a fifth of the CPU of an iris request
+(bench/profile_hotpath.py). None of that serves a prediction, which is authenticated by its
+own header and answers JSON. So a POST to one of the six prediction paths is dispatched
+here, to the same view function the URL configuration names, and keeps only what such a
+request needs from the stack it skips:
+
+- request_started / request_finished (database connection hygiene), as Django's handler;
+- the host check (ALLOWED_HOSTS) and the security headers (SecurityMiddleware and
+  XFrameOptionsMiddleware run on the response, so the headers are the same);
+- a database outage answers 503 in the protocol's own error shape, as the middleware does;
+  any other exception goes to Django's own exception handling (logged, a 500);
+- the django_http_* series the autoscaler, alerts and dashboards read: requests by view,
+  responses by status, latency by view, and the before-middleware counters.
+
+Everything else takes the full path: other methods, a browser's session cookie (the
+"Try it" page authenticates by session and CSRF, which the middleware provide), a plain
+HTTP request where SECURE_SSL_REDIRECT wants HTTPS, a host Django would refuse (it
+answers the 400), a path with a trailing slash. tests/test_dispatch.py checks that every
+fast path resolves to the same view and name in the URL configuration, and that answers
+are the same both ways.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+
+from django.conf import settings
+from django.core import signals
+from django.core.exceptions import DisallowedHost
+from django.core.handlers.exception import response_for_exception
+from django.core.handlers.wsgi import WSGIHandler, WSGIRequest
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
+
+from platform_site.middleware import database_unavailable
+
+# Django's slug and int converters, as in inference/urls.py and inference/urls_v2.py.
+_SLUG = r"[-a-zA-Z0-9_]+"
+FAST_PATHS = re.compile(
+    rf"^/(?:api/v1/models/(?P<org>{_SLUG})/(?P<model>{_SLUG})(?:/versions/(?P<number>[0-9]+))?/(?P<action>predict|invocations)"
+    rf"|v2/models/(?P<v2model>{_SLUG})(?:/versions/(?P<v2number>[0-9]+))?/infer)$"
+)
+
+
+def _no_view(request):  # the security middleware never calls get_response here
+    raise AssertionError("unreachable")
+
+
+class _DjangoSeries:
+    """django-prometheus's metrics, the children for each view and status bound once."""
+
+    def __init__(self) -> None:
+        from django_prometheus.middleware import Metrics
+
+        self.metrics = Metrics.get_instance()
+        self._by_view: dict[tuple[str, str], tuple] = {}
+        self._by_status: dict[int, object] = {}
+
+    def started(self, view: str, transport: str) -> tuple:
+        children = self._by_view.get((view, transport))
+        if children is None:
+            m = self.metrics
+            children = (
+                m.requests_by_view_transport_method.labels(view=view, transport=transport, method="POST"),
+                m.requests_latency_by_view_method.labels(view=view, method="POST"),
+            )
+            self._by_view[(view, transport)] = children
+        self.metrics.requests_total.inc()
+        children[0].inc()
+        return children
+
+    def finished(self, children: tuple, status: int, seconds: float) -> None:
+        child = self._by_status.get(status)
+        if child is None:
+            child = self._by_status[status] = self.metrics.responses_by_status.labels(status=str(status))
+        child.inc()
+        children[1].observe(seconds)
+        self.metrics.responses_total.inc()
+        self.metrics.requests_latency_before.observe(seconds)
+
+
+class PredictionDispatcher:
+    """WSGI application: the prediction views directly, everything else `django_app`."""
+
+    def __init__(self, django_app: WSGIHandler) -> None:
+        from inference import views_native, views_protocols
+
+        self.django_app = django_app
+        # (view function, URL name) by (action, has version number).
+        self.views: dict[tuple[str, bool], tuple[Callable, str]] = {
+            ("predict", False): (views_native.predict, "predict"),
+            ("predict", True): (views_native.predict_version, "predict-version"),
+            ("invocations", False): (views_protocols.invocations, "invocations"),
+            ("invocations", True): (views_protocols.invocations, "invocations-version"),
+            ("infer", False): (views_protocols.v2_infer, "v2-infer"),
+            ("infer", True): (views_protocols.v2_infer, "v2-infer-version"),
+        }
+        self.session_cookie = settings.SESSION_COOKIE_NAME + "="
+        self.security = SecurityMiddleware(_no_view)
+        self.frame_options = XFrameOptionsMiddleware(_no_view)
+        self.series = _DjangoSeries()
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        response = self.handle(environ)
+        if response is None:
+            return self.django_app(environ, start_response)
+        start_response(
+            f"{response.status_code} {response.reason_phrase}",
+            [*response.items(), *(("Set-Cookie", c.output(header="")) for c in response.cookies.values())],
+        )
+        return response
+
+    def fast_path(self, environ: dict) -> re.Match | None:
+        """The match of a prediction path this dispatcher serves, or None for Django's."""
+        if environ.get("REQUEST_METHOD") != "POST" or self.session_cookie in environ.get("HTTP_COOKIE", ""):
+            return None
+        return FAST_PATHS.match(environ.get("PATH_INFO", ""))
+
+    def handle(self, environ: dict) -> HttpResponse | None:
+        """The response of a prediction request, or None when the full Django stack should answer.
+
+        Closing the response (the WSGI server does) sends request_finished and closes the request.
+        """
+        match = self.fast_path(environ)
+        if match is None:
+            return None
+        started = time.perf_counter()
+        signals.request_started.send(sender=WSGIHandler, environ=environ)
+        request = WSGIRequest(environ)
+        try:
+            request.get_host()
+        except DisallowedHost:
+            match = None
+        secure = request.is_secure()
+        if match is None or (settings.SECURE_SSL_REDIRECT and not secure):
+            request.close()
+            signals.request_finished.send(sender=WSGIHandler)
+            return None
+        response = self._respond(request, match, secure, started)
+        response._handler_class = WSGIHandler
+        response._resource_closers.append(request.close)
+        return response
+
+    def _respond(self, request: WSGIRequest, match: re.Match, secure: bool, started: float) -> HttpResponse:
+        groups = match.groupdict()
+        if groups["v2model"] is not None:
+            number = groups["v2number"]
+            view, name = self.views[("infer", number is not None)]
+            kwargs = {"model": groups["v2model"]}
+        else:
+            number = groups["number"]
+            view, name = self.views[(groups["action"], number is not None)]
+            kwargs = {"org": groups["org"], "model": groups["model"]}
+        if number is not None:
+            kwargs["number"] = int(number)
+        children = self.series.started(name, "https" if secure else "http")
+        try:
+            response = view(request, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            response = database_unavailable(request, exc)
+        except Exception as exc:
+            response = response_for_exception(request, exc)
+        response = self.frame_options.process_response(request, self.security.process_response(request, response))
+        self.series.finished(children, response.status_code, time.perf_counter() - started)
+        return response

@@ -1,0 +1,42 @@
+"""Make Django's test clients enter through the production WSGI entry point.
+
+platform_site.wsgi serves prediction paths with PredictionDispatcher, not Django's handler.
+The suite's clients (Django's and DRF's) are ClientHandler subclasses; with this installed,
+a request the dispatcher takes is answered by it, exactly as in production, so every
+prediction test exercises the path production runs. The one difference is the test
+client's: close_old_connections stays disconnected, which would otherwise close the
+connection holding the test's transaction.
+"""
+from __future__ import annotations
+
+from django.core.handlers.wsgi import WSGIRequest
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
+from django.test.client import ClientHandler
+
+
+def install(monkeypatch) -> None:
+    from platform_site.dispatch import PredictionDispatcher
+
+    original = ClientHandler.__call__
+    dispatcher = PredictionDispatcher(django_app=None)
+
+    def __call__(self, environ):
+        if dispatcher.fast_path(environ) is None:
+            return original(self, environ)
+        request_started.disconnect(close_old_connections)
+        request_finished.disconnect(close_old_connections)
+        try:
+            response = dispatcher.handle(environ)
+            if response is not None:
+                response.close()  # as the WSGI server does: request_finished
+        finally:
+            request_started.connect(close_old_connections)
+            request_finished.connect(close_old_connections)
+        if response is None:
+            return original(self, environ)
+        response.served_by_dispatcher = True
+        response.wsgi_request = WSGIRequest(environ)  # what the client reads (its body was consumed)
+        return response
+
+    monkeypatch.setattr(ClientHandler, "__call__", __call__)
