@@ -3,7 +3,10 @@
 authenticate -> resolve (production or experiment variant) -> limit -> validate -> cache
 -> predict -> record. A warm request makes no database query: keys, routes and models come
 from in-process caches; limits, the prediction cache and the record stream are Redis calls
-with timeouts and fallbacks. Each step feeds Server-Timing and the Prometheus metrics.
+with timeouts and fallbacks, two round trips in all: the rate limit script also reads the
+prediction cache (the body is validated first, in process, to know the cache key; its
+verdict still comes after the limit's), and one pipeline records the prediction and stores
+the answer. Each step feeds Server-Timing and the Prometheus metrics.
 """
 from __future__ import annotations
 
@@ -200,6 +203,12 @@ def run_prediction(
     target, variant = _choose_target(route, version_number, call.unit_id)
     timings.mark("resolve")
     try:
+        # Validation runs before the limit (it needs no Redis) so that the limit's round trip
+        # can also read the prediction cache; its verdict is given only after the limit, so a
+        # refused request is a 429 whatever its body, and an invalid one still counts.
+        model_input, invalid = _validate(call, target)
+        timings.mark("validate")
+        key = _cache_key(route, target, model_input, call)
         limit_state = limits.check_and_count(
             subject=identity.subject,
             org_id=route.org_id,
@@ -207,18 +216,21 @@ def run_prediction(
             org_limit=identity.org_limit,
             key_quota=identity.key_quota,
             org_quota=identity.org_quota,
+            cache_key=key,
         )
+        cached_raw = limit_state.cached
         if routing.note_generation(limit_state.route_generation):
+            # Another process changed a route: resolve again, and re-check against a new target.
             route, identity = _route_for(identity, org_slug, model_name)
             target, variant = _choose_target(route, version_number, call.unit_id)
+            model_input, invalid = _validate(call, target)
+            fresh_key = _cache_key(route, target, model_input, call)
+            if fresh_key != key:
+                key, cached_raw = fresh_key, prediction_cache.lookup(fresh_key) if fresh_key is not None else None
         timings.mark("limit")
-        model_input = call.validate(target)
-        timings.mark("validate")
-        key = None
-        cached = None
-        if route.cache_ttl > 0:
-            key = prediction_cache.cache_key(version_id=target.id, canonical_input=model_input.canonical, want_proba=call.want_proba)
-            cached = prediction_cache.lookup(key)
+        if invalid is not None:
+            raise invalid
+        cached = prediction_cache.decode(cached_raw) if cached_raw is not None else None
         timings.mark("cache")
         if cached is not None:
             predictions, probabilities = cached["p"], cached.get("q")
@@ -255,6 +267,19 @@ def run_prediction(
     timings.mark("record")
     _observe(outcome=outcome, protocol=protocol, rows=model_input.n_rows)
     return outcome
+
+
+def _validate(call: PredictionCall, target: routing.VersionTarget) -> tuple[ModelInput | None, ModelhostError | None]:
+    try:
+        return call.validate(target), None
+    except ModelhostError as exc:
+        return None, exc
+
+
+def _cache_key(route: routing.Route, target: routing.VersionTarget, model_input: ModelInput | None, call: PredictionCall) -> str | None:
+    if model_input is None or route.cache_ttl <= 0:
+        return None
+    return prediction_cache.cache_key(version_id=target.id, canonical_input=model_input.canonical, want_proba=call.want_proba)
 
 
 def _choose_target(route: routing.Route, version_number: int | None, unit_id: str | None) -> tuple[routing.VersionTarget, str | None]:

@@ -5,6 +5,9 @@ counters, refuses without counting when any is over its limit, and otherwise inc
 all four, so a refused request never uses up quota. Fixed windows (the minute, the UTC
 calendar month). A limit of 0 means unlimited.
 
+The same round trip reads the prediction cache when the request has a cache key (KEYS[6]):
+a request needs one Redis call before predicting, not two, and a refused request reads nothing.
+
 Redis down: limits fail OPEN (the request is served and not counted) so an outage of the
 cache never becomes an outage of predictions; `modelhost_cache_up` and /readyz show it.
 """
@@ -18,8 +21,9 @@ from datetime import datetime, timezone
 from platform_site.errors import QuotaExceeded, RateLimited
 from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success
 
-# KEYS: key-minute, org-minute, key-month, org-month, route generation.
-# ARGV: the four limits, minute ttl, month ttl.  Returns {refused index or 0, 4 counts, generation}.
+# KEYS: key-minute, org-minute, key-month, org-month, route generation[, prediction cache key].
+# ARGV: the four limits, minute ttl, month ttl.
+# Returns {refused index or 0, 4 counts, generation, cached answer or nil}.
 _SCRIPT = """
 local generation = redis.call('GET', KEYS[5]) or '0'
 local counts = {}
@@ -29,7 +33,7 @@ end
 for i = 1, 4 do
   local limit = tonumber(ARGV[i])
   if limit > 0 and counts[i] >= limit then
-    return {i, counts[1], counts[2], counts[3], counts[4], generation}
+    return {i, counts[1], counts[2], counts[3], counts[4], generation, false}
   end
 end
 for i = 1, 4 do
@@ -38,7 +42,11 @@ for i = 1, 4 do
     redis.call('EXPIRE', KEYS[i], i <= 2 and ARGV[5] or ARGV[6])
   end
 end
-return {0, counts[1], counts[2], counts[3], counts[4], generation}
+local cached = false
+if KEYS[6] then
+  cached = redis.call('GET', KEYS[6])
+end
+return {0, counts[1], counts[2], counts[3], counts[4], generation, cached}
 """
 _script = None
 ROUTE_GENERATION_KEY = "mh:routes:generation"
@@ -54,6 +62,8 @@ class LimitState:
     enforced: bool
     # The routing generation read in the same round trip (None when Redis was not asked).
     route_generation: bytes | None = None
+    # The prediction cache's stored answer for the request's cache key, if any.
+    cached: bytes | None = None
 
     def headers(self) -> dict[str, str]:
         if not self.enforced or not self.limit:
@@ -74,10 +84,13 @@ def _month_end_seconds(now: datetime) -> int:
     return int((end - now).total_seconds()) + 1
 
 
-def check_and_count(*, subject: str, org_id: int, key_limit: int, org_limit: int, key_quota: int, org_quota: int) -> LimitState:
+def check_and_count(
+    *, subject: str, org_id: int, key_limit: int, org_limit: int, key_quota: int, org_quota: int, cache_key: str | None = None
+) -> LimitState:
     """Count one request against the four counters, or raise RateLimited / QuotaExceeded.
 
     `subject` is `k<api key id>` or `u<user id>` (a person trying a model in the browser).
+    With a `cache_key`, the answer carries what the prediction cache holds for it.
     """
     client = get_redis()
     if client is None:
@@ -90,10 +103,12 @@ def check_and_count(*, subject: str, org_id: int, key_limit: int, org_limit: int
     month = f"{utc.year}{utc.month:02d}"
     month_left = _month_end_seconds(utc)
     keys = [f"mh:rl:{subject}:{minute}", f"mh:rl:o{org_id}:{minute}", f"mh:q:{subject}:{month}", f"mh:q:o{org_id}:{month}", ROUTE_GENERATION_KEY]
+    if cache_key is not None:
+        keys.append(cache_key)
     try:
         if _script is None:
             _script = client.register_script(_SCRIPT)
-        refused, key_count, org_count, _, _, generation = _script(keys=keys, args=[key_limit, org_limit, key_quota, org_quota, 61, month_left + 60], client=client)
+        refused, key_count, org_count, _, _, generation, cached = _script(keys=keys, args=[key_limit, org_limit, key_quota, org_quota, 61, month_left + 60], client=client)
         report_success()
     except REDIS_ERRORS as exc:
         report_failure(exc)
@@ -101,7 +116,7 @@ def check_and_count(*, subject: str, org_id: int, key_limit: int, org_limit: int
     candidates = [(key_limit, key_count), (org_limit, org_count)]
     applied = [(limit, limit - count) for limit, count in candidates if limit > 0]
     limit, remaining = min(applied, key=lambda item: item[1]) if applied else (0, 0)
-    state = LimitState(limit=limit, remaining=remaining, reset_seconds=reset, enforced=True, route_generation=generation)
+    state = LimitState(limit=limit, remaining=remaining, reset_seconds=reset, enforced=True, route_generation=generation, cached=cached)
     if refused in (1, 2):
         who = "API key" if refused == 1 else "organization"
         which = key_limit if refused == 1 else org_limit

@@ -1,6 +1,7 @@
 """The Redis prediction cache: key = version id + hash of the canonical input and options.
 
-The key names the version, so a promotion or rollback can never serve another version's
+The hot path reads it in the rate limit's round trip (inference.limits) and stores answers
+with the prediction record's pipeline (inference.records). The key names the version, so a promotion or rollback can never serve another version's
 answer. Redis down: every lookup is a miss and nothing is stored (served uncached).
 """
 from __future__ import annotations
@@ -18,7 +19,12 @@ def cache_key(*, version_id: int, canonical_input: bytes, want_proba: bool) -> s
     return f"mh:pc:{version_id}:{digest.hexdigest()}"
 
 
+def decode(raw: bytes) -> dict:
+    return orjson.loads(raw)
+
+
 def lookup(key: str) -> dict | None:
+    """A separate read, for when the rate limit's round trip could not carry it."""
     client = get_redis()
     if client is None:
         return None

@@ -40,7 +40,7 @@ def test_predict_answers_with_predictions_classes_and_headers(tenant_a, iris):
     assert body["id"].startswith("prd_") and len(body["id"]) == 30
     assert response["X-Cache"] == "MISS"
     spans = [part.split(";")[0] for part in response["Server-Timing"].split(", ")]
-    assert spans == ["auth", "resolve", "limit", "validate", "cache", "predict", "record"]
+    assert spans == ["auth", "resolve", "validate", "limit", "cache", "predict", "record"]
 
 
 def test_same_input_is_a_cache_hit(tenant_a, iris):
@@ -216,9 +216,14 @@ def test_promotion_in_another_process_is_seen_on_the_next_request(tenant_a, iris
     with transaction.atomic():
         RegisteredModel.objects.filter(pk=iris.pk).update(production_version=v2)
         ModelVersion.objects.filter(pk=v2.pk).update(stage="production")
-    assert predict(client, {"inputs": [ROW]}).json()["version"] == 1  # this process's route is still cached
+    stale = predict(client, {"inputs": [ROW]})  # this process's route is still cached
+    assert (stale.json()["version"], stale["X-Cache"]) == (1, "HIT")
     get_redis().incr(ROUTE_GENERATION_KEY)
-    assert predict(client, {"inputs": [ROW]}).json()["version"] == 2
+    # The limit's round trip read version 1's cached answer for this input; it must not be served.
+    fresh = predict(client, {"inputs": [ROW]})
+    assert (fresh.json()["version"], fresh.json()["predictions"], fresh["X-Cache"]) == (2, [1], "MISS")
+    again = predict(client, {"inputs": [ROW]})
+    assert (again.json()["version"], again.json()["predictions"], again["X-Cache"]) == (2, [1], "HIT")
 
 
 # --- the hot path's budget ---------------------------------------------------------------
@@ -311,6 +316,41 @@ def test_rate_limit_per_key_answers_429_with_headers(tenant_a, iris):
     assert refused.json()["code"] == "rate_limited"
     assert 1 <= int(refused["Retry-After"]) <= 60
     assert refused["X-RateLimit-Remaining"] == "0"
+
+
+def test_invalid_bodies_count_against_the_limit_and_a_refusal_comes_first(tenant_a, iris):
+    """The body is checked before the limit's round trip, but its verdict is given after it."""
+    ApiKey.objects.filter(id=tenant_a.api_key_id).update(rate_limit_per_minute=2)
+    client = tenant_a.key_client()
+    assert predict(client, {"inputs": [[1.0, 2.0]]}).status_code == 400
+    assert predict(client, {"inputs": [["x", 2.0, 3.0, 4.0]]}).status_code == 400
+    assert predict(client, {"inputs": [ROW]}).status_code == 429
+    refused = predict(client, {"inputs": [[1.0, 2.0]]})
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "rate_limited"
+
+
+def test_a_cached_answer_costs_two_redis_round_trips(tenant_a, iris, monkeypatch):
+    """One for the limit and the cache read, one for the record (and, on a miss, the store)."""
+    from redis.connection import Connection
+
+    client = tenant_a.key_client()
+    assert predict(client, {"inputs": [ROW]})["X-Cache"] == "MISS"  # loads the script and the route
+    sent = []
+    original = Connection.send_packed_command
+
+    def counting(self, command, *args, **kwargs):
+        sent.append(command)
+        return original(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counting)
+    hit = predict(client, {"inputs": [ROW]})
+    assert hit["X-Cache"] == "HIT"
+    assert hit.json()["predictions"] == [0]
+    assert len(sent) == 2
+    sent.clear()
+    assert predict(client, {"inputs": [[6.7, 3.0, 5.2, 2.3]]})["X-Cache"] == "MISS"
+    assert len(sent) == 2
 
 
 def test_organization_limit_applies_across_keys(tenant_a, iris):
