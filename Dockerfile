@@ -74,5 +74,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), headers={'Host': 'localhost'}), timeout=4)"]
 
-# Procfile `web`. Exec form: gunicorn is PID 1 and receives SIGTERM itself.
-CMD ["gunicorn", "platform_site.wsgi", "--config", "platform_site/gunicorn_conf.py"]
+# Procfile `web`. Exec form: the server (granian's main process) is PID 1 and receives SIGTERM itself.
+CMD ["python", "-m", "platform_site.serve"]

@@ -8,7 +8,7 @@ Two files, two models, trained here with bench/models.py's recipe:
     rf    20 numeric features, RandomForestClassifier(n_estimators=100): predict dominates
 
 The three contenders run back to back on the same CSV file and the same fitted model:
-    modelhost  the real platform: gunicorn (2 workers), one Celery worker with two pool
+    modelhost  the real platform: granian (2 workers), one Celery worker with two pool
                processes (`--concurrency 2`, as the Procfile runs it), PostgreSQL, Redis
                (database 12), local model storage. Timed from the first byte of the multipart
                upload to the last byte of the downloaded result (the input rows with a
@@ -22,7 +22,7 @@ The three contenders run back to back on the same CSV file and the same fitted m
                stricter bar); the wall time with start-up is printed too.
 
 Peak memory is VmHWM (peak resident set) of every process: the Celery main process and its
-two pool processes, the gunicorn workers, and the mlflow and floor processes (from wait4).
+two pool processes, the web workers, and the mlflow and floor processes (from wait4).
 The Celery worker is restarted before each Modelhost run so each peak belongs to one run;
 start-up is not timed (the worker is a running service), the model's first load is.
 Every run's predictions are checked against the floor's.
@@ -483,25 +483,16 @@ def main() -> None:
     seeded = prepare_modelhost({name: artifacts[name] for name in names})
     port = free_port()
     web = start(
-        [
-            str(ROOT / ".venv" / "bin" / "gunicorn"),
-            "platform_site.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--timeout",
-            "600",
-        ],
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "platform_site.serve"],
         ART / "web.log",
-        modelhost_env(),
+        modelhost_env(HOST="127.0.0.1", PORT=str(port)),
     )
     results: dict[str, dict[str, list[dict]]] = {}
     try:
         wait_until(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status == 200,
             timeout=60,
-            what="gunicorn",
+            what="the web server",
         )
         for name in names:
             spec = artifacts[name]
@@ -527,7 +518,7 @@ def main() -> None:
                 got = predictions_of(outs[contender], contender)
                 same = len(got) == len(reference) and bool(np.array_equal(got.astype(reference.dtype), reference))
                 results[name][contender][-1]["same_predictions_as_floor"] = same
-            web_peaks = {f"gunicorn worker {i}": peak_rss_mb(pid) for i, pid in enumerate(descendants(web.pid), start=1)}
+            web_peaks = {f"web worker {i}": peak_rss_mb(pid) for i, pid in enumerate(descendants(web.pid), start=1)}
             results[name]["modelhost"][-1]["peaks_mb"].update(web_peaks)
     finally:
         stop(web)

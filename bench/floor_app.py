@@ -7,7 +7,7 @@
 
 No framework, no auth, no validation, no logging: what Modelhost adds on top of this is the
 platform's overhead. Served by the same HTTP server and worker count as Modelhost's web
-process in the same run (gunicorn sync workers, or granian/uvicorn in bench/server_choice.py).
+process in the same run (granian via platform_site/serve.py, as Modelhost; gunicorn and uvicorn in bench/server_choice.py).
 Models come from FLOOR_MODELS=name=path.joblib,... (files we made ourselves in
 bench/models.py, so a plain joblib.load is fine here, unlike on the platform).
 """

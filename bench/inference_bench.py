@@ -156,12 +156,11 @@ class Outcome:
 # --- the servers --------------------------------------------------------------------------
 
 
-def start_modelhost(*, worker_class: str = "sync", threads: int = 1, name: str = "modelhost"):
+def start_modelhost(*, name: str = "modelhost"):
+    """Modelhost's web process as the Procfile runs it (granian, platform_site/serve.py)."""
     port = harness.free_port()
-    env = harness.modelhost_web_env(
-        HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY=str(WORKERS), GUNICORN_WORKER_CLASS=worker_class, GUNICORN_THREADS=str(threads)
-    )
-    argv = [str(APP_VENV / "bin" / "gunicorn"), "platform_site.wsgi", "--config", "platform_site/gunicorn_conf.py"]
+    env = harness.modelhost_web_env(HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY=str(WORKERS))
+    argv = [str(APP_VENV / "bin" / "python"), "-m", "platform_site.serve"]
     return harness.running(name, argv, env=env, port=port, ready_path="/healthz")
 
 
@@ -173,12 +172,12 @@ def floor_env() -> dict:
 
 
 def start_floor():
-    """The floor under the same gunicorn config file and worker count as Modelhost's web process."""
+    """The floor under the same server, launcher and worker count as Modelhost's web process."""
     port = harness.free_port()
     env = floor_env()
-    env.update(HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY=str(WORKERS), GUNICORN_WORKER_CLASS="sync", GUNICORN_THREADS="1")
+    env.update(HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY=str(WORKERS), PYTHONPATH=f"{BENCH}:{ROOT}")
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    argv = [str(APP_VENV / "bin" / "gunicorn"), "floor_app:app", "--config", str(ROOT / "platform_site" / "gunicorn_conf.py")]
+    argv = [str(APP_VENV / "bin" / "python"), "-m", "platform_site.serve", "floor_app:app"]
     return harness.running("floor", argv, env=env, port=port, ready_path="/healthz")
 
 
@@ -415,11 +414,11 @@ def run(args) -> list[Outcome]:
             stack.callback(lambda: (drainer.terminate(), drainer.wait(timeout=10)))
         if "modelhost" in only:
             servers["modelhost"] = stack.enter_context(start_modelhost())
-            print(f"Modelhost: gunicorn, {WORKERS} sync workers, pids {servers['modelhost'].pids()}", flush=True)
+            print(f"Modelhost: granian (python -m platform_site.serve), {WORKERS} workers, pids {servers['modelhost'].pids()}", flush=True)
             plan += [("modelhost", case) for case in modelhost_cases(key)]
         if "floor" in only:
             servers["floor"] = stack.enter_context(start_floor())
-            print(f"floor: gunicorn, {WORKERS} sync workers, pids {servers['floor'].pids()}", flush=True)
+            print(f"floor: granian (python -m platform_site.serve floor_app:app), {WORKERS} workers, pids {servers['floor'].pids()}", flush=True)
             plan += [("floor", case) for case in floor_cases()]
         if "mlserver" in only:
             servers["mlserver"] = stack.enter_context(start_mlserver(parallel_workers=args.mlserver_workers))

@@ -5,7 +5,7 @@
 Seeds 100 registered models across 10 organizations (mem-00 .. mem-09, ten small
 LogisticRegressions each, every one a distinct file uploaded through the real
 `registry.services.upload_version` path with its sandbox check, once; reruns reuse them),
-plus the bench org's iris model. Then starts Modelhost's web process with ONE gunicorn sync
+plus the bench org's iris model. Then starts Modelhost's web process with ONE granian
 worker and measures:
 
   1. the very first request the worker serves: a predict on iris (URLconf not yet imported,
@@ -35,20 +35,20 @@ IRIS_ROW = [5.1, 3.5, 1.4, 0.2]
 
 def start_one_worker(name: str):
     port = harness.free_port()
-    env = harness.modelhost_web_env(HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1", GUNICORN_WORKER_CLASS="sync", GUNICORN_THREADS="1")
-    argv = [str(APP_VENV / "bin" / "gunicorn"), "platform_site.wsgi", "--config", "platform_site/gunicorn_conf.py"]
+    env = harness.modelhost_web_env(HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="1")
+    argv = [str(APP_VENV / "bin" / "python"), "-m", "platform_site.serve"]
     return harness.running(name, argv, env=env, port=port, ready_path=None)
 
 
 def wait_for_worker(server: harness.Server, timeout: float = 60) -> int:
-    """The worker's pid once gunicorn logged that it booted it (no request sent)."""
+    """The worker's pid once the server logged that it started it (no request sent)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         children = harness.descendants(server.process.pid)
-        if children and "Booting worker" in server.log.read_text():
+        if children and "Started worker" in server.log.read_text():
             return children[0]
         time.sleep(0.1)
-    raise SystemExit(f"no gunicorn worker after {timeout}s; see {server.log}")
+    raise SystemExit(f"no web worker after {timeout}s; see {server.log}")
 
 
 def predict(port: int, key: str, org: str, model: str, row: list[float]) -> tuple[float, dict, dict]:

@@ -2,18 +2,20 @@
 
     python3 bench/profile_hotpath.py [--requests 3000] [--model iris]
 
-Runs in one process with the benchmark's environment (real PostgreSQL and Redis): Django's
-WSGIHandler (every middleware, the URL resolver, the view) is called directly with a WSGI
-environ for `POST /api/v1/models/bench/<model>/predict`, each request with a distinct input
-(cache miss), then the same with a repeated input (cache hit).
+Runs in one process with the benchmark's environment (real PostgreSQL and Redis): the
+production WSGI entry point (platform_site.wsgi.application: the prediction dispatcher, then
+the view) is called directly with a WSGI environ for `POST /api/v1/models/bench/<model>/predict`,
+each request with a distinct input (cache miss), then the same with a repeated input (cache
+hit). For comparison, the same misses through Django's full handler (every middleware and
+the URL resolver), the path a prediction took before the dispatcher.
 
 Each hot-path step is wrapped (in this process only; no application code changes) with a
 timer reading both the thread's CPU clock and the wall clock, so the table says what a step
 costs in CPU and what it costs in waiting (the Redis round trips). Other sessions' load on
 this machine moves the wall figures, hardly the CPU ones. A short cProfile pass then lists the
 costliest functions (cProfile inflates Python-heavy code; read it for ranking, not for µs).
-The HTTP server's own share (gunicorn's parsing, socket writes, accept and close) is not in
-here: it is the floor's cost in bench/inference_bench.py.
+The HTTP server's own share (granian's parsing and socket writes) is not in here: it is the
+floor's cost in bench/inference_bench.py.
 
 Re-executes itself under the project's .venv with the bench environment.
 """
@@ -35,9 +37,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
 TOTALS: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
-WHOLE = "whole request (Django WSGIHandler)"
+WHOLE = "whole request (platform_site.wsgi.application)"
 VIEW = "  the view (views_native._predict)"
-RESOLVE = "  URL resolving"
 
 
 def timed(label: str, function):
@@ -57,23 +58,20 @@ def timed(label: str, function):
 
 def instrument() -> list[str]:
     """Wrap the hot path's steps; returns the labels in display order."""
-    from django.core.handlers.base import BaseHandler
-    from django.core.handlers.wsgi import WSGIHandler
-
     from inference import hotpath, limits, prediction_cache, records, views_native
     from inference.model_cache import LoadedModel
+    from platform_site.dispatch import PredictionDispatcher
 
     steps = [
-        (WHOLE, WSGIHandler, "__call__"),
-        (RESOLVE, BaseHandler, "resolve_request"),
+        (WHOLE, PredictionDispatcher, "__call__"),
         (VIEW, views_native, "_predict"),
         ("    read body", views_native, "read_body"),
         ("    authenticate (API key, in-process cache)", hotpath, "authenticate"),
         ("    resolve route (in-process cache)", hotpath, "_route_for"),
         ("    parse body (orjson + field checks)", views_native, "parse_native"),
-        ("    rate limit + quota (Redis EVALSHA)", limits, "check_and_count"),
         ("    prediction cache key (blake2b)", prediction_cache, "cache_key"),
-        ("    prediction cache lookup (Redis GET)", prediction_cache, "lookup"),
+        ("    rate limit + quota + cache read (Redis EVALSHA)", limits, "check_and_count"),
+        ("    decode a cached answer", prediction_cache, "decode"),
         ("    model.predict", LoadedModel, "predict"),
         ("    build the record", hotpath, "_record"),
         ("    record + cache store (Redis pipeline XADD+SET)", records, "publish"),
@@ -92,7 +90,7 @@ def instrument() -> list[str]:
 
     views_native.parse_native = parse_and_wrap
     labels = [label for label, _, _ in steps]
-    labels.insert(labels.index("    rate limit + quota (Redis EVALSHA)") + 1, "    validate against the signature")
+    labels.insert(labels.index("    prediction cache key (blake2b)"), "    validate against the signature")
     return labels
 
 
@@ -145,12 +143,14 @@ def main() -> None:
     django.setup()
     from django.core.handlers.wsgi import WSGIHandler
 
+    from platform_site.wsgi import application
+
     sys.path.insert(0, str(BENCH))
     import harness
 
     key = harness.seed("inference")["orgs"]["bench"]["key"]
     rows = json.loads((harness.ARTIFACTS / f"{args.model}.rows.json").read_text())
-    handler = WSGIHandler()
+    handler = application
     path = f"/api/v1/models/bench/{args.model}/predict"
     statuses: list[str] = []
 
@@ -164,8 +164,10 @@ def main() -> None:
         return json.dumps({"inputs": [row]}).encode()
 
     def one(i: int, unique: bool) -> None:
-        for _ in handler(environ_for(path, body(i, unique), key), start_response):
+        result = handler(environ_for(path, body(i, unique), key), start_response)
+        for _ in result:
             pass
+        result.close()  # as the server does: request_finished
 
     import redis as redis_lib
 
@@ -181,29 +183,18 @@ def main() -> None:
         plain[label] = ((time.thread_time() - cpu) / args.requests * 1e6, (time.perf_counter() - wall) / args.requests * 1e6)
         offset += 5_000_000
 
-    # Middleware ablation: the same loop (misses) with fewer middleware, in this process only.
-    from django.conf import settings
-
-    full = list(settings.MIDDLEWARE)
-    variants = [
-        ("as configured", full),
-        ("without django_prometheus's two", [m for m in full if "django_prometheus" not in m]),
-        ("API-only set: Security, BackingServiceError, Common", [m for m in full if m.rsplit(".", 1)[1] in ("SecurityMiddleware", "BackingServiceErrorMiddleware", "CommonMiddleware")]),
-        ("no middleware at all", []),
-    ]
-    ablation = []
-    for name, middleware in variants:
-        settings.MIDDLEWARE = middleware
-        handler = WSGIHandler()
+    # The entry point: the dispatcher (production) against Django's full handler, misses.
+    entries = []
+    for name, entry in (("platform_site.wsgi.application (dispatcher, production)", application), ("Django's WSGIHandler: 12 middleware + URL resolver", WSGIHandler())):
+        handler = entry
         for i in range(100):
             one(offset + i, True)
         cpu, wall = time.thread_time(), time.perf_counter()
         for i in range(args.requests):
             one(offset + 1000 + i, True)
-        ablation.append((name, len(middleware), (time.thread_time() - cpu) / args.requests * 1e6, (time.perf_counter() - wall) / args.requests * 1e6))
+        entries.append((name, (time.thread_time() - cpu) / args.requests * 1e6, (time.perf_counter() - wall) / args.requests * 1e6))
         offset += 5_000_000
-    settings.MIDDLEWARE = full
-    handler = WSGIHandler()
+    handler = application
 
     labels = instrument()
     per_case: dict[str, dict[str, tuple[float, float]]] = {}
@@ -241,18 +232,13 @@ def main() -> None:
         cells = [f"{miss[0]:.0f}", f"{miss[1]:.0f}"] if miss else ["-", "-"]
         cells += [f"{hit[0]:.0f}", f"{hit[1]:.0f}"] if hit else ["-", "-"]
         print(f"| {name} | {' | '.join(cells)} |")
-    rest = []
-    for case in ("miss", "hit"):
-        whole, view, resolve = (per_case[case][k] for k in (WHOLE, VIEW, RESOLVE))
-        rest += [f"{whole[0] - view[0] - resolve[0]:.0f}", f"{whole[1] - view[1] - resolve[1]:.0f}"]
-    print(f"| middleware + Django handler (whole - view - URL resolving) | {' | '.join(rest)} |")
     print()
-    print("Middleware ablation (cache miss, uninstrumented loop):")
+    print("Entry point (cache miss, uninstrumented loop):")
     print()
-    print("| middleware | count | CPU us per request | wall us per request |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, count, cpu_us, wall_us in ablation:
-        print(f"| {name} | {count} | {cpu_us:.0f} | {wall_us:.0f} |")
+    print("| entry | CPU us per request | wall us per request |")
+    print("| --- | ---: | ---: |")
+    for name, cpu_us, wall_us in entries:
+        print(f"| {name} | {cpu_us:.0f} | {wall_us:.0f} |")
     print()
     print("Top functions by cumulative time under cProfile, cache miss (ranking only):")
     stream = io.StringIO()

@@ -6,7 +6,7 @@ For each candidate, 2 workers each (2 cores), Modelhost (full path: key, route, 
 cache, predict, record) and the floor app are served the same way and loaded with the same wrk
 as bench/inference_bench.py (same checks, same distinct-input miss and repeated-input hit):
 
-  sync     gunicorn, sync workers (the Procfile's default today): one request at a time per
+  sync     gunicorn, sync workers (the Procfile's server until granian): one request at a time per
            worker, no keep-alive (the connection closes after each answer).
   gthread  gunicorn, gthread workers with 4 threads: keep-alive, and one worker can overlap a
            request's Redis waits with another request's CPU.
@@ -14,7 +14,7 @@ as bench/inference_bench.py (same checks, same distinct-input miss and repeated-
            the sync view in a thread per request), the floor through uvicorn's WSGI adapter.
   granian  granian's WSGI interface (Rust HTTP, Python in its blocking threads).
 
-All from bench/.venv-servers (requirements.txt + granian + uvicorn[standard]'s parts), so the
+All from bench/.venv-servers (requirements.txt + gunicorn + uvicorn[standard]'s parts), so the
 application code and libraries are the same in every candidate.
 """
 from __future__ import annotations
@@ -56,8 +56,10 @@ def start(candidate: str, app: str):
         cwd = BENCH
     env["PATH"] = f"{SERVERS_VENV / 'bin'}:{os.environ['PATH']}"
     if candidate in ("sync", "gthread"):
-        env.update(GUNICORN_WORKER_CLASS=candidate, GUNICORN_THREADS=str(GTHREADS if candidate == "gthread" else 1))
-        argv = [_bin("gunicorn"), wsgi, "--config", str(ROOT / "platform_site" / "gunicorn_conf.py")]
+        argv = [
+            _bin("gunicorn"), wsgi, "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--worker-class", candidate,
+            "--threads", str(GTHREADS if candidate == "gthread" else 1), "--keep-alive", "5", "--log-level", "warning",
+        ]
     elif candidate == "uvicorn":
         argv = [
             _bin("uvicorn"), asgi if app == "modelhost" else wsgi, "--host", "127.0.0.1", "--port", str(port), "--workers", str(WORKERS),

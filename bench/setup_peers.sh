@@ -3,8 +3,8 @@
 #
 #   bench/.venv-peers    MLServer 1.7.1 + mlserver-sklearn, mlflow 3.17.2, uvicorn, gunicorn,
 #                        granian, py-spy, pyinstrument (bench/requirements-peers.txt, frozen).
-#   bench/.venv-servers  Modelhost's own requirements.txt plus granian, so the server-choice
-#                        run can serve the platform under granian too (bench/server_choice.py).
+#   bench/.venv-servers  Modelhost's own requirements.txt plus gunicorn and uvicorn, so the server-choice
+#                        run can serve the platform under each candidate server (bench/server_choice.py).
 #   .venv                the project's runtime environment (`make install`), if missing.
 #   wrk                  the load generator, from Debian's packages.
 #
@@ -39,7 +39,7 @@ if ! command -v wrk >/dev/null 2>&1; then
     apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; }
 fi
 
-if [[ ! -x "$root/.venv/bin/gunicorn" ]]; then
+if [[ ! -x "$root/.venv/bin/granian" ]]; then
     make -C "$root" install >&2
 fi
 

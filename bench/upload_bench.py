@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/upload_bench.py
 
-Starts the web process (gunicorn, the Procfile's config) against the machine's PostgreSQL
+Starts the web process (the Procfile's: granian via platform_site/serve.py) against the machine's PostgreSQL
 (database `modelhost_bench`) and Redis (db 13), then for each model: POST the file to
 /versions (sandbox check included), promote it, and POST one prediction (cold load in
 that worker). Prints each step and the total. Models: iris LogisticRegression and a
@@ -95,7 +95,7 @@ def main() -> int:
     env = environment(port, storage)
     slug, key = prepare(env).split()
     web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "platform_site.wsgi", "--config", "platform_site/gunicorn_conf.py"],
+        [sys.executable, "-m", "platform_site.serve"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"

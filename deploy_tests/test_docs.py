@@ -10,11 +10,11 @@ SCALING = REPO / "docs" / "scaling.md"
 
 
 def settings_variables() -> set[str]:
-    """Every environment variable the settings module and the gunicorn configuration read."""
+    """Every environment variable the settings module and the web server's launcher read."""
     settings = (REPO / "platform_site" / "settings.py").read_text()
     names = set(re.findall(r'\benv(?:\.\w+)?\(\s*"([A-Z][A-Z0-9_]*)"', settings))
-    gunicorn = (REPO / "platform_site" / "gunicorn_conf.py").read_text()
-    names |= set(re.findall(r"""os\.environ\.get\(\s*['"]([A-Z][A-Z0-9_]*)['"]""", gunicorn))
+    server = (REPO / "platform_site" / "serve.py").read_text()
+    names |= set(re.findall(r"""(?:os\.environ\.get|_int|_flag)\(\s*['"]([A-Z][A-Z0-9_]*)['"]""", server))
     example = REPO / ".env.example"
     if example.exists():
         names |= set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", example.read_text(), re.MULTILINE))

@@ -169,5 +169,7 @@ class PredictionDispatcher:
         except Exception as exc:
             response = response_for_exception(request, exc)
         response = self.frame_options.process_response(request, self.security.process_response(request, response))
+        if not response.streaming and not response.has_header("Content-Length"):
+            response.headers["Content-Length"] = str(len(response.content))  # as CommonMiddleware does
         self.series.finished(children, response.status_code, time.perf_counter() - started)
         return response

@@ -143,6 +143,34 @@ def workers_online() -> list[str]:
     return [name for name in known if f"mh:worker:{name}" in alive]
 
 
+def forget_dead_processes() -> list[int]:
+    """Drop the live gauges of web processes that are gone (prometheus_client's mark_process_dead).
+
+    granian starts a new worker when one dies but has no hook to clean up after the dead one;
+    each worker calls this when it starts and /metrics at every scrape, so a dead worker's
+    models-loaded and cache-up values stop counting. Returns the pids it dropped.
+    """
+    import os
+    import re
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder or not os.path.isdir(folder):
+        return []
+    from prometheus_client import multiprocess
+
+    dropped = []
+    pids = {int(m.group(1)) for name in os.listdir(folder) if (m := re.fullmatch(r"gauge_live\w+_(\d+)\.db", name))}
+    for pid in sorted(pids):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, folder)
+            dropped.append(pid)
+        except PermissionError:  # alive, another user's
+            pass
+    return dropped
+
+
 def metrics_view(request):
     """/metrics: the multiprocess aggregate of every web process, plus the scrape-time gauges."""
     import os
@@ -151,6 +179,7 @@ def metrics_view(request):
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        forget_dead_processes()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         registry.register(_platform_collector)

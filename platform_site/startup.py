@@ -30,6 +30,10 @@ def warm_up() -> None:
     from django.db import connection
     from django.urls import get_resolver
 
+    from platform_site.metrics import forget_dead_processes
+
+    forget_dead_processes()  # a worker started in place of one that died
+
     get_resolver().url_patterns  # imports every app's views
     for name in COMMON_SKLEARN_MODULES:
         importlib.import_module(name)

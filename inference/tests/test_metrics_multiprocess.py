@@ -1,7 +1,10 @@
-"""/metrics aggregates every gunicorn worker (prometheus_client multiprocess mode)."""
+"""/metrics aggregates every web worker (prometheus_client multiprocess mode), under the real server."""
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,9 +36,10 @@ def test_counters_add_up_across_two_web_processes(tenant_a, tmp_path, settings):
         "PORT": str(port),
         "HOST": "127.0.0.1",
     }
+    log = (tmp_path / "web.log").open("wb")
     web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "platform_site.wsgi", "--config", "platform_site/gunicorn_conf.py"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "platform_site.serve"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -55,6 +59,44 @@ def test_counters_add_up_across_two_web_processes(tenant_a, tmp_path, settings):
         assert float(line.rsplit(" ", 1)[1]) == 40.0
         # Each worker writes its own file; the scrape above summed whichever served.
         assert len(list((tmp_path / "prometheus").glob("counter_*.db"))) >= 1
+
+        # A worker that dies is replaced, and its live gauges stop counting.
+        workers = [pid for pid in _live_gauge_pids(tmp_path / "prometheus") if _parent(pid) == web.pid]
+        assert workers, "no worker wrote a live gauge"
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"{base}/healthz", timeout=2)
+                text = requests.get(f"{base}/metrics", timeout=5).text
+            except requests.RequestException:
+                time.sleep(0.2)
+                continue
+            if workers[0] not in _live_gauge_pids(tmp_path / "prometheus"):
+                break
+            time.sleep(0.2)
+        assert workers[0] not in _live_gauge_pids(tmp_path / "prometheus")
+        answered = requests.post(
+            f"{base}/api/v1/models/acme/iris/predict", json={"inputs": [[5.0, 3.4, 1.5, 0.2]]}, headers={"X-API-Key": tenant_a.api_key}, timeout=30
+        )
+        assert answered.status_code == 200
+        total = next(l for l in requests.get(f"{base}/metrics", timeout=10).text.splitlines() if l.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in l)
+        assert float(total.rsplit(" ", 1)[1]) == 41.0  # counters keep what the dead worker counted
+        # Let the replacement finish starting: a worker still importing ignores the stop signal.
+        deadline = time.monotonic() + 30
+        while (tmp_path / "web.log").read_text().count("Started worker") < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
         web.terminate()
-        web.wait(timeout=20)
+        web.wait(timeout=30)
+
+
+def _live_gauge_pids(folder: Path) -> set[int]:
+    return {int(m.group(1)) for path in folder.iterdir() if (m := re.fullmatch(r"gauge_live\w+_(\d+)\.db", path.name))}
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -1,4 +1,4 @@
-"""Helpers for tests that start real servers (gunicorn, mlflow, moto) as child processes."""
+"""Helpers for tests that start real servers (the web server, mlflow, moto) as child processes."""
 from __future__ import annotations
 
 import socket

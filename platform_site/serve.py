@@ -1,0 +1,89 @@
+"""The web process: granian serving platform_site.wsgi, configured from the environment.
+
+    python -m platform_site.serve [target]        (the Procfile's `web`; target defaults to
+                                                   platform_site.wsgi:application)
+
+Why granian: bench/server_choice.py measured, on this project's machine, the CPU each server
+spends per request with the same application and two workers: the platform's predict costs
+35 % less under granian's WSGI interface than under gunicorn's sync workers, and a bare
+answer 80 % less; it keeps connections alive and spread them evenly over the workers in
+every run, where gunicorn's threaded workers did not, and Django under uvicorn (ASGI) paid
+a thread hop per request (twice gunicorn's CPU). See bench/RESULTS.md.
+
+What the environment sets (docs/operations.md lists them):
+  HOST, PORT                  where to listen (0.0.0.0:8000)
+  WEB_CONCURRENCY             worker processes (2); each holds its own model cache
+  WEB_THREADS                 Python threads per worker that run requests (1: a request
+                              at a time per worker, as the model cache and its memory budget assume)
+  WEB_WORKERS_LIFETIME        seconds after which a worker is replaced (0: never)
+  WEB_WORKERS_MAX_RSS_MB      a worker over this resident memory is replaced (0: no limit)
+  WEB_ACCESS_LOG              true to log every request
+  PROMETHEUS_MULTIPROC_DIR    emptied here before the workers start (multiprocess metrics)
+
+A worker that dies is started again (respawn); the metrics of a dead worker's live gauges
+are dropped by the survivors (platform_site.metrics.forget_dead_processes). granian has no
+per-request timeout: a model's runaway predict holds its worker until it returns; the model
+checks at upload (a time-limited sandboxed prediction) are what keep such models out.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+DEFAULT_TARGET = "platform_site.wsgi:application"
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def prepare_metrics_folder() -> None:
+    """Multiprocess Prometheus metrics need an empty folder per server start."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+
+
+def server(target: str = DEFAULT_TARGET):
+    from granian import Granian
+    from granian.constants import HTTPModes, Interfaces
+
+    lifetime = _int("WEB_WORKERS_LIFETIME", 0)
+    max_rss = _int("WEB_WORKERS_MAX_RSS_MB", 0)
+    return Granian(
+        target,
+        address=os.environ.get("HOST", "0.0.0.0"),
+        port=_int("PORT", 8000),
+        interface=Interfaces.WSGI,
+        workers=_int("WEB_CONCURRENCY", 2),
+        blocking_threads=_int("WEB_THREADS", 1),
+        http=HTTPModes.http1,
+        websockets=False,
+        respawn_failed_workers=True,
+        workers_lifetime=lifetime or None,
+        workers_max_rss=max_rss or None,
+        workers_kill_timeout=20,
+        log_access=_flag("WEB_ACCESS_LOG"),
+    )
+
+
+def main(argv: list[str]) -> None:
+    prepare_metrics_folder()
+    server(argv[0] if argv else DEFAULT_TARGET).serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
