@@ -148,7 +148,7 @@ def flagged_bar_chart(
 ) -> SafeString:
     """Horizontal bars; a flagged item is drawn in the alert colour, hatched, and followed by
     `flag_text` (so it is not told by colour alone). `marks` are labelled vertical lines."""
-    row, left, top = 24, 150, 40
+    row, left, top = 24, 150, 30 + 13 * len(marks)
     height = top + row * max(len(items), 1) + 8
     ceiling = _nice_ceiling(max([value for _, value, _ in items if value is not None] + [mark for mark, _ in marks] + [0.0]))
     plot_w = width - left - 130
@@ -157,10 +157,12 @@ def flagged_bar_chart(
         '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
         f'<rect width="6" height="6" fill="{ALERT}"/><line x1="0" y1="0" x2="0" y2="6" stroke="#fff" stroke-width="2"/></pattern></defs>'
     )
-    for value, name in marks:
+    for index, (value, name) in enumerate(marks):
+        # One label line per mark, the first nearest the bars: close marks do not overlap.
         x = left + plot_w * value / ceiling
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top - 6}" y2="{height - 6}" stroke="{DARK}" stroke-dasharray="3 3"/>')
-        parts.append(f'<text x="{x:.1f}" y="{top - 10}" text-anchor="middle" {FONT}>{escape(name)} {escape(_format(value, ""))}</text>')
+        label_y = top - 6 - 13 * index
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{label_y + 2}" y2="{height - 6}" stroke="{DARK}" stroke-dasharray="3 3"/>')
+        parts.append(f'<text x="{x + 3:.1f}" y="{label_y}" {FONT}>{escape(name)} {escape(_format(value, ""))}</text>')
     if not items:
         parts.append(f'<text x="{left}" y="{top + 14}" {FONT}>no data</text>')
     for i, (label, value, flagged) in enumerate(items):

@@ -62,7 +62,7 @@ class DriftRunForm(forms.Form):
 
 
 class ExperimentForm(forms.Form):
-    """Name, metric and up to MAX_VARIANTS (version, weight) rows; empty rows are skipped."""
+    """Name, metric and up to MAX_VARIANTS (version, weight) rows; empty rows after the second are skipped."""
 
     name = forms.CharField(max_length=100, help_text="For you and the results, e.g. “v3 vs v2”.")
     metric = forms.ChoiceField(choices=Experiment.Metric.choices, help_text="Accuracy for classifiers, mean value of the feedback for regressors.")
@@ -78,11 +78,12 @@ class ExperimentForm(forms.Form):
         challengers = [n for n in numbers if n != control]
         for i in range(self.rows):
             initial_version = control if i == 0 else (challengers[0] if i == 1 and challengers else None)
+            # An experiment has at least two variants: the first two rows are required.
             self.fields[f"variant_{i}_version"] = forms.TypedChoiceField(
-                coerce=int, empty_value=None, required=False, choices=choices, label="Version", initial=initial_version
+                coerce=int, empty_value=None, required=i < 2, choices=choices, label="Version", initial=initial_version
             )
             self.fields[f"variant_{i}_weight"] = forms.IntegerField(
-                required=False, label="Weight (%)", min_value=1, max_value=99, initial=50 if i < 2 else None
+                required=i < 2, label="Weight (%)", min_value=1, max_value=99, initial=50 if i < 2 else None
             )
         self.variant_rows: list[int] = []  # the form row of each variant sent to the service
 
@@ -352,6 +353,7 @@ def experiment_detail(request: HttpRequest, org: str, model: str, experiment_id:
             "experiment": experiment,
             "results": results,
             "variants": variants,
+            "confidence_percent": f"{results['confidence']:.0%}",
             "chart": charts.interval_chart(
                 [(v["label"], v["metric"]["value"] if v["feedback"] else None, v["metric"]["low"], v["metric"]["high"], v["version"] == results["leader"]) for v in variants],
                 title=f"{metric_name.capitalize()} per variant, with its {results['confidence']:.0%} interval",

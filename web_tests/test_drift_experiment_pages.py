@@ -213,8 +213,8 @@ VALID = {"name": "ab", "metric": "accuracy", "variant_0_version": "1", "variant_
         pytest.param({"name": ""}, "name", "required", id="no-name"),
         pytest.param({"variant_1_version": "1"}, "variant_1_version", "version 1 appears twice", id="same-version-twice"),
         pytest.param({"variant_1_weight": "100"}, "variant_1_weight", "less than or equal to 99", id="weight-too-big"),
-        pytest.param({"variant_1_version": ""}, "variant_1_version", "choose a version", id="weight-without-version"),
-        pytest.param({"variant_1_weight": ""}, "variant_1_weight", "give a weight", id="version-without-weight"),
+        pytest.param({"variant_1_version": ""}, "variant_1_version", "required", id="no-second-version"),
+        pytest.param({"variant_1_weight": ""}, "variant_1_weight", "required", id="no-second-weight"),
         pytest.param({"metric": "mean_value"}, "metric", "mean_value needs a regression model", id="metric-of-another-task"),
         pytest.param({"min_samples": "0"}, "min_samples", "greater than or equal to 1", id="zero-min-samples"),
     ],
@@ -224,6 +224,20 @@ def test_experiment_form_shows_errors_next_to_fields(owner_client, iris, changes
     assert response.status_code == 400
     assert message in error_next_to(response, field)
     assert not Experiment.objects.exists()
+
+
+def test_rows_after_the_second_are_optional_but_complete(owner_client, tenant_a, iris):
+    from registry.tests.factories import create_version
+
+    create_version(iris)
+    half = {**VALID, "variant_2_weight": "20"}
+    response = owner_client.post("/models/acme/iris/experiments/", half)
+    assert response.status_code == 400 and "choose a version, or clear the weight" in error_next_to(response, "variant_2_version")
+    response = owner_client.post("/models/acme/iris/experiments/", {**VALID, "variant_2_version": "3"})
+    assert response.status_code == 400 and "give a weight from 1 to 99" in error_next_to(response, "variant_2_weight")
+    three = {**VALID, "variant_0_weight": "40", "variant_1_weight": "40", "variant_2_version": "3", "variant_2_weight": "20"}
+    assert owner_client.post("/models/acme/iris/experiments/", three).status_code == 302
+    assert [(v["version"], v["weight"]) for v in Experiment.objects.get().variants] == [(1, 40), (2, 40), (3, 20)]
 
 
 def test_experiment_form_names_a_weight_sum_other_than_100(owner_client, iris):
