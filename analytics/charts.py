@@ -123,17 +123,19 @@ DARK = "#1f2937"
 ACCENT = "#0b5cad"
 ALERT = "#a4161a"
 REFERENCE_FILL = "#d5dde8"
+# Narrower than the admin's charts and a point larger: they scale down to a phone's width.
+TENANT_FONT = 'font-family="system-ui, sans-serif" font-size="12" fill="#1f2937"'
 
 
 def _svg_open(*, width: int, height: int, title: str, description: str) -> list[str]:
     return [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{escape(title)}" class="chart">',
         f"<title>{escape(title)}</title><desc>{escape(description)}</desc>",
-        f'<text x="0" y="14" {FONT} font-weight="600">{escape(title)}</text>',
+        f'<text x="0" y="14" {TENANT_FONT} font-weight="600">{escape(title)}</text>',
     ]
 
 
-def _label(text: str, limit: int = 22) -> str:
+def _label(text: str, limit: int = 16) -> str:
     return escape(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
@@ -144,14 +146,14 @@ def flagged_bar_chart(
     description: str,
     flag_text: str,
     marks: Sequence[tuple[float, str]] = (),
-    width: int = 640,
+    width: int = 520,
 ) -> SafeString:
     """Horizontal bars; a flagged item is drawn in the alert colour, hatched, and followed by
     `flag_text` (so it is not told by colour alone). `marks` are labelled vertical lines."""
-    row, left, top = 24, 150, 30 + 13 * len(marks)
+    row, left, top = 24, 110, 30 + 13 * len(marks)
     height = top + row * max(len(items), 1) + 8
     ceiling = _nice_ceiling(max([value for _, value, _ in items if value is not None] + [mark for mark, _ in marks] + [0.0]))
-    plot_w = width - left - 130
+    plot_w = width - left - 120
     parts = _svg_open(width=width, height=height, title=title, description=description)
     parts.append(
         '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
@@ -162,49 +164,49 @@ def flagged_bar_chart(
         x = left + plot_w * value / ceiling
         label_y = top - 6 - 13 * index
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{label_y + 2}" y2="{height - 6}" stroke="{DARK}" stroke-dasharray="3 3"/>')
-        parts.append(f'<text x="{x + 3:.1f}" y="{label_y}" {FONT}>{escape(name)} {escape(_format(value, ""))}</text>')
+        parts.append(f'<text x="{x + 3:.1f}" y="{label_y}" {TENANT_FONT}>{escape(name)} {escape(_format(value, ""))}</text>')
     if not items:
-        parts.append(f'<text x="{left}" y="{top + 14}" {FONT}>no data</text>')
+        parts.append(f'<text x="{left}" y="{top + 14}" {TENANT_FONT}>no data</text>')
     for i, (label, value, flagged) in enumerate(items):
         y = top + i * row
-        parts.append(f'<text x="{left - 6}" y="{y + 15}" text-anchor="end" {FONT}>{_label(label)}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y + 15}" text-anchor="end" {TENANT_FONT}>{_label(label)}</text>')
         if value is None:
-            parts.append(f'<text x="{left}" y="{y + 15}" {FONT}>not tested</text>')
+            parts.append(f'<text x="{left}" y="{y + 15}" {TENANT_FONT}>not tested</text>')
             continue
         bar = plot_w * min(value / ceiling, 1.0)
         fill = "url(#hatch)" if flagged else ACCENT
         parts.append(f'<rect x="{left}" y="{y + 4}" width="{max(bar, 1):.1f}" height="{row - 8}" fill="{fill}" stroke="{ALERT if flagged else ACCENT}" rx="2"/>')
         shown = f"{value:.3g}" + (f" · {flag_text}" if flagged else "")
         weight = ' font-weight="700"' if flagged else ""
-        parts.append(f'<text x="{left + bar + 6:.1f}" y="{y + 15}" {FONT}{weight}>{escape(shown)}</text>')
+        parts.append(f'<text x="{left + bar + 6:.1f}" y="{y + 15}" {TENANT_FONT}{weight}>{escape(shown)}</text>')
     parts.append("</svg>")
     return mark_safe("".join(parts))
 
 
 def paired_bar_chart(
-    rows: Sequence[tuple[str, float, float]], *, series: tuple[str, str], title: str, description: str, width: int = 640
+    rows: Sequence[tuple[str, float, float]], *, series: tuple[str, str], title: str, description: str, width: int = 440
 ) -> SafeString:
     """Two horizontal bars per row (shares from 0 to 1): the first series outlined and light,
     the second solid, with a legend naming them."""
-    pair, left, top = 30, 150, 44
+    pair, left, top = 34, 110, 44
     height = top + pair * max(len(rows), 1) + 8
     ceiling = _nice_ceiling(max([max(a, b) for _, a, b in rows] + [0.01]))
-    plot_w = width - left - 60
+    plot_w = width - left - 50
     parts = _svg_open(width=width, height=height, title=title, description=description)
     for index, (name, fill, stroke) in enumerate(((series[0], REFERENCE_FILL, DARK), (series[1], ACCENT, ACCENT))):
-        x = left + index * 150
-        parts.append(f'<rect x="{x}" y="22" width="12" height="10" fill="{fill}" stroke="{stroke}"/>')
-        parts.append(f'<text x="{x + 16}" y="31" {FONT}>{escape(name)}</text>')
+        x = left + index * 110
+        parts.append(f'<rect x="{x}" y="22" width="12" height="12" fill="{fill}" stroke="{stroke}"/>')
+        parts.append(f'<text x="{x + 16}" y="31" {TENANT_FONT}>{escape(name)}</text>')
     if not rows:
-        parts.append(f'<text x="{left}" y="{top + 14}" {FONT}>no data</text>')
+        parts.append(f'<text x="{left}" y="{top + 14}" {TENANT_FONT}>no data</text>')
     for i, (label, first, second) in enumerate(rows):
         y = top + i * pair
-        parts.append(f'<text x="{left - 6}" y="{y + 17}" text-anchor="end" {FONT}>{_label(label)}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y + 19}" text-anchor="end" {TENANT_FONT}>{_label(label)}</text>')
         for j, (value, fill, stroke) in enumerate(((first, REFERENCE_FILL, DARK), (second, ACCENT, ACCENT))):
             bar = plot_w * min(value / ceiling, 1.0)
-            yy = y + 3 + j * 12
-            parts.append(f'<rect x="{left}" y="{yy}" width="{bar:.1f}" height="10" fill="{fill}" stroke="{stroke}" stroke-width="0.8"/>')
-            parts.append(f'<text x="{left + bar + 4:.1f}" y="{yy + 9}" {FONT} font-size="10">{escape(_format(value, "%"))}</text>')
+            yy = y + 3 + j * 14
+            parts.append(f'<rect x="{left}" y="{yy}" width="{bar:.1f}" height="12" fill="{fill}" stroke="{stroke}" stroke-width="0.8"/>')
+            parts.append(f'<text x="{left + bar + 4:.1f}" y="{yy + 10}" {TENANT_FONT}>{escape(_format(value, "%"))}</text>')
     parts.append("</svg>")
     return mark_safe("".join(parts))
 
@@ -216,11 +218,11 @@ def interval_chart(
     description: str,
     unit: str = "",
     bounds: tuple[float, float] | None = None,
-    width: int = 640,
+    width: int = 560,
 ) -> SafeString:
     """Horizontal bars (label, value, low, high, highlighted) with their confidence interval
     as a whisker; `bounds` fixes the axis (accuracy: 0 to 1), else it spans the data and 0."""
-    row, left, top, bottom = 30, 150, 28, 22
+    row, left, top, bottom = 30, 110, 28, 22
     height = top + row * max(len(rows), 1) + bottom
     plot_w = width - left - 70
     known = [v for _, value, low, high, _ in rows for v in (value, low, high) if v is not None]
@@ -239,12 +241,12 @@ def interval_chart(
     for i in range(5):
         tick = lo + (hi - lo) * i / 4
         parts.append(f'<line x1="{x_of(tick):.1f}" x2="{x_of(tick):.1f}" y1="{top}" y2="{axis_y - 4}" stroke="#e5e7eb"/>')
-        parts.append(f'<text x="{x_of(tick):.1f}" y="{axis_y + 10}" text-anchor="middle" {FONT}>{escape(_format(tick, unit))}</text>')
+        parts.append(f'<text x="{x_of(tick):.1f}" y="{axis_y + 10}" text-anchor="middle" {TENANT_FONT}>{escape(_format(tick, unit))}</text>')
     for i, (label, value, low, high, highlighted) in enumerate(rows):
         y = top + i * row
-        parts.append(f'<text x="{left - 6}" y="{y + 18}" text-anchor="end" {FONT}>{_label(label)}</text>')
+        parts.append(f'<text x="{left - 6}" y="{y + 18}" text-anchor="end" {TENANT_FONT}>{_label(label)}</text>')
         if value is None:
-            parts.append(f'<text x="{left + 4}" y="{y + 18}" {FONT}>no feedback yet</text>')
+            parts.append(f'<text x="{left + 4}" y="{y + 18}" {TENANT_FONT}>no feedback yet</text>')
             continue
         start, end = sorted((x_of(max(lo, min(0.0, hi))), x_of(value)))
         color = ACCENT if highlighted else "#5d7ea8"
@@ -254,6 +256,6 @@ def interval_chart(
             parts.append(f'<line x1="{a:.1f}" x2="{b:.1f}" y1="{y + 14}" y2="{y + 14}" stroke="{DARK}" stroke-width="2"/>')
             for cap in (a, b):
                 parts.append(f'<line x1="{cap:.1f}" x2="{cap:.1f}" y1="{y + 8}" y2="{y + 20}" stroke="{DARK}" stroke-width="2"/>')
-        parts.append(f'<text x="{max(end, x_of(high) if high is not None else end) + 6:.1f}" y="{y + 18}" {FONT}>{escape(_format(value, unit))}</text>')
+        parts.append(f'<text x="{max(end, x_of(high) if high is not None else end) + 6:.1f}" y="{y + 18}" {TENANT_FONT}>{escape(_format(value, unit))}</text>')
     parts.append("</svg>")
     return mark_safe("".join(parts))

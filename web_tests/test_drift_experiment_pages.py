@@ -82,7 +82,7 @@ def test_drift_report_page_shows_per_feature_bars_and_histograms(owner_client, r
     for j, feature in enumerate(report.features):
         bins = len(feature["histogram"]["reference"])
         figure = re.search(rf'<figure class="chart card" id="histogram-{j}">(.*?)</figure>', text, re.S).group(1)
-        assert figure.count('height="10"') == 2 * bins + 2  # the bars and the legend's two swatches
+        assert figure.count('height="12"') == 2 * bins + 2  # the bars and the legend's two swatches
         assert figure.count('<tr><th scope="row">') == bins
     shares = report.features[0]["histogram"]["current"]
     assert f"{shares[-1] * 100:.1f}%" in text  # the shifted rows pile into the top bin
