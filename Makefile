@@ -46,7 +46,7 @@ services:
 screenshots: $(DEV_STAMP) services
 	@scripts/install_ui_tools.sh
 	$(TEST_ENV) $(PY) manage.py collectstatic --noinput -v0
-	MODELHOST_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(TEST_ENV) $(PY) -m pytest web_tests/test_browser.py -q
+	MODELHOST_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(TEST_ENV) $(PY) -m pytest web_tests/test_browser*.py -q
 
 ## bench-inference: Modelhost against MLServer, mlflow serve and a bare WSGI app (~10 min)
 bench-inference: $(DEV_STAMP) services

@@ -25,7 +25,6 @@ from analytics.services.usage import day_floor, hour_floor
 from inference.experiments.selectors import experiment_for_caller
 from platform_site.errors import InvalidInput
 from platform_site.serializers import StrictSerializer
-from registry import selectors as registry_selectors
 from platform_site.pagination import paginated
 from registry.api import resolve_model
 
@@ -158,19 +157,12 @@ class DriftReportListApi(APIView):
         caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
         data = self.InputSerializer(data=request.data or {})
         data.is_valid(raise_exception=True)
-        number = data.validated_data.get("version")
-        if number is None:
-            if registered.production_version is None:
-                raise InvalidInput(
-                    f"{registered.full_name} has no production version; name the version to check.",
-                    errors=[{"field": "version", "message": "required when no version is in production"}],
-                )
-            number = registered.production_version.number
-        version = registry_selectors.version_of(model=registered, number=number)
-        window_end = timezone.now()
-        window_start = window_end - timedelta(hours=data.validated_data.get("window_hours") or drift_services.default_window_hours())
-        report = drift_services.run_drift_report(
-            version=version, window_start=window_start, window_end=window_end, trigger=DriftReport.Trigger.API, caller=caller
+        report = drift_services.run_report_now(
+            caller=caller,
+            model=registered,
+            version_number=data.validated_data.get("version"),
+            window_hours=data.validated_data.get("window_hours"),
+            trigger=DriftReport.Trigger.API,
         )
         return Response(DriftReportOutputSerializer(report).data, status=status.HTTP_201_CREATED)
 

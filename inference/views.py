@@ -3,7 +3,9 @@ predict endpoint from the browser, and the same request as copyable snippets.
 
 The browser posts to `POST /api/v1/models/{org}/{model}/versions/{n}/predict` with its
 session and the X-CSRFToken header (static/js/app.js), so the page exercises exactly the
-path programs use; this view only renders the form and the snippets.
+path programs use; this view only renders the form and the snippets. The snippets show the
+values in the form: the form's values come back here as a query string (htmx asks for the
+snippets alone as the user types; without JavaScript, the form's submit reloads the page).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 
 from accounts.views import render_page
 from platform_site.errors import InvalidInput, NotFound
@@ -41,6 +44,28 @@ def _example_row(version, columns: list[dict]) -> list[Any]:
     return list(rows[0])[: len(columns)] + [None] * max(0, len(columns) - len(rows[0]))
 
 
+def _typed_value(kind: str, raw: str) -> Any:
+    """A form value as the JSON the page's script sends: numbers and booleans parsed, the rest kept as typed."""
+    if raw == "":
+        return None
+    if kind in NUMERIC:
+        try:
+            number = float(raw)
+        except ValueError:
+            return raw
+        return int(number) if kind in ("long", "integer") and number.is_integer() else number
+    if kind == "boolean" and raw in ("true", "false"):
+        return raw == "true"
+    return raw
+
+
+def _typed_row(query, columns: list[dict]) -> list[Any] | None:
+    """The row typed into the form, when the query string carries it (else None)."""
+    if not any(column["name"] in query for column in columns):
+        return None
+    return [_typed_value(column.get("type", "double"), query.get(column["name"], "").strip()) for column in columns]
+
+
 def _field(index: int, column: dict, value: Any) -> dict:
     kind = column.get("type", "double")
     if kind == "boolean":
@@ -54,15 +79,22 @@ def _field(index: int, column: dict, value: Any) -> dict:
     return {"id": f"col-{index}", "name": column["name"], "type": kind, "widget": widget, "step": step, "value": shown}
 
 
-def _snippets(*, base: str, org: str, model: str, number: int, columns: list[dict], row: list[Any], want_proba: bool) -> dict[str, str]:
+def _snippets(
+    *, base: str, org: str, model: str, number: int, columns: list[dict], row: list[Any], want_proba: bool, fill_missing: bool = True
+) -> dict[str, str]:
+    """The request for `row` in four clients; with `fill_missing`, a value the example leaves out is 0 or ""."""
     names = [column["name"] for column in columns]
-    values = [(0 if column.get("type", "double") in NUMERIC else "") if value is None else value for column, value in zip(columns, row)]
+    if fill_missing:
+        values = [(0 if column.get("type", "double") in NUMERIC else "") if value is None else value for column, value in zip(columns, row)]
+    else:
+        values = list(row)
     native_body = {"inputs": [values]}
     if want_proba:
         native_body["parameters"] = {"probabilities": True}
     predict_url = f"{base}/api/v1/models/{org}/{model}/versions/{number}/predict"
     if all(column.get("type", "double") in NUMERIC for column in columns):
-        v2_inputs = [{"name": "input-0", "shape": [1, len(values)], "datatype": "FP64", "data": [[float(v) for v in values]]}]
+        data = [float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in values]
+        v2_inputs = [{"name": "input-0", "shape": [1, len(values)], "datatype": "FP64", "data": [data]}]
     else:
         v2_inputs = [
             {"name": name, "shape": [1], "datatype": V2_DATATYPES.get(column.get("type", "double"), "BYTES"), "data": [value]}
@@ -107,20 +139,24 @@ def try_version(request: HttpRequest, org: str, model: str, number: int) -> Http
     except NotFound:
         raise Http404("No such version.") from None
     columns = version.signature.get("inputs", [])
-    row = _example_row(version, columns)
+    typed = _typed_row(request.GET, columns)
+    row = typed if typed is not None else _example_row(version, columns)
     base = request.build_absolute_uri("/").rstrip("/")
-    return render_page(
-        request,
-        "inference/try.html",
-        {
-            "organization": registered.organization,
-            "model": registered,
-            "version": version,
-            "fields": [_field(i, column, value) for i, (column, value) in enumerate(zip(columns, row))],
-            "columns_data": [{"name": c["name"], "type": c.get("type", "double")} for c in columns],
-            "predict_url": reverse("predict-version", args=[org, model, number]),
-            "want_proba": version.has_predict_proba,
-            "snippets": _snippets(base=base, org=org, model=model, number=number, columns=columns, row=row, want_proba=version.has_predict_proba),
-            "tab": "models",
-        },
-    )
+    snippets = _snippets(base=base, org=org, model=model, number=number, columns=columns, row=row, want_proba=version.has_predict_proba, fill_missing=typed is None)
+    context = {"organization": registered.organization, "model": registered, "version": version, "snippets": snippets, "is_typed": typed is not None}
+    if request.htmx and not request.htmx.history_restore_request:
+        response = render_page(request, "inference/_snippets.html", context)
+    else:
+        context.update(
+            {
+                "fields": [_field(i, column, value) for i, (column, value) in enumerate(zip(columns, row))],
+                "columns_data": [{"name": c["name"], "type": c.get("type", "double")} for c in columns],
+                "predict_url": reverse("predict-version", args=[org, model, number]),
+                "want_proba": version.has_predict_proba,
+                "tab": "models",
+            }
+        )
+        response = render_page(request, "inference/try.html", context)
+    # The same URL answers the snippets alone to htmx and the page otherwise.
+    patch_vary_headers(response, ("HX-Request",))
+    return response

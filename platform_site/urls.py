@@ -26,4 +26,5 @@ urlpatterns = [
     path("", include("accounts.web_urls")),
     path("", include("registry.web_urls")),
     path("", include("inference.web_urls")),
+    path("", include("analytics.web_urls")),
 ]

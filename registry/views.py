@@ -105,9 +105,11 @@ def _model_page(request: HttpRequest, model: RegisteredModel, *, upload_form: Ve
             "can_rollback": latest is not None and latest.from_version_id is not None,
             "rollback_target": latest.from_version if latest is not None else None,
             "can_write": may(model.organization, Role.MEMBER),
+            "can_delete": may(model.organization, Role.ADMIN),
             "upload_form": upload_form or VersionUploadForm(),
             "max_upload_mb": services.max_upload_bytes() // (1024 * 1024),
             "tab": "models",
+            "model_tab": "versions",
         },
         status=status,
     )
@@ -230,3 +232,21 @@ def model_rollback(request: HttpRequest, org: str, model: str) -> HttpResponse:
     else:
         messages.success(request, f"Rolled back: release {release.number} puts version {release.to_version.number} in production.")
     return redirect("model-detail", org=org, model=model)
+
+
+@login_required
+@require_POST
+def model_delete(request: HttpRequest, org: str, model: str) -> HttpResponse:
+    """Soft delete (admins and owners, as the API's DELETE): the model stops serving and its name is freed."""
+    registered = model_or_404(request, org, model, min_role=Role.ADMIN)
+    if not is_confirmed(request):
+        return confirmation_page(
+            request,
+            title="Delete model",
+            message=f"Delete {registered.full_name}? It stops serving at once and its name becomes free; its versions are kept for the audit log.",
+            confirm_label="Delete model",
+            cancel_url=reverse("model-detail", args=[org, model]),
+        )
+    services.delete_model(caller=caller_of(request), model=registered)
+    messages.success(request, f"Model {registered.full_name} deleted.")
+    return redirect("org-home", org=org)

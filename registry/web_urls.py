@@ -9,4 +9,5 @@ urlpatterns = [
     path("models/<slug:org>/<slug:model>/versions/new/", views.version_upload, name="version-upload"),
     path("models/<slug:org>/<slug:model>/versions/<int:number>/stage/", views.version_stage, name="version-stage"),
     path("models/<slug:org>/<slug:model>/rollback/", views.model_rollback, name="model-rollback"),
+    path("models/<slug:org>/<slug:model>/delete/", views.model_delete, name="model-delete"),
 ]

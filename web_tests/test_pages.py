@@ -2,6 +2,7 @@
 confirmation before destructive actions, roles, and tenant isolation (404 like missing)."""
 from __future__ import annotations
 
+import html
 import re
 from datetime import date, timedelta
 
@@ -301,6 +302,22 @@ def test_upload_form_without_javascript(owner_client, tenant_a):
     assert version.number == 1 and version.metrics == {"accuracy": 0.97} and version.input_example == [IRIS_ROW]
 
 
+def test_delete_model_asks_first_and_is_for_admins(owner_client, member_client, tenant_a, iris):
+    assert b"Delete iris" in owner_client.get("/models/acme/iris/").content
+    assert b"Delete iris" not in member_client.get("/models/acme/iris/").content
+    assert member_client.post("/models/acme/iris/delete/", {"confirmed": "yes"}).status_code == 403
+    asked = owner_client.post("/models/acme/iris/delete/")
+    assert asked.status_code == 200 and b"Delete acme/iris?" in asked.content and b'name="confirmed" value="yes"' in asked.content
+    iris.refresh_from_db()
+    assert iris.deleted_at is None
+    response = owner_client.post("/models/acme/iris/delete/", {"confirmed": "yes"}, follow=True)
+    assert response.redirect_chain == [("/orgs/acme/", 302)] and b"Model acme/iris deleted." in response.content
+    iris.refresh_from_db()
+    assert iris.deleted_at is not None
+    assert owner_client.get("/models/acme/iris/").status_code == 404
+    assert owner_client.post("/orgs/acme/models/new/", {"name": "iris"}).status_code == 302  # the name is free again
+
+
 # ---------------------------------------------------------------------------- try it
 
 
@@ -317,6 +334,28 @@ def test_try_page_generates_fields_and_snippets(owner_client, iris):
     assert "/v2/models/iris/versions/1/infer" in html and "&quot;input-0&quot;" in html and "FP64" in html and "[1, 4]" in html
     assert "/api/v1/models/acme/iris/versions/1/invocations" in html and "dataframe_split" in html
     assert owner_client.get("/models/acme/iris/versions/9/try/").status_code == 404
+
+
+def test_try_snippets_show_the_values_typed_in_the_form(owner_client, iris):
+    """htmx sends the form's values as it changes and swaps in the snippets alone; without
+    JavaScript the form's submit reloads the page with them."""
+    ModelVersion.objects.filter(registered_model=iris, number=1).update(input_example=[IRIS_ROW])
+    typed = {"f0": "6.3", "f1": "2.9", "f2": "", "f3": "wide"}
+    partial = owner_client.get("/models/acme/iris/versions/1/try/", typed, HTTP_HX_REQUEST="true")
+    assert partial.status_code == 200 and "HX-Request" in partial["Vary"]
+    text = html.unescape(partial.content.decode())
+    assert text.lstrip().startswith('<section aria-labelledby="snippets-title" id="snippets">') and "<html" not in text
+    assert """-d '{"inputs": [[6.3, 2.9, null, "wide"]], "parameters": {"probabilities": true}}'""" in text
+    assert "json={'inputs': [[6.3, 2.9, None, 'wide']], 'parameters': {'probabilities': True}}" in text
+    assert '"data": [[6.3, 2.9, null, "wide"]]' in text  # V2
+    assert '"dataframe_split": {"columns": ["f0", "f1", "f2", "f3"], "data": [[6.3, 2.9, null, "wide"]]}' in text
+    assert "the values in the form" in text
+    page = owner_client.get("/models/acme/iris/versions/1/try/", typed).content.decode()
+    assert 'id="col-0" name="f0" type="number" step="any" inputmode="decimal" value="6.3"' in page
+    assert 'id="col-3" name="f3" type="number" step="any" inputmode="decimal" value="wide"' in page
+    assert "[[6.3, 2.9, null, &quot;wide&quot;]]" in page
+    example = owner_client.get("/models/acme/iris/versions/1/try/").content.decode()
+    assert "[[5.1, 3.5, 1.4, 0.2]]" in example and "the example row" in example
 
 
 def test_try_page_posts_with_session_and_csrf(tenant_a, iris):
@@ -361,6 +400,7 @@ def test_another_organizations_page_answers_404_like_a_missing_one(tenant_b, iri
     [
         ("/models/acme/iris/versions/1/stage/", {"stage": "production", "confirmed": "yes"}),
         ("/models/acme/iris/rollback/", {"confirmed": "yes"}),
+        ("/models/acme/iris/delete/", {"confirmed": "yes"}),
         ("/models/acme/iris/versions/new/", {}),
         ("/orgs/acme/models/new/", {"name": "stolen"}),
         ("/orgs/acme/members/", {"email": "owner@globex.example", "role": "owner"}),
@@ -370,6 +410,8 @@ def test_another_organizations_page_answers_404_like_a_missing_one(tenant_b, iri
 def test_another_organizations_actions_answer_404(tenant_b, iris, path, data):
     assert signed_in(tenant_b.user).post(path, data).status_code == 404
     assert not ModelVersion.objects.filter(stage=Stage.PRODUCTION).exists()
+    iris.refresh_from_db()
+    assert iris.deleted_at is None
 
 
 def test_pages_need_login(client, iris):

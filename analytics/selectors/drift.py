@@ -1,4 +1,4 @@
-"""Drift reports: a model's list, one report for a caller, and the latest per production version."""
+"""Drift reports: a model's list, one report of a model or for a caller, and the latest per production version."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -16,6 +16,13 @@ def reports_of(*, model: RegisteredModel) -> QuerySet:
     return for_organization(DriftReport.objects, model.organization).filter(registered_model=model).select_related(
         "registered_model__organization", "version", "created_by"
     )
+
+
+def report_of(*, model: RegisteredModel, report_id: int) -> DriftReport:
+    report = reports_of(model=model).filter(id=report_id).first()
+    if report is None:
+        raise NotFound()
+    return report
 
 
 def report_for_caller(*, caller: Caller, report_id: int) -> DriftReport:

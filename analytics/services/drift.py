@@ -31,6 +31,7 @@ from analytics.services.usage import hour_floor
 from analytics.statistics import drift as stattests
 from inference.models import PredictionRecord
 from platform_site.errors import InvalidInput
+from registry import selectors as registry_selectors
 from registry.models import ModelVersion, RegisteredModel
 
 logger = logging.getLogger(__name__)
@@ -271,6 +272,22 @@ def run_drift_report(
         if is_drift:
             alerts.alert_on_drift(report=report, caller=caller)
     return report
+
+
+def run_report_now(*, caller: Caller, model: RegisteredModel, version_number: int | None, window_hours: int | None, trigger: str) -> DriftReport:
+    """A report asked for by a person or program: the named version (the production one by
+    default) over the last `window_hours` (ANALYTICS_DRIFT_WINDOW_HOURS by default)."""
+    if version_number is None:
+        if model.production_version is None:
+            raise InvalidInput(
+                f"{model.full_name} has no production version; name the version to check.",
+                errors=[{"field": "version", "message": "required when no version is in production"}],
+            )
+        version_number = model.production_version.number
+    version = registry_selectors.version_of(model=model, number=version_number)
+    window_end = timezone.now()
+    window_start = window_end - timedelta(hours=window_hours or default_window_hours())
+    return run_drift_report(version=version, window_start=window_start, window_end=window_end, trigger=trigger, caller=caller)
 
 
 def run_scheduled_report(*, version_id: int, window_start: datetime, window_end: datetime) -> DriftReport | None:

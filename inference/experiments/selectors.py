@@ -21,6 +21,13 @@ def running_experiment(*, model: RegisteredModel) -> Experiment | None:
     return experiments_of(model=model).filter(status=Experiment.Status.RUNNING).first()
 
 
+def experiment_of(*, model: RegisteredModel, experiment_id: int) -> Experiment:
+    experiment = experiments_of(model=model).filter(id=experiment_id).first()
+    if experiment is None:
+        raise NotFound()
+    return experiment
+
+
 def experiment_for_caller(*, caller: Caller, experiment_id: int, min_role: str = Role.VIEWER) -> Experiment:
     """The experiment if it belongs to one of the caller's organizations (with `min_role` there)."""
     experiment = (

@@ -1,0 +1,424 @@
+"""Web pages for a model's drift reports and experiments.
+
+Thin views over the services and selectors the REST API uses: `run_report_now` and the drift
+selectors, `create_experiment` / `stop_experiment` / `promote_winner`, and
+`experiment_results`. Roles are the API's: viewers read, members and above run reports,
+start, stop and promote experiments. Charts are server-rendered SVG (analytics.charts), each
+with the same numbers in a table beside it.
+"""
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from accounts.models import Role
+from accounts.views import caller_of, confirmation_page, is_confirmed, may, render_page, show_errors
+from analytics import charts
+from analytics.api import MAX_WINDOW_HOURS
+from analytics.models import DriftReport
+from analytics.selectors import drift as drift_selectors
+from analytics.selectors.experiments import experiment_results
+from analytics.services import drift as drift_services
+from analytics.statistics.drift import PSI_MODERATE, PSI_SIGNIFICANT
+from inference.experiments import selectors as experiment_selectors
+from inference.experiments import services as experiment_services
+from inference.models import Experiment
+from platform_site.errors import ModelhostError, NotFound
+from registry import selectors as registry_selectors
+from registry.models import RegisteredModel
+from registry.views import model_or_404
+
+PAGE_SIZE = 25
+TEST_NAMES = {
+    "ks": "Kolmogorov–Smirnov",
+    "chisquare": "chi-squared",
+    "z": "two-proportion z",
+    "wasserstein": "Wasserstein (normed)",
+    "jensenshannon": "Jensen–Shannon distance",
+}
+
+# ---------------------------------------------------------------------------- forms
+
+
+class DriftRunForm(forms.Form):
+    version = forms.TypedChoiceField(coerce=int, empty_value=None, required=False, help_text="Empty: the production version.")
+    window_hours = forms.IntegerField(
+        label="Window (hours)", min_value=1, max_value=MAX_WINDOW_HOURS, help_text="The inputs served in the last this many hours."
+    )
+
+    def __init__(self, *args, model: RegisteredModel, numbers: list[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        production = model.production_version.number if model.production_version else None
+        empty = f"Production version (v{production})" if production else "Production version (none yet)"
+        self.fields["version"].choices = [("", empty)] + [(n, f"v{n}") for n in numbers]
+        self.fields["window_hours"].initial = drift_services.default_window_hours()
+
+
+class ExperimentForm(forms.Form):
+    """Name, metric and up to MAX_VARIANTS (version, weight) rows; empty rows after the second are skipped."""
+
+    name = forms.CharField(max_length=100, help_text="For you and the results, e.g. “v3 vs v2”.")
+    metric = forms.ChoiceField(choices=Experiment.Metric.choices, help_text="Accuracy for classifiers, mean value of the feedback for regressors.")
+    min_samples = forms.IntegerField(
+        required=False, min_value=1, max_value=10_000_000, label="Feedback needed per variant", help_text="Before a difference can count as significant; default 100."
+    )
+
+    def __init__(self, *args, numbers: list[int], production: int | None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rows = min(max(2, len(numbers)), experiment_services.MAX_VARIANTS)
+        choices = [("", "—")] + [(n, f"v{n}") for n in numbers]
+        control = production or (numbers[0] if numbers else None)
+        challengers = [n for n in numbers if n != control]
+        for i in range(self.rows):
+            initial_version = control if i == 0 else (challengers[0] if i == 1 and challengers else None)
+            # An experiment has at least two variants: the first two rows are required.
+            self.fields[f"variant_{i}_version"] = forms.TypedChoiceField(
+                coerce=int, empty_value=None, required=i < 2, choices=choices, label="Version", initial=initial_version
+            )
+            self.fields[f"variant_{i}_weight"] = forms.IntegerField(
+                required=i < 2, label="Weight (%)", min_value=1, max_value=99, initial=50 if i < 2 else None
+            )
+        self.variant_rows: list[int] = []  # the form row of each variant sent to the service
+
+    def basic_fields(self) -> list:
+        return [self["name"], self["metric"], self["min_samples"]]
+
+    def variant_fields(self) -> list[tuple[int, forms.BoundField, forms.BoundField]]:
+        return [(i + 1, self[f"variant_{i}_version"], self[f"variant_{i}_weight"]) for i in range(self.rows)]
+
+    def clean(self):
+        data = super().clean()
+        variants = []
+        for i in range(self.rows):
+            version, weight = data.get(f"variant_{i}_version"), data.get(f"variant_{i}_weight")
+            if version is None and weight is None:
+                continue
+            if version is None:
+                self.add_error(f"variant_{i}_version", "choose a version, or clear the weight")
+            elif weight is None:
+                self.add_error(f"variant_{i}_weight", "give a weight from 1 to 99")
+            else:
+                variants.append({"version": version, "weight": weight})
+                self.variant_rows.append(i)
+        data["variants"] = variants
+        return data
+
+    def service_field_map(self) -> dict[str, str]:
+        """The service names variants by position in its list ("variants[1].weight")."""
+        mapping = {}
+        for position, row in enumerate(self.variant_rows):
+            mapping[f"variants[{position}].version"] = f"variant_{row}_version"
+            mapping[f"variants[{position}].weight"] = f"variant_{row}_weight"
+        return mapping
+
+
+# ---------------------------------------------------------------------------- shaping
+
+
+def _histogram_rows(histogram: dict) -> list[tuple[str, float, float]]:
+    """(bin or category, reference share, current share) from a stored feature histogram."""
+    if "categories" in histogram:
+        labels = histogram["categories"]
+    elif "edges" in histogram:
+        edges = histogram["edges"]
+        labels = [f"{low:.3g} to {high:.3g}" for low, high in zip(edges, edges[1:])]
+    else:
+        return []
+    return list(zip(labels, histogram["reference"], histogram["current"]))
+
+
+def _feature_view(feature: dict) -> dict:
+    rows = _histogram_rows(feature.get("histogram") or {})
+    binned = "edges" in (feature.get("histogram") or {})
+    return {
+        **feature,
+        "test_name": TEST_NAMES.get(feature.get("test"), "none"),
+        "histogram_table": [(label, _percent(ref), _percent(cur)) for label, ref, cur in rows],
+        "histogram_chart": charts.paired_bar_chart(
+            rows,
+            series=("Reference", "Current"),
+            title=f"{feature['name']}: share of rows per {'bin' if binned else 'value'}",
+            description=(
+                "Bins are the reference's deciles, so each reference bar is near 10%; a current bar far from it shows where the inputs moved."
+                if binned
+                else "Share of rows taking each value, in the reference and in the window."
+            ),
+        )
+        if rows
+        else None,
+    }
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def _number(value: float | None, *, is_accuracy: bool) -> str:
+    if value is None:
+        return "—"
+    return _percent(value) if is_accuracy else f"{value:.4g}"
+
+
+def _variant_view(variant: dict, *, is_accuracy: bool) -> dict:
+    metric = variant["metric"]
+    has_feedback = variant["feedback"] > 0
+    difference = variant["difference"]
+    view = {
+        **variant,
+        "label": f"v{variant['version']}" + (" (control)" if variant["is_control"] else ""),
+        "metric_text": _number(metric["value"], is_accuracy=is_accuracy) if has_feedback else "—",
+        "interval_text": f"{_number(metric['low'], is_accuracy=is_accuracy)} to {_number(metric['high'], is_accuracy=is_accuracy)}" if has_feedback else "",
+        "error_rate_text": _percent(variant["error_rate"]),
+        "difference_text": "",
+        "p_value_text": "",
+    }
+    if difference is not None and difference["value"] is not None and has_feedback:
+        sign = "+" if difference["value"] >= 0 else ""
+        view["difference_text"] = f"{sign}{_number(difference['value'], is_accuracy=is_accuracy)}"
+        if difference["low"] is not None and difference["high"] is not None:
+            view["difference_text"] += f" ({_number(difference['low'], is_accuracy=is_accuracy)} to {_number(difference['high'], is_accuracy=is_accuracy)})"
+        view["p_value_text"] = "—" if difference["p_value"] is None else f"{difference['p_value']:.3g}"
+    return view
+
+
+# ---------------------------------------------------------------------------- drift pages
+
+
+def _numbers(model: RegisteredModel) -> list[int]:
+    return list(registry_selectors.versions_of(model=model).values_list("number", flat=True))
+
+
+def _drift_list_page(request: HttpRequest, model: RegisteredModel, form: DriftRunForm, *, status: int = 200) -> HttpResponse:
+    page = Paginator(drift_selectors.reports_of(model=model), PAGE_SIZE).get_page(request.GET.get("page"))
+    return render_page(
+        request,
+        "analytics/drift_reports.html",
+        {
+            "organization": model.organization,
+            "model": model,
+            "page": page,
+            "form": form,
+            "can_write": may(model.organization, Role.MEMBER),
+            "tab": "models",
+            "model_tab": "drift",
+        },
+        status=status,
+    )
+
+
+@login_required
+def drift_reports(request: HttpRequest, org: str, model: str) -> HttpResponse:
+    """A model's drift reports, newest first, and the "Run now" form (members and above)."""
+    registered = model_or_404(request, org, model)
+    form = DriftRunForm(request.POST or None, model=registered, numbers=_numbers(registered))
+    if request.method == "POST":
+        if not may(registered.organization, Role.MEMBER):
+            raise PermissionDenied("Running drift reports needs the member role or above.")
+        if form.is_valid():
+            try:
+                report = drift_services.run_report_now(
+                    caller=caller_of(request),
+                    model=registered,
+                    version_number=form.cleaned_data["version"],
+                    window_hours=form.cleaned_data["window_hours"],
+                    trigger=DriftReport.Trigger.API,
+                )
+            except ModelhostError as exc:
+                show_errors(form, exc)
+            else:
+                messages.success(request, f"Drift report done: {report.drifted_features} of {report.n_features} features drifted.")
+                return redirect("drift-report", org=org, model=model, report_id=report.id)
+        return _drift_list_page(request, registered, form, status=400)
+    return _drift_list_page(request, registered, form)
+
+
+@login_required
+def drift_report(request: HttpRequest, org: str, model: str, report_id: int) -> HttpResponse:
+    registered = model_or_404(request, org, model)
+    try:
+        report = drift_selectors.report_of(model=registered, report_id=report_id)
+    except NotFound:
+        raise Http404("No such drift report.") from None
+    features = [_feature_view(feature) for feature in report.features]
+    drifted = [f["name"] for f in features if f["drifted"]]
+    prediction = _feature_view({"name": "prediction", **report.prediction}) if report.prediction.get("test") else None
+    return render_page(
+        request,
+        "analytics/drift_report.html",
+        {
+            "organization": registered.organization,
+            "model": registered,
+            "report": report,
+            "features": features,
+            "prediction": prediction,
+            "prediction_note": report.prediction.get("note", ""),
+            "share_percent": _percent(report.share_drifted),
+            "threshold_percent": _percent(report.drift_share_threshold),
+            "psi_chart": charts.flagged_bar_chart(
+                [(f["name"], f["psi"], f["drifted"]) for f in features],
+                title="PSI per feature",
+                description=(
+                    f"{len(drifted)} of {len(features)} features drifted by their test"
+                    + (f": {', '.join(drifted)}." if drifted else ".")
+                    + " Dashed lines mark PSI 0.1 (moderate) and 0.25 (significant)."
+                ),
+                flag_text="drifted",
+                marks=[(PSI_MODERATE, "moderate"), (PSI_SIGNIFICANT, "significant")],
+            ),
+            "tab": "models",
+            "model_tab": "drift",
+        },
+    )
+
+
+# ---------------------------------------------------------------------------- experiment pages
+
+
+def _experiment_form(registered: RegisteredModel, data=None) -> ExperimentForm:
+    production = registered.production_version.number if registered.production_version else None
+    return ExperimentForm(data, numbers=sorted(_numbers(registered)), production=production)
+
+
+@login_required
+def experiments(request: HttpRequest, org: str, model: str) -> HttpResponse:
+    """A model's experiments and the form that starts one (members and above)."""
+    registered = model_or_404(request, org, model)
+    form = _experiment_form(registered, request.POST or None)
+    if request.method == "POST":
+        if not may(registered.organization, Role.MEMBER):
+            raise PermissionDenied("Starting experiments needs the member role or above.")
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                experiment = experiment_services.create_experiment(
+                    caller=caller_of(request),
+                    model=registered,
+                    name=data["name"],
+                    metric=data["metric"],
+                    variants=data["variants"],
+                    min_samples=data["min_samples"],
+                )
+            except ModelhostError as exc:
+                show_errors(form, exc, field_map=form.service_field_map())
+            else:
+                split = ", ".join(f"{v['name']} {v['weight']}%" for v in experiment.variants)
+                messages.success(request, f"Experiment “{experiment.name}” started: {split}.")
+                return redirect("experiment-detail", org=org, model=model, experiment_id=experiment.id)
+    rows = experiment_selectors.experiments_of(model=registered)
+    return render_page(
+        request,
+        "analytics/experiments.html",
+        {
+            "organization": registered.organization,
+            "model": registered,
+            "experiments": rows,
+            "running": experiment_selectors.running_experiment(model=registered),
+            "form": form,
+            "can_write": may(registered.organization, Role.MEMBER),
+            "tab": "models",
+            "model_tab": "experiments",
+        },
+        status=400 if form.errors else 200,
+    )
+
+
+def _experiment_or_404(registered: RegisteredModel, experiment_id: int) -> Experiment:
+    try:
+        return experiment_selectors.experiment_of(model=registered, experiment_id=experiment_id)
+    except NotFound:
+        raise Http404("No such experiment.") from None
+
+
+@login_required
+def experiment_detail(request: HttpRequest, org: str, model: str, experiment_id: int) -> HttpResponse:
+    registered = model_or_404(request, org, model)
+    experiment = _experiment_or_404(registered, experiment_id)
+    results = experiment_results(experiment=experiment)
+    is_accuracy = experiment.metric == Experiment.Metric.ACCURACY
+    variants = [_variant_view(v, is_accuracy=is_accuracy) for v in results["variants"]]
+    metric_name = experiment.get_metric_display().lower()
+    return render_page(
+        request,
+        "analytics/experiment.html",
+        {
+            "organization": registered.organization,
+            "model": registered,
+            "experiment": experiment,
+            "results": results,
+            "variants": variants,
+            "confidence_percent": f"{results['confidence']:.0%}",
+            "chart": charts.interval_chart(
+                [(v["label"], v["metric"]["value"] if v["feedback"] else None, v["metric"]["low"], v["metric"]["high"], v["version"] == results["leader"]) for v in variants],
+                title=f"{metric_name.capitalize()} per variant, with its {results['confidence']:.0%} interval",
+                description="; ".join(f"{v['label']}: {v['metric_text']}" + (f" ({v['interval_text']})" if v["interval_text"] else "") for v in variants) + ".",
+                unit="%" if is_accuracy else "",
+                bounds=(0.0, 1.0) if is_accuracy else None,
+            ),
+            "is_running": experiment.status == Experiment.Status.RUNNING,
+            "can_write": may(registered.organization, Role.MEMBER),
+            "tab": "models",
+            "model_tab": "experiments",
+        },
+    )
+
+
+@login_required
+@require_POST
+def experiment_stop(request: HttpRequest, org: str, model: str, experiment_id: int) -> HttpResponse:
+    registered = model_or_404(request, org, model, min_role=Role.MEMBER)
+    experiment = _experiment_or_404(registered, experiment_id)
+    if not is_confirmed(request):
+        return confirmation_page(
+            request,
+            title="Stop experiment",
+            message=f"Stop “{experiment.name}”? Every request to {registered.full_name} goes to its production version again.",
+            confirm_label="Stop experiment",
+            cancel_url=reverse("experiment-detail", args=[org, model, experiment.id]),
+        )
+    try:
+        experiment_services.stop_experiment(caller=caller_of(request), experiment=experiment)
+    except ModelhostError as exc:
+        messages.error(request, exc.detail)
+    else:
+        messages.success(request, f"Experiment “{experiment.name}” stopped.")
+    return redirect("experiment-detail", org=org, model=model, experiment_id=experiment.id)
+
+
+@login_required
+@require_POST
+def experiment_promote(request: HttpRequest, org: str, model: str, experiment_id: int) -> HttpResponse:
+    registered = model_or_404(request, org, model, min_role=Role.MEMBER)
+    experiment = _experiment_or_404(registered, experiment_id)
+    try:
+        number = int(request.POST.get("version", ""))
+    except ValueError:
+        messages.error(request, "Choose the variant to promote.")
+        return redirect("experiment-detail", org=org, model=model, experiment_id=experiment.id)
+    if not is_confirmed(request):
+        return confirmation_page(
+            request,
+            title="Promote this variant",
+            message=f"Stop “{experiment.name}” and put version {number} of {registered.full_name} into production, as a new release?",
+            confirm_label="Promote",
+            cancel_url=reverse("experiment-detail", args=[org, model, experiment.id]),
+            with_reason=True,
+        )
+    try:
+        _, release = experiment_services.promote_winner(
+            caller=caller_of(request), experiment=experiment, version_number=number, reason=request.POST.get("reason", "")[:500]
+        )
+    except ModelhostError as exc:
+        messages.error(request, exc.detail)
+        return redirect("experiment-detail", org=org, model=model, experiment_id=experiment.id)
+    if release is None:
+        messages.success(request, f"Version {number} already was in production; the experiment is stopped.")
+    else:
+        messages.success(request, f"Release {release.number} puts version {number} in production.")
+    return redirect("model-detail", org=org, model=model)

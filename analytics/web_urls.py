@@ -1,0 +1,12 @@
+from django.urls import path
+
+from analytics import views
+
+urlpatterns = [
+    path("models/<slug:org>/<slug:model>/drift/", views.drift_reports, name="drift-reports"),
+    path("models/<slug:org>/<slug:model>/drift/<int:report_id>/", views.drift_report, name="drift-report"),
+    path("models/<slug:org>/<slug:model>/experiments/", views.experiments, name="experiments"),
+    path("models/<slug:org>/<slug:model>/experiments/<int:experiment_id>/", views.experiment_detail, name="experiment-detail"),
+    path("models/<slug:org>/<slug:model>/experiments/<int:experiment_id>/stop/", views.experiment_stop, name="experiment-stop"),
+    path("models/<slug:org>/<slug:model>/experiments/<int:experiment_id>/promote/", views.experiment_promote, name="experiment-promote"),
+]
