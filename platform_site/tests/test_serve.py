@@ -1,0 +1,70 @@
+"""platform_site.serve: the web server's settings come from the environment, checked."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from platform_site import serve
+
+
+def test_defaults_serve_the_wsgi_application_on_two_workers(monkeypatch):
+    for name in ("HOST", "PORT", "WEB_CONCURRENCY", "WEB_THREADS", "WEB_WORKERS_LIFETIME", "WEB_WORKERS_MAX_RSS_MB", "WEB_ACCESS_LOG"):
+        monkeypatch.delenv(name, raising=False)
+    server = serve.server()
+    assert server.target == "platform_site.wsgi:application"
+    assert (server.bind_addr, server.bind_port) == ("0.0.0.0", 8000)
+    assert (server.workers, server.blocking_threads) == (2, 1)
+    assert server.respawn_failed_workers is True
+    assert server.workers_lifetime is None and server.workers_rss is None
+    assert server.interface.value == "wsgi" and server.http.value == "1"
+
+
+def test_the_environment_sets_the_server(monkeypatch):
+    monkeypatch.setenv("HOST", "127.0.0.1")
+    monkeypatch.setenv("PORT", "9123")
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    monkeypatch.setenv("WEB_THREADS", "2")
+    monkeypatch.setenv("WEB_WORKERS_LIFETIME", "3600")
+    monkeypatch.setenv("WEB_WORKERS_MAX_RSS_MB", "900")
+    monkeypatch.setenv("WEB_ACCESS_LOG", "true")
+    server = serve.server("floor_app:app")
+    assert server.target == "floor_app:app"
+    assert (server.bind_addr, server.bind_port, server.workers, server.blocking_threads) == ("127.0.0.1", 9123, 4, 2)
+    assert (server.workers_lifetime, server.workers_rss, server.log_access) == (3600, 900 * 1024 * 1024, True)
+
+
+def test_a_malformed_number_stops_the_server_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("WEB_CONCURRENCY", "two")
+    with pytest.raises(SystemExit, match="WEB_CONCURRENCY must be a whole number, not 'two'"):
+        serve.server()
+
+
+def test_the_metrics_folder_is_emptied_at_start(monkeypatch, tmp_path):
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    (folder / "counter_123.db").write_bytes(b"stale")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    serve.prepare_metrics_folder()
+    assert folder.is_dir() and list(folder.iterdir()) == []
+
+
+def test_a_dead_processes_live_gauges_are_dropped(monkeypatch, tmp_path):
+    from platform_site.metrics import forget_dead_processes
+
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    # A real process writes a live gauge and a counter, then exits.
+    code = (
+        "from prometheus_client import Counter, Gauge;"
+        "Gauge('g', 'g', multiprocess_mode='livesum').set(3); Counter('c', 'c').inc();"
+        "import os; print(os.getpid())"
+    )
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(folder), "PATH": "/usr/bin:/bin"}
+    dead = int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+    assert (folder / f"gauge_livesum_{dead}.db").exists()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    assert forget_dead_processes() == [dead]
+    assert not (folder / f"gauge_livesum_{dead}.db").exists()
+    assert (folder / f"counter_{dead}.db").exists()  # counters keep what the process counted
