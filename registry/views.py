@@ -108,6 +108,7 @@ def _model_page(request: HttpRequest, model: RegisteredModel, *, upload_form: Ve
             "upload_form": upload_form or VersionUploadForm(),
             "max_upload_mb": services.max_upload_bytes() // (1024 * 1024),
             "tab": "models",
+            "model_tab": "overview",
         },
         status=status,
     )
