@@ -72,6 +72,7 @@ def lines_chart(
     title: str,
     description: str = "",
     unit: str = "",
+    y_max: float | None = None,
     width: int = 640,
     height: int = 200,
     time_format: str = "%m-%d",
@@ -79,14 +80,15 @@ def lines_chart(
     """Time series on one time axis (every series has the same instants, evenly spaced), y from 0.
 
     With several series a legend names them. `description` becomes the SVG's <desc>: the
-    figures a reader cannot see, for screen readers.
+    figures a reader cannot see, for screen readers. `y_max` fixes the top of the y axis
+    (1.0 for a rate); by default it is a round number above the largest value.
     """
     left, right, top, bottom = 56, 12, 24, 26
     if len(series) > 1:
         top += 16  # the legend's row
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [v for line in series for _, v in line.points if v is not None]
-    ceiling = _nice_ceiling(max(values)) if values else 1.0
+    ceiling = y_max or (_nice_ceiling(max(values)) if values else 1.0)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
         f"<title>{escape(title)}</title>",
@@ -130,7 +132,8 @@ def lines_chart(
                 x, y = segment[0].split(",")
                 parts.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{line.color}"/>')
     for i in sorted({0, n // 2, n - 1}):
-        parts.append(f'<text x="{x_of(i):.1f}" y="{height - 8}" text-anchor="middle" {FONT}>{escape(instants[i].strftime(time_format))}</text>')
+        anchor = "end" if i == n - 1 and n > 1 else "middle"  # the last label ends at the plot's edge, not past it
+        parts.append(f'<text x="{x_of(i):.1f}" y="{height - 8}" text-anchor="{anchor}" {FONT}>{escape(instants[i].strftime(time_format))}</text>')
     parts.append("</svg>")
     return mark_safe("".join(parts))
 

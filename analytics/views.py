@@ -98,6 +98,7 @@ def _usage_charts(usage: dict, *, granularity: str, span: timedelta) -> dict[str
             title=f"Cache hit rate per {per}",
             description=cache,
             unit="%",
+            y_max=1.0,
             time_format=time_format,
         ),
     }
