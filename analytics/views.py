@@ -27,6 +27,9 @@ RANGES = {
 }
 DEFAULT_RANGE = "24h"
 BUCKET_NAME = {Granularity.HOUR: "hour", Granularity.DAY: "day"}
+# Narrower than the admin's charts: the page's grid shows them near their own size, and a
+# phone scales their text down less.
+CHART_SIZE = {"width": 480, "height": 220}
 
 
 class UsageRangeForm(forms.Form):
@@ -81,6 +84,7 @@ def _usage_charts(usage: dict, *, granularity: str, span: timedelta) -> dict[str
             title=f"Requests and errors per {per}",
             description=traffic,
             time_format=time_format,
+            **CHART_SIZE,
         ),
         "latency": charts.lines_chart(
             [
@@ -92,6 +96,7 @@ def _usage_charts(usage: dict, *, granularity: str, span: timedelta) -> dict[str
             description=latency,
             unit="ms",
             time_format=time_format,
+            **CHART_SIZE,
         ),
         "cache": charts.lines_chart(
             [charts.Series("Cache hit rate", points(lambda b: b["cache_hit_rate"]), "#0f766e")],
@@ -100,6 +105,7 @@ def _usage_charts(usage: dict, *, granularity: str, span: timedelta) -> dict[str
             unit="%",
             y_max=1.0,
             time_format=time_format,
+            **CHART_SIZE,
         ),
     }
 
