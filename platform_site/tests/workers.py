@@ -120,8 +120,8 @@ class WorkerPool:
         }
         self.workers: dict[str, CeleryProcess] = {}
 
-    def ensure(self, *names: str, **options) -> list[Worker]:
-        """Start the named workers that are not running (in parallel) and wait until each is ready."""
+    def start(self, *names: str, **options) -> list[Worker]:
+        """Start the named workers that are not running, without waiting; returns those started."""
         started = []
         for name in names:
             if name not in self.workers or self.workers[name].process.poll() is not None:
@@ -129,7 +129,11 @@ class WorkerPool:
                     self.workers[name].stop()
                 self.workers[name] = Worker(name, self.env, **options)
                 started.append(self.workers[name])
-        for worker in started:
+        return started
+
+    def ensure(self, *names: str, **options) -> list[Worker]:
+        """Start the named workers that are not running (in parallel) and wait until each is ready."""
+        for worker in self.start(*names, **options):
             worker.wait_ready()
         return [self.workers[name] for name in names]
 
@@ -142,6 +146,9 @@ class WorkerPool:
         return "\n".join(f"--- {name}\n{w.output()[-4000:]}" for name, w in self.workers.items())
 
     def stop(self) -> None:
+        for worker in self.workers.values():  # all at once: each shutdown takes a second or two
+            if worker.process.poll() is None:
+                os.killpg(worker.process.pid, signal.SIGTERM)
         for worker in self.workers.values():
             worker.stop()
 
