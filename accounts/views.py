@@ -67,8 +67,9 @@ def render_page(request: HttpRequest, template: str, context: dict[str, Any] | N
     return render(request, template, context, status=status)
 
 
-def show_errors(form: forms.Form, exc: ModelhostError, *, field_map: dict[str, str] | None = None) -> None:
-    """Put a service's errors next to the form's fields; the rest go on top of the form."""
+def show_errors(form: forms.Form, exc: ModelhostError, *, field_map: dict[str, str] | None = None, default_field: str | None = None) -> None:
+    """Put a service's errors next to the form's fields; the rest go on top of the form, or,
+    when the errors name only things outside the form (a file's columns), next to `default_field`."""
     items = exc.errors or [{"message": exc.detail}]
     placed = False
     for item in items:
@@ -76,8 +77,8 @@ def show_errors(form: forms.Form, exc: ModelhostError, *, field_map: dict[str, s
         if field in form.fields:
             form.add_error(field, item["message"])
             placed = True
-    if not placed or not exc.errors:
-        form.add_error(None, exc.detail)
+    if not placed:
+        form.add_error(default_field if exc.errors else None, exc.detail)
 
 
 def is_confirmed(request: HttpRequest) -> bool:
@@ -85,7 +86,14 @@ def is_confirmed(request: HttpRequest) -> bool:
 
 
 def confirmation_page(
-    request: HttpRequest, *, title: str, message: str, confirm_label: str, cancel_url: str, with_reason: bool = False
+    request: HttpRequest,
+    *,
+    title: str,
+    message: str,
+    confirm_label: str,
+    cancel_url: str,
+    with_reason: bool = False,
+    dismiss_label: str = "Cancel",
 ) -> HttpResponse:
     """Ask before a destructive action when the browser's dialog did not (no JavaScript).
 
@@ -100,6 +108,7 @@ def confirmation_page(
             "message": message,
             "confirm_label": confirm_label,
             "cancel_url": cancel_url,
+            "dismiss_label": dismiss_label,
             "fields": fields,
             "with_reason": with_reason,
             "reason": request.POST.get("reason", ""),

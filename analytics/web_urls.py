@@ -3,6 +3,7 @@ from django.urls import path
 from analytics import views
 
 urlpatterns = [
+    path("models/<slug:org>/<slug:model>/usage/", views.model_usage, name="model-usage"),
     path("models/<slug:org>/<slug:model>/drift/", views.drift_reports, name="drift-reports"),
     path("models/<slug:org>/<slug:model>/drift/<int:report_id>/", views.drift_report, name="drift-report"),
     path("models/<slug:org>/<slug:model>/experiments/", views.experiments, name="experiments"),

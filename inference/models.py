@@ -199,6 +199,15 @@ class BatchJob(models.Model):
     def is_finished(self) -> bool:
         return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
 
+    @property
+    def progress(self) -> float:
+        """Rows done over rows total, 0 until the split has counted the rows, 1 once succeeded."""
+        if self.status == self.Status.SUCCEEDED:
+            return 1.0
+        if not self.rows_total:
+            return 0.0
+        return round(min(1.0, self.rows_done / self.rows_total), 4)
+
 
 class BatchChunk(models.Model):
     """One slice of a job's rows: scored by one task, written as one part, counted once."""

@@ -26,5 +26,6 @@ urlpatterns = [
     path("", include("accounts.web_urls")),
     path("", include("registry.web_urls")),
     path("", include("inference.web_urls")),
+    path("", include("inference.batch.web_urls")),
     path("", include("analytics.web_urls")),
 ]

@@ -1,23 +1,32 @@
 """A data scientist's day in a real browser (Debian's Chromium driven by Playwright) against
 the live server and the real database: sign up, create a key, upload a joblib model (file
-input, then drag-and-drop), try it, promote, roll back. Every page passes axe-core with no
-serious or critical violation, fits a phone's width, and is saved as a screenshot."""
+input, then drag-and-drop), try it, promote, roll back; then, with a real Celery worker and
+beat, see the usage chart count the tries and score a file as a batch job. Every page passes
+axe-core with no serious or critical violation, fits a phone's width, and is saved as a
+screenshot."""
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import time
+from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
+import pandas as pd
 import pytest
+import redis
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
-from registry.tests.factories import IRIS_FEATURES, IRIS_ROW, iris_model, joblib_bytes
+from registry.tests.factories import IRIS_FEATURES, IRIS_ROW, iris_data, iris_model, joblib_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "a-long-enough-passphrase-42"
 PHONE = {"width": 390, "height": 844}
+SMALL_PHONE = {"width": 375, "height": 740}
 DESKTOP = {"width": 1280, "height": 900}
 _axe = Axe()
 # The outermost elements that stick out of the window on the right, for the failure message.
@@ -229,4 +238,165 @@ def test_log_in_out_and_not_found(browser, web, screenshots_dir, tenant_a):
     check_page(page, screenshots_dir, "not-found")
     page.click("text=Log out")
     expect(page).to_have_url(re.compile(r"/login/$"))
+    context.close()
+
+
+# ---------------------------------------------------------------------------- with real workers
+
+
+def worker_broker_url() -> str:
+    """Redis database TEST_BROKER_REDIS_DB (12 unless set) of the suite's Redis: the workers' own broker."""
+    from django.conf import settings
+
+    parts = urlsplit(settings.REDIS_URL or "redis://127.0.0.1:6379/0")
+    return urlunsplit(parts._replace(path=f"/{os.environ.get('TEST_BROKER_REDIS_DB', '12')}"))
+
+
+@pytest.fixture
+def workers(django_db_setup):
+    """Real Celery processes on the test database. Beat drains the prediction stream every half
+    second and rolls usage up every second (production: 2 s and 5 min); the rest waits an hour."""
+    from platform_site.tests.workers import WorkerPool, publishing_to
+
+    broker = worker_broker_url()
+    redis.Redis.from_url(broker).flushdb()
+    hour = "3600"
+    pool = WorkerPool(
+        broker=broker,
+        env={
+            "RECORD_DRAIN_SECONDS": "0.5",
+            "ANALYTICS_ROLLUP_SECONDS": "1",
+            "ANALYTICS_QUALITY_SECONDS": hour,
+            "ANALYTICS_DRIFT_SCHEDULE_SECONDS": hour,
+            "ANALYTICS_PRUNE_SECONDS": hour,
+            "BATCH_REQUEUE_SECONDS": hour,
+        },
+    )
+    try:
+        with publishing_to(broker):
+            yield pool
+    finally:
+        pool.stop()  # before the test database is dropped: the workers hold connections to it
+        redis.Redis.from_url(broker).flushdb()
+
+
+@pytest.fixture
+def iris_in_production(tenant_a):
+    from accounts.principals import Caller
+    from registry import services
+    from registry.models import ModelVersion
+    from registry.tests.factories import create_version
+
+    model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="iris")
+    version = create_version(model, promote=True)
+    ModelVersion.objects.filter(id=version.id).update(input_example=[IRIS_ROW])
+    return model
+
+
+def reload_until(page: Page, locator: str, text: str, *, timeout: float = 20) -> None:
+    """Reload until `locator` reads `text` (figures that the worker's next rollup brings)."""
+    deadline = time.monotonic() + timeout
+    while page.locator(locator).inner_text().strip() != text:
+        assert time.monotonic() < deadline, f"{locator} still reads {page.locator(locator).inner_text()!r}, not {text!r}"
+        time.sleep(0.3)
+        page.reload()
+
+
+def test_usage_counts_the_tries_and_a_batch_job_runs_on_a_worker(browser, web, screenshots_dir, tenant_a, iris_in_production, workers, settings, tmp_path):
+    from accounts.tests.factories import PASSWORD as OWNER_PASSWORD
+
+    settings.BATCH_CHUNK_ROWS = 40  # five chunks for the 200 rows below
+    ingest_and_rollup, = workers.start("analytics", queues="default,analytics,ingest")
+    workers.start_beat()
+    rows = np.round(iris_data()[0][::3][:50].repeat(4, axis=0), 2)  # 200 rows
+    rows_file = tmp_path / "flowers.csv"
+    pd.DataFrame(rows, columns=IRIS_FEATURES).to_csv(rows_file, index=False)
+    context = browser.new_context(viewport=DESKTOP, base_url=web.url, accept_downloads=True)
+    page = context.new_page()
+    page.goto("/login/")
+    page.fill("#id_username", "owner@acme.example")
+    page.fill("#id_password", OWNER_PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.locator("h1")).to_have_text("Your organizations")
+
+    # Try the model twice: a miss, then a hit from the prediction cache.
+    page.goto("/models/acme/iris/versions/1/try/")
+    page.click("text=Predict")
+    expect(page.locator("#try-result")).to_contain_text("miss")
+    page.click("text=Predict")
+    expect(page.locator("#try-result")).to_contain_text("hit")
+
+    # The usage page counts both once the worker has drained the records and rolled them up.
+    page.goto("/models/acme/iris/")
+    page.click("nav.subtabs >> text=Usage")
+    expect(page).to_have_url(re.compile(r"/models/acme/iris/usage/$"))
+    ingest_and_rollup.wait_ready()
+    reload_until(page, "#usage-totals div:first-child dd", "2")
+    expect(page.locator("#usage-totals")).to_contain_text("Cache hit rate50%")
+    expect(page.locator("#chart-traffic svg desc")).to_contain_text("2 requests and 0 errors in all")
+    expect(page.locator("#chart-traffic svg polyline, #chart-traffic svg circle").first).to_be_visible()
+    expect(page.locator("#usage-table tbody tr")).to_have_count(1)
+    check_page(page, screenshots_dir, "usage")
+
+    # Submit a file as a batch job; no worker takes batch tasks yet, so it waits, queued.
+    page.click("nav.subtabs >> text=Batch jobs")
+    expect(page.locator("#no-batch-jobs")).to_be_visible()
+    page.click("#batch-form button[type=submit]")
+    expect(page.locator("#error-file")).to_have_text("This field is required.")
+    page.set_input_files("#id_file", str(rows_file))
+    page.check("#id_probabilities")
+    check_page(page, screenshots_dir, "batch-jobs")
+    page.click("#batch-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/models/acme/iris/batch-jobs/\d+/$"))
+    expect(page.locator("#job-summary")).to_contain_text("Queued")
+    expect(page.locator("#job-progress")).to_have_attribute("value", "0")
+
+    # Cancel asks first; keeping it running changes nothing.
+    page.click("#job-status button:has-text('Cancel job')")
+    expect(page.locator("#confirm-dialog")).to_be_visible()
+    expect(page.locator("#confirm-message")).to_contain_text("Rows not scored yet are dropped")
+    page.click("#confirm-dialog button:has-text('Keep it running')")
+    expect(page.locator("#confirm-dialog")).to_be_hidden()
+
+    # A batch worker starts: the page follows the job by itself to 100 %, then stops asking.
+    polls: list[str] = []
+    page.on("request", lambda request: polls.append(request.url) if request.headers.get("hx-request") else None)
+    workers.ensure("batch", queues="batch")
+    expect(page.locator("#job-summary")).to_contain_text("Succeeded", timeout=30_000)
+    expect(page.locator("#job-progress")).to_have_attribute("value", "100")
+    expect(page.locator("#job-percent")).to_have_text("100%")
+    expect(page.locator("#job-summary")).to_contain_text("200 of 200 rows done")
+    expect(page.locator("#job-status button:has-text('Cancel job')")).to_have_count(0)
+    assert polls, "the status block was never refreshed"
+    seen = len(polls)
+    page.wait_for_timeout(2500)
+    assert len(polls) == seen, "the page still polls a finished job"
+
+    with page.expect_download() as download:
+        page.click("#job-download")
+    result = pd.read_csv(download.value.path())
+    assert len(result) == 200
+    assert list(result.columns) == [*IRIS_FEATURES, "prediction", "probability_0", "probability_1", "probability_2"]
+    np.testing.assert_allclose(result[IRIS_FEATURES].to_numpy(), rows)
+    np.testing.assert_array_equal(result["prediction"].to_numpy(), iris_model().predict(rows))
+    check_page(page, screenshots_dir, "batch-job")
+
+    page.click("nav.tabs >> text=Batch jobs")
+    expect(page).to_have_url(re.compile(r"/orgs/acme/batch-jobs/$"))
+    expect(page.locator("#batch-jobs tbody tr")).to_have_count(1)
+    expect(page.locator("#batch-jobs tbody tr")).to_contain_text("Succeeded")
+    check_page(page, screenshots_dir, "org-batch-jobs")
+
+    # The job's rows are usage too: the next rollup adds them.
+    page.goto("/models/acme/iris/usage/")
+    reload_until(page, "#usage-totals div:nth-child(2) dd", "202")
+    job_url = page.url.replace("/usage/", "/batch-jobs/")
+
+    # At a small phone's width the new pages still fit.
+    page.set_viewport_size(SMALL_PHONE)
+    check_page(page, screenshots_dir, "usage-phone")
+    page.goto(job_url)
+    check_page(page, screenshots_dir, "batch-jobs-phone")
+    page.click("#batch-jobs tbody a")
+    check_page(page, screenshots_dir, "batch-job-phone")
     context.close()

@@ -2,18 +2,27 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Max
+from django.utils import timezone
 
 from accounts.models import ApiKey
 from accounts.selectors import for_organization
 from analytics.models import Granularity, UsageRollup
-from analytics.services.usage import merge_rollups
+from analytics.services.usage import day_floor, hour_floor, merge_rollups
 from registry.models import ModelVersion, RegisteredModel
 
 _FIELDS = (
     "bucket_start", "version_id", "variant", "api_key_id", "requests", "rows", "errors", "cache_hits",
     "latency_sum_ms", "latency_max_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_quantiles", "outputs",
 )
+
+_EMPTY = {
+    "requests": 0, "rows": 0, "errors": 0, "cache_hits": 0, "latency_sum_ms": 0.0,
+    "latency_max_ms": None, "latency_p50_ms": None, "latency_p95_ms": None, "latency_p99_ms": None, "outputs": {},
+}
 
 
 def _figures(row: dict) -> dict:
@@ -83,3 +92,32 @@ def platform_usage(*, start: datetime, end: datetime, granularity: str = Granula
     for row in rows:
         by_bucket[row["bucket_start"]].append(row)
     return [{"start": bucket_start, **_figures(merge_rollups(group))} for bucket_start, group in by_bucket.items()]
+
+
+STEP = {Granularity.HOUR: timedelta(hours=1), Granularity.DAY: timedelta(days=1)}
+
+
+def recent_usage(*, model: RegisteredModel, span: timedelta, granularity: str, now: datetime | None = None) -> dict:
+    """usage_of for every bucket the last `span` touches (the current one included), with
+    `timeline` listing each bucket in order, empty ones as zero requests, and `updated_at`,
+    when the rollups behind these figures were last written."""
+    now = now or timezone.now()
+    floor = hour_floor if granularity == Granularity.HOUR else day_floor
+    step = STEP[granularity]
+    start, end = floor(now - span), floor(now) + step
+    usage = usage_of(model=model, start=start, end=end, granularity=granularity)
+    by_start = {bucket["start"]: bucket for bucket in usage["buckets"]}
+    timeline, moment = [], start
+    while moment < end:
+        timeline.append(by_start.get(moment) or {"start": moment, **_figures(_EMPTY)})
+        moment += step
+    usage["timeline"] = timeline
+    usage["updated_at"] = (
+        for_organization(UsageRollup.objects, model.organization).filter(registered_model=model).aggregate(at=Max("updated_at"))["at"]
+    )
+    return usage
+
+
+def rollup_interval_seconds() -> float:
+    """How often beat runs the usage rollup: how stale the newest figures may be."""
+    return float(settings.CELERY_BEAT_SCHEDULE["roll-up-usage"]["schedule"])

@@ -98,3 +98,25 @@ def test_dashboard_counts_batch_jobs_by_state(operator, busy_platform):
     page = operator.get("/admin/analytics/platformdashboard/").content.decode()
     assert "Batch jobs by state" in page
     assert "<tr><td>running</td><td>2</td></tr>" in page and "<tr><td>failed</td><td>1</td></tr>" in page
+
+
+def test_lines_chart_names_each_series_and_describes_itself():
+    from datetime import datetime, timedelta
+
+    from analytics import charts
+
+    start = datetime(2025, 3, 1, 10)
+    hours = [start + timedelta(hours=i) for i in range(3)]
+    svg = charts.lines_chart(
+        [charts.Series("Requests", list(zip(hours, [4, None, 2]))), charts.Series("p<95>", list(zip(hours, [1, 1, 1])), "#7a4b00", "6 3")],
+        title="Requests & latency",
+        description="3 hours: <6> requests",
+        y_max=8,
+        time_format="%H:00",
+    )
+    assert "<title>Requests &amp; latency</title><desc>3 hours: &lt;6&gt; requests</desc>" in svg
+    assert ">Requests</text>" in svg and ">p&lt;95&gt;</text>" in svg  # the legend
+    assert svg.count("<circle") == 2  # the gap splits the first series into two points
+    assert 'stroke-dasharray="6 3" points=' in svg
+    assert ">8</text>" in svg and ">4</text>" in svg  # y_max fixes the axis: 0, 2, 4, 6, 8
+    assert 'text-anchor="end" font-family="system-ui, sans-serif" font-size="11" fill="#444">12:00</text>' in svg

@@ -35,7 +35,7 @@ class BatchJobOutputSerializer(serializers.Serializer):
     rows_total = serializers.IntegerField(allow_null=True)
     rows_done = serializers.IntegerField()
     rows_failed = serializers.IntegerField()
-    progress = serializers.SerializerMethodField()
+    progress = serializers.FloatField()
     chunks_total = serializers.IntegerField(allow_null=True)
     chunks_done = serializers.IntegerField()
     error = serializers.SerializerMethodField()
@@ -47,14 +47,6 @@ class BatchJobOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField()
-
-    def get_progress(self, job: BatchJob) -> float:
-        """Rows done over rows total, 0 until the split has counted the rows, 1 once succeeded."""
-        if job.status == BatchJob.Status.SUCCEEDED:
-            return 1.0
-        if not job.rows_total:
-            return 0.0
-        return round(min(1.0, job.rows_done / job.rows_total), 4)
 
     def get_error(self, job: BatchJob) -> str | None:
         return job.error or None

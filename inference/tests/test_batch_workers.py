@@ -1,9 +1,9 @@
 """Batch jobs on real Celery workers: separate processes, a real Redis broker, the test database.
 
-The workers run `celery --app platform_site worker` with inference/tests/batch_worker_settings.py
-(a 5 s broker visibility timeout), Redis database 11 as broker, and DATABASE_URL pointing at
-this session's test database; the tests commit their data (transaction=True) so the workers
-see it. Nothing is faked.
+The workers (platform_site/tests/workers.py) run `celery --app platform_site worker` with
+inference/tests/batch_worker_settings.py (a 5 s broker visibility timeout), Redis database 11
+as broker, and DATABASE_URL pointing at this session's test database; the tests commit their
+data (transaction=True) so the workers see it. Nothing is faked.
 """
 
 from __future__ import annotations
@@ -11,159 +11,34 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import redis
-from django.db import connection
 from django.utils import timezone
 from sklearn.ensemble import RandomForestClassifier
 
 from inference.batch import storage
 from inference.models import BatchChunk, BatchJob, PredictionRecord
 from inference.tests.test_batch_webhooks import Receiver
+from platform_site.tests.workers import WorkerPool, publishing_to
 from registry.tests import factories as f
 
 BROKER = "redis://127.0.0.1:6379/11"
-ROOT = Path(__file__).resolve().parents[2]
 FEATURES = f.IRIS_FEATURES
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
 
-def _database_url() -> str:
-    s = connection.settings_dict
-    password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
-    return f"postgres://{s['USER']}{password}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-
-
-class Worker:
-    def __init__(self, name: str, env: dict) -> None:
-        self.name = name
-        self.log = tempfile.NamedTemporaryFile(prefix=f"batch-{name}-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "--app",
-                "platform_site",
-                "worker",
-                "--queues",
-                "batch,default",
-                "--concurrency",
-                "1",
-                "-n",
-                f"{name}@%h",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if " ready." in self.output():
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"worker {self.name} did not start:\n{self.output()[-3000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool process at once: no shutdown, no ack, nothing flushed."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self.log.close()
-        os.unlink(self.log.name)
-
-
-class WorkerPool:
-    def __init__(self) -> None:
-        self.env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "inference.tests.batch_worker_settings",
-            "CELERY_BROKER_URL": BROKER,
-            "DATABASE_URL": _database_url(),
-        }
-        self.workers: dict[str, Worker] = {}
-
-    def ensure(self, *names: str) -> list[Worker]:
-        started = []
-        for name in names:
-            if name not in self.workers or self.workers[name].process.poll() is not None:
-                if name in self.workers:
-                    self.workers[name].stop()
-                self.workers[name] = Worker(name, self.env)
-                started.append(self.workers[name])
-        for worker in started:
-            worker.wait_ready()
-        return [self.workers[name] for name in names]
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {name}\n{w.output()[-4000:]}" for name, w in self.workers.items())
-
-    def stop(self) -> None:
-        for worker in self.workers.values():
-            worker.stop()
-
-
 @pytest.fixture(scope="module")
 def pool(django_db_setup):
     redis.Redis.from_url(BROKER).flushdb()
-    workers = WorkerPool()
+    workers = WorkerPool(broker=BROKER, settings_module="inference.tests.batch_worker_settings")
     yield workers
     workers.stop()  # before the test database is dropped: the workers hold connections to it
     redis.Redis.from_url(BROKER).flushdb()
-
-
-@contextmanager
-def publishing_to(url: str):
-    """Make this process's Celery app send to `url` (the app may already hold a pool for another broker)."""
-    from platform_site.celery import app
-
-    def reset() -> None:
-        # Drop the pools (as Celery does after a fork); kombu's registry keeps them for their own broker.
-        app._pool = None
-        app.amqp._producer_pool = None
-
-    previous = app.conf.broker_url
-    reset()
-    app.conf.broker_url = url
-    try:
-        yield
-    finally:
-        reset()
-        app.conf.broker_url = previous
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@
     dialog.querySelector("#confirm-title").textContent = label + "?";
     dialog.querySelector("#confirm-message").textContent = message;
     dialog.querySelector("#confirm-ok").textContent = label;
+    dialog.querySelector("button[value=cancel]").textContent = form.getAttribute("data-confirm-dismiss") || "Cancel";
     var reasonField = dialog.querySelector("#confirm-reason-field");
     var reasonBox = dialog.querySelector("#confirm-reason");
     reasonField.hidden = !form.hasAttribute("data-confirm-reason");
