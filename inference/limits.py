@@ -14,12 +14,13 @@ cache never becomes an outage of predictions; `modelhost_cache_up` and /readyz s
 from __future__ import annotations
 
 import calendar
+import hashlib
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from platform_site.errors import QuotaExceeded, RateLimited
-from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success
+from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success, run_script
 
 # KEYS: key-minute, org-minute, key-month, org-month, route generation[, prediction cache key].
 # ARGV: the four limits, minute ttl, month ttl.
@@ -48,7 +49,7 @@ if KEYS[6] then
 end
 return {0, counts[1], counts[2], counts[3], counts[4], generation, cached}
 """
-_script = None
+_SCRIPT_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
 ROUTE_GENERATION_KEY = "mh:routes:generation"
 
 
@@ -95,7 +96,6 @@ def check_and_count(
     client = get_redis()
     if client is None:
         return UNENFORCED
-    global _script
     now = time.time()
     minute = int(now // 60)
     reset = 60 - int(now % 60)
@@ -106,9 +106,9 @@ def check_and_count(
     if cache_key is not None:
         keys.append(cache_key)
     try:
-        if _script is None:
-            _script = client.register_script(_SCRIPT)
-        refused, key_count, org_count, _, _, generation, cached = _script(keys=keys, args=[key_limit, org_limit, key_quota, org_quota, 61, month_left + 60], client=client)
+        refused, key_count, org_count, _, _, generation, cached = run_script(
+            client, _SCRIPT, _SCRIPT_SHA, keys, [key_limit, org_limit, key_quota, org_quota, 61, month_left + 60]
+        )
         report_success()
     except REDIS_ERRORS as exc:
         report_failure(exc)

@@ -27,7 +27,7 @@ import orjson
 from django.conf import settings
 from django.db import close_old_connections
 
-from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success
+from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success, round_trip
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +36,25 @@ GROUP = "ingest"
 
 
 def publish(*, record: dict, cache_key: str | None = None, cache_value: bytes | None = None, ttl: int = 0) -> None:
-    """Store the answer in the prediction cache and append the record, in one round trip."""
+    """Store the answer in the prediction cache and append the record, in one round trip.
+
+    A record the stream refused (an error reply) goes to the in-process buffer like one sent
+    while Redis is down; a refused cache write only costs a future cache hit.
+    """
     client = get_redis()
     if client is not None:
-        pipe = client.pipeline(transaction=False)
+        commands = [("XADD", STREAM, "MAXLEN", "~", settings.RECORD_STREAM_MAXLEN, "*", "r", orjson.dumps(record))]
         if cache_key is not None and cache_value is not None and ttl > 0:
-            pipe.set(cache_key, cache_value, ex=ttl)
-        pipe.xadd(STREAM, {"r": orjson.dumps(record)}, maxlen=settings.RECORD_STREAM_MAXLEN, approximate=True)
+            commands.append(("SET", cache_key, cache_value, "EX", ttl))
         try:
-            pipe.execute()
-            report_success()
-            return
+            added = round_trip(client, *commands)[0]
         except REDIS_ERRORS as exc:
             report_failure(exc)
+        else:
+            report_success()  # Redis answered, even if it refused the record
+            if not isinstance(added, Exception):
+                return
+            logger.warning("the record stream refused a prediction record, kept in process: %s", added)
     _local_buffer().append(record)
 
 

@@ -353,6 +353,30 @@ def test_a_cached_answer_costs_two_redis_round_trips(tenant_a, iris, monkeypatch
     assert len(sent) == 2
 
 
+def test_limits_survive_redis_forgetting_the_script(tenant_a, iris):
+    from platform_site.redis_client import get_redis
+
+    ApiKey.objects.filter(id=tenant_a.api_key_id).update(rate_limit_per_minute=5)
+    client = tenant_a.key_client()
+    assert predict(client, {"inputs": [ROW]})["X-RateLimit-Remaining"] == "4"
+    get_redis().script_flush()  # a Redis restart or failover loses loaded scripts
+    again = predict(client, {"inputs": [ROW]})
+    assert again.status_code == 200
+    assert again["X-RateLimit-Remaining"] == "3"
+
+
+def test_a_record_the_stream_refuses_is_kept_in_process(tenant_a, iris):
+    """An error reply to XADD (here: the stream key holds a string) loses no record."""
+    from platform_site.redis_client import get_redis
+
+    get_redis().set(records.STREAM, "not a stream")
+    response = predict(tenant_a.key_client(), {"inputs": [ROW]})
+    assert response.status_code == 200
+    get_redis().delete(records.STREAM)
+    assert records.flush_local_buffer() == 1
+    assert PredictionRecord.objects.get().prediction_id == response.json()["id"]
+
+
 def test_organization_limit_applies_across_keys(tenant_a, iris):
     Organization.objects.filter(id=tenant_a.organization.id).update(rate_limit_per_minute=1)
     other = tenant_a.jwt_client().post("/api/v1/orgs/acme/api-keys", {"name": "b", "scopes": ["predict"]}, format="json").json()["key"]
