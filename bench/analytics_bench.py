@@ -29,6 +29,7 @@ machine's load average is printed with them, since other work shares the CPUs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import resource
@@ -106,11 +107,9 @@ def _cpu_seconds_of(pid: int) -> float:
 
 
 def _reset_peak_rss() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        pass  # not Linux: the peak is then the process's peak so far
+    # Not Linux (no clear_refs): the peak is then the process's peak so far.
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
 
 
 def _peak_rss_mib() -> float:

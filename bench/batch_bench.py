@@ -48,6 +48,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+import harness  # noqa: E402
 ART = BENCH / ".artifacts" / "batch"
 PROJECT_PYTHON = ROOT / ".venv" / "bin" / "python"
 DATABASE = "batch_bench"
@@ -155,21 +157,14 @@ def build_artifacts(rows: int) -> dict[str, dict]:
 
 
 def modelhost_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "VIRTUAL_ENV", "CELERY_"))}
-    env.update(
+    """The benchmark's Modelhost environment (bench/harness.py) on this run's database and Redis."""
+    return harness.modelhost_env(
         DATABASE_URL=DATABASE_URL,
         REDIS_URL=REDIS_URL,
-        SECRET_KEY="batch-bench-secret-key-not-for-production-0123456789abcdefghijklmnop",
-        DEBUG="false",
-        ALLOWED_HOSTS="127.0.0.1,localhost",
-        SECURE_SSL_REDIRECT="false",
         MODEL_STORAGE_ROOT=str(ART / "storage"),
         ARTIFACT_CACHE_DIR=str(ART / "artifact-cache"),
-        DJANGO_SETTINGS_MODULE="platform_site.settings",
-        LOG_LEVEL="WARNING",
+        **extra,
     )
-    env.update(extra)
-    return env
 
 
 def prepare_modelhost(artifacts: dict) -> dict:

@@ -53,7 +53,7 @@ def modelhost_env(**extra: str) -> dict[str, str]:
     The web process also gets PROMETHEUS_MULTIPROC_DIR (see `modelhost_web_env`); management
     commands run without it.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "VIRTUAL_ENV"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "VIRTUAL_ENV", "CELERY_"))}
     env.update(
         DATABASE_URL=DATABASE_URL,
         REDIS_URL=REDIS_URL,

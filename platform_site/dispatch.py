@@ -15,7 +15,8 @@ request needs from the stack it skips:
 - a database outage answers 503 in the protocol's own error shape, as the middleware does;
   any other exception goes to Django's own exception handling (logged, a 500);
 - the django_http_* series the autoscaler, alerts and dashboards read: requests by view,
-  responses by status, latency by view, and the before-middleware counters.
+  responses by status, latency by view, and the before-middleware request counter (the
+  "web is down" alert's absent()); the series nothing reads are not written here.
 
 Everything else takes the full path: other methods, a browser's session cookie (the
 "Try it" page authenticates by session and CSRF, which the middleware provide), a plain
@@ -83,8 +84,6 @@ class _DjangoSeries:
             child = self._by_status[status] = self.metrics.responses_by_status.labels(status=str(status))
         child.inc()
         children[1].observe(seconds)
-        self.metrics.responses_total.inc()
-        self.metrics.requests_latency_before.observe(seconds)
 
 
 class PredictionDispatcher:

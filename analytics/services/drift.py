@@ -135,10 +135,10 @@ def _columns(rows: list, spec: list[tuple[str, str]]) -> list:
     if all(kind == "num" for _, kind in spec):
         try:
             matrix = np.asarray(rows, dtype=np.float64)
-            if matrix.ndim == 2 and matrix.shape[1] == width:
-                return [matrix[:, j].copy() for j in range(width)]
-        except (TypeError, ValueError):
-            pass  # ragged or mixed rows: column by column below
+        except (TypeError, ValueError):  # ragged or mixed rows: column by column below
+            matrix = None
+        if matrix is not None and matrix.ndim == 2 and matrix.shape[1] == width:
+            return [matrix[:, j].copy() for j in range(width)]
     return [[row[j] if isinstance(row, list) and j < len(row) else None for row in rows] for j in range(width)]
 
 
