@@ -102,6 +102,7 @@ def reexec_under_app_venv() -> None:
 
     env = harness.modelhost_env(MH_PROFILE_CHILD="1")
     os.chdir(ROOT)
+    harness.prepare_database()  # on a new machine, before any other bench has made it
     python = str(harness.APP_VENV / "bin" / "python")
     os.execve(python, [python, *sys.argv], env)
 

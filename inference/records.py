@@ -1,8 +1,10 @@
 """Prediction records: appended to a Redis stream per request, written to the database in bulk.
 
 The web process never writes a prediction record to the database itself on the request
-path. With Redis: each request's record is in the stream (pipelined with the cache write,
-one round trip) before the response leaves, so a web crash loses no record; the worker
+path. With Redis: each request's record is sent to the stream (with the cache write) before
+the response leaves, and the reply is read with the next request's round trip, so the
+request does not wait for it; what is sent reaches Redis even if the process dies the next
+instant (its socket is closed after sending what it holds), so a web crash loses no record; the worker
 reads the stream with a consumer group and acknowledges only after its bulk insert
 committed, so a worker crash loses none either (pending entries are claimed again after
 RECORD_CLAIM_IDLE_SECONDS). Inserts ignore duplicate prediction ids, so a batch that is
@@ -27,7 +29,7 @@ import orjson
 from django.conf import settings
 from django.db import close_old_connections
 
-from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success, round_trip
+from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success, send_later, settle_pending
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +38,14 @@ GROUP = "ingest"
 
 
 def publish(*, record: dict, cache_key: str | None = None, cache_value: bytes | None = None, ttl: int = 0) -> None:
-    """Store the answer in the prediction cache and append the record, in one round trip.
+    """Append the record to the stream and store the answer in the prediction cache.
 
-    A record the stream refused (an error reply) goes to the in-process buffer like one sent
-    while Redis is down; a refused cache write only costs a future cache hit.
+    Both commands are sent before the response leaves, and their replies are read with the
+    next request's round trip (redis_client.send_later), so a prediction does not wait for
+    this write. A record the stream refused (an error reply), or whose reply was lost with
+    the connection, goes to the in-process buffer like one sent while Redis is down; the
+    insert ignores a prediction id it already holds, so a record that reached both is stored
+    once. A refused cache write only costs a future cache hit.
     """
     client = get_redis()
     if client is not None:
@@ -47,14 +53,23 @@ def publish(*, record: dict, cache_key: str | None = None, cache_value: bytes | 
         if cache_key is not None and cache_value is not None and ttl > 0:
             commands.append(("SET", cache_key, cache_value, "EX", ttl))
         try:
-            added = round_trip(client, *commands)[0]
+            send_later(client, tuple(commands), lambda outcome: _settled(record, outcome))
         except REDIS_ERRORS as exc:
             report_failure(exc)
         else:
-            report_success()  # Redis answered, even if it refused the record
-            if not isinstance(added, Exception):
-                return
-            logger.warning("the record stream refused a prediction record, kept in process: %s", added)
+            return
+    _local_buffer().append(record)
+
+
+def _settled(record: dict, outcome: list | BaseException) -> None:
+    """The stream's answer to a published record: keep the record in process unless it was added."""
+    if isinstance(outcome, BaseException):
+        logger.warning("the reply to a prediction record was lost, kept in process: %s", outcome)
+    elif isinstance(outcome[0], Exception):
+        report_success()  # Redis answered, even if it refused the record
+        logger.warning("the record stream refused a prediction record, kept in process: %s", outcome[0])
+    else:
+        return
     _local_buffer().append(record)
 
 
@@ -106,7 +121,9 @@ def _local_buffer() -> LocalRecordBuffer:
 
 
 def flush_local_buffer() -> int:
-    """Write this process's buffered records now (tests, shutdown)."""
+    """Write this process's buffered records now (tests, shutdown), after reading the stream's
+    last replies to this thread's records (a refused one joins the buffer)."""
+    settle_pending()
     return _local_buffer().flush() if _buffer is not None else 0
 
 

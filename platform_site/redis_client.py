@@ -8,7 +8,12 @@ request paying the timeout. `modelhost_cache_up` says which state a process is i
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+import weakref
+from collections import deque
+from typing import Callable
 
 import redis
 from django.conf import settings
@@ -62,6 +67,10 @@ def report_success() -> None:
 def reset() -> None:
     """Forget the client and close the breaker (tests, and after a fork)."""
     global _client, _open_until, _reported_up
+    hot = getattr(_hot, "connection", None)
+    if hot is not None and hot.pid == os.getpid():
+        settle_pending()
+        _drop(hot, None)
     if _client is not None:
         _client.close()
     _client = None
@@ -69,33 +78,144 @@ def reset() -> None:
     _reported_up = False
 
 
-def round_trip(client: redis.Redis, *commands: tuple) -> list:
-    """Send `commands` on one pooled connection and read their replies: one round trip.
+class _HotConnection:
+    """One thread's hot-path connection, and the replies it has not read yet.
 
-    The hot path's two Redis calls go through here rather than through redis-py's command
+    `pending` holds, in send order, how many replies each deferred send expects and the
+    callback that takes them. They are read before the next round trip's own replies, or by
+    settle(). The connection is not shared while it holds unread replies: each thread keeps
+    its own, returned to the pool (disconnected) when the thread ends.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.pool = client.connection_pool
+        self.connection = self.pool.get_connection()
+        self.pid = os.getpid()
+        self.pending: deque[tuple[int, Callable[[list | BaseException], None]]] = deque()
+        weakref.finalize(self, _give_back, self.pool, self.connection, self.pid)
+
+    def send(self, commands: tuple) -> None:
+        # redis-py's periodic health check reads a PONG: only when no reply is waiting ahead of it.
+        self.connection.send_packed_command(self.connection.pack_commands(commands), check_health=not self.pending)
+
+    def read(self, count: int) -> list:
+        replies = []
+        for _ in range(count):
+            try:
+                replies.append(self.connection.read_response())
+            except redis.ResponseError as error:
+                replies.append(error)
+        return replies
+
+    def read_pending(self) -> None:
+        while self.pending:
+            count, settle = self.pending[0]
+            replies = self.read(count)
+            self.pending.popleft()
+            _settle(settle, replies)
+
+    def fail_pending(self, exc: BaseException) -> None:
+        while self.pending:
+            _, settle = self.pending.popleft()
+            _settle(settle, exc)
+
+
+def _settle(settle: Callable[[list | BaseException], None], outcome: list | BaseException) -> None:
+    try:
+        settle(outcome)
+    except Exception:  # one caller's bookkeeping must not break the next request's round trip
+        logger.exception("a deferred Redis reply's handler failed")
+
+
+def _give_back(pool, connection, pid: int) -> None:
+    if os.getpid() == pid:
+        connection.disconnect()
+        pool.release(connection)
+
+
+_hot = threading.local()
+MAX_PENDING_SENDS = 64
+
+
+def _hot_connection(client: redis.Redis) -> _HotConnection:
+    hot = getattr(_hot, "connection", None)
+    if hot is None or hot.pool is not client.connection_pool or hot.pid != os.getpid():
+        if hot is not None and hot.pid == os.getpid():
+            _drop(hot, None)
+        hot = _hot.connection = _HotConnection(client)
+    return hot
+
+
+def _drop(hot: _HotConnection, exc: BaseException | None) -> None:
+    """Forget this thread's connection; replies it still owed go to their callers as `exc`."""
+    if exc is None:
+        try:
+            hot.read_pending()
+        except REDIS_ERRORS as error:
+            exc = error
+    if exc is not None:
+        hot.fail_pending(exc)
+    if getattr(_hot, "connection", None) is hot:
+        _hot.connection = None
+
+
+def round_trip(client: redis.Redis, *commands: tuple) -> list:
+    """Send `commands` on this thread's connection and read their replies: one round trip.
+
+    The hot path's Redis calls go through here rather than through redis-py's command
     methods and pipeline object: those wrap each call in retry, event and response-callback
     layers that cost 80-130 µs of CPU per call on this project's machine, more than the
     socket I/O itself (bench/RESULTS.md). The connection, its pool, timeouts, health checks
     and the hiredis parser are redis-py's. Replies are raw (bytes, ints, lists); an error
     reply is returned in its place as a ResponseError, so one bad command never leaves the
-    others' replies unread. A connection error discards the connection and is raised.
+    others' replies unread. Replies owed to earlier send_later() calls are read first (they
+    are usually in the socket already). A connection error discards the connection, fails
+    the owed replies and is raised.
     """
-    pool = client.connection_pool
-    connection = pool.get_connection()
+    hot = _hot_connection(client)
     try:
-        connection.send_packed_command(connection.pack_commands(commands))
-        replies = []
-        for _ in commands:
-            try:
-                replies.append(connection.read_response())
-            except redis.ResponseError as error:
-                replies.append(error)
-        return replies
-    except BaseException:
-        connection.disconnect()
+        hot.send(commands)
+        hot.read_pending()
+        return hot.read(len(commands))
+    except BaseException as exc:
+        hot.connection.disconnect()
+        _drop(hot, exc)
         raise
-    finally:
-        pool.release(connection)
+
+
+def send_later(client: redis.Redis, commands: tuple, settle: Callable[[list | BaseException], None]) -> None:
+    """Send `commands` now and read their replies later: no wait for Redis on this request.
+
+    Once this returns, the commands are in the kernel's socket buffer: Redis receives them
+    even if this process dies the next instant (a process's exit closes its sockets after
+    sending what they hold). `settle` gets the replies (a list, error replies as
+    ResponseError) when the next round trip or settle() reads them, or the exception that
+    lost them (then whether Redis applied the commands is unknown). A send that fails raises
+    at once, and `settle` is not called.
+    """
+    hot = _hot_connection(client)
+    try:
+        hot.send(commands)
+    except BaseException as exc:
+        hot.connection.disconnect()
+        _drop(hot, exc)
+        raise
+    hot.pending.append((len(commands), settle))
+    if len(hot.pending) >= MAX_PENDING_SENDS:  # a thread that only sends: read what it owes
+        settle_pending()
+
+
+def settle_pending() -> None:
+    """Read every reply this thread's connection still owes to send_later()'s callers."""
+    hot = getattr(_hot, "connection", None)
+    if hot is None or not hot.pending:
+        return
+    try:
+        hot.read_pending()
+    except REDIS_ERRORS as exc:
+        hot.connection.disconnect()
+        _drop(hot, exc)
+        report_failure(exc)
 
 
 def run_script(client: redis.Redis, script: str, sha: str, keys: list, args: list):

@@ -1,3 +1,6 @@
+import os
+
+import orjson
 import pytest
 from django.core.cache import cache
 from sklearn.dummy import DummyClassifier
@@ -330,27 +333,99 @@ def test_invalid_bodies_count_against_the_limit_and_a_refusal_comes_first(tenant
     assert refused.json()["code"] == "rate_limited"
 
 
-def test_a_cached_answer_costs_two_redis_round_trips(tenant_a, iris, monkeypatch):
-    """One for the limit and the cache read, one for the record (and, on a miss, the store)."""
+def test_a_prediction_waits_for_one_redis_round_trip(tenant_a, iris, monkeypatch):
+    """The limit script (with the cache read) is waited for; the record (and, on a miss, the
+    store) is sent before the response and its reply read with the next request's round trip."""
     from redis.connection import Connection
+
+    from platform_site import redis_client
 
     client = tenant_a.key_client()
     assert predict(client, {"inputs": [ROW]})["X-Cache"] == "MISS"  # loads the script and the route
-    sent = []
-    original = Connection.send_packed_command
+    sent, read = [], []
+    original_send, original_read = Connection.send_packed_command, Connection.read_response
 
-    def counting(self, command, *args, **kwargs):
-        sent.append(command)
-        return original(self, command, *args, **kwargs)
+    def counting_send(self, command, *args, **kwargs):
+        sent.append(b"".join(command) if isinstance(command, list) else command)
+        return original_send(self, command, *args, **kwargs)
 
-    monkeypatch.setattr(Connection, "send_packed_command", counting)
+    def counting_read(self, *args, **kwargs):
+        reply = original_read(self, *args, **kwargs)
+        read.append(reply)
+        return reply
+
+    monkeypatch.setattr(Connection, "send_packed_command", counting_send)
+    monkeypatch.setattr(Connection, "read_response", counting_read)
     hit = predict(client, {"inputs": [ROW]})
     assert hit["X-Cache"] == "HIT"
     assert hit.json()["predictions"] == [0]
-    assert len(sent) == 2
-    sent.clear()
+    assert [b"EVALSHA" in s for s in sent] == [True, False] and b"XADD" in sent[1]
+    # The first request's XADD and SET replies, then the script's; this request's XADD is owed.
+    assert len(read) == 3 and isinstance(read[2], list)
+    assert [count for count, _ in redis_client._hot.connection.pending] == [1]
+    sent.clear(), read.clear()
     assert predict(client, {"inputs": [[6.7, 3.0, 5.2, 2.3]]})["X-Cache"] == "MISS"
-    assert len(sent) == 2
+    assert len(sent) == 2 and b"SET" in sent[1]
+    assert len(read) == 2  # the hit's XADD reply, then the script's
+    assert [count for count, _ in redis_client._hot.connection.pending] == [2]
+    records.flush_local_buffer()  # reads what is owed: nothing was refused
+    assert not redis_client._hot.connection.pending
+    assert records.drain_stream() == 3
+    assert PredictionRecord.objects.count() == 3
+
+
+def test_a_record_whose_reply_is_lost_is_kept_in_process_and_stored_once(tenant_a, iris, monkeypatch):
+    """The connection dies before the XADD's reply is read: the record may or may not be in the
+    stream, so it is kept in process too, and the insert stores it once."""
+    import redis
+    from redis.connection import Connection
+
+    from platform_site import redis_client
+
+    client = tenant_a.key_client()
+    first = predict(client, {"inputs": [ROW]})
+    original = Connection.read_response
+    cut = []
+
+    def cut_once(self, *args, **kwargs):  # what a Redis restart or a network cut does
+        if not cut:
+            cut.append(True)
+            self.disconnect()
+            raise redis.ConnectionError("Connection closed by server.")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "read_response", cut_once)
+    second = predict(client, {"inputs": [[6.7, 3.0, 5.2, 2.3]]})
+    assert second.status_code == 200  # the limit fails open while the breaker is open
+    assert cut and len(records._local_buffer().records) == 2  # the first (reply lost) and the second
+    redis_client.reset()  # the breaker closes
+    assert records.drain_stream() == 1  # the first did reach the stream
+    assert records.flush_local_buffer() == 2
+    ids = sorted(PredictionRecord.objects.values_list("prediction_id", flat=True))
+    assert ids == sorted([first.json()["id"], second.json()["id"]])
+
+
+def test_a_record_sent_just_before_the_process_dies_is_in_the_stream(tmp_path):
+    """send_later returns once the commands are in the socket: os._exit right after loses nothing."""
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    from platform_site.redis_client import get_redis
+
+    script = (
+        "import os, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'platform_site.settings'); django.setup()\n"
+        "from inference import records\n"
+        "for i in range(50):\n"
+        "    records.publish(record={'id': f'prd_dying{i:03d}', 'n': i})\n"
+        "os._exit(9)\n"
+    )
+    env = {**os.environ, "REDIS_URL": settings.REDIS_URL}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=settings.BASE_DIR, timeout=60)
+    assert done.returncode == 9
+    entries = get_redis().xrange(records.STREAM)
+    assert [orjson.loads(fields[b"r"])["n"] for _, fields in entries] == list(range(50))
 
 
 def test_limits_survive_redis_forgetting_the_script(tenant_a, iris):
