@@ -236,7 +236,7 @@ def run_prediction(
             predictions, probabilities = cached["p"], cached.get("q")
         else:
             loaded = model_cache.get(target.id, size_bytes=target.size_bytes, load=lambda: _load_estimator(target.id))
-            predictions, probabilities = loaded.predict(model_input.x, want_proba=call.want_proba)
+            predictions, probabilities = loaded.predict(model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing)
         timings.mark("predict")
     except ModelhostError as exc:
         _record_failure(identity=identity, route=route, target=target, variant=variant, protocol=protocol, call=call, timings=timings, error=exc)
@@ -352,10 +352,25 @@ def _record_failure(*, identity, route, target, variant, protocol, call, timings
     )
 
 
+_series: dict[tuple, tuple] = {}
+
+
 def _observe(*, outcome: Outcome, protocol: str, rows: int) -> None:
     org, model, version = outcome.route.org_slug, outcome.route.model_name, str(outcome.target.number)
-    PREDICTION_REQUESTS.labels(org, model, version, protocol, outcome.variant or "").inc()
-    PREDICTION_ROWS.labels(org, model, version).inc(rows)
+    variant = outcome.variant or ""
+    children = _series.get((org, model, version, protocol, variant))
+    if children is None:  # labels() hashes and locks each call: bind each series' children once
+        if len(_series) > 50_000:
+            _series.clear()
+        children = _series[(org, model, version, protocol, variant)] = (
+            PREDICTION_REQUESTS.labels(org, model, version, protocol, variant),
+            PREDICTION_ROWS.labels(org, model, version),
+            PREDICTION_CACHE_HITS.labels(org, model, version),
+            PREDICTION_LATENCY.labels(org, model, version, protocol),
+        )
+    requests, row_count, hits, latency = children
+    requests.inc()
+    row_count.inc(rows)
     if outcome.cache_hit:
-        PREDICTION_CACHE_HITS.labels(org, model, version).inc()
-    PREDICTION_LATENCY.labels(org, model, version, protocol).observe(outcome.latency_ms / 1000)
+        hits.inc()
+    latency.observe(outcome.latency_ms / 1000)

@@ -14,6 +14,7 @@ cache never becomes an outage of predictions; `modelhost_cache_up` and /readyz s
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import time
 from dataclasses import dataclass
@@ -85,6 +86,13 @@ def _month_end_seconds(now: datetime) -> int:
     return int((end - now).total_seconds()) + 1
 
 
+@functools.lru_cache(maxsize=4)
+def _windows(minute: int) -> tuple[int, str, int]:
+    """The minute, its UTC month ("YYYYMM") and the epoch second the month ends, computed once a minute."""
+    start = datetime.fromtimestamp(minute * 60, tz=timezone.utc)
+    return minute, f"{start.year}{start.month:02d}", minute * 60 + _month_end_seconds(start)
+
+
 def check_and_count(
     *, subject: str, org_id: int, key_limit: int, org_limit: int, key_quota: int, org_quota: int, cache_key: str | None = None
 ) -> LimitState:
@@ -97,11 +105,10 @@ def check_and_count(
     if client is None:
         return UNENFORCED
     now = time.time()
-    minute = int(now // 60)
-    reset = 60 - int(now % 60)
-    utc = datetime.fromtimestamp(now, tz=timezone.utc)
-    month = f"{utc.year}{utc.month:02d}"
-    month_left = _month_end_seconds(utc)
+    second = int(now)
+    minute, month, month_end = _windows(second // 60)
+    reset = 60 - second % 60
+    month_left = month_end - second
     keys = [f"mh:rl:{subject}:{minute}", f"mh:rl:o{org_id}:{minute}", f"mh:q:{subject}:{month}", f"mh:q:o{org_id}:{month}", ROUTE_GENERATION_KEY]
     if cache_key is not None:
         keys.append(cache_key)

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import sklearn
 from django.conf import settings
+
+from inference.linear_fast_path import fast_predict_for
 
 from platform_site.metrics import MODEL_LOAD_SECONDS, MODELS_LOADED
 
@@ -68,14 +71,26 @@ class LoadedModel:
     has_proba: bool
     size_bytes: int
     load_seconds: float
+    # The platform's own predict for a plain linear model (inference.linear_fast_path), or None.
+    fast_predict: Callable[[np.ndarray], np.ndarray] | None = None
+    width: int = 0
 
-    def predict(self, x, *, want_proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(self, x, *, want_proba: bool, finite: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions and, when asked and available, probabilities.
 
-        predict() is always called: deriving labels from argmax(predict_proba) is wrong for
-        threshold-tuned classifiers, so the cost of a second call is paid for correctness.
+        `finite` says validation has refused NaN and infinity (the signature allows no missing
+        value): scikit-learn then skips its own scan (assume_finite), and a plain linear model
+        is predicted by the platform's fast path. predict() is always called: deriving labels
+        from argmax(predict_proba) is wrong for threshold-tuned classifiers, so the cost of a
+        second call is paid for correctness.
         """
-        with one_warning_filter():
+        if finite and self.fast_predict is not None and type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 2 and x.shape[1] == self.width:
+            predictions = self.fast_predict(x)
+            if not (want_proba and self.has_proba):
+                return predictions, None
+            with one_warning_filter(), sklearn.config_context(assume_finite=True):
+                return predictions, self.estimator.predict_proba(x)
+        with one_warning_filter(), sklearn.config_context(assume_finite=finite):
             predictions = self.estimator.predict(x)
             if want_proba and self.has_proba:
                 return predictions, self.estimator.predict_proba(x)
@@ -109,6 +124,8 @@ class ModelCache:
                 has_proba=_has_predict_proba(estimator),
                 size_bytes=size_bytes,
                 load_seconds=seconds,
+                fast_predict=fast_predict_for(estimator),
+                width=int(getattr(estimator, "n_features_in_", 0) or 0),
             )
             with self._lock:
                 self._models[version_id] = model

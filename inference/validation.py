@@ -46,6 +46,11 @@ class InputSpec:
         return [c.name for c in self.columns]
 
     @property
+    def forbids_missing(self) -> bool:
+        """No column allows a missing value: validated input holds no NaN and no infinity."""
+        return not any(c.allow_missing for c in self.columns)
+
+    @property
     def all_numeric(self) -> bool:
         return all(c.type in NUMERIC for c in self.columns)
 

@@ -563,3 +563,21 @@ def test_warm_predictions_survive_a_database_outage(tenant_a, iris, monkeypatch)
     response = predict(client, {"inputs": [[6.0, 3.0, 4.8, 1.8]]})
     assert response.status_code == 200
     assert response.json()["predictions"] == [2]
+
+
+def test_a_linear_model_is_served_by_the_fast_path_with_scikit_learns_answers(tenant_a, iris):
+    import numpy as np
+
+    from inference.model_cache import models
+    from registry.tests.factories import iris_data
+
+    x, _ = iris_data()
+    rows = np.vstack([x[::7], x[::11] * 1.5]).tolist()
+    response = predict(tenant_a.key_client(), {"inputs": rows, "parameters": {"probabilities": True}})
+    assert response.status_code == 200, response.content
+    iris.refresh_from_db()
+    loaded = models.get(iris.production_version_id, size_bytes=0, load=lambda: None)
+    assert loaded.fast_predict is not None
+    estimator = loaded.estimator
+    assert response.json()["predictions"] == estimator.predict(np.array(rows)).tolist()
+    np.testing.assert_allclose(response.json()["probabilities"], estimator.predict_proba(np.array(rows)), rtol=0, atol=1e-12)
