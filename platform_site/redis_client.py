@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
@@ -98,6 +99,34 @@ class _HotConnection:
         # redis-py's periodic health check reads a PONG: only when no reply is waiting ahead of it.
         self.connection.send_packed_command(self.connection.pack_commands(commands), check_health=not self.pending)
 
+    def send_more(self, commands: tuple) -> None:
+        """Queue `commands` in the kernel's send buffer, to leave with the next send (MSG_MORE).
+
+        Linux holds data sent with MSG_MORE until the socket's next send without it, at most
+        about 200 ms, and sends it when the socket is closed, a process's exit included. So
+        the commands are as safe from a crash of this process as after a plain send, and the
+        next round trip carries them in the same segment: one transmission, and one read on
+        Redis's side, per request instead of two. Where the flag does not apply (TLS, Unix
+        sockets, other systems) this is a plain send.
+        """
+        connection = self.connection
+        sock = connection._sock
+        if sock is None or not _MSG_MORE or type(sock) is not socket.socket or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            self.send(commands)
+            return
+        try:
+            for chunk in connection.pack_commands(commands):
+                sock.sendall(chunk, _MSG_MORE)
+        except OSError as exc:
+            connection.disconnect()
+            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from exc
+
+    def push(self) -> None:
+        """Send what send_more() left in the kernel's buffer now (setting TCP_NODELAY pushes it)."""
+        sock = self.connection._sock
+        if sock is not None and type(sock) is socket.socket and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def read(self, count: int) -> list:
         replies = []
         for _ in range(count):
@@ -135,6 +164,7 @@ def _give_back(pool, connection, pid: int) -> None:
 
 _hot = threading.local()
 MAX_PENDING_SENDS = 64
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
 
 def _hot_connection(client: redis.Redis) -> _HotConnection:
@@ -184,18 +214,19 @@ def round_trip(client: redis.Redis, *commands: tuple) -> list:
 
 
 def send_later(client: redis.Redis, commands: tuple, settle: Callable[[list | BaseException], None]) -> None:
-    """Send `commands` now and read their replies later: no wait for Redis on this request.
+    """Send `commands` with this thread's next round trip and read their replies then.
 
     Once this returns, the commands are in the kernel's socket buffer: Redis receives them
-    even if this process dies the next instant (a process's exit closes its sockets after
-    sending what they hold). `settle` gets the replies (a list, error replies as
+    with the next round trip, within about 200 ms if none comes, and even if this process
+    dies the next instant (a process's exit closes its sockets after sending what they hold;
+    see _HotConnection.send_more). `settle` gets the replies (a list, error replies as
     ResponseError) when the next round trip or settle() reads them, or the exception that
     lost them (then whether Redis applied the commands is unknown). A send that fails raises
     at once, and `settle` is not called.
     """
     hot = _hot_connection(client)
     try:
-        hot.send(commands)
+        hot.send_more(commands)
     except BaseException as exc:
         hot.connection.disconnect()
         _drop(hot, exc)
@@ -211,6 +242,7 @@ def settle_pending() -> None:
     if hot is None or not hot.pending:
         return
     try:
+        hot.push()
         hot.read_pending()
     except REDIS_ERRORS as exc:
         hot.connection.disconnect()

@@ -334,40 +334,38 @@ def test_invalid_bodies_count_against_the_limit_and_a_refusal_comes_first(tenant
 
 
 def test_a_prediction_waits_for_one_redis_round_trip(tenant_a, iris, monkeypatch):
-    """The limit script (with the cache read) is waited for; the record (and, on a miss, the
-    store) is sent before the response and its reply read with the next request's round trip."""
-    from redis.connection import Connection
+    """The limit script (with the cache read) is the one round trip waited for. The record (and,
+    on a miss, the answer to cache) is queued in the socket before the response and leaves with
+    the next round trip, whose replies come back together; with no next request, within ~200 ms."""
+    import time
 
     from platform_site import redis_client
+    from platform_site.redis_client import get_redis
 
+    monkeypatch.setattr(redis_client, "settle_pending", lambda: None)  # as in production: no push after a request
     client = tenant_a.key_client()
     assert predict(client, {"inputs": [ROW]})["X-Cache"] == "MISS"  # loads the script and the route
-    sent, read = [], []
-    original_send, original_read = Connection.send_packed_command, Connection.read_response
+    calls = []
+    hot = redis_client._HotConnection
+    for name in ("send", "send_more", "read"):
+        original = getattr(hot, name)
+        monkeypatch.setattr(hot, name, lambda self, arg, _name=name, _original=original: calls.append((_name, arg if _name == "read" else arg[0][0])) or _original(self, arg))
 
-    def counting_send(self, command, *args, **kwargs):
-        sent.append(b"".join(command) if isinstance(command, list) else command)
-        return original_send(self, command, *args, **kwargs)
-
-    def counting_read(self, *args, **kwargs):
-        reply = original_read(self, *args, **kwargs)
-        read.append(reply)
-        return reply
-
-    monkeypatch.setattr(Connection, "send_packed_command", counting_send)
-    monkeypatch.setattr(Connection, "read_response", counting_read)
     hit = predict(client, {"inputs": [ROW]})
     assert hit["X-Cache"] == "HIT"
     assert hit.json()["predictions"] == [0]
-    assert [b"EVALSHA" in s for s in sent] == [True, False] and b"XADD" in sent[1]
-    # The first request's XADD and SET replies, then the script's; this request's XADD is owed.
-    assert len(read) == 3 and isinstance(read[2], list)
-    assert [count for count, _ in redis_client._hot.connection.pending] == [1]
-    sent.clear(), read.clear()
+    # One transmission: the script; the first request's XADD and SET replies are read with its own.
+    assert calls == [("send", "EVALSHA"), ("read", 2), ("read", 1), ("send_more", "XADD")]
+    assert get_redis().xlen(records.STREAM) == 1  # the hit's record is still in this process's socket
+    calls.clear()
     assert predict(client, {"inputs": [[6.7, 3.0, 5.2, 2.3]]})["X-Cache"] == "MISS"
-    assert len(sent) == 2 and b"SET" in sent[1]
-    assert len(read) == 2  # the hit's XADD reply, then the script's
-    assert [count for count, _ in redis_client._hot.connection.pending] == [2]
+    assert calls == [("send", "EVALSHA"), ("read", 1), ("read", 1), ("send_more", "XADD")]
+    assert get_redis().xlen(records.STREAM) == 2
+    started = time.monotonic()
+    while get_redis().xlen(records.STREAM) < 3 and time.monotonic() - started < 2:  # an idle worker's last record
+        time.sleep(0.01)
+    assert get_redis().xlen(records.STREAM) == 3 and time.monotonic() - started < 1
+    assert [count for count, _ in redis_client._hot.connection.pending] == [2]  # XADD and SET, read later
     records.flush_local_buffer()  # reads what is owed: nothing was refused
     assert not redis_client._hot.connection.pending
     assert records.drain_stream() == 3
@@ -382,6 +380,7 @@ def test_a_record_whose_reply_is_lost_is_kept_in_process_and_stored_once(tenant_
 
     from platform_site import redis_client
 
+    monkeypatch.setattr(redis_client, "settle_pending", lambda: None)  # as in production: replies read with the next request
     client = tenant_a.key_client()
     first = predict(client, {"inputs": [ROW]})
     original = Connection.read_response
@@ -398,6 +397,7 @@ def test_a_record_whose_reply_is_lost_is_kept_in_process_and_stored_once(tenant_
     second = predict(client, {"inputs": [[6.7, 3.0, 5.2, 2.3]]})
     assert second.status_code == 200  # the limit fails open while the breaker is open
     assert cut and len(records._local_buffer().records) == 2  # the first (reply lost) and the second
+    monkeypatch.undo()
     redis_client.reset()  # the breaker closes
     assert records.drain_stream() == 1  # the first did reach the stream
     assert records.flush_local_buffer() == 2

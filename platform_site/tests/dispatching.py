@@ -3,9 +3,11 @@
 platform_site.wsgi serves prediction paths with PredictionDispatcher, not Django's handler.
 The suite's clients (Django's and DRF's) are ClientHandler subclasses; with this installed,
 a request the dispatcher takes is answered by it, exactly as in production, so every
-prediction test exercises the path production runs. The one difference is the test
+prediction test exercises the path production runs. Two differences are the test
 client's: close_old_connections stays disconnected, which would otherwise close the
-connection holding the test's transaction.
+connection holding the test's transaction; and the request's prediction record is sent to
+Redis before the client returns (redis_client.settle_pending) rather than with the next
+request, so a test can read the stream at once.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from django.test.client import ClientHandler
 
 
 def install(monkeypatch) -> None:
+    from platform_site import redis_client
     from platform_site.dispatch import PredictionDispatcher
 
     original = ClientHandler.__call__
@@ -31,6 +34,10 @@ def install(monkeypatch) -> None:
             if response is not None:
                 response.close()  # as the WSGI server does: request_finished
         finally:
+            # In production a record leaves for Redis with the worker's next request (or within
+            # ~200 ms); a test reads Redis right after its request, so send it now. Tests of
+            # that delay call the dispatcher or records.publish directly.
+            redis_client.settle_pending()
             request_started.connect(close_old_connections)
             request_finished.connect(close_old_connections)
         if response is None:
