@@ -74,7 +74,7 @@ def instrument() -> list[str]:
         ("    decode a cached answer", prediction_cache, "decode"),
         ("    model.predict", LoadedModel, "predict"),
         ("    build the record", hotpath, "_record"),
-        ("    record + cache store (Redis pipeline XADD+SET)", records, "publish"),
+        ("    record + cache store (XADD+SET queued on the socket)", records, "publish"),
         ("    Prometheus counters + histogram", hotpath, "_observe"),
         ("    render the JSON response", views_native, "_json"),
     ]

@@ -3,10 +3,12 @@
 authenticate -> resolve (production or experiment variant) -> limit -> validate -> cache
 -> predict -> record. A warm request makes no database query: keys, routes and models come
 from in-process caches; limits, the prediction cache and the record stream are Redis calls
-with timeouts and fallbacks, two round trips in all: the rate limit script also reads the
-prediction cache (the body is validated first, in process, to know the cache key; its
-verdict still comes after the limit's), and one pipeline records the prediction and stores
-the answer. Each step feeds Server-Timing and the Prometheus metrics.
+with timeouts and fallbacks, one round trip waited for: the rate limit script also reads
+the prediction cache (the body is validated first, in process, to know the cache key; its
+verdict still comes after the limit's); the record and the answer to cache are queued on
+the same connection and leave with the next round trip (inference.records). A plain linear
+model is predicted by the platform's own arithmetic (inference.linear_fast_path). Each step
+feeds Server-Timing and the Prometheus metrics.
 """
 from __future__ import annotations
 

@@ -11,9 +11,8 @@ import numpy as np
 import orjson
 import pytest
 import requests
-from django.db import connection
 
-from platform_site.tests.processes import free_port, wait_for_http
+from platform_site.tests.processes import free_port, wait_for_http, web_process_env
 from registry.tests import factories as f
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,17 +31,8 @@ def test_concurrent_predictions_are_right_and_each_recorded_once(tenant_a, tmp_p
     model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="iris")
     f.create_version(model, promote=True)
     estimator = f.iris_model()
-    db = connection.settings_dict
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
-        "MODEL_STORAGE_ROOT": str(settings.STORAGES["models"]["OPTIONS"]["location"]),
-        "WEB_CONCURRENCY": "2",
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-    }
+    env = web_process_env(port=port, metrics_dir=tmp_path / "prometheus", settings=settings)
     env.pop("WEB_THREADS", None)  # the default: two per worker
     log = (tmp_path / "web.log").open("wb")
     web = subprocess.Popen([sys.executable, "-m", "platform_site.serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from django.db import connection
 
-from platform_site.tests.processes import free_port, wait_for_http
+from platform_site.tests.processes import free_port, wait_for_http, web_process_env
 from registry.tests import factories as f
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,17 +24,8 @@ def test_counters_add_up_across_two_web_processes(tenant_a, tmp_path, settings):
 
     model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="iris")
     f.create_version(model, promote=True)
-    db = connection.settings_dict
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
-        "MODEL_STORAGE_ROOT": str(settings.STORAGES["models"]["OPTIONS"]["location"]),
-        "WEB_CONCURRENCY": "2",
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-    }
+    env = web_process_env(port=port, metrics_dir=tmp_path / "prometheus", settings=settings)
     log = (tmp_path / "web.log").open("wb")
     web = subprocess.Popen(
         [sys.executable, "-m", "platform_site.serve"],

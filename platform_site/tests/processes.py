@@ -26,3 +26,21 @@ def wait_for_http(url: str, process: subprocess.Popen, *, timeout: float, log=la
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not answer (exit status {process.poll()}):\n{log()}")
         time.sleep(0.2)
+
+
+def web_process_env(*, port: int, metrics_dir, settings) -> dict[str, str]:
+    """The environment to run `python -m platform_site.serve` against the test's database and storage."""
+    import os
+
+    from django.db import connection
+
+    db = connection.settings_dict
+    return {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "MODEL_STORAGE_ROOT": str(settings.STORAGES["models"]["OPTIONS"]["location"]),
+        "WEB_CONCURRENCY": "2",
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+    }
