@@ -93,6 +93,7 @@ class _HotConnection:
         self.connection = self.pool.get_connection()
         self.pid = os.getpid()
         self.pending: deque[tuple[int, Callable[[list | BaseException], None]]] = deque()
+        self.last_used = time.monotonic()
         weakref.finalize(self, _give_back, self.pool, self.connection, self.pid)
 
     def send(self, commands: tuple) -> None:
@@ -165,6 +166,8 @@ def _give_back(pool, connection, pid: int) -> None:
 _hot = threading.local()
 MAX_PENDING_SENDS = 64
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
+# A connection unused for this long, with replies owed, is checked before the next send.
+IDLE_CHECK_SECONDS = 5.0
 
 
 def _hot_connection(client: redis.Redis) -> _HotConnection:
@@ -203,14 +206,41 @@ def round_trip(client: redis.Redis, *commands: tuple) -> list:
     the owed replies and is raised.
     """
     hot = _hot_connection(client)
+    if hot.pending and time.monotonic() - hot.last_used > IDLE_CHECK_SECONDS:
+        hot = _checked_after_idle(client, hot)
     try:
         hot.send(commands)
         hot.read_pending()
-        return hot.read(len(commands))
+        replies = hot.read(len(commands))
     except BaseException as exc:
         hot.connection.disconnect()
         _drop(hot, exc)
         raise
+    hot.last_used = time.monotonic()
+    return replies
+
+
+def _checked_after_idle(client: redis.Redis, hot: _HotConnection) -> _HotConnection:
+    """Read what an idle connection still owes before sending on it again.
+
+    With no reply owed, redis-py's health check (a PING before a send on a connection idle
+    for health_check_interval) finds a connection Redis dropped meanwhile (a restart, a
+    failover, an idle timeout) and reconnects. With replies owed that check cannot run, so
+    they are read first: if the connection is dead, their callers get the error (a record
+    is kept in process), and the request goes on over a new connection instead of failing
+    open, which would have opened the breaker for every request of the next seconds.
+    """
+    try:
+        hot.push()
+        hot.read_pending()
+        # The replies may have been waiting in the socket before Redis dropped it: a PING tells.
+        hot.send((("PING",),))
+        hot.read(1)
+    except REDIS_ERRORS as exc:
+        hot.connection.disconnect()
+        _drop(hot, exc)
+        return _hot_connection(client)
+    return hot
 
 
 def send_later(client: redis.Redis, commands: tuple, settle: Callable[[list | BaseException], None]) -> None:
@@ -232,6 +262,7 @@ def send_later(client: redis.Redis, commands: tuple, settle: Callable[[list | Ba
         _drop(hot, exc)
         raise
     hot.pending.append((len(commands), settle))
+    hot.last_used = time.monotonic()
     if len(hot.pending) >= MAX_PENDING_SENDS:  # a thread that only sends: read what it owes
         settle_pending()
 

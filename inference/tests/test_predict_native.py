@@ -405,6 +405,41 @@ def test_a_record_whose_reply_is_lost_is_kept_in_process_and_stored_once(tenant_
     assert ids == sorted([first.json()["id"], second.json()["id"]])
 
 
+@pytest.mark.parametrize("settled", [False, True], ids=["record-still-queued", "record-delivered-then-dropped"])
+def test_a_connection_redis_dropped_while_idle_is_replaced_not_failed_open(tenant_a, iris, monkeypatch, settled):
+    """Replies owed by an idle connection are read before it is used again: if Redis dropped it
+    (a restart, a failover, an idle timeout), the request goes on over a new connection and is
+    counted, instead of failing open and opening the breaker. Either the queued record never
+    left (it is kept in process), or it left, was answered, and then the connection died (the
+    reply is read, and redis-py's ping before the send reconnects)."""
+    import time
+
+    from platform_site import redis_client
+    from platform_site.redis_client import get_redis
+
+    monkeypatch.setattr(redis_client, "settle_pending", lambda: None)  # as in production
+    ApiKey.objects.filter(id=tenant_a.api_key_id).update(rate_limit_per_minute=100)
+    client = tenant_a.key_client()
+    first = predict(client, {"inputs": [ROW]})
+    assert first["X-RateLimit-Remaining"] == "99"
+    hot = redis_client._hot.connection
+    assert hot.pending
+    if settled:
+        time.sleep(0.4)  # the kernel sends the queued record after ~200 ms; Redis answers it
+    host, port = hot.connection._sock.getsockname()[:2]
+    get_redis().client_kill(f"{host}:{port}")
+    hot.last_used -= 3600  # idle for an hour
+    second = predict(client, {"inputs": [[6.7, 3.0, 5.2, 2.3]]})
+    assert second.status_code == 200
+    assert second["X-RateLimit-Remaining"] == "98"  # counted in Redis, not failed open
+    assert redis_client._open_until == 0.0
+    monkeypatch.undo()
+    records.flush_local_buffer()
+    records.drain_stream()
+    ids = sorted(PredictionRecord.objects.values_list("prediction_id", flat=True))
+    assert ids == sorted([first.json()["id"], second.json()["id"]])
+
+
 def test_a_record_sent_just_before_the_process_dies_is_in_the_stream(tmp_path):
     """send_later returns once the commands are in the socket: os._exit right after loses nothing."""
     import subprocess
