@@ -5,12 +5,14 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_iris, make_classification, make_regression
 from sklearn.linear_model import (
+    ElasticNet,
     LinearRegression,
     LogisticRegression,
     Perceptron,
     Ridge,
     RidgeClassifier,
     SGDClassifier,
+    SGDRegressor,
 )
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -86,6 +88,8 @@ def test_fast_path_is_refused_for_what_it_does_not_compute_exactly():
     assert fast_predict_for(ScaledScores(max_iter=500).fit(x, y)) is None
     assert fast_predict_for(RidgeClassifier().fit(x, y)) is None  # its own predict (multilabel)
     assert fast_predict_for(Ridge().fit(*_regression())) is None  # its own predict
+    assert fast_predict_for(ElasticNet().fit(*_regression())) is None  # its own decision function
+    assert fast_predict_for(SGDRegressor(random_state=0).fit(*_regression())) is None  # its own predict
     assert fast_predict_for(make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)) is None
     import pandas as pd
 
