@@ -1,6 +1,6 @@
 """Where a Modelhost web worker spends its time under load: py-spy on the real server.
 
-    python3 bench/profile_server.py [--seconds 10] [--model iris] [--kind one|hit|batch] [--top 40]
+    python3 bench/profile_server.py [--seconds 10] [--model iris] [--kind one|hit|batch] [--top 40] [--gil]
 
 bench/profile_hotpath.py times the steps in one process without HTTP. This starts the web
 process as the Procfile runs it (granian, 2 workers), loads it with the benchmark's wrk
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--model", default="iris", choices=["iris", "rf"])
     parser.add_argument("--kind", default="one", choices=["one", "hit", "batch"])
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--gil", action="store_true", help="only samples of the thread holding the GIL (py-spy --gil)")
     args = parser.parse_args()
     harness.ensure_peers_python()
     seeded = bench.prepare()
@@ -52,7 +53,7 @@ def main() -> None:
         time.sleep(1)
         subprocess.run(
             [str(PEERS_VENV / "bin" / "py-spy"), "record", "--pid", str(worker), "--duration", str(args.seconds),
-             "--rate", "1000", "--format", "raw", "--output", str(raw), "--nonblocking"],
+             "--rate", "1000", "--format", "raw", "--output", str(raw), "--nonblocking", *(["--gil"] if args.gil else [])],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         load.join()
