@@ -115,7 +115,13 @@ class PredictionDispatcher:
             f"{response.status_code} {response.reason_phrase}",
             [*response.items(), *(("Set-Cookie", c.output(header="")) for c in response.cookies.values())],
         )
-        return response
+        if response.streaming:
+            return response
+        # The body is in memory: close now (request_finished) and hand the server a list, which
+        # granian writes in one call instead of iterating a Python object from Rust.
+        content = response.content
+        response.close()
+        return [content]
 
     def fast_path(self, environ: dict) -> re.Match | None:
         """The match of a prediction path this dispatcher serves, or None for Django's."""

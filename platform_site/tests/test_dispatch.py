@@ -50,7 +50,8 @@ def call(env: dict, app=application) -> tuple[int, dict, bytes]:
     try:
         body = b"".join(result)
     finally:
-        result.close()
+        if hasattr(result, "close"):  # as a WSGI server does
+            result.close()
     return seen["status"], seen["headers"], body
 
 
