@@ -87,10 +87,10 @@ def _month_end_seconds(now: datetime) -> int:
 
 
 @functools.lru_cache(maxsize=4)
-def _windows(minute: int) -> tuple[int, str, int]:
-    """The minute, its UTC month ("YYYYMM") and the epoch second the month ends, computed once a minute."""
+def _month_of(minute: int) -> tuple[str, int]:
+    """The UTC month ("YYYYMM") of an epoch minute and the epoch second it ends: computed once a minute."""
     start = datetime.fromtimestamp(minute * 60, tz=timezone.utc)
-    return minute, f"{start.year}{start.month:02d}", minute * 60 + _month_end_seconds(start)
+    return f"{start.year}{start.month:02d}", minute * 60 + _month_end_seconds(start)
 
 
 def check_and_count(
@@ -106,7 +106,8 @@ def check_and_count(
         return UNENFORCED
     now = time.time()
     second = int(now)
-    minute, month, month_end = _windows(second // 60)
+    minute = second // 60
+    month, month_end = _month_of(minute)
     reset = 60 - second % 60
     month_left = month_end - second
     keys = [f"mh:rl:{subject}:{minute}", f"mh:rl:o{org_id}:{minute}", f"mh:q:{subject}:{month}", f"mh:q:o{org_id}:{month}", ROUTE_GENERATION_KEY]

@@ -22,9 +22,12 @@ by scikit-learn as before. Probabilities are always scikit-learn's own predict_p
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -36,6 +39,7 @@ def fast_predict_for(estimator: Any) -> Predict | None:
         if predict is None or not _agrees(estimator, predict):
             return None
     except Exception:  # anything unexpected about the estimator: scikit-learn predicts it
+        logger.debug("no linear fast path for %s", type(estimator).__name__, exc_info=True)
         return None
     return predict
 

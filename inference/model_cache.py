@@ -20,7 +20,6 @@ import sklearn
 from django.conf import settings
 
 from inference.linear_fast_path import fast_predict_for
-
 from platform_site.metrics import MODEL_LOAD_SECONDS, MODELS_LOADED
 
 
@@ -84,17 +83,16 @@ class LoadedModel:
         from argmax(predict_proba) is wrong for threshold-tuned classifiers, so the cost of a
         second call is paid for correctness.
         """
-        if finite and self.fast_predict is not None and type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 2 and x.shape[1] == self.width:
+        fast = finite and self.fast_predict is not None and type(x) is np.ndarray and x.dtype == np.float64 and x.ndim == 2 and x.shape[1] == self.width
+        proba = want_proba and self.has_proba
+        if fast:
             predictions = self.fast_predict(x)
-            if not (want_proba and self.has_proba):
+            if not proba:  # no scikit-learn call at all: no filter swap, no config context
                 return predictions, None
-            with one_warning_filter(), sklearn.config_context(assume_finite=True):
-                return predictions, self.estimator.predict_proba(x)
         with one_warning_filter(), sklearn.config_context(assume_finite=finite):
-            predictions = self.estimator.predict(x)
-            if want_proba and self.has_proba:
-                return predictions, self.estimator.predict_proba(x)
-            return predictions, None
+            if not fast:
+                predictions = self.estimator.predict(x)
+            return predictions, self.estimator.predict_proba(x) if proba else None
 
 
 class ModelCache:

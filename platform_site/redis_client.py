@@ -70,7 +70,6 @@ def reset() -> None:
     global _client, _open_until, _reported_up
     hot = getattr(_hot, "connection", None)
     if hot is not None and hot.pid == os.getpid():
-        settle_pending()
         _drop(hot, None)
     if _client is not None:
         _client.close()
@@ -112,7 +111,7 @@ class _HotConnection:
         """
         connection = self.connection
         sock = connection._sock
-        if sock is None or not _MSG_MORE or type(sock) is not socket.socket or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        if not _MSG_MORE or not _plain_tcp(sock):
             self.send(commands)
             return
         try:
@@ -125,7 +124,7 @@ class _HotConnection:
     def push(self) -> None:
         """Send what send_more() left in the kernel's buffer now (setting TCP_NODELAY pushes it)."""
         sock = self.connection._sock
-        if sock is not None and type(sock) is socket.socket and sock.family in (socket.AF_INET, socket.AF_INET6):
+        if _plain_tcp(sock):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def read(self, count: int) -> list:
@@ -148,6 +147,11 @@ class _HotConnection:
         while self.pending:
             _, settle = self.pending.popleft()
             _settle(settle, exc)
+
+
+def _plain_tcp(sock) -> bool:
+    """A plain TCP socket (not TLS, not a Unix socket): where MSG_MORE and TCP_NODELAY apply."""
+    return type(sock) is socket.socket and sock.family in (socket.AF_INET, socket.AF_INET6)
 
 
 def _settle(settle: Callable[[list | BaseException], None], outcome: list | BaseException) -> None:
@@ -180,13 +184,16 @@ def _hot_connection(client: redis.Redis) -> _HotConnection:
 
 
 def _drop(hot: _HotConnection, exc: BaseException | None) -> None:
-    """Forget this thread's connection; replies it still owed go to their callers as `exc`."""
-    if exc is None:
+    """Forget this thread's connection. With no `exc`, the replies it owes are read first;
+    with one (or if reading fails), the connection is closed and their callers get the error."""
+    if exc is None and hot.pending:
         try:
+            hot.push()
             hot.read_pending()
         except REDIS_ERRORS as error:
             exc = error
     if exc is not None:
+        hot.connection.disconnect()
         hot.fail_pending(exc)
     if getattr(_hot, "connection", None) is hot:
         _hot.connection = None
@@ -213,7 +220,6 @@ def round_trip(client: redis.Redis, *commands: tuple) -> list:
         hot.read_pending()
         replies = hot.read(len(commands))
     except BaseException as exc:
-        hot.connection.disconnect()
         _drop(hot, exc)
         raise
     hot.last_used = time.monotonic()
@@ -237,7 +243,6 @@ def _checked_after_idle(client: redis.Redis, hot: _HotConnection) -> _HotConnect
         hot.send((("PING",),))
         hot.read(1)
     except REDIS_ERRORS as exc:
-        hot.connection.disconnect()
         _drop(hot, exc)
         return _hot_connection(client)
     return hot
@@ -258,7 +263,6 @@ def send_later(client: redis.Redis, commands: tuple, settle: Callable[[list | Ba
     try:
         hot.send_more(commands)
     except BaseException as exc:
-        hot.connection.disconnect()
         _drop(hot, exc)
         raise
     hot.pending.append((len(commands), settle))
@@ -276,7 +280,6 @@ def settle_pending() -> None:
         hot.push()
         hot.read_pending()
     except REDIS_ERRORS as exc:
-        hot.connection.disconnect()
         _drop(hot, exc)
         report_failure(exc)
 

@@ -333,7 +333,16 @@ def test_invalid_bodies_count_against_the_limit_and_a_refusal_comes_first(tenant
     assert refused.json()["code"] == "rate_limited"
 
 
-def test_a_prediction_waits_for_one_redis_round_trip(tenant_a, iris, monkeypatch):
+@pytest.fixture
+def replies_with_next_request(monkeypatch):
+    """As in production: the test client does not send a request's record at once
+    (platform_site/tests/dispatching.py does, for the other tests); it leaves with the next request."""
+    from platform_site import redis_client
+
+    monkeypatch.setattr(redis_client, "settle_pending", lambda: None)
+
+
+def test_a_prediction_waits_for_one_redis_round_trip(tenant_a, iris, monkeypatch, replies_with_next_request):
     """The limit script (with the cache read) is the one round trip waited for. The record (and,
     on a miss, the answer to cache) is queued in the socket before the response and leaves with
     the next round trip, whose replies come back together; with no next request, within ~200 ms."""
@@ -342,7 +351,6 @@ def test_a_prediction_waits_for_one_redis_round_trip(tenant_a, iris, monkeypatch
     from platform_site import redis_client
     from platform_site.redis_client import get_redis
 
-    monkeypatch.setattr(redis_client, "settle_pending", lambda: None)  # as in production: no push after a request
     client = tenant_a.key_client()
     assert predict(client, {"inputs": [ROW]})["X-Cache"] == "MISS"  # loads the script and the route
     calls = []
@@ -372,7 +380,7 @@ def test_a_prediction_waits_for_one_redis_round_trip(tenant_a, iris, monkeypatch
     assert PredictionRecord.objects.count() == 3
 
 
-def test_a_record_whose_reply_is_lost_is_kept_in_process_and_stored_once(tenant_a, iris, monkeypatch):
+def test_a_record_whose_reply_is_lost_is_kept_in_process_and_stored_once(tenant_a, iris, monkeypatch, replies_with_next_request):
     """The connection dies before the XADD's reply is read: the record may or may not be in the
     stream, so it is kept in process too, and the insert stores it once."""
     import redis
@@ -380,7 +388,6 @@ def test_a_record_whose_reply_is_lost_is_kept_in_process_and_stored_once(tenant_
 
     from platform_site import redis_client
 
-    monkeypatch.setattr(redis_client, "settle_pending", lambda: None)  # as in production: replies read with the next request
     client = tenant_a.key_client()
     first = predict(client, {"inputs": [ROW]})
     original = Connection.read_response
@@ -406,7 +413,7 @@ def test_a_record_whose_reply_is_lost_is_kept_in_process_and_stored_once(tenant_
 
 
 @pytest.mark.parametrize("settled", [False, True], ids=["record-still-queued", "record-delivered-then-dropped"])
-def test_a_connection_redis_dropped_while_idle_is_replaced_not_failed_open(tenant_a, iris, monkeypatch, settled):
+def test_a_connection_redis_dropped_while_idle_is_replaced_not_failed_open(tenant_a, iris, monkeypatch, replies_with_next_request, settled):
     """Replies owed by an idle connection are read before it is used again: if Redis dropped it
     (a restart, a failover, an idle timeout), the request goes on over a new connection and is
     counted, instead of failing open and opening the breaker. Either the queued record never
@@ -417,7 +424,6 @@ def test_a_connection_redis_dropped_while_idle_is_replaced_not_failed_open(tenan
     from platform_site import redis_client
     from platform_site.redis_client import get_redis
 
-    monkeypatch.setattr(redis_client, "settle_pending", lambda: None)  # as in production
     ApiKey.objects.filter(id=tenant_a.api_key_id).update(rate_limit_per_minute=100)
     client = tenant_a.key_client()
     first = predict(client, {"inputs": [ROW]})
