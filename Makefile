@@ -12,7 +12,9 @@ TEST_REDIS_URL    ?= redis://127.0.0.1:6379/15
 TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	SECRET_KEY=test-secret-key-for-the-suite-only-0123456789abcdefghijklmnopqrstuvwxyz \
 	DEBUG=false SECURE_SSL_REDIRECT=false ALLOWED_HOSTS=testserver,127.0.0.1,localhost \
-	MODEL_STORAGE_ROOT=$(CURDIR)/var/test-models
+	MODEL_STORAGE_ROOT=$(CURDIR)/var/test-models RECORD_FLUSH_SECONDS=3600
+# RECORD_FLUSH_SECONDS: tests flush the in-process record buffer themselves; the background
+# flusher, writing from its own database connection, would race a test's open transaction.
 
 .PHONY: run test install install-dev services migrate demo check-deploy clean screenshots bench-inference bench-memory bench-upload
 

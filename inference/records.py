@@ -93,7 +93,13 @@ class LocalRecordBuffer:
             except IndexError:
                 break
         if batch:
-            ingest_records(batch)
+            try:
+                ingest_records(batch)
+            except BaseException:
+                # Back at the front, in order, for the next flush (the bound still holds:
+                # when the buffer is full meanwhile, the newest records are the ones dropped).
+                self.records.extendleft(reversed(batch))
+                raise
         return len(batch)
 
     def _run(self) -> None:

@@ -493,6 +493,27 @@ def test_a_record_the_stream_refuses_is_kept_in_process(tenant_a, iris):
     assert PredictionRecord.objects.get().prediction_id == response.json()["id"]
 
 
+def test_a_batch_the_database_refuses_stays_buffered_for_the_next_flush(tenant_a, iris, redis_down, monkeypatch):
+    """Redis down, then the database fails one bulk insert: the records wait for the next flush."""
+    responses = [predict(tenant_a.key_client(), {"inputs": [ROW]}) for _ in range(2)]
+    original = records.ingest_records
+    calls = []
+
+    def failing_once(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("database went away")
+        return original(batch)
+
+    monkeypatch.setattr(records, "ingest_records", failing_once)
+    with pytest.raises(RuntimeError):
+        records.flush_local_buffer()
+    assert records.flush_local_buffer() == 2
+    assert calls == [2, 2]
+    stored = sorted(PredictionRecord.objects.values_list("prediction_id", flat=True))
+    assert stored == sorted(r.json()["id"] for r in responses)
+
+
 def test_organization_limit_applies_across_keys(tenant_a, iris):
     Organization.objects.filter(id=tenant_a.organization.id).update(rate_limit_per_minute=1)
     other = tenant_a.jwt_client().post("/api/v1/orgs/acme/api-keys", {"name": "b", "scopes": ["predict"]}, format="json").json()["key"]
