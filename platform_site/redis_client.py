@@ -16,8 +16,10 @@ import weakref
 from collections import deque
 from typing import Callable
 
+import hiredis
 import redis
 from django.conf import settings
+from redis._parsers import BaseParser
 
 from platform_site.metrics import CACHE_UP
 
@@ -85,19 +87,44 @@ class _HotConnection:
     callback that takes them. They are read before the next round trip's own replies, or by
     settle(). The connection is not shared while it holds unread replies: each thread keeps
     its own, returned to the pool (disconnected) when the thread ends.
+
+    redis-py opens the connection (address, TLS, AUTH, SELECT, timeouts) and closes it; the
+    commands and replies on it go through hiredis directly, the packer and reader redis-py
+    itself uses. redis-py's layers over them (per-command encoding and buffering, health-check
+    and error-mapping wrappers, a host string built for each reply) cost a web worker 7 % of
+    its CPU per iris request: 0.525 against 0.486 ms, best of three runs each (bench/RESULTS.md).
+    Error replies come back as redis-py's exception classes (NoScriptError, ResponseError,
+    ...), in place of the reply.
     """
 
     def __init__(self, client: redis.Redis) -> None:
         self.pool = client.connection_pool
-        self.connection = self.pool.get_connection()
+        self.connection = self.pool.get_connection()  # connected, authenticated, database selected
+        self.sock = self.connection._sock
+        self.plain_tcp = _plain_tcp(self.sock)
+        self.reader = hiredis.Reader(protocolError=redis.exceptions.InvalidResponse, replyError=BaseParser.parse_error)
+        self.buffer = bytearray(_READ_SIZE)
         self.pid = os.getpid()
         self.pending: deque[tuple[int, Callable[[list | BaseException], None]]] = deque()
         self.last_used = time.monotonic()
         weakref.finalize(self, _give_back, self.pool, self.connection, self.pid)
 
     def send(self, commands: tuple) -> None:
-        # redis-py's periodic health check reads a PONG: only when no reply is waiting ahead of it.
-        self.connection.send_packed_command(self.connection.pack_commands(commands), check_health=not self.pending)
+        self._write(commands, 0)
+
+    def _write(self, commands: tuple, flags: int) -> None:
+        data = b"".join(map(hiredis.pack_command, commands))
+        try:
+            if flags:
+                self.sock.sendall(data, flags)
+            else:
+                self.sock.sendall(data)
+        except socket.timeout as exc:
+            self.connection.disconnect()
+            raise redis.TimeoutError("Timeout writing to socket") from exc
+        except OSError as exc:
+            self.connection.disconnect()
+            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from exc
 
     def send_more(self, commands: tuple) -> None:
         """Queue `commands` in the kernel's send buffer, to leave with the next send (MSG_MORE).
@@ -109,31 +136,33 @@ class _HotConnection:
         Redis's side, per request instead of two. Where the flag does not apply (TLS, Unix
         sockets, other systems) this is a plain send.
         """
-        connection = self.connection
-        sock = connection._sock
-        if not _MSG_MORE or not _plain_tcp(sock):
-            self.send(commands)
-            return
-        try:
-            for chunk in connection.pack_commands(commands):
-                sock.sendall(chunk, _MSG_MORE)
-        except OSError as exc:
-            connection.disconnect()
-            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from exc
+        self._write(commands, _MSG_MORE if self.plain_tcp else 0)
 
     def push(self) -> None:
         """Send what send_more() left in the kernel's buffer now (setting TCP_NODELAY pushes it)."""
-        sock = self.connection._sock
-        if _plain_tcp(sock):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.plain_tcp:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def read(self, count: int) -> list:
         replies = []
-        for _ in range(count):
-            try:
-                replies.append(self.connection.read_response())
-            except redis.ResponseError as error:
-                replies.append(error)
+        reader, sock, buffer = self.reader, self.sock, self.buffer
+        while len(replies) < count:
+            reply = reader.gets()
+            if reply is False:
+                try:
+                    received = sock.recv_into(buffer)
+                except socket.timeout as exc:
+                    self.connection.disconnect()
+                    raise redis.TimeoutError("Timeout reading from socket") from exc
+                except OSError as exc:
+                    self.connection.disconnect()
+                    raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
+                if not received:
+                    self.connection.disconnect()
+                    raise redis.ConnectionError("Connection closed by server.")
+                reader.feed(buffer, 0, received)
+            else:
+                replies.append(reply)
         return replies
 
     def read_pending(self) -> None:
@@ -170,7 +199,8 @@ def _give_back(pool, connection, pid: int) -> None:
 _hot = threading.local()
 MAX_PENDING_SENDS = 64
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
-# A connection unused for this long, with replies owed, is checked before the next send.
+_READ_SIZE = 65536
+# A connection unused for this long is checked (a PING) before the next round trip.
 IDLE_CHECK_SECONDS = 5.0
 
 
@@ -205,15 +235,16 @@ def round_trip(client: redis.Redis, *commands: tuple) -> list:
     The hot path's Redis calls go through here rather than through redis-py's command
     methods and pipeline object: those wrap each call in retry, event and response-callback
     layers that cost 80-130 µs of CPU per call on this project's machine, more than the
-    socket I/O itself (bench/RESULTS.md). The connection, its pool, timeouts, health checks
-    and the hiredis parser are redis-py's. Replies are raw (bytes, ints, lists); an error
-    reply is returned in its place as a ResponseError, so one bad command never leaves the
-    others' replies unread. Replies owed to earlier send_later() calls are read first (they
+    socket I/O itself (bench/RESULTS.md). The connection, its pool and timeouts are
+    redis-py's; commands and replies go through hiredis (see _HotConnection). Replies are raw
+    (bytes, ints, lists); an error reply is returned in its place as a ResponseError, so one
+    bad command never leaves the others' replies unread. A connection idle for
+    IDLE_CHECK_SECONDS is checked first (_checked_after_idle). Replies owed to earlier send_later() calls are read first (they
     are usually in the socket already). A connection error discards the connection, fails
     the owed replies and is raised.
     """
     hot = _hot_connection(client)
-    if hot.pending and time.monotonic() - hot.last_used > IDLE_CHECK_SECONDS:
+    if time.monotonic() - hot.last_used > IDLE_CHECK_SECONDS:
         hot = _checked_after_idle(client, hot)
     try:
         hot.send(commands)
@@ -227,14 +258,13 @@ def round_trip(client: redis.Redis, *commands: tuple) -> list:
 
 
 def _checked_after_idle(client: redis.Redis, hot: _HotConnection) -> _HotConnection:
-    """Read what an idle connection still owes before sending on it again.
+    """Check a connection idle for IDLE_CHECK_SECONDS before sending on it again.
 
-    With no reply owed, redis-py's health check (a PING before a send on a connection idle
-    for health_check_interval) finds a connection Redis dropped meanwhile (a restart, a
-    failover, an idle timeout) and reconnects. With replies owed that check cannot run, so
-    they are read first: if the connection is dead, their callers get the error (a record
-    is kept in process), and the request goes on over a new connection instead of failing
-    open, which would have opened the breaker for every request of the next seconds.
+    Redis may have dropped it meanwhile (a restart, a failover, an idle timeout). The replies
+    it still owes are read, then a PING: if the connection is dead, the owed replies' callers
+    get the error (a record is kept in process), and the request goes on over a new
+    connection instead of failing open, which would have opened the breaker for every
+    request of the next seconds.
     """
     try:
         hot.push()
