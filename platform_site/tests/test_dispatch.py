@@ -176,3 +176,85 @@ def test_the_suites_clients_go_through_the_dispatcher(tenant_a, iris):
     assert getattr(response, "served_by_dispatcher", False)
     page = tenant_a.key_client().get("/api/v1/models/acme/iris")
     assert not getattr(page, "served_by_dispatcher", False)
+
+
+def _predict_through_wsgi(tenant_a, app=application) -> int:
+    env = environ("/api/v1/models/acme/iris/predict", body=orjson.dumps({"inputs": [ROW]}), X_API_KEY=tenant_a.api_key)
+    status, _, _ = call(env, app)
+    return status
+
+
+@THROUGH_WSGI
+def test_a_connection_past_its_max_age_is_closed_at_the_end_of_a_prediction(tenant_a, iris):
+    """The one-pass hygiene does what close_old_connections does on request_finished."""
+    import time
+
+    from django.db import connection
+
+    app = PredictionDispatcher(django_app=None)
+    assert app.signals.lean  # the suite's receivers are Django's own here
+    assert _predict_through_wsgi(tenant_a, app) == 200  # warm: key, route and model cached
+    connection.ensure_connection()
+    assert connection.connection is not None
+    connection.close_at = time.monotonic() - 1  # older than CONN_MAX_AGE
+    assert _predict_through_wsgi(tenant_a, app) == 200
+    assert connection.connection is None
+    connection.ensure_connection()
+    connection.close_at = None
+    connection.queries_log.append({"sql": "SELECT 1", "time": "0.000"})
+    assert _predict_through_wsgi(tenant_a, app) == 200
+    assert connection.connection is not None  # a healthy connection is kept
+    assert not connection.queries_log  # reset_queries' work, at the start
+
+
+@THROUGH_WSGI
+def test_a_connection_a_prediction_opens_is_closed_at_its_end_without_a_max_age(tenant_a, iris):
+    """CONN_MAX_AGE=0: the connection a request opened is closed when it ends (request_finished's part)."""
+    from django.db import connection
+
+    from accounts.authentication import forget_cached_keys
+
+    app = PredictionDispatcher(django_app=None)
+    assert _predict_through_wsgi(tenant_a, app) == 200
+    connection.close()
+    max_age = connection.settings_dict["CONN_MAX_AGE"]
+    connection.settings_dict["CONN_MAX_AGE"] = 0
+    try:
+        forget_cached_keys()  # so that this request reads the key from the database
+        assert _predict_through_wsgi(tenant_a, app) == 200
+        assert connection.connection is None
+    finally:
+        connection.settings_dict["CONN_MAX_AGE"] = max_age
+
+
+@THROUGH_WSGI
+def test_other_receivers_of_the_request_signals_are_sent_them(tenant_a, iris):
+    from django.core.signals import request_finished, request_started
+
+    app = PredictionDispatcher(django_app=None)
+    assert _predict_through_wsgi(tenant_a, app) == 200
+    seen = []
+
+    def started(sender, environ, **kwargs):
+        seen.append(("started", environ["PATH_INFO"]))
+
+    def finished(sender, **kwargs):
+        seen.append(("finished", sender.__name__))
+
+    request_started.connect(started)
+    request_finished.connect(finished)
+    try:
+        assert _predict_through_wsgi(tenant_a, app) == 200
+    finally:
+        request_started.disconnect(started)
+        request_finished.disconnect(finished)
+    assert seen == [("started", "/api/v1/models/acme/iris/predict"), ("finished", "WSGIHandler")]
+    assert _predict_through_wsgi(tenant_a, app) == 200
+    assert len(seen) == 2  # disconnected: the one-pass hygiene again
+
+
+def test_a_cache_backend_that_closes_something_keeps_the_signals(settings):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache", "LOCATION": "127.0.0.1:11211"}}
+    assert not PredictionDispatcher(django_app=None).signals.lean
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    assert PredictionDispatcher(django_app=None).signals.lean
