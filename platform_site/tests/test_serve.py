@@ -68,3 +68,31 @@ def test_a_dead_processes_live_gauges_are_dropped(monkeypatch, tmp_path):
     assert forget_dead_processes() == [dead]
     assert not (folder / f"gauge_livesum_{dead}.db").exists()
     assert (folder / f"counter_{dead}.db").exists()  # counters keep what the process counted
+
+
+def test_native_thread_pools_get_one_thread_unless_the_environment_says_otherwise(monkeypatch):
+    for name in serve.NATIVE_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    seen = {}
+
+    class Server:
+        def serve(self):
+            seen.update({name: serve.os.environ.get(name) for name in serve.NATIVE_THREAD_VARIABLES})
+
+    monkeypatch.setattr(serve, "server", lambda target: Server())
+    monkeypatch.setattr(serve, "prepare_metrics_folder", lambda: None)
+    serve.main([])
+    assert seen == {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "1"}
+
+
+def test_a_worker_process_runs_blas_on_one_thread():
+    """What the workers inherit: numpy's OpenBLAS reads the variable when it loads."""
+    code = (
+        "from platform_site import serve; serve.limit_native_threads();"
+        "import numpy, threadpoolctl;"
+        "print(sorted({p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas'}))"
+    )
+    env = {k: v for k, v in serve.os.environ.items() if k not in serve.NATIVE_THREAD_VARIABLES}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[1]"
