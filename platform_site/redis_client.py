@@ -91,8 +91,9 @@ class _HotConnection:
     redis-py opens the connection (address, TLS, AUTH, SELECT, timeouts) and closes it; the
     commands and replies on it go through hiredis directly, the packer and reader redis-py
     itself uses. redis-py's layers over them (per-command encoding and buffering, health-check
-    and error-mapping wrappers, a host string built for each reply) cost a web worker 7 % of
-    its CPU per iris request: 0.525 against 0.486 ms, best of three runs each (bench/RESULTS.md).
+    and error-mapping wrappers, a host string built for each reply) cost 8 % of an iris
+    prediction's CPU: 322-342 against 297-298 µs in process, two runs each of
+    `bench/profile_hotpath.py --loop-only --repeat 40 --requests 250`.
     Error replies come back as redis-py's exception classes (NoScriptError, ResponseError,
     ...), in place of the reply.
     """
