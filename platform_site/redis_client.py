@@ -120,12 +120,15 @@ class _HotConnection:
                 self.sock.sendall(data, flags)
             else:
                 self.sock.sendall(data)
-        except socket.timeout as exc:
-            self.connection.disconnect()
-            raise redis.TimeoutError("Timeout writing to socket") from exc
         except OSError as exc:
-            self.connection.disconnect()
-            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from exc
+            raise self._lost(exc, "writing to") from exc
+
+    def _lost(self, exc: OSError, doing: str) -> redis.RedisError:
+        """Close the connection after a socket error; the redis-py error that reports it."""
+        self.connection.disconnect()
+        if isinstance(exc, socket.timeout):
+            return redis.TimeoutError(f"Timeout {doing} socket")
+        return redis.ConnectionError(f"Error {doing} socket: {exc}")
 
     def send_more(self, commands: tuple) -> None:
         """Queue `commands` in the kernel's send buffer, to leave with the next send (MSG_MORE).
@@ -152,12 +155,8 @@ class _HotConnection:
             if reply is False:
                 try:
                     received = sock.recv_into(buffer)
-                except socket.timeout as exc:
-                    self.connection.disconnect()
-                    raise redis.TimeoutError("Timeout reading from socket") from exc
                 except OSError as exc:
-                    self.connection.disconnect()
-                    raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
+                    raise self._lost(exc, "reading from") from exc
                 if not received:
                     self.connection.disconnect()
                     raise redis.ConnectionError("Connection closed by server.")

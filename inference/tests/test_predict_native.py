@@ -645,3 +645,21 @@ def test_a_linear_model_is_served_by_the_fast_path_with_scikit_learns_answers(te
     estimator = loaded.estimator
     assert response.json()["predictions"] == estimator.predict(np.array(rows)).tolist()
     np.testing.assert_allclose(response.json()["probabilities"], estimator.predict_proba(np.array(rows)), rtol=0, atol=1e-12)
+
+
+def test_a_reply_that_does_not_come_in_time_is_a_timeout_and_the_connection_is_dropped(settings):
+    """The hot connection keeps redis-py's socket timeout and its error classes."""
+    import redis
+
+    from platform_site import redis_client
+
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.2)
+    try:
+        assert redis_client.round_trip(client, ("PING",)) == [b"PONG"]
+        with pytest.raises(redis.TimeoutError):
+            redis_client.round_trip(client, ("BLPOP", "mh:test:never", 5))
+        assert getattr(redis_client._hot, "connection", None) is None  # dropped, not reused mid-reply
+        assert redis_client.round_trip(client, ("PING",)) == [b"PONG"]  # a new connection
+    finally:
+        redis_client.reset()
+        client.close()
