@@ -87,6 +87,11 @@ def prepare_database() -> None:
     subprocess.run([str(APP_VENV / "bin" / "python"), "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=modelhost_env(), check=True)
 
 
+def build_models() -> None:
+    """The benchmark's model files (bench/models.py, in the peers' venv; it skips what is built)."""
+    subprocess.run([str(PEERS_VENV / "bin" / "python"), str(BENCH / "models.py")], check=True, stdout=subprocess.DEVNULL)
+
+
 def seed(which: str) -> dict:
     out = subprocess.run(
         [str(APP_VENV / "bin" / "python"), str(BENCH / "seed_modelhost.py"), which], cwd=ROOT, env=modelhost_env(), capture_output=True, text=True

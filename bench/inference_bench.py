@@ -386,7 +386,7 @@ def floor_cases(server: str = "floor") -> list[Case]:
 
 
 def prepare() -> dict:
-    subprocess.run([str(PEERS_VENV / "bin" / "python"), str(BENCH / "models.py")], check=True, stdout=subprocess.DEVNULL)
+    harness.build_models()
     harness.prepare_database()
     seeded = harness.seed("inference")
     harness.redis_flush_bench_db()

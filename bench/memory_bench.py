@@ -72,9 +72,7 @@ def models_loaded() -> float | None:
 
 def main() -> None:
     harness.ensure_peers_python()
-    import subprocess
-
-    subprocess.run([str(harness.PEERS_VENV / "bin" / "python"), str(harness.BENCH / "models.py")], check=True, stdout=subprocess.DEVNULL)
+    harness.build_models()
     harness.prepare_database()
     started = time.monotonic()
     bench_org = harness.seed("inference")["orgs"]["bench"]

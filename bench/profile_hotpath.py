@@ -103,10 +103,7 @@ def reexec_under_app_venv() -> None:
     env = harness.modelhost_env(MH_PROFILE_CHILD="1")
     os.chdir(ROOT)
     harness.prepare_database()  # on a new machine, before any other bench has made it
-    if not (harness.ARTIFACTS / "iris.rows.json").exists():  # the models, as inference_bench.py makes them
-        import subprocess
-
-        subprocess.run([str(harness.PEERS_VENV / "bin" / "python"), str(BENCH / "models.py")], check=True, stdout=subprocess.DEVNULL)
+    harness.build_models()
     python = str(harness.APP_VENV / "bin" / "python")
     os.execve(python, [python, *sys.argv], env)
 

@@ -64,7 +64,7 @@ def _build(estimator: Any) -> Predict | None:
             scores = x @ coef_t + intercept
             if scores.ndim > 1 and scores.shape[1] == 1:
                 scores = scores.reshape(-1)
-            indices = (scores > 0).astype(np.intp) if scores.ndim == 1 else np.argmax(scores, axis=1)
+            indices = (scores > 0).astype(np.intp) if scores.ndim == 1 else scores.argmax(axis=1)
             return classes.take(indices, axis=0)
 
         return predict_class

@@ -77,10 +77,18 @@ class _RequestSignals:
         from django.core.handlers.base import reset_urlconf
         from django.db import close_old_connections, reset_queries
 
-        self.lean = self._caches_close_nothing() and self._receivers(signals.request_started) == {reset_queries, close_old_connections} and (
-            self._receivers(signals.request_finished) == {close_old_connections, close_caches, reset_urlconf}
+        started, finished = signals.request_started, signals.request_finished
+        # The receivers lists as they are when they are Django's own; None where they are not.
+        self.started_receivers = list(started.receivers) if self._receivers(started) == {reset_queries, close_old_connections} else None
+        self.finished_receivers = (
+            list(finished.receivers)
+            if self._caches_close_nothing() and self._receivers(finished) == {close_old_connections, close_caches, reset_urlconf}
+            else None
         )
-        self.snapshot = (list(signals.request_started.receivers), list(signals.request_finished.receivers))
+
+    @property
+    def lean(self) -> bool:
+        return self.started_receivers is not None and self.finished_receivers is not None
 
     @staticmethod
     def _receivers(signal) -> set:
@@ -94,11 +102,8 @@ class _RequestSignals:
 
         return all(import_string(cache["BACKEND"]).close is BaseCache.close for cache in settings.CACHES.values())
 
-    def _unchanged(self) -> bool:
-        return self.lean and signals.request_started.receivers == self.snapshot[0] and signals.request_finished.receivers == self.snapshot[1]
-
     def started(self, environ: dict) -> None:
-        if not self._unchanged():
+        if signals.request_started.receivers != self.started_receivers:
             signals.request_started.send(sender=WSGIHandler, environ=environ)
             return
         for connection in connections.all(initialized_only=True):
@@ -107,7 +112,7 @@ class _RequestSignals:
 
     def close(self, response: HttpResponse) -> None:
         """response.close(): its closers, then request_finished."""
-        if not self._unchanged():
+        if signals.request_finished.receivers != self.finished_receivers:
             response.close()
             return
         for closer in response._resource_closers:
@@ -117,12 +122,16 @@ class _RequestSignals:
                 pass
         response._resource_closers.clear()
         response.closed = True
-        self.finished()
+        self._close_obsolete_connections()
 
     def finished(self) -> None:
-        if not self._unchanged():
+        if signals.request_finished.receivers != self.finished_receivers:
             signals.request_finished.send(sender=WSGIHandler)
             return
+        self._close_obsolete_connections()
+
+    @staticmethod
+    def _close_obsolete_connections() -> None:
         for connection in connections.all(initialized_only=True):
             connection.close_if_unusable_or_obsolete()
 

@@ -114,21 +114,10 @@ class _HotConnection:
         self._write(commands, 0)
 
     def _write(self, commands: tuple, flags: int) -> None:
-        data = b"".join(map(hiredis.pack_command, commands))
         try:
-            if flags:
-                self.sock.sendall(data, flags)
-            else:
-                self.sock.sendall(data)
+            self.sock.sendall(b"".join(map(hiredis.pack_command, commands)), flags)
         except OSError as exc:
-            raise self._lost(exc, "writing to") from exc
-
-    def _lost(self, exc: OSError, doing: str) -> redis.RedisError:
-        """Close the connection after a socket error; the redis-py error that reports it."""
-        self.connection.disconnect()
-        if isinstance(exc, socket.timeout):
-            return redis.TimeoutError(f"Timeout {doing} socket")
-        return redis.ConnectionError(f"Error {doing} socket: {exc}")
+            raise _redis_error(exc, "writing to") from exc
 
     def send_more(self, commands: tuple) -> None:
         """Queue `commands` in the kernel's send buffer, to leave with the next send (MSG_MORE).
@@ -156,9 +145,8 @@ class _HotConnection:
                 try:
                     received = sock.recv_into(buffer)
                 except OSError as exc:
-                    raise self._lost(exc, "reading from") from exc
+                    raise _redis_error(exc, "reading from") from exc
                 if not received:
-                    self.connection.disconnect()
                     raise redis.ConnectionError("Connection closed by server.")
                 reader.feed(buffer, 0, received)
             else:
@@ -176,6 +164,13 @@ class _HotConnection:
         while self.pending:
             _, settle = self.pending.popleft()
             _settle(settle, exc)
+
+
+def _redis_error(exc: OSError, doing: str) -> redis.RedisError:
+    """redis-py's error for a socket error (the caller's _drop closes the connection)."""
+    if isinstance(exc, socket.timeout):
+        return redis.TimeoutError(f"Timeout {doing} socket")
+    return redis.ConnectionError(f"Error {doing} socket: {exc}")
 
 
 def _plain_tcp(sock) -> bool:
@@ -239,9 +234,9 @@ def round_trip(client: redis.Redis, *commands: tuple) -> list:
     redis-py's; commands and replies go through hiredis (see _HotConnection). Replies are raw
     (bytes, ints, lists); an error reply is returned in its place as a ResponseError, so one
     bad command never leaves the others' replies unread. A connection idle for
-    IDLE_CHECK_SECONDS is checked first (_checked_after_idle). Replies owed to earlier send_later() calls are read first (they
-    are usually in the socket already). A connection error discards the connection, fails
-    the owed replies and is raised.
+    IDLE_CHECK_SECONDS is checked first (_checked_after_idle). Replies owed to earlier
+    send_later() calls are read first (they are usually in the socket already). A connection
+    error closes the connection, fails the owed replies and is raised.
     """
     hot = _hot_connection(client)
     if time.monotonic() - hot.last_used > IDLE_CHECK_SECONDS:

@@ -58,15 +58,18 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-NATIVE_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# The numeric libraries' thread pools (OpenBLAS, OpenMP, MKL) on one thread: the web workers'
+# default here, and what the upload sandbox's child always gets (registry.loaders.sandbox).
+ONE_NATIVE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+NATIVE_THREAD_VARIABLES = tuple(ONE_NATIVE_THREAD)
 
 
 def limit_native_threads() -> None:
     """One native (BLAS, OpenMP) thread per process unless the environment sets another number.
 
     Set before the workers start, so each reads it when numpy and scikit-learn load."""
-    for name in NATIVE_THREAD_VARIABLES:
-        os.environ.setdefault(name, "1")
+    for name, value in ONE_NATIVE_THREAD.items():
+        os.environ.setdefault(name, value)
 
 
 def prepare_metrics_folder() -> None:

@@ -28,16 +28,21 @@ def wait_for_http(url: str, process: subprocess.Popen, *, timeout: float, log=la
         time.sleep(0.2)
 
 
+def database_url() -> str:
+    """DATABASE_URL for a child process that should use the test's database."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
 def web_process_env(*, port: int, metrics_dir, settings) -> dict[str, str]:
     """The environment to run `python -m platform_site.serve` against the test's database and storage."""
     import os
 
-    from django.db import connection
-
-    db = connection.settings_dict
     return {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "MODEL_STORAGE_ROOT": str(settings.STORAGES["models"]["OPTIONS"]["location"]),
         "WEB_CONCURRENCY": "2",

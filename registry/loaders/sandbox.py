@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from platform_site.errors import InvalidArtifact, PayloadTooLarge, UnsafeArtifact
+from platform_site.serve import ONE_NATIVE_THREAD
 
 from .formats import FORMATS, detect_format, load_model
 
@@ -37,9 +38,7 @@ _CHILD_ENV = {
     "PYTHONNOUSERSITE": "1",
     "PYTHONIOENCODING": "utf-8",
     # Each BLAS thread reserves address space; one keeps RLIMIT_AS meaningful.
-    "OPENBLAS_NUM_THREADS": "1",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
+    **ONE_NATIVE_THREAD,
 }
 _REFUSALS = {"UnsafeArtifact": UnsafeArtifact, "InvalidArtifact": InvalidArtifact, "PayloadTooLarge": PayloadTooLarge}
 # How running out of address space shows when it is not a clean MemoryError.

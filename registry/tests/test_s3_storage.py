@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
-from platform_site.tests.processes import free_port
+from platform_site.tests.processes import database_url, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -63,10 +62,9 @@ print(json.dumps({"name": version.artifact.name, "storage": type(version.artifac
 @pytest.mark.django_db(transaction=True)
 def test_versions_are_stored_in_and_served_from_s3(s3, tmp_path):
     endpoint, client = s3
-    db = connection.settings_dict
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
         "MODEL_STORAGE": "s3",
         "AWS_STORAGE_BUCKET_NAME": "models",
         "AWS_S3_ENDPOINT_URL": endpoint,
