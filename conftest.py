@@ -20,6 +20,19 @@ def _predictions_through_the_dispatcher():
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _runner_host():
+    """One real runner host for the session: every prediction of a non-linear model goes to it."""
+    from django.conf import settings
+
+    from platform_site.tests.processes import start_runner_host
+
+    address = settings.RUNNER_ADDRESSES[0]
+    assert address.startswith("unix:"), "the suite starts its runner host on a Unix socket (RUNNER_ADDRESSES)"
+    with start_runner_host(socket_path=address[len("unix:") :]) as host:
+        yield host
+
+
 @pytest.fixture(autouse=True)
 def _clean_caches(settings):
     """Tests share one Redis database and this process's key cache; start each from empty."""
@@ -27,6 +40,7 @@ def _clean_caches(settings):
 
     from accounts.authentication import forget_cached_keys
     from inference import routing
+    from inference.runners import client as runners
     from platform_site import redis_client
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -38,6 +52,7 @@ def _clean_caches(settings):
     forget_cached_keys()
     routing.clear_routes()
     redis_client.reset()
+    runners.close_all()
 
 
 @pytest.fixture

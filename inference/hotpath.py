@@ -7,7 +7,8 @@ with timeouts and fallbacks, one round trip waited for: the rate limit script al
 the prediction cache (the body is validated first, in process, to know the cache key; its
 verdict still comes after the limit's); the record and the answer to cache are queued on
 the same connection and leave with the next round trip (inference.records). A plain linear
-model is predicted by the platform's own arithmetic (inference.linear_fast_path). Each step
+model is predicted by the platform's own arithmetic, anything else by its organization's
+runner (inference.predictors). Each step
 feeds Server-Timing and the Prometheus metrics.
 """
 from __future__ import annotations
@@ -23,8 +24,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from accounts.authentication import ApiKeyError, authenticate_api_key, credential_from_headers
-from inference import limits, prediction_cache, records, routing
-from inference.model_cache import models as model_cache
+from inference import limits, prediction_cache, predictors, records, routing
 from platform_site.errors import ModelhostError, NotFound, PermissionDenied, Unauthenticated
 from platform_site.metrics import PREDICTION_CACHE_HITS, PREDICTION_ERRORS, PREDICTION_LATENCY, PREDICTION_REQUESTS, PREDICTION_ROWS
 
@@ -237,8 +237,7 @@ def run_prediction(
         if cached is not None:
             predictions, probabilities = cached["p"], cached.get("q")
         else:
-            loaded = model_cache.get(target.id, size_bytes=target.size_bytes, load=lambda: _load_estimator(target.id))
-            predictions, probabilities = loaded.predict(model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing)
+            predictions, probabilities = predictors.predict(target=target, x=model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing)
         timings.mark("predict")
     except ModelhostError as exc:
         _record_failure(identity=identity, route=route, target=target, variant=variant, protocol=protocol, call=call, timings=timings, error=exc)
@@ -293,13 +292,6 @@ def _choose_target(route: routing.Route, version_number: int | None, unit_id: st
     if route.production is None:
         raise NotFound(f"{route.full_name} has no production version; promote one or call /versions/<n>/predict.")
     return route.production, None
-
-
-def _load_estimator(version_id: int):
-    from registry.artifacts import load_estimator
-    from registry.models import ModelVersion
-
-    return load_estimator(ModelVersion.objects.get(id=version_id))
 
 
 def _capped(values: Any) -> Any:

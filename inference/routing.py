@@ -11,7 +11,8 @@ import hashlib
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from django.conf import settings
 
@@ -31,6 +32,10 @@ class VersionTarget:
     classes: list | None
     has_proba: bool
     size_bytes: int
+    org_id: int = 0
+    serving_sha256: str = ""
+    # The platform's own predict for a model reduced to plain numbers (inference.predictors).
+    linear: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,11 @@ class Route:
         return f"{self.org_slug}/{self.model_name}"
 
 
-def target_for(version) -> VersionTarget:
+def target_for(version, *, org_id: int | None = None) -> VersionTarget:
+    from inference.predictors import linear_predictor
+
+    if org_id is None:
+        org_id = version.registered_model.organization_id
     return VersionTarget(
         id=version.id,
         number=version.number,
@@ -86,7 +95,10 @@ def target_for(version) -> VersionTarget:
         task=version.task,
         classes=version.classes,
         has_proba=version.has_predict_proba,
-        size_bytes=version.size_bytes,
+        size_bytes=version.serving_size_bytes or version.size_bytes,
+        org_id=org_id,
+        serving_sha256=version.serving_sha256,
+        linear=linear_predictor(version.linear_spec),
     )
 
 
@@ -153,7 +165,7 @@ def _build_route(org_slug: str, model_name: str) -> Route | None:
             id=running.id,
             name=running.name,
             variants=tuple(
-                Variant(name=v.get("name") or f"v{v['version']}", weight=int(v["weight"]), target=target_for(versions[v["version_id"]]))
+                Variant(name=v.get("name") or f"v{v['version']}", weight=int(v["weight"]), target=target_for(versions[v["version_id"]], org_id=model.organization_id))
                 for v in running.variants
             ),
         )
@@ -163,7 +175,7 @@ def _build_route(org_slug: str, model_name: str) -> Route | None:
         model_id=model.id,
         model_name=model.name,
         cache_ttl=model.prediction_cache_ttl,
-        production=target_for(model.production_version) if model.production_version_id else None,
+        production=target_for(model.production_version, org_id=model.organization_id) if model.production_version_id else None,
         experiment=experiment,
     )
 
@@ -177,6 +189,6 @@ def resolve_version(route: Route, number: int) -> VersionTarget:
 
     def build():
         version = ModelVersion.objects.filter(registered_model_id=route.model_id, number=number).first()
-        return target_for(version) if version is not None else None
+        return target_for(version, org_id=route.org_id) if version is not None else None
 
     return _cached(("version", route.model_id, number), build)

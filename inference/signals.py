@@ -27,13 +27,12 @@ def on_production_changed(sender, *, model_id: int, version_id: int | None, **kw
 
 
 def warm_version(version_id: int) -> None:
-    """Load a newly promoted version into this process's model cache before traffic arrives."""
-    from inference.hotpath import _load_estimator
-    from inference.model_cache import models
+    """Have the organization's runner load a newly promoted version before traffic arrives."""
+    from inference import predictors
     from registry.models import ModelVersion
 
     try:
-        size = ModelVersion.objects.values_list("size_bytes", flat=True).get(id=version_id)
-        models.get(version_id, size_bytes=size, load=lambda: _load_estimator(version_id))
+        version = ModelVersion.objects.select_related("registered_model").get(id=version_id)
+        predictors.warm(target=routing.target_for(version))
     except Exception:  # warming is an optimisation; the first request loads it otherwise
         logger.exception("could not warm version %s", version_id)

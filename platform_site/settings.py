@@ -266,6 +266,14 @@ RECORD_CLAIM_IDLE_SECONDS = env.float("RECORD_CLAIM_IDLE_SECONDS", default=60.0)
 RECORD_MAX_ROWS = env.int("RECORD_MAX_ROWS", default=100)
 MODEL_CACHE_MAX_MB = env.int("MODEL_CACHE_MAX_MB", default=1024)
 MODEL_CACHE_MAX_MODELS = env.int("MODEL_CACHE_MAX_MODELS", default=64)
+# Runners (inference.runners): the processes that load and run tenants' models. Each entry is
+# a runner host, "unix:/path" or "host:port"; an organization goes to one by rendezvous hash.
+RUNNER_ADDRESSES = env.list("RUNNER_ADDRESSES", default=[f"unix:{VAR_DIR / 'run' / 'runner.sock'}"])
+RUNNER_CONNECT_TIMEOUT_SECONDS = env.float("RUNNER_CONNECT_TIMEOUT_SECONDS", default=5.0)
+RUNNER_REQUEST_TIMEOUT_SECONDS = env.float("RUNNER_REQUEST_TIMEOUT_SECONDS", default=60.0)
+RUNNER_LOAD_TIMEOUT_SECONDS = env.float("RUNNER_LOAD_TIMEOUT_SECONDS", default=120.0)
+# A version whose predictions stopped its runner this many times is marked failing.
+RUNNER_FAILING_AFTER_CRASHES = env.int("RUNNER_FAILING_AFTER_CRASHES", default=3)
 # Routes (org/model -> version) are cached in-process this long; a promotion made in another
 # process is seen within this bound (at once in the process that made it).
 ROUTE_CACHE_SECONDS = env.float("ROUTE_CACHE_SECONDS", default=2.0)

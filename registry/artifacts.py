@@ -257,3 +257,47 @@ def download_mlflow_model(model_uri: str) -> Iterator[UploadedFile]:
             yield UploadedFile(handle, name="model.zip", content_type="application/zip", size=archive.stat().st_size)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def store_bytes(data: bytes, name: str) -> str:
+    """Save platform-written bytes to model storage under `name`; returns the stored name."""
+    from django.core.files.base import ContentFile
+
+    return model_storage().save(name, ContentFile(data, name=Path(name).name))
+
+
+def serving_artifact_name(version) -> str:
+    return f"orgs/{version.registered_model.organization_id}/models/{version.registered_model_id}/versions/{version.number}/serving-{version.sha256[:16]}.pkl"
+
+
+def build_serving_artifact(version) -> None:
+    """Check a stored version's original file in the sandbox again and store what serves it.
+
+    For versions uploaded before serving artifacts existed; new uploads get theirs at upload.
+    """
+    from registry.models import ModelVersion
+
+    path = local_copy(version)
+    report = loaders.inspect_artifact(
+        str(path), fmt=version.format, input_example=None, timeout_s=settings.MODEL_CHECK_TIMEOUT_SECONDS, memory_mb=settings.MODEL_CHECK_MEMORY_MB
+    )
+    data = report["serving_artifact"]
+    name = store_bytes(data, serving_artifact_name(version))
+    ModelVersion.objects.filter(id=version.id).update(
+        serving_artifact=name,
+        serving_sha256=hashlib.sha256(data).hexdigest(),
+        serving_size_bytes=len(data),
+        linear_spec=report.get("linear_spec"),
+    )
+
+
+def read_serving_artifact(*, version_id: int) -> bytes:
+    """The platform-written artifact a runner loads for a version (built now if it has none)."""
+    from registry.models import ModelVersion
+
+    version = ModelVersion.objects.select_related("registered_model").get(id=version_id)
+    if not version.serving_artifact:
+        build_serving_artifact(version)
+        version.refresh_from_db()
+    with model_storage().open(version.serving_artifact.name, "rb") as handle:
+        return handle.read()

@@ -97,6 +97,16 @@ class ModelVersion(models.Model):
     stage = models.CharField(max_length=12, choices=Stage.choices, default=Stage.NONE)
     source = models.CharField(max_length=500, blank=True, help_text="upload, or the MLflow model URI it came from.")
     load_seconds = models.FloatField(null=True, blank=True)
+    # What serves it: the platform-written artifact the upload sandbox produced from the
+    # tenant's file (runners load only this), and for a plain linear model its coefficients as
+    # plain numbers, which the web evaluates itself (inference.predictors).
+    serving_artifact = models.FileField(storage=model_storage, max_length=300, blank=True)
+    serving_sha256 = models.CharField(max_length=64, blank=True)
+    serving_size_bytes = models.PositiveBigIntegerField(default=0)
+    linear_spec = models.JSONField(null=True, blank=True)
+    # Times a prediction of this version stopped its organization's runner.
+    runner_crashes = models.PositiveIntegerField(default=0)
+    runner_last_crash_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -106,6 +116,15 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.registered_model}@v{self.number}"
+
+    @property
+    def serving_path(self) -> str:
+        """Where predictions run: "web" (plain numbers the platform evaluates) or "runner"."""
+        return "web" if self.linear_spec else "runner"
+
+    @property
+    def is_failing(self) -> bool:
+        return self.runner_crashes >= settings.RUNNER_FAILING_AFTER_CRASHES
 
 
 class Release(models.Model):

@@ -1,13 +1,14 @@
 """Writes and rules for the registry: models, version uploads, stages, releases, rollback."""
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import F, Max
 from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.text import slugify
@@ -146,6 +147,12 @@ def upload_version(
                 if reference is not None:
                     version.reference_data.name = artifacts.store(reference.path, f"{base}/reference.csv")
                     stored_paths.append(version.reference_data.name)
+                serving = report["serving_artifact"]
+                version.serving_artifact.name = artifacts.store_bytes(serving, f"{base}/serving-{staged.sha256[:16]}.pkl")
+                stored_paths.append(version.serving_artifact.name)
+                version.serving_sha256 = hashlib.sha256(serving).hexdigest()
+                version.serving_size_bytes = len(serving)
+                version.linear_spec = report.get("linear_spec")
                 version.save()
                 if not locked.task:
                     locked.task = version.task
@@ -316,6 +323,11 @@ def import_mlflow_version(*, caller: Caller, model: RegisteredModel, model_uri: 
     """Download an MLflow model from the configured tracking server and upload it as a version."""
     with artifacts.download_mlflow_model(model_uri) as uploaded:
         return upload_version(caller=caller, model=model, file=uploaded, description=description, source=model_uri)
+
+
+def note_runner_crash(*, version_id: int) -> None:
+    """Count a runner that stopped while predicting this version (enough of them mark it failing)."""
+    ModelVersion.objects.filter(id=version_id).update(runner_crashes=F("runner_crashes") + 1, runner_last_crash_at=timezone.now())
 
 
 def max_upload_bytes() -> int:

@@ -190,16 +190,14 @@ def _uploaded_reference(version: ModelVersion) -> Sample:
 
 def _reference_predictions(version: ModelVersion, frame, names: list[str]) -> tuple[list, str]:
     """The model's predictions on the reference rows (through the worker's model cache)."""
-    from inference.model_cache import models
+    from inference import predictors
     from inference.routing import target_for
     from inference.validation import to_model_input
-    from registry.artifacts import load_estimator
 
     try:
-        spec = target_for(version).spec
+        target = target_for(version)
         rows = frame[names].astype(object).where(frame[names].notna(), None).values.tolist()
-        loaded = models.get(version.id, size_bytes=version.size_bytes, load=lambda: load_estimator(version))
-        predictions, _ = loaded.predict(to_model_input(rows, spec), want_proba=False)
+        predictions, _ = predictors.predict(target=target, x=to_model_input(rows, target.spec), want_proba=False, finite=False)
     except Exception as exc:  # a reference the model cannot score still has feature drift
         logger.warning("could not predict on the reference data of version %s: %s", version.id, exc)
         return [], f"the model could not score the reference data: {exc}"[:300]

@@ -123,7 +123,9 @@ def score_records(data: bytes, *, layout: ChunkLayout, first_row: int, predict: 
 def _predict(predict: Predictor, x) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         predictions, probabilities = predict(x)
-    except ModelhostError:
+    except ModelhostError as exc:
+        if exc.code == "model_error":  # the runner reports the model's own error
+            raise ModelFailed(exc.detail) from exc
         raise
     except Exception as exc:  # the model's own error (a bad pipeline, a dtype it refuses)
         raise ModelFailed(f"The model raised {type(exc).__name__}: {exc}") from exc

@@ -264,8 +264,7 @@ def _layout(job: BatchJob) -> scoring.ChunkLayout:
 
 def score_chunk(*, job_id: int, index: int, worker: str = "") -> None:
     """Score chunk `index` into its part and count it once; a bad row fails the job unless skipped."""
-    from inference.hotpath import _load_estimator
-    from inference.model_cache import models as model_cache
+    from inference import predictors
 
     job = BatchJob.objects.select_related("version", "registered_model").filter(id=job_id).first()
     if job is None or job.status != Status.RUNNING:
@@ -278,7 +277,7 @@ def score_chunk(*, job_id: int, index: int, worker: str = "") -> None:
         return
     BatchChunk.objects.filter(id=chunk.id).update(attempts=F("attempts") + 1, worker=worker[:200], started_at=timezone.now())
     version = job.version
-    loaded = model_cache.get(version.id, size_bytes=version.size_bytes, load=lambda: _load_estimator(version.id))
+    target = target_for(version)
     data = storage.read_bytes(storage.chunk_name(job.storage_prefix, index))
     started = time.perf_counter()
     try:
@@ -286,7 +285,7 @@ def score_chunk(*, job_id: int, index: int, worker: str = "") -> None:
             data,
             layout=_layout(job),
             first_row=chunk.first_row,
-            predict=lambda x: loaded.predict(x, want_proba=job.want_proba),
+            predict=lambda x: predictors.predict(target=target, x=x, want_proba=job.want_proba, finite=False),
             sample_rows=int(_setting("RECORD_MAX_ROWS", 100)),
         )
     except InvalidInput as exc:

@@ -1,6 +1,7 @@
 """Helpers for tests that start real servers (the web server, mlflow, moto) as child processes."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
@@ -49,3 +50,44 @@ def web_process_env(*, port: int, metrics_dir, settings) -> dict[str, str]:
         "PORT": str(port),
         "HOST": "127.0.0.1",
     }
+
+
+@contextlib.contextmanager
+def start_runner_host(*, socket_path: str, extra_env: dict[str, str] | None = None, timeout: float = 120.0):
+    """A real runner host (`python -m inference.runners.host`) on `socket_path`, stopped at exit."""
+    import os
+    import sys
+    from pathlib import Path
+
+    path = Path(socket_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = path.parent / f"{path.stem}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "inference.runners.host", "--socket", str(path)],
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, **(extra_env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the runner host did not start (exit status {process.poll()}):\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.1)
+            finally:
+                probe.close()
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

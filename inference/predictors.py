@@ -1,0 +1,78 @@
+"""Where a version's predictions are computed: in this process, or in its organization's runner.
+
+The web and the worker never unpickle a tenant's file. A model the upload sandbox reduced to
+plain numbers (a linear model's coefficients, intercepts and numeric classes, checked there to
+reproduce scikit-learn's answers bit for bit) is data, not code: it is predicted here by the
+platform's own arithmetic (registry.loaders.serving.linear_predictor_from_spec), which saves
+the round trip to a runner. Everything else, and any request that path does not cover
+(missing values allowed, a DataFrame, probabilities the spec cannot reproduce), goes to the
+organization's runner (inference.runners.client).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import orjson
+
+from inference.runners import client as runners
+
+
+class LinearPredictor:
+    """A plain linear model's predict (and predict_proba where verified), from its spec."""
+
+    def __init__(self, spec: dict) -> None:
+        from registry.loaders.serving import linear_predictor_from_spec
+
+        self.width = int(spec["n_features"])
+        self.has_proba = spec.get("proba") is not None
+        self._predict = linear_predictor_from_spec(spec)
+
+    def __call__(self, x: np.ndarray, *, want_proba: bool) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The answer, or None when this path cannot give what was asked."""
+        if want_proba and not self.has_proba:
+            return None
+        predictions, probabilities = self._predict(x)
+        return predictions, probabilities if want_proba else None
+
+
+def linear_predictor(spec: dict | None) -> LinearPredictor | None:
+    if not spec:
+        return None
+    return _linear_predictor(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS))
+
+
+@functools.lru_cache(maxsize=4096)
+def _linear_predictor(spec_json: bytes) -> LinearPredictor:
+    return LinearPredictor(orjson.loads(spec_json))
+
+
+def predict(*, target, x: Any, want_proba: bool, finite: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions (and probabilities when asked and the model has them) of `target` on `x`."""
+    linear = target.linear
+    if (
+        linear is not None
+        and finite
+        and type(x) is np.ndarray
+        and x.dtype == np.float64
+        and x.ndim == 2
+        and x.shape[1] == linear.width
+    ):
+        answer = linear(x, want_proba=want_proba and target.has_proba)
+        if answer is not None:
+            return answer
+    return runners.predict(
+        org_id=target.org_id,
+        version_id=target.id,
+        serving_sha256=target.serving_sha256,
+        x=x,
+        want_proba=want_proba and target.has_proba,
+        finite=finite,
+    )
+
+
+def warm(*, target) -> None:
+    """Have the runner hold `target` before traffic arrives (nothing to do for the web's own path)."""
+    if target.linear is None:
+        runners.warm(org_id=target.org_id, version_id=target.id, serving_sha256=target.serving_sha256)

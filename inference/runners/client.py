@@ -1,0 +1,209 @@
+"""The web's and the worker's side of the runners: send validated rows, get predictions back.
+
+Each thread keeps one connection per organization, opened through the runner host that
+serves that organization (RUNNER_ADDRESSES, chosen by rendezvous hash of the organization
+id, so every web process sends an organization to the same host and adding a host moves
+only 1/n of them). The host hands the connection to a runner of that organization; from
+then on it is one hop. A version the runner does not hold yet is sent to it once (its
+platform-written serving artifact, read from model storage here: runners have no storage
+credentials).
+
+What can go wrong, and what the caller sees:
+- the host is down, or backing off after crashes: RunnerUnavailable, 503 with Retry-After;
+- the runner dies during the request (crash, CPU limit): RunnerUnavailable, and the version's
+  crash count goes up (three crashes mark it failing on its page and in the API);
+- the request takes longer than RUNNER_REQUEST_TIMEOUT_SECONDS: the organization's runners are
+  stopped and restarted, RunnerUnavailable;
+- the model's own code raises on the rows: ModelFailed (500, with the model's message).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import socket
+import threading
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+
+from inference.runners import wire
+from platform_site.errors import ModelhostError, ServiceUnavailable
+
+
+class RunnerUnavailable(ServiceUnavailable):
+    code, title = "runner_unavailable", "The model's runner is unavailable"
+
+    def __init__(self, detail: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+
+
+class ModelFailed(ModelhostError):
+    status, code, title = 500, "model_error", "The model failed to predict"
+
+
+_local = threading.local()
+
+
+def _connections() -> dict[int, socket.socket]:
+    pool = getattr(_local, "connections", None)
+    if pool is None:
+        pool = _local.connections = {}
+    return pool
+
+
+def address_for(org_id: int) -> str:
+    """The runner host an organization's requests go to (rendezvous hashing)."""
+    addresses = settings.RUNNER_ADDRESSES
+    if len(addresses) == 1:
+        return addresses[0]
+    return max(addresses, key=lambda a: hashlib.blake2b(f"{org_id}|{a}".encode(), digest_size=8).digest())
+
+
+def _dial(address: str, timeout: float) -> socket.socket:
+    if address.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(address[len("unix:") :])
+        return sock
+    host, _, port = address.rpartition(":")
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def ask_host(address: str, hello: dict) -> dict:
+    """One request to a runner host (status, stop); the host answers and closes."""
+    sock = _dial(address, settings.RUNNER_CONNECT_TIMEOUT_SECONDS)
+    try:
+        wire.send(sock, hello)
+        reply, _ = wire.receive(sock)
+        return reply
+    finally:
+        sock.close()
+
+
+def _open(org_id: int) -> socket.socket:
+    address = address_for(org_id)
+    try:
+        sock = _dial(address, settings.RUNNER_CONNECT_TIMEOUT_SECONDS)
+    except OSError as exc:
+        raise RunnerUnavailable(f"No runner host answers at {address} ({exc.strerror or exc}); start one with `python -m inference.runners.host`.") from None
+    try:
+        wire.send(sock, {"org": org_id})
+        reply, _ = wire.receive(sock)
+    except (OSError, wire.WireError) as exc:
+        sock.close()
+        raise RunnerUnavailable(f"The runner host at {address} did not hand over a runner: {exc}") from None
+    if not reply.get("ok"):
+        sock.close()
+        raise RunnerUnavailable(f"The organization's runner is unavailable: {reply.get('reason')}.", retry_after=float(reply.get("retry_after") or 1.0))
+    return sock
+
+
+def _is_open(sock: socket.socket) -> bool:
+    """False when the runner closed (or died): reading ahead without waiting finds EOF."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def _connection(org_id: int) -> socket.socket:
+    pool = _connections()
+    sock = pool.get(org_id)
+    if sock is not None and not _is_open(sock):
+        sock.close()
+        sock = None
+    if sock is None:
+        sock = pool[org_id] = _open(org_id)
+    return sock
+
+
+def _drop(org_id: int) -> None:
+    sock = _connections().pop(org_id, None)
+    if sock is not None:
+        sock.close()
+
+
+def close_all() -> None:
+    """Close this thread's runner connections (tests; a process about to fork)."""
+    for org_id in list(_connections()):
+        _drop(org_id)
+
+
+def _exchange(org_id: int, header: dict, buffers: list[bytes], *, timeout: float, version_id: int) -> tuple[dict, list]:
+    sock = _connection(org_id)
+    sock.settimeout(timeout)
+    try:
+        wire.send(sock, header, buffers)
+        return wire.receive(sock)
+    except TimeoutError:
+        _drop(org_id)
+        _stop_runners(org_id)
+        raise RunnerUnavailable(f"The model took longer than {timeout:g} s; its runner was restarted.") from None
+    except (OSError, wire.WireError) as exc:
+        _drop(org_id)
+        _note_crash(version_id)
+        raise RunnerUnavailable(f"The organization's runner stopped while predicting ({exc}); it is being restarted.") from None
+
+
+def _stop_runners(org_id: int) -> None:
+    try:
+        ask_host(address_for(org_id), {"op": "stop", "org": org_id})
+    except (OSError, wire.WireError):
+        pass  # the host restarts what died; nothing more to do here
+
+
+def _note_crash(version_id: int) -> None:
+    from registry.services import note_runner_crash
+
+    note_runner_crash(version_id=version_id)
+
+
+def _failure(reply: dict) -> ModelhostError:
+    error = reply.get("error") or {}
+    message = str(error.get("message") or "no message")
+    if error.get("kind") == "predict":
+        return ModelFailed(f"The model raised an error on these rows: {message}")
+    if error.get("kind") == "memory":
+        return ModelFailed(message)
+    return RunnerUnavailable(f"The runner could not serve this version: {message}")
+
+
+def load(*, org_id: int, version_id: int, serving_sha256: str) -> None:
+    """Send a version's serving artifact to its organization's runner."""
+    from registry.artifacts import read_serving_artifact
+
+    data = read_serving_artifact(version_id=version_id)
+    header = {"op": "load", "v": version_id, "sha": serving_sha256}
+    reply, _ = _exchange(org_id, header, [data], timeout=settings.RUNNER_LOAD_TIMEOUT_SECONDS, version_id=version_id)
+    if not reply.get("ok"):
+        raise _failure(reply)
+
+
+def predict(*, org_id: int, version_id: int, serving_sha256: str, x: Any, want_proba: bool, finite: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The predictions (and probabilities when asked and available) of a version on `x`."""
+    buffers: list[bytes] = []
+    header = {"op": "predict", "v": version_id, "sha": serving_sha256, "proba": want_proba, "finite": finite, "x": wire.encode_input(x, buffers)}
+    timeout = settings.RUNNER_REQUEST_TIMEOUT_SECONDS
+    reply, out = _exchange(org_id, header, buffers, timeout=timeout, version_id=version_id)
+    if reply.get("need") == "artifact":
+        load(org_id=org_id, version_id=version_id, serving_sha256=serving_sha256)
+        reply, out = _exchange(org_id, header, buffers, timeout=timeout, version_id=version_id)
+    if not reply.get("ok"):
+        raise _failure(reply)
+    try:
+        predictions = wire.decode_array(reply["p"], out)
+        probabilities = wire.decode_array(reply["q"], out) if reply.get("q") is not None else None
+    except (KeyError, TypeError, wire.WireError) as exc:
+        _drop(org_id)
+        raise RunnerUnavailable(f"The runner answered something that is not a prediction: {exc}") from None
+    return predictions, probabilities
+
+
+def warm(*, org_id: int, version_id: int, serving_sha256: str) -> None:
+    """Make the organization's runner hold a version before traffic arrives."""
+    load(org_id=org_id, version_id=version_id, serving_sha256=serving_sha256)

@@ -1,0 +1,227 @@
+"""What a runner does: confine itself, then load platform-written artifacts and predict.
+
+A runner is forked by the runner host for one organization. It first confines itself
+(``confine``), then serves the client connections the host hands it over its control socket,
+one frame at a time, single-threaded:
+
+- ``predict``: rows for a version it holds -> predictions (and probabilities), or
+  ``{"need": "artifact"}`` when it does not hold that version's artifact yet;
+- ``load``: a version's serving artifact (bytes the upload sandbox wrote, sent by the client,
+  which reads model storage; the runner has no storage credentials), checked against its
+  sha256 and loaded through the hardened loader again (re-verified: allow-list, dtypes,
+  object arrays, tree structures).
+
+Models live in an LRU bounded by ``memory_mb`` of artifact bytes. Each request may use
+``cpu_seconds`` of CPU: the soft RLIMIT_CPU is moved to "used so far + the allowance" before
+each predict, so a runaway model is killed by the kernel (SIGXCPU) and the host restarts the
+runner. The runner reports to the host, at most once a second, when it was last used.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import resource
+import selectors
+import socket
+import time
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from inference.runners import wire
+
+_CLONE_NEWNET = 0x40000000
+_PR_SET_DUMPABLE = 4
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+@dataclass(frozen=True)
+class RunnerLimits:
+    memory_mb: int  # address space of the whole runner process
+    model_cache_mb: int  # artifact bytes held in the runner's LRU
+    cpu_seconds: int  # CPU one request may use
+    uid: int | None  # the user a runner started by root switches to (per organization)
+    max_connections: int = 256
+
+
+@dataclass
+class _Loaded:
+    sha256: str
+    estimator: Any
+    has_proba: bool
+    size: int
+
+
+def confine(*, limits: RunnerLimits) -> list[str]:
+    """Apply every confinement layer this kernel and these privileges allow; return their names."""
+    layers = []
+    libc = ctypes.CDLL(None, use_errno=True)
+    if os.geteuid() == 0 and libc.unshare(_CLONE_NEWNET) == 0:
+        layers.append("network namespace (no interfaces)")
+    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * 1024 * 1024,) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_connections + 16,) * 2)
+    layers.append(f"rlimits (address space {limits.memory_mb} MiB, no core files, no file writes)")
+    if os.geteuid() == 0 and limits.uid is not None:
+        os.setgroups([])
+        os.setresgid(limits.uid, limits.uid, limits.uid)
+        os.setresuid(limits.uid, limits.uid, limits.uid)
+        layers.append(f"own user id {limits.uid}")
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
+        layers.append("no new privileges")
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
+        layers.append("not dumpable (no ptrace, no /proc/<pid>/mem by its peers)")
+    return layers
+
+
+class Runner:
+    def __init__(self, *, control: socket.socket, org_id: int, limits: RunnerLimits, layers: list[str]) -> None:
+        self.control = control
+        self.org_id = org_id
+        self.limits = limits
+        self.layers = layers
+        self.models: OrderedDict[int, _Loaded] = OrderedDict()
+        self.selector = selectors.DefaultSelector()
+        self.last_used = time.monotonic()
+        self.last_report = 0.0
+
+    def serve_forever(self) -> None:
+        # scikit-learn's joblib wrapper replays every warning filter around each tree of a
+        # forest: one filter keeps a prediction cheap, and still shows each warning once.
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        self.selector.register(self.control, selectors.EVENT_READ, None)
+        while True:
+            for key, _ in self.selector.select(timeout=1.0):
+                if key.fileobj is self.control:
+                    self._accept_from_host()
+                else:
+                    self._serve_one(key.fileobj)
+            self._report()
+
+    def _accept_from_host(self) -> None:
+        message, fds, _flags, _address = socket.recv_fds(self.control, 256, 16)
+        if not message:
+            os._exit(0)  # the host is gone: so is every client it could send
+        for fd in fds:
+            conn = socket.socket(fileno=fd)
+            conn.setblocking(True)
+            conn.settimeout(30.0)  # a client that stalls mid-frame is dropped, not waited for
+            try:
+                wire.send(conn, {"ok": True, "runner": os.getpid(), "org": self.org_id, "layers": self.layers})
+            except OSError:
+                conn.close()
+                continue
+            self.selector.register(conn, selectors.EVENT_READ, None)
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        try:
+            header, buffers = wire.receive(conn)
+        except (wire.WireError, OSError):
+            self.selector.unregister(conn)
+            conn.close()
+            return
+        self.last_used = time.monotonic()
+        op = header.get("op")
+        if op == "predict":
+            reply, out = self.predict(header, buffers)
+        elif op == "load":
+            reply, out = self.load(header, buffers), []
+        else:
+            reply, out = {"ok": False, "error": {"kind": "protocol", "message": f"unknown op {op!r}"}}, []
+        try:
+            wire.send(conn, reply, out)
+        except OSError:
+            self.selector.unregister(conn)
+            conn.close()
+
+    def predict(self, header: dict, buffers: list) -> tuple[dict, list[bytes]]:
+        import sklearn
+
+        loaded = self.models.get(header.get("v"))
+        if loaded is None or loaded.sha256 != header.get("sha"):
+            return {"ok": False, "need": "artifact"}, []
+        self.models.move_to_end(header["v"])
+        out: list[bytes] = []
+        try:
+            x = wire.decode_input(header["x"], buffers)
+            want_proba = bool(header.get("proba")) and loaded.has_proba
+            started = time.perf_counter()
+            self._allow_cpu(self.limits.cpu_seconds)
+            with sklearn.config_context(assume_finite=bool(header.get("finite"))):
+                predictions = loaded.estimator.predict(x)
+                probabilities = loaded.estimator.predict_proba(x) if want_proba else None
+            seconds = time.perf_counter() - started
+            reply = {
+                "ok": True,
+                "p": wire.encode_array(predictions, out),
+                "q": wire.encode_array(probabilities, out) if probabilities is not None else None,
+                "seconds": seconds,
+            }
+            return reply, out
+        except MemoryError:
+            return {"ok": False, "error": {"kind": "memory", "message": f"the model needed more than the runner's {self.limits.memory_mb} MiB"}}, []
+        except wire.WireError as exc:
+            return {"ok": False, "error": {"kind": "protocol", "message": str(exc)}}, []
+        except Exception as exc:  # the model's own code failed on these rows: its message is the tenant's to read
+            return {"ok": False, "error": {"kind": "predict", "message": f"{type(exc).__name__}: {exc}"[:2000]}}, []
+
+    def load(self, header: dict, buffers: list) -> dict:
+        from registry.loaders.serving import load_serving_artifact
+
+        version_id, sha256 = header.get("v"), header.get("sha")
+        if not isinstance(version_id, int) or not buffers:
+            return {"ok": False, "error": {"kind": "protocol", "message": "a load names a version and carries its artifact"}}
+        data = bytes(buffers[0])
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return {"ok": False, "error": {"kind": "load", "message": "the artifact does not match its sha256"}}
+        started = time.perf_counter()
+        try:
+            self._allow_cpu(max(self.limits.cpu_seconds, 60))
+            estimator = load_serving_artifact(data=data)
+        except MemoryError:
+            return {"ok": False, "error": {"kind": "memory", "message": f"loading needed more than the runner's {self.limits.memory_mb} MiB"}}
+        except Exception as exc:  # refused or unreadable: the client says so, the runner lives on
+            return {"ok": False, "error": {"kind": "load", "message": f"{type(exc).__name__}: {exc}"[:2000]}}
+        self.models[version_id] = _Loaded(sha256=sha256, estimator=estimator, has_proba=hasattr(estimator, "predict_proba"), size=len(data))
+        self.models.move_to_end(version_id)
+        budget = self.limits.model_cache_mb * 1024 * 1024
+        while len(self.models) > 1 and sum(m.size for m in self.models.values()) > budget:
+            self.models.popitem(last=False)
+        return {"ok": True, "seconds": time.perf_counter() - started}
+
+    @staticmethod
+    def _allow_cpu(seconds: int) -> None:
+        """Let this request use `seconds` more CPU; past it the kernel stops the runner."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        soft = math.ceil(usage.ru_utime + usage.ru_stime) + seconds
+        _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if now - self.last_report < 1.0:
+            return
+        self.last_report = now
+        status = {"idle": now - self.last_used, "models": len(self.models), "connections": len(self.selector.get_map()) - 1}
+        try:
+            self.control.send(orjson.dumps(status), socket.MSG_DONTWAIT)
+        except (BlockingIOError, OSError):
+            pass  # the host reads these when it can; a missed one changes nothing
+
+
+def run(*, control: socket.socket, org_id: int, limits: RunnerLimits) -> None:
+    """The runner's whole life, in the child the host forked; never returns."""
+    try:
+        layers = confine(limits=limits)
+        Runner(control=control, org_id=org_id, limits=limits, layers=layers).serve_forever()
+    finally:
+        os._exit(1)
