@@ -25,7 +25,7 @@ _MAX_EXAMPLE_ROWS = 100
 _MAX_REPORTED_PREDICTIONS = 5
 
 
-def _register_bare_platform_site() -> None:
+def register_bare_platform_site() -> None:
     """Make ``platform_site.errors`` importable without running ``platform_site/__init__.py``."""
     if "platform_site" in sys.modules:
         return
@@ -151,5 +151,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    _register_bare_platform_site()
+    register_bare_platform_site()
     sys.exit(main())
