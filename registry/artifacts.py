@@ -138,7 +138,11 @@ def read_reference_data(file: UploadedFile) -> ReferenceData:
 
 
 def inspect_in_sandbox(staged: StagedArtifact, *, input_example: Any) -> dict:
-    """Load and try the model in a child process with limits; returns what it found."""
+    """Load and try the model in a child process with limits; returns what it found.
+
+    Includes ``serving_artifact`` (bytes, see ``registry.loaders.serving``) and
+    ``linear_spec`` (dict or None).
+    """
     rows = None
     if input_example is not None:
         from registry.signatures import example_rows
@@ -159,6 +163,9 @@ def inspect_in_sandbox(staged: StagedArtifact, *, input_example: Any) -> dict:
         "serving_sklearn_version": described["running_sklearn_version"],
         "load_seconds": report.get("load_seconds"),
         "sample": report.get("sample"),
+        # The platform-owned artifact runners load (bytes) and, for plain linear models, its numbers.
+        "serving_artifact": report["serving_artifact"],
+        "linear_spec": report["linear_spec"],
     }
 
 

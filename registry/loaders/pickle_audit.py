@@ -15,10 +15,34 @@ genops' space-joined pair) and skips large binary payloads instead of holding th
 The walk is the reporting half of the safety story: it names *every* refused global
 before anything loads. The enforcing half is the unpickler's ``find_class`` in
 ``safe_pickle.py``; should the two ever disagree, the unpickler still refuses.
+
+Globals alone do not bound what a file can do: BUILD hands hostile state to whatever is
+on the stack, and allowed callables convert hostile arguments. So the walk also enforces
+what only it can see, because it keeps the stack and memo symbolically:
+
+- BUILD only on an object the stream itself just constructed (REDUCE/NEWOBJ/NEWOBJ_EX/
+  OBJ/INST of an allowed class, ``copyreg._reconstructor``, or one of numpy's, scipy's and
+  scikit-learn's reconstruction helpers), once, and before it was handed to anything else.
+  Never on a class, function or module attribute: BUILD on a class is ``setattr`` on it for
+  the whole process.
+- BUILD of a ``numpy.dtype`` only on a copy (``copy=True``), with state that gives exactly
+  the dtype numpy builds from its descriptor (``dtypes.dtype_problem``).
+- The converters that could turn an object array's pointers into bytes or numbers
+  (``bytes``, ``bytearray``, ``numpy.str_``, ``numpy.bytes_``, ``_frombuffer``) only on
+  literals; ``numpy.ndarray``/``matrix`` never called directly (a buffer argument would
+  view any object's memory).
+
+These rules are checked here rather than only in the unpickler because plain pickles are
+read by the C unpickler, which cannot be hooked per opcode; the pure-Python unpickler is
+a CPython private name we keep to the joblib path joblib already puts it on. The loader
+re-checks the result after loading (``structure.check_model_structures``: every dtype
+canonical, object arrays of plain values; ``safe_pickle``: no allowed class or function
+changed).
 """
 from __future__ import annotations
 
 import copyreg
+import functools
 import io
 import math
 import pickle
@@ -28,7 +52,14 @@ from typing import Any, BinaryIO
 
 from platform_site.errors import InvalidArtifact, UnsafeArtifact
 
-from .allowlist import JOBLIB_ARRAY_WRAPPER, OLD_JOBLIB_WRAPPERS, canonical_global, is_allowed_global
+from .allowlist import (
+    JOBLIB_ARRAY_WRAPPER,
+    OLD_JOBLIB_WRAPPERS,
+    SUBSTITUTED_GLOBALS,
+    canonical_global,
+    is_allowed_global,
+    resolve_allowed_global,
+)
 
 _CHUNK = 1 << 20
 # Binary payloads at least this big are skipped, not read: they are array data, never names.
@@ -36,6 +67,27 @@ _SKIP_PAYLOAD_BYTES = 1 << 16
 _BINARY_LENGTH_PREFIX = {"SHORT_BINBYTES": 1, "BINBYTES": 4, "BINBYTES8": 8, "BYTEARRAY8": 8}
 _WRAPPER_NAME = ".".join(JOBLIB_ARRAY_WRAPPER)
 _ARRAY_SUBCLASSES = frozenset({"numpy.ndarray", "numpy.matrix"})
+# Allowed functions that return a fresh object which the pickle then hands BUILD state.
+_RECONSTRUCTORS = frozenset(
+    {
+        "numpy._core.multiarray._reconstruct",
+        "numpy.core.multiarray._reconstruct",
+        "numpy.ma.core._mareconstruct",
+        "numpy.random._pickle.__randomstate_ctor",
+        "numpy.random._pickle.__generator_ctor",
+        "numpy.random._pickle.__bit_generator_ctor",
+        "sklearn.neighbors._kd_tree.newObj",
+        "sklearn.neighbors._ball_tree.newObj",
+        "sklearn.metrics._dist_metrics.newObj",
+        _WRAPPER_NAME,
+    }
+)
+# Converters that may only be called on literals: on an object array they return its pointers.
+_LITERAL_ONLY_CALLS = frozenset({"builtins.bytes", "builtins.bytearray", "numpy.str_", "numpy.bytes_"})
+_FROMBUFFER = frozenset({"numpy._core.numeric._frombuffer", "numpy.core.numeric._frombuffer"})
+# Rebuilt by numpy's reconstructors; called directly, a buffer argument views any object's memory.
+_NEVER_CALLED = frozenset({"numpy.ndarray", "numpy.matrix"})
+_LITERAL_TYPES = (str, bytes, bytearray, int, float, bool, type(None))
 # Opcodes whose whole effect is to push their argument.
 _LITERAL_OPCODES = frozenset(
     {
@@ -68,12 +120,29 @@ class _Global:
 
 
 class _Obj:
-    """Whatever a call builds; ``kind`` is "new" (cls.__new__, no __init__) or "call"."""
+    """Whatever a call builds; ``kind`` is "new" (cls.__new__, no __init__) or "call".
 
-    __slots__ = ("kind", "factory", "args", "state")
+    ``built``: it has had its BUILD; ``escaped``: it was handed to a container, call or state.
+    """
+
+    __slots__ = ("kind", "factory", "args", "state", "built", "escaped")
 
     def __init__(self, kind: str, factory: Any, args: Any) -> None:
         self.kind, self.factory, self.args, self.state = kind, factory, args, None
+        self.built = self.escaped = False
+
+
+def _escape(value: Any) -> Any:
+    if isinstance(value, _Obj):
+        value.escaped = True
+    return value
+
+
+def _escape_all(values: Any) -> Any:
+    for value in values:
+        if isinstance(value, _Obj):
+            value.escaped = True
+    return values
 
 
 class _Dict:
@@ -287,7 +356,7 @@ class _Walker:
     def _pop_mark(self) -> list[Any]:
         items = self.stack
         self.stack = self.metastack.pop()
-        return items
+        return _escape_all(items)
 
     # --- globals ----------------------------------------------------------------------
 
@@ -406,7 +475,7 @@ class _Walker:
         self._push(self._pop_mark())
 
     def _op_APPEND(self, _: None) -> None:
-        value = self._pop()
+        value = _escape(self._pop())
         target = self.stack[-1]
         if isinstance(target, list):
             target.append(value)
@@ -424,16 +493,16 @@ class _Walker:
         self._push(tuple(self._pop_mark()))
 
     def _op_TUPLE1(self, _: None) -> None:
-        self.stack[-1] = (self.stack[-1],)
+        self.stack[-1] = _escape_all((self.stack[-1],))
 
     def _op_TUPLE2(self, _: None) -> None:
         second = self._pop()
-        self.stack[-1] = (self.stack[-1], second)
+        self.stack[-1] = _escape_all((self.stack[-1], second))
 
     def _op_TUPLE3(self, _: None) -> None:
         third = self._pop()
         second = self._pop()
-        self.stack[-1] = (self.stack[-1], second, third)
+        self.stack[-1] = _escape_all((self.stack[-1], second, third))
 
     def _op_EMPTY_DICT(self, _: None) -> None:
         self._push(_Dict())
@@ -442,8 +511,8 @@ class _Walker:
         self._push(_Dict(_pairs(self._pop_mark())))
 
     def _op_SETITEM(self, _: None) -> None:
-        value = self._pop()
-        key = self._pop()
+        value = _escape(self._pop())
+        key = _escape(self._pop())
         target = self.stack[-1]
         if isinstance(target, _Dict):
             target.items.append((key, value))
@@ -470,10 +539,35 @@ class _Walker:
     def _called(self, factory: Any, args: Any) -> _Obj:
         if isinstance(factory, _Global) and factory.name == _WRAPPER_NAME:
             raise _Malformed("a joblib array wrapper built by calling it")
+        self._check_call(factory, args)
         return _Obj("call", factory, args)
 
+    def _check_call(self, factory: Any, args: Any) -> None:
+        """Refuse the calls that read an object's memory, whatever the allow-list says."""
+        if not isinstance(factory, _Global):
+            return
+        name = factory.name
+        if not isinstance(args, tuple):
+            args = (args,)
+        if name in _NEVER_CALLED:
+            self.findings.reasons.setdefault(
+                f"it calls {name} directly, which numpy never writes (a buffer argument views any object's memory)", None
+            )
+        elif name in _LITERAL_ONLY_CALLS and not all(isinstance(arg, (*_LITERAL_TYPES, _Blob)) for arg in args):
+            self.findings.reasons.setdefault(
+                f"it calls {name} on a value built at load time (on an object array that returns its pointers); "
+                f"{name} may only convert literals",
+                None,
+            )
+        elif name in _FROMBUFFER and not (args and isinstance(args[0], (bytes, bytearray, _Blob))):
+            self.findings.reasons.setdefault(
+                f"it calls {name} on a value built at load time (on an object array that returns its pointers); "
+                "arrays may only be read from literal bytes",
+                None,
+            )
+
     def _op_REDUCE(self, _: None) -> None:
-        args = self._pop()
+        args = _escape(self._pop())
         factory = self.stack[-1]
         if (
             isinstance(factory, _Global)
@@ -489,14 +583,16 @@ class _Walker:
             self.stack[-1] = self._called(factory, args)
 
     def _op_NEWOBJ(self, _: None) -> None:
-        args = self._pop()
+        args = _escape(self._pop())
         cls = self._pop()
+        self._check_call(cls, args)
         self._push(_Obj("new", cls, args))
 
     def _op_NEWOBJ_EX(self, _: None) -> None:
-        self._pop()  # kwargs
-        args = self._pop()
+        _escape(self._pop())  # kwargs
+        args = _escape(self._pop())
         cls = self._pop()
+        self._check_call(cls, args)
         self._push(_Obj("new", cls, args))
 
     def _op_OBJ(self, _: None) -> None:
@@ -508,17 +604,21 @@ class _Walker:
         self._push(self._called(cls, tuple(self._pop_mark())))
 
     def _op_BUILD(self, _: None) -> None:
-        state = self._pop()
+        state = _escape(self._pop())
         target = self.stack[-1]
         if isinstance(state, _Dict):
             version = state.get("_sklearn_version")
             if isinstance(version, str):
                 self.findings.sklearn_versions.setdefault(version, None)
-        if isinstance(target, _Obj):
-            target.state = state
-            if isinstance(target.factory, _Global) and target.factory.name == _WRAPPER_NAME:
-                self._consume_joblib_array(target)
-                self.stack[-1] = _Obj("call", _Global("numpy.ndarray"), ())
+        problem = _build_problem(target, state)
+        if problem is not None:
+            self.findings.reasons.setdefault(problem, None)
+            return
+        target.state = state
+        target.built = True
+        if target.factory.name == _WRAPPER_NAME:
+            self._consume_joblib_array(target)
+            self.stack[-1] = _Obj("call", _Global("numpy.ndarray"), ())
 
     # --- joblib -----------------------------------------------------------------------------
 
@@ -541,6 +641,59 @@ class _Walker:
             padding = self.reader.read(1)
             self.reader.skip(padding[0] if padding else 0)
         self.reader.skip(layout.nbytes)
+
+
+def _build_problem(target: Any, state: Any) -> str | None:
+    """Why BUILD may not apply ``state`` to ``target``, or None (see the module docstring)."""
+    if isinstance(target, _Global):
+        return f"it applies BUILD state to {target.name} itself (setattr on it for the whole process)"
+    if not isinstance(target, _Obj):
+        return "it applies BUILD state to a value it did not construct"
+    factory = target.factory
+    if not isinstance(factory, _Global) or not _returns_fresh_object(factory.name):
+        what = factory.name if isinstance(factory, _Global) else "a value built at load time"
+        return f"it applies BUILD state to what {what} returned, which is not an object it constructed"
+    if target.built:
+        return f"it applies BUILD state twice to one {factory.name}"
+    if target.escaped:
+        return f"it applies BUILD state to a {factory.name} after handing it to another object"
+    if factory.name == "numpy.dtype":
+        return _dtype_build_problem(target, state)
+    return None
+
+
+def _dtype_build_problem(target: _Obj, state: Any) -> str | None:
+    args = target.args
+    if target.kind != "call" or not isinstance(args, tuple) or len(args) != 3 or args[2] not in (True, 1):
+        # numpy.dtype(..., copy=False) returns numpy's shared dtype: BUILD would change it for everyone.
+        return "it applies BUILD state to a numpy dtype that is not a fresh copy"
+    from .dtypes import dtype_problem
+
+    probe = _Obj("call", target.factory, args)
+    probe.state = state
+    try:
+        dtype = _materialize(probe)
+    except _Malformed as exc:
+        return f"it builds a numpy dtype from state that is not plain data ({exc})"
+    problem = dtype_problem(dtype)
+    if problem is not None:
+        return f"it builds a numpy dtype {_dtype_label(dtype)} whose {problem}"
+    return None
+
+
+def _dtype_label(dtype: Any) -> str:
+    return "object" if dtype.kind == "O" else repr(dtype.str)
+
+
+@functools.lru_cache(maxsize=1024)
+def _returns_fresh_object(name: str) -> bool:
+    """Whether calling this allowed global constructs a new object (a class or a reconstructor)."""
+    if name in _RECONSTRUCTORS or name.rpartition(".")[2].startswith("__pyx_unpickle_"):
+        return True
+    module, _, attribute = name.rpartition(".")
+    if (module, attribute) in SUBSTITUTED_GLOBALS or not is_allowed_global(module, attribute):
+        return False
+    return isinstance(resolve_allowed_global(module, attribute), type)
 
 
 def _pairs(items: list[Any]) -> list[tuple[Any, Any]]:
@@ -574,6 +727,13 @@ def joblib_array_layout(state: dict[str, Any]) -> JoblibArrayLayout:
     alignment = state.get("numpy_array_alignment_bytes")
     if not isinstance(dtype, np.dtype):
         raise _Malformed("a joblib array without a numpy dtype")
+    from .dtypes import dtype_problem
+
+    problem = dtype_problem(dtype)
+    if problem is not None:
+        raise UnsafeArtifact(
+            f"The model file is refused: a joblib array's numpy dtype {_dtype_label(dtype)} is not canonical: its {problem}."
+        )
     if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
         raise _Malformed("a joblib array with an invalid shape")
     if order not in ("C", "F"):

@@ -9,6 +9,21 @@ whatever its globals name. Loading is two steps:
    whose ``persistent_load`` refuses everything, so a file the walk misread still cannot
    reach code.
 
+Globals alone do not bound hostile state (BUILD on a class is ``setattr`` on it for the
+whole process; ``bytes(<object array>)`` returns pointers), so the walk also refuses BUILD
+on anything but an object the stream just constructed, non-canonical numpy dtypes and
+converters called on non-literals (see ``pickle_audit``). Plain pickles keep the C
+unpickler, which cannot be hooked per opcode, so these rules are enforced by the walk and
+re-checked after loading, where a second line can see them:
+
+- the converters are substituted by stand-ins that accept only bytes/str/int arguments;
+- joblib files are read by the pure-Python unpickler joblib itself uses, where BUILD is
+  guarded per opcode (only on an object this unpickler constructed, once);
+- every allowed class and function the file names is compared, attribute by attribute,
+  before and after the load: a change is undone and the file refused;
+- ``structure.check_model_structures`` (run by ``formats.load_artifact``) refuses
+  non-canonical dtypes and object arrays holding anything but plain values.
+
 joblib files are a pickle whose ``NumpyArrayWrapper`` objects are each followed by raw
 array bytes, or by a nested pickle for object-dtype arrays (fitted sklearn models have
 those: ``feature_names_in_``, string ``classes_``), possibly compressed as a whole.
@@ -21,10 +36,12 @@ tenant bytes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import lzma
 import os
 import pickle
+import types
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +52,13 @@ from joblib.numpy_pickle import NumpyUnpickler
 
 from platform_site.errors import InvalidArtifact, ModelhostError, UnsafeArtifact
 
-from .allowlist import JOBLIB_ARRAY_WRAPPER, canonical_global, is_allowed_global, resolve_allowed_global
+from .allowlist import (
+    JOBLIB_ARRAY_WRAPPER,
+    SUBSTITUTED_GLOBALS,
+    canonical_global,
+    is_allowed_global,
+    resolve_allowed_global,
+)
 from .pickle_audit import PickleAudit, _Malformed, joblib_array_layout, walk_pickle_stream
 
 PickleSource = str | os.PathLike[str] | bytes
@@ -67,6 +90,7 @@ def load_pickle(*, source: PickleSource) -> LoadedPickle:
     through our ``NumpyUnpickler`` subclass. Errors as ``audit_pickle_globals``.
     """
     audit = audit_pickle_globals(source=source)
+    shared = _SharedGlobals(audit.globals)
     with open_pickle_stream(source=source) as (stream, compression):
         try:
             if audit.joblib_arrays or compression:
@@ -82,7 +106,49 @@ def load_pickle(*, source: PickleSource) -> LoadedPickle:
             raise InvalidArtifact(f"The file is not a pickle this platform can read: {exc}.") from exc
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
             raise InvalidArtifact(f"The model file could not be loaded: {type(exc).__name__}: {exc}") from exc
+        finally:
+            shared.restore_or_raise()
     return LoadedPickle(obj=obj, audit=audit, compression=compression)
+
+
+class _SharedGlobals:
+    """The attributes of every class and function a file names, to compare after loading.
+
+    They are shared by every model in the process; a file that changed one (BUILD on a
+    class) is refused, and the change undone, even if the walk had missed it.
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.snapshots: list[tuple[str, Any, dict[str, Any]]] = []
+        for full in names:
+            module, _, name = full.rpartition(".")
+            if (module, name) in SUBSTITUTED_GLOBALS or not is_allowed_global(module, name):
+                continue
+            target = resolve_allowed_global(module, name)
+            namespace = getattr(target, "__dict__", None)
+            if namespace is not None and not isinstance(target, types.ModuleType):
+                self.snapshots.append((full, target, dict(namespace)))
+
+    def restore_or_raise(self) -> None:
+        changed = []
+        for full, target, before in self.snapshots:
+            after = target.__dict__
+            for attribute in set(before) | set(after):
+                if after.get(attribute, _MISSING) is before.get(attribute, _MISSING):
+                    continue
+                changed.append(f"{full}.{attribute}")
+                if attribute in before:
+                    setattr(target, attribute, before[attribute])
+                else:
+                    delattr(target, attribute)
+        if changed:
+            raise UnsafeArtifact(
+                "The model file is refused: loading it changed " + ", ".join(sorted(changed))
+                + ", which every model in the process shares."
+            )
+
+
+_MISSING = object()
 
 
 @contextlib.contextmanager
@@ -133,6 +199,54 @@ def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -
             refused_globals=["_codecs.encode"],
         )
     return text.encode("latin-1")
+
+
+def _literal_only(name: str, convert: Any) -> Any:
+    """Stand-in for a converter that, on an object array, returns its pointers as bytes or text."""
+
+    def call(*args: Any) -> Any:
+        if not all(isinstance(arg, (bytes, bytearray, str, int)) for arg in args):
+            kinds = ", ".join(sorted({type(arg).__name__ for arg in args}))
+            raise UnsafeArtifact(
+                f"The model file calls {name} on {kinds}; it may only convert bytes, text or numbers.",
+                refused_globals=[name],
+            )
+        return convert(*args)
+
+    return call
+
+
+def _frombuffer_of_bytes(buffer: Any, dtype: Any, shape: Any, order: Any) -> Any:
+    """Stand-in for numpy's ``_frombuffer``: only bytes, never another object's memory."""
+    import numpy as np
+
+    from .dtypes import dtype_problem
+
+    if not isinstance(buffer, (bytes, bytearray)) or not isinstance(dtype, np.dtype) or dtype_problem(dtype):
+        raise UnsafeArtifact(
+            f"The model file builds an array from a {type(buffer).__name__} buffer; only bytes of a canonical dtype are allowed.",
+            refused_globals=["numpy._core.numeric._frombuffer"],
+        )
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order)
+
+
+@functools.cache
+def _stand_ins() -> dict[tuple[str, str], Any]:
+    import numpy as np
+
+    return {
+        **{
+            (module, name): _literal_only(f"{module}.{name}", convert)
+            for (module, name), convert in (
+                (("builtins", "bytes"), bytes),
+                (("builtins", "bytearray"), bytearray),
+                (("numpy", "str_"), np.str_),
+                (("numpy", "bytes_"), np.bytes_),
+            )
+        },
+        ("numpy._core.numeric", "_frombuffer"): _frombuffer_of_bytes,
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer_of_bytes,
+    }
 
 
 def _checked_tree(n_features: Any, n_classes: Any, n_outputs: Any) -> Any:
@@ -186,6 +300,9 @@ class _AllowListMixin:
             if not self.allows_array_wrapper:
                 raise InvalidArtifact("A joblib array wrapper appears where joblib never writes one.")
             return JoblibArrayPlaceholder
+        stand_in = _stand_ins().get((module, name))
+        if stand_in is not None:
+            return stand_in
         return resolve_allowed_global(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
@@ -196,22 +313,85 @@ class RestrictedUnpickler(_AllowListMixin, pickle.Unpickler):
     """The C unpickler, restricted to the allow-list; for plain pickles."""
 
 
-class _RestrictedPurePythonUnpickler(_AllowListMixin, pickle._Unpickler):
+_NOT_BUILDABLE = (type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType, types.MethodType)
+
+
+class _BuildGuardMixin:
+    """BUILD only on an object this unpickler constructed (REDUCE/NEWOBJ/NEWOBJ_EX/OBJ/INST), once.
+
+    For the pure-Python unpicklers; the walk enforces the same rule for the C unpickler.
+    Constructed objects are kept (not just their ids) so an id cannot be reused.
+    """
+
+    def _constructed_now(self) -> None:
+        if not hasattr(self, "_constructed"):
+            self._constructed: dict[int, Any] = {}
+            self._built: set[int] = set()
+        self._constructed[id(self.stack[-1])] = self.stack[-1]
+
+    def _guard_build(self) -> None:
+        target = self.stack[-2]
+        constructed = getattr(self, "_constructed", {})
+        if isinstance(target, _NOT_BUILDABLE) or id(target) not in constructed or id(target) in self._built:
+            what = getattr(target, "__qualname__", type(target).__qualname__)
+            raise UnsafeArtifact(
+                f"The model file is refused: it applies BUILD state to {what}, which is not an object it just constructed."
+            )
+        self._built.add(id(target))
+
+
+def _guarded_dispatch(base: dict[int, Any]) -> dict[int, Any]:
+    dispatch = base.copy()
+    for opcode in (pickle.REDUCE, pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.OBJ, pickle.INST):
+        original = base[opcode[0]]
+
+        def constructing(self: Any, original: Any = original) -> None:
+            original(self)
+            self._constructed_now()
+
+        dispatch[opcode[0]] = constructing
+    original_build = base[pickle.BUILD[0]]
+
+    def build(self: Any) -> None:
+        self._guard_build()
+        original_build(self)
+        _check_built_dtype(self.stack[-1])
+
+    dispatch[pickle.BUILD[0]] = build
+    return dispatch
+
+
+def _check_built_dtype(value: Any) -> None:
+    import numpy as np
+
+    from .dtypes import dtype_problem
+
+    if isinstance(value, np.dtype):
+        problem = dtype_problem(value)
+        if problem is not None:
+            raise UnsafeArtifact(f"The model file is refused: it builds a numpy dtype whose {problem}.")
+
+
+class _RestrictedPurePythonUnpickler(_BuildGuardMixin, _AllowListMixin, pickle._Unpickler):
     """The pure-Python unpickler, restricted; reads the nested pickle of a joblib object array.
 
     Pure Python because it must stop exactly at the nested STOP, leaving the outer stream
     where joblib left it.
     """
 
+    dispatch = _guarded_dispatch(pickle._Unpickler.dispatch)
 
-class RestrictedJoblibUnpickler(_AllowListMixin, NumpyUnpickler):
+
+class RestrictedJoblibUnpickler(_BuildGuardMixin, _AllowListMixin, NumpyUnpickler):
     """joblib's NumpyUnpickler, restricted, reading every array itself (see module docstring)."""
 
     allows_array_wrapper = True
-    dispatch = NumpyUnpickler.dispatch.copy()
+    dispatch = _guarded_dispatch(NumpyUnpickler.dispatch)
 
     def load_build(self) -> None:
+        self._guard_build()
         pickle._Unpickler.load_build(self)
+        _check_built_dtype(self.stack[-1])
         if isinstance(self.stack[-1], JoblibArrayPlaceholder):
             wrapper = self.stack.pop()
             self.stack.append(self._read_array(wrapper))

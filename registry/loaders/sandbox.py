@@ -3,9 +3,9 @@
 ``inspect_artifact`` starts ``python -m registry.loaders.sandbox_child`` with an address
 space limit (RLIMIT_AS), a CPU-time limit (RLIMIT_CPU), no core files and no file
 writes (RLIMIT_FSIZE 0), a minimal environment with one BLAS thread, and a wall-clock
-timeout; the child loads the file through the safe loader, describes it and predicts on
-its input example, and reports JSON. The parent turns each outcome into the platform's
-errors. The serving process later loads the same file in-process with ``load_model``.
+timeout; the child loads the file through the safe loader, describes it, predicts on its
+input example or on synthesized rows, and reports JSON followed by the platform-owned
+serving artifact (``serving.py``). The parent turns each outcome into the platform's errors.
 
 The limits are set in ``preexec_fn``, which only calls ``setrlimit`` (no imports, no
 locks), the part of ``preexec_fn`` that is safe in a threaded server.
@@ -66,8 +66,12 @@ def inspect_artifact(
     """Load, describe and smoke-test a model file in a limited child; return the child's report.
 
     The report has ``description`` (``describe.ModelDescription`` as a dict), ``sample``
-    (the prediction on the input example, or on one zero row when the model takes a
-    plain numeric array), ``load_seconds`` and ``predict_seconds``. ``timeout_s`` covers
+    (the prediction on the input example, or on one synthesized row: ``source``
+    "synthesized", a failure there noted with ``ok`` False), ``serving_artifact`` (bytes:
+    the checked estimator, pickled by the platform; read it with
+    ``serving.load_serving_artifact``), ``linear_spec`` (a dict for plain linear models,
+    else None; see ``serving.linear_spec_for``), ``load_seconds``, ``predict_seconds`` and
+    ``artifact_seconds``. ``timeout_s`` covers
     the whole child, including about a second of interpreter and library start-up;
     ``memory_mb`` is its whole address space (the libraries alone take about 600 MiB).
     Raises UnsafeArtifact with the refused globals, InvalidArtifact for a timeout, the
@@ -110,8 +114,9 @@ def _limits(*, memory_bytes: int, cpu_seconds: int) -> Callable[[], None]:
 
 def _report_or_raise(returncode: int, stdout: bytes, stderr: bytes, *, timeout_s: float, memory_mb: int) -> dict[str, Any]:
     memory_message = f"loading the model needed more than the {memory_mb} MiB memory limit"
+    head, _, artifact = stdout.partition(b"\n")
     try:
-        report = json.loads(stdout)
+        report = json.loads(head)
     except ValueError:
         report = None
     if not isinstance(report, dict):
@@ -124,6 +129,9 @@ def _report_or_raise(returncode: int, stdout: bytes, stderr: bytes, *, timeout_s
         raise InvalidArtifact(f"the model check stopped unexpectedly (exit status {returncode}): {last_line}")
     if report.get("ok"):
         report.pop("ok")
+        if report.pop("serving_artifact_bytes", None) != len(artifact) or returncode != 0:
+            raise InvalidArtifact(f"the model check stopped unexpectedly (exit status {returncode}) while writing its result")
+        report["serving_artifact"] = artifact
         return report
     error = report.get("error") or {}
     kind = error.get("kind")

@@ -2,8 +2,14 @@
 
 Run by ``sandbox.inspect_artifact`` as ``python -m registry.loaders.sandbox_child`` with
 memory and CPU limits already set. Reads ``{"path", "fmt", "input_example"}`` as JSON on
-stdin and writes one JSON object to the stdout it started with: ``{"ok": true, ...}``
-or ``{"ok": false, "error": {"kind": ...}}``. Anything a library prints goes to stderr.
+stdin and writes to the stdout it started with one JSON object, ``{"ok": true, ...}`` or
+``{"ok": false, "error": {"kind": ...}}``, a newline, and then, on success, the serving
+artifact's bytes (the report's ``serving_artifact_bytes`` says how many; the child may not
+write files). Anything a library prints goes to stderr.
+
+The model always predicts: on its input example, or else on rows synthesized from what it
+says of itself (``n_features_in_``, ``feature_names_in_``, and for encoders the categories
+they know: a known category for a categorical column, 0.0 for the rest).
 
 It never imports Django or Celery: ``platform_site/__init__.py`` starts the Celery app
 (which imports Django), so ``platform_site`` is registered as a bare package first and
@@ -25,7 +31,7 @@ _MAX_EXAMPLE_ROWS = 100
 _MAX_REPORTED_PREDICTIONS = 5
 
 
-def _register_bare_platform_site() -> None:
+def register_bare_platform_site() -> None:
     """Make ``platform_site.errors`` importable without running ``platform_site/__init__.py``."""
     if "platform_site" in sys.modules:
         return
@@ -39,39 +45,48 @@ class _PredictionFailed(Exception):
     """The model loaded but could not predict on its own input example."""
 
 
-def inspect_request(request: dict[str, Any]) -> dict[str, Any]:
-    """Load, describe and smoke-test the model a request names; return the success report."""
+def inspect_request(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """Load, describe and smoke-test the model a request names; return the report and the serving artifact."""
+    import pickle
+
     from .describe import describe_estimator
     from .formats import load_artifact
+    from .serving import linear_spec_for
 
     started = time.monotonic()
+    # load_artifact runs the audit, the restricted unpickler and the structure/dtype/object checks.
     loaded = load_artifact(request["path"], fmt=request["fmt"])
     description = describe_estimator(estimator=loaded.estimator, saved_sklearn_version=loaded.saved_sklearn_version)
     loaded_at = time.monotonic()
     sample = _predict_sample(loaded.estimator, description.n_features, description.feature_names, request.get("input_example"))
-    return {
+    predicted_at = time.monotonic()
+    artifact = pickle.dumps(loaded.estimator, protocol=5)
+    report = {
         "description": description.as_dict(),
         "sample": sample,
+        "linear_spec": linear_spec_for(loaded.estimator),
+        "serving_artifact_bytes": len(artifact),
         "load_seconds": round(loaded_at - started, 4),
-        "predict_seconds": round(time.monotonic() - loaded_at, 4),
+        "predict_seconds": round(predicted_at - loaded_at, 4),
+        "artifact_seconds": round(time.monotonic() - predicted_at, 4),
     }
+    return report, artifact
 
 
 def _predict_sample(
     estimator: Any, n_features: int | None, feature_names: list[str] | None, input_example: Any
 ) -> dict[str, Any]:
-    """Predict on the input example (a failure is the model's) or on a synthesized zero row (a failure is noted)."""
+    """Predict on the input example (a failure is the model's) or on synthesized rows (a failure is noted)."""
     import numpy as np
 
     if input_example:
         source = "input_example"
         X = _rows_to_input(input_example[:_MAX_EXAMPLE_ROWS], feature_names)
-    elif n_features and not feature_names:
-        # Without feature names the model was fitted on a plain numeric array.
-        source = "zero_row"
-        X = np.zeros((1, n_features))
     else:
-        return {"source": None}
+        source = "synthesized"
+        X = synthesized_rows(estimator, n_features=n_features, feature_names=feature_names)
+        if X is None:
+            return {"source": None}
     try:
         predictions = estimator.predict(X)
     except MemoryError:
@@ -82,6 +97,89 @@ def _predict_sample(
         return {"source": source, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     values = np.asarray(predictions)[:_MAX_REPORTED_PREDICTIONS].tolist()
     return {"source": source, "ok": True, "predictions": _json_safe(values)}
+
+
+def synthesized_rows(estimator: Any, *, n_features: int | None, feature_names: list[str] | None) -> Any:
+    """One row the model should accept, from what it says of itself, or None when it says too little.
+
+    A column an encoder (OneHotEncoder, OrdinalEncoder, TargetEncoder...) reads gets the
+    first category it knows; every other column 0.0. A DataFrame when the model was fitted
+    on one (``feature_names_in_``), else an array.
+    """
+    import numpy as np
+
+    width = len(feature_names) if feature_names else n_features
+    if not width:
+        return None
+    keys: list[Any] = list(feature_names) if feature_names else list(range(width))
+    known = _known_categories(estimator, keys)
+    row = [known.get(key, 0.0) for key in keys]
+    if feature_names:
+        import pandas as pd
+
+        return pd.DataFrame([row], columns=feature_names)
+    if known:
+        return np.array([row], dtype=object)
+    return np.zeros((1, width))
+
+
+def _known_categories(estimator: Any, keys: list[Any]) -> dict[Any, Any]:
+    """{input column: a category an encoder fitted on it knows}, through pipelines and column transformers."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    found: dict[Any, Any] = {}
+    # (step, the input columns it reads, as keys of the model's own input)
+    pending: list[tuple[Any, list[Any]]] = [(estimator, keys)]
+    while pending:
+        step, columns = pending.pop()
+        if isinstance(step, Pipeline):
+            # Steps before an encoder (imputers) keep their columns; an encoder's categories must match them.
+            pending.extend((inner, columns) for _, inner in step.steps if inner not in (None, "passthrough"))
+        elif isinstance(step, ColumnTransformer):
+            for _, transformer, selection in getattr(step, "transformers_", []):
+                selected = _selected_columns(selection, columns)
+                if selected and transformer not in ("drop", "passthrough"):
+                    pending.append((transformer, selected))
+        else:
+            categories = getattr(step, "categories_", None)
+            if isinstance(categories, list) and len(categories) == len(columns):
+                for key, values in zip(columns, categories):
+                    value = _first_plain_category(values)
+                    if value is not None:
+                        found.setdefault(key, value)
+    return found
+
+
+def _selected_columns(selection: Any, columns: list[Any]) -> list[Any]:
+    import numpy as np
+
+    if isinstance(selection, str):
+        selection = [selection]
+    if isinstance(selection, (int, np.integer)):
+        selection = [int(selection)]
+    if isinstance(selection, slice):
+        return columns[selection]
+    try:
+        items = list(selection)
+    except TypeError:
+        return []
+    if items and all(isinstance(item, (bool, np.bool_)) for item in items):
+        return [column for column, keep in zip(columns, items) if keep]
+    if all(isinstance(item, (int, np.integer)) for item in items):
+        return [columns[int(i)] for i in items if -len(columns) <= int(i) < len(columns)]
+    return [item for item in items if item in columns]
+
+
+def _first_plain_category(values: Any) -> Any:
+    import numpy as np
+
+    for value in values:
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, str) or (isinstance(value, (int, float)) and value == value):  # not NaN
+            return value
+    return None
 
 
 def _rows_to_input(rows: list[Any], feature_names: list[str] | None) -> Any:
@@ -139,17 +237,21 @@ def _error_report(exc: BaseException) -> dict[str, Any]:
 def main() -> int:
     report_fd = os.dup(1)
     os.dup2(2, 1)  # whatever the model or a library prints must not corrupt the report
+    artifact = b""
     try:
         request = json.load(sys.stdin)
-        report: dict[str, Any] = {"ok": True, **inspect_request(request)}
+        found, artifact = inspect_request(request)
+        report: dict[str, Any] = {"ok": True, **found}
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a report
         report = {"ok": False, "error": _error_report(exc)}
     report["imported_django"] = "django" in sys.modules
-    with os.fdopen(report_fd, "w") as out:
-        json.dump(report, out)
+    with os.fdopen(report_fd, "wb") as out:
+        # JSON escapes newlines inside strings, so the first newline ends the report.
+        out.write(json.dumps(report).encode() + b"\n")
+        out.write(artifact)
     return 0
 
 
 if __name__ == "__main__":
-    _register_bare_platform_site()
+    register_bare_platform_site()
     sys.exit(main())

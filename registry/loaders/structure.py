@@ -11,15 +11,24 @@ After every load we walk the model and check, with numpy, the structures predict
 follows: ``Tree`` (all decision-tree ensembles), HistGradientBoosting's
 ``TreePredictor`` and the KDTree/BallTree of nearest-neighbour models. Other Cython
 state (distance-metric parameters, loss objects) is not checked here.
+
+The same walk checks every numpy value it reaches, before reading any element
+(``dtypes.array_problem``): each dtype exactly what numpy builds from its descriptor (an
+'O8' dtype whose flags were cleared by BUILD state holds raw bytes numpy dereferences as
+pointers), no array viewing an object array's memory, and object arrays holding only str,
+int, float, bool, None or numpy numbers and strings.
 """
 from __future__ import annotations
 
 import sys
+import types
 from typing import Any
 
 import numpy as np
 
-from platform_site.errors import InvalidArtifact
+from platform_site.errors import InvalidArtifact, UnsafeArtifact
+
+from .dtypes import array_problem, dtype_problem
 
 # A fitted pipeline has hundreds of objects; this bounds the walk on a hostile graph.
 _MAX_OBJECTS = 1_000_000
@@ -28,7 +37,8 @@ _MAX_OBJECTS = 1_000_000
 def check_model_structures(*, model: Any) -> int:
     """Check every tree/predictor/neighbour index reachable from ``model``; return how many.
 
-    Raises InvalidArtifact naming the first structure whose indices point outside it.
+    Raises InvalidArtifact naming the first structure whose indices point outside it,
+    UnsafeArtifact for a non-canonical dtype or an object array of anything but plain values.
     """
     from sklearn.base import BaseEstimator
 
@@ -54,6 +64,15 @@ def check_model_structures(*, model: Any) -> int:
         seen.add(id(obj))
         if len(seen) > _MAX_OBJECTS:
             raise InvalidArtifact(f"The model holds more than {_MAX_OBJECTS} objects.")
+        if isinstance(obj, np.ndarray):
+            # Before anything reads its elements: with a forged dtype, reading them is the attack.
+            problem = array_problem(obj)
+            if problem is not None:
+                raise UnsafeArtifact(f"The model file is refused: {problem}.")
+        elif isinstance(obj, np.dtype):
+            problem = dtype_problem(obj)
+            if problem is not None:
+                raise UnsafeArtifact(f"The model file is refused: a numpy dtype is not canonical: its {problem}.")
         if isinstance(obj, tree_type):
             _check_tree(obj, n_features=n_features)
             checked += 1
@@ -71,9 +90,21 @@ def check_model_structures(*, model: Any) -> int:
             pending.extend((value, n_features) for value in obj.values())
         elif isinstance(obj, (list, tuple, set, frozenset)):
             pending.extend((value, n_features) for value in obj)
-        elif isinstance(obj, np.ndarray) and obj.dtype.hasobject:
-            pending.extend((value, n_features) for value in obj.ravel())
+        elif isinstance(obj, np.ndarray):
+            if obj.dtype.hasobject:
+                pending.extend((value, n_features) for value in obj.ravel())
+            pending.extend((value, n_features) for value in getattr(obj, "__dict__", {}).values())  # MaskedArray's mask
+        elif isinstance(obj, np.generic):
+            dtype = obj.dtype
+            if dtype_problem(dtype) is not None:
+                raise UnsafeArtifact(f"The model file is refused: a numpy scalar's dtype is not canonical: its {dtype_problem(dtype)}.")
+        elif not isinstance(obj, _OPAQUE) and isinstance(getattr(obj, "__dict__", None), dict):
+            # Plain objects (loss functions, calibrators, bunches): their attributes are model state too.
+            pending.extend((value, n_features) for value in vars(obj).values())
     return checked
+
+
+_OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
 
 
 class _Never:

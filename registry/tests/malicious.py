@@ -271,3 +271,196 @@ def load_unsafely(data: bytes, *, is_joblib: bool) -> Any:
     if is_joblib:
         return joblib.load(io.BytesIO(data))
     return pickle.loads(data)
+
+
+# --- hostile state: files that name only allowed globals --------------------------------------
+#
+# An allow-list of globals does not bound what BUILD (``__setstate__``) and the allowed
+# callables do with hostile arguments. Each case below names only globals that were on the
+# allow-list, and does its harm under plain pickle/joblib: ``harm`` says which harm the
+# control test shows ("segfault": predicting dereferences pointers the file chose;
+# "leak": the loaded model holds the addresses of ``None`` and ``True``; "tamper": a class
+# shared by every tenant in the process is changed).
+
+# An address no process maps: dereferencing it is a segmentation fault.
+WILD_POINTER = 0x4141414141414141
+
+
+class ReduceWithState:
+    """Pickles as ``func(*args)`` followed by BUILD with ``state``."""
+
+    def __init__(self, func: Any, args: tuple[Any, ...], state: Any) -> None:
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...], Any]:
+        return self.func, self.args, self.state
+
+
+@dataclass(frozen=True)
+class StateCase:
+    """A hostile file of allowed globals: ``build()`` returns its bytes; ``refusal`` is in the error."""
+
+    id: str
+    build: Callable[[], bytes]
+    harm: str
+    refusal: str
+    is_joblib: bool = False
+
+
+def _object_dtype_without_flags() -> ReduceWithState:
+    """``numpy.dtype('O8')`` whose BUILD state clears its flags: ``hasobject`` becomes False."""
+    return ReduceWithState(np.dtype, ("O8", False, True), (3, "|", None, None, None, -1, -1, 0))
+
+
+def _array_of_wild_pointers(count: int) -> ReduceWithState:
+    from numpy._core.multiarray import _reconstruct
+
+    raw = struct.pack(f"<{count}Q", *[WILD_POINTER] * count)
+    return ReduceWithState(_reconstruct, (np.ndarray, (0,), b"b"), (1, (count,), _object_dtype_without_flags(), False, raw))
+
+
+FEATURE_FRAME_COLUMNS = ["a", "b"]
+
+
+def _feature_frame() -> Any:
+    import pandas as pd
+
+    return pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]})
+
+
+def object_pointer_regressor() -> bytes:
+    """The memory-corruption reproduction: a KNeighborsRegressor (fitted on a DataFrame, so the
+    sandbox had no rows to try) whose ``_y`` holds pointers the file chose."""
+    from sklearn.neighbors import KNeighborsRegressor
+
+    model = KNeighborsRegressor(n_neighbors=1).fit(_feature_frame(), [0.0, 1.0, 2.0, 3.0])
+    model._y = _array_of_wild_pointers(4)
+    return pickle.dumps(model, protocol=5)
+
+
+def object_pointer_regressor_joblib() -> bytes:
+    """The same pointers through joblib: the array wrapper's dtype is 'O8' with cleared flags,
+    so joblib reads raw bytes into an object array (patched from a uint64 array, same length)."""
+    from sklearn.neighbors import KNeighborsRegressor
+
+    model = KNeighborsRegressor(n_neighbors=1).fit(_feature_frame(), [0.0, 1.0, 2.0, 3.0])
+    model._y = np.full(4, WILD_POINTER, dtype=np.uint64)
+    data = joblib_bytes(model)
+    dtype_call = b"\x8c\x02u8\x94\x89\x88\x87\x94R\x94(K\x03\x8c\x01<"
+    assert data.count(dtype_call) == 1
+    return data.replace(dtype_call, b"\x8c\x02O8\x94\x89\x88\x87\x94R\x94(K\x03\x8c\x01|")
+
+
+def _object_array() -> np.ndarray:
+    # Its buffer is the addresses of None and True.
+    return np.array([None, True], dtype=object)
+
+
+def _classifier_with_classes(classes: Any) -> bytes:
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 1, 0, 1])
+    model.classes_ = classes
+    return pickle.dumps(model, protocol=4)
+
+
+def bytes_of_object_array_as_classes() -> bytes:
+    """The address-disclosure reproduction: ``numpy.str_(builtins.bytes(<object ndarray>))`` as a class label."""
+    leaked = Reduce(np.str_, Reduce(builtins.bytes, _object_array()))
+    return _classifier_with_classes(np.array([leaked, "other"], dtype=object))
+
+
+def numpy_bytes_of_object_array_as_classes() -> bytes:
+    return _classifier_with_classes(np.array([Reduce(np.bytes_, _object_array()), b"other"], dtype=object))
+
+
+def bytearray_of_object_array_as_classes() -> bytes:
+    return _classifier_with_classes(np.array([Reduce(builtins.bytearray, _object_array()), "other"], dtype=object))
+
+
+def frombuffer_of_object_array_as_classes() -> bytes:
+    from numpy._core.numeric import _frombuffer
+
+    return _classifier_with_classes(Reduce(_frombuffer, _object_array(), np.dtype("u8"), (2,), "C"))
+
+
+def ndarray_over_object_buffer_as_classes() -> bytes:
+    return _classifier_with_classes(Reduce(np.ndarray, (2,), np.dtype("u8"), _object_array()))
+
+
+def _class_build(
+    module: str, name: str, attribute: str, value_module: str, value_name: str, *, through_memo: bool = False
+) -> bytes:
+    """Opcodes that BUILD a *class* with slot state ``{attribute: value}``: setattr on the class.
+
+    ``through_memo``: the class is memoized, popped and fetched back before its BUILD.
+    """
+    memo = pickle.BINPUT + b"\xf0" + pickle.POP + pickle.BINGET + b"\xf0" if through_memo else b""
+    return (
+        pickle.GLOBAL + f"{module}\n{name}\n".encode() + memo
+        + pickle.NONE + pickle.EMPTY_DICT + _unicode(attribute)
+        + pickle.GLOBAL + f"{value_module}\n{value_name}\n".encode() + pickle.SETITEM
+        + pickle.TUPLE2 + pickle.BUILD
+    )
+
+
+def _pair_with_model(prefix: bytes, model: Any) -> bytes:
+    """A protocol 2 pickle of ``(<prefix's object>, model)``; the model's own memo is untouched."""
+    body = pickle.dumps(model, protocol=2)
+    assert body[:2] == pickle.PROTO + b"\x02" and body[-1:] == pickle.STOP
+    return pickle.PROTO + b"\x02" + prefix + body[2:-1] + pickle.TUPLE2 + pickle.STOP
+
+
+def tiny_hist_gradient_boosting() -> Any:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    X = np.arange(40, dtype=float).reshape(20, 2)
+    return HistGradientBoostingRegressor(max_iter=5, random_state=0).fit(X, X[:, 0] * 50.0)
+
+
+def class_build_on_identity_link() -> bytes:
+    """The cross-tenant reproduction: ``IdentityLink.inverse = numpy.int8`` for the whole process."""
+    prefix = _class_build("sklearn._loss.link", "IdentityLink", "inverse", "numpy", "int8")
+    return _pair_with_model(prefix, tiny_hist_gradient_boosting())
+
+
+def class_build_on_logit_link_through_memo() -> bytes:
+    """``LogitLink.inverse = numpy.int8``, the class fetched from the memo: every tenant's
+    HistGradientBoostingClassifier returns probabilities wrapped to int8."""
+    prefix = _class_build("sklearn._loss.link", "LogitLink", "inverse", "numpy", "int8", through_memo=True)
+    return _pair_with_model(prefix, tiny_pipeline())
+
+
+def object_array_holding_a_slice() -> bytes:
+    """An object array may hold only plain values; these class labels are slices, which
+    predict hands back to a caller expecting JSON values."""
+    return _classifier_with_classes(np.array([slice(0, 1), slice(1, 2)], dtype=object))
+
+
+def state_corpus() -> list[StateCase]:
+    """Every hostile-state case, with readable ids."""
+    return [
+        StateCase("dtype_object_flags_cleared", object_pointer_regressor, "segfault", "numpy dtype object"),
+        StateCase(
+            "joblib_dtype_object_flags_cleared",
+            object_pointer_regressor_joblib,
+            "segfault",
+            "numpy dtype object",
+            is_joblib=True,
+        ),
+        StateCase("bytes_of_object_array_in_str", bytes_of_object_array_as_classes, "leak", "builtins.bytes"),
+        StateCase("numpy_bytes_of_object_array", numpy_bytes_of_object_array_as_classes, "leak", "numpy.bytes_"),
+        StateCase("bytearray_of_object_array", bytearray_of_object_array_as_classes, "leak", "builtins.bytearray"),
+        StateCase(
+            "frombuffer_of_object_array", frombuffer_of_object_array_as_classes, "leak", "numpy._core.numeric._frombuffer"
+        ),
+        StateCase("ndarray_over_object_buffer", ndarray_over_object_buffer_as_classes, "leak", "numpy.ndarray"),
+        StateCase("class_build_identity_link", class_build_on_identity_link, "tamper", "sklearn._loss.link.IdentityLink"),
+        StateCase(
+            "class_build_logit_link_through_memo",
+            class_build_on_logit_link_through_memo,
+            "tamper",
+            "sklearn._loss.link.LogitLink",
+        ),
+        StateCase("object_array_holding_a_slice", object_array_holding_a_slice, "foreign", "an object array holds a builtins.slice"),
+    ]

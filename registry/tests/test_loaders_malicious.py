@@ -1,11 +1,16 @@
 """Hostile pickles and joblib files: refused, named, and never run."""
 from __future__ import annotations
 
+import ast
 import importlib.util
 import io
 import pickle
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +22,7 @@ from registry.loaders.safe_pickle import (
     audit_pickle_globals,
     load_pickle,
 )
+from registry.loaders.structure import check_model_structures
 from registry.tests import malicious
 
 CASES = malicious.corpus()
@@ -253,3 +259,182 @@ def test_sklearn_names_that_are_not_estimator_classes_are_refused(module: str, n
     with pytest.raises(UnsafeArtifact) as raised:
         audit_pickle_globals(source=data)
     assert raised.value.refused_globals == [f"{module}.{name}"]
+
+
+# --- hostile state: files that name only allowed globals ----------------------------------------
+
+STATE_CASES = malicious.state_corpus()
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+_PLAIN_LOAD = """
+import io, pickle, sys
+import joblib
+data = open(sys.argv[1], "rb").read()
+obj = joblib.load(io.BytesIO(data)) if sys.argv[2] == "joblib" else pickle.loads(data)
+"""
+
+
+def _load_plainly_in_a_child(tmp_path: Path, case: malicious.StateCase, then: str, *args: str) -> subprocess.CompletedProcess:
+    """Load with plain pickle/joblib in a separate interpreter (the harm must not reach this one)."""
+    path = tmp_path / "hostile"
+    path.write_bytes(case.build())
+    return subprocess.run(
+        [sys.executable, "-c", _PLAIN_LOAD + then, str(path), "joblib" if case.is_joblib else "pickle", *args],
+        cwd=_REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _leaked_bytes(classes: Any) -> bytes:
+    if isinstance(classes, np.ndarray) and classes.dtype == np.uint64:
+        return classes.tobytes()
+    first = classes[0]
+    if isinstance(first, str):  # numpy.str_(bytes) is the bytes' repr
+        return ast.literal_eval(str(first))
+    return bytes(first)
+
+
+@pytest.mark.parametrize("case", STATE_CASES, ids=lambda case: case.id)
+def test_hostile_state_does_its_harm_under_plain_pickle(case: malicious.StateCase, tmp_path: Path) -> None:
+    """Control: each file of allowed globals really corrupts memory, leaks addresses or changes a shared class."""
+    if case.harm == "segfault":
+        then = "import pandas as pd\nprint(obj.predict(pd.DataFrame({'a': [1.0], 'b': [0.0]})).tolist())"
+        result = _load_plainly_in_a_child(tmp_path, case, then)
+        # A sane model answers [1.0]; this one dereferences WILD_POINTER.
+        assert result.returncode == -signal.SIGSEGV or (result.returncode == 0 and result.stdout.strip() != "[1.0]")
+    elif case.harm == "tamper":
+        then = (
+            "import importlib, numpy\nmodule, _, name = sys.argv[3].rpartition('.')\n"
+            "print(getattr(importlib.import_module(module), name).inverse is numpy.int8)"
+        )
+        result = _load_plainly_in_a_child(tmp_path, case, then, case.refusal)
+        assert (result.returncode, result.stdout.strip()) == (0, "True")
+    elif case.harm == "leak":
+        # Safe here: these payloads only read memory.
+        model = malicious.load_unsafely(case.build(), is_joblib=case.is_joblib)
+        assert id(None).to_bytes(8, "little")[:6] in _leaked_bytes(model.classes_)
+    else:
+        model = malicious.load_unsafely(case.build(), is_joblib=case.is_joblib)
+        assert type(model.predict([[3.0]])[0]) is slice
+
+
+@pytest.mark.parametrize("case", STATE_CASES, ids=lambda case: case.id)
+def test_loader_refuses_hostile_state_naming_what_is_wrong(case: malicious.StateCase) -> None:
+    from sklearn._loss import link
+
+    links_before = (link.IdentityLink.inverse, link.LogitLink.inverse)
+    with pytest.raises(UnsafeArtifact) as raised:
+        loaded = load_pickle(source=case.build())
+        check_model_structures(model=loaded.obj)
+    assert case.refusal in raised.value.detail
+    assert raised.value.status == 422
+    assert (link.IdentityLink.inverse, link.LogitLink.inverse) == links_before
+
+
+@pytest.mark.parametrize(
+    ("case_id", "detail"),
+    [
+        (
+            "dtype_object_flags_cleared",
+            "The model file is refused: it builds a numpy dtype object whose flags is 0 where numpy's own '|O' dtype has 63.",
+        ),
+        (
+            "bytes_of_object_array_in_str",
+            "The model file is refused: it calls builtins.bytes on a value built at load time (on an object array "
+            "that returns its pointers); builtins.bytes may only convert literals; it calls numpy.str_ on a value "
+            "built at load time (on an object array that returns its pointers); numpy.str_ may only convert literals.",
+        ),
+        (
+            "class_build_identity_link",
+            "The model file is refused: it applies BUILD state to sklearn._loss.link.IdentityLink itself "
+            "(setattr on it for the whole process).",
+        ),
+    ],
+)
+def test_the_three_reproductions_are_refused_with_their_reason(case_id: str, detail: str) -> None:
+    case = next(case for case in STATE_CASES if case.id == case_id)
+    with pytest.raises(UnsafeArtifact) as raised:
+        audit_pickle_globals(source=case.build())
+    assert raised.value.detail == detail
+
+
+@pytest.mark.parametrize(
+    "case", [case for case in STATE_CASES if case.harm != "tamper"], ids=lambda case: case.id
+)
+def test_enforcing_unpickler_and_structure_check_refuse_hostile_state_without_the_audit(
+    case: malicious.StateCase,
+) -> None:
+    """The second line: stand-ins, the joblib BUILD guard and the post-load walk, with no walk first."""
+    from registry.loaders.safe_pickle import open_pickle_stream
+
+    data = case.build()
+    with pytest.raises(UnsafeArtifact):
+        if case.is_joblib:
+            with open_pickle_stream(source=data) as (stream, _):
+                obj = RestrictedJoblibUnpickler("", stream, True).load()
+        else:
+            obj = RestrictedUnpickler(io.BytesIO(data)).load()
+        check_model_structures(model=obj)
+
+
+_UNAUDITED_CLASS_BUILD = """
+import io, sys, numpy
+from sklearn._loss import link
+from registry.loaders.safe_pickle import RestrictedUnpickler, _SharedGlobals
+from registry.tests import malicious
+from platform_site.errors import UnsafeArtifact
+data = getattr(malicious, sys.argv[1])()
+shared = _SharedGlobals(("sklearn._loss.link.IdentityLink", "sklearn._loss.link.LogitLink"))
+RestrictedUnpickler(io.BytesIO(data)).load()
+tampered = link.IdentityLink.inverse is numpy.int8 or link.LogitLink.inverse is numpy.int8
+try:
+    shared.restore_or_raise()
+except UnsafeArtifact as exc:
+    print(tampered, exc.detail, link.IdentityLink.inverse is numpy.int8 or link.LogitLink.inverse is numpy.int8)
+"""
+
+
+@pytest.mark.parametrize(
+    ("builder", "attribute"),
+    [
+        ("class_build_on_identity_link", "sklearn._loss.link.IdentityLink.inverse"),
+        ("class_build_on_logit_link_through_memo", "sklearn._loss.link.LogitLink.inverse"),
+    ],
+)
+def test_a_class_changed_by_a_load_the_walk_missed_is_restored_and_refused(builder: str, attribute: str) -> None:
+    # In a child: the C unpickler alone really changes the class (nothing per opcode can stop it).
+    result = subprocess.run(
+        [sys.executable, "-c", _UNAUDITED_CLASS_BUILD, builder], cwd=_REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip() == (
+        f"True The model file is refused: loading it changed {attribute}, which every model in the process shares. False"
+    ), result.stderr
+
+
+def test_joblib_unpickler_refuses_build_on_a_class() -> None:
+    prefix = malicious._class_build("sklearn._loss.link", "IdentityLink", "inverse", "numpy", "int8")
+    body = pickle.dumps([1], protocol=2)
+    hostile = pickle.PROTO + b"\x02" + prefix + body[2:-1] + pickle.TUPLE2 + pickle.STOP
+    from sklearn._loss import link
+
+    before = link.IdentityLink.inverse
+    with pytest.raises(UnsafeArtifact, match="applies BUILD state to IdentityLink, which is not an object it just constructed"):
+        RestrictedJoblibUnpickler("", io.BytesIO(hostile), True).load()
+    assert link.IdentityLink.inverse is before
+
+
+def test_dtype_build_on_numpys_shared_dtype_is_refused() -> None:
+    # numpy.dtype(..., copy=False) returns numpy's own shared dtype; BUILD would change it for everyone.
+    data = pickle.dumps(malicious.ReduceWithState(np.dtype, ("f8", False, False), (3, "<", None, None, None, -1, -1, 0)))
+    with pytest.raises(UnsafeArtifact) as raised:
+        audit_pickle_globals(source=data)
+    assert raised.value.detail == "The model file is refused: it applies BUILD state to a numpy dtype that is not a fresh copy."
+
+
+def test_build_twice_on_one_object_is_refused() -> None:
+    data = pickle.dumps(malicious.ReduceWithState(np.dtype, ("f8", False, True), (3, "<", None, None, None, -1, -1, 0)), protocol=2)
+    assert data.endswith(b"b.")
+    twice = data[:-1] + pickle.EMPTY_DICT + pickle.BUILD + pickle.STOP
+    with pytest.raises(UnsafeArtifact, match="it applies BUILD state twice to one numpy.dtype"):
+        audit_pickle_globals(source=twice)

@@ -60,14 +60,23 @@ def test_report_describes_the_model_and_its_prediction_on_the_input_example(tmp_
     }
     assert report["sample"] == {"source": "input_example", "ok": True, "predictions": MODEL.predict(X[:2]).tolist()}
     assert report["imported_django"] is False
-    assert set(report) == {"description", "sample", "load_seconds", "predict_seconds", "imported_django"}
+    assert set(report) == {
+        "description",
+        "sample",
+        "linear_spec",
+        "serving_artifact",
+        "load_seconds",
+        "predict_seconds",
+        "artifact_seconds",
+        "imported_django",
+    }
 
 
-def test_model_on_a_plain_array_is_tried_on_a_zero_row_without_an_example(tmp_path: Path) -> None:
+def test_model_on_a_plain_array_is_tried_on_a_synthesized_zero_row_without_an_example(tmp_path: Path) -> None:
     path = tmp_path / "model.pkl"
     path.write_bytes(pickle.dumps(MODEL))
     report = inspect_artifact(str(path), fmt="pickle", input_example=None, **LIMITS)
-    assert report["sample"] == {"source": "zero_row", "ok": True, "predictions": MODEL.predict(np.zeros((1, 4))).tolist()}
+    assert report["sample"] == {"source": "synthesized", "ok": True, "predictions": MODEL.predict(np.zeros((1, 4))).tolist()}
 
 
 def test_dataframe_model_is_tried_on_dict_rows(tmp_path: Path) -> None:
@@ -79,9 +88,70 @@ def test_dataframe_model_is_tried_on_dict_rows(tmp_path: Path) -> None:
     assert report["sample"] == {"source": "input_example", "ok": True, "predictions": expected}
 
 
-def test_dataframe_model_without_an_example_is_not_tried(tmp_path: Path) -> None:
+def test_dataframe_model_without_an_example_is_tried_on_a_known_category_and_zeros(tmp_path: Path) -> None:
+    # OneHotEncoder() refuses unknown categories, so the row must use one it knows ("lima" sorts first).
     report = inspect_artifact(_dump(tmp_path, FRAME_MODEL), fmt="joblib", input_example=None, **LIMITS)
-    assert report["sample"] == {"source": None}
+    expected = FRAME_MODEL.predict(pd.DataFrame({"size": [0.0], "city": ["lima"]})).tolist()
+    assert report["sample"] == {"source": "synthesized", "ok": True, "predictions": expected}
+
+
+def test_categories_are_found_through_nested_pipelines_and_column_indices(tmp_path: Path) -> None:
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OrdinalEncoder
+
+    rows = np.array([["oslo", 1.0], ["lima", 2.0], ["oslo", 3.0]], dtype=object)
+    encode = Pipeline([("impute", SimpleImputer(strategy="most_frequent")), ("encode", OrdinalEncoder())])
+    model = Pipeline(
+        [("columns", ColumnTransformer([("city", encode, [0])], remainder="passthrough")), ("model", LogisticRegression())]
+    ).fit(rows, [0, 1, 0])
+    report = inspect_artifact(_dump(tmp_path, model), fmt="joblib", input_example=None, **LIMITS)
+    expected = model.predict(np.array([["lima", 0.0]], dtype=object)).tolist()
+    assert report["sample"] == {"source": "synthesized", "ok": True, "predictions": expected}
+
+
+def test_a_model_that_fails_on_synthesized_rows_is_noted_not_refused(tmp_path: Path) -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    frame = pd.DataFrame({"text": ["good day", "bad day", "good night", "bad night"]})
+    model = Pipeline(
+        [("columns", ColumnTransformer([("text", TfidfVectorizer(), "text")])), ("model", LogisticRegression())]
+    ).fit(frame, [1, 0, 1, 0])
+    report = inspect_artifact(_dump(tmp_path, model), fmt="joblib", input_example=None, **LIMITS)
+    assert report["sample"]["source"] == "synthesized"
+    assert report["sample"]["ok"] is False
+    assert report["sample"]["error"].startswith("AttributeError: ")
+
+
+def test_serving_artifact_is_the_checked_model_and_linear_spec_its_numbers(tmp_path: Path) -> None:
+    from registry.loaders.serving import linear_predictor_from_spec, load_serving_artifact
+
+    report = inspect_artifact(_dump(tmp_path, MODEL), fmt="joblib", input_example=None, **LIMITS)
+    served = load_serving_artifact(data=report["serving_artifact"])
+    assert type(served) is LogisticRegression
+    np.testing.assert_array_equal(served.predict_proba(X), MODEL.predict_proba(X), strict=True)
+    assert report["linear_spec"]["coef"] == MODEL.coef_.tolist()
+    predictions, probabilities = linear_predictor_from_spec(report["linear_spec"])(X)
+    np.testing.assert_array_equal(predictions, MODEL.predict(X), strict=True)
+    np.testing.assert_array_equal(probabilities, MODEL.predict_proba(X), strict=True)
+
+
+def test_dataframe_model_has_a_serving_artifact_but_no_linear_spec(tmp_path: Path) -> None:
+    from registry.loaders.serving import load_serving_artifact
+
+    report = inspect_artifact(_dump(tmp_path, FRAME_MODEL), fmt="joblib", input_example=None, **LIMITS)
+    assert report["linear_spec"] is None
+    served = load_serving_artifact(data=report["serving_artifact"])
+    np.testing.assert_array_equal(served.predict(FRAME), FRAME_MODEL.predict(FRAME), strict=True)
+
+
+def test_the_memory_corruption_reproduction_is_refused_by_the_upload_check(tmp_path: Path) -> None:
+    path = tmp_path / "model.pkl"
+    path.write_bytes(malicious.object_pointer_regressor())
+    with pytest.raises(UnsafeArtifact) as raised:
+        inspect_artifact(str(path), fmt="pickle", input_example=None, **LIMITS)
+    assert raised.value.detail == (
+        "The model file is refused: it builds a numpy dtype object whose flags is 0 where numpy's own '|O' dtype has 63."
+    )
 
 
 @pytest.mark.parametrize(
