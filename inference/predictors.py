@@ -75,4 +75,4 @@ def predict(*, target, x: Any, want_proba: bool, finite: bool) -> tuple[np.ndarr
 def warm(*, target) -> None:
     """Have the runner hold `target` before traffic arrives (nothing to do for the web's own path)."""
     if target.linear is None:
-        runners.warm(org_id=target.org_id, version_id=target.id, serving_sha256=target.serving_sha256)
+        runners.warm(org_id=target.org_id, version_id=target.id)

@@ -298,8 +298,9 @@ def build_serving_artifact(version) -> None:
     )
 
 
-def read_serving_artifact(*, version_id: int) -> bytes:
-    """The platform-written artifact a runner loads for a version (built now if it has none)."""
+def read_serving_artifact(*, version_id: int) -> tuple[bytes, str]:
+    """The platform-written artifact a runner loads for a version (built now if it has none),
+    and its sha256."""
     from registry.models import ModelVersion
 
     version = ModelVersion.objects.select_related("registered_model").get(id=version_id)
@@ -307,4 +308,5 @@ def read_serving_artifact(*, version_id: int) -> bytes:
         build_serving_artifact(version)
         version.refresh_from_db()
     with model_storage().open(version.serving_artifact.name, "rb") as handle:
-        return handle.read()
+        data = handle.read()
+    return data, hashlib.sha256(data).hexdigest()

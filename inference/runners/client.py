@@ -173,15 +173,16 @@ def _failure(reply: dict) -> ModelhostError:
     return RunnerUnavailable(f"The runner could not serve this version: {message}")
 
 
-def load(*, org_id: int, version_id: int, serving_sha256: str) -> None:
-    """Send a version's serving artifact to its organization's runner."""
+def load(*, org_id: int, version_id: int) -> str:
+    """Send a version's serving artifact to its organization's runner; return its sha256."""
     from registry.artifacts import read_serving_artifact
 
-    data = read_serving_artifact(version_id=version_id)
-    header = {"op": "load", "v": version_id, "sha": serving_sha256}
+    data, sha256 = read_serving_artifact(version_id=version_id)
+    header = {"op": "load", "v": version_id, "sha": sha256}
     reply, _ = _exchange(org_id, header, [data], timeout=settings.RUNNER_LOAD_TIMEOUT_SECONDS, version_id=version_id)
     if not reply.get("ok"):
         raise _failure(reply)
+    return sha256
 
 
 def predict(*, org_id: int, version_id: int, serving_sha256: str, x: Any, want_proba: bool, finite: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -191,7 +192,7 @@ def predict(*, org_id: int, version_id: int, serving_sha256: str, x: Any, want_p
     timeout = settings.RUNNER_REQUEST_TIMEOUT_SECONDS
     reply, out = _exchange(org_id, header, buffers, timeout=timeout, version_id=version_id)
     if reply.get("need") == "artifact":
-        load(org_id=org_id, version_id=version_id, serving_sha256=serving_sha256)
+        header["sha"] = load(org_id=org_id, version_id=version_id)
         reply, out = _exchange(org_id, header, buffers, timeout=timeout, version_id=version_id)
     if not reply.get("ok"):
         raise _failure(reply)
@@ -204,6 +205,6 @@ def predict(*, org_id: int, version_id: int, serving_sha256: str, x: Any, want_p
     return predictions, probabilities
 
 
-def warm(*, org_id: int, version_id: int, serving_sha256: str) -> None:
+def warm(*, org_id: int, version_id: int) -> None:
     """Make the organization's runner hold a version before traffic arrives."""
-    load(org_id=org_id, version_id=version_id, serving_sha256=serving_sha256)
+    load(org_id=org_id, version_id=version_id)

@@ -91,6 +91,7 @@ def create_version(model, estimator=None, *, promote: bool = False):
     from accounts.principals import Caller
     from registry import artifacts, services, signatures
     from registry.loaders import describe_estimator
+    from registry.loaders.serving import linear_spec_for
     from registry.models import ModelVersion
 
     estimator = estimator if estimator is not None else iris_model()
@@ -122,6 +123,13 @@ def create_version(model, estimator=None, *, promote: bool = False):
         fitted_with_feature_names=bool(described.feature_names),
         signature=signatures.from_estimator(feature_names=described.feature_names, n_features=described.n_features),
     )
+    # What the upload sandbox writes for a model it checked (registry.loaders.sandbox_child).
+    serving = pickle.dumps(estimator, protocol=5)
+    version.serving_artifact.name = artifacts.store_bytes(serving, artifacts.serving_artifact_name(version))
+    version.serving_sha256 = hashlib.sha256(serving).hexdigest()
+    version.serving_size_bytes = len(serving)
+    version.linear_spec = linear_spec_for(estimator)
+    version.save(update_fields=["serving_artifact", "serving_sha256", "serving_size_bytes", "linear_spec"])
     if promote:
         owner = model.organization.memberships.select_related("user").first()
         services.set_stage(caller=Caller(user=owner.user if owner else None), version=version, stage="production")
