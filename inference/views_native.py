@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from inference.hotpath import ModelInput, PredictionCall, run_prediction
+from inference.protocols.outputs import json_values
 from inference.validation import check_rows, normalise_rows, to_model_input
 from platform_site.errors import InvalidInput, MalformedBody, ModelhostError, PayloadTooLarge
 from platform_site.problems import problem_response
@@ -94,10 +95,10 @@ def _predict(request: HttpRequest, org: str, model: str, number: int | None) -> 
         "model": outcome.route.full_name,
         "version": outcome.target.number,
         "variant": outcome.variant,
-        "predictions": outcome.predictions,
+        "predictions": json_values(outcome.predictions),
     }
     if outcome.call.want_proba:
-        body["probabilities"] = outcome.probabilities
+        body["probabilities"] = json_values(outcome.probabilities)
     if outcome.target.task == "classification":
         body["classes"] = outcome.target.classes
     body["cache_hit"] = outcome.cache_hit

@@ -78,7 +78,7 @@ def v2_model_metadata(request: HttpRequest, model: str, number: int | None = Non
         spec=target.spec,
         has_proba=target.has_proba,
         n_classes=len(classes) if classes is not None else None,
-        predict_datatype=v2.tensor_datatype(np.asarray(classes)) if classes else None,
+        predict_datatype=v2.classes_datatype(classes) if classes else None,
     )
     return JsonResponse(body)
 
@@ -131,8 +131,8 @@ def v2_infer(request: HttpRequest, model: str, number: int | None = None) -> Htt
             model_version=str(outcome.target.number),
             request_id=parsed.id,
             outputs=parsed.outputs,
-            predictions=np.asarray(outcome.predictions),
-            probabilities=np.asarray(outcome.probabilities) if outcome.probabilities is not None else None,
+            predictions=outcome.predictions,
+            probabilities=outcome.probabilities,
         )
     except ModelhostError as exc:
         return _v2_error(exc)
@@ -168,7 +168,7 @@ def invocations(request: HttpRequest, org: str, model: str, number: int | None =
         outcome = run_prediction(request=request, org_slug=org, model_name=model, version_number=number, protocol="mlflow", parse=parse)
     except ModelhostError as exc:
         return _mlflow_error(exc)
-    response = HttpResponse(mlflow_protocol.render_predictions(np.asarray(outcome.predictions)), content_type="application/json")
+    response = HttpResponse(mlflow_protocol.render_predictions(outcome.predictions), content_type="application/json")
     for name, value in outcome.headers().items():
         response[name] = value
     return response
