@@ -18,7 +18,7 @@ from inference.hotpath import ModelInput, PredictionCall, authenticate, run_pred
 from inference.protocols import mlflow as mlflow_protocol
 from inference.protocols import v2
 from inference.validation import to_model_input
-from inference.views_native import read_body
+from inference.views_native import answers_unexpected_errors, read_body
 from platform_site.errors import ModelhostError, NotFound
 
 SERVER_NAME = "modelhost"
@@ -92,6 +92,7 @@ def v2_model_ready(request: HttpRequest, model: str, number: int | None = None) 
 
 
 @csrf_exempt
+@answers_unexpected_errors(_v2_error)
 def v2_infer(request: HttpRequest, model: str, number: int | None = None) -> HttpResponse:
     error = _method_check(request, "POST")
     if error is not None:
@@ -150,6 +151,7 @@ def _mlflow_error(exc: ModelhostError) -> HttpResponse:
 
 
 @csrf_exempt
+@answers_unexpected_errors(_mlflow_error)
 def invocations(request: HttpRequest, org: str, model: str, number: int | None = None) -> HttpResponse:
     error = _method_check(request, "POST")
     if error is not None:
