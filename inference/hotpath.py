@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import orjson
 from django.conf import settings
 from django.http import HttpRequest
 
@@ -257,7 +256,7 @@ def run_prediction(
     )
     cache_value = None
     if key is not None and cached is None:
-        cache_value = orjson.dumps({"p": predictions, "q": probabilities}, option=orjson.OPT_SERIALIZE_NUMPY)
+        cache_value = prediction_cache.encode(predictions=predictions, probabilities=probabilities)
     outcome.latency_ms = timings.total_ms()
     records.publish(
         record=_record(identity=identity, outcome=outcome, protocol=protocol, rows=model_input.n_rows, inputs=model_input.recorded),

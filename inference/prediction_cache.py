@@ -10,6 +10,7 @@ import hashlib
 
 import orjson
 
+from inference.protocols.outputs import json_values
 from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success
 
 
@@ -17,6 +18,11 @@ def cache_key(*, version_id: int, canonical_input: bytes, want_proba: bool) -> s
     digest = hashlib.blake2b(canonical_input, digest_size=16)
     digest.update(b"p" if want_proba else b"-")
     return f"mh:pc:{version_id}:{digest.hexdigest()}"
+
+
+def encode(*, predictions, probabilities) -> bytes:
+    """The cached answer: labels keep their JSON type (string, bool, number), as the protocols send them."""
+    return orjson.dumps({"p": json_values(predictions), "q": json_values(probabilities)}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def decode(raw: bytes) -> dict:

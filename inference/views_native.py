@@ -5,19 +5,26 @@ cost and buys nothing (the body is checked against the version's signature anywa
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+import logging
+import secrets
+from typing import Any, Callable
 
 import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from inference.hotpath import ModelInput, PredictionCall, run_prediction
+from inference.protocols.outputs import json_values
 from inference.validation import check_rows, normalise_rows, to_model_input
 from platform_site.errors import InvalidInput, MalformedBody, ModelhostError, PayloadTooLarge
 from platform_site.problems import problem_response
 from platform_site.renderers import ORJSON_OPTIONS
+
+logger = logging.getLogger(__name__)
 
 ALLOWED_KEYS = {"inputs", "parameters", "unit_id"}
 ALLOWED_PARAMETERS = {"probabilities"}
@@ -94,15 +101,48 @@ def _predict(request: HttpRequest, org: str, model: str, number: int | None) -> 
         "model": outcome.route.full_name,
         "version": outcome.target.number,
         "variant": outcome.variant,
-        "predictions": outcome.predictions,
+        "predictions": json_values(outcome.predictions),
     }
     if outcome.call.want_proba:
-        body["probabilities"] = outcome.probabilities
+        body["probabilities"] = json_values(outcome.probabilities)
     if outcome.target.task == "classification":
         body["classes"] = outcome.target.classes
     body["cache_hit"] = outcome.cache_hit
     body["latency_ms"] = round(outcome.latency_ms, 3)
     return _json(body, headers=outcome.headers())
+
+
+def unexpected_error(request: HttpRequest) -> ModelhostError:
+    """A 500 for an exception no code path expected, logged with the request id the client is told."""
+    request_id = "req_" + secrets.token_hex(8)
+    logger.exception("Unexpected error serving %s %s (request id %s)", request.method, request.path, request_id)
+    return ModelhostError(
+        f"An unexpected error occurred while serving this prediction; quote request id {request_id} when reporting it.",
+        headers={"X-Request-Id": request_id},
+        request_id=request_id,
+    )
+
+
+def answers_unexpected_errors(render: Callable[[ModelhostError], HttpResponse]):
+    """Render any exception the view did not expect with `render` (the protocol's own error shape), as a 500.
+
+    Without this an unexpected exception reaches Django's handler, which shows its debug page
+    under DEBUG. A database outage is left to the dispatcher and middleware, which answer 503.
+    """
+
+    def decorate(view):
+        @functools.wraps(view)
+        def guarded(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            try:
+                return view(request, *args, **kwargs)
+            except (OperationalError, InterfaceError):
+                raise
+            except Exception:
+                return render(unexpected_error(request))
+
+        return guarded
+
+    return decorate
 
 
 def _method_not_allowed() -> ModelhostError:
@@ -112,10 +152,12 @@ def _method_not_allowed() -> ModelhostError:
 
 
 @csrf_exempt
+@answers_unexpected_errors(problem_response)
 def predict(request: HttpRequest, org: str, model: str) -> HttpResponse:
     return _predict(request, org, model, None)
 
 
 @csrf_exempt
+@answers_unexpected_errors(problem_response)
 def predict_version(request: HttpRequest, org: str, model: str, number: int) -> HttpResponse:
     return _predict(request, org, model, number)

@@ -18,7 +18,7 @@ from inference.hotpath import ModelInput, PredictionCall, authenticate, run_pred
 from inference.protocols import mlflow as mlflow_protocol
 from inference.protocols import v2
 from inference.validation import to_model_input
-from inference.views_native import read_body
+from inference.views_native import answers_unexpected_errors, read_body
 from platform_site.errors import ModelhostError, NotFound
 
 SERVER_NAME = "modelhost"
@@ -78,7 +78,7 @@ def v2_model_metadata(request: HttpRequest, model: str, number: int | None = Non
         spec=target.spec,
         has_proba=target.has_proba,
         n_classes=len(classes) if classes is not None else None,
-        predict_datatype=v2.tensor_datatype(np.asarray(classes)) if classes else None,
+        predict_datatype=v2.classes_datatype(classes) if classes else None,
     )
     return JsonResponse(body)
 
@@ -92,6 +92,7 @@ def v2_model_ready(request: HttpRequest, model: str, number: int | None = None) 
 
 
 @csrf_exempt
+@answers_unexpected_errors(_v2_error)
 def v2_infer(request: HttpRequest, model: str, number: int | None = None) -> HttpResponse:
     error = _method_check(request, "POST")
     if error is not None:
@@ -131,8 +132,8 @@ def v2_infer(request: HttpRequest, model: str, number: int | None = None) -> Htt
             model_version=str(outcome.target.number),
             request_id=parsed.id,
             outputs=parsed.outputs,
-            predictions=np.asarray(outcome.predictions),
-            probabilities=np.asarray(outcome.probabilities) if outcome.probabilities is not None else None,
+            predictions=outcome.predictions,
+            probabilities=outcome.probabilities,
         )
     except ModelhostError as exc:
         return _v2_error(exc)
@@ -150,6 +151,7 @@ def _mlflow_error(exc: ModelhostError) -> HttpResponse:
 
 
 @csrf_exempt
+@answers_unexpected_errors(_mlflow_error)
 def invocations(request: HttpRequest, org: str, model: str, number: int | None = None) -> HttpResponse:
     error = _method_check(request, "POST")
     if error is not None:
@@ -168,7 +170,7 @@ def invocations(request: HttpRequest, org: str, model: str, number: int | None =
         outcome = run_prediction(request=request, org_slug=org, model_name=model, version_number=number, protocol="mlflow", parse=parse)
     except ModelhostError as exc:
         return _mlflow_error(exc)
-    response = HttpResponse(mlflow_protocol.render_predictions(np.asarray(outcome.predictions)), content_type="application/json")
+    response = HttpResponse(mlflow_protocol.render_predictions(outcome.predictions), content_type="application/json")
     for name, value in outcome.headers().items():
         response[name] = value
     return response

@@ -16,7 +16,7 @@ from django.utils.text import slugify
 from accounts.models import Organization
 from accounts.principals import Caller
 from accounts.services import record_audit_event
-from platform_site.errors import Conflict, InvalidInput, NotFound
+from platform_site.errors import Conflict, InvalidArtifact, InvalidInput, NotFound
 from registry import artifacts, signatures
 from registry.models import ModelVersion, RegisteredModel, Release, Stage, Task
 
@@ -108,6 +108,7 @@ def upload_version(
             check_example = reference.head_records
         report = artifacts.inspect_in_sandbox(staged, input_example=check_example)
         signature = _choose_signature(staged=staged, input_example=input_example, reference=reference, report=report)
+        _check_guessed_types(staged=staged, signature=signature, report=report)
         stored_paths: list[str] = []
         try:
             with transaction.atomic():
@@ -131,7 +132,9 @@ def upload_version(
                     n_features=report.get("n_features"),
                     fitted_with_feature_names=bool(report.get("feature_names")),
                     signature=signature,
-                    input_example=input_example if input_example is not None else (staged.input_example or (reference.head_records if reference else None)),
+                    input_example=signatures.without_nan(
+                        input_example if input_example is not None else (staged.input_example or (reference.head_records if reference else None))
+                    ),
                     reference_rows=reference.rows if reference else 0,
                     metrics=metrics,
                     params=params,
@@ -226,6 +229,35 @@ def _choose_signature(*, staged: artifacts.StagedArtifact, input_example: Any, r
         by_name = {column["name"]: column for column in signature["inputs"]}
         signature = {**signature, "inputs": [by_name[name] for name in names]}
     return signature
+
+
+def _check_guessed_types(*, staged: artifacts.StagedArtifact, signature: dict, report: dict) -> None:
+    """Refuse (422) a model whose columns were assumed numeric and which cannot predict on a row of zeros.
+
+    Without an MLflow signature, input example or reference data, a signature from
+    `feature_names_in_` or `n_features_in_` types every column a number. A model fitted on
+    string columns would then fail at predict time whatever the caller sent; this says so at
+    upload instead. The sandbox already tried a zero row for a model fitted on an array; for
+    one fitted on named columns it tries one here (a second sandbox run, only in that case).
+    """
+    if signature.get("source") not in ("feature_names_in", "n_features_in"):
+        return
+    sample = report.get("sample") or {}
+    failure = None
+    if sample.get("source") == "zero_row" and sample.get("ok") is False:
+        failure = sample.get("error")
+    elif sample.get("source") is None:
+        zero_row = [{column["name"]: 0.0 for column in signature["inputs"]}]
+        try:
+            artifacts.inspect_in_sandbox(staged, input_example=zero_row)
+        except InvalidArtifact as exc:
+            failure = exc.detail
+    if failure is not None:
+        raise InvalidArtifact(
+            f"The model's column types are unknown, so they were taken as numbers, and the model fails on a row of zeros ({failure}). "
+            "Send an input_example or reference_data with the upload so that its string or boolean columns are known.",
+            errors=[{"field": "input_example", "message": "required: the model does not take numbers in every column"}],
+        )
 
 
 def _next_release_number(model: RegisteredModel) -> int:

@@ -85,16 +85,32 @@ def example_rows(example: Any) -> tuple[list[str] | None, list[list[Any]]]:
     )
 
 
+def without_nan(example: Any) -> Any:
+    """The example with NaN and infinity as null: MLflow writes them into input_example.json, JSON (and PostgreSQL's jsonb) has none."""
+    if isinstance(example, float) and not math.isfinite(example):
+        return None
+    if isinstance(example, list):
+        return [without_nan(item) for item in example]
+    if isinstance(example, dict):
+        return {key: without_nan(value) for key, value in example.items()}
+    return example
+
+
 def from_example(example: Any) -> dict:
+    """Types from the example's values; a column the example leaves empty (null or NaN) in some row allows missing values."""
     names, rows = example_rows(example)
     width = len(rows[0]) if rows else len(names or [])
     types: list[str | None] = [None] * width
+    missing: set[int] = set()
     for row in rows:
         for i, value in enumerate(row):
-            if isinstance(value, float) and math.isnan(value):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                missing.add(i)
                 continue
             types[i] = _merge_types(types[i], _value_type(value))
-    return _signature(names or [f"f{i}" for i in range(width)], [t or "double" for t in types], "input_example", names is not None)
+    named = names is not None
+    names = names or [f"f{i}" for i in range(width)]
+    return _signature(names, [t or "double" for t in types], "input_example", named, optional={names[i] for i in missing})
 
 
 def from_mlflow(inputs: list[dict]) -> dict:
@@ -113,7 +129,9 @@ def from_mlflow(inputs: list[dict]) -> dict:
         names.append(str(column.get("name", f"f{i}")))
         types.append(kind if kind in KNOWN_TYPES else "string")
     has_names = any("name" in column for column in inputs)
-    return _signature(names, types, "mlflow", has_names)
+    # MLflow marks a column the example left empty `"required": false`.
+    optional = {name for name, column in zip(names, inputs) if column.get("required") is False}
+    return _signature(names, types, "mlflow", has_names, optional=optional)
 
 
 def from_dataframe_dtypes(columns: list[str], dtypes: list[str], source: str) -> dict:
@@ -130,14 +148,15 @@ def from_estimator(*, feature_names: list[str] | None, n_features: int | None) -
     return {}
 
 
-def _signature(names: list[str], types: list[str], source: str, named: bool) -> dict:
+def _signature(names: list[str], types: list[str], source: str, named: bool, *, optional: set[str] = frozenset()) -> dict:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise InvalidInput(
             f"The signature repeats column names: {', '.join(duplicates)}.",
             errors=[{"field": "signature", "message": f"duplicate column {n}"} for n in duplicates],
         )
-    return {"inputs": [{"name": n, "type": t} for n, t in zip(names, types)], "source": source, "named": named}
+    inputs = [{"name": n, "type": t, **({"allow_missing": True} if n in optional else {})} for n, t in zip(names, types)]
+    return {"inputs": inputs, "source": source, "named": named}
 
 
 def column_names(signature: dict) -> list[str]:

@@ -26,6 +26,7 @@ import numpy as np
 import orjson
 
 from inference.protocols import check_row_count, describe_error
+from inference.protocols.outputs import json_values
 from inference.validation import NUMERIC, InputSpec, check_rows, normalise_rows
 from platform_site.errors import InvalidInput, MalformedBody, ModelhostError, UnsupportedMediaType
 
@@ -360,22 +361,17 @@ def _parquet_column(values: list) -> list:
 # ---------------------------------------------------------------------------- responses
 
 
-def render_predictions(predictions: np.ndarray, probabilities: np.ndarray | None = None) -> bytes:
+def render_predictions(predictions: np.ndarray | list, probabilities: np.ndarray | list | None = None) -> bytes:
     """`{"predictions": [...]}` as MLflow renders a sklearn model's output (scalars, or strings for string labels).
 
     With `probabilities`, a `probabilities` key follows, as MLflow's extra response metadata would.
     """
-    body: dict[str, Any] = {"predictions": _jsonable(predictions)}
+    body: dict[str, Any] = {"predictions": json_values(predictions)}
     if probabilities is not None:
-        body["probabilities"] = _jsonable(probabilities)
+        body["probabilities"] = json_values(probabilities)
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _jsonable(values: Any) -> Any:
-    values = np.asarray(values)
-    if values.dtype.kind in "biuf" and values.dtype.isnative:
-        return np.ascontiguousarray(values)
-    return values.tolist()
 
 
 def error_code(exc: BaseException) -> str:

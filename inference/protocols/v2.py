@@ -542,6 +542,27 @@ def tensor_datatype(values: np.ndarray) -> str:
     return "BYTES"
 
 
+def classes_datatype(classes: list) -> str:
+    """The `predict` datatype of a classifier from its JSON classes (one list per output for multi-output models)."""
+    flat = [label for part in classes for label in part] if all(isinstance(part, list) for part in classes) else classes
+    return tensor_datatype(np.array(flat, dtype=object))
+
+
+def _output_array(values: Any, name: str) -> np.ndarray:
+    """One tensor from a model output; multi-output probabilities (one array per output) stack when their widths agree."""
+    if isinstance(values, np.ndarray):
+        return values
+    if isinstance(values, list) and values and all(isinstance(part, (list, np.ndarray)) for part in values):
+        shapes = {np.shape(part) for part in values}
+        if len(shapes) > 1 and name == PREDICT_PROBA:
+            raise InvalidInput(
+                "Output 'predict_proba' is not one tensor for this model: its outputs have different numbers of classes "
+                f"({', '.join(str(shape[-1]) for shape in sorted(shapes))}); use the native /predict endpoint for them.",
+                errors=[{"field": "outputs.predict_proba", "message": "outputs of different widths"}],
+            )
+    return np.asarray(values)
+
+
 def _wire_values(values: np.ndarray, datatype: str) -> np.ndarray | list:
     if datatype == "BYTES":
         return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values.ravel().tolist()]
@@ -567,8 +588,8 @@ def render_infer_response(
     model_version: str,
     request_id: str | None,
     outputs: list[RequestedOutput],
-    predictions: np.ndarray,
-    probabilities: np.ndarray | None,
+    predictions: np.ndarray | list,
+    probabilities: np.ndarray | list | None,
     parameters: dict | None = None,
 ) -> tuple[bytes, str, dict[str, str]]:
     """(body, content type, extra headers): JSON, or JSON header + raw tensors when any output is binary."""
@@ -581,7 +602,7 @@ def render_infer_response(
     rendered = []
     chunks: list[bytes] = []
     for output in outputs:
-        values = np.asarray(predictions if output.name == PREDICT else probabilities)
+        values = _output_array(predictions if output.name == PREDICT else probabilities, output.name)
         datatype = "FP64" if output.name == PREDICT_PROBA else tensor_datatype(values)
         wire = _wire_values(values, datatype)
         tensor: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": list(values.shape)}

@@ -1,0 +1,583 @@
+"""The model zoo: common scikit-learn models, fitted here, uploaded through the API and served by every protocol.
+
+Each model is uploaded as a user would (the real sandbox check included), its signature is
+checked, and the same rows are predicted through the native JSON endpoint, the Open
+Inference Protocol (V2) and MLflow's /invocations; every answer must equal the estimator's
+own `predict` / `predict_proba` on those rows, with the labels' own types (a string label
+comes back a string, a bool a bool), and a second identical call must be a cache hit with
+the same answer. A kind the platform cannot serve must be refused at upload with a 422
+naming the reason. A subset also runs a batch job on a real Celery worker, renders the
+"Try it" page and runs a drift report.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import pickle
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    GradientBoostingClassifier,
+    GradientBoostingRegressor,
+    HistGradientBoostingClassifier,
+    IsolationForest,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+from sklearn.cluster import KMeans
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LinearRegression, LogisticRegression, Perceptron, Ridge, RidgeClassifier
+from sklearn.multioutput import MultiOutputClassifier, MultiOutputRegressor
+from sklearn.naive_bayes import GaussianNB
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor, LocalOutlierFactor
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
+from sklearn.svm import SVC, SVR, LinearSVC
+from sklearn.tree import DecisionTreeClassifier
+
+from inference import records
+from platform_site.redis_client import settle_pending
+from registry.tests import factories as f
+
+pytestmark = pytest.mark.django_db
+
+N_FIT = 120
+ROWS = 8  # rows predicted per request
+NUMERIC_FEATURES = 4
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+@functools.lru_cache
+def numeric_x() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(N_FIT, NUMERIC_FEATURES))
+
+
+def labels(kind: str) -> np.ndarray:
+    x = numeric_x()
+    score = x[:, 0] + 0.5 * x[:, 1]
+    binary = score > 0
+    third = np.digitize(score, [-0.5, 0.5])  # 0, 1, 2
+    if kind == "int-multiclass":
+        return third
+    if kind == "string-binary":
+        return np.where(binary, "dog", "cat")
+    if kind == "string-multiclass":
+        return np.array(["setosa", "versicolor", "virginica"])[third]
+    if kind == "mixed-width-strings":
+        return np.array(["a", "bb", "a much longer label"])[third]
+    if kind == "object-strings":
+        return pd.Series(np.where(binary, "fraud", "legit"), dtype=object).to_numpy()
+    if kind == "bool":
+        return binary
+    if kind == "multilabel":
+        return np.column_stack([binary, x[:, 2] > 0]).astype(int)
+    if kind == "multilabel-strings":
+        return np.column_stack([np.where(binary, "yes", "no"), np.array(["low", "mid", "high"])[third]])
+    raise AssertionError(kind)
+
+
+def regression_y(outputs: int = 1) -> np.ndarray:
+    x = numeric_x()
+    y = np.column_stack([x @ [1.5, -2.0, 0.5, 0.0] + 3.0, x[:, 1] * x[:, 2]])
+    return y[:, 0] if outputs == 1 else y
+
+
+@functools.lru_cache
+def customers() -> pd.DataFrame:
+    """Numeric columns with missing values, string categories, and an integer column."""
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, N_FIT).round(1),
+            "income": rng.normal(50, 15, N_FIT).round(2),
+            "city": rng.choice(["paris", "lyon", "nice"], N_FIT),
+            "plan": rng.choice(["basic", "pro"], N_FIT),
+            "visits": rng.integers(0, 20, N_FIT),
+        }
+    )
+    frame.loc[[1, 5, 30], "age"] = np.nan
+    frame.loc[[2, 40], "income"] = np.nan
+    return frame
+
+
+def churn(frame: pd.DataFrame) -> np.ndarray:
+    score = (frame["plan"] == "basic") * 1.0 + (frame["city"] == "nice") * 0.8 - frame["visits"].to_numpy() / 10
+    return np.where(score > 0.2, "churn", "stay")
+
+
+def spend(frame: pd.DataFrame) -> np.ndarray:
+    return frame["visits"].to_numpy() * 3.0 + (frame["plan"] == "pro") * 20.0 + frame["city"].map({"paris": 5, "lyon": 1, "nice": 3})
+
+
+def numeric_pipeline() -> Pipeline:
+    return make_pipeline(SimpleImputer(strategy="median"), StandardScaler())
+
+
+# ----------------------------------------------------------------------------------- the zoo
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One zoo entry: how to fit it, how to save it, and what the platform must do with it."""
+
+    build: Callable[[], tuple[Any, Any]]  # () -> (fitted estimator, the frame or array it was fitted on)
+    fmt: str = "joblib"  # joblib, pickle2..pickle5, skops, mlflow
+    example: bool = False  # upload with an input example (the first rows, as records)
+    refused: str | None = None  # a 422 at upload whose detail contains this
+
+
+def on_numeric(estimator, y_kind: str):
+    return lambda: (estimator.fit(numeric_x(), labels(y_kind)), numeric_x())
+
+
+def on_numeric_regression(estimator, outputs: int = 1):
+    return lambda: (estimator.fit(numeric_x(), regression_y(outputs)), numeric_x())
+
+
+def on_customers(pipeline, target: Callable = churn):
+    def build():
+        frame = customers()
+        return pipeline().fit(frame, target(frame)), frame
+
+    return build
+
+
+def onehot_logistic() -> Pipeline:
+    columns = ColumnTransformer(
+        [("num", numeric_pipeline(), ["age", "income"]), ("cat", OneHotEncoder(handle_unknown="ignore"), ["city", "plan"])],
+        remainder="passthrough",  # visits
+    )
+    return Pipeline([("columns", columns), ("model", LogisticRegression(max_iter=500))])
+
+
+def ordinal_forest() -> Pipeline:
+    columns = ColumnTransformer(
+        [
+            ("num", SimpleImputer(strategy="mean"), ["age", "income", "visits"]),
+            ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1), ["city", "plan"]),
+        ],
+        remainder="drop",
+    )
+    return Pipeline([("columns", columns), ("model", RandomForestClassifier(n_estimators=20, random_state=0))])
+
+
+def target_encoded_ridge() -> Pipeline:
+    columns = ColumnTransformer(
+        [("cat", TargetEncoder(random_state=0), ["city", "plan"]), ("num", numeric_pipeline(), ["age", "income"])],
+        remainder="passthrough",
+    )
+    return Pipeline([("columns", columns), ("model", Ridge())])
+
+
+def strict_onehot_svc() -> Pipeline:
+    columns = ColumnTransformer(
+        [("cat", OneHotEncoder(handle_unknown="error"), ["city", "plan"]), ("num", numeric_pipeline(), ["age", "income"])],
+        remainder="passthrough",
+    )
+    return Pipeline([("columns", columns), ("model", SVC())])
+
+
+def hist_gradient_boosting_native_categories():
+    frame = customers().copy()
+    frame["city"] = frame["city"].astype("category")
+    frame["plan"] = frame["plan"].astype("category")
+    model = HistGradientBoostingClassifier(max_iter=20, categorical_features="from_dtype", random_state=0)
+    return model.fit(frame, churn(frame)), frame
+
+
+def log1p_pipeline():
+    model = make_pipeline(FunctionTransformer(np.log1p), LinearRegression())
+    x = np.abs(numeric_x())
+    return model.fit(x, regression_y()), x
+
+
+ZOO: dict[str, Kind] = {
+    # classifiers on a numeric array, every label type
+    "logistic-string-binary": Kind(on_numeric(LogisticRegression(), "string-binary")),
+    "logistic-int-multiclass-pickle2": Kind(on_numeric(LogisticRegression(max_iter=500), "int-multiclass"), fmt="pickle2"),
+    "logistic-bool-pickle3": Kind(on_numeric(LogisticRegression(), "bool"), fmt="pickle3"),
+    "logistic-mixed-width-strings-pickle4": Kind(on_numeric(LogisticRegression(max_iter=500), "mixed-width-strings"), fmt="pickle4"),
+    "logistic-object-strings-pickle5": Kind(on_numeric(LogisticRegression(), "object-strings"), fmt="pickle5"),
+    "svc-without-proba-string-skops": Kind(on_numeric(SVC(), "string-multiclass"), fmt="skops"),
+    "svc-with-proba-int": Kind(on_numeric(SVC(probability=True, random_state=0), "int-multiclass")),
+    "linear-svc-string": Kind(on_numeric(LinearSVC(), "string-binary")),
+    "ridge-classifier-string": Kind(on_numeric(RidgeClassifier(), "string-multiclass")),
+    "perceptron-int": Kind(on_numeric(Perceptron(random_state=0), "int-multiclass")),
+    "decision-tree-bool": Kind(on_numeric(DecisionTreeClassifier(max_depth=4, random_state=0), "bool")),
+    "random-forest-string-multiclass": Kind(on_numeric(RandomForestClassifier(n_estimators=20, random_state=0), "string-multiclass")),
+    "extra-trees-bool-skops": Kind(on_numeric(ExtraTreesClassifier(n_estimators=20, random_state=0), "bool"), fmt="skops"),
+    "gradient-boosting-string-binary": Kind(on_numeric(GradientBoostingClassifier(n_estimators=20, random_state=0), "string-binary")),
+    "knn-mixed-width-strings": Kind(on_numeric(KNeighborsClassifier(), "mixed-width-strings")),
+    "gaussian-nb-string-pickle5": Kind(on_numeric(GaussianNB(), "string-multiclass"), fmt="pickle5"),
+    "mlp-string": Kind(on_numeric(MLPClassifier(hidden_layer_sizes=(8,), max_iter=300, random_state=0), "string-binary")),
+    # multi-label classifiers
+    "multilabel-random-forest": Kind(on_numeric(RandomForestClassifier(n_estimators=10, random_state=0), "multilabel")),
+    "multilabel-knn-strings": Kind(on_numeric(KNeighborsClassifier(), "multilabel-strings")),
+    "multi-output-logistic-strings": Kind(on_numeric(MultiOutputClassifier(LogisticRegression()), "multilabel-strings")),
+    # regressors, single and multi-output
+    "linear-regression": Kind(on_numeric_regression(LinearRegression())),
+    "ridge-pickle2": Kind(on_numeric_regression(Ridge()), fmt="pickle2"),
+    "svr": Kind(on_numeric_regression(SVR())),
+    "knn-regressor-skops": Kind(on_numeric_regression(KNeighborsRegressor()), fmt="skops"),
+    "gradient-boosting-regressor": Kind(on_numeric_regression(GradientBoostingRegressor(n_estimators=20, random_state=0))),
+    "random-forest-regressor-2-targets": Kind(on_numeric_regression(RandomForestRegressor(n_estimators=10, random_state=0), outputs=2)),
+    "multi-output-regressor": Kind(on_numeric_regression(MultiOutputRegressor(Ridge()), outputs=2)),
+    # pipelines on DataFrames with string categories and missing values
+    "pipeline-onehot-impute-scale-logistic": Kind(on_customers(onehot_logistic), example=True),
+    "pipeline-ordinal-forest-skops": Kind(on_customers(ordinal_forest), fmt="skops", example=True),
+    "pipeline-target-encoder-ridge": Kind(on_customers(target_encoded_ridge, spend), example=True),
+    # The safe loader refuses the functools.partial(check_array) HistGradientBoosting keeps for native categories.
+    "hist-gradient-boosting-native-categories": Kind(hist_gradient_boosting_native_categories, example=True, refused="functools.partial"),
+    "pipeline-without-example": Kind(on_customers(onehot_logistic), refused="input_example"),
+    # MLflow model folders as zip
+    "mlflow-pipeline-string-columns": Kind(on_customers(onehot_logistic), fmt="mlflow"),
+    "mlflow-logistic-string-labels": Kind(on_numeric(LogisticRegression(), "string-binary"), fmt="mlflow"),
+    # kinds the platform refuses at upload
+    "function-transformer-log1p": Kind(log1p_pipeline, refused="numpy.log1p"),
+    "isolation-forest": Kind(on_numeric_regression(IsolationForest(n_estimators=10, random_state=0)), refused="Only classifiers and regressors"),
+    "local-outlier-factor-novelty": Kind(on_numeric_regression(LocalOutlierFactor(novelty=True)), refused="Only classifiers and regressors"),
+    "kmeans": Kind(on_numeric_regression(KMeans(n_clusters=3, n_init=2, random_state=0)), refused="Only classifiers and regressors"),
+}
+SERVED = [name for name, kind in ZOO.items() if kind.refused is None]
+REFUSED = [name for name, kind in ZOO.items() if kind.refused is not None]
+
+
+@functools.lru_cache
+def fitted(name: str) -> tuple[Any, Any]:
+    return ZOO[name].build()
+
+
+# ------------------------------------------------------------------------------- uploading
+
+
+def records_of(x, rows: int) -> list:
+    """Rows as JSON: records (null for a missing value) for a frame, lists of floats for an array."""
+    if isinstance(x, pd.DataFrame):
+        head = x.iloc[:rows].astype(object)
+        return [{k: (None if isinstance(v, float) and np.isnan(v) else (v.item() if hasattr(v, "item") else v)) for k, v in row.items()} for row in head.to_dict("records")]
+    return x[:rows].tolist()
+
+
+def artifact_bytes(name: str, tmp_path) -> tuple[bytes, str]:
+    estimator, x = fitted(name)
+    fmt = ZOO[name].fmt
+    if fmt == "joblib":
+        return f.joblib_bytes(estimator), "model.joblib"
+    if fmt.startswith("pickle"):
+        return pickle.dumps(estimator, protocol=int(fmt[-1])), "model.pkl"
+    if fmt == "skops":
+        return f.skops_bytes(estimator), "model.skops"
+    example = x.iloc[:5] if isinstance(x, pd.DataFrame) else x[:5]
+    return f.mlflow_zip_bytes(estimator, tmp_path, input_example=example), "model.zip"
+
+
+def upload(tenant, name: str, tmp_path, **fields):
+    client = tenant.jwt_client()
+    created = client.post("/api/v1/models", {"org": tenant.organization.slug, "name": name}, format="json")
+    assert created.status_code == 201, created.content
+    content, filename = artifact_bytes(name, tmp_path)
+    data = {"file": f.upload_file(content, filename)}
+    if ZOO[name].example:
+        data["input_example"] = orjson.dumps(records_of(fitted(name)[1], 5)).decode()
+    data.update(fields)
+    return client.post(f"/api/v1/models/{tenant.organization.slug}/{name}/versions", data, format="multipart")
+
+
+def expected_types(x) -> list[str]:
+    if not isinstance(x, pd.DataFrame):
+        return ["double"] * x.shape[1]
+    kinds = {"f": "double", "i": "long", "b": "boolean"}
+    return [kinds.get(getattr(dtype, "kind", "O"), "string") for dtype in x.dtypes]
+
+
+# ------------------------------------------------------------------------------- comparing
+
+
+def as_json(values) -> Any:
+    from inference.protocols.outputs import json_values
+
+    return orjson.loads(orjson.dumps(json_values(values), option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def flat(values) -> list:
+    return [item for value in values for item in flat(value)] if isinstance(values, list) else [values]
+
+
+def assert_same_labels(got, want) -> None:
+    """Equal values of the same JSON types: True is not 1, "1" is not 1."""
+    assert got == want
+    assert [type(v) for v in flat(got)] == [type(v) for v in flat(want)]
+
+
+def assert_same_probabilities(got, want) -> None:
+    if isinstance(want, list) and want and isinstance(want[0], list) and want[0] and isinstance(want[0][0], list):
+        for part_got, part_want in zip(got, want, strict=True):
+            np.testing.assert_allclose(np.array(part_got), np.array(part_want), rtol=1e-9, atol=1e-12)
+        return
+    np.testing.assert_allclose(np.array(got, dtype=float), np.array(want, dtype=float), rtol=1e-9, atol=1e-12)
+
+
+def own_answer(name: str) -> tuple[Any, Any]:
+    """The estimator's own predict (and predict_proba, when it has one) on the rows the test sends."""
+    estimator, x = fitted(name)
+    rows = x.iloc[:ROWS] if isinstance(x, pd.DataFrame) else x[:ROWS]
+    try:
+        proba = estimator.predict_proba(rows)
+    except AttributeError:
+        proba = None
+    return as_json(estimator.predict(rows)), as_json(proba) if proba is not None else None
+
+
+V2_DATATYPES = {"double": "FP64", "long": "INT64", "boolean": "BOOL", "string": "BYTES"}
+
+
+def v2_body(signature: dict, rows: list, *, want_proba: bool) -> dict:
+    columns = signature["inputs"]
+    if isinstance(rows[0], dict):
+        rows = [[row[c["name"]] for c in columns] for row in rows]
+    if all(c["type"] == "double" for c in columns):
+        inputs = [{"name": "input-0", "shape": [len(rows), len(columns)], "datatype": "FP64", "data": rows}]
+    else:
+        inputs = [
+            {"name": c["name"], "shape": [len(rows)], "datatype": V2_DATATYPES[c["type"]], "data": [row[i] for row in rows]}
+            for i, c in enumerate(columns)
+        ]
+    outputs = [{"name": "predict"}] + ([{"name": "predict_proba"}] if want_proba else [])
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def v2_datatype(values: list) -> str:
+    kinds = {type(v) for v in flat(values)}
+    return {frozenset({str}): "BYTES", frozenset({bool}): "BOOL", frozenset({int}): "INT64"}.get(frozenset(kinds), "FP64")
+
+
+def v2_values(tensor: dict, want: list) -> list:
+    """A V2 tensor's flat data back in the shape of `want`."""
+    return np.array(tensor["data"], dtype=object).reshape(np.shape(want)).tolist() if tensor["data"] else []
+
+
+def is_multi_output(probabilities: list) -> bool:
+    return bool(probabilities) and isinstance(probabilities[0], list) and bool(probabilities[0]) and isinstance(probabilities[0][0], list)
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize("name", SERVED)
+def test_zoo_model_serves_every_protocol_as_it_predicts(name, tenant_a, tmp_path, client):
+    estimator, x = fitted(name)
+    response = upload(tenant_a, name, tmp_path)
+    assert response.status_code == 201, response.content
+    version = response.json()
+    signature = version["signature"]
+    assert [c["type"] for c in signature["inputs"]] == expected_types(x)
+    if isinstance(x, pd.DataFrame):
+        assert [c["name"] for c in signature["inputs"]] == list(x.columns)
+        assert [c["name"] for c in signature["inputs"] if c.get("allow_missing")] == [c for c in x.columns if x[c].isna().any()]
+
+    rows = records_of(x, ROWS)
+    predictions, probabilities = own_answer(name)
+    has_proba = probabilities is not None
+    assert version["has_predict_proba"] is has_proba
+    headers = {"HTTP_X_API_KEY": tenant_a.api_key}
+    base = f"/api/v1/models/acme/{name}/versions/1"
+
+    native = {"inputs": rows, "parameters": {"probabilities": has_proba}}
+    for attempt in ("MISS", "HIT"):
+        answer = client.post(f"{base}/predict", orjson.dumps(native), content_type="application/json", **headers)
+        assert answer.status_code == 200, answer.content
+        assert answer["X-Cache"] == attempt
+        assert_same_labels(answer.json()["predictions"], predictions)
+        if has_proba:
+            assert_same_probabilities(answer.json()["probabilities"], probabilities)
+
+    # Multi-output probabilities with different class counts are no single tensor (the native answer has them).
+    v2_proba = has_proba and (not is_multi_output(probabilities) or len({np.shape(part) for part in probabilities}) == 1)
+    v2_request = v2_body(signature, rows, want_proba=v2_proba)
+    for attempt in ("either", "HIT"):  # rows sent as a frame share the native request's cache entry
+        answer = client.post(f"/v2/models/{name}/versions/1/infer", orjson.dumps(v2_request), content_type="application/json", **headers)
+        assert answer.status_code == 200, answer.content
+        assert answer["X-Cache"] == attempt or attempt == "either"
+        outputs = {output["name"]: output for output in answer.json()["outputs"]}
+        assert outputs["predict"]["datatype"] == v2_datatype(predictions)
+        assert outputs["predict"]["shape"] == list(np.shape(predictions))
+        assert_same_labels(v2_values(outputs["predict"], predictions), predictions)
+        if v2_proba:
+            assert outputs["predict_proba"]["datatype"] == "FP64"
+            assert_same_probabilities(v2_values(outputs["predict_proba"], probabilities), probabilities)
+
+    names = [c["name"] for c in signature["inputs"]]
+    split = {"dataframe_split": {"columns": names, "data": [[row[n] for n in names] if isinstance(row, dict) else row for row in rows]}}
+    for attempt in ("either", "HIT"):  # rows without probabilities share the native request's cache entry
+        answer = client.post(f"{base}/invocations", orjson.dumps(split), content_type="application/json", **headers)
+        assert answer.status_code == 200, answer.content
+        assert answer["X-Cache"] == attempt or attempt == "either"
+        assert_same_labels(answer.json()["predictions"], predictions)
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_zoo_model_that_cannot_serve_is_refused_at_upload_naming_why(name, tenant_a, tmp_path):
+    response = upload(tenant_a, name, tmp_path)
+    assert response.status_code == 422, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    assert ZOO[name].refused in response.json()["detail"]
+
+
+def test_multi_output_probabilities_of_different_widths_are_a_v2_400_naming_them(tenant_a, tmp_path, client):
+    assert upload(tenant_a, "multi-output-logistic-strings", tmp_path).status_code == 201
+    body = v2_body({"inputs": [{"name": f"f{i}", "type": "double"} for i in range(4)]}, records_of(numeric_x(), 2), want_proba=True)
+    answer = client.post(
+        "/v2/models/multi-output-logistic-strings/versions/1/infer", orjson.dumps(body), content_type="application/json", HTTP_X_API_KEY=tenant_a.api_key
+    )
+    assert answer.status_code == 400
+    assert "different numbers of classes (2, 3)" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "path, content_type, error_key",
+    [
+        pytest.param("/api/v1/models/acme/strict/versions/1/predict", "application/problem+json", "detail", id="native"),
+        pytest.param("/v2/models/strict/versions/1/infer", "application/json", "error", id="v2"),
+        pytest.param("/api/v1/models/acme/strict/versions/1/invocations", "application/json", "message", id="mlflow"),
+    ],
+)
+def test_a_model_raising_at_predict_is_a_500_in_the_protocols_shape_with_a_request_id_even_under_debug(
+    path, content_type, error_key, tenant_a, client, settings
+):
+    from accounts.principals import Caller
+    from registry import services
+
+    settings.DEBUG = True
+    frame = customers()
+    services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="strict")
+    response = upload_frame_model(tenant_a, "strict", strict_onehot_svc().fit(frame, churn(frame)), frame)
+    assert response.status_code == 201, response.content
+    row = records_of(frame, 1)[0] | {"city": "atlantis"}  # a category the encoder never saw: it raises ValueError
+    if path.startswith("/v2"):
+        body = v2_body(response.json()["signature"], [row], want_proba=False)
+    elif path.endswith("invocations"):
+        body = {"dataframe_records": [row]}
+    else:
+        body = {"inputs": [row]}
+    answer = client.post(path, orjson.dumps(body), content_type="application/json", HTTP_X_API_KEY=tenant_a.api_key)
+    assert answer.status_code == 500
+    assert answer["Content-Type"] == content_type
+    request_id = answer["X-Request-Id"]
+    assert request_id.startswith("req_")
+    assert request_id in answer.json()[error_key]
+    assert "atlantis" not in answer.content.decode()  # nothing of the traceback leaks
+    if path.endswith("predict"):
+        assert answer.json()["request_id"] == request_id and answer.json()["code"] == "internal_error"
+    if path.endswith("invocations"):
+        assert answer.json()["error_code"] == "INTERNAL_ERROR"
+
+
+def upload_frame_model(tenant, name: str, estimator, frame: pd.DataFrame, **fields):
+    data = {"file": f.upload_file(f.joblib_bytes(estimator), "model.joblib"), "input_example": orjson.dumps(records_of(frame, 5)).decode(), **fields}
+    return tenant.jwt_client().post(f"/api/v1/models/acme/{name}/versions", data, format="multipart")
+
+
+TRY_AND_DRIFT = ["logistic-string-binary", "logistic-bool-pickle3", "pipeline-onehot-impute-scale-logistic", "random-forest-regressor-2-targets"]
+
+
+@pytest.mark.parametrize("name", TRY_AND_DRIFT)
+def test_zoo_model_try_page_renders_its_form_and_a_drift_report_runs(name, tenant_a, tmp_path, client):
+    estimator, x = fitted(name)
+    reference = x if isinstance(x, pd.DataFrame) else pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])
+    csv = reference.to_csv(index=False).encode()
+    response = upload(tenant_a, name, tmp_path, reference_data=f.upload_file(csv, "reference.csv"))
+    assert response.status_code == 201, response.content
+    signature = response.json()["signature"]
+    assert [c["type"] for c in signature["inputs"]] == expected_types(x)
+
+    client.force_login(tenant_a.user)
+    page = client.get(f"/models/acme/{name}/versions/1/try/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    for column in signature["inputs"]:
+        assert f'name="{column["name"]}"' in html
+    assert 'id="try-result"' in html
+
+    answer = client.post(
+        f"/api/v1/models/acme/{name}/versions/1/predict",
+        orjson.dumps({"inputs": records_of(x, 40)}),
+        content_type="application/json",
+        HTTP_X_API_KEY=tenant_a.api_key,
+    )
+    assert answer.status_code == 200, answer.content
+    settle_pending()  # the record leaves with the connection's next round trip
+    assert records.drain_stream() == 1
+    drift = tenant_a.key_client().post(f"/api/v1/models/acme/{name}/drift-reports", {"version": 1, "window_hours": 1}, format="json")
+    assert drift.status_code == 201, drift.content
+    assert sorted(feature["name"] for feature in drift.json()["features"]) == sorted(c["name"] for c in signature["inputs"])
+
+
+BATCH = ["logistic-string-binary", "logistic-bool-pickle3", "pipeline-onehot-impute-scale-logistic", "ridge-pickle2"]
+
+
+def batch_rows(x, rows: int = 1000):
+    """1 000 rows like the training data: numeric noise for an array, resampled records with jitter for a frame."""
+    rng = np.random.default_rng(7)
+    if not isinstance(x, pd.DataFrame):
+        return pd.DataFrame(np.round(rng.normal(size=(rows, x.shape[1])), 3), columns=[f"f{i}" for i in range(x.shape[1])])
+    frame = x.iloc[rng.integers(0, len(x), rows)].reset_index(drop=True)
+    frame["income"] = (frame["income"] + rng.normal(0, 1, rows)).round(2)
+    return frame
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.django_db(transaction=True)
+def test_zoo_batch_jobs_on_1000_rows_match_the_estimator(tenant_a, tmp_path, settings):
+    """Batch jobs on a real Celery worker, its broker the suite's own Redis database (no other is free here).
+
+    The worker starts inside the test, after the per-test cache flush, which would empty the broker too.
+    """
+    import time
+
+    from platform_site.tests.workers import WorkerPool, publishing_to
+
+    broker = settings.REDIS_URL
+    for name in BATCH:
+        assert upload(tenant_a, name, tmp_path).status_code == 201
+    pool = WorkerPool(broker=broker, settings_module="inference.tests.batch_worker_settings")
+    try:
+        pool.ensure("zoo")
+        client = tenant_a.key_client()
+        for name in BATCH:
+            estimator, x = fitted(name)
+            source = batch_rows(x)
+            with publishing_to(broker):
+                created = client.post(
+                    f"/api/v1/models/acme/{name}/batch-jobs",
+                    {"file": f.upload_file(source.to_csv(index=False).encode(), "rows.csv"), "version": 1},
+                    format="multipart",
+                )
+            assert created.status_code == 202, created.content
+            job_id = created.json()["id"]
+            deadline = time.monotonic() + 90
+            while (job := client.get(f"/api/v1/batch-jobs/{job_id}").json())["status"] in ("queued", "running"):
+                assert time.monotonic() < deadline, pool.logs()
+                time.sleep(0.1)
+            assert job["status"] == "succeeded", (job, pool.logs())
+            result = client.get(f"/api/v1/batch-jobs/{job_id}/result")
+            table = pd.read_csv(io.BytesIO(b"".join(result.streaming_content)), keep_default_na=False)
+            assert len(table) == 1000
+            want = estimator.predict(source if isinstance(x, pd.DataFrame) else source.to_numpy())
+            if want.dtype.kind == "f":
+                np.testing.assert_allclose(table["prediction"].astype(float), want, rtol=1e-12)
+            else:
+                assert table["prediction"].astype(str).tolist() == [str(v) for v in want.tolist()]
+    finally:
+        pool.stop()
