@@ -1,4 +1,5 @@
 """The Celery application shared by the worker and beat processes."""
+import logging
 import os
 
 from celery import Celery, signals
@@ -8,6 +9,23 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "platform_site.settings")
 app = Celery("modelhost")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+class RoutineSchedulingAtDebug(logging.Filter):
+    """Beat's "Sending due task" lines are DEBUG records, not INFO.
+
+    Beat sends drain-prediction-records every two seconds; at INFO that line buried
+    everything else `make run` prints. Beat's other lines (start, errors) keep their level.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and str(record.msg).startswith("Scheduler: Sending due task"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("celery.beat").addFilter(RoutineSchedulingAtDebug())
 
 
 @signals.worker_ready.connect

@@ -66,6 +66,15 @@ class Conflict(ModelhostError):
     status, code, title = 409, "conflict", "The request conflicts with the current state"
 
 
+class FeatureNotConfigured(ModelhostError):
+    """A feature the operator has not switched on: not an outage, and the detail says how to enable it."""
+
+    status, code, title = 409, "feature_not_configured", "This feature is not configured on this platform"
+
+    def __init__(self, detail: str | None = None, *, feature: str, setting: str, **kwargs) -> None:
+        super().__init__(detail, feature=feature, setting=setting, **kwargs)
+
+
 class PayloadTooLarge(ModelhostError):
     status, code, title = 413, "payload_too_large", "The request is too large"
 

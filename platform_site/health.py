@@ -59,13 +59,21 @@ def _check_storage() -> str:
     return settings.MODEL_STORAGE
 
 
+def optional_features() -> dict[str, dict]:
+    """Each optional feature: whether it is on, and the setting an operator sets to turn it on."""
+    return {
+        "mlflow_import": {"enabled": bool(settings.MLFLOW_TRACKING_URI), "setting": "MLFLOW_TRACKING_URI"},
+    }
+
+
 @require_GET
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
     """200 when the database answers (degraded if the cache or broker do not); 503 without it.
 
     Predictions keep being served without Redis (uncached), so a cache outage degrades
-    readiness rather than failing it; without the database nothing can be served.
+    readiness rather than failing it; without the database nothing can be served. The optional
+    features that are off are listed, with what turns them on; they do not affect the status.
     """
     checks = {
         "database": _timed(_check_database),
@@ -79,4 +87,6 @@ def readyz(request: HttpRequest) -> JsonResponse:
         state, code = "ok", 200
     else:
         state, code = "degraded", 200
-    return JsonResponse({"status": state, "checks": checks}, status=code)
+    features = optional_features()
+    features_off = sorted(name for name, feature in features.items() if not feature["enabled"])
+    return JsonResponse({"status": state, "checks": checks, "features": features, "features_off": features_off}, status=code)

@@ -80,6 +80,48 @@ def prepare_metrics_folder() -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
 
 
+def refuse_taken_port() -> None:
+    """Exit with a message naming the holder when another process listens on HOST:PORT.
+
+    granian binds with SO_REUSEPORT, so a second platform started on a taken port would
+    silently get half of its connections (each with its own database and sessions). A plain
+    bind, without SO_REUSEPORT, fails while anyone listens there.
+    """
+    import errno
+    import socket
+
+    host, port = os.environ.get("HOST", "0.0.0.0"), _int("PORT", 8000)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections closing (TIME_WAIT) do not count
+        try:
+            probe.bind((host, port))
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise SystemExit(f"Port {port} is already in use by {port_holder(port)}. Stop it, or start this one with PORT=<another port>.")
+
+
+def port_holder(port: int) -> str:
+    """Which process listens on the TCP port, as a person would recognise it (pid, command, folder)."""
+    import psutil
+
+    try:
+        listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    except psutil.AccessDenied:
+        listening = []
+    for connection in listening:
+        if connection.pid is None:
+            continue
+        try:
+            process = psutil.Process(connection.pid)
+            return f"process {process.pid} ({' '.join(process.cmdline())}, started in {process.cwd()})"
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return "another process (this user may not see which)"
+
+
 def server(target: str = DEFAULT_TARGET):
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
@@ -104,6 +146,7 @@ def server(target: str = DEFAULT_TARGET):
 
 
 def main(argv: list[str]) -> None:
+    refuse_taken_port()
     prepare_metrics_folder()
     limit_native_threads()
     server(argv[0] if argv else DEFAULT_TARGET).serve()

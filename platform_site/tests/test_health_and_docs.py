@@ -19,6 +19,15 @@ def test_readyz_reports_each_backing_service(client):
     assert all(check["ok"] for check in body["checks"].values())
 
 
+@pytest.mark.parametrize(("tracking_uri", "features_off"), [("", ["mlflow_import"]), ("http://127.0.0.1:5000", [])], ids=["unset", "set"])
+def test_readyz_lists_the_features_that_are_off_and_how_to_turn_them_on(client, settings, tracking_uri, features_off):
+    settings.MLFLOW_TRACKING_URI = tracking_uri
+    body = client.get("/readyz").json()
+    assert body["status"] == "ok"
+    assert body["features_off"] == features_off
+    assert body["features"]["mlflow_import"] == {"enabled": bool(tracking_uri), "setting": "MLFLOW_TRACKING_URI"}
+
+
 def test_readyz_is_503_with_clear_body_when_database_is_down(client, monkeypatch):
     from platform_site import health
 

@@ -82,6 +82,7 @@ def test_native_thread_pools_get_one_thread_unless_the_environment_says_otherwis
 
     monkeypatch.setattr(serve, "server", lambda target: Server())
     monkeypatch.setattr(serve, "prepare_metrics_folder", lambda: None)
+    monkeypatch.setattr(serve, "refuse_taken_port", lambda: None)
     serve.main([])
     assert seen == {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "1"}
 

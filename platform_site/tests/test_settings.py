@@ -42,12 +42,21 @@ def test_unknown_model_storage_fails_at_start(storage):
     assert "MODEL_STORAGE must be 'local' or 's3'" in result.stderr
 
 
-def test_embedded_defaults_need_no_services(tmp_path):
-    """With DATABASE_URL/REDIS_URL unset: SQLite, a file cache and a filesystem broker."""
+def test_embedded_defaults_use_sqlite_in_wal_and_the_embedded_redis_for_everything(tmp_path):
+    """With DATABASE_URL/REDIS_URL unset: SQLite (immediate transactions, WAL) and the Redis of var/."""
     script = (
-        "from django.conf import settings as s;"
-        "print(s.DATABASES['default']['ENGINE'], s.CACHES['default']['BACKEND'].rsplit('.',1)[1], s.CELERY_BROKER_URL)"
+        "from django.conf import settings as s; o = s.DATABASES['default']['OPTIONS'];"
+        "print(s.DATABASES['default']['ENGINE'], o['transaction_mode'], 'journal_mode=WAL' in o['init_command'],"
+        " s.CACHES['default']['BACKEND'].rsplit('.',1)[1], s.CACHES['default']['LOCATION'], s.REDIS_URL, s.CELERY_BROKER_URL)"
     )
-    result = run_manage("shell", "-c", script, env={"DEBUG": "true"})
+    result = run_manage("shell", "-c", script, env={"DEBUG": "true", "VAR_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-3:] == ["django.db.backends.sqlite3", "FileBasedCache", "filesystem://"]
+    assert result.stdout.split()[-7:] == [
+        "django.db.backends.sqlite3",
+        "IMMEDIATE",
+        "True",
+        "RedisCache",
+        f"unix://{tmp_path}/redis.sock",
+        f"unix://{tmp_path}/redis.sock",
+        f"redis+socket://{tmp_path}/redis.sock",
+    ]

@@ -114,10 +114,15 @@ def test_bad_uris_are_refused(owner, logged, uri, status):
     assert ModelVersion.objects.count() == 0
 
 
-def test_import_without_tracking_server_is_503(tenant_a, settings):
+def test_import_without_tracking_server_is_a_409_that_says_how_to_enable_it(tenant_a, settings):
+    """A feature the operator has not configured is not an outage (a 5xx would page someone)."""
     settings.MLFLOW_TRACKING_URI = ""
     client = tenant_a.jwt_client()
     client.post("/api/v1/models", {"org": "acme", "name": "iris"}, format="json")
     response = import_uri(client, "models:/x/1")
-    assert response.status_code == 503
-    assert "MLFLOW_TRACKING_URI" in response.json()["detail"]
+    assert response.status_code == 409
+    body = response.json()
+    assert response["Content-Type"] == "application/problem+json"
+    assert (body["code"], body["feature"], body["setting"]) == ("feature_not_configured", "mlflow_import", "MLFLOW_TRACKING_URI")
+    assert "setting MLFLOW_TRACKING_URI" in body["detail"]
+    assert ModelVersion.objects.count() == 0
