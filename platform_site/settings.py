@@ -340,6 +340,9 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 PROMETHEUS_EXPORT_MIGRATIONS = False
+# /metrics names every organization and model: it answers only `Authorization: Bearer
+# <METRICS_TOKEN>`. Unset, it is open under DEBUG (make run) and a 403 otherwise.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 LOGGING = {
     "version": 1,
