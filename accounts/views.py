@@ -191,8 +191,11 @@ class PasswordChangeView(auth_views.PasswordChangeView):
     success_url = reverse_lazy("home")
 
     def form_valid(self, form):
-        messages.success(self.request, "Your password is changed.")
-        return super().form_valid(form)
+        response = super().form_valid(form)
+        # The API's refresh tokens end with the old password, as the other sessions do.
+        services.revoke_refresh_tokens(user=form.user)
+        messages.success(self.request, "Your password is changed; your other sessions and API tokens are signed out.")
+        return response
 
     def render_to_response(self, context, **response_kwargs):
         return render_page(self.request, self.template_name, context)
