@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from django.conf import settings
 from rest_framework import serializers, status
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -12,7 +14,8 @@ from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 from accounts import selectors, services
 from accounts.models import Role
 from accounts.principals import caller_from_request
-from platform_site.errors import PermissionDenied
+from accounts.authentication import sign_in_lockout_message
+from platform_site.errors import PermissionDenied, RateLimited
 from platform_site.pagination import Pagination, paginated
 from platform_site.serializers import StrictSerializer
 
@@ -55,7 +58,23 @@ class RegisterApi(APIView):
 
 
 class TokenObtainApi(TokenObtainPairView):
-    """`{email, password}` -> `{access, refresh}`."""
+    """`{email, password}` -> `{access, refresh}`.
+
+    Failed attempts are counted by account and by address (django-axes); past the limit the
+    answer is 429 with Retry-After, the right password included, until the lockout ends.
+    """
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, 401: OpenApiTypes.OBJECT, 429: OpenApiTypes.OBJECT})
+    def post(self, request, *args, **kwargs):
+        try:
+            return super().post(request, *args, **kwargs)
+        except AuthenticationFailed:
+            # axes marks the request it was given (DRF's) when the attempt hit a lockout.
+            if getattr(request, "axes_locked_out", False):
+                raise RateLimited(
+                    sign_in_lockout_message(), headers={"Retry-After": str(int(settings.AXES_COOLOFF_TIME.total_seconds()))}
+                ) from None
+            raise
 
 
 class TokenRefreshApi(TokenRefreshView):

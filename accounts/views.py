@@ -27,6 +27,7 @@ from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
 from accounts.models import ROLE_RANK, Organization, Role, Scope
+from accounts.authentication import sign_in_lockout_message
 from accounts.principals import Caller
 from platform_site.errors import ModelhostError, NotFound
 from platform_site.errors import PermissionDenied as ModelhostPermissionDenied
@@ -184,6 +185,17 @@ def signup(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Welcome! Your organization {organization.name} is ready: create a model to upload your first version.")
             return redirect("org-home", org=organization.slug)
     return render_page(request, "accounts/signup.html", {"form": form})
+
+
+def sign_in_locked_out(request: HttpRequest, original_response=None, credentials=None) -> HttpResponse:
+    """What a locked-out web or admin sign-in answers (django-axes calls it): the login page
+    again, 429 with Retry-After, saying the same for existing and unknown accounts."""
+    form = EmailLoginForm(request, data=request.POST or None)
+    form.errors.clear()
+    form.add_error(None, sign_in_lockout_message())
+    response = render_page(request, "accounts/login.html", {"form": form, "next": request.POST.get("next", "")}, status=429)
+    response["Retry-After"] = str(int(settings.AXES_COOLOFF_TIME.total_seconds()))
+    return response
 
 
 class PasswordChangeView(auth_views.PasswordChangeView):
