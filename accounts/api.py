@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from django.conf import settings
 from rest_framework import serializers, status
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -12,6 +14,8 @@ from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 from accounts import selectors, services
 from accounts.models import Role
 from accounts.principals import caller_from_request
+from accounts.authentication import sign_in_lockout_message
+from platform_site.errors import PermissionDenied, RateLimited
 from platform_site.pagination import Pagination, paginated
 from platform_site.serializers import StrictSerializer
 
@@ -54,11 +58,78 @@ class RegisterApi(APIView):
 
 
 class TokenObtainApi(TokenObtainPairView):
-    """`{email, password}` -> `{access, refresh}`."""
+    """`{email, password}` -> `{access, refresh}`.
+
+    Failed attempts are counted by account and by address (django-axes); past the limit the
+    answer is 429 with Retry-After, the right password included, until the lockout ends.
+    """
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, 401: OpenApiTypes.OBJECT, 429: OpenApiTypes.OBJECT})
+    def post(self, request, *args, **kwargs):
+        try:
+            return super().post(request, *args, **kwargs)
+        except AuthenticationFailed:
+            # axes marks the request it was given (DRF's) when the attempt hit a lockout.
+            if getattr(request, "axes_locked_out", False):
+                raise RateLimited(
+                    sign_in_lockout_message(), headers={"Retry-After": str(int(settings.AXES_COOLOFF_TIME.total_seconds()))}
+                ) from None
+            raise
 
 
 class TokenRefreshApi(TokenRefreshView):
-    """`{refresh}` -> `{access}`."""
+    """`{refresh}` -> `{access, refresh}`: the new refresh token replaces the one presented,
+    which is blacklisted (a refresh token works once)."""
+
+
+class LogoutApi(APIView):
+    """Blacklist a refresh token; `all` blacklists every refresh token of its user."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(StrictSerializer):
+        refresh = serializers.CharField()
+        all = serializers.BooleanField(required=False, default=False)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={204: None},
+        description=(
+            "Log out: the refresh token stops working at once (204). With `all: true`, every "
+            "refresh token of the same user does too (log out everywhere). Access tokens already "
+            "issued work until they expire (JWT_ACCESS_MINUTES). An invalid, expired or already "
+            "blacklisted refresh token is a 401."
+        ),
+    )
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.log_out_refresh_token(refresh=data.validated_data["refresh"], everywhere=data.validated_data["all"])
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PasswordChangeApi(APIView):
+    class InputSerializer(StrictSerializer):
+        old_password = serializers.CharField(write_only=True, trim_whitespace=False)
+        new_password = serializers.CharField(write_only=True, trim_whitespace=False)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={204: None},
+        description=(
+            "Change the caller's password (people only, not API keys). Every refresh token of "
+            "the user is blacklisted and every access token issued before stops working: sign in again."
+        ),
+    )
+    def post(self, request):
+        caller = caller_from_request(request)
+        if caller.person is None:
+            raise PermissionDenied("API keys have no password; sign in as a person to change yours.")
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.change_password(user=caller.person, **data.validated_data)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class MeApi(APIView):

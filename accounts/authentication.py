@@ -133,3 +133,32 @@ class JwtAuthentication(JWTAuthentication):
         if credential_from_headers(request.META) is not None:
             return None
         return super().authenticate(request)
+
+
+# ---------------------------------------------------------------------------- sign-in attempts
+# django-axes counts failed sign-ins; these tell it what an attempt names.
+
+
+def sign_in_username(request, credentials: dict | None) -> str | None:
+    """The account an attempt names: the web form's `username`, the API's `email`, lower-cased
+    (emails are case-insensitive here, so case must not open a fresh counter)."""
+    credentials = credentials or {}
+    name = credentials.get("username") or credentials.get("email")
+    return name.strip().lower() if isinstance(name, str) and name.strip() else None
+
+
+def sign_in_address(request) -> str | None:
+    """The address attempts are counted by: REMOTE_ADDR, or behind SIGN_IN_TRUSTED_PROXIES
+    proxies the X-Forwarded-For entry the outermost one appended (entries left of it are the
+    client's to forge). Hand-written: this is the platform's rule, in six lines."""
+    hops = settings.SIGN_IN_TRUSTED_PROXIES
+    if hops:
+        forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if part.strip()]
+        if len(forwarded) >= hops:
+            return forwarded[-hops]
+    return request.META.get("REMOTE_ADDR")
+
+
+def sign_in_lockout_message() -> str:
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    return f"Too many failed sign-ins for this account or from this address: try again in {minutes} minutes."

@@ -53,10 +53,23 @@ def organization_for_caller(*, caller: Caller, slug: str, min_role: str = Role.V
     return organization
 
 
-def organizations_for_caller(*, caller: Caller) -> QuerySet:
+def organizations_for_caller(*, caller: Caller, min_role: str | None = None) -> QuerySet:
+    """The organizations the caller belongs to.
+
+    With `min_role`, the rule of `organization_for_caller` applies to lists too: a person's
+    organizations are those where their role reaches it, and an API key without the scope
+    that stands in for it is PermissionDenied (a list must not show what a read refuses).
+    """
     if caller.api_key is not None:
+        if min_role is not None:
+            scope = SCOPE_FOR_ROLE[Role(min_role)]
+            if scope is None or not caller.api_key.has_scope(scope):
+                raise PermissionDenied(f"This API key lacks the '{scope or 'owner'}' scope needed here.")
         return Organization.objects.filter(id=caller.api_key.organization_id)
-    return Organization.objects.filter(memberships__user=caller.user).distinct()
+    memberships = Membership.objects.filter(user=caller.user)
+    if min_role is not None:
+        memberships = memberships.filter(role__in=[role for role, rank in ROLE_RANK.items() if rank >= ROLE_RANK[Role(min_role)]])
+    return Organization.objects.filter(id__in=memberships.values("organization_id"))
 
 
 def memberships_of_user(*, user) -> QuerySet:

@@ -10,12 +10,16 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
+from rest_framework_simplejwt.tokens import RefreshToken, TokenError
+
 from accounts import selectors
 from accounts.authentication import forget_cached_keys
 from accounts.keys import generate_key, hash_key
 from accounts.models import ROLE_RANK, ApiKey, AuditEvent, Membership, Organization, Role, Scope, User
 from accounts.principals import Caller
-from platform_site.errors import Conflict, InvalidInput, PermissionDenied
+from platform_site.errors import Conflict, InvalidInput, PermissionDenied, Unauthenticated
 
 RESERVED_SLUGS = {"api", "admin", "static", "v2", "new", "me", "orgs", "models", "login", "logout", "signup"}
 
@@ -40,13 +44,13 @@ def record_audit_event(
     )
 
 
-def _check_password(password: str, *, user: User | None = None) -> None:
+def _check_password(password: str, *, user: User | None = None, field: str = "password") -> None:
     try:
         validate_password(password, user=user)
     except DjangoValidationError as exc:
         raise InvalidInput(
             "The password is too weak: " + " ".join(exc.messages),
-            errors=[{"field": "password", "message": message} for message in exc.messages],
+            errors=[{"field": field, "message": message} for message in exc.messages],
         ) from None
 
 
@@ -88,6 +92,45 @@ def register_user(*, email: str, password: str, name: str = "", organization: st
     org_name = organization.strip() or (f"{name}'s organization" if name else email.split("@")[0])
     org = create_organization(caller=Caller(user=user, ip_address=ip_address), name=org_name)
     return user, org
+
+
+def revoke_refresh_tokens(*, user: User) -> int:
+    """Blacklist every unexpired refresh token of `user`; returns how many were live.
+
+    Access tokens already issued live out ACCESS_TOKEN_LIFETIME, except after a password
+    change (CHECK_REVOKE_TOKEN ties them to the password hash).
+    """
+    live = OutstandingToken.objects.filter(user=user, expires_at__gt=timezone.now(), blacklistedtoken__isnull=True)
+    # ignore_conflicts: a refresh racing this may blacklist the same token first.
+    return len(BlacklistedToken.objects.bulk_create([BlacklistedToken(token=token) for token in live], ignore_conflicts=True))
+
+
+def log_out_refresh_token(*, refresh: str, everywhere: bool = False) -> None:
+    """Blacklist a refresh token (and, `everywhere`, every other one of its user).
+
+    Holding a valid refresh token is the authority: it could mint access tokens anyway.
+    """
+    try:
+        token = RefreshToken(refresh)
+    except TokenError as exc:
+        raise Unauthenticated(f"The refresh token is not valid: {exc}.") from None
+    token.blacklist()
+    if everywhere:
+        user = User.objects.filter(pk=token.payload.get(jwt_settings.USER_ID_CLAIM)).first()
+        if user is not None:
+            revoke_refresh_tokens(user=user)
+
+
+@transaction.atomic
+def change_password(*, user: User, old_password: str, new_password: str) -> User:
+    """Set a new password after checking the old one; ends every refresh token of the user."""
+    if not user.check_password(old_password):
+        raise InvalidInput("The current password is not correct.", errors=[{"field": "old_password", "message": "not correct"}])
+    _check_password(new_password, user=user, field="new_password")
+    user.set_password(new_password)
+    user.save(update_fields=["password"])
+    revoke_refresh_tokens(user=user)
+    return user
 
 
 @transaction.atomic

@@ -27,6 +27,7 @@ from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
 from accounts.models import ROLE_RANK, Organization, Role, Scope
+from accounts.authentication import sign_in_lockout_message
 from accounts.principals import Caller
 from platform_site.errors import ModelhostError, NotFound
 from platform_site.errors import PermissionDenied as ModelhostPermissionDenied
@@ -186,13 +187,27 @@ def signup(request: HttpRequest) -> HttpResponse:
     return render_page(request, "accounts/signup.html", {"form": form})
 
 
+def sign_in_locked_out(request: HttpRequest, original_response=None, credentials=None) -> HttpResponse:
+    """What a locked-out web or admin sign-in answers (django-axes calls it): the login page
+    again, 429 with Retry-After, saying the same for existing and unknown accounts."""
+    form = EmailLoginForm(request, data=request.POST or None)
+    form.errors.clear()
+    form.add_error(None, sign_in_lockout_message())
+    response = render_page(request, "accounts/login.html", {"form": form, "next": request.POST.get("next", "")}, status=429)
+    response["Retry-After"] = str(int(settings.AXES_COOLOFF_TIME.total_seconds()))
+    return response
+
+
 class PasswordChangeView(auth_views.PasswordChangeView):
     template_name = "accounts/password_change.html"
     success_url = reverse_lazy("home")
 
     def form_valid(self, form):
-        messages.success(self.request, "Your password is changed.")
-        return super().form_valid(form)
+        response = super().form_valid(form)
+        # The API's refresh tokens end with the old password, as the other sessions do.
+        services.revoke_refresh_tokens(user=form.user)
+        messages.success(self.request, "Your password is changed; your other sessions and API tokens are signed out.")
+        return response
 
     def render_to_response(self, context, **response_kwargs):
         return render_page(self.request, self.template_name, context)

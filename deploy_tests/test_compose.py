@@ -119,3 +119,12 @@ def test_published_ports_listen_on_loopback_only(compose):
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_prometheus_scrapes_with_the_token_the_web_expects(compose):
+    """/metrics answers only METRICS_TOKEN; the local default and Prometheus' token file agree."""
+    import re
+
+    default = re.fullmatch(r"\$\{METRICS_TOKEN:-(.+)\}", compose["x-app"]["environment"]["METRICS_TOKEN"]).group(1)
+    assert (REPO / "monitoring" / "metrics-token").read_text().strip() == default
+    assert "./monitoring/metrics-token:/etc/prometheus/metrics-token:ro" in compose["services"]["prometheus"]["volumes"]

@@ -283,3 +283,7 @@ def test_pod_monitor_scrapes_the_web_pods_as_the_alerts_job(production):
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
     assert {"action": "replace", "targetLabel": "job", "replacement": "modelhost-web"} in endpoint["relabelings"]
+    # /metrics answers only METRICS_TOKEN: the monitor sends the one the web pods read.
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "modelhost-secrets", "key": "METRICS_TOKEN"}}
+    web = container(production, "Deployment", "modelhost-web")
+    assert {"secretRef": {"name": "modelhost-secrets"}} in web["envFrom"]

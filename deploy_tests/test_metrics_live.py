@@ -25,8 +25,9 @@ def queried_samples() -> set[str]:
 
 
 @pytest.mark.django_db
-def test_metrics_endpoint_exposes_every_metric_the_dashboard_and_alerts_read(client):
-    response = client.get("/metrics")
+def test_metrics_endpoint_exposes_every_metric_the_dashboard_and_alerts_read(client, settings):
+    settings.METRICS_TOKEN = "metrics-token"
+    response = client.get("/metrics", HTTP_AUTHORIZATION="Bearer metrics-token")
     assert response.status_code == 200
     text = response.content.decode()
     missing = []

@@ -64,6 +64,12 @@ def test_prometheus_configuration_and_its_rule_files_load():
     assert "SUCCESS: 1 rule files found" in result.stdout
 
 
+def test_prometheus_scrapes_the_web_with_the_metrics_bearer_token():
+    (job,) = [job for job in yaml.safe_load((MONITORING / "prometheus.yml").read_text())["scrape_configs"] if job["job_name"] == "modelhost-web"]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": "metrics-token"}
+    assert (MONITORING / job["authorization"]["credentials_file"]).read_text().strip()
+
+
 def test_alert_rules_load():
     result = run_tool([require_debian_tool("promtool"), "check", "rules", str(ALERTS)])
     assert result.returncode == 0, result.stdout + result.stderr

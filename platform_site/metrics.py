@@ -171,6 +171,36 @@ def forget_dead_processes() -> list[int]:
     return dropped
 
 
+def metrics_refusal(request):
+    """The answer that refuses `request` /metrics, or None when it may read them.
+
+    The metrics name every organization and model, so they are for Prometheus only: a
+    request must carry `Authorization: Bearer <METRICS_TOKEN>` (compared in constant time).
+    Without a token set, /metrics is open under DEBUG (`make run`) and closed otherwise, a
+    403 that says why: a production deployment that forgot the token must not serve them.
+    """
+    import hmac
+
+    from django.conf import settings
+    from django.http import HttpResponse
+
+    token = settings.METRICS_TOKEN
+    if not token:
+        if settings.DEBUG:
+            return None
+        return HttpResponse(
+            "/metrics is closed: set METRICS_TOKEN and give Prometheus the same token as a bearer token.\n",
+            status=403,
+            content_type="text/plain; charset=utf-8",
+        )
+    scheme, _, presented = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode()):
+        return None
+    response = HttpResponse("/metrics needs the bearer token METRICS_TOKEN.\n", status=401, content_type="text/plain; charset=utf-8")
+    response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
+
+
 def metrics_view(request):
     """/metrics: the multiprocess aggregate of every web process, plus the scrape-time gauges."""
     import os
@@ -178,6 +208,9 @@ def metrics_view(request):
     from django.http import HttpResponse
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
+    refusal = metrics_refusal(request)
+    if refusal is not None:
+        return refusal
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         forget_dead_processes()
         registry = CollectorRegistry()

@@ -44,9 +44,11 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "rest_framework",
     "rest_framework_simplejwt",
+    "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
     "django_prometheus",
     "django_htmx",
+    "axes",
     "platform_site",
     "accounts",
     "registry",
@@ -66,6 +68,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Turns a locked-out web sign-in into accounts.views.sign_in_locked_out's page.
+    "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -210,6 +214,22 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Failed sign-ins (web, admin, /api/v1/auth/token) are counted by django-axes in the cache,
+# by account and by address apart: either reaching SIGN_IN_FAILURE_LIMIT refuses sign-ins
+# for SIGN_IN_LOCKOUT_MINUTES, with the right password too.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_FAILURE_LIMIT = env.int("SIGN_IN_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("SIGN_IN_LOCKOUT_MINUTES", default=15))
+AXES_RESET_ON_SUCCESS = True
+AXES_USERNAME_CALLABLE = "accounts.authentication.sign_in_username"
+AXES_CLIENT_IP_CALLABLE = "accounts.authentication.sign_in_address"
+AXES_LOCKOUT_CALLABLE = "accounts.views.sign_in_locked_out"
+AXES_VERBOSE = False
+# Proxies in front of the web that append to X-Forwarded-For (an Ingress: 1). Sign-in
+# attempts are counted by the address the outermost of them saw; 0 counts REMOTE_ADDR.
+SIGN_IN_TRUSTED_PROXIES = env.int("SIGN_IN_TRUSTED_PROXIES", default=0)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -248,6 +268,13 @@ SIMPLE_JWT = {
     "SIGNING_KEY": SECRET_KEY,
     "AUTH_HEADER_TYPES": ("Bearer",),
     "UPDATE_LAST_LOGIN": False,
+    # Each refresh answers a new refresh token and blacklists the one presented, so a stolen
+    # refresh token works once at most; logout and password changes blacklist them too.
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    # Tokens carry a hash of the password hash: a password change ends every access token
+    # at once, not when its ACCESS_TOKEN_LIFETIME runs out.
+    "CHECK_REVOKE_TOKEN": True,
 }
 
 SPECTACULAR_SETTINGS = {
@@ -354,6 +381,9 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 PROMETHEUS_EXPORT_MIGRATIONS = False
+# /metrics names every organization and model: it answers only `Authorization: Bearer
+# <METRICS_TOKEN>`. Unset, it is open under DEBUG (make run) and a 403 otherwise.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 LOGGING = {
     "version": 1,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from accounts.models import Organization
+from accounts.models import Organization, Role
 from accounts.principals import Caller
 from accounts.selectors import for_organization, organizations_for_caller
 from platform_site.errors import NotFound
@@ -15,7 +15,7 @@ def live_models() -> QuerySet:
 
 
 def models_for_caller(*, caller: Caller) -> QuerySet:
-    return live_models().filter(organization__in=organizations_for_caller(caller=caller))
+    return live_models().filter(organization__in=organizations_for_caller(caller=caller, min_role=Role.VIEWER))
 
 
 def model_in(*, organization: Organization, name: str) -> RegisteredModel:

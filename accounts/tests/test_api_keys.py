@@ -140,3 +140,20 @@ def test_key_without_scope_is_forbidden_not_hidden(tenant_a, api_client):
     response = api_client.get("/api/v1/orgs/acme/members")
     assert response.status_code == 403
     assert "'read' scope" in response.json()["detail"]
+
+
+def test_predict_only_key_cannot_list_the_models_it_cannot_read(tenant_a, api_client):
+    from accounts.principals import Caller
+    from registry import services as registry_services
+
+    registry_services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="iris")
+    predict_only = create_key(tenant_a.jwt_client(), scopes=["predict"]).json()["key"]
+    read = create_key(tenant_a.jwt_client(), scopes=["read"]).json()["key"]
+    api_client.credentials(HTTP_X_API_KEY=predict_only)
+    detail = api_client.get("/api/v1/models/acme/iris")
+    listing = api_client.get("/api/v1/models")
+    assert (detail.status_code, listing.status_code) == (403, 403)
+    assert listing.json()["code"] == detail.json()["code"] == "permission_denied"
+    assert "'read' scope" in listing.json()["detail"]
+    api_client.credentials(HTTP_X_API_KEY=read)
+    assert [m["name"] for m in api_client.get("/api/v1/models").json()["results"]] == ["iris"]

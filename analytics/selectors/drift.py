@@ -5,6 +5,7 @@ from collections.abc import Iterator
 
 from django.db.models import F, Max, QuerySet
 
+from accounts.models import Role
 from accounts.principals import Caller
 from accounts.selectors import for_organization, organizations_for_caller
 from analytics.models import DriftReport
@@ -28,7 +29,7 @@ def report_of(*, model: RegisteredModel, report_id: int) -> DriftReport:
 def report_for_caller(*, caller: Caller, report_id: int) -> DriftReport:
     report = (
         DriftReport.objects.select_related("registered_model__organization", "version", "created_by")
-        .filter(id=report_id, organization__in=organizations_for_caller(caller=caller), registered_model__deleted_at__isnull=True)
+        .filter(id=report_id, organization__in=organizations_for_caller(caller=caller, min_role=Role.VIEWER), registered_model__deleted_at__isnull=True)
         .first()
     )
     if report is None:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 import requests
 
-from platform_site.tests.processes import free_port, wait_for_http, web_process_env
+from platform_site.tests.processes import METRICS_HEADERS, free_port, wait_for_http, web_process_env
 from registry.tests import factories as f
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_concurrent_predictions_are_right_and_each_recorded_once(tenant_a, tmp_p
         by_id = {r["id"]: r for r in stored}
         for row, _, body in answers[:50]:
             assert by_id[body["id"]]["in"] == [row] and by_id[body["id"]]["out"] == body["predictions"]
-        text = requests.get(f"{base}/metrics", timeout=10).text
+        text = requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=10).text
         line = next(l for l in text.splitlines() if l.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in l)
         assert float(line.rsplit(" ", 1)[1]) == len(rows)
     finally:

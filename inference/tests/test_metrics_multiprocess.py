@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from platform_site.tests.processes import free_port, wait_for_http, web_process_env
+from platform_site.tests.processes import METRICS_HEADERS, free_port, wait_for_http, web_process_env
 from registry.tests import factories as f
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def test_counters_add_up_across_two_web_processes(tenant_a, tmp_path, settings):
                     timeout=30,
                 )
             assert response.status_code == 200, response.text
-        text = requests.get(f"{base}/metrics", timeout=10).text
+        text = requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=10).text
         line = next(l for l in text.splitlines() if l.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in l)
         assert float(line.rsplit(" ", 1)[1]) == 40.0
         # Each worker writes its own file; the scrape above summed whichever served.
@@ -58,7 +58,7 @@ def test_counters_add_up_across_two_web_processes(tenant_a, tmp_path, settings):
         while time.monotonic() < deadline:
             try:
                 requests.get(f"{base}/healthz", timeout=2)
-                text = requests.get(f"{base}/metrics", timeout=5).text
+                text = requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=5).text
             except requests.RequestException:
                 time.sleep(0.2)
                 continue
@@ -70,7 +70,7 @@ def test_counters_add_up_across_two_web_processes(tenant_a, tmp_path, settings):
             f"{base}/api/v1/models/acme/iris/predict", json={"inputs": [[5.0, 3.4, 1.5, 0.2]]}, headers={"X-API-Key": tenant_a.api_key}, timeout=30
         )
         assert answered.status_code == 200
-        total = next(l for l in requests.get(f"{base}/metrics", timeout=10).text.splitlines() if l.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in l)
+        total = next(l for l in requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=10).text.splitlines() if l.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in l)
         assert float(total.rsplit(" ", 1)[1]) == 41.0  # counters keep what the dead worker counted
         # Let the replacement finish starting: a worker still importing ignores the stop signal.
         deadline = time.monotonic() + 30

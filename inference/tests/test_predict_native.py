@@ -576,9 +576,10 @@ def test_feedback_for_unknown_prediction_is_404(tenant_a, iris):
     assert response.status_code == 404
 
 
-def test_metrics_count_predictions(tenant_a, iris, client):
+def test_metrics_count_predictions(tenant_a, iris, client, settings):
     predict(tenant_a.key_client(), {"inputs": [ROW]})
-    text = client.get("/metrics").content.decode()
+    settings.METRICS_TOKEN = "metrics-token"
+    text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer metrics-token").content.decode()
     assert 'modelhost_prediction_requests_total{model="iris",org="acme",protocol="native",variant="",version="1"}' in text
     assert "modelhost_prediction_latency_seconds_bucket" in text
     cache.clear()

@@ -37,6 +37,11 @@ def database_url() -> str:
     return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
+# The bearer token /metrics asks of a web process these helpers start (METRICS_TOKEN).
+METRICS_TOKEN = "metrics-token-of-the-test-servers"
+METRICS_HEADERS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
 def web_process_env(*, port: int, metrics_dir, settings) -> dict[str, str]:
     """The environment to run `python -m platform_site.serve` against the test's database and storage."""
     import os
@@ -45,6 +50,7 @@ def web_process_env(*, port: int, metrics_dir, settings) -> dict[str, str]:
         **os.environ,
         "DATABASE_URL": database_url(),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "METRICS_TOKEN": METRICS_TOKEN,
         "MODEL_STORAGE_ROOT": str(settings.STORAGES["models"]["OPTIONS"]["location"]),
         "WEB_CONCURRENCY": "2",
         "PORT": str(port),
