@@ -38,7 +38,7 @@ PREDICTION_LATENCY = Histogram(
 )
 MODEL_LOAD_SECONDS = Histogram(
     "modelhost_model_load_seconds",
-    "Time to load a model version into a process's model cache.",
+    "Time to send a version's serving artifact to its runner and load it there.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 MODELS_LOADED = Gauge(

@@ -30,6 +30,15 @@ class ModelOutputSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
+class ServingOutputSerializer(serializers.Serializer):
+    """Where the version's predictions run, and whether they keep stopping its runner."""
+
+    path = serializers.CharField(source="serving_path", help_text='"web" (plain numbers the platform evaluates) or "runner".')
+    failing = serializers.BooleanField(source="is_failing")
+    runner_crashes = serializers.IntegerField()
+    last_crash_at = serializers.DateTimeField(source="runner_last_crash_at", allow_null=True)
+
+
 class VersionOutputSerializer(serializers.Serializer):
     model = serializers.CharField(source="registered_model.full_name")
     number = serializers.IntegerField()
@@ -56,6 +65,7 @@ class VersionOutputSerializer(serializers.Serializer):
     description = serializers.CharField()
     source = serializers.CharField()
     load_seconds = serializers.FloatField()
+    serving = ServingOutputSerializer(source="*")
     created_by = serializers.EmailField(source="created_by.email", default=None)
     created_at = serializers.DateTimeField()
 

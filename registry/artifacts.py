@@ -219,11 +219,6 @@ def _local_file(storage, name: str, target: Path) -> Path:
         return target
 
 
-def load_estimator(version) -> Any:
-    """Load a stored version through the safe loader (it passed the sandbox at upload)."""
-    return loaders.load_model(str(local_copy(version)), fmt=version.format)
-
-
 @contextlib.contextmanager
 def download_mlflow_model(model_uri: str) -> Iterator[UploadedFile]:
     """Fetch `models:/…` or `runs:/…` from MLFLOW_TRACKING_URI and present it as a zip upload."""

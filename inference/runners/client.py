@@ -22,6 +22,7 @@ import hashlib
 import math
 import socket
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from django.conf import settings
 
 from inference.runners import wire
 from platform_site.errors import ModelhostError, ServiceUnavailable
+from platform_site.metrics import MODEL_LOAD_SECONDS
 
 
 class RunnerUnavailable(ServiceUnavailable):
@@ -179,9 +181,11 @@ def load(*, org_id: int, version_id: int) -> str:
 
     data, sha256 = read_serving_artifact(version_id=version_id)
     header = {"op": "load", "v": version_id, "sha": sha256}
+    started = time.perf_counter()
     reply, _ = _exchange(org_id, header, [data], timeout=settings.RUNNER_LOAD_TIMEOUT_SECONDS, version_id=version_id)
     if not reply.get("ok"):
         raise _failure(reply)
+    MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
     return sha256
 
 

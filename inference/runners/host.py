@@ -1,5 +1,8 @@
 """The runner host: ``python -m inference.runners.host [--socket PATH] [--listen HOST:PORT]``.
 
+The socket defaults to RUNNER_SOCKET, else $VAR_DIR/run/runner.sock (where the web's
+RUNNER_ADDRESSES points by default).
+
 The Procfile's ``runner`` process. It starts clean: it re-executes itself with an
 environment holding only its own settings (RUNNER_*), the locale and the numeric libraries'
 thread counts, so nothing of the platform's configuration (SECRET_KEY, DATABASE_URL,
@@ -424,7 +427,8 @@ def main(argv: list[str]) -> None:
     if os.environ.get(_CLEAN_MARKER) != "1":
         environ = dict(os.environ)
         command = [sys.executable, "-s", "-m", "inference.runners.host"]
-        socket_path = args.socket or environ.get("RUNNER_SOCKET") or str(_REPO_ROOT / "var" / "run" / "runner.sock")
+        var_dir = Path(environ.get("VAR_DIR") or _REPO_ROOT / "var")
+        socket_path = args.socket or environ.get("RUNNER_SOCKET") or str(var_dir / "run" / "runner.sock")
         command += ["--socket", str(Path(socket_path).resolve())]
         if args.listen or environ.get("RUNNER_LISTEN"):
             command += ["--listen", args.listen or environ["RUNNER_LISTEN"]]

@@ -630,22 +630,22 @@ def test_warm_predictions_survive_a_database_outage(tenant_a, iris, monkeypatch)
     assert response.json()["predictions"] == [2]
 
 
-def test_a_linear_model_is_served_by_the_fast_path_with_scikit_learns_answers(tenant_a, iris):
+def test_a_linear_model_is_served_in_the_web_with_scikit_learns_answers_and_no_runner(tenant_a, iris):
     import numpy as np
 
-    from inference.model_cache import models
-    from registry.tests.factories import iris_data
+    from inference.runners.client import address_for, ask_host
+    from registry.tests.factories import iris_data, iris_model
 
     x, _ = iris_data()
     rows = np.vstack([x[::7], x[::11] * 1.5]).tolist()
     response = predict(tenant_a.key_client(), {"inputs": rows, "parameters": {"probabilities": True}})
     assert response.status_code == 200, response.content
     iris.refresh_from_db()
-    loaded = models.get(iris.production_version_id, size_bytes=0, load=lambda: None)
-    assert loaded.fast_predict is not None
-    estimator = loaded.estimator
-    assert response.json()["predictions"] == estimator.predict(np.array(rows)).tolist()
-    np.testing.assert_allclose(response.json()["probabilities"], estimator.predict_proba(np.array(rows)), rtol=0, atol=1e-12)
+    assert iris.production_version.serving_path == "web"
+    assert response.json()["predictions"] == iris_model().predict(np.array(rows)).tolist()
+    assert response.json()["probabilities"] == iris_model().predict_proba(np.array(rows)).tolist()  # bit for bit
+    status = ask_host(address_for(tenant_a.organization.id), {"op": "status"})
+    assert [r for r in status["runners"] if r["org"] == tenant_a.organization.id] == []
 
 
 def test_a_reply_that_does_not_come_in_time_is_a_timeout_and_the_connection_is_dropped(settings):

@@ -53,7 +53,7 @@ def linear_predictor_from_spec(spec: dict[str, Any]) -> LinearPredictor:
     """Return ``predict(x) -> (predictions, probabilities or None)`` for a validated ``linear_spec``.
 
     ``x`` must be a 2-D float64 array of ``n_features`` columns (the caller validated it
-    against the signature). The arithmetic is ``inference.linear_fast_path``'s, so the
+    against the signature). The arithmetic is scikit-learn's own, in its order, so the
     answers are bitwise scikit-learn's for the model the sandbox checked. Raises
     InvalidArtifact naming what is wrong with a spec that is not float64/int64 numbers of
     consistent shapes.
@@ -105,16 +105,13 @@ def probabilities_from_scores(scores: np.ndarray, *, proba: str) -> np.ndarray:
 def linear_spec_for(estimator: Any) -> dict[str, Any] | None:
     """The ``linear_spec`` of ``estimator``, or None when it is not a plain linear model.
 
-    Only for models ``inference.linear_fast_path.fast_predict_for`` accepts, with int64 or
-    float64 classes; the spec (after a JSON round trip) must give bitwise the estimator's
+    Only for plain linear models (``_is_plain_linear``), with int64 or float64 classes; the spec (after a JSON round trip) must give bitwise the estimator's
     predictions on probe rows, and ``proba`` is set only when ``probabilities_from_scores``
     gives bitwise its predict_proba too.
     """
     import json
 
-    from inference.linear_fast_path import fast_predict_for
-
-    if fast_predict_for(estimator) is None:
+    if not _is_plain_linear(estimator):
         return None
     from sklearn.base import is_classifier
 
@@ -158,6 +155,32 @@ def linear_spec_for(estimator: Any) -> dict[str, Any] | None:
                     spec["proba"] = candidate
                     break
     return spec
+
+
+def _is_plain_linear(estimator: Any) -> bool:
+    """A classifier keeping LinearClassifierMixin's predict and decision_function (LogisticRegression,
+    SGDClassifier, LinearSVC, Perceptron, ...), or a regressor keeping LinearModel's predict
+    (LinearRegression, ...), with dense float64 coefficients, fitted without feature names.
+
+    Their predict is ``X @ coef_.T + intercept_`` then a threshold or an argmax, which the spec
+    reproduces; a subclass that overrides either method keeps its runner.
+    """
+    from sklearn.linear_model._base import LinearClassifierMixin, LinearModel, MultiOutputLinearModel
+
+    cls = type(estimator)
+    coef = getattr(estimator, "coef_", None)
+    intercept = getattr(estimator, "intercept_", None)
+    if type(coef) is not np.ndarray or coef.dtype != np.float64 or coef.ndim not in (1, 2):
+        return False
+    if not (isinstance(intercept, (float, int)) or (type(intercept) is np.ndarray and intercept.dtype == np.float64)):
+        return False
+    width = getattr(estimator, "n_features_in_", 0)
+    if not isinstance(width, (int, np.integer)) or width <= 0 or getattr(estimator, "feature_names_in_", None) is not None:
+        return False
+    if cls.predict is LinearClassifierMixin.predict and cls.decision_function is LinearClassifierMixin.decision_function:
+        classes = getattr(estimator, "classes_", None)
+        return type(classes) is np.ndarray and classes.ndim == 1
+    return cls.predict in (LinearModel.predict, MultiOutputLinearModel.predict) and cls._decision_function is LinearModel._decision_function
 
 
 def probe_rows(width: int) -> np.ndarray:
