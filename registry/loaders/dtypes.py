@@ -85,7 +85,7 @@ def array_problem(array: np.ndarray) -> str | None:
         return "a structured array holds objects"
     from sklearn.base import BaseEstimator
 
-    for value in array.ravel():
+    for value in np.asarray(array).ravel():  # a MaskedArray yields its data, not `masked`
         if not is_plain_value(value) and not (
             isinstance(value, BaseEstimator) and type(value).__module__.startswith("sklearn.")
         ):

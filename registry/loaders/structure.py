@@ -92,12 +92,12 @@ def check_model_structures(*, model: Any) -> int:
             pending.extend((value, n_features) for value in obj)
         elif isinstance(obj, np.ndarray):
             if obj.dtype.hasobject:
-                pending.extend((value, n_features) for value in obj.ravel())
+                pending.extend((value, n_features) for value in np.asarray(obj).ravel())
             pending.extend((value, n_features) for value in getattr(obj, "__dict__", {}).values())  # MaskedArray's mask
         elif isinstance(obj, np.generic):
-            dtype = obj.dtype
-            if dtype_problem(dtype) is not None:
-                raise UnsafeArtifact(f"The model file is refused: a numpy scalar's dtype is not canonical: its {dtype_problem(dtype)}.")
+            problem = dtype_problem(obj.dtype)
+            if problem is not None:
+                raise UnsafeArtifact(f"The model file is refused: a numpy scalar's dtype is not canonical: its {problem}.")
         elif not isinstance(obj, _OPAQUE) and isinstance(getattr(obj, "__dict__", None), dict):
             # Plain objects (loss functions, calibrators, bunches): their attributes are model state too.
             pending.extend((value, n_features) for value in vars(obj).values())

@@ -462,5 +462,7 @@ def state_corpus() -> list[StateCase]:
             "tamper",
             "sklearn._loss.link.LogitLink",
         ),
-        StateCase("object_array_holding_a_slice", object_array_holding_a_slice, "foreign", "an object array holds a builtins.slice"),
+        StateCase(
+            "object_array_holding_a_slice", object_array_holding_a_slice, "foreign", "an object array holds a builtins.slice"
+        ),
     ]

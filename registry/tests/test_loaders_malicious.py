@@ -433,7 +433,8 @@ def test_dtype_build_on_numpys_shared_dtype_is_refused() -> None:
 
 
 def test_build_twice_on_one_object_is_refused() -> None:
-    data = pickle.dumps(malicious.ReduceWithState(np.dtype, ("f8", False, True), (3, "<", None, None, None, -1, -1, 0)), protocol=2)
+    dtype = malicious.ReduceWithState(np.dtype, ("f8", False, True), (3, "<", None, None, None, -1, -1, 0))
+    data = pickle.dumps(dtype, protocol=2)
     assert data.endswith(b"b.")
     twice = data[:-1] + pickle.EMPTY_DICT + pickle.BUILD + pickle.STOP
     with pytest.raises(UnsafeArtifact, match="it applies BUILD state twice to one numpy.dtype"):

@@ -172,3 +172,47 @@ def test_corrupt_neighbour_trees_are_refused(tmp_path: Path, edit: Any, detail: 
     with pytest.raises(InvalidArtifact) as raised:
         _load_checked(_save(tmp_path, _kneighbors_with(edit)))
     assert raised.value.detail == detail
+
+
+def _holder(value: Any) -> Any:
+    from sklearn.linear_model import LinearRegression
+
+    model = LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0])
+    model.extra_ = value
+    return model
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        pytest.param(
+            np.array([(1, None)], dtype=[("a", "i8"), ("b", "O")]),
+            "The model file is refused: a structured array holds objects.",
+            id="structured_object_field",
+        ),
+        pytest.param(
+            np.ndarray((2,), np.uint64, buffer=np.array([None, True], dtype=object)),
+            "The model file is refused: an array reads the memory of an object array (its bytes are pointers).",
+            id="view_of_object_memory",
+        ),
+        pytest.param(
+            {"nested": [np.array([{"a": 1}], dtype=object)]},
+            "The model file is refused: an object array holds a builtins.dict.",
+            id="object_array_of_dicts",
+        ),
+        pytest.param(
+            np.ma.MaskedArray(np.array(["a", None], dtype=object), mask=[False, True]),
+            None,
+            id="masked_array_of_plain_values_passes",
+        ),
+    ],
+)
+def test_unsafe_numpy_values_anywhere_in_the_model_are_refused(value: Any, detail: str | None) -> None:
+    from platform_site.errors import UnsafeArtifact
+
+    if detail is None:
+        assert check_model_structures(model=_holder(value)) == 0
+        return
+    with pytest.raises(UnsafeArtifact) as raised:
+        check_model_structures(model=_holder(value))
+    assert raised.value.detail == detail
