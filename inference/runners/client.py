@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import select
 import socket
 import threading
 import time
@@ -104,19 +105,21 @@ def _open(org_id: int) -> socket.socket:
 
 
 def _is_open(sock: socket.socket) -> bool:
-    """False when the runner closed (or died): reading ahead without waiting finds EOF."""
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
+    """False when the runner closed (or died): an idle connection that is readable holds EOF.
+
+    A poll with no wait; between requests a runner sends nothing, so anything readable means
+    the connection is over (or out of step, which is as bad).
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return not poller.poll(0)
 
 
 def _connection(org_id: int) -> socket.socket:
     pool = _connections()
     sock = pool.get(org_id)
     if sock is not None and not _is_open(sock):
+        del pool[org_id]
         sock.close()
         sock = None
     if sock is None:

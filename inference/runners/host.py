@@ -110,6 +110,7 @@ class _Runner:
     last_used: float
     connections: int = 0
     stopping: bool = False
+    ended: bool = False  # its control socket closed; not reaped yet
 
 
 @dataclass
@@ -234,7 +235,8 @@ class RunnerHost:
             return
         except OSError:
             message = b""
-        if not message:
+        if not message:  # it exited (or closed its end): the reaper says whether it crashed
+            runner.ended = True
             self._forget(runner)
             return
         try:
@@ -251,6 +253,10 @@ class RunnerHost:
         state = self.orgs.get(runner.org_id)
         if state is not None and runner in state.runners:
             state.runners.remove(runner)
+        if runner.ended and not runner.stopping and runner.pid in self.by_pid and state is not None:
+            # Until the reaper has its exit status, treat it as a crash in progress: a new runner
+            # started now would escape the backoff a crash loop must meet.
+            state.retry_at = max(state.retry_at, time.monotonic() + 0.25)
 
     def _reap(self) -> None:
         while True:

@@ -82,6 +82,8 @@ def start_runner_host(*, socket_path: str, extra_env: dict[str, str] | None = No
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 probe.connect(str(path))
+                if process.poll() is not None:  # another host answers there, not this one
+                    raise RuntimeError(f"the runner host exited (status {process.poll()}):\n{log.read_text()[-3000:]}")
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
