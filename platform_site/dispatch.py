@@ -1,30 +1,37 @@
-"""The WSGI entry point: prediction requests go straight to their view, the rest through Django.
+"""The WSGI entry point: prediction requests go to a small WSGI application of their own, the rest to Django.
 
 DESIGN.md asks for "one request, in order, with nothing else on the way". Through Django's
-full handler a prediction first crosses twelve middleware (sessions, CSRF, messages,
-htmx, two Prometheus passes that record a dozen series) and the URL resolver, which walks
-every pattern of the site: about a fifth of the CPU of an iris request
-(bench/profile_hotpath.py). None of that serves a prediction, which is authenticated by its
-own header and answers JSON. So a POST to one of the six prediction paths is dispatched
-here, to the same view function the URL configuration names, and keeps only what such a
-request needs from the stack it skips:
+full handler a prediction first crosses twelve middleware (sessions, CSRF, messages, htmx,
+two Prometheus passes that record a dozen series) and the URL resolver, which walks every
+pattern of the site: about a fifth of the CPU of an iris request (bench/profile_hotpath.py).
+None of that serves a prediction, which is authenticated by its own header and answers JSON.
+So a POST to one of the six prediction paths is answered by PredictionApp, which calls the
+view the URL configuration names and does, in this order, only this:
 
-- request_started / request_finished (database connection hygiene), as Django's handler,
-  with their receivers' work done in one pass while those are only Django's own (_RequestSignals);
-- the host check (ALLOWED_HOSTS) and the security headers (SecurityMiddleware and
-  XFrameOptionsMiddleware run on the response, so the headers are the same);
-- a database outage answers 503 in the protocol's own error shape, as the middleware does;
-  any other exception goes to Django's own exception handling (logged, a 500);
-- the django_http_* series the autoscaler, alerts and dashboards read: requests by view,
-  responses by status, latency by view, and the before-middleware request counter (the
-  "web is down" alert's absent()); the series nothing reads are not written here.
+1. host check: the Host header against ALLOWED_HOSTS (HttpRequest.get_host); a host Django
+   refuses is handed to Django, which answers its own 400, so the answer is the same;
+2. HTTPS: with SECURE_SSL_REDIRECT, a plain-http request is handed to Django, which redirects it;
+3. database connection hygiene: reset_queries() and close_old_connections() when the request
+   starts, close_old_connections() when it ends: the work Django's own receivers of
+   request_started and request_finished do (the signals themselves are not sent: their
+   dispatch cost 32 against 13 us of CPU a request, measured on this machine; the test
+   suite fails when another receiver is connected to them, see REQUEST_SIGNAL_RECEIVERS);
+4. the view; a database outage answers 503 in the protocol's own error shape, as
+   BackingServiceErrorMiddleware does, and any other exception goes to Django's own
+   exception handling (logged, a 500 without details);
+5. security headers: SecurityMiddleware's and XFrameOptionsMiddleware's process_response;
+6. Content-Length, as CommonMiddleware sets it;
+7. metrics: the django_http_* series the autoscaler, alerts and dashboards read (requests by
+   view, responses by status, latency by view, and the before-middleware request counter the
+   "web is down" alert's absent() reads); the series nothing reads are not written here.
 
-Everything else takes the full path: other methods, a browser's session cookie (the
-"Try it" page authenticates by session and CSRF, which the middleware provide), a plain
-HTTP request where SECURE_SSL_REDIRECT wants HTTPS, a host Django would refuse (it
-answers the 400), a path with a trailing slash. tests/test_dispatch.py checks that every
-fast path resolves to the same view and name in the URL configuration, and that answers
-are the same both ways.
+Everything else takes the full path: other methods, a browser's session cookie (the "Try it"
+page authenticates by session and CSRF, which the middleware provide), a path with a trailing
+slash. MIDDLEWARE_ON_PREDICTIONS says, for every middleware in settings.MIDDLEWARE, which step
+replaces it or why it does not apply; an unlisted one stops the application from starting
+(and a test), so a middleware added later cannot silently skip the prediction endpoints.
+tests/test_dispatch.py checks that every fast path resolves to the same view and name in the
+URL configuration, and that the security headers and host checks are the Django pages' own.
 """
 from __future__ import annotations
 
@@ -33,11 +40,10 @@ import time
 from collections.abc import Callable, Iterable
 
 from django.conf import settings
-from django.core import signals
-from django.core.exceptions import DisallowedHost
+from django.core.exceptions import DisallowedHost, ImproperlyConfigured
 from django.core.handlers.exception import response_for_exception
 from django.core.handlers.wsgi import WSGIHandler, WSGIRequest
-from django.db import InterfaceError, OperationalError, connections
+from django.db import InterfaceError, OperationalError, close_old_connections, reset_queries
 from django.http import HttpResponse
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
@@ -51,89 +57,58 @@ FAST_PATHS = re.compile(
     rf"|v2/models/(?P<v2model>{_SLUG})(?:/versions/(?P<v2number>[0-9]+))?/infer)$"
 )
 
+# Reviewed: what each middleware of settings.MIDDLEWARE does for a prediction request, by the
+# numbered steps of the module docstring. A middleware missing here stops PredictionApp.
+MIDDLEWARE_ON_PREDICTIONS = {
+    "django_prometheus.middleware.PrometheusBeforeMiddleware": "replicated: the request counter (step 7)",
+    "django.middleware.security.SecurityMiddleware": "replicated: its headers (step 5); its HTTPS redirect by handing plain http to Django (step 2)",
+    "whitenoise.middleware.WhiteNoiseMiddleware": "not applicable: serves GET and HEAD under STATIC_URL; predictions are POSTs elsewhere",
+    "platform_site.middleware.BackingServiceErrorMiddleware": "replicated: a database outage answers database_unavailable (step 4)",
+    "django.contrib.sessions.middleware.SessionMiddleware": "not applicable: a request with the session cookie goes to Django; predictions authenticate by API key",
+    "django.middleware.common.CommonMiddleware": "replicated: Content-Length (step 6); APPEND_SLASH and PREPEND_WWW do not apply to a POST on a prediction path; DISALLOWED_USER_AGENTS is unset (tested)",
+    "django.middleware.csrf.CsrfViewMiddleware": "not applicable: the prediction views are csrf_exempt; a browser's session cookie sends the request to Django",
+    "django.contrib.auth.middleware.AuthenticationMiddleware": "not applicable: the prediction views authenticate the API key and never read request.user",
+    "django.contrib.messages.middleware.MessageMiddleware": "not applicable: the prediction views send no messages",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": "replicated: X-Frame-Options (step 5)",
+    "django_htmx.middleware.HtmxMiddleware": "not applicable: the prediction views never read request.htmx",
+    "django_prometheus.middleware.PrometheusAfterMiddleware": "replicated: requests and latency by view, responses by status (step 7)",
+}
+
+# Reviewed: the receivers of the request signals, whose work step 3 does. The test suite
+# fails when another is connected (tests/test_dispatch.py).
+REQUEST_SIGNAL_RECEIVERS = {
+    "request_started": {"django.db.reset_queries", "django.db.close_old_connections"},
+    "request_finished": {"django.db.close_old_connections", "django.core.cache.close_caches", "django.core.handlers.base.reset_urlconf"},
+}
+# close_caches: the configured backends' close() does nothing for Redis and file caches
+# (checked at start: _check_caches); reset_urlconf: nothing on this path sets a URLconf.
+
 
 def _no_view(request):  # the security middleware never calls get_response here
     raise AssertionError("unreachable")
 
 
-class _RequestSignals:
-    """request_started and request_finished around a prediction, as Django's handler sends them.
-
-    Their receivers are Django's own: reset_queries and close_old_connections when a request
-    starts; close_old_connections, close_caches and reset_urlconf when it ends. Each walks the
-    thread's asgiref Locals (connections.all(), caches.all(), the URLconf): 23 µs a request
-    together, 8-11 % of an iris prediction's CPU in process (bench/profile_hotpath.py --loop-only).
-    While the receivers are exactly those, the same work is done in one pass over the thread's
-    database connections at each end: queries_log cleared at the start, and every connection
-    closed if unusable or past CONN_MAX_AGE, at both ends. close_caches is left out only when
-    every configured cache backend's close() is BaseCache's no-op (Redis and file caches);
-    reset_urlconf is left out because nothing on this path sets a URLconf (Django's handler
-    resets the one it sets at the end of its own request). When any other receiver is
-    connected, or one of Django's is disconnected (the test client does), the signals are sent.
-    """
-
-    def __init__(self) -> None:
-        from django.core.cache import close_caches
-        from django.core.handlers.base import reset_urlconf
-        from django.db import close_old_connections, reset_queries
-
-        started, finished = signals.request_started, signals.request_finished
-        # The receivers lists as they are when they are Django's own; None where they are not.
-        self.started_receivers = list(started.receivers) if self._receivers(started) == {reset_queries, close_old_connections} else None
-        self.finished_receivers = (
-            list(finished.receivers)
-            if self._caches_close_nothing() and self._receivers(finished) == {close_old_connections, close_caches, reset_urlconf}
-            else None
+def check_middleware() -> None:
+    """Refuse to start when settings.MIDDLEWARE holds a middleware nobody reviewed for this path."""
+    unreviewed = [name for name in settings.MIDDLEWARE if name not in MIDDLEWARE_ON_PREDICTIONS]
+    if unreviewed:
+        raise ImproperlyConfigured(
+            f"{', '.join(unreviewed)} in MIDDLEWARE: say in platform_site.dispatch.MIDDLEWARE_ON_PREDICTIONS "
+            "whether the prediction application replicates it or why it does not apply"
         )
 
-    @property
-    def lean(self) -> bool:
-        return self.started_receivers is not None and self.finished_receivers is not None
 
-    @staticmethod
-    def _receivers(signal) -> set:
-        sync, asynchronous = signal._live_receivers(WSGIHandler)
-        return set(sync) if not asynchronous else {None}
+def _check_caches() -> None:
+    """close_caches is not called: refuse a cache backend whose close() does something."""
+    from django.core.cache.backends.base import BaseCache
+    from django.utils.module_loading import import_string
 
-    @staticmethod
-    def _caches_close_nothing() -> bool:
-        from django.core.cache.backends.base import BaseCache
-        from django.utils.module_loading import import_string
-
-        return all(import_string(cache["BACKEND"]).close is BaseCache.close for cache in settings.CACHES.values())
-
-    def started(self, environ: dict) -> None:
-        if signals.request_started.receivers != self.started_receivers:
-            signals.request_started.send(sender=WSGIHandler, environ=environ)
-            return
-        for connection in connections.all(initialized_only=True):
-            connection.queries_log.clear()
-            connection.close_if_unusable_or_obsolete()
-
-    def close(self, response: HttpResponse) -> None:
-        """response.close(): its closers, then request_finished."""
-        if signals.request_finished.receivers != self.finished_receivers:
-            response.close()
-            return
-        for closer in response._resource_closers:
-            try:
-                closer()
-            except Exception:  # as HttpResponseBase.close
-                pass
-        response._resource_closers.clear()
-        response.closed = True
-        self._close_obsolete_connections()
-
-    def finished(self) -> None:
-        if signals.request_finished.receivers != self.finished_receivers:
-            signals.request_finished.send(sender=WSGIHandler)
-            return
-        self._close_obsolete_connections()
-
-    @staticmethod
-    def _close_obsolete_connections() -> None:
-        for connection in connections.all(initialized_only=True):
-            connection.close_if_unusable_or_obsolete()
+    for alias, cache in settings.CACHES.items():
+        if import_string(cache["BACKEND"]).close is not BaseCache.close:
+            raise ImproperlyConfigured(
+                f"cache {alias!r} ({cache['BACKEND']}) closes connections at the end of a request, "
+                "which the prediction application does not do: add close_caches() to PredictionApp.finish"
+            )
 
 
 class _DjangoSeries:
@@ -167,12 +142,18 @@ class _DjangoSeries:
         children[1].observe(seconds)
 
 
-class PredictionDispatcher:
-    """WSGI application: the prediction views directly, everything else `django_app`."""
+class PredictionApp:
+    """The prediction endpoints as a WSGI application: the steps of the module docstring.
 
-    def __init__(self, django_app: WSGIHandler) -> None:
+    `handle` returns None for a request Django must answer (a refused host, plain http
+    where HTTPS is required); `__call__` then passes it to `django_app`.
+    """
+
+    def __init__(self, django_app: Callable | None) -> None:
         from inference import views_native, views_protocols
 
+        check_middleware()
+        _check_caches()
         self.django_app = django_app
         # (view function, URL name) by (action, has version number).
         self.views: dict[tuple[str, bool], tuple[Callable, str]] = {
@@ -183,58 +164,55 @@ class PredictionDispatcher:
             ("infer", False): (views_protocols.v2_infer, "v2-infer"),
             ("infer", True): (views_protocols.v2_infer, "v2-infer-version"),
         }
-        self.session_cookie = settings.SESSION_COOKIE_NAME + "="
         self.security = SecurityMiddleware(_no_view)
         self.frame_options = XFrameOptionsMiddleware(_no_view)
         self.series = _DjangoSeries()
-        self.signals = _RequestSignals()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        response = self.handle(environ)
+        match = FAST_PATHS.match(environ.get("PATH_INFO", ""))
+        response = self.handle(environ, match) if match is not None else None
         if response is None:
             return self.django_app(environ, start_response)
+        return self.answer(response, start_response)
+
+    @staticmethod
+    def answer(response: HttpResponse, start_response: Callable) -> list[bytes]:
         start_response(
             f"{response.status_code} {response.reason_phrase}",
             [*response.items(), *(("Set-Cookie", c.output(header="")) for c in response.cookies.values())],
         )
-        if response.streaming:
-            return response
-        # The body is in memory: close now (request_finished) and hand the server a list, which
-        # granian writes in one call instead of iterating a Python object from Rust.
-        content = response.content
-        self.signals.close(response)
-        return [content]
+        # The prediction views never stream: the body is in memory, and a list is written by
+        # granian in one call instead of iterating a Python object from Rust.
+        return [response.content]
 
-    def fast_path(self, environ: dict) -> re.Match | None:
-        """The match of a prediction path this dispatcher serves, or None for Django's."""
-        if environ.get("REQUEST_METHOD") != "POST" or self.session_cookie in environ.get("HTTP_COOKIE", ""):
-            return None
-        return FAST_PATHS.match(environ.get("PATH_INFO", ""))
-
-    def handle(self, environ: dict) -> HttpResponse | None:
-        """The response of a prediction request, or None when the full Django stack should answer.
-
-        Closing the response (the WSGI server does) sends request_finished and closes the request.
-        """
-        match = self.fast_path(environ)
-        if match is None:
-            return None
+    def handle(self, environ: dict, match: re.Match) -> HttpResponse | None:
+        """The response to a prediction request, or None when Django should answer it."""
         started = time.perf_counter()
-        self.signals.started(environ)
         request = WSGIRequest(environ)
         try:
             request.get_host()
         except DisallowedHost:
-            match = None
-        secure = request.is_secure()
-        if match is None or (settings.SECURE_SSL_REDIRECT and not secure):
-            request.close()
-            self.signals.finished()  # Django's handler sends its own pair
             return None
-        response = self._respond(request, match, secure, started)
-        response._handler_class = WSGIHandler
-        response._resource_closers.append(request.close)
-        return response
+        secure = request.is_secure()
+        if settings.SECURE_SSL_REDIRECT and not secure:
+            return None
+        self.start()
+        try:
+            return self._respond(request, match, secure, started)
+        finally:
+            request.close()
+            self.finish()
+
+    @staticmethod
+    def start() -> None:
+        """Django's request_started receivers' work: forget logged queries, close stale connections."""
+        reset_queries()
+        close_old_connections()
+
+    @staticmethod
+    def finish() -> None:
+        """Django's request_finished receivers' work that applies here (see REQUEST_SIGNAL_RECEIVERS)."""
+        close_old_connections()
 
     def _respond(self, request: WSGIRequest, match: re.Match, secure: bool, started: float) -> HttpResponse:
         groups = match.groupdict()
@@ -256,7 +234,30 @@ class PredictionDispatcher:
         except Exception as exc:
             response = response_for_exception(request, exc)
         response = self.frame_options.process_response(request, self.security.process_response(request, response))
-        if not response.streaming and not response.has_header("Content-Length"):
+        if not response.has_header("Content-Length"):
             response.headers["Content-Length"] = str(len(response.content))  # as CommonMiddleware does
         self.series.finished(children, response.status_code, time.perf_counter() - started)
         return response
+
+
+class PredictionDispatcher:
+    """WSGI application: prediction requests to PredictionApp, everything else to `django_app`."""
+
+    def __init__(self, django_app: WSGIHandler | None) -> None:
+        self.predictions = PredictionApp(django_app)
+        self.django_app = django_app
+        self.session_cookie = settings.SESSION_COOKIE_NAME + "="
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        match = self.fast_path(environ)
+        if match is not None:
+            response = self.predictions.handle(environ, match)
+            if response is not None:
+                return self.predictions.answer(response, start_response)
+        return self.django_app(environ, start_response)
+
+    def fast_path(self, environ: dict) -> re.Match | None:
+        """The match of a prediction path PredictionApp serves, or None for Django's."""
+        if environ.get("REQUEST_METHOD") != "POST" or self.session_cookie in environ.get("HTTP_COOKIE", ""):
+            return None
+        return FAST_PATHS.match(environ.get("PATH_INFO", ""))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -19,7 +20,7 @@ from typing import Callable
 import hiredis
 import redis
 from django.conf import settings
-from redis._parsers import BaseParser
+from redis import exceptions as redis_exceptions
 
 from platform_site.metrics import CACHE_UP
 
@@ -86,29 +87,59 @@ class _HotConnection:
     `pending` holds, in send order, how many replies each deferred send expects and the
     callback that takes them. They are read before the next round trip's own replies, or by
     settle(). The connection is not shared while it holds unread replies: each thread keeps
-    its own, returned to the pool (disconnected) when the thread ends.
+    its own, closed when the thread ends.
 
-    redis-py opens the connection (address, TLS, AUTH, SELECT, timeouts) and closes it; the
-    commands and replies on it go through hiredis directly, the packer and reader redis-py
-    itself uses. redis-py's layers over them (per-command encoding and buffering, health-check
-    and error-mapping wrappers, a host string built for each reply) cost 8 % of an iris
-    prediction's CPU: 322-342 against 297-298 µs in process, two runs each of
-    `bench/profile_hotpath.py --loop-only --repeat 40 --requests 250`.
+    The socket is this class's own, opened with the client's connection settings (those
+    redis-py parsed from REDIS_URL: address, TLS, credentials, database, timeouts; see
+    _open_socket), and commands and replies go through hiredis's public packer and reader.
+    redis-py's layers over them (per-command encoding and buffering, health-check and
+    error-mapping wrappers, a host string built for each reply) cost 8 % of an iris
+    prediction's CPU: 322-342 against 297-298 us in process, two runs each of
+    `bench/profile_hotpath.py --loop-only --repeat 40 --requests 250`; owning the socket
+    rather than borrowing redis-py's keeps that without reaching into its private parts.
     Error replies come back as redis-py's exception classes (NoScriptError, ResponseError,
     ...), in place of the reply.
     """
 
     def __init__(self, client: redis.Redis) -> None:
-        self.pool = client.connection_pool
-        self.connection = self.pool.get_connection()  # connected, authenticated, database selected
-        self.sock = self.connection._sock
+        self.pool = client.connection_pool  # which client's settings this connection follows
+        self.sock = _open_socket(client.get_connection_kwargs(), self.pool.connection_class)
         self.plain_tcp = _plain_tcp(self.sock)
-        self.reader = hiredis.Reader(protocolError=redis.exceptions.InvalidResponse, replyError=BaseParser.parse_error)
+        self.reader = hiredis.Reader(protocolError=redis.exceptions.InvalidResponse, replyError=_reply_error)
         self.buffer = bytearray(_READ_SIZE)
         self.pid = os.getpid()
         self.pending: deque[tuple[int, Callable[[list | BaseException], None]]] = deque()
         self.last_used = time.monotonic()
-        weakref.finalize(self, _give_back, self.pool, self.connection, self.pid)
+        weakref.finalize(self, _close_socket, self.sock, self.pid)
+        try:
+            self._hello(client.get_connection_kwargs())
+        except BaseException:
+            self.close()
+            raise
+
+    def _hello(self, options: dict) -> None:
+        """AUTH, SELECT and CLIENT SETNAME as the client's settings ask, in one round trip."""
+        commands = []
+        username, password = options.get("username"), options.get("password")
+        provider = options.get("credential_provider")
+        if provider is not None:
+            credentials = provider.get_credentials()
+            username, password = (None, credentials[0]) if len(credentials) == 1 else credentials
+        if password:
+            commands.append(("AUTH", username, password) if username else ("AUTH", password))
+        if options.get("db"):
+            commands.append(("SELECT", options["db"]))
+        if options.get("client_name"):
+            commands.append(("CLIENT", "SETNAME", options["client_name"]))
+        if not commands:
+            return
+        self.send(tuple(commands))
+        for reply in self.read(len(commands)):
+            if isinstance(reply, redis.RedisError):
+                raise reply
+
+    def close(self) -> None:
+        _close_socket(self.sock, self.pid)
 
     def send(self, commands: tuple) -> None:
         self._write(commands, 0)
@@ -166,6 +197,83 @@ class _HotConnection:
             _settle(settle, exc)
 
 
+def _open_socket(options: dict, connection_class: type) -> socket.socket:
+    """A connected socket to the server `options` (a client's connection settings) name.
+
+    TCP (with TCP_NODELAY, as redis-py sets it), TLS for rediss:// URLs, or a Unix socket;
+    socket_connect_timeout bounds the connection, socket_timeout every read and write after.
+    """
+    timeout = options.get("socket_timeout")
+    connect_timeout = options.get("socket_connect_timeout") or timeout
+    try:
+        if issubclass(connection_class, redis.UnixDomainSocketConnection):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(connect_timeout)
+            sock.connect(options["path"])
+        else:
+            host = options.get("host", "localhost")
+            sock = socket.create_connection((host, options.get("port", 6379)), timeout=connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if options.get("socket_keepalive"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if issubclass(connection_class, redis.SSLConnection):
+                sock = _tls_context(options).wrap_socket(sock, server_hostname=host)
+        sock.settimeout(timeout)
+    except OSError as exc:
+        raise _redis_error(exc, "connecting to") from exc
+    return sock
+
+
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def _tls_context(options: dict) -> ssl.SSLContext:
+    """The TLS settings of a rediss:// URL, with redis-py's defaults (verify the certificate and host)."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"), capath=options.get("ssl_ca_path"))
+    requirement = options.get("ssl_cert_reqs", "required")
+    requirement = _CERT_REQS[requirement.lower()] if isinstance(requirement, str) else requirement
+    context.check_hostname = bool(options.get("ssl_check_hostname", True)) and requirement != ssl.CERT_NONE
+    context.verify_mode = requirement
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"), options.get("ssl_password"))
+    return context
+
+
+# redis-py's exception class for each error code Redis puts first in an error reply.
+_ERROR_CLASSES = {
+    "NOSCRIPT": redis_exceptions.NoScriptError,
+    "WRONGPASS": redis_exceptions.AuthenticationError,
+    "NOAUTH": redis_exceptions.AuthenticationError,
+    "NOPERM": redis_exceptions.NoPermissionError,
+    "LOADING": redis_exceptions.BusyLoadingError,
+    "READONLY": redis_exceptions.ReadOnlyError,
+    "OOM": redis_exceptions.OutOfMemoryError,
+    "EXECABORT": redis_exceptions.ExecAbortError,
+}
+
+
+def _reply_error(message: str) -> redis.RedisError:
+    """The exception an error reply stands for, as redis-py would raise it."""
+    code, _, rest = message.partition(" ")
+    error = _ERROR_CLASSES.get(code)
+    if error is not None:
+        return error(rest)
+    if message.startswith("ERR invalid password"):
+        return redis_exceptions.AuthenticationError(rest)
+    return redis.ResponseError(rest if code == "ERR" else message)
+
+
+def _close_socket(sock: socket.socket, pid: int) -> None:
+    """Close `sock` in the process that opened it (a forked child leaves its parent's alone)."""
+    if os.getpid() != pid:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed by the server, or never fully connected
+        pass
+    sock.close()
+
+
 def _redis_error(exc: OSError, doing: str) -> redis.RedisError:
     """redis-py's error for a socket error (the caller's _drop closes the connection)."""
     if isinstance(exc, socket.timeout):
@@ -183,12 +291,6 @@ def _settle(settle: Callable[[list | BaseException], None], outcome: list | Base
         settle(outcome)
     except Exception:  # one caller's bookkeeping must not break the next request's round trip
         logger.exception("a deferred Redis reply's handler failed")
-
-
-def _give_back(pool, connection, pid: int) -> None:
-    if os.getpid() == pid:
-        connection.disconnect()
-        pool.release(connection)
 
 
 _hot = threading.local()
@@ -209,16 +311,16 @@ def _hot_connection(client: redis.Redis) -> _HotConnection:
 
 
 def _drop(hot: _HotConnection, exc: BaseException | None) -> None:
-    """Forget this thread's connection. With no `exc`, the replies it owes are read first;
-    with one (or if reading fails), the connection is closed and their callers get the error."""
+    """Close and forget this thread's connection. With no `exc`, the replies it owes are read
+    first; with one (or if reading fails), their callers get the error."""
     if exc is None and hot.pending:
         try:
             hot.push()
             hot.read_pending()
         except REDIS_ERRORS as error:
             exc = error
+    hot.close()
     if exc is not None:
-        hot.connection.disconnect()
         hot.fail_pending(exc)
     if getattr(_hot, "connection", None) is hot:
         _hot.connection = None
@@ -230,8 +332,8 @@ def round_trip(client: redis.Redis, *commands: tuple) -> list:
     The hot path's Redis calls go through here rather than through redis-py's command
     methods and pipeline object: those wrap each call in retry, event and response-callback
     layers that cost 80-130 µs of CPU per call on this project's machine, more than the
-    socket I/O itself (bench/RESULTS.md). The connection, its pool and timeouts are
-    redis-py's; commands and replies go through hiredis (see _HotConnection). Replies are raw
+    socket I/O itself (bench/RESULTS.md). The connection follows the client's settings and
+    timeouts; commands and replies go through hiredis (see _HotConnection). Replies are raw
     (bytes, ints, lists); an error reply is returned in its place as a ResponseError, so one
     bad command never leaves the others' replies unread. A connection idle for
     IDLE_CHECK_SECONDS is checked first (_checked_after_idle). Replies owed to earlier

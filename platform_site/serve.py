@@ -16,6 +16,8 @@ What the environment sets (docs/operations.md lists them):
   WEB_THREADS                 Python threads per worker that run requests (2: while one waits
                               for Redis, the other computes; +13 % iris req/s over 1 in
                               bench/inference_bench.py, the same for a forest)
+  WEB_HEADER_TIMEOUT_SECONDS  seconds a client has to send a request's headers (10); granian
+                              has no such bound for the body: see docs/operations.md
   WEB_WORKERS_LIFETIME        seconds after which a worker is replaced (0: never)
   WEB_WORKERS_MAX_RSS_MB      a worker over this resident memory is replaced (0: no limit)
   WEB_ACCESS_LOG              true to log every request
@@ -125,6 +127,7 @@ def port_holder(port: int) -> str:
 def server(target: str = DEFAULT_TARGET):
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
 
     lifetime = _int("WEB_WORKERS_LIFETIME", 0)
     max_rss = _int("WEB_WORKERS_MAX_RSS_MB", 0)
@@ -136,6 +139,9 @@ def server(target: str = DEFAULT_TARGET):
         workers=_int("WEB_CONCURRENCY", 2),
         blocking_threads=_int("WEB_THREADS", 2),
         http=HTTPModes.http1,
+        # A client that has not sent its headers in time is disconnected (granian's default is
+        # 30 s). granian has no bound on the body (emmett-framework/granian#728): the ingress's.
+        http1_settings=HTTP1Settings(header_read_timeout=_int("WEB_HEADER_TIMEOUT_SECONDS", 10) * 1000),
         websockets=False,
         respawn_failed_workers=True,
         workers_lifetime=lifetime or None,

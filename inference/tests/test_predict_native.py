@@ -395,7 +395,7 @@ def test_a_record_whose_reply_is_lost_is_kept_in_process_and_stored_once(tenant_
     def cut_once(self, *args, **kwargs):  # what a Redis restart or a network cut does
         if not cut:
             cut.append(True)
-            self.connection.disconnect()
+            self.close()
             raise redis.ConnectionError("Connection closed by server.")
         return original(self, *args, **kwargs)
 
@@ -434,7 +434,7 @@ def test_a_connection_redis_dropped_while_idle_is_replaced_not_failed_open(tenan
     if settled == "read":
         hot.read_pending()  # the record's replies, in the socket by now
         assert not hot.pending
-    host, port = hot.connection._sock.getsockname()[:2]
+    host, port = hot.sock.getsockname()[:2]
     get_redis().client_kill(f"{host}:{port}")
     hot.last_used -= 3600  # idle for an hour
     second = predict(client, {"inputs": [[6.7, 3.0, 5.2, 2.3]]})

@@ -4,42 +4,42 @@ platform_site.wsgi serves prediction paths with PredictionDispatcher, not Django
 The suite's clients (Django's and DRF's) are ClientHandler subclasses; with this installed,
 a request the dispatcher takes is answered by it, exactly as in production, so every
 prediction test exercises the path production runs. Two differences are the test
-client's: close_old_connections stays disconnected, which would otherwise close the
-connection holding the test's transaction; and the request's prediction record is sent to
+client's: close_old_connections is not called (Django's test client disconnects it from the
+request signals too), which would otherwise close the connection holding the test's
+transaction; and the request's prediction record is sent to
 Redis before the client returns (redis_client.settle_pending) rather than with the next
 request, so a test can read the stream at once.
 """
 from __future__ import annotations
 
 from django.core.handlers.wsgi import WSGIRequest
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
 from django.test.client import ClientHandler
 
 
+def _keep_connections() -> None:
+    """In place of close_old_connections: the test's transaction lives on the connection."""
+
+
 def install(monkeypatch) -> None:
-    from platform_site import redis_client
-    from platform_site.dispatch import PredictionDispatcher
+    from platform_site import dispatch, redis_client
 
     original = ClientHandler.__call__
-    dispatcher = PredictionDispatcher(django_app=None)
+    dispatcher = dispatch.PredictionDispatcher(django_app=None)
 
     def __call__(self, environ):
-        if dispatcher.fast_path(environ) is None:
+        match = dispatcher.fast_path(environ)
+        if match is None:
             return original(self, environ)
-        request_started.disconnect(close_old_connections)
-        request_finished.disconnect(close_old_connections)
+        closes = dispatch.close_old_connections
+        dispatch.close_old_connections = _keep_connections
         try:
-            response = dispatcher.handle(environ)
-            if response is not None:
-                response.close()  # as the WSGI server does: request_finished
+            response = dispatcher.predictions.handle(environ, match)
         finally:
+            dispatch.close_old_connections = closes
             # In production a record leaves for Redis with the worker's next request (or within
             # ~200 ms); a test reads Redis right after its request, so send it now. Tests of
             # that delay call the dispatcher or records.publish directly.
             redis_client.settle_pending()
-            request_started.connect(close_old_connections)
-            request_finished.connect(close_old_connections)
         if response is None:
             return original(self, environ)
         response.served_by_dispatcher = True

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import io
+import weakref
 
 import orjson
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.urls import resolve
 
-from platform_site.dispatch import PredictionDispatcher
+from platform_site.dispatch import MIDDLEWARE_ON_PREDICTIONS, REQUEST_SIGNAL_RECEIVERS, PredictionDispatcher
 from platform_site.wsgi import application
 from registry.tests import factories as f
 
@@ -84,7 +86,7 @@ def test_every_fast_path_is_the_view_the_url_configuration_names(path, name):
     assert resolved.url_name == name
     number = match["number"] or match["v2number"]
     action = "infer" if match["v2model"] else match["action"]
-    view, view_name = dispatcher.views[(action, number is not None)]
+    view, view_name = dispatcher.predictions.views[(action, number is not None)]
     assert (view, view_name) == (resolved.func, name)
 
 
@@ -192,7 +194,6 @@ def test_a_connection_past_its_max_age_is_closed_at_the_end_of_a_prediction(tena
     from django.db import connection
 
     app = PredictionDispatcher(django_app=None)
-    assert app.signals.lean  # the suite's receivers are Django's own here
     assert _predict_through_wsgi(tenant_a, app) == 200  # warm: key, route and model cached
     connection.ensure_connection()
     assert connection.connection is not None
@@ -227,34 +228,110 @@ def test_a_connection_a_prediction_opens_is_closed_at_its_end_without_a_max_age(
         connection.settings_dict["CONN_MAX_AGE"] = max_age
 
 
-@THROUGH_WSGI
-def test_other_receivers_of_the_request_signals_are_sent_them(tenant_a, iris):
+def _receiver_names(signal) -> set[str]:
+    names = set()
+    for entry in signal.receivers:
+        receiver = entry[1]() if isinstance(entry[1], weakref.ReferenceType) else entry[1]
+        if receiver is not None:
+            names.add(f"{receiver.__module__}.{receiver.__qualname__}")
+    return names
+
+
+def test_the_request_signals_have_only_the_receivers_whose_work_the_prediction_app_does():
+    """A receiver added to request_started or request_finished would never run for a prediction:
+    review it, do its work in PredictionApp.start/finish, and list it in REQUEST_SIGNAL_RECEIVERS."""
     from django.core.signals import request_finished, request_started
 
-    app = PredictionDispatcher(django_app=None)
-    assert _predict_through_wsgi(tenant_a, app) == 200
-    seen = []
+    assert _receiver_names(request_started) == REQUEST_SIGNAL_RECEIVERS["request_started"]
+    assert _receiver_names(request_finished) == REQUEST_SIGNAL_RECEIVERS["request_finished"]
 
-    def started(sender, environ, **kwargs):
-        seen.append(("started", environ["PATH_INFO"]))
 
-    def finished(sender, **kwargs):
-        seen.append(("finished", sender.__name__))
+def test_a_receiver_connected_later_is_seen_by_the_signal_check():
+    from django.core.signals import request_finished
 
-    request_started.connect(started)
-    request_finished.connect(finished)
+    def audit(sender, **kwargs):
+        pass
+
+    request_finished.connect(audit)
     try:
-        assert _predict_through_wsgi(tenant_a, app) == 200
+        assert _receiver_names(request_finished) - REQUEST_SIGNAL_RECEIVERS["request_finished"] == {f"{__name__}.{audit.__qualname__}"}
     finally:
-        request_started.disconnect(started)
-        request_finished.disconnect(finished)
-    assert seen == [("started", "/api/v1/models/acme/iris/predict"), ("finished", "WSGIHandler")]
-    assert _predict_through_wsgi(tenant_a, app) == 200
-    assert len(seen) == 2  # disconnected: the one-pass hygiene again
+        request_finished.disconnect(audit)
 
 
-def test_a_cache_backend_that_closes_something_keeps_the_signals(settings):
+def test_every_middleware_is_replicated_or_declared_not_applicable_on_the_prediction_path(settings):
+    """A middleware added to settings.MIDDLEWARE must be reviewed for the prediction path."""
+    assert [name for name in settings.MIDDLEWARE if name not in MIDDLEWARE_ON_PREDICTIONS] == []
+    assert sorted(MIDDLEWARE_ON_PREDICTIONS) == sorted(settings.MIDDLEWARE)  # no stale entry either
+    assert settings.DISALLOWED_USER_AGENTS == []  # CommonMiddleware's refusal, not replicated
+
+
+def test_an_unreviewed_middleware_stops_the_prediction_app_from_starting(settings):
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "django.middleware.gzip.GZipMiddleware"]
+    with pytest.raises(ImproperlyConfigured, match=r"django\.middleware\.gzip\.GZipMiddleware in MIDDLEWARE"):
+        PredictionDispatcher(django_app=None)
+
+
+def test_a_cache_backend_that_closes_something_stops_the_prediction_app_from_starting(settings):
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache", "LOCATION": "127.0.0.1:11211"}}
-    assert not PredictionDispatcher(django_app=None).signals.lean
+    with pytest.raises(ImproperlyConfigured, match="closes connections at the end of a request"):
+        PredictionDispatcher(django_app=None)
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    assert PredictionDispatcher(django_app=None).signals.lean
+    assert PredictionDispatcher(django_app=None).predictions is not None
+
+
+# Headers that describe one particular answer; every other header of a Django page is a
+# security header the prediction answers must carry with the same value.
+ANSWER_HEADERS = {"Content-Type", "Content-Length", "Vary", "Allow", "Location"}
+
+
+def _page_and_prediction(tenant_a, app, *, host: str, https: bool) -> tuple[tuple[int, dict], tuple[int, dict]]:
+    extra = {"HTTP_HOST": host, "wsgi.url_scheme": "https" if https else "http", "SERVER_PORT": "443" if https else "80"}
+    page = environ("/api/v1/me", method="GET", AUTHORIZATION=f"Bearer {tenant_a.api_key}")
+    prediction = environ("/api/v1/models/acme/iris/predict", body=orjson.dumps({"inputs": [ROW]}), AUTHORIZATION=f"Bearer {tenant_a.api_key}")
+    page_status, page_headers, _ = call({**page, **extra}, app)
+    prediction_status, prediction_headers, _ = call({**prediction, **extra}, app)
+    return (page_status, page_headers), (prediction_status, prediction_headers)
+
+
+@THROUGH_WSGI
+@pytest.mark.parametrize(
+    "redirect, https, host, statuses",
+    [
+        pytest.param(False, False, "testserver", (200, 200), id="http"),
+        pytest.param(False, True, "testserver", (200, 200), id="https"),
+        pytest.param(True, False, "testserver", (301, 301), id="http-redirected-to-https"),
+        pytest.param(True, True, "testserver", (200, 200), id="https-required"),
+        pytest.param(False, False, "evil.example", (400, 400), id="refused-host"),
+        pytest.param(True, True, "evil.example", (400, 400), id="refused-host-over-https"),
+        pytest.param(True, False, "evil.example", (400, 400), id="refused-host-over-http"),
+    ],
+)
+def test_a_prediction_answers_with_the_security_headers_and_host_checks_of_the_django_pages(tenant_a, iris, settings, redirect, https, host, statuses):
+    from django.core.handlers.wsgi import WSGIHandler
+
+    settings.SECURE_SSL_REDIRECT = redirect
+    settings.SECURE_HSTS_SECONDS = 3600
+    app = PredictionDispatcher(WSGIHandler())  # middleware read their settings when loaded
+    (page_status, page_headers), (prediction_status, prediction_headers) = _page_and_prediction(tenant_a, app, host=host, https=https)
+
+    assert (page_status, prediction_status) == statuses
+    security = {name: value for name, value in page_headers.items() if name not in ANSWER_HEADERS}
+    assert {name: prediction_headers.get(name) for name in security} == security
+    if statuses[0] == 200:
+        assert {"X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy", "Cross-Origin-Opener-Policy"} <= set(security)
+        assert ("Strict-Transport-Security" in security) == https
+    if statuses[0] == 301:
+        assert prediction_headers["Location"] == "https://testserver/api/v1/models/acme/iris/predict"
+
+
+@THROUGH_WSGI
+def test_the_prediction_app_itself_adds_the_security_headers(tenant_a, iris, settings):
+    """Called on its own, without Django's handler behind it, the headers are still there."""
+    from platform_site.dispatch import PredictionApp
+
+    env = environ("/api/v1/models/acme/iris/predict", body=orjson.dumps({"inputs": [ROW]}), X_API_KEY=tenant_a.api_key)
+    status, headers, _ = call(env, PredictionApp(django_app=None))
+    assert status == 200
+    assert (headers["X-Frame-Options"], headers["X-Content-Type-Options"], headers["Referrer-Policy"]) == ("DENY", "nosniff", "same-origin")
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin"

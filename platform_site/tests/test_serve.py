@@ -10,12 +10,13 @@ from platform_site import serve
 
 
 def test_defaults_serve_the_wsgi_application_on_two_workers(monkeypatch):
-    for name in ("HOST", "PORT", "WEB_CONCURRENCY", "WEB_THREADS", "WEB_WORKERS_LIFETIME", "WEB_WORKERS_MAX_RSS_MB", "WEB_ACCESS_LOG"):
+    for name in ("HOST", "PORT", "WEB_CONCURRENCY", "WEB_THREADS", "WEB_HEADER_TIMEOUT_SECONDS", "WEB_WORKERS_LIFETIME", "WEB_WORKERS_MAX_RSS_MB", "WEB_ACCESS_LOG"):
         monkeypatch.delenv(name, raising=False)
     server = serve.server()
     assert server.target == "platform_site.wsgi:application"
     assert (server.bind_addr, server.bind_port) == ("0.0.0.0", 8000)
     assert (server.workers, server.blocking_threads) == (2, 2)
+    assert server.http1_settings.header_read_timeout == 10_000
     assert server.respawn_failed_workers is True
     assert server.workers_lifetime is None and server.workers_rss is None
     assert server.interface.value == "wsgi" and server.http.value == "1"
@@ -26,12 +27,14 @@ def test_the_environment_sets_the_server(monkeypatch):
     monkeypatch.setenv("PORT", "9123")
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
     monkeypatch.setenv("WEB_THREADS", "3")
+    monkeypatch.setenv("WEB_HEADER_TIMEOUT_SECONDS", "4")
     monkeypatch.setenv("WEB_WORKERS_LIFETIME", "3600")
     monkeypatch.setenv("WEB_WORKERS_MAX_RSS_MB", "900")
     monkeypatch.setenv("WEB_ACCESS_LOG", "true")
     server = serve.server("floor_app:app")
     assert server.target == "floor_app:app"
     assert (server.bind_addr, server.bind_port, server.workers, server.blocking_threads) == ("127.0.0.1", 9123, 4, 3)
+    assert server.http1_settings.header_read_timeout == 4000
     assert (server.workers_lifetime, server.workers_rss, server.log_access) == (3600, 900 * 1024 * 1024, True)
 
 
