@@ -72,6 +72,7 @@ MIDDLEWARE_ON_PREDICTIONS = {
     "django.middleware.clickjacking.XFrameOptionsMiddleware": "replicated: X-Frame-Options (step 5)",
     "django_htmx.middleware.HtmxMiddleware": "not applicable: the prediction views never read request.htmx",
     "django_prometheus.middleware.PrometheusAfterMiddleware": "replicated: requests and latency by view, responses by status (step 7)",
+    "axes.middleware.AxesMiddleware": "not applicable: it answers sign-in lockouts raised by django.contrib.auth.authenticate(); predictions check an API key or a JWT and never sign in",
 }
 
 # Reviewed: the receivers of the request signals, whose work step 3 does. The test suite
