@@ -305,6 +305,12 @@ ANALYTICS_DRIFT_WINDOW_HOURS = env.int("ANALYTICS_DRIFT_WINDOW_HOURS", default=2
 ANALYTICS_DRIFT_REFERENCE_DAYS = env.int("ANALYTICS_DRIFT_REFERENCE_DAYS", default=7)
 ANALYTICS_DRIFT_SHARE_THRESHOLD = env.float("ANALYTICS_DRIFT_SHARE_THRESHOLD", default=0.5)
 ANALYTICS_DRIFT_MAX_ROWS = env.int("ANALYTICS_DRIFT_MAX_ROWS", default=200_000)
+# Reports asked for through the API and the web, per organization in any hour (429 past it).
+ANALYTICS_DRIFT_REPORTS_PER_HOUR = env.int("ANALYTICS_DRIFT_REPORTS_PER_HOUR", default=20)
+# A report's task is stopped after this long (under the broker's visibility timeout) ...
+ANALYTICS_DRIFT_TIME_LIMIT_SECONDS = env.int("ANALYTICS_DRIFT_TIME_LIMIT_SECONDS", default=900)
+# ... and a report still pending or running after this long is failed (its task was lost).
+ANALYTICS_DRIFT_STALE_SECONDS = env.int("ANALYTICS_DRIFT_STALE_SECONDS", default=1800)
 ANALYTICS_QUALITY_LOOKBACK_DAYS = env.int("ANALYTICS_QUALITY_LOOKBACK_DAYS", default=7)
 ANALYTICS_SRM_P_VALUE = env.float("ANALYTICS_SRM_P_VALUE", default=0.001)
 ANALYTICS_ROLLUP_WORK_MEM = env.str("ANALYTICS_ROLLUP_WORK_MEM", default="256MB")

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
@@ -244,19 +242,11 @@ def test_log_in_out_and_not_found(browser, web, screenshots_dir, tenant_a):
 # ---------------------------------------------------------------------------- with real workers
 
 
-def worker_broker_url() -> str:
-    """Redis database TEST_BROKER_REDIS_DB (12 unless set) of the suite's Redis: the workers' own broker."""
-    from django.conf import settings
-
-    parts = urlsplit(settings.REDIS_URL or "redis://127.0.0.1:6379/0")
-    return urlunsplit(parts._replace(path=f"/{os.environ.get('TEST_BROKER_REDIS_DB', '12')}"))
-
-
 @pytest.fixture
 def workers(django_db_setup):
     """Real Celery processes on the test database. Beat drains the prediction stream every half
     second and rolls usage up every second (production: 2 s and 5 min); the rest waits an hour."""
-    from platform_site.tests.workers import WorkerPool, publishing_to
+    from platform_site.tests.workers import WorkerPool, publishing_to, worker_broker_url
 
     broker = worker_broker_url()
     redis.Redis.from_url(broker).flushdb()
