@@ -377,6 +377,15 @@ PROMETHEUS_EXPORT_MIGRATIONS = False
 # <METRICS_TOKEN>`. Unset, it is open under DEBUG (make run) and a 403 otherwise.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
+# Outgoing email (sign-up confirmations): EMAIL_URL such as smtp+tls://user:password@host:587.
+# The default prints each message on the web process's console (make run); the tests collect
+# them in memory. Production must set EMAIL_URL, or no one can finish signing up.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Modelhost <no-reply@modelhost.localhost>")
+# How long a sign-up's confirmation link works, and how often one address is sent a message.
+REGISTRATION_CONFIRM_HOURS = env.int("REGISTRATION_CONFIRM_HOURS", default=48)
+REGISTRATION_EMAIL_INTERVAL_SECONDS = env.int("REGISTRATION_EMAIL_INTERVAL_SECONDS", default=60)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+from django.core import mail
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
@@ -70,6 +71,12 @@ def test_sign_up_upload_try_promote_and_roll_back(browser, web, screenshots_dir,
     expect(page.locator("#error-password")).to_contain_text("too short")
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit].primary")
+    expect(page.locator("#signup-sent")).to_contain_text("Check your inbox: we sent a message to ada@example.com.")
+    check_page(page, screenshots_dir, "signup-sent")
+    (message,) = mail.outbox  # the live server runs in this process: its email lands here
+    page.goto(re.search(r"https?://[^/\s]+(/signup/confirm/\S+/)", message.body).group(1))
+    check_page(page, screenshots_dir, "signup-confirm")
+    page.click("text=Confirm and open Modelhost")
     expect(page).to_have_url(re.compile(r"/orgs/acme-lab/$"))
     page.fill("#id_name", "iris")
     page.fill("#id_description", "Iris flowers, logistic regression")
