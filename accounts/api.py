@@ -4,6 +4,7 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from django.conf import settings
+from django.urls import reverse
 from rest_framework import serializers, status
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import AllowAny
@@ -35,7 +36,23 @@ class OrganizationOutputSerializer(serializers.Serializer):
     role = serializers.CharField(source="caller_role", default=None)
 
 
+def registration_links(request) -> dict:
+    """The web pages a sign-up's email links to, on the host the request came to."""
+    return {
+        "link_for": lambda token: request.build_absolute_uri(reverse("signup-confirm", args=[token])),
+        "login_url": request.build_absolute_uri(reverse("login")),
+    }
+
+
+def registration_sent_message(email: str) -> str:
+    """What a sign-up answers, the same whether or not `email` already has an account."""
+    return f"Check your inbox: we sent a message to {email}. Open its link to finish signing up."
+
+
 class RegisterApi(APIView):
+    """Answers 202 and the same body whether or not the email has an account (the inbox learns
+    which); the account is made by `POST /api/v1/auth/register/confirm` with the emailed token."""
+
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
@@ -45,11 +62,26 @@ class RegisterApi(APIView):
         name = serializers.CharField(required=False, allow_blank=True, max_length=150, default="")
         organization = serializers.CharField(required=False, allow_blank=True, max_length=150, default="")
 
+    @extend_schema(request=InputSerializer, responses={202: OpenApiTypes.OBJECT})
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        email = services.register_user(**data.validated_data, **registration_links(request))
+        return Response({"email": email, "detail": registration_sent_message(email)}, status=status.HTTP_202_ACCEPTED)
+
+
+class RegisterConfirmApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(StrictSerializer):
+        token = serializers.CharField(max_length=100)
+
     @extend_schema(request=InputSerializer, responses={201: UserOutputSerializer})
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user, org = services.register_user(**data.validated_data, ip_address=request.META.get("REMOTE_ADDR"))
+        user, org = services.confirm_registration(token=data.validated_data["token"], ip_address=request.META.get("REMOTE_ADDR"))
         org.caller_role = Role.OWNER
         return Response(
             {"user": UserOutputSerializer(user).data, "organization": OrganizationOutputSerializer(org).data},

@@ -47,6 +47,23 @@ class User(AbstractUser):
         return self.email
 
 
+class PendingRegistration(models.Model):
+    """A sign-up waiting for its email address to be confirmed; the account exists only after.
+
+    Only the token's SHA-256 is stored. The password is stored hashed, as a User's is.
+    """
+
+    email = models.EmailField(db_index=True)
+    name = models.CharField(max_length=150, blank=True)
+    organization = models.CharField(max_length=150, blank=True)
+    password = models.CharField(max_length=128)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"pending sign-up of {self.email}"
+
+
 class Organization(models.Model):
     """The tenant: every model, key and record belongs to exactly one organization."""
 

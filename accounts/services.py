@@ -1,14 +1,22 @@
 """Writes and rules for accounts: registration, organizations, memberships, API keys, audit."""
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+import secrets
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
+from django.contrib.auth.hashers import make_password
 from django.contrib.auth.password_validation import validate_password
+from django.core.cache import cache
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
+from redis.exceptions import RedisError
 
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
@@ -17,9 +25,9 @@ from rest_framework_simplejwt.tokens import RefreshToken, TokenError
 from accounts import selectors
 from accounts.authentication import forget_cached_keys
 from accounts.keys import generate_key, hash_key
-from accounts.models import ROLE_RANK, ApiKey, AuditEvent, Membership, Organization, Role, Scope, User
+from accounts.models import ROLE_RANK, ApiKey, AuditEvent, Membership, Organization, PendingRegistration, Role, Scope, User
 from accounts.principals import Caller
-from platform_site.errors import Conflict, InvalidInput, PermissionDenied, Unauthenticated
+from platform_site.errors import Conflict, InvalidInput, PermissionDenied, ServiceUnavailable, Unauthenticated
 
 RESERVED_SLUGS = {"api", "admin", "static", "v2", "new", "me", "orgs", "models", "login", "logout", "signup"}
 
@@ -78,18 +86,76 @@ def _check_slug(slug: str) -> None:
 
 
 @transaction.atomic
-def register_user(*, email: str, password: str, name: str = "", organization: str = "", ip_address: str | None = None) -> tuple[User, Organization]:
-    """Create a user and their first organization (they own it)."""
-    email = email.strip().lower()
-    if User.objects.filter(email__iexact=email).exists():
-        raise Conflict(f"An account with the email {email} already exists.", errors=[{"field": "email", "message": "already registered"}])
+def register_user(*, email: str, password: str, name: str = "", organization: str = "", link_for: Callable[[str], str], login_url: str) -> str:
+    """Ask for an account: email the address a confirmation link, or, when it already has an
+    account, a note saying so. Returns the normalized email.
+
+    The caller learns nothing about which happened: both paths check the password, hash it,
+    and send one message (at most one per address per REGISTRATION_EMAIL_INTERVAL_SECONDS,
+    so the form cannot flood an inbox). The account is made only by `confirm_registration`.
+    """
+    email = User.objects.normalize_email(email.strip()).lower()
     _check_password(password, user=User(email=email, name=name))
+    hashed = make_password(password)  # on both paths: a taken address answers no faster
+    if not _may_email(email):
+        return email
+    if User.objects.filter(email__iexact=email).exists():
+        _send(
+            to=email,
+            subject="You already have a Modelhost account",
+            body=(
+                f"Someone, probably you, tried to sign up for Modelhost with {email}, which already has an account.\n\n"
+                f"Log in at {login_url}\n\nIf it was not you, you can ignore this message: nothing has changed."
+            ),
+        )
+        return email
+    token = secrets.token_urlsafe(32)
+    PendingRegistration.objects.create(
+        email=email, name=name, organization=organization, password=hashed, token_hash=hashlib.sha256(token.encode()).hexdigest()
+    )
+    _send(
+        to=email,
+        subject="Confirm your Modelhost account",
+        body=(
+            f"Open this link to finish signing up for Modelhost with {email}:\n\n{link_for(token)}\n\n"
+            f"It works for {settings.REGISTRATION_CONFIRM_HOURS} hours. If you did not sign up, ignore this message: "
+            f"no account is made without it."
+        ),
+    )
+    return email
+
+
+def _may_email(email: str) -> bool:
+    key = "registration-mail:" + hashlib.sha256(email.encode()).hexdigest()
+    try:
+        return cache.add(key, 1, timeout=settings.REGISTRATION_EMAIL_INTERVAL_SECONDS)
+    except RedisError:  # Redis down: send, rather than lock everyone out of signing up
+        return True
+
+
+def _send(*, to: str, subject: str, body: str) -> None:
+    try:
+        send_mail(subject, body, None, [to])
+    except OSError as exc:  # SMTP refused or unreachable
+        raise ServiceUnavailable("The confirmation email could not be sent; try again in a few minutes.") from exc
+
+
+def confirm_registration(*, token: str, ip_address: str | None = None) -> tuple[User, Organization]:
+    """Make the account and its first organization from a sign-up's emailed token (once)."""
+    oldest = timezone.now() - timedelta(hours=settings.REGISTRATION_CONFIRM_HOURS)
+    pending = PendingRegistration.objects.filter(token_hash=hashlib.sha256(token.encode()).hexdigest(), created_at__gte=oldest).first()
+    if pending is None:
+        raise InvalidInput(
+            "This confirmation link is not valid or has expired; sign up again to get a new one.",
+            errors=[{"field": "token", "message": "not valid or expired"}],
+        )
     try:
         with transaction.atomic():
-            user = User.objects.create_user(email=email, password=password, name=name)
-    except IntegrityError:
-        raise Conflict(f"An account with the email {email} already exists.", errors=[{"field": "email", "message": "already registered"}]) from None
-    org_name = organization.strip() or (f"{name}'s organization" if name else email.split("@")[0])
+            PendingRegistration.objects.filter(email__iexact=pending.email).delete()
+            user = User.objects.create(email=pending.email, name=pending.name, password=pending.password)
+    except IntegrityError:  # the address was confirmed through another link meanwhile
+        raise Conflict(f"The account of {pending.email} is already confirmed; log in.", errors=[{"field": "token", "message": "already used"}]) from None
+    org_name = pending.organization.strip() or (f"{pending.name}'s organization" if pending.name else pending.email.split("@")[0])
     org = create_organization(caller=Caller(user=user, ip_address=ip_address), name=org_name)
     return user, org
 

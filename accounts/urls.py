@@ -4,6 +4,7 @@ from accounts import api
 
 urlpatterns = [
     path("auth/register", api.RegisterApi.as_view(), name="api-register"),
+    path("auth/register/confirm", api.RegisterConfirmApi.as_view(), name="api-register-confirm"),
     path("auth/token", api.TokenObtainApi.as_view(), name="api-token"),
     path("auth/token/refresh", api.TokenRefreshApi.as_view(), name="api-token-refresh"),
     path("auth/logout", api.LogoutApi.as_view(), name="api-logout"),

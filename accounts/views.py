@@ -27,6 +27,7 @@ from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
 from accounts.models import ROLE_RANK, Organization, Role, Scope
+from accounts.api import registration_links, registration_sent_message
 from accounts.authentication import sign_in_lockout_message
 from accounts.principals import Caller
 from platform_site.errors import ModelhostError, NotFound
@@ -173,18 +174,30 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def signup(request: HttpRequest) -> HttpResponse:
+    """The sign-up form; a valid one answers "check your inbox" whether or not the address has an account."""
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            user, organization = services.register_user(**form.cleaned_data, ip_address=request.META.get("REMOTE_ADDR"))
+            email = services.register_user(**form.cleaned_data, **registration_links(request))
         except ModelhostError as exc:
             show_errors(form, exc)
         else:
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-            request.session[CURRENT_ORG_SESSION_KEY] = organization.slug
-            messages.success(request, f"Welcome! Your organization {organization.name} is ready: create a model to upload your first version.")
-            return redirect("org-home", org=organization.slug)
+            return render_page(request, "accounts/signup_sent.html", {"message": registration_sent_message(email)})
     return render_page(request, "accounts/signup.html", {"form": form})
+
+
+def signup_confirm(request: HttpRequest, token: str) -> HttpResponse:
+    """The emailed link: a button (mail scanners follow links with GET, so only a POST makes the account)."""
+    if request.method == "POST":
+        try:
+            user, organization = services.confirm_registration(token=token, ip_address=request.META.get("REMOTE_ADDR"))
+        except ModelhostError as exc:
+            return render_page(request, "accounts/signup_confirm.html", {"error": exc.detail}, status=exc.status)
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        request.session[CURRENT_ORG_SESSION_KEY] = organization.slug
+        messages.success(request, f"Welcome! Your organization {organization.name} is ready: create a model to upload your first version.")
+        return redirect("org-home", org=organization.slug)
+    return render_page(request, "accounts/signup_confirm.html", {})
 
 
 def sign_in_locked_out(request: HttpRequest, original_response=None, credentials=None) -> HttpResponse:

@@ -8,6 +8,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(template_name="accounts/login.html", form_class=views.EmailLoginForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("signup/", views.signup, name="signup"),
+    path("signup/confirm/<str:token>/", views.signup_confirm, name="signup-confirm"),
     path("password/", views.PasswordChangeView.as_view(), name="password-change"),
     # "orgs" and "new" are reserved slugs, so these paths never shadow an organization.
     path("orgs/", views.organization_switch, name="org-switch"),

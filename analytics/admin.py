@@ -1,16 +1,14 @@
 """The operators' console: a platform dashboard drawn from the rollups, and the analytics tables."""
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from accounts.principals import Caller
 from analytics import charts
 from analytics.models import AlertSettings, DriftReport, PlatformDashboard, QualityRollup, UsageRollup
 from analytics.selectors.dashboard import platform_overview
@@ -80,8 +78,12 @@ class PlatformDashboardAdmin(ReadOnlyAdmin):
         try:
             version = ModelVersion.objects.select_related("registered_model__organization").get(pk=int(request.POST.get("version_id", "")))
             hours = int(request.POST.get("window_hours") or drift_services.default_window_hours())
-            report = drift_services.run_drift_report(
-                version=version, window_start=timezone.now() - timedelta(hours=hours), window_end=timezone.now(), trigger=DriftReport.Trigger.ADMIN
+            report = drift_services.request_report(
+                caller=Caller(user=request.user),
+                model=version.registered_model,
+                version_number=version.number,
+                window_hours=hours,
+                trigger=DriftReport.Trigger.ADMIN,
             )
         except (ValueError, ModelVersion.DoesNotExist):
             messages.error(request, "Choose a version and a whole number of hours.")
@@ -89,27 +91,28 @@ class PlatformDashboardAdmin(ReadOnlyAdmin):
         except ModelhostError as exc:
             messages.error(request, exc.detail)
             return HttpResponseRedirect(back)
-        verdict = "drift" if report.is_drift else "no drift"
-        messages.success(request, f"Drift report {report.pk} for {version}: {verdict} ({report.drifted_features} of {report.n_features} features).")
+        messages.success(request, f"Drift report {report.pk} for {version} is queued for the worker.")
         return HttpResponseRedirect(reverse("admin:analytics_driftreport_change", args=[report.pk]))
 
 
 @admin.register(DriftReport)
 class DriftReportAdmin(ReadOnlyAdmin):
-    list_display = ["id", "registered_model", "version", "trigger", "window_start", "window_end", "is_drift", "share_drifted", "current_rows", "created_at"]
-    list_filter = ["is_drift", "trigger", "created_at"]
+    list_display = ["id", "registered_model", "version", "trigger", "status", "window_start", "window_end", "is_drift", "share_drifted", "current_rows", "created_at"]
+    list_filter = ["status", "is_drift", "trigger", "created_at"]
     search_fields = ["registered_model__name", "organization__slug"]
     list_select_related = ["registered_model__organization", "version__registered_model__organization"]
     readonly_fields = ["feature_table"]
     actions = ["run_again"]
     fieldsets = [
-        (None, {"fields": ["organization", "registered_model", "version", "trigger", "window_start", "window_end", "is_drift", "created_at"]}),
+        (None, {"fields": ["organization", "registered_model", "version", "trigger", "status", "error", "window_start", "window_end", "is_drift", "created_at"]}),
         ("Per feature", {"fields": ["feature_table"]}),
         ("Alert", {"fields": ["alerted_at", "webhook_delivered_at", "webhook_attempts", "webhook_error"]}),
     ]
 
     @admin.display(description="Features")
     def feature_table(self, report: DriftReport):
+        if report.status != DriftReport.Status.DONE:
+            return format_html("<p><strong>{}</strong> {}</p>", report.get_status_display(), report.error or "(computed by the worker)")
         rows = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -135,13 +138,17 @@ class DriftReportAdmin(ReadOnlyAdmin):
         for report in queryset.select_related("version__registered_model__organization"):
             length = report.window_end - report.window_start
             try:
-                new = drift_services.run_drift_report(
-                    version=report.version, window_start=timezone.now() - length, window_end=timezone.now(), trigger=DriftReport.Trigger.ADMIN
+                new = drift_services.request_report(
+                    caller=Caller(user=request.user),
+                    model=report.registered_model,
+                    version_number=report.version.number,
+                    window_hours=max(1, round(length.total_seconds() / 3600)),
+                    trigger=DriftReport.Trigger.ADMIN,
                 )
             except ModelhostError as exc:
                 messages.error(request, f"{report.version}: {exc.detail}")
                 continue
-            messages.success(request, f"{report.version}: report {new.pk}, {'drift' if new.is_drift else 'no drift'}.")
+            messages.success(request, f"{report.version}: report {new.pk} is queued for the worker.")
 
 
 def _number(value) -> str:

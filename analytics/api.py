@@ -110,22 +110,31 @@ class DriftFeatureSerializer(serializers.Serializer):
 
 
 class DriftReportSummarySerializer(serializers.Serializer):
+    """A report; its results are null until `status` is done (`error` says why one failed)."""
+
     id = serializers.IntegerField()
     model = serializers.CharField(source="registered_model.full_name")
     version = serializers.IntegerField(source="version.number")
     trigger = serializers.CharField()
+    status = serializers.ChoiceField(choices=DriftReport.Status.choices)
+    error = serializers.CharField()
     window_start = serializers.DateTimeField()
     window_end = serializers.DateTimeField()
-    reference_source = serializers.CharField()
-    reference_rows = serializers.IntegerField()
-    current_rows = serializers.IntegerField()
-    n_features = serializers.IntegerField()
-    drifted_features = serializers.IntegerField()
-    share_drifted = serializers.FloatField()
+    reference_source = serializers.SerializerMethodField()
+    reference_rows = serializers.IntegerField(allow_null=True)
+    current_rows = serializers.IntegerField(allow_null=True)
+    n_features = serializers.IntegerField(allow_null=True)
+    drifted_features = serializers.IntegerField(allow_null=True)
+    share_drifted = serializers.FloatField(allow_null=True)
     drift_share_threshold = serializers.FloatField()
-    is_drift = serializers.BooleanField()
+    is_drift = serializers.BooleanField(allow_null=True)
     prediction_drifted = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField()
+
+    def get_reference_source(self, report) -> str | None:
+        return report.reference_source or None
 
     def get_prediction_drifted(self, report) -> bool | None:
         return report.prediction.get("drifted") if report.prediction else None
@@ -152,19 +161,27 @@ class DriftReportListApi(APIView):
         _, registered = resolve_model(request, org, model)
         return paginated(request, self, drift_selectors.reports_of(model=registered), DriftReportSummarySerializer)
 
-    @extend_schema(request=InputSerializer, responses={201: DriftReportOutputSerializer})
+    @extend_schema(
+        request=InputSerializer,
+        responses={202: DriftReportOutputSerializer},
+        description="Queues a report for the worker and answers 202 with it `pending`; poll `GET /api/v1/drift-reports/{id}` "
+        "until `status` is `done` or `failed`. 409 (naming the report) while the model has one pending or running; 429 with "
+        "Retry-After past the organization's reports per hour.",
+    )
     def post(self, request, org: str, model: str):
         caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
         data = self.InputSerializer(data=request.data or {})
         data.is_valid(raise_exception=True)
-        report = drift_services.run_report_now(
+        report = drift_services.request_report(
             caller=caller,
             model=registered,
             version_number=data.validated_data.get("version"),
             window_hours=data.validated_data.get("window_hours"),
             trigger=DriftReport.Trigger.API,
         )
-        return Response(DriftReportOutputSerializer(report).data, status=status.HTTP_201_CREATED)
+        return Response(
+            DriftReportOutputSerializer(report).data, status=status.HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/drift-reports/{report.pk}"}
+        )
 
 
 class DriftReportDetailApi(APIView):

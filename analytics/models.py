@@ -122,9 +122,23 @@ class QualityRollup(models.Model):
 
 
 class DriftReport(models.Model):
-    """One comparison of a version's reference data with the inputs it served in a window."""
+    """One comparison of a version's reference data with the inputs it served in a window.
+
+    A report asked for through the API or the web starts `pending` with its results empty
+    (NULL) and is computed by the worker (`running`, then `done` or `failed` with `error`);
+    scheduled reports are computed by the worker from the start and stored `done`.
+    """
 
     TENANT_PATH = "organization"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    # The statuses a model may hold only one report in at a time.
+    UNFINISHED = (Status.PENDING, Status.RUNNING)
 
     class Trigger(models.TextChoices):
         API = "api", "API"
@@ -139,18 +153,20 @@ class DriftReport(models.Model):
     registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="+")
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
     trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DONE)
+    error = models.CharField(max_length=500, blank=True)
     window_start = models.DateTimeField()
     window_end = models.DateTimeField()
-    reference_source = models.CharField(max_length=20, choices=ReferenceSource.choices)
+    reference_source = models.CharField(max_length=20, choices=ReferenceSource.choices, blank=True)
     reference_start = models.DateTimeField(null=True, blank=True)
     reference_end = models.DateTimeField(null=True, blank=True)
-    reference_rows = models.PositiveIntegerField()
-    current_rows = models.PositiveIntegerField()
+    reference_rows = models.PositiveIntegerField(null=True, blank=True)
+    current_rows = models.PositiveIntegerField(null=True, blank=True)
     drift_share_threshold = models.FloatField()
-    n_features = models.PositiveIntegerField()
-    drifted_features = models.PositiveIntegerField()
-    share_drifted = models.FloatField()
-    is_drift = models.BooleanField()
+    n_features = models.PositiveIntegerField(null=True, blank=True)
+    drifted_features = models.PositiveIntegerField(null=True, blank=True)
+    share_drifted = models.FloatField(null=True, blank=True)
+    is_drift = models.BooleanField(null=True, blank=True)
     # [{"name", "type", "test", "statistic", "p_value", "threshold", "drifted", "psi", "psi_band",
     #   "histogram": {...}}] in signature order.
     features = models.JSONField(default=list)
@@ -159,6 +175,8 @@ class DriftReport(models.Model):
     seconds = models.FloatField(default=0.0)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
     alerted_at = models.DateTimeField(null=True, blank=True)
     webhook_delivered_at = models.DateTimeField(null=True, blank=True)
     webhook_attempts = models.PositiveIntegerField(default=0)
@@ -166,8 +184,16 @@ class DriftReport(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["version", "-created_at"]), models.Index(fields=["registered_model", "-created_at"])]
+        indexes = [
+            models.Index(fields=["version", "-created_at"]),
+            models.Index(fields=["registered_model", "-created_at"]),
+            models.Index(fields=["organization", "-created_at"]),
+        ]
         constraints = [
+            # One report computed at a time per model: a member looping on "run now" queues one.
+            models.UniqueConstraint(
+                fields=["registered_model"], condition=models.Q(status__in=["pending", "running"]), name="one_unfinished_drift_report_per_model"
+            ),
             # The beat schedule may fire twice for one window; the report is stored once.
             models.UniqueConstraint(
                 fields=["version", "window_start", "window_end"], condition=models.Q(trigger="schedule"), name="one_scheduled_drift_report_per_window"

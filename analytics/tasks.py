@@ -51,3 +51,8 @@ def run_scheduled_drift_report(version_id: int, window_start: str, window_end: s
 )
 def deliver_drift_webhook(report_id: int) -> bool:
     return alerts.deliver_drift_webhook(report_id=report_id)
+
+
+@shared_task(name="analytics.compute_drift_report", acks_late=True, ignore_result=True)
+def compute_drift_report(report_id: int) -> None:
+    drift.compute_report(report_id=report_id)

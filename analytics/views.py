@@ -4,7 +4,7 @@ Usage: the rollups the worker writes (analytics.services.usage, run by beat ever
 ANALYTICS_ROLLUP_SECONDS), read by the same selector as `GET .../usage`; the page says when
 they were last written.
 
-Thin views over the services and selectors the REST API uses: `run_report_now` and the drift
+Thin views over the services and selectors the REST API uses: `request_report` and the drift
 selectors, `create_experiment` / `stop_experiment` / `promote_winner`, and
 `experiment_results`. Roles are the API's: viewers read, members and above run reports,
 start, stop and promote experiments. Charts are server-rendered SVG (analytics.charts), each
@@ -231,7 +231,7 @@ def drift_reports(request: HttpRequest, org: str, model: str) -> HttpResponse:
             raise PermissionDenied("Running drift reports needs the member role or above.")
         if form.is_valid():
             try:
-                report = drift_services.run_report_now(
+                report = drift_services.request_report(
                     caller=caller_of(request),
                     model=registered,
                     version_number=form.cleaned_data["version"],
@@ -240,8 +240,9 @@ def drift_reports(request: HttpRequest, org: str, model: str) -> HttpResponse:
                 )
             except ModelhostError as exc:
                 show_errors(form, exc)
+                return _drift_list_page(request, registered, form, status=exc.status)
             else:
-                messages.success(request, f"Drift report done: {report.drifted_features} of {report.n_features} features drifted.")
+                messages.success(request, f"Drift report #{report.id} is queued; this page shows its results when the worker is done.")
                 return redirect("drift-report", org=org, model=model, report_id=report.id)
         return _drift_list_page(request, registered, form, status=400)
     return _drift_list_page(request, registered, form)
@@ -254,6 +255,19 @@ def drift_report(request: HttpRequest, org: str, model: str, report_id: int) -> 
         report = drift_selectors.report_of(model=registered, report_id=report_id)
     except NotFound:
         raise Http404("No such drift report.") from None
+    if report.status != DriftReport.Status.DONE:
+        return render_page(
+            request,
+            "analytics/drift_report_unfinished.html",
+            {
+                "organization": registered.organization,
+                "model": registered,
+                "report": report,
+                "is_unfinished": report.status in DriftReport.UNFINISHED,
+                "tab": "models",
+                "model_tab": "drift",
+            },
+        )
     features = [_feature_view(feature) for feature in report.features]
     drifted = [f["name"] for f in features if f["drifted"]]
     prediction = _feature_view({"name": "prediction", **report.prediction}) if report.prediction.get("test") else None

@@ -217,6 +217,7 @@ def run_prediction(
             org_limit=identity.org_limit,
             key_quota=identity.key_quota,
             org_quota=identity.org_quota,
+            rows=model_input.n_rows if model_input is not None else 0,
             cache_key=key,
         )
         cached_raw = limit_state.cached

@@ -183,6 +183,12 @@ class BatchJob(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     # Last time the split wrote a chunk or a chunk was counted: the stall sweeper's clock.
     progressed_at = models.DateTimeField(null=True, blank=True)
+    # Rows reserved against the monthly quota at submission (the file's line count; 0 when no
+    # quota applied or Redis was down), in which month, and when the job gave back what it
+    # did not deliver (inference.limits.release_rows).
+    quota_month = models.CharField(max_length=6, blank=True)
+    quota_rows_reserved = models.PositiveBigIntegerField(default=0)
+    quota_settled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -319,6 +319,12 @@ ANALYTICS_DRIFT_WINDOW_HOURS = env.int("ANALYTICS_DRIFT_WINDOW_HOURS", default=2
 ANALYTICS_DRIFT_REFERENCE_DAYS = env.int("ANALYTICS_DRIFT_REFERENCE_DAYS", default=7)
 ANALYTICS_DRIFT_SHARE_THRESHOLD = env.float("ANALYTICS_DRIFT_SHARE_THRESHOLD", default=0.5)
 ANALYTICS_DRIFT_MAX_ROWS = env.int("ANALYTICS_DRIFT_MAX_ROWS", default=200_000)
+# Reports asked for through the API and the web, per organization in any hour (429 past it).
+ANALYTICS_DRIFT_REPORTS_PER_HOUR = env.int("ANALYTICS_DRIFT_REPORTS_PER_HOUR", default=20)
+# A report's task is stopped after this long (under the broker's visibility timeout) ...
+ANALYTICS_DRIFT_TIME_LIMIT_SECONDS = env.int("ANALYTICS_DRIFT_TIME_LIMIT_SECONDS", default=900)
+# ... and a report still pending or running after this long is failed (its task was lost).
+ANALYTICS_DRIFT_STALE_SECONDS = env.int("ANALYTICS_DRIFT_STALE_SECONDS", default=1800)
 ANALYTICS_QUALITY_LOOKBACK_DAYS = env.int("ANALYTICS_QUALITY_LOOKBACK_DAYS", default=7)
 ANALYTICS_SRM_P_VALUE = env.float("ANALYTICS_SRM_P_VALUE", default=0.001)
 ANALYTICS_ROLLUP_WORK_MEM = env.str("ANALYTICS_ROLLUP_WORK_MEM", default="256MB")
@@ -384,6 +390,15 @@ PROMETHEUS_EXPORT_MIGRATIONS = False
 # /metrics names every organization and model: it answers only `Authorization: Bearer
 # <METRICS_TOKEN>`. Unset, it is open under DEBUG (make run) and a 403 otherwise.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+# Outgoing email (sign-up confirmations): EMAIL_URL such as smtp+tls://user:password@host:587.
+# The default prints each message on the web process's console (make run); the tests collect
+# them in memory. Production must set EMAIL_URL, or no one can finish signing up.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Modelhost <no-reply@modelhost.localhost>")
+# How long a sign-up's confirmation link works, and how often one address is sent a message.
+REGISTRATION_CONFIRM_HOURS = env.int("REGISTRATION_CONFIRM_HOURS", default=48)
+REGISTRATION_EMAIL_INTERVAL_SECONDS = env.int("REGISTRATION_EMAIL_INTERVAL_SECONDS", default=60)
 
 LOGGING = {
     "version": 1,

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
 import pytest
 import redis
+from django.core import mail
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Page, expect
 
@@ -72,6 +71,12 @@ def test_sign_up_upload_try_promote_and_roll_back(browser, web, screenshots_dir,
     expect(page.locator("#error-password")).to_contain_text("too short")
     page.fill("#id_password", PASSWORD)
     page.click("button[type=submit].primary")
+    expect(page.locator("#signup-sent")).to_contain_text("Check your inbox: we sent a message to ada@example.com.")
+    check_page(page, screenshots_dir, "signup-sent")
+    (message,) = mail.outbox  # the live server runs in this process: its email lands here
+    page.goto(re.search(r"https?://[^/\s]+(/signup/confirm/\S+/)", message.body).group(1))
+    check_page(page, screenshots_dir, "signup-confirm")
+    page.click("text=Confirm and open Modelhost")
     expect(page).to_have_url(re.compile(r"/orgs/acme-lab/$"))
     page.fill("#id_name", "iris")
     page.fill("#id_description", "Iris flowers, logistic regression")
@@ -244,19 +249,11 @@ def test_log_in_out_and_not_found(browser, web, screenshots_dir, tenant_a):
 # ---------------------------------------------------------------------------- with real workers
 
 
-def worker_broker_url() -> str:
-    """Redis database TEST_BROKER_REDIS_DB (12 unless set) of the suite's Redis: the workers' own broker."""
-    from django.conf import settings
-
-    parts = urlsplit(settings.REDIS_URL or "redis://127.0.0.1:6379/0")
-    return urlunsplit(parts._replace(path=f"/{os.environ.get('TEST_BROKER_REDIS_DB', '12')}"))
-
-
 @pytest.fixture
 def workers(django_db_setup):
     """Real Celery processes on the test database. Beat drains the prediction stream every half
     second and rolls usage up every second (production: 2 s and 5 min); the rest waits an hour."""
-    from platform_site.tests.workers import WorkerPool, publishing_to
+    from platform_site.tests.workers import WorkerPool, publishing_to, worker_broker_url
 
     broker = worker_broker_url()
     redis.Redis.from_url(broker).flushdb()

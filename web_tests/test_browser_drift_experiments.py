@@ -11,6 +11,7 @@ from playwright.sync_api import expect
 
 from accounts.principals import Caller
 from accounts.tests.factories import PASSWORD
+from analytics.services import drift as drift_services
 from inference.models import Experiment
 from registry import services as registry_services
 from web_tests.test_browser import DESKTOP, check_page, confirm_dialog
@@ -79,6 +80,10 @@ def test_experiment_promote_drift_report_and_delete(browser, web, screenshots_di
     page.click("text=Run now")
     expect(page).to_have_url(re.compile(r"/models/acme/iris/drift/\d+/$"))
     report_path = page.url.removeprefix(web.url)
+    # The report waits for the worker; the page shows it pending, then its results without a reload.
+    expect(page.locator("#verdict")).to_contain_text("Pending: the worker is comparing")
+    check_page(page, screenshots_dir, "drift-report-pending")
+    drift_services.compute_report(report_id=int(report_path.rstrip("/").rsplit("/", 1)[1]))
     expect(page.locator("#verdict")).to_contain_text("Drift: 4 of 4 features drifted")
     expect(page.locator("#feature-0")).to_contain_text("Drifted")
     expect(page.locator("svg[aria-label='PSI per feature'] text", has_text="drifted")).to_have_count(4)

@@ -43,7 +43,8 @@ def served_with_drift(version) -> None:
 def report(tenant_a, iris) -> DriftReport:
     version = iris.versions.get(number=1)
     served_with_drift(version)
-    return drift_services.run_report_now(caller=Caller(user=tenant_a.user), model=iris, version_number=1, window_hours=2, trigger=DriftReport.Trigger.API)
+    queued = drift_services.request_report(caller=Caller(user=tenant_a.user), model=iris, version_number=1, window_hours=2, trigger=DriftReport.Trigger.API)
+    return drift_services.compute_report(report_id=queued.id)  # the worker's side
 
 
 # ---------------------------------------------------------------------------- drift
@@ -106,13 +107,42 @@ def test_run_now_shows_errors_next_to_fields(owner_client, iris, data, field, me
     assert not DriftReport.objects.exists()
 
 
-def test_run_now_makes_a_report_and_opens_it(owner_client, tenant_a, iris):
+def test_run_now_queues_a_report_and_its_page_shows_it_pending_until_the_worker_is_done(owner_client, tenant_a, iris):
     served_with_drift(iris.versions.get(number=1))
     response = owner_client.post("/models/acme/iris/drift/", {"version": "1", "window_hours": "2"})
     report = DriftReport.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/models/acme/iris/drift/{report.id}/"
-    assert (report.version.number, report.trigger, report.created_by, report.current_rows) == (1, "api", tenant_a.user, 50)
+    assert (report.version.number, report.trigger, report.created_by, report.status, report.current_rows) == (1, "api", tenant_a.user, "pending", None)
     assert report.window_end - report.window_start == timedelta(hours=2)
+
+    pending = owner_client.get(response["Location"]).content.decode()
+    assert "<strong>Pending:</strong> the worker is comparing" in pending
+    assert f'hx-get="/models/acme/iris/drift/{report.id}/" hx-trigger="every 2s"' in pending
+    listed = owner_client.get("/models/acme/iris/drift/").content.decode()
+    row = re.search(rf'<tr id="report-{report.id}">(.*?)</tr>', listed, re.S).group(1)
+    assert '<span class="badge muted">Pending</span>' in row and "Drift" not in row.replace("drift/", "")
+    again = owner_client.post("/models/acme/iris/drift/", {"version": "1", "window_hours": "3"})
+    assert again.status_code == 409 and f"Drift report {report.id} of acme/iris is still pending" in again.content.decode()
+
+    drift_services.compute_report(report_id=report.id)
+
+    done = owner_client.get(response["Location"]).content.decode()
+    assert "1 of 4 features drifted (25.0%; the threshold is 50.0%)" in done and "hx-trigger" not in done
+
+
+def test_a_failed_report_says_why_on_both_pages(owner_client, tenant_a, iris):
+    from inference.models import PredictionRecord
+
+    served_with_drift(iris.versions.get(number=1))
+    owner_client.post("/models/acme/iris/drift/", {"version": "1", "window_hours": "2"})
+    report = DriftReport.objects.get()
+    PredictionRecord.objects.all().delete()  # pruned before the worker got to it
+    drift_services.compute_report(report_id=report.id)
+
+    page = owner_client.get(f"/models/acme/iris/drift/{report.id}/").content.decode()
+    assert "<strong>Failed:</strong> Version 1 of acme/iris served no recorded predictions" in html.unescape(page)
+    listed = owner_client.get("/models/acme/iris/drift/").content.decode()
+    assert '<span class="badge warn">Failed</span>' in listed
 
 
 def test_viewer_reads_drift_reports_but_cannot_run_one(viewer_client, report):

@@ -38,9 +38,9 @@ def report_for_caller(*, caller: Caller, report_id: int) -> DriftReport:
 
 
 def latest_production_reports() -> list[DriftReport]:
-    """The newest report of each live model's production version."""
+    """The newest finished report of each live model's production version."""
     latest = (
-        DriftReport.objects.filter(registered_model__deleted_at__isnull=True)
+        DriftReport.objects.filter(registered_model__deleted_at__isnull=True, status=DriftReport.Status.DONE)
         .filter(version_id=F("registered_model__production_version_id"))
         .values("version_id")
         .annotate(last=Max("id"))

@@ -10,6 +10,7 @@ no labels.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,19 +19,21 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import orjson
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Min, TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
+from accounts.models import Organization
 from accounts.principals import Caller
 from analytics.models import DriftReport
 from analytics.services import alerts
 from analytics.services.usage import hour_floor
 from analytics.statistics import drift as stattests
 from inference.models import PredictionRecord
-from platform_site.errors import InvalidInput
+from platform_site.errors import Conflict, InvalidInput, RateLimited
 from registry import selectors as registry_selectors
 from registry.models import ModelVersion, RegisteredModel
 
@@ -155,11 +158,7 @@ def reference_sample(*, version: ModelVersion, before: datetime) -> Sample:
     days = int(getattr(settings, "ANALYTICS_DRIFT_REFERENCE_DAYS", 7))
     first = PredictionRecord.objects.filter(version=version, status__lt=400).aggregate(first=Min("created_at"))["first"]
     if first is None or first >= before:
-        raise InvalidInput(
-            f"Version {version.number} has no reference data: upload a reference CSV with the version, "
-            f"or run the report on a window that starts after the version's first predictions.",
-            errors=[{"field": "version", "message": "no reference data and no traffic before the window"}],
-        )
+        raise _no_reference(version)
     end = min(first + timedelta(days=days), before)
     sample = _recorded_sample(_served(version, first, end), feature_spec(version), limit=max_rows())
     sample.source, sample.start, sample.end = DriftReport.ReferenceSource.FIRST_DAYS, first, end
@@ -217,6 +216,63 @@ def compare(*, version: ModelVersion, reference: Sample, current: Sample) -> tup
     return results[: len(spec)], results[-1] if has_prediction else None
 
 
+def _check_can_report(*, version: ModelVersion, window_start: datetime, window_end: datetime) -> None:
+    """The cheap checks (indexed lookups, no rows read): a request that cannot make a report is a 400 at once."""
+    if window_end <= window_start:
+        raise InvalidInput("The window must end after it starts.", errors=[{"field": "window_hours", "message": "must be positive"}])
+    if not version.signature.get("inputs"):
+        raise InvalidInput(f"Version {version.number} has no input signature to compare.", errors=[{"field": "version", "message": "no signature"}])
+    if not _served(version, window_start, window_end).exclude(inputs=None).exists():
+        raise _no_traffic(version, window_start, window_end)
+    if not version.reference_data and not PredictionRecord.objects.filter(version=version, status__lt=400, created_at__lt=window_start).exists():
+        raise _no_reference(version)
+
+
+def _no_traffic(version: ModelVersion, start: datetime, end: datetime) -> InvalidInput:
+    return InvalidInput(
+        f"Version {version.number} of {version.registered_model.full_name} served no recorded predictions between "
+        f"{start.isoformat()} and {end.isoformat()}; there is nothing to compare.",
+        errors=[{"field": "window_hours", "message": "no traffic in the window"}],
+    )
+
+
+def _no_reference(version: ModelVersion) -> InvalidInput:
+    return InvalidInput(
+        f"Version {version.number} has no reference data: upload a reference CSV with the version, "
+        f"or run the report on a window that starts after the version's first predictions.",
+        errors=[{"field": "version", "message": "no reference data and no traffic before the window"}],
+    )
+
+
+def measure_drift(*, version: ModelVersion, window_start: datetime, window_end: datetime) -> dict:
+    """The report's result fields: reads the window and the reference (up to ANALYTICS_DRIFT_MAX_ROWS
+    rows each) and compares them. Worker work: seconds for a busy version."""
+    started = time.perf_counter()
+    _check_can_report(version=version, window_start=window_start, window_end=window_end)
+    current = window_sample(version=version, start=window_start, end=window_end)
+    if current.rows == 0:
+        raise _no_traffic(version, window_start, window_end)
+    reference = reference_sample(version=version, before=window_start)
+    threshold = share_threshold()
+    features, prediction = compare(version=version, reference=reference, current=current)
+    n_features, drifted, share, is_drift = stattests.dataset_verdict(features, share_threshold=threshold)
+    return {
+        "reference_source": reference.source,
+        "reference_start": reference.start,
+        "reference_end": reference.end,
+        "reference_rows": reference.rows,
+        "current_rows": current.rows,
+        "drift_share_threshold": threshold,
+        "n_features": n_features,
+        "drifted_features": drifted,
+        "share_drifted": share,
+        "is_drift": is_drift,
+        "features": [feature.as_dict() for feature in features],
+        "prediction": prediction.as_dict() if prediction else ({"note": reference.note} if reference.note else {}),
+        "seconds": time.perf_counter() - started,
+    }
+
+
 def run_drift_report(
     *,
     version: ModelVersion,
@@ -225,56 +281,42 @@ def run_drift_report(
     trigger: str,
     caller: Caller | None = None,
 ) -> DriftReport:
-    """Compute, store and (on drift) alert; a window without traffic is a 400 naming it."""
-    started = time.perf_counter()
-    if window_end <= window_start:
-        raise InvalidInput("The window must end after it starts.", errors=[{"field": "window_hours", "message": "must be positive"}])
-    if not version.signature.get("inputs"):
-        raise InvalidInput(f"Version {version.number} has no input signature to compare.", errors=[{"field": "version", "message": "no signature"}])
-    current = window_sample(version=version, start=window_start, end=window_end)
-    if current.rows == 0:
-        raise InvalidInput(
-            f"Version {version.number} of {version.registered_model.full_name} served no recorded predictions between "
-            f"{window_start.isoformat()} and {window_end.isoformat()}; there is nothing to compare.",
-            errors=[{"field": "window_hours", "message": "no traffic in the window"}],
-        )
-    reference = reference_sample(version=version, before=window_start)
-    threshold = share_threshold()
-    features, prediction = compare(version=version, reference=reference, current=current)
-    n_features, drifted, share, is_drift = stattests.dataset_verdict(features, share_threshold=threshold)
-    prediction_result = prediction.as_dict() if prediction else ({"note": reference.note} if reference.note else {})
+    """Compute, store and (on drift) alert, here and now (the worker's path: the beat's reports,
+    and tests); a window without traffic is a 400 naming it."""
+    result = measure_drift(version=version, window_start=window_start, window_end=window_end)
     model = version.registered_model
+    now = timezone.now()
     with transaction.atomic():
         report = DriftReport.objects.create(
             organization_id=model.organization_id,
             registered_model=model,
             version=version,
             trigger=trigger,
+            status=DriftReport.Status.DONE,
             window_start=window_start,
             window_end=window_end,
-            reference_source=reference.source,
-            reference_start=reference.start,
-            reference_end=reference.end,
-            reference_rows=reference.rows,
-            current_rows=current.rows,
-            drift_share_threshold=threshold,
-            n_features=n_features,
-            drifted_features=drifted,
-            share_drifted=share,
-            is_drift=is_drift,
-            features=[feature.as_dict() for feature in features],
-            prediction=prediction_result,
-            seconds=time.perf_counter() - started,
             created_by=caller.person if caller else None,
+            started_at=now,
+            finished_at=now,
+            **result,
         )
-        if is_drift:
+        if report.is_drift:
             alerts.alert_on_drift(report=report, caller=caller)
     return report
 
 
-def run_report_now(*, caller: Caller, model: RegisteredModel, version_number: int | None, window_hours: int | None, trigger: str) -> DriftReport:
-    """A report asked for by a person or program: the named version (the production one by
-    default) over the last `window_hours` (ANALYTICS_DRIFT_WINDOW_HOURS by default)."""
+def reports_per_hour() -> int:
+    return int(settings.ANALYTICS_DRIFT_REPORTS_PER_HOUR)
+
+
+def request_report(*, caller: Caller | None, model: RegisteredModel, version_number: int | None, window_hours: int | None, trigger: str) -> DriftReport:
+    """A report asked for by a person or program, stored `pending` and computed by the worker.
+
+    The named version (the production one by default) over the last `window_hours`
+    (ANALYTICS_DRIFT_WINDOW_HOURS by default). Refused with 409 while the model has a report
+    pending or running (naming it), and with 429 past ANALYTICS_DRIFT_REPORTS_PER_HOUR reports
+    of the organization in the last hour (operators' admin reports are not counted, nor limited).
+    """
     if version_number is None:
         if model.production_version is None:
             raise InvalidInput(
@@ -285,7 +327,108 @@ def run_report_now(*, caller: Caller, model: RegisteredModel, version_number: in
     version = registry_selectors.version_of(model=model, number=version_number)
     window_end = timezone.now()
     window_start = window_end - timedelta(hours=window_hours or default_window_hours())
-    return run_drift_report(version=version, window_start=window_start, window_end=window_end, trigger=trigger, caller=caller)
+    _check_can_report(version=version, window_start=window_start, window_end=window_end)
+    with transaction.atomic():
+        # The organization's row serializes its members' requests: the count and the
+        # one-at-a-time check below cannot both pass for two requests at once.
+        Organization.objects.select_for_update().filter(pk=model.organization_id).first()
+        _fail_stale_reports(model=model)
+        unfinished = DriftReport.objects.filter(registered_model=model, status__in=DriftReport.UNFINISHED).first()
+        if unfinished is not None:
+            raise Conflict(
+                f"Drift report {unfinished.pk} of {model.full_name} is still {unfinished.status}; "
+                f"poll /api/v1/drift-reports/{unfinished.pk} and ask again when it is done.",
+                report_id=unfinished.pk,
+                report_status=unfinished.status,
+            )
+        if trigger != DriftReport.Trigger.ADMIN:
+            _check_hourly_limit(organization_id=model.organization_id)
+        report = DriftReport.objects.create(
+            organization_id=model.organization_id,
+            registered_model=model,
+            version=version,
+            trigger=trigger,
+            status=DriftReport.Status.PENDING,
+            window_start=window_start,
+            window_end=window_end,
+            drift_share_threshold=share_threshold(),
+            created_by=caller.person if caller else None,
+        )
+        transaction.on_commit(lambda: _enqueue(report.pk))
+    return report
+
+
+def _check_hourly_limit(*, organization_id: int) -> None:
+    limit = reports_per_hour()
+    since = timezone.now() - timedelta(hours=1)
+    counted = DriftReport.objects.filter(organization_id=organization_id, created_at__gte=since).exclude(
+        trigger__in=[DriftReport.Trigger.SCHEDULE, DriftReport.Trigger.ADMIN]
+    )
+    times = list(counted.order_by("-created_at").values_list("created_at", flat=True)[:limit])
+    if len(times) >= limit:
+        # The oldest of the last `limit` reports leaves the hour first.
+        retry_after = max(1, math.ceil((times[-1] + timedelta(hours=1) - timezone.now()).total_seconds()))
+        raise RateLimited(
+            f"This organization ran {limit} drift reports in the last hour, its limit; try again in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+def _fail_stale_reports(*, model: RegisteredModel) -> None:
+    """A report pending or running past ANALYTICS_DRIFT_STALE_SECONDS (its task lost with a broker,
+    say) is failed, so that it does not hold the model's one place for ever."""
+    stale = timezone.now() - timedelta(seconds=settings.ANALYTICS_DRIFT_STALE_SECONDS)
+    DriftReport.objects.filter(registered_model=model, status__in=DriftReport.UNFINISHED, created_at__lt=stale).update(
+        status=DriftReport.Status.FAILED, error="The worker did not finish this report in time.", finished_at=timezone.now()
+    )
+
+
+def _enqueue(report_id: int) -> None:
+    """Send the report's task; its time limit stays under the broker's visibility timeout, past
+    which a task still running would be delivered a second time."""
+    from analytics import tasks
+
+    limit = float(settings.ANALYTICS_DRIFT_TIME_LIMIT_SECONDS)
+    tasks.compute_drift_report.apply_async((report_id,), soft_time_limit=limit, time_limit=limit + 30)
+
+
+def compute_report(*, report_id: int) -> DriftReport | None:
+    """Compute a pending report (the worker's side of `request_report`); idempotent.
+
+    A report already done or failed is left as it is; one `running` is computed again (its
+    worker died and the broker delivered the task anew). Bad input found now (the records
+    were pruned meanwhile) fails the report with the message a request would have had.
+    """
+    claimed = DriftReport.objects.filter(pk=report_id, status__in=DriftReport.UNFINISHED).update(
+        status=DriftReport.Status.RUNNING, started_at=timezone.now()
+    )
+    if not claimed:
+        return None
+    report = DriftReport.objects.select_related("organization", "registered_model__organization", "version", "created_by").get(pk=report_id)
+    try:
+        result = measure_drift(version=report.version, window_start=report.window_start, window_end=report.window_end)
+    except InvalidInput as exc:
+        return _finish_failed(report, exc.detail)
+    except SoftTimeLimitExceeded:
+        return _finish_failed(report, f"The report took longer than {settings.ANALYTICS_DRIFT_TIME_LIMIT_SECONDS:g} s; ask for a shorter window.")
+    except Exception:
+        logger.exception("drift report %s failed", report_id)
+        _finish_failed(report, "The report could not be computed; the operators have the details.")
+        raise
+    with transaction.atomic():
+        for name, value in result.items():
+            setattr(report, name, value)
+        report.status, report.error, report.finished_at = DriftReport.Status.DONE, "", timezone.now()
+        report.save()
+        if report.is_drift:
+            alerts.alert_on_drift(report=report, caller=Caller(user=report.created_by) if report.created_by else None)
+    return report
+
+
+def _finish_failed(report: DriftReport, message: str) -> DriftReport:
+    DriftReport.objects.filter(pk=report.pk).update(status=DriftReport.Status.FAILED, error=message[:500], finished_at=timezone.now())
+    report.refresh_from_db()
+    return report
 
 
 def run_scheduled_report(*, version_id: int, window_start: datetime, window_end: datetime) -> DriftReport | None:

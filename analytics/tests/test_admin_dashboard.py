@@ -58,6 +58,8 @@ def test_operator_runs_a_drift_report_from_the_dashboard(operator, busy_platform
     report = DriftReport.objects.filter(trigger="admin").get()
     assert response.status_code == 302
     assert response["Location"] == f"/admin/analytics/driftreport/{report.pk}/change/"
+    assert "<strong>Pending</strong> (computed by the worker)" in operator.get(response["Location"]).content.decode()
+    drift.compute_report(report_id=report.pk)
     page = operator.get(response["Location"]).content.decode()
     assert "features drifted" in page and "<td>f0</td>" in page
 

@@ -55,11 +55,12 @@ def test_an_unshifted_window_is_not_drift_and_each_statistic_is_scipys(tenant_a,
     rng = np.random.default_rng(0)
     picked = rng.choice(len(x), size=120, replace=False)
     serve(version, x[picked], outputs=rf.iris_model().predict(x[picked]).tolist())
+    queued = tenant_a.key_client().post(URL, {"window_hours": 2}, format="json").json()
 
-    response = tenant_a.key_client().post(URL, {"window_hours": 2}, format="json")
+    drift.compute_report(report_id=queued["id"])  # the worker's side
 
-    assert response.status_code == 201, response.content
-    report = response.json()
+    report = tenant_a.key_client().get(f"/api/v1/drift-reports/{queued['id']}").json()
+    assert (report["status"], report["error"]) == ("done", "")
     assert report["is_drift"] is False
     assert (report["reference_source"], report["reference_rows"], report["current_rows"]) == ("reference_data", 150, 120)
     assert [f["name"] for f in report["features"]] == ["f0", "f1", "f2", "f3"]
@@ -72,10 +73,118 @@ def test_an_unshifted_window_is_not_drift_and_each_statistic_is_scipys(tenant_a,
     assert report["prediction"]["test"] == "chisquare"
     assert report["prediction"]["drifted"] is False
     assert not AuditEvent.objects.filter(action="drift.detected").exists()
-    detail = tenant_a.key_client().get(f"/api/v1/drift-reports/{report['id']}").json()
-    assert detail["features"] == report["features"]
     listed = tenant_a.key_client().get(URL).json()["results"]
-    assert [r["id"] for r in listed] == [report["id"]]
+    assert [(r["id"], r["status"]) for r in listed] == [(report["id"], "done")]
+
+
+def test_the_post_only_queues_the_report_for_the_worker(tenant_a, iris, django_capture_on_commit_callbacks, django_assert_max_num_queries):
+    _, version = iris
+    serve(version, rf.iris_data()[0][:100])
+
+    with django_capture_on_commit_callbacks() as callbacks, django_assert_max_num_queries(20):
+        response = tenant_a.key_client().post(URL, {"window_hours": 2}, format="json")
+
+    assert response.status_code == 202, response.content
+    queued = response.json()
+    assert response["Location"] == f"/api/v1/drift-reports/{queued['id']}"
+    assert (queued["status"], queued["version"], queued["trigger"]) == ("pending", 1, "api")
+    assert (queued["is_drift"], queued["n_features"], queued["current_rows"], queued["features"], queued["started_at"]) == (None, None, None, [], None)
+    assert len(callbacks) == 1  # the task, sent once the report is committed
+    stored = DriftReport.objects.get(id=queued["id"])
+    assert (stored.status, stored.features, stored.is_drift) == ("pending", [], None)
+    assert tenant_a.key_client().get(f"/api/v1/drift-reports/{stored.id}").json()["status"] == "pending"
+
+    finished = drift.compute_report(report_id=stored.id)
+
+    assert (finished.status, finished.current_rows, finished.n_features) == ("done", 100, 4)
+    assert finished.started_at is not None and finished.finished_at >= finished.started_at
+    assert drift.compute_report(report_id=stored.id) is None  # a second delivery changes nothing
+    assert DriftReport.objects.get(id=stored.id).finished_at == finished.finished_at
+
+
+def test_a_second_report_while_one_is_pending_is_409_naming_it(tenant_a, iris):
+    _, version = iris
+    serve(version, rf.iris_data()[0][:50])
+    client = tenant_a.key_client()
+    first = client.post(URL, {"window_hours": 2}, format="json").json()
+
+    again = client.post(URL, {"window_hours": 3}, format="json")
+
+    assert again.status_code == 409
+    problem = again.json()
+    assert (problem["code"], problem["report_id"], problem["report_status"]) == ("conflict", first["id"], "pending")
+    assert f"/api/v1/drift-reports/{first['id']}" in problem["detail"]
+    assert DriftReport.objects.count() == 1
+    DriftReport.objects.filter(id=first["id"]).update(status="running")
+    assert client.post(URL, {}, format="json").json()["report_status"] == "running"
+    drift.compute_report(report_id=first["id"])  # a redelivered task computes a running report
+    assert client.post(URL, {"window_hours": 2}, format="json").status_code == 202
+
+
+def test_another_models_report_is_not_held_up(tenant_a, iris):
+    _, version = iris
+    _other, (other_version,) = af.iris_model(tenant_a, name="other")
+    store_reference(other_version, pd.DataFrame(rf.iris_data()[0], columns=["f0", "f1", "f2", "f3"]))
+    serve(version, rf.iris_data()[0][:50])
+    serve(other_version, rf.iris_data()[0][:50])
+    client = tenant_a.key_client()
+    assert client.post(URL, {}, format="json").status_code == 202
+    assert client.post("/api/v1/models/acme/other/drift-reports", {}, format="json").status_code == 202
+
+
+def test_a_report_stuck_unfinished_is_failed_and_frees_the_model(settings, tenant_a, iris):
+    _, version = iris
+    serve(version, rf.iris_data()[0][:50])
+    client = tenant_a.key_client()
+    stuck = client.post(URL, {}, format="json").json()
+    DriftReport.objects.filter(id=stuck["id"]).update(created_at=timezone.now() - timedelta(seconds=settings.ANALYTICS_DRIFT_STALE_SECONDS + 1))
+
+    assert client.post(URL, {}, format="json").status_code == 202
+    failed = client.get(f"/api/v1/drift-reports/{stuck['id']}").json()
+    assert (failed["status"], failed["error"]) == ("failed", "The worker did not finish this report in time.")
+    assert drift.compute_report(report_id=stuck["id"]) is None  # its task, arriving late, does nothing
+
+
+def test_the_organizations_hourly_limit_is_429_with_retry_after(settings, tenant_a, tenant_b, iris):
+    settings.ANALYTICS_DRIFT_REPORTS_PER_HOUR = 2
+    _, version = iris
+    serve(version, rf.iris_data()[0][:50])
+    client = tenant_a.key_client()
+    for _ in range(2):
+        queued = client.post(URL, {}, format="json")
+        assert queued.status_code == 202
+        drift.compute_report(report_id=queued.json()["id"])
+    oldest = DriftReport.objects.order_by("created_at").first()
+    DriftReport.objects.filter(id=oldest.id).update(created_at=timezone.now() - timedelta(minutes=50))
+
+    refused = client.post(URL, {}, format="json")
+
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "rate_limited"
+    assert 590 <= int(refused["Retry-After"]) <= 600  # the oldest of the two leaves the hour in ten minutes
+    assert DriftReport.objects.count() == 2
+    # Scheduled reports are not counted, nor are other organizations limited by this one.
+    _, (b_version,) = af.iris_model(tenant_b, name="iris")
+    store_reference(b_version, pd.DataFrame(rf.iris_data()[0], columns=["f0", "f1", "f2", "f3"]))
+    serve(b_version, rf.iris_data()[0][:50])
+    assert tenant_b.key_client().post("/api/v1/models/globex/iris/drift-reports", {}, format="json").status_code == 202
+    DriftReport.objects.filter(id=oldest.id).update(created_at=timezone.now() - timedelta(minutes=61))
+    assert client.post(URL, {}, format="json").status_code == 202
+
+
+def test_a_window_pruned_before_the_worker_ran_fails_the_report_with_the_reason(tenant_a, iris):
+    from inference.models import PredictionRecord
+
+    _, version = iris
+    serve(version, rf.iris_data()[0][:50])
+    queued = tenant_a.key_client().post(URL, {"window_hours": 2}, format="json").json()
+    PredictionRecord.objects.all().delete()
+
+    drift.compute_report(report_id=queued["id"])
+
+    report = tenant_a.key_client().get(f"/api/v1/drift-reports/{queued['id']}").json()
+    assert report["status"] == "failed" and "served no recorded predictions" in report["error"]
+    assert report["is_drift"] is None
 
 
 def test_a_shifted_window_is_drift_and_alerts_once(tenant_a, iris, django_capture_on_commit_callbacks):
@@ -84,18 +193,19 @@ def test_a_shifted_window_is_drift_and_alerts_once(tenant_a, iris, django_captur
     shifted = x[:100] + np.array([1.5, 0.8, 2.0, 0.9])
     serve(version, shifted, outputs=[2] * 100)
     AlertSettings.objects.create(organization=tenant_a.organization, drift_webhook_url="https://hooks.example.com/drift", drift_webhook_secret="whsec_test")
+    queued = tenant_a.jwt_client().post(URL, {}, format="json").json()
 
     with django_capture_on_commit_callbacks() as callbacks:
-        response = tenant_a.jwt_client().post(URL, {}, format="json")
+        drift.compute_report(report_id=queued["id"])
 
-    assert response.status_code == 201, response.content
-    report = response.json()
+    report = tenant_a.jwt_client().get(f"/api/v1/drift-reports/{queued['id']}").json()
     assert report["is_drift"] is True
     assert report["drifted_features"] == 4 and report["share_drifted"] == 1.0
     assert report["prediction"]["drifted"] is True
     assert all(f["psi_band"] == "significant" for f in report["features"])
     events = AuditEvent.objects.filter(action="drift.detected")
     assert events.count() == 1
+    assert events.get().actor == tenant_a.user  # the member who asked for the report
     assert events.get().data["drifted_features"] == ["f0", "f1", "f2", "f3"]
     assert len(callbacks) == 1  # the webhook delivery, enqueued after commit
     stored = DriftReport.objects.get(id=report["id"])

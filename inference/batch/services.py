@@ -26,6 +26,7 @@ from django.utils import timezone
 from accounts.models import Organization
 from accounts.principals import Caller
 from accounts.services import record_audit_event
+from inference import limits as quota_limits
 from inference.batch import inputs, scoring, selectors, storage, webhooks
 from inference.models import BatchChunk, BatchJob
 from inference.routing import target_for
@@ -109,12 +110,14 @@ def submit_job(
         )
     spec = target_for(version).spec
     shape = inputs.inspect_upload(upload, spec, max_rows=limits.max_rows, max_bytes=limits.max_file_bytes)
-    prefix = storage.new_prefix(organization_id=organization.id)
-    extension = shape.format + (".gz" if shape.compressed else "")
-    upload.seek(0)
-    stored = storage.batch_storage().save(f"{prefix}/input.{extension}", upload)
+    reserved = _reserve_rows(caller=caller, organization=organization, rows=shape.lines)
+    stored = None
     secret = webhooks.new_secret() if webhook_url else None
     try:
+        prefix = storage.new_prefix(organization_id=organization.id)
+        extension = shape.format + (".gz" if shape.compressed else "")
+        upload.seek(0)
+        stored = storage.batch_storage().save(f"{prefix}/input.{extension}", upload)
         with transaction.atomic():
             # One submission at a time per organization, so the concurrency limit holds under races.
             Organization.objects.select_for_update().filter(id=organization.id).first()
@@ -139,6 +142,8 @@ def submit_job(
                 webhook_url=webhook_url,
                 webhook_secret=secret or "",
                 progressed_at=timezone.now(),
+                quota_month=reserved.month,
+                quota_rows_reserved=shape.lines if reserved.enforced else 0,
             )
             record_audit_event(
                 organization=organization,
@@ -149,9 +154,47 @@ def submit_job(
             )
             _enqueue_on_commit("split", job.id)
     except BaseException:
-        storage.delete(stored)
+        if stored is not None:
+            storage.delete(stored)
+        if reserved.enforced:
+            quota_limits.release_rows(subject=_quota_subject(caller), org_id=organization.id, month=reserved.month, rows=shape.lines)
         raise
     return Submission(job=job, webhook_secret=secret)
+
+
+def _quota_subject(caller: Caller) -> str:
+    return f"k{caller.api_key.id}" if caller.api_key else f"u{caller.user.pk}"
+
+
+def _reserve_rows(*, caller: Caller, organization: Organization, rows: int) -> quota_limits.LimitState:
+    """Count the submission as a request and reserve its rows against the monthly quotas, as a
+    prediction does (the file's line count: at least its rows); 429 with the quota's headers
+    when they do not fit. The job gives back what it does not deliver when it ends."""
+    key = caller.api_key
+    return quota_limits.check_and_count(
+        subject=_quota_subject(caller),
+        org_id=organization.id,
+        key_limit=key.rate_limit_per_minute if key else 0,
+        org_limit=organization.rate_limit_per_minute,
+        key_quota=key.monthly_quota if key else 0,
+        org_quota=organization.monthly_quota,
+        rows=rows,
+    )
+
+
+def settle_quota(*, job_id: int) -> int:
+    """Give back the rows a finished job reserved and did not deliver (all of them unless it
+    succeeded; rows that failed validation are not delivered either). Once per job; returns
+    the rows given back."""
+    job = BatchJob.objects.filter(id=job_id).exclude(status__in=ACTIVE).first()
+    if job is None or not BatchJob.objects.filter(id=job_id, quota_settled_at__isnull=True).update(quota_settled_at=timezone.now()):
+        return 0
+    delivered = job.rows_done - job.rows_failed if job.status == Status.SUCCEEDED else 0
+    unused = max(job.quota_rows_reserved - delivered, 0)
+    if unused and job.quota_month:
+        subject = f"k{job.api_key_id}" if job.api_key_id else f"u{job.created_by_id}"
+        quota_limits.release_rows(subject=subject, org_id=job.organization_id, month=job.quota_month, rows=unused)
+    return unused
 
 
 @transaction.atomic
@@ -176,6 +219,7 @@ def _pending_webhook():
 
 
 def _after_end(job_id: int) -> None:
+    transaction.on_commit(lambda: settle_quota(job_id=job_id))
     _enqueue_on_commit("webhook", job_id)
     _enqueue_on_commit("discard", job_id)
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from django.db import connection
 
@@ -24,6 +25,14 @@ def current_database_url() -> str:
     s = connection.settings_dict
     password = f":{s['PASSWORD']}" if s.get("PASSWORD") else ""
     return f"postgres://{s['USER']}{password}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def worker_broker_url() -> str:
+    """Redis database TEST_BROKER_REDIS_DB (12 unless set) of the suite's Redis: the workers' own broker."""
+    from django.conf import settings
+
+    parts = urlsplit(settings.REDIS_URL or "redis://127.0.0.1:6379/0")
+    return urlunsplit(parts._replace(path=f"/{os.environ.get('TEST_BROKER_REDIS_DB', '12')}"))
 
 
 class CeleryProcess:
