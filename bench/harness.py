@@ -65,9 +65,35 @@ def modelhost_env(**extra: str) -> dict[str, str]:
         ARTIFACT_CACHE_DIR=str(RUN / "artifact-cache"),
         DJANGO_SETTINGS_MODULE="platform_site.settings",
         LOG_LEVEL="WARNING",
+        RUNNER_ADDRESSES=f"unix:{RUNNER_SOCKET}",
     )
     env.update(extra)
     return env
+
+
+RUNNER_SOCKET = RUN / "run" / "runner.sock"
+
+
+@contextlib.contextmanager
+def runner_host(**extra: str):
+    """Modelhost's runner host (the Procfile's `runner`) on RUNNER_SOCKET, as `running` starts servers."""
+    import socket as socket_module
+
+    argv = [str(APP_VENV / "bin" / "python"), "-m", "inference.runners.host", "--socket", str(RUNNER_SOCKET)]
+    with running("runner-host", argv, env=modelhost_env(**extra), port=0, ready_path=None) as server:
+        deadline = time.monotonic() + 120
+        while True:
+            probe = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+            try:
+                probe.connect(str(RUNNER_SOCKET))
+                break
+            except OSError:
+                if server.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the runner host did not start; see {server.log}:\n{server.log.read_text()[-3000:]}") from None
+                time.sleep(0.1)
+            finally:
+                probe.close()
+        yield server
 
 
 def modelhost_web_env(**extra: str) -> dict[str, str]:
@@ -116,6 +142,8 @@ class Server:
     process: subprocess.Popen
     log: Path
     notes: dict = field(default_factory=dict)
+    # Processes whose CPU counts as this server's (Modelhost's runner host and its runners).
+    companions: list["Server"] = field(default_factory=list)
 
     @property
     def base(self) -> str:
@@ -123,7 +151,8 @@ class Server:
 
     def pids(self) -> list[int]:
         """The server's process tree: the master first, then its children."""
-        return [self.process.pid, *descendants(self.process.pid)]
+        own = [self.process.pid, *descendants(self.process.pid)]
+        return own + [pid for companion in self.companions for pid in companion.pids()]
 
 
 def descendants(pid: int) -> list[int]:
@@ -186,6 +215,17 @@ def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: a forked process's share of the pages it shares with its parent."""
+    try:
+        for line in (Path("/proc") / str(pid) / "smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return 0.0
 
 

@@ -413,7 +413,9 @@ def run(args) -> list[Outcome]:
             stack.callback(drain_records)
             stack.callback(lambda: (drainer.terminate(), drainer.wait(timeout=10)))
         if "modelhost" in only:
+            runner_host = stack.enter_context(harness.runner_host())
             servers["modelhost"] = stack.enter_context(start_modelhost())
+            servers["modelhost"].companions.append(runner_host)  # its runners' CPU is Modelhost's
             print(f"Modelhost: granian (python -m platform_site.serve), {WORKERS} workers, pids {servers['modelhost'].pids()}", flush=True)
             plan += [("modelhost", case) for case in modelhost_cases(key)]
         if "floor" in only:

@@ -91,11 +91,14 @@ def seed_inference() -> dict:
 
 
 def seed_memory(*, orgs: int = 10, per_org: int = 10) -> dict:
-    """100 small models (iris-sized LogisticRegressions, each a distinct artifact) in 10 orgs."""
+    """100 small models in 10 orgs, each a distinct artifact: even-numbered ones iris-sized
+    LogisticRegressions (predicted in the web), odd-numbered ones 25-tree RandomForests
+    (predicted in their organization's runner)."""
     import io
 
     import joblib
     from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
 
     caller = Caller(user=_person(), ip_address="127.0.0.1")
@@ -107,15 +110,19 @@ def seed_memory(*, orgs: int = 10, per_org: int = 10) -> dict:
         models = {}
         for m in range(per_org):
             name = f"model-{m:02d}"
-            path = ARTIFACTS / "memory" / f"{org.slug}-{name}.joblib"
+            kind = "rf" if m % 2 else "lr"
+            path = ARTIFACTS / "memory" / f"{org.slug}-{name}-{kind}.joblib"
             if not path.exists():
-                # A different C per model: distinct coefficients, so distinct files and hashes.
-                estimator = LogisticRegression(max_iter=1000, C=0.1 + o + m / 10).fit(x, y)
+                # Distinct parameters per model: distinct files and hashes.
+                if kind == "rf":
+                    estimator = RandomForestClassifier(n_estimators=25, random_state=o * 100 + m).fit(x, y)
+                else:
+                    estimator = LogisticRegression(max_iter=1000, C=0.1 + o + m / 10).fit(x, y)
                 buffer = io.BytesIO()
                 joblib.dump(estimator, buffer)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(buffer.getvalue())
-            models[name] = _production_model(caller, org, name, path, example)
+            models[name] = {**_production_model(caller, org, name, path, example), "kind": kind}
         out["orgs"][org.slug] = {"key": _fresh_key(caller, org), "models": models}
     return out
 

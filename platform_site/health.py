@@ -59,6 +59,17 @@ def _check_storage() -> str:
     return settings.MODEL_STORAGE
 
 
+def _check_runners() -> str:
+    """Every runner host answers its status; the note says how many runners each holds."""
+    from inference.runners.client import ask_host
+
+    held = []
+    for address in settings.RUNNER_ADDRESSES:
+        status = ask_host(address, {"op": "status"})
+        held.append(f"{address}: {len(status['runners'])} runners")
+    return "; ".join(held)
+
+
 def optional_features() -> dict[str, dict]:
     """Each optional feature: whether it is on, and the setting an operator sets to turn it on."""
     return {
@@ -69,7 +80,7 @@ def optional_features() -> dict[str, dict]:
 @require_GET
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
-    """200 when the database answers (degraded if the cache or broker do not); 503 without it.
+    """200 when the database answers (degraded if the cache, broker or a runner host do not); 503 without it.
 
     Predictions keep being served without Redis (uncached), so a cache outage degrades
     readiness rather than failing it; without the database nothing can be served. The optional
@@ -80,6 +91,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
         "cache": _timed(_check_cache),
         "broker": _timed(_check_broker),
         "storage": _timed(_check_storage),
+        # Without a runner host only models the web evaluates itself are served: degraded.
+        "runners": _timed(_check_runners),
     }
     if not checks["database"]["ok"]:
         state, code = "unavailable", 503

@@ -13,7 +13,7 @@ def test_readyz_reports_each_backing_service(client):
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"database", "cache", "broker", "storage"}
+    assert set(body["checks"]) == {"database", "cache", "broker", "storage", "runners"}
     assert body["checks"]["database"]["backend"] == "postgresql"
     assert body["checks"]["cache"]["backend"] == "redis"
     assert all(check["ok"] for check in body["checks"].values())
@@ -55,6 +55,15 @@ def test_readyz_degrades_when_redis_is_down(client, settings):
     assert response.json()["status"] == "degraded"
     assert response.json()["checks"]["cache"]["ok"] is False
     assert response.json()["checks"]["database"]["ok"] is True
+
+
+def test_readyz_degrades_when_no_runner_host_answers(client, settings, tmp_path):
+    settings.RUNNER_ADDRESSES = [f"unix:{tmp_path / 'nobody-listens.sock'}"]
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "degraded"
+    assert response.json()["checks"]["runners"]["ok"] is False
+    assert "FileNotFoundError" in response.json()["checks"]["runners"]["error"]
 
 
 def test_api_answers_503_problem_when_database_is_down(tenant_a, monkeypatch):
