@@ -33,8 +33,7 @@ class LinearPredictor:
         """The answer, or None when this path cannot give what was asked."""
         if want_proba and not self.has_proba:
             return None
-        predictions, probabilities = self._predict(x)
-        return predictions, probabilities if want_proba else None
+        return self._predict(x, want_proba=want_proba)
 
 
 def linear_predictor(spec: dict | None) -> LinearPredictor | None:

@@ -50,7 +50,7 @@ def load_serving_artifact(*, data: bytes) -> Any:
 
 
 def linear_predictor_from_spec(spec: dict[str, Any]) -> LinearPredictor:
-    """Return ``predict(x) -> (predictions, probabilities or None)`` for a validated ``linear_spec``.
+    """Return ``predict(x, want_proba=True) -> (predictions, probabilities or None)`` for a validated ``linear_spec``.
 
     ``x`` must be a 2-D float64 array of ``n_features`` columns (the caller validated it
     against the signature). The arithmetic is scikit-learn's own, in its order, so the
@@ -62,7 +62,7 @@ def linear_predictor_from_spec(spec: dict[str, Any]) -> LinearPredictor:
     if kind == "regressor":
         coef_t = coef if coef.ndim == 1 else coef.T
 
-        def predict_value(x: np.ndarray) -> tuple[np.ndarray, None]:
+        def predict_value(x: np.ndarray, want_proba: bool = True) -> tuple[np.ndarray, None]:
             _check_input(x, n_features)
             return x @ coef_t + intercept, None
 
@@ -70,14 +70,14 @@ def linear_predictor_from_spec(spec: dict[str, Any]) -> LinearPredictor:
 
     coef_t = coef.T
 
-    def predict_class(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_class(x: np.ndarray, want_proba: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         _check_input(x, n_features)
         scores = x @ coef_t + intercept
         if scores.shape[1] == 1:
             scores = scores.reshape(-1)
         indices = (scores > 0).astype(np.intp) if scores.ndim == 1 else scores.argmax(axis=1)
         predictions = classes.take(indices, axis=0)
-        if proba is None:
+        if proba is None or not want_proba:
             return predictions, None
         return predictions, probabilities_from_scores(scores, proba=proba)
 
