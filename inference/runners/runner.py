@@ -38,6 +38,23 @@ from inference.runners import wire
 _CLONE_NEWNET = 0x40000000
 _PR_SET_DUMPABLE = 4
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+
+# System calls a runner never needs once it serves: making sockets or connecting anywhere,
+# running programs, reading or writing other processes, namespaces, mounts, keys, BPF. They
+# fail with EPERM; everything else is allowed (a deny-list: an allow-list would break on each
+# numeric library's new system call). x86-64 numbers; elsewhere this layer is not applied.
+_DENIED_X86_64 = {
+    "socket": 41, "connect": 42, "accept": 43, "bind": 49, "listen": 50, "socketpair": 53, "accept4": 288,
+    "execve": 59, "execveat": 322, "kill": 62, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
+    "chroot": 161, "mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 272, "setns": 308,
+    "keyctl": 250, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "open_by_handle_at": 304,
+}
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_X32_SYSCALL_BIT = 0x40000000
+_SECCOMP_RET_ALLOW = 0x7FFF0000
+_SECCOMP_RET_ERRNO_EPERM = 0x00050000 | 1
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,40 @@ def confine(*, limits: RunnerLimits) -> list[str]:
         layers.append("no new privileges")
     if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
         layers.append("not dumpable (no ptrace, no /proc/<pid>/mem by its peers)")
+    if _deny_system_calls(libc):
+        layers.append("seccomp (no sockets, exec, ptrace, kill, namespaces or mounts)")
     return layers
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def seccomp_program() -> list[tuple[int, int, int, int]]:
+    """The classic-BPF filter: another architecture, an x32 call or a denied call -> EPERM."""
+    load_word, jump_eq, jump_ge, ret = 0x20, 0x15, 0x35, 0x06
+    checks = [(jump_ge, _X32_SYSCALL_BIT), *((jump_eq, number) for number in sorted(_DENIED_X86_64.values()))]
+    program = [(load_word, 0, 0, 4), (jump_eq, 1, 0, _AUDIT_ARCH_X86_64), (ret, 0, 0, _SECCOMP_RET_ERRNO_EPERM), (load_word, 0, 0, 0)]
+    deny = len(program) + len(checks) + 1  # after the checks and the allow
+    for code, value in checks:
+        program.append((code, deny - (len(program) + 1), 0, value))  # a match jumps to the deny
+    program += [(ret, 0, 0, _SECCOMP_RET_ALLOW), (ret, 0, 0, _SECCOMP_RET_ERRNO_EPERM)]
+    return program
+
+
+def _deny_system_calls(libc) -> bool:
+    import platform
+
+    if platform.machine() != "x86_64":
+        return False
+    program = seccomp_program()
+    filters = (_SockFilter * len(program))(*(_SockFilter(*entry) for entry in program))
+    prog = _SockFprog(len(program), filters)
+    return libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) == 0
 
 
 class Runner:

@@ -75,6 +75,8 @@ def test_a_runner_holds_no_secrets_and_runs_confined(tenant_a):
     assert os.environ["SECRET_KEY"].encode() not in b"\0".join(environ)
     status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
     assert status["NoNewPrivs"].strip() == "1"
+    if os.uname().machine == "x86_64":
+        assert status["Seccomp"].strip() == "2"  # a filter: no sockets, exec, ptrace, namespaces
     if os.geteuid() == 0:  # started by root: a user and a network namespace of its own
         uid = int(status["Uid"].split()[0])
         assert uid == 200_000 + tenant_a.organization.id
