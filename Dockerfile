@@ -1,9 +1,11 @@
 # syntax=docker/dockerfile:1.7
 #
 # One image for every Modelhost process named in the Procfile. The default command is
-# `web`; docker-compose.yml and kubernetes/ run the same image with the `worker`, `beat`
-# and `release` commands. deploy_tests/test_dockerfile.py keeps these commands equal to
-# the Procfile's.
+# `web`; docker-compose.yml and kubernetes/ run the same image with the `worker`, `beat`,
+# `release` and `runner` commands. deploy_tests/test_dockerfile.py keeps these commands
+# equal to the Procfile's. The runner host alone is started as root (with three
+# capabilities, to confine each organization's runners) and holds none of the settings
+# the other processes get: docs/operations.md, "Runners and isolation".
 #
 # Build:  docker build -t modelhost:local .
 # Needs BuildKit (the default builder since Docker 23) for the bind mount below.

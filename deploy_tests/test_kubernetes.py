@@ -7,6 +7,7 @@ package, offline.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,10 @@ BASE = KUBERNETES / "base"
 PRODUCTION = KUBERNETES / "overlays" / "production"
 KUBERNETES_VERSION = "1.37.0"
 APP_UID = 10001  # the Dockerfile's USER
+APP_NAMESPACE, RUNNER_NAMESPACE = "modelhost", "modelhost-runners"  # production's
+RUNNER = ("StatefulSet", "modelhost-runner")
+# What a runner host needs to confine the runners it forks (inference/runners/runner.py).
+RUNNER_CAPABILITIES = {"SETUID", "SETGID", "SYS_ADMIN"}
 
 # Whole objects (an overlay's patches are partial and are checked once rendered).
 MANIFESTS = sorted(
@@ -70,6 +75,7 @@ def find(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any
 
 
 def pod_specs(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The platform's pods (they hold its settings); the runner pods are checked apart, below."""
     return {
         f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"]
         for d in documents
@@ -132,6 +138,14 @@ def test_workload_runs_the_procfile_command(production, kind, name, process):
     # `args` replaces the image's CMD and keeps its (empty) ENTRYPOINT.
     assert "command" not in main
     assert main["args"] == procfile_commands()[process]
+
+
+def test_runner_pods_run_the_procfile_runner_listening_on_their_port(production):
+    main = container(production, *RUNNER)
+    assert "command" not in main
+    port = runner_port(production)
+    assert main["args"] == [*procfile_commands()["runner"], "--listen", f"0.0.0.0:{port}"]
+    assert main["image"].startswith("registry.example.com/modelhost/modelhost:")
 
 
 def test_every_workload_runs_the_production_image(production):
@@ -204,9 +218,24 @@ def test_production_stores_models_in_object_storage(production):
 
 
 def test_every_object_of_the_overlay_is_in_its_namespace(production):
+    namespaces = {d["metadata"]["name"]: d["metadata"]["labels"] for d in production if d["kind"] == "Namespace"}
+    assert namespaces[APP_NAMESPACE]["pod-security.kubernetes.io/enforce"] == "restricted"
+    # The runner pods' root and capabilities pass only `privileged`: a namespace of their own.
+    assert namespaces[RUNNER_NAMESPACE]["pod-security.kubernetes.io/enforce"] == "privileged"
     for document in production:
-        if document["kind"] != "Namespace":
-            assert document["metadata"]["namespace"] == "modelhost", document["metadata"]["name"]
+        if document["kind"] == "Namespace":
+            continue
+        is_runner = document["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "runner"
+        expected = RUNNER_NAMESPACE if is_runner else APP_NAMESPACE
+        assert document["metadata"]["namespace"] == expected, f"{document['kind']}/{document['metadata']['name']}"
+    runner_objects = {f"{d['kind']}/{d['metadata']['name']}" for d in production if d["metadata"].get("namespace") == RUNNER_NAMESPACE}
+    assert runner_objects == {
+        "StatefulSet/modelhost-runner",
+        "Service/modelhost-runner",
+        "NetworkPolicy/modelhost-runner",
+        "PodDisruptionBudget/modelhost-runner",
+        "ServiceAccount/modelhost-runner",
+    }
 
 
 def test_service_ingress_and_budgets_select_the_right_pods(production):
@@ -287,3 +316,190 @@ def test_pod_monitor_scrapes_the_web_pods_as_the_alerts_job(production):
     assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "modelhost-secrets", "key": "METRICS_TOKEN"}}
     web = container(production, "Deployment", "modelhost-web")
     assert {"secretRef": {"name": "modelhost-secrets"}} in web["envFrom"]
+
+
+# --- runner pods ---------------------------------------------------------------------------
+
+
+def runner_port(documents) -> int:
+    (port,) = container(documents, *RUNNER)["ports"]
+    assert port["name"] == "runner"
+    return port["containerPort"]
+
+
+def workload_pods(documents) -> dict[str, tuple[str, dict[str, str]]]:
+    """Every workload's pods as (namespace, labels)."""
+    return {
+        f"{d['kind']}/{d['metadata']['name']}": (d["metadata"].get("namespace", ""), d["spec"]["template"]["metadata"]["labels"])
+        for d in documents
+        if d["kind"] in ("Deployment", "Job", "StatefulSet")
+    }
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, f"only matchLabels is evaluated here: {selector}"
+    return selector.get("matchLabels", {}).items() <= labels.items()
+
+
+def namespace_labels(documents, namespace: str) -> dict[str, str]:
+    """A namespace's labels as the API server sets them (it adds kubernetes.io/metadata.name)."""
+    declared = next((d["metadata"].get("labels", {}) for d in documents if d["kind"] == "Namespace" and d["metadata"]["name"] == namespace), {})
+    return {**declared, "kubernetes.io/metadata.name": namespace}
+
+
+def admitted_workloads(documents, policy: dict[str, Any]) -> set[str]:
+    """The workloads whose pods an ingress rule of `policy` admits."""
+    policy_namespace = policy["metadata"].get("namespace", "")
+    admitted = set()
+    for rule in policy["spec"].get("ingress", []):
+        assert rule.get("from"), "an ingress rule without `from` admits every pod"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer, peer
+            for name, (namespace, labels) in workload_pods(documents).items():
+                if "namespaceSelector" in peer:
+                    in_namespace = selects(peer["namespaceSelector"], namespace_labels(documents, namespace))
+                else:
+                    in_namespace = namespace == policy_namespace
+                if in_namespace and selects(peer.get("podSelector", {}), labels):
+                    admitted.add(name)
+    return admitted
+
+
+def runner_secret_problems(documents) -> list[str]:
+    """Ways the runner pods could get a secret or a platform setting; empty when none."""
+    problems = []
+    runner = find(documents, *RUNNER)
+    if "volumeClaimTemplates" in runner["spec"]:
+        problems.append("the runner claims a persistent volume")
+    spec = runner["spec"]["template"]["spec"]
+    if spec.get("automountServiceAccountToken") is not False:
+        problems.append("the pod mounts a service account token")
+    if find(documents, "ServiceAccount", spec["serviceAccountName"]).get("automountServiceAccountToken") is not False:
+        problems.append("the service account mounts its token")
+    if spec.get("enableServiceLinks") is not False:
+        problems.append("service links put other services' addresses in the environment")
+    # Scratch space only: no Secret, ConfigMap, projected token, claim or host path.
+    problems += [f"volume {v['name']} is not an emptyDir" for v in spec.get("volumes", []) if set(v) != {"name", "emptyDir"}]
+    for item in spec.get("initContainers", []) + spec["containers"]:
+        if "envFrom" in item:
+            problems.append(f"{item['name']} reads envFrom {item['envFrom']}")
+        for variable in item.get("env", []):
+            # Literal values of the host's own settings; nothing from a Secret or ConfigMap.
+            if set(variable) != {"name", "value"} or not variable["name"].startswith("RUNNER_"):
+                problems.append(f"{item['name']} sets {variable}")
+    return problems
+
+
+@pytest.mark.parametrize("overlay", ["base", "production"])
+def test_runner_pods_get_no_secret_and_no_platform_setting(overlay, request):
+    assert runner_secret_problems(request.getfixturevalue(overlay)) == []
+
+
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        lambda spec: spec["volumes"].append({"name": "keys", "secret": {"secretName": "modelhost-secrets"}}),
+        lambda spec: spec["containers"][0].update(envFrom=[{"secretRef": {"name": "modelhost-secrets"}}]),
+        lambda spec: spec["containers"][0].update(envFrom=[{"configMapRef": {"name": "modelhost-config"}}]),
+        lambda spec: spec["containers"][0]["env"].append({"name": "RUNNER_X", "valueFrom": {"secretKeyRef": {"name": "modelhost-secrets", "key": "SECRET_KEY"}}}),
+        lambda spec: spec["containers"][0]["env"].append({"name": "DATABASE_URL", "value": "postgres://..."}),
+        lambda spec: spec.update(automountServiceAccountToken=True),
+    ],
+    ids=["secret-volume", "secret-envfrom", "configmap-envfrom", "secret-key-ref", "platform-variable", "token"],
+)
+def test_runner_check_catches_a_secret_or_platform_setting(production, mistake):
+    documents = copy.deepcopy(production)
+    mistake(find(documents, *RUNNER)["spec"]["template"]["spec"])
+    assert len(runner_secret_problems(documents)) == 1
+
+
+@pytest.mark.parametrize("overlay", ["base", "production"])
+def test_only_web_and_worker_pods_reach_the_runners_which_reach_nothing(overlay, request):
+    documents = request.getfixturevalue(overlay)
+    policy = find(documents, "NetworkPolicy", "modelhost-runner")
+    (runner_namespace, runner_labels) = workload_pods(documents)["/".join(RUNNER)]
+    assert policy["metadata"].get("namespace", "") == runner_namespace
+    assert selects(policy["spec"]["podSelector"], runner_labels)
+    assert {name for name, (_, labels) in workload_pods(documents).items() if selects(policy["spec"]["podSelector"], labels)} == {"/".join(RUNNER)}
+    assert admitted_workloads(documents, policy) == {"Deployment/modelhost-web", "Deployment/modelhost-worker"}
+    assert [rule["ports"] for rule in policy["spec"]["ingress"]] == [[{"protocol": "TCP", "port": runner_port(documents)}]]
+    # Egress is a listed policy type with no rule: every connection out is denied.
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert not policy["spec"].get("egress")
+
+
+@pytest.mark.parametrize("overlay", ["base", "production"])
+def test_web_and_worker_runner_addresses_name_every_runner_pod(overlay, request):
+    documents = request.getfixturevalue(overlay)
+    runner = find(documents, *RUNNER)
+    service = find(documents, "Service", runner["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"  # headless: one DNS name per pod
+    runner_namespace, runner_labels = workload_pods(documents)["/".join(RUNNER)]
+    assert service["metadata"].get("namespace", "") == runner_namespace
+    assert selects({"matchLabels": service["spec"]["selector"]}, runner_labels)
+    port = runner_port(documents)
+    assert service["spec"]["ports"] == [{"name": "runner", "port": port, "targetPort": "runner"}]
+    for name in ("modelhost-web", "modelhost-worker"):
+        namespace = find(documents, "Deployment", name)["metadata"].get("namespace", "")
+        suffix = "" if namespace == runner_namespace else f".{runner_namespace}.svc.cluster.local"
+        expected = [f"{runner['metadata']['name']}-{ordinal}.{service['metadata']['name']}{suffix}:{port}" for ordinal in range(runner["spec"]["replicas"])]
+        env = {item["name"]: item for item in container(documents, "Deployment", name)["env"]}
+        assert env["RUNNER_ADDRESSES"]["value"].split(",") == expected, name
+
+
+def test_runner_pods_are_root_with_only_the_capabilities_confinement_needs(production):
+    spec = find(production, *RUNNER)["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsUser"] == 0
+    assert spec["securityContext"]["runAsNonRoot"] is False
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "hostNetwork" not in spec and "hostPID" not in spec and "hostIPC" not in spec
+    (main,) = spec["containers"]
+    context = main["securityContext"]
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert set(context["capabilities"]["add"]) == RUNNER_CAPABILITIES
+    assert context["readOnlyRootFilesystem"] is True
+    assert "privileged" not in context
+    # The API server rejects allowPrivilegeEscalation false beside SYS_ADMIN; runners set
+    # no_new_privs themselves.
+    assert "allowPrivilegeEscalation" not in context
+    # The host's Unix socket needs a writable directory on the read-only root.
+    assert "/app/var/run" in {mount["mountPath"] for mount in main["volumeMounts"]}
+
+
+def memory_mib(quantity: str) -> int:
+    units = {"Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
+    number, unit = quantity[:-2], quantity[-2:]
+    assert unit in units, f"write memory in Mi or Gi, not {quantity}"
+    return int(number) * units[unit]
+
+
+@pytest.mark.parametrize("overlay", ["base", "production"])
+def test_runner_memory_limit_holds_the_budget_one_growing_runner_and_the_host(overlay, request):
+    documents = request.getfixturevalue(overlay)
+    main = container(documents, *RUNNER)
+    env = {item["name"]: int(item["value"]) for item in main["env"]}
+    limit = memory_mib(main["resources"]["limits"]["memory"])
+    host_allowance = 512  # the host with numpy, scipy, pandas and scikit-learn imported
+    assert limit >= env["RUNNER_MEMORY_BUDGET_MB"] + env["RUNNER_MEMORY_MB"] + host_allowance
+    assert memory_mib(main["resources"]["requests"]["memory"]) > env["RUNNER_MEMORY_BUDGET_MB"]
+    assert main["readinessProbe"]["tcpSocket"] == {"port": "runner"}
+
+
+def test_runner_liveness_command_gets_an_answer_from_a_real_host(production):
+    """The probe's status request, sent to the suite's own runner host (conftest.py)."""
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    main = container(production, *RUNNER)
+    command = main["livenessProbe"]["exec"]["command"]
+    assert command[:2] == ["python", "-c"]
+    probed = "/app/var/run/runner.sock"
+    assert probed in command[2]
+    run_mount = next(m["mountPath"] for m in main["volumeMounts"] if m["name"] == "run")
+    assert probed == f"{run_mount}/runner.sock"
+    local_socket = settings.RUNNER_ADDRESSES[0].removeprefix("unix:")
+    for socket_path, expected in ((local_socket, 0), (f"{local_socket}.absent", 1)):
+        result = subprocess.run([sys.executable, "-c", command[2].replace(probed, socket_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert result.returncode == expected, result.stderr
