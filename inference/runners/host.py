@@ -157,11 +157,13 @@ class RunnerHost:
             return
         conn.setblocking(True)
         conn.settimeout(_HELLO_TIMEOUT)
-        try:
-            from inference.runners import wire
+        from inference.runners import wire
 
+        try:
             hello, _ = wire.receive(conn, max_bytes=64 * 1024)
             self._answer(conn, hello)
+        except wire.PeerClosed:
+            pass  # a TCP readiness probe: connected, said nothing, left
         except Exception as exc:  # noqa: BLE001 - one bad client must not stop the host
             logger.warning("runner host: a client's hello failed: %s", exc)
         finally:

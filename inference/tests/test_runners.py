@@ -132,8 +132,8 @@ def test_a_runner_crashing_in_a_loop_hurts_only_its_organization(tenant_a, tenan
 
 
 def test_a_request_past_the_timeout_restarts_only_that_runner(tenant_a, settings):
-    deploy(tenant_a, "big", forest(trees=300))
-    rows = np.tile(f.iris_data()[0], (40, 1)).tolist()  # 6 000 rows through 300 trees
+    deploy(tenant_a, "big", forest(trees=100))
+    rows = np.tile(f.iris_data()[0], (40, 1)).tolist()  # 6 000 rows through 100 trees
     client = tenant_a.key_client()
     assert predict(client, tenant_a, "big", [f.IRIS_ROW]).status_code == 200
     (first,) = runner_pids(tenant_a.organization.id)
@@ -157,11 +157,11 @@ def _cpu_ticks(pid: int) -> int:
 
 def test_a_version_that_keeps_stopping_its_runner_is_marked_failing(tenant_a, settings):
     settings.RUNNER_FAILING_AFTER_CRASHES = 2
-    model = deploy(tenant_a, "big", forest(trees=300))
-    rows = np.tile(f.iris_data()[0], (60, 1)).tolist()
+    model = deploy(tenant_a, "big", forest(trees=100))
+    rows = np.tile(f.iris_data()[0], (66, 1)).tolist()  # 9 900 rows: long enough to be killed mid-way
     client = tenant_a.key_client()
     crashes = attempts = 0
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while crashes < 2:
         assert time.monotonic() < deadline
         attempts += 1
