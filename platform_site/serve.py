@@ -33,8 +33,8 @@ predictions cost 5 % more CPU each (0.426 against 0.397 ms, median of six interl
 
 A worker that dies is started again (respawn); the metrics of a dead worker's live gauges
 are dropped by the survivors (platform_site.metrics.forget_dead_processes). granian has no
-per-request timeout: a model's runaway predict holds its worker until it returns; the model
-checks at upload (a time-limited sandboxed prediction) are what keep such models out.
+per-request timeout; a model's predict runs in its organization's runner, which the web waits
+for at most RUNNER_REQUEST_TIMEOUT_SECONDS (inference.runners.client).
 """
 from __future__ import annotations
 

@@ -305,6 +305,8 @@ RUNNER_ADDRESSES = env.list("RUNNER_ADDRESSES", default=[f"unix:{VAR_DIR / 'run'
 RUNNER_CONNECT_TIMEOUT_SECONDS = env.float("RUNNER_CONNECT_TIMEOUT_SECONDS", default=5.0)
 RUNNER_REQUEST_TIMEOUT_SECONDS = env.float("RUNNER_REQUEST_TIMEOUT_SECONDS", default=60.0)
 RUNNER_LOAD_TIMEOUT_SECONDS = env.float("RUNNER_LOAD_TIMEOUT_SECONDS", default=120.0)
+# The largest answer a runner may send (a subverted runner must not exhaust the web's memory).
+RUNNER_MAX_REPLY_BYTES = env.int("RUNNER_MAX_REPLY_BYTES", default=256 * 1024 * 1024)
 # A version whose predictions stopped its runner this many times is marked failing.
 RUNNER_FAILING_AFTER_CRASHES = env.int("RUNNER_FAILING_AFTER_CRASHES", default=3)
 # Routes (org/model -> version) are cached in-process this long; a promotion made in another

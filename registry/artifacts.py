@@ -1,9 +1,11 @@
-"""Artifacts on their way in (staging, sandbox check, storage) and out (loading for serving).
+"""Artifacts on their way in (staging, sandbox check, storage) and out (the serving artifact
+a runner is sent).
 
 An upload is copied to a temporary file while its sha256 is computed; its format is
 detected from the name and the first bytes; MLflow zips are unpacked through the safe
 archive checks. The sandbox check runs in a child process with memory and time limits, so
-a model that explodes on load takes down the child, never the web process.
+a model that explodes on load takes down the child, never the web process. The sandbox also
+writes the serving artifact (registry.loaders.serving); nothing here loads a tenant's model.
 """
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ def _exchange(org_id: int, header: dict, buffers: list[bytes], *, timeout: float
     sock.settimeout(timeout)
     try:
         wire.send(sock, header, buffers)
-        return wire.receive(sock)
+        return wire.receive(sock, max_bytes=settings.RUNNER_MAX_REPLY_BYTES)
     except TimeoutError:
         _drop(org_id)
         _stop_runners(org_id)
