@@ -58,8 +58,7 @@ def timed(label: str, function):
 
 def instrument() -> list[str]:
     """Wrap the hot path's steps; returns the labels in display order."""
-    from inference import hotpath, limits, prediction_cache, records, views_native
-    from inference.model_cache import LoadedModel
+    from inference import hotpath, limits, prediction_cache, predictors, records, views_native
     from platform_site.dispatch import PredictionDispatcher
 
     steps = [
@@ -72,7 +71,7 @@ def instrument() -> list[str]:
         ("    prediction cache key (blake2b)", prediction_cache, "cache_key"),
         ("    rate limit + quota + cache read (Redis EVALSHA)", limits, "check_and_count"),
         ("    decode a cached answer", prediction_cache, "decode"),
-        ("    model.predict", LoadedModel, "predict"),
+        ("    predict (the web's own arithmetic, or the runner's round trip)", predictors, "predict"),
         ("    build the record", hotpath, "_record"),
         ("    record + cache store (XADD+SET queued on the socket)", records, "publish"),
         ("    Prometheus counters + histogram", hotpath, "_observe"),
