@@ -19,7 +19,7 @@ TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 # RECORD_FLUSH_SECONDS: tests flush the in-process record buffer themselves; the background
 # flusher, writing from its own database connection, would race a test's open transaction.
 
-.PHONY: run test install install-dev services migrate demo check-deploy clean screenshots bench-inference bench-memory bench-upload
+.PHONY: run test install install-dev services migrate demo check-deploy clean screenshots bench-inference bench-memory bench-upload bench-soak
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench-inference: $(DEV_STAMP) services
 ## bench-memory: RSS with 100 models, and the cold first request
 bench-memory: $(DEV_STAMP) services
 	$(PYTHON) bench/memory_bench.py
+
+## bench-soak: 10 minutes of the three protocols with bad inputs and feedback; records sent = stored
+bench-soak: $(DEV_STAMP) services
+	$(PYTHON) bench/soak.py
 
 ## bench-upload: upload-to-ready time for iris and a 500-tree forest
 bench-upload: $(DEV_STAMP) services
