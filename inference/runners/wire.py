@@ -34,7 +34,12 @@ class PeerClosed(WireError):
 
 
 def encode_array(value: Any, buffers: list[bytes]) -> dict:
-    """The header entry for an array (appending its bytes to `buffers` when numeric)."""
+    """The header entry for an array (appending its bytes to `buffers` when numeric).
+
+    A list of arrays (a multi-output model's predict_proba: one array per output) stays a list.
+    """
+    if isinstance(value, (list, tuple)) and value and all(isinstance(item, np.ndarray) for item in value):
+        return {"list": [encode_array(item, buffers) for item in value]}
     array = np.asarray(value)
     if array.dtype.kind in _NUMERIC_KINDS and array.dtype.fields is None:
         array = np.ascontiguousarray(array)
@@ -46,8 +51,13 @@ def encode_array(value: Any, buffers: list[bytes]) -> dict:
     return {"json": array.tolist(), "shape": list(array.shape), "kind": kind}
 
 
-def decode_array(entry: dict, buffers: list[memoryview]) -> np.ndarray:
-    """The array a header entry describes; numeric dtypes only from raw bytes."""
+def decode_array(entry: dict, buffers: list[memoryview]) -> np.ndarray | list[np.ndarray]:
+    """The array a header entry describes (or the list of them); numeric dtypes only from raw bytes."""
+    if "list" in entry:
+        items = entry["list"]
+        if not isinstance(items, list) or len(items) > 10_000:
+            raise WireError("a malformed list of arrays")
+        return [decode_array(item, buffers) for item in items]
     if "json" in entry:
         values = entry["json"]
         try:

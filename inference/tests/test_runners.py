@@ -215,3 +215,12 @@ def test_an_answer_is_decoded_only_from_numeric_bytes(dtype):
 def test_an_answer_whose_bytes_do_not_match_its_shape_is_refused():
     with pytest.raises(wire.WireError, match="do not match"):
         wire.decode_array({"dtype": "<f8", "shape": [1000], "buffer": 0}, [memoryview(b"\0" * 8)])
+
+
+def test_a_list_of_probability_arrays_crosses_the_wire_as_a_list():
+    """A multi-output classifier's predict_proba is one array per output, of different widths."""
+    buffers: list[bytes] = []
+    entry = wire.encode_array([np.zeros((2, 3)), np.ones((2, 2))], buffers)
+    decoded = wire.decode_array(entry, [memoryview(b) for b in buffers])
+    assert isinstance(decoded, list) and [a.shape for a in decoded] == [(2, 3), (2, 2)]
+    assert decoded[1].tolist() == [[1.0, 1.0], [1.0, 1.0]]
