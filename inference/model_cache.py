@@ -96,43 +96,70 @@ class LoadedModel:
 
 
 class ModelCache:
+    """Loaded models by version id, least recently used dropped first.
+
+    Every read and write of the entries happens under one lock (a lookup reorders the LRU, so
+    even a hit writes); loading happens outside it, behind a per-version gate, so one slow load
+    never blocks lookups of other versions. Hand-written over an OrderedDict rather than
+    cachetools' LRUCache because the bound is two limits at once (count and estimated bytes)
+    and the newest model always stays, even when it alone passes the byte budget.
+    """
+
     def __init__(self) -> None:
         self._models: OrderedDict[int, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[int, threading.Lock] = {}
 
     def get(self, version_id: int, *, size_bytes: int, load: Callable[[], Any]) -> LoadedModel:
-        model = self._models.get(version_id)
+        model = self._lookup(version_id)
         if model is not None:
-            self._models.move_to_end(version_id)
             return model
         with self._lock:
             gate = self._loading.setdefault(version_id, threading.Lock())
-        with gate:  # one load per version per process, even under threads
+        try:
+            with gate:  # one load per version per process, even under threads
+                model = self._lookup(version_id)
+                if model is not None:
+                    return model
+                model = self._load(version_id, size_bytes=size_bytes, load=load)
+                with self._lock:
+                    self._models[version_id] = model
+                    self._evict()
+                    count = len(self._models)
+                MODELS_LOADED.set(count)
+                return model
+        finally:
+            # Whether the load worked or raised: a thread still waiting on this gate finds the
+            # model (or loads again itself), and the next caller starts from a clean slate.
+            with self._lock:
+                if self._loading.get(version_id) is gate:
+                    del self._loading[version_id]
+
+    def _lookup(self, version_id: int) -> LoadedModel | None:
+        with self._lock:
             model = self._models.get(version_id)
             if model is not None:
-                return model
-            started = time.perf_counter()
-            estimator = load()
-            seconds = time.perf_counter() - started
-            MODEL_LOAD_SECONDS.observe(seconds)
-            model = LoadedModel(
-                version_id=version_id,
-                estimator=estimator,
-                has_proba=_has_predict_proba(estimator),
-                size_bytes=size_bytes,
-                load_seconds=seconds,
-                fast_predict=fast_predict_for(estimator),
-                width=int(getattr(estimator, "n_features_in_", 0) or 0),
-            )
-            with self._lock:
-                self._models[version_id] = model
-                self._evict()
-                self._loading.pop(version_id, None)
-            MODELS_LOADED.set(len(self._models))
+                self._models.move_to_end(version_id)
             return model
 
+    @staticmethod
+    def _load(version_id: int, *, size_bytes: int, load: Callable[[], Any]) -> LoadedModel:
+        started = time.perf_counter()
+        estimator = load()
+        seconds = time.perf_counter() - started
+        MODEL_LOAD_SECONDS.observe(seconds)
+        return LoadedModel(
+            version_id=version_id,
+            estimator=estimator,
+            has_proba=_has_predict_proba(estimator),
+            size_bytes=size_bytes,
+            load_seconds=seconds,
+            fast_predict=fast_predict_for(estimator),
+            width=int(getattr(estimator, "n_features_in_", 0) or 0),
+        )
+
     def _evict(self) -> None:
+        """Drop the least recently used entries past the bounds; the caller holds the lock."""
         budget = settings.MODEL_CACHE_MAX_MB * 1024 * 1024
         while len(self._models) > 1 and (
             len(self._models) > settings.MODEL_CACHE_MAX_MODELS or sum(m.size_bytes for m in self._models.values()) > budget
@@ -142,18 +169,26 @@ class ModelCache:
     def discard(self, version_id: int) -> None:
         with self._lock:
             self._models.pop(version_id, None)
-        MODELS_LOADED.set(len(self._models))
+            count = len(self._models)
+        MODELS_LOADED.set(count)
 
     def clear(self) -> None:
         with self._lock:
             self._models.clear()
         MODELS_LOADED.set(0)
 
+    def loading_versions(self) -> set[int]:
+        """The versions a thread is loading right now."""
+        with self._lock:
+            return set(self._loading)
+
     def __contains__(self, version_id: int) -> bool:
-        return version_id in self._models
+        with self._lock:
+            return version_id in self._models
 
     def __len__(self) -> int:
-        return len(self._models)
+        with self._lock:
+            return len(self._models)
 
 
 def _has_predict_proba(estimator: Any) -> bool:
