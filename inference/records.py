@@ -10,6 +10,11 @@ committed, so a worker crash loses none either (pending entries are claimed agai
 RECORD_CLAIM_IDLE_SECONDS). Inserts ignore duplicate prediction ids, so a batch that is
 inserted twice is stored once.
 
+Ingestion commits in its own durable transaction (`transaction.atomic(durable=True)`): it
+refuses to run inside a caller's transaction, whose rollback for an unrelated reason (a
+refused feedback, say) would otherwise take the inserted rows with it after their entries
+had left the stream. An entry is acknowledged and deleted only once that commit returned.
+
 Without Redis (make run's embedded mode, or Redis down): records go to a bounded
 in-process buffer that a background thread writes in bulk every RECORD_FLUSH_SECONDS; a
 crash of that process loses at most the records of that last interval (and never more
@@ -27,7 +32,7 @@ from datetime import datetime, timezone
 
 import orjson
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
 from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success, send_later, settle_pending
 
@@ -94,7 +99,8 @@ class LocalRecordBuffer:
                 break
         if batch:
             try:
-                ingest_records(batch)
+                with transaction.atomic(durable=True):
+                    ingest_records(batch)
             except BaseException:
                 # Back at the front, in order, for the next flush (the bound still holds:
                 # when the buffer is full meanwhile, the newest records are the ones dropped).
@@ -200,7 +206,8 @@ def _store_and_ack(client, entries) -> int:
     ids = [entry_id for entry_id, fields in entries if fields]
     records = [orjson.loads(fields[b"r"]) for _, fields in entries if fields and b"r" in fields]
     if records:
-        ingest_records(records)
+        with transaction.atomic(durable=True):  # committed before the entries leave the stream
+            ingest_records(records)
     if ids:
         pipe = client.pipeline(transaction=False)
         pipe.xack(STREAM, GROUP, *ids)

@@ -561,6 +561,8 @@ def test_feedback_is_recorded_for_a_prediction(tenant_a, iris):
         pytest.param({}, "label", id="neither"),
         pytest.param({"label": 0, "value": 1.0}, "label", id="both"),
         pytest.param({"label": [0]}, "label", id="not-a-scalar"),
+        pytest.param({"label": True}, "label", id="boolean-for-integer-classes"),
+        pytest.param({"label": "1"}, "label", id="string-for-integer-classes"),
     ],
 )
 def test_bad_feedback_is_refused(tenant_a, iris, body, field):
