@@ -109,6 +109,16 @@ BATCH_ROWS = Counter(
     "Rows scored by batch jobs.",
     [],
 )
+RECORDS_SPILLED = Counter(
+    "modelhost_records_spilled_total",
+    "Prediction records kept in a web process's buffer because the record stream was at its bound.",
+    [],
+)
+RECORDS_DROPPED = Counter(
+    "modelhost_records_dropped_total",
+    "Prediction records lost because the stream was at its bound and the process's buffer was full.",
+    [],
+)
 
 
 # --- gauges read at scrape time -----------------------------------------------------------
@@ -142,6 +152,12 @@ class PlatformCollector:
             for labels, value in hook():
                 drift.add_metric(labels, value)
         yield drift
+        backlog = GaugeMetricFamily(
+            "modelhost_record_backlog", "Prediction records waiting in the Redis stream for the ingestion worker (NaN when unknown)."
+        )
+        hook = SCRAPE_HOOKS.get("record_backlog")
+        backlog.add_metric([], hook() if hook is not None else float("nan"))
+        yield backlog
 
     def describe(self):
         return []

@@ -258,7 +258,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- Prediction records and the model cache ----------------------------------------------
 
+# Past this many waiting records, web processes spill to their own buffer (inference.records).
 RECORD_STREAM_MAXLEN = env.int("RECORD_STREAM_MAXLEN", default=2_000_000)
+RECORD_STREAM_FULL_SECONDS = env.float("RECORD_STREAM_FULL_SECONDS", default=1.0)
 RECORD_BUFFER_MAX = env.int("RECORD_BUFFER_MAX", default=10_000)
 RECORD_FLUSH_SECONDS = env.float("RECORD_FLUSH_SECONDS", default=1.0)
 RECORD_CLAIM_IDLE_SECONDS = env.float("RECORD_CLAIM_IDLE_SECONDS", default=60.0)

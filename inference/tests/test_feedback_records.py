@@ -96,3 +96,40 @@ def test_ingestion_refuses_to_run_inside_another_transaction(transactional_db, t
         with transaction.atomic():
             records.drain_stream()
     assert get_redis().xlen(records.STREAM) == 3
+
+
+# --- the stream's bound ------------------------------------------------------------------
+
+def _record(tenant, model, n: int) -> dict:
+    version = model.versions.get()
+    return {
+        "id": f"prd_bound_{n:06d}", "ts": 1_700_000_000 + n, "org": tenant.organization.id, "model": model.id, "version": version.id,
+        "proto": "native", "rows": 1, "lat": 0.5, "hit": False, "in": [ROW], "out": [0],
+    }
+
+
+def test_records_past_the_stream_bound_are_spilled_and_stored_not_trimmed(transactional_db, tenant_a, empty_stream, settings, client):
+    from prometheus_client import REGISTRY
+
+    from platform_site.redis_client import MAX_PENDING_SENDS
+
+    def spilled() -> float:
+        return REGISTRY.get_sample_value("modelhost_records_spilled_total") or 0.0
+
+    settings.RECORD_STREAM_MAXLEN = 100
+    settings.RECORD_STREAM_FULL_SECONDS = 60
+    model = _iris(tenant_a)
+    spilled_before = spilled()
+    for n in range(300):
+        records.publish(record=_record(tenant_a, model, n))
+    settle_pending()
+
+    waiting = get_redis().xlen(records.STREAM)
+    # The bound, overshot by the records whose XLEN replies this thread had not read yet.
+    assert 100 <= waiting <= 100 + MAX_PENDING_SENDS
+    scraped = client.get("/metrics").content.decode().splitlines()
+    assert f"modelhost_record_backlog {float(waiting)}" in scraped
+    assert spilled() - spilled_before == 300 - waiting
+    records.drain_stream()
+    records.flush_local_buffer()
+    assert PredictionRecord.objects.filter(prediction_id__startswith="prd_bound_").count() == 300
