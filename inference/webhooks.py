@@ -10,7 +10,9 @@ Where it connects: the host is resolved once; every address it resolves to must 
 WEBHOOK_ALLOWED_NETWORKS; the connection then goes to that checked address, with the name
 only in the Host header, SNI and certificate check. So a DNS answer that changes between
 the check and the connection (rebinding) cannot move the request to an internal address.
-Redirects are never followed: a 3xx is a failed attempt, like a 4xx or 5xx.
+Redirects are never followed: a 3xx is a failed attempt, like a 4xx or 5xx. Every attempt,
+delivered or not, is kept as a WebhookDelivery row the organization reads
+(`GET /api/v1/orgs/{org}/webhook-deliveries`).
 
 Built on urllib3 (already installed with requests, pinned in requirements.txt): its
 connection pools take the address to connect to and the name to verify separately
@@ -102,8 +104,35 @@ def resolve_destination(url: str, *, allow_private: bool) -> Destination:
     return Destination(scheme=parts.scheme, host=parts.hostname, port=port, path=path, address=addresses[0].split("%")[0])
 
 
-def deliver(*, url: str, body: bytes, secret: str, event: str, delivery_id: str, allow_private: bool) -> int:
-    """POST the signed body to the checked address; the status code on a 2xx, else DeliveryFailed."""
+def deliver(
+    *, url: str, body: bytes, secret: str, event: str, delivery_id: str, allow_private: bool, organization_id: int, subject: str
+) -> int:
+    """POST the signed body to the checked address and log the attempt; the status code on a 2xx, else DeliveryFailed."""
+    from inference.models import WebhookDelivery
+
+    started = time.perf_counter()
+    status_code, error = None, ""
+    try:
+        status_code = _post(url=url, body=body, secret=secret, event=event, delivery_id=delivery_id, allow_private=allow_private)
+        return status_code
+    except DeliveryFailed as exc:
+        status_code, error = exc.status_code, str(exc)
+        raise
+    finally:
+        WebhookDelivery.objects.create(
+            organization_id=organization_id,
+            subject=subject,
+            event=event,
+            delivery_id=delivery_id,
+            url=url[:2000],
+            status_code=status_code,
+            is_delivered=not error and status_code is not None,
+            error=error[:500],
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+
+def _post(*, url: str, body: bytes, secret: str, event: str, delivery_id: str, allow_private: bool) -> int:
     destination = resolve_destination(url, allow_private=allow_private)
     timeout = urllib3.Timeout(connect=settings.WEBHOOK_TIMEOUT_SECONDS, read=settings.WEBHOOK_TIMEOUT_SECONDS)
     if destination.scheme == "https":

@@ -93,6 +93,8 @@ def deliver_drift_webhook(*, report_id: int) -> bool:
             event="drift.detected",
             delivery_id=f"drift-report-{report.pk}",
             allow_private=settings.ANALYTICS_WEBHOOK_ALLOW_PRIVATE,
+            organization_id=report.organization_id,
+            subject=f"drift_report:{report.pk}",
         )
     except webhooks.DeliveryFailed as exc:
         DriftReport.objects.filter(pk=report.pk).update(webhook_error=str(exc)[:500])

@@ -469,9 +469,8 @@ def deliver_webhook(*, job_id: int, is_last_attempt: bool) -> None:
     body = orjson.dumps(webhooks.event_document(job, result_path=result_path(job)))
     try:
         code = webhooks.post(
-            url=job.webhook_url,
+            job=job,
             body=body,
-            secret=job.webhook_secret,
             event=f"batch_job.{job.status}",
             delivery_id=f"{job.id}-{attempt}",
         )

@@ -53,8 +53,15 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def post(*, url: str, body: bytes, secret: str, event: str, delivery_id: str) -> int:
-    """POST the signed body through the one sender; the status code on a 2xx, else DeliveryFailed."""
+def post(*, job, body: bytes, event: str, delivery_id: str) -> int:
+    """POST the job's signed event through the one sender; the status code on a 2xx, else DeliveryFailed."""
     return deliver(
-        url=url, body=body, secret=secret, event=event, delivery_id=delivery_id, allow_private=settings.BATCH_WEBHOOK_ALLOW_PRIVATE_HOSTS
+        url=job.webhook_url,
+        body=body,
+        secret=job.webhook_secret,
+        event=event,
+        delivery_id=delivery_id,
+        allow_private=settings.BATCH_WEBHOOK_ALLOW_PRIVATE_HOSTS,
+        organization_id=job.organization_id,
+        subject=f"batch_job:{job.id}",
     )

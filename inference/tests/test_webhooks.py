@@ -12,6 +12,8 @@ import pytest
 
 from inference import webhooks
 
+pytestmark = pytest.mark.django_db
+
 
 class LocalServer:
     """An HTTP server on `host` answering every request with `status` (and `Location`), keeping what it got."""
@@ -62,7 +64,12 @@ def servers():
 
 
 def send(url: str, **kwargs) -> int:
-    return webhooks.deliver(url=url, body=b'{"event":"test"}', secret="whsec_k", event="test", delivery_id="d-1", **kwargs)
+    from accounts.tests.factories import OrganizationFactory
+
+    organization = OrganizationFactory()
+    return webhooks.deliver(
+        url=url, body=b'{"event":"test"}', secret="whsec_k", event="test", delivery_id="d-1", organization_id=organization.id, subject="test:1", **kwargs
+    )
 
 
 def test_a_redirect_to_loopback_is_a_failed_attempt_and_is_not_followed(servers, settings):
