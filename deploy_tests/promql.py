@@ -25,6 +25,7 @@ COLLECTOR_FAMILIES = {
     "modelhost_queue_length": "gauge",
     "modelhost_workers_online": "gauge",
     "modelhost_drift_detected": "gauge",
+    "modelhost_record_backlog": "gauge",
 }
 _METRIC_CLASSES = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram", "Summary": "summary"}
 

@@ -11,7 +11,8 @@ import yaml
 from deploy_tests.toolchain import REPO, procfile_commands, require_module
 
 COMPOSE = REPO / "docker-compose.yml"
-APP_SERVICES = ("release", "demo", "web", "worker", "beat")
+WORKERS = ("worker-ingest", "worker-analytics", "worker-batch")
+APP_SERVICES = ("release", "demo", "web", *WORKERS, "beat")
 RUNNER_PORT = 7070
 # What a runner host needs to confine the runners it forks (inference/runners/runner.py).
 RUNNER_CAPABILITIES = {"SETUID", "SETGID", "SYS_ADMIN"}
@@ -47,7 +48,7 @@ def test_schema_rejects_a_misspelt_service_key():
     assert list(compose_validator(schema).iter_errors(broken))
 
 
-@pytest.mark.parametrize("process", ["release", "web", "worker", "beat"])
+@pytest.mark.parametrize("process", ["release", "web", *WORKERS, "beat"])
 def test_service_runs_the_procfile_command(compose, process):
     assert compose["services"][process]["command"] == procfile_commands()[process]
 
@@ -70,7 +71,7 @@ def test_processes_start_after_migrations_and_healthy_backing_services(compose):
     services = compose["services"]
     assert services["release"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert services["release"]["restart"] == "no"
-    for name in ("web", "worker", "beat"):
+    for name in ("web", *WORKERS, "beat"):
         assert services[name]["depends_on"] == {
             "release": {"condition": "service_completed_successfully"},
             "postgres": {"condition": "service_healthy"},
@@ -80,11 +81,14 @@ def test_processes_start_after_migrations_and_healthy_backing_services(compose):
 
 def test_long_running_services_have_health_checks(compose):
     services = compose["services"]
-    for name in ("postgres", "redis", "web", "worker", "runner", "mlflow", "prometheus", "alertmanager", "grafana"):
+    for name in ("postgres", "redis", "web", *WORKERS, "runner", "mlflow", "prometheus", "alertmanager", "grafana"):
         test = services[name]["healthcheck"]["test"]
         assert test[0] in ("CMD", "CMD-SHELL"), name
     assert "/healthz" in " ".join(services["web"]["healthcheck"]["test"])
-    assert "inspect ping" in services["worker"]["healthcheck"]["test"][1]
+    for name in WORKERS:
+        # The ping names the worker's own node (its --hostname), or it never answers.
+        node = services[name]["command"][services[name]["command"].index("--hostname") + 1].replace("%h", "$$HOSTNAME")
+        assert f"inspect ping --destination {node} " in services[name]["healthcheck"]["test"][1], name
     assert "'op': 'status'" in services["runner"]["healthcheck"]["test"][-1]
     # The image's HTTP check would fail on processes that serve no HTTP.
     for name in ("beat", "release", "demo"):
@@ -95,7 +99,7 @@ def test_web_and_worker_share_the_model_storage_volume(compose):
     environment = compose["services"]["web"]["environment"]
     assert environment["MODEL_STORAGE"] == "local"
     mount = f"model-storage:{environment['MODEL_STORAGE_ROOT']}"
-    for name in ("web", "worker"):
+    for name in ("web", *WORKERS):
         assert mount in compose["services"][name]["volumes"], name
     assert "model-storage" in compose["volumes"]
 

@@ -35,6 +35,9 @@ MANIFESTS = sorted(
 )
 
 
+WORKERS = ("worker-ingest", "worker-analytics", "worker-batch")
+
+
 def schema_problems(documents: list[dict[str, Any]]) -> list[str]:
     kubernetes_validate = require_module("kubernetes_validate")
     problems = []
@@ -105,7 +108,7 @@ def test_manifest_validates_against_its_schema(path: Path):
 def test_validation_catches_a_misspelt_field():
     deployment = load_yaml_documents(BASE / "web-deployment.yaml")[0]
     deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
-    scaled_object = load_yaml_documents(BASE / "worker-scaledobject.yaml")[0]
+    scaled_object = load_yaml_documents(BASE / "worker-batch-scaledobject.yaml")[0]
     scaled_object["spec"]["minReplicas"] = 1
     problems = schema_problems([deployment, scaled_object])
     assert any("livenesProbe" in problem for problem in problems), problems
@@ -128,7 +131,9 @@ def test_base_kustomization_lists_every_manifest_in_its_folder():
     ("kind", "name", "process"),
     [
         ("Deployment", "modelhost-web", "web"),
-        ("Deployment", "modelhost-worker", "worker"),
+        ("Deployment", "modelhost-worker-ingest", "worker-ingest"),
+        ("Deployment", "modelhost-worker-analytics", "worker-analytics"),
+        ("Deployment", "modelhost-worker-batch", "worker-batch"),
         ("Deployment", "modelhost-beat", "beat"),
         ("Job", "modelhost-migrate", "release"),
     ],
@@ -158,7 +163,7 @@ def test_every_workload_runs_the_production_image(production):
 
 
 def test_app_pods_wait_for_migrations(production):
-    for name in ("Deployment/modelhost-web", "Deployment/modelhost-worker", "Deployment/modelhost-beat"):
+    for name in ("Deployment/modelhost-web", *(f"Deployment/modelhost-{w}" for w in WORKERS), "Deployment/modelhost-beat"):
         (init,) = pod_specs(production)[name]["spec"]["initContainers"]
         assert "python manage.py migrate --check" in init["command"][-1], name
 
@@ -183,7 +188,7 @@ def test_beat_is_a_single_replica_recreated_on_rollout(production):
 
 
 def test_autoscaled_deployments_leave_the_replica_count_to_their_autoscaler(production):
-    for name in ("modelhost-web", "modelhost-worker"):
+    for name in ("modelhost-web", *(f"modelhost-{w}" for w in WORKERS)):
         assert "replicas" not in find(production, "Deployment", name)["spec"], name
 
 
@@ -245,7 +250,7 @@ def test_service_ingress_and_budgets_select_the_right_pods(production):
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     backend = find(production, "Ingress", "modelhost-web")["spec"]["rules"][0]["http"]["paths"][0]["backend"]
     assert backend["service"] == {"name": "modelhost-web", "port": {"name": "http"}}
-    for component in ("web", "worker"):
+    for component in ("web", *WORKERS):
         budget = find(production, "PodDisruptionBudget", f"modelhost-{component}")
         selector = budget["spec"]["selector"]["matchLabels"]
         assert selector.items() <= labels[f"Deployment/modelhost-{component}"].items()
@@ -272,10 +277,11 @@ def test_adapter_rule_reads_a_metric_the_web_exposes():
     assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
 
 
-def test_workers_scale_on_the_length_of_the_queues_they_consume(production):
-    scaled_object = find(production, "ScaledObject", "modelhost-worker")
-    assert scaled_object["spec"]["scaleTargetRef"] == {"name": "modelhost-worker"}
-    worker_command = procfile_commands()["worker"]
+@pytest.mark.parametrize("worker", WORKERS)
+def test_each_worker_scales_on_the_length_of_the_queues_it_consumes(production, worker):
+    scaled_object = find(production, "ScaledObject", f"modelhost-{worker}")
+    assert scaled_object["spec"]["scaleTargetRef"] == {"name": f"modelhost-{worker}"}
+    worker_command = procfile_commands()[worker]
     queues = worker_command[worker_command.index("--queues") + 1].split(",")
     triggers = scaled_object["spec"]["triggers"]
     assert [trigger["metadata"]["listName"] for trigger in triggers] == queues
@@ -285,6 +291,18 @@ def test_workers_scale_on_the_length_of_the_queues_they_consume(production):
     assert {trigger["authenticationRef"]["name"] for trigger in triggers} == {"modelhost-redis"}
     assert authentication["spec"]["secretTargetRef"][0]["name"] == "modelhost-secrets"
     assert 1 <= scaled_object["spec"]["minReplicaCount"] < scaled_object["spec"]["maxReplicaCount"]
+    # The liveness ping names the worker's own node, or it never answers.
+    node = worker_command[worker_command.index("--hostname") + 1].replace("%h", "$HOSTNAME")
+    probe = container(production, "Deployment", f"modelhost-{worker}")["livenessProbe"]["exec"]["command"][-1]
+    assert f"--destination {node} " in probe
+
+
+def test_every_queue_the_tasks_are_routed_to_has_its_own_worker():
+    from platform_site import settings
+
+    consumed = [queue for worker in WORKERS for queue in procfile_commands()[worker][procfile_commands()[worker].index("--queues") + 1].split(",")]
+    routed = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()} | {settings.CELERY_TASK_DEFAULT_QUEUE}
+    assert sorted(consumed) == sorted(routed)  # each queue consumed by exactly one kind of worker
 
 
 def test_pods_run_as_the_images_non_root_user_with_a_read_only_root(production):

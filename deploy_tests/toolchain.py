@@ -20,7 +20,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 INSTALL_HINT = "run `sudo scripts/install_ops_tools.sh` (it installs promtool, amtool, node and the schema packages)"
 PIP_HINT = "install the development requirements: `pip install -r requirements-dev.txt`"
-PROCFILE_PROCESSES = ("web", "worker", "beat", "release")
+PROCFILE_PROCESSES = ("web", "worker-ingest", "worker-analytics", "worker-batch", "beat", "release")
 
 
 def ops_tools_dir() -> Path:

@@ -230,6 +230,8 @@ class BatchChunk(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Stamped every BATCH_HEARTBEAT_SECONDS while a worker scores it (inference.batch.heartbeat).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -238,3 +240,28 @@ class BatchChunk(models.Model):
 
     def __str__(self) -> str:
         return f"chunk {self.index} of job {self.job_id}"
+
+
+class WebhookDelivery(models.Model):
+    """One attempt to deliver a webhook (inference.webhooks), shown to the organization it is for."""
+
+    TENANT_PATH = "organization"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    # What the event is about: "batch_job:<id>" or "drift_report:<id>".
+    subject = models.CharField(max_length=100)
+    event = models.CharField(max_length=60)
+    delivery_id = models.CharField(max_length=100)
+    url = models.URLField(max_length=2000)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    is_delivered = models.BooleanField(default=False)
+    error = models.CharField(max_length=500, blank=True)
+    duration_ms = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["organization", "-created_at"]), models.Index(fields=["subject"])]
+
+    def __str__(self) -> str:
+        return f"{self.event} to {self.url} ({self.status_code or self.error})"

@@ -10,10 +10,25 @@ committed, so a worker crash loses none either (pending entries are claimed agai
 RECORD_CLAIM_IDLE_SECONDS). Inserts ignore duplicate prediction ids, so a batch that is
 inserted twice is stored once.
 
+Ingestion commits in its own durable transaction (`transaction.atomic(durable=True)`): it
+refuses to run inside a caller's transaction, whose rollback for an unrelated reason (a
+refused feedback, say) would otherwise take the inserted rows with it after their entries
+had left the stream. An entry is acknowledged and deleted only once that commit returned.
+
 Without Redis (make run's embedded mode, or Redis down): records go to a bounded
 in-process buffer that a background thread writes in bulk every RECORD_FLUSH_SECONDS; a
 crash of that process loses at most the records of that last interval (and never more
 than RECORD_BUFFER_MAX).
+
+The stream's bound (RECORD_STREAM_MAXLEN) is never enforced by trimming, which dropped the
+oldest records silently. Each record's XADD is followed by an XLEN in the same round trip
+(O(1)); when the stream holds RECORD_STREAM_MAXLEN entries or more, the process spills its
+records to the in-process buffer for RECORD_STREAM_FULL_SECONDS before looking again (the
+bound is overshot by at most the replies a thread has not read yet, MAX_PENDING_SENDS): the
+web then writes them to the database itself, in bulk, while the ingestion worker catches up
+(counted in modelhost_records_spilled_total). Only when that buffer is full too is a record
+lost, and counted (modelhost_records_dropped_total). The backlog is the gauge
+modelhost_record_backlog; the ModelhostRecordBacklog alert fires long before the bound.
 """
 from __future__ import annotations
 
@@ -27,8 +42,9 @@ from datetime import datetime, timezone
 
 import orjson
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
+from platform_site.metrics import RECORDS_DROPPED, RECORDS_SPILLED, SCRAPE_HOOKS
 from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success, send_later, settle_pending
 
 logger = logging.getLogger(__name__)
@@ -48,8 +64,8 @@ def publish(*, record: dict, cache_key: str | None = None, cache_value: bytes | 
     once. A refused cache write only costs a future cache hit.
     """
     client = get_redis()
-    if client is not None:
-        commands = [("XADD", STREAM, "MAXLEN", "~", settings.RECORD_STREAM_MAXLEN, "*", "r", orjson.dumps(record))]
+    if client is not None and time.monotonic() >= _stream_full_until:
+        commands = [("XADD", STREAM, "*", "r", orjson.dumps(record)), ("XLEN", STREAM)]
         if cache_key is not None and cache_value is not None and ttl > 0:
             commands.append(("SET", cache_key, cache_value, "EX", ttl))
         try:
@@ -58,7 +74,12 @@ def publish(*, record: dict, cache_key: str | None = None, cache_value: bytes | 
             report_failure(exc)
         else:
             return
+    elif client is not None:
+        RECORDS_SPILLED.inc()
     _local_buffer().append(record)
+
+
+_stream_full_until = 0.0
 
 
 def _settled(record: dict, outcome: list | BaseException) -> None:
@@ -69,8 +90,32 @@ def _settled(record: dict, outcome: list | BaseException) -> None:
         report_success()  # Redis answered, even if it refused the record
         logger.warning("the record stream refused a prediction record, kept in process: %s", outcome[0])
     else:
+        length = outcome[1]
+        if isinstance(length, int) and length >= settings.RECORD_STREAM_MAXLEN:
+            _mark_stream_full(length)
         return
     _local_buffer().append(record)
+
+
+def _mark_stream_full(length: int) -> None:
+    global _stream_full_until
+    if time.monotonic() >= _stream_full_until:
+        logger.warning("the record stream holds %d records (bound %d): spilling to the process buffer", length, settings.RECORD_STREAM_MAXLEN)
+    _stream_full_until = time.monotonic() + settings.RECORD_STREAM_FULL_SECONDS
+
+
+def stream_backlog() -> float:
+    """Records waiting in the stream (ingested entries are deleted); NaN when Redis does not answer."""
+    client = get_redis()
+    if client is None:
+        return float("nan")
+    try:
+        return float(client.xlen(STREAM))
+    except REDIS_ERRORS:
+        return float("nan")
+
+
+SCRAPE_HOOKS["record_backlog"] = stream_backlog
 
 
 class LocalRecordBuffer:
@@ -83,6 +128,8 @@ class LocalRecordBuffer:
         self._thread.start()
 
     def append(self, record: dict) -> None:
+        if len(self.records) >= settings.RECORD_BUFFER_MAX:
+            RECORDS_DROPPED.inc()  # the deque drops its oldest record to take this one
         self.records.append(record)
 
     def flush(self) -> int:
@@ -94,7 +141,8 @@ class LocalRecordBuffer:
                 break
         if batch:
             try:
-                ingest_records(batch)
+                with transaction.atomic(durable=True):
+                    ingest_records(batch)
             except BaseException:
                 # Back at the front, in order, for the next flush (the bound still holds:
                 # when the buffer is full meanwhile, the newest records are the ones dropped).
@@ -200,7 +248,8 @@ def _store_and_ack(client, entries) -> int:
     ids = [entry_id for entry_id, fields in entries if fields]
     records = [orjson.loads(fields[b"r"]) for _, fields in entries if fields and b"r" in fields]
     if records:
-        ingest_records(records)
+        with transaction.atomic(durable=True):  # committed before the entries leave the stream
+            ingest_records(records)
     if ids:
         pipe = client.pipeline(transaction=False)
         pipe.xack(STREAM, GROUP, *ids)

@@ -1,9 +1,12 @@
-"""Writes for inference outside the hot path: feedback."""
+"""Writes for inference outside the hot path: feedback.
+
+Feedback runs outside any transaction of its own until the single write at the end: to find a
+prediction still on its way it drains the record stream, and that drain commits on its own
+(inference.records), so a refused feedback cannot roll back other tenants' records.
+"""
 from __future__ import annotations
 
 from typing import Any
-
-from django.db import transaction
 
 from accounts.principals import Caller
 from accounts.selectors import organizations_for_caller
@@ -17,7 +20,13 @@ def _find_prediction(*, caller: Caller, prediction_id: str) -> PredictionRecord 
     return PredictionRecord.objects.select_related("version").filter(prediction_id=prediction_id, organization__in=orgs, status=200).first()
 
 
-@transaction.atomic
+def is_class_label(label: Any, classes: list) -> bool:
+    """Whether label is one of the classes; a boolean matches only a boolean (True is not the class 1)."""
+    if isinstance(label, bool):
+        return any(isinstance(c, bool) and c == label for c in classes)
+    return any(not isinstance(c, bool) and c == label for c in classes)
+
+
 def record_feedback(*, caller: Caller, prediction_id: str, label: Any = None, value: Any = None, has_label: bool, has_value: bool) -> tuple[Feedback, bool]:
     """Store the truth for a prediction of the caller's organization; returns (feedback, created)."""
     if caller.api_key is not None and not (caller.api_key.has_scope("predict") or caller.api_key.has_scope("write")):
@@ -44,9 +53,9 @@ def record_feedback(*, caller: Caller, prediction_id: str, label: Any = None, va
         if not isinstance(label, (str, int, float, bool)):
             raise InvalidInput("label must be a string, number or boolean.", errors=[{"field": "label", "message": "expected a scalar"}])
         classes = record.version.classes
-        if classes is not None and label not in classes:
+        if classes is not None and not is_class_label(label, classes):
             raise InvalidInput(f"{label!r} is not one of the model's classes {classes}.", errors=[{"field": "label", "message": "not one of the model's classes"}])
-    feedback, created = Feedback.objects.update_or_create(
+    feedback, created = Feedback.objects.update_or_create(  # atomic on its own
         organization_id=record.organization_id,
         prediction_id=prediction_id,
         defaults={"version_id": record.version_id, "label": label if has_label else None, "value": float(value) if has_value else None},

@@ -8,4 +8,5 @@ urlpatterns = [
     path("models/<slug:org>/<slug:model>/invocations", views_protocols.invocations, name="invocations"),
     path("models/<slug:org>/<slug:model>/versions/<int:number>/invocations", views_protocols.invocations, name="invocations-version"),
     path("predictions/<str:prediction_id>/feedback", api.FeedbackApi.as_view(), name="api-feedback"),
+    path("orgs/<slug:org>/webhook-deliveries", api.WebhookDeliveryListApi.as_view(), name="api-webhook-deliveries"),
 ]

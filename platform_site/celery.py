@@ -28,6 +28,15 @@ class RoutineSchedulingAtDebug(logging.Filter):
 logging.getLogger("celery.beat").addFilter(RoutineSchedulingAtDebug())
 
 
+@signals.celeryd_init.connect
+@signals.beat_init.connect
+def keep_out_of_web_gauges(**kwargs) -> None:
+    """A worker or beat sharing the web's metrics folder (one host) must not report the web's gauges."""
+    from platform_site.metrics import stop_reporting_web_gauges
+
+    stop_reporting_web_gauges()
+
+
 @signals.worker_ready.connect
 def start_heartbeat(sender=None, **kwargs) -> None:
     """Tell the web processes this worker is alive (modelhost_workers_online), every 10 s."""

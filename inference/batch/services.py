@@ -27,7 +27,7 @@ from accounts.models import Organization
 from accounts.principals import Caller
 from accounts.services import record_audit_event
 from inference import limits as quota_limits
-from inference.batch import inputs, scoring, selectors, storage, webhooks
+from inference.batch import heartbeat, inputs, scoring, selectors, storage, webhooks
 from inference.models import BatchChunk, BatchJob
 from inference.routing import target_for
 from platform_site.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, RateLimited
@@ -320,30 +320,31 @@ def score_chunk(*, job_id: int, index: int, worker: str = "") -> None:
         _queue_assembly_if_complete(job_id)  # the earlier run may have died before queueing it
         return
     BatchChunk.objects.filter(id=chunk.id).update(attempts=F("attempts") + 1, worker=worker[:200], started_at=timezone.now())
-    version = job.version
-    target = target_for(version)
-    data = storage.read_bytes(storage.chunk_name(job.storage_prefix, index))
-    started = time.perf_counter()
-    try:
-        scored = scoring.score_records(
-            data,
-            layout=_layout(job),
-            first_row=chunk.first_row,
-            predict=lambda x: predictors.predict(target=target, x=x, want_proba=job.want_proba, finite=False),
-            sample_rows=int(_setting("RECORD_MAX_ROWS", 100)),
-        )
-    except InvalidInput as exc:
-        fail_job(job_id=job_id, error=exc.detail, errors=exc.errors)
-        return
-    except scoring.ModelFailed as exc:
-        fail_job(job_id=job_id, error=str(exc))
-        return
-    latency_ms = (time.perf_counter() - started) * 1000
-    if _status_of(job_id) != Status.RUNNING:
-        return  # cancelled while scoring: write nothing
-    storage.write_bytes_once(storage.part_name(job.storage_prefix, index), scored.body)
-    if _count_chunk(job=job, chunk=chunk, scored=scored, latency_ms=latency_ms) != Status.RUNNING:
-        _discard_chunk(job, index)  # cancelled meanwhile: the discard task may already have run
+    with heartbeat.beating(chunk_id=chunk.id):
+        version = job.version
+        target = target_for(version)
+        data = storage.read_bytes(storage.chunk_name(job.storage_prefix, index))
+        started = time.perf_counter()
+        try:
+            scored = scoring.score_records(
+                data,
+                layout=_layout(job),
+                first_row=chunk.first_row,
+                predict=lambda x: predictors.predict(target=target, x=x, want_proba=job.want_proba, finite=False),
+                sample_rows=int(_setting("RECORD_MAX_ROWS", 100)),
+            )
+        except InvalidInput as exc:
+            fail_job(job_id=job_id, error=exc.detail, errors=exc.errors)
+            return
+        except scoring.ModelFailed as exc:
+            fail_job(job_id=job_id, error=str(exc))
+            return
+        latency_ms = (time.perf_counter() - started) * 1000
+        if _status_of(job_id) != Status.RUNNING:
+            return  # cancelled while scoring: write nothing
+        storage.write_bytes_once(storage.part_name(job.storage_prefix, index), scored.body)
+        if _count_chunk(job=job, chunk=chunk, scored=scored, latency_ms=latency_ms) != Status.RUNNING:
+            _discard_chunk(job, index)  # cancelled meanwhile: the discard task may already have run
 
 
 def _count_chunk(*, job: BatchJob, chunk: BatchChunk, scored: scoring.ScoredChunk, latency_ms: float) -> str:
@@ -406,20 +407,22 @@ def _queue_assembly_if_complete(job_id: int) -> None:
 
 
 def requeue_stalled_jobs() -> int:
-    """Send again the tasks of jobs that made no progress for BATCH_STALL_SECONDS; returns how many jobs.
+    """Send again what a dead worker held; returns how many jobs and chunks were sent again.
 
     The broker redelivers a dead worker's task only after its visibility timeout (an hour
-    with Redis), and a broker that restarts empty loses queued tasks altogether. Past the
-    stall time no chunk of the job can still be running (it is longer than the chunk time
-    limit), so every chunk not done is sent again; twins of a task that was merely slow are
-    harmless. Run it from beat every minute or so.
+    with Redis), and a broker that restarts empty loses queued tasks altogether. Two rules:
+    a started chunk whose heartbeat is older than BATCH_CHUNK_STALL_SECONDS lost its worker
+    and is sent again (minutes); a job that made no progress at all for BATCH_STALL_SECONDS
+    (longer than any step's time limit: a split, an assembly or a task the broker lost) has
+    every step not done sent again. Twins of a task that was merely slow are harmless. Run
+    it from beat every minute or so.
     """
+    count = _requeue_chunks_without_heartbeat()
     chunk_limit = float(_setting("BATCH_CHUNK_TIME_LIMIT_SECONDS", 900))
     file_limit = float(_setting("BATCH_FILE_TIME_LIMIT_SECONDS", 1800))
     now = timezone.now()
     stall = timezone.timedelta(seconds=float(_setting("BATCH_STALL_SECONDS", max(chunk_limit, file_limit) + 60)))
     stalled = BatchJob.objects.filter(status__in=ACTIVE, progressed_at__lt=now - stall)
-    count = 0
     for job in stalled:
         with transaction.atomic():
             if not BatchJob.objects.filter(id=job.id, status__in=ACTIVE, progressed_at__lt=now - stall).update(progressed_at=now):
@@ -432,6 +435,19 @@ def requeue_stalled_jobs() -> int:
             else:
                 for index in BatchChunk.objects.filter(job=job, is_done=False).values_list("index", flat=True):
                     _enqueue_on_commit("chunk", job.id, index)
+    return count
+
+
+def _requeue_chunks_without_heartbeat() -> int:
+    cutoff = timezone.now() - timezone.timedelta(seconds=settings.BATCH_CHUNK_STALL_SECONDS)
+    stalled = BatchChunk.objects.filter(job__status=Status.RUNNING, is_done=False, attempts__gt=0, heartbeat_at__lt=cutoff)
+    count = 0
+    for chunk_id, job_id, index in stalled.values_list("id", "job_id", "index"):
+        with transaction.atomic():
+            # Stamped now, so the chunk is not sent again at every run while it waits in the queue.
+            if BatchChunk.objects.filter(id=chunk_id, is_done=False, heartbeat_at__lt=cutoff).update(heartbeat_at=timezone.now()):
+                count += 1
+                _enqueue_on_commit("chunk", job_id, index)
     return count
 
 
@@ -496,9 +512,8 @@ def deliver_webhook(*, job_id: int, is_last_attempt: bool) -> None:
     body = orjson.dumps(webhooks.event_document(job, result_path=result_path(job)))
     try:
         code = webhooks.post(
-            url=job.webhook_url,
+            job=job,
             body=body,
-            secret=job.webhook_secret,
             event=f"batch_job.{job.status}",
             delivery_id=f"{job.id}-{attempt}",
         )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 import pytest
+from django.test import Client
 
 from inference.batch import tasks, webhooks
 from inference.models import BatchJob
@@ -80,15 +79,6 @@ def finished_job_with_webhook(tenant, url: str) -> tuple[BatchJob, str]:
     return job, secret
 
 
-def test_signature_is_the_hmac_sha256_of_the_raw_body():
-    body = b'{"event":"batch_job.succeeded"}'
-    expected = "sha256=" + hmac.new(b"whsec_k", body, hashlib.sha256).hexdigest()
-    assert webhooks.sign(body, "whsec_k") == expected
-    assert webhooks.is_signed_by(body, "whsec_k", expected)
-    assert not webhooks.is_signed_by(body + b" ", "whsec_k", expected)
-    assert not webhooks.is_signed_by(body, "whsec_other", expected)
-
-
 def test_backoff_doubles_up_to_the_cap(settings):
     settings.BATCH_WEBHOOK_BACKOFF_SECONDS = 10
     settings.BATCH_WEBHOOK_BACKOFF_MAX_SECONDS = 100
@@ -101,7 +91,7 @@ def test_completion_webhook_is_signed_and_retried_until_delivered(tenant_a, name
     tasks.send_batch_webhook.apply(args=(job.id,))
     assert len(receiver.received) == 3
     for attempt, (headers, body) in enumerate(receiver.received, start=1):
-        assert headers["x-modelhost-signature"] == "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        assert webhooks.is_signed_by(body=body, secret=secret, signature=headers["x-modelhost-signature"])
         assert headers["x-modelhost-event"] == "batch_job.succeeded"
         assert headers["x-modelhost-delivery"] == f"{job.id}-{attempt}"
         assert headers["content-type"] == "application/json"
@@ -183,3 +173,31 @@ def test_no_webhook_no_delivery(tenant_a, named):  # noqa: F811
     tasks.send_batch_webhook.apply(args=(job.id,))
     job.refresh_from_db()
     assert job.webhook_attempts == 0
+
+
+def test_each_attempt_is_in_the_organizations_delivery_log_and_on_the_job_page(tenant_a, tenant_b, named, allow_local, receiver_factory, settings):  # noqa: F811
+    settings.BATCH_WEBHOOK_MAX_RETRIES = 1
+    target = receiver_factory([200])
+    redirector = receiver_factory([302], headers={"Location": target.url})
+    job, _ = finished_job_with_webhook(tenant_a, redirector.url)
+    tasks.send_batch_webhook.apply(args=(job.id,))
+
+    response = tenant_a.key_client().get(f"/api/v1/orgs/acme/webhook-deliveries?subject=batch_job:{job.id}")
+    assert response.status_code == 200, response.content
+    attempts = response.json()["results"]
+    assert [(a["event"], a["delivery_id"], a["status_code"], a["is_delivered"]) for a in attempts] == [
+        ("batch_job.succeeded", f"{job.id}-2", 302, False),
+        ("batch_job.succeeded", f"{job.id}-1", 302, False),
+    ]
+    assert attempts[0]["error"] == "The endpoint answered 302; redirects are not followed."
+    assert attempts[0]["url"] == redirector.url
+    # Another organization sees none of them, and acme's log answers it as a missing one.
+    assert tenant_b.key_client().get("/api/v1/orgs/globex/webhook-deliveries").json()["results"] == []
+    foreign = tenant_b.key_client().get("/api/v1/orgs/acme/webhook-deliveries")
+    missing = tenant_b.key_client().get("/api/v1/orgs/nobody/webhook-deliveries")
+    assert foreign.status_code == missing.status_code == 404 and foreign.content == missing.content
+
+    client = Client()
+    client.force_login(tenant_a.user)
+    page = client.get(f"/models/acme/named/batch-jobs/{job.id}/").content.decode()
+    assert "Failed, 2 attempts, last answer 302: The endpoint answered 302; redirects are not followed." in page

@@ -90,3 +90,41 @@ def _parent(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(180)
+def test_cache_up_is_the_webs_alone_when_worker_and_beat_share_its_metrics_folder(tenant_a, tmp_path, settings):
+    from accounts.principals import Caller
+    from platform_site.tests.workers import WorkerPool
+    from registry import services
+
+    model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="iris")
+    f.create_version(model, promote=True)
+    folder = tmp_path / "prometheus"
+    port = free_port()
+    env = web_process_env(port=port, metrics_dir=folder, settings=settings)
+    log = (tmp_path / "web.log").open("wb")
+    web = subprocess.Popen([sys.executable, "-m", "platform_site.serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    # One host, as `make run` and a single machine's Procfile: the same folder for all three.
+    pool = WorkerPool(broker=settings.REDIS_URL, env={"PROMETHEUS_MULTIPROC_DIR": str(folder)})
+    try:
+        wait_for_http(f"{base}/healthz", web, timeout=60)
+        pool.start("ingest", queues="ingest")
+        beat = pool.start_beat()
+        pool.workers["ingest"].wait_ready()
+        beat.wait_ready()
+        answered = requests.post(
+            f"{base}/api/v1/models/acme/iris/predict", json={"inputs": [[5.0, 3.4, 1.5, 0.2]]}, headers={"X-API-Key": tenant_a.api_key}, timeout=30
+        )
+        assert answered.status_code == 200, answered.text
+        text = requests.get(f"{base}/metrics", timeout=10).text
+        assert "modelhost_cache_up 1.0" in text.splitlines(), [l for l in text.splitlines() if "cache_up" in l]
+        writers = {pid for pid in _live_gauge_pids(folder)}
+        assert writers and all(_parent(pid) == web.pid for pid in writers), pool.logs()
+    finally:
+        pool.stop()
+        web.terminate()
+        web.wait(timeout=30)

@@ -362,18 +362,18 @@ def test_a_prediction_waits_for_one_redis_round_trip(tenant_a, iris, monkeypatch
     hit = predict(client, {"inputs": [ROW]})
     assert hit["X-Cache"] == "HIT"
     assert hit.json()["predictions"] == [0]
-    # One transmission: the script; the first request's XADD and SET replies are read with its own.
-    assert calls == [("send", "EVALSHA"), ("read", 2), ("read", 1), ("send_more", "XADD")]
+    # One transmission: the script; the first request's XADD, XLEN and SET replies are read with its own.
+    assert calls == [("send", "EVALSHA"), ("read", 3), ("read", 1), ("send_more", "XADD")]
     assert get_redis().xlen(records.STREAM) == 1  # the hit's record is still in this process's socket
     calls.clear()
     assert predict(client, {"inputs": [[6.7, 3.0, 5.2, 2.3]]})["X-Cache"] == "MISS"
-    assert calls == [("send", "EVALSHA"), ("read", 1), ("read", 1), ("send_more", "XADD")]
+    assert calls == [("send", "EVALSHA"), ("read", 2), ("read", 1), ("send_more", "XADD")]
     assert get_redis().xlen(records.STREAM) == 2
     started = time.monotonic()
     while get_redis().xlen(records.STREAM) < 3 and time.monotonic() - started < 2:  # an idle worker's last record
         time.sleep(0.01)
     assert get_redis().xlen(records.STREAM) == 3 and time.monotonic() - started < 1
-    assert [count for count, _ in redis_client._hot.connection.pending] == [2]  # XADD and SET, read later
+    assert [count for count, _ in redis_client._hot.connection.pending] == [3]  # XADD, XLEN and SET, read later
     records.flush_local_buffer()  # reads what is owed: nothing was refused
     assert not redis_client._hot.connection.pending
     assert records.drain_stream() == 3
@@ -561,6 +561,8 @@ def test_feedback_is_recorded_for_a_prediction(tenant_a, iris):
         pytest.param({}, "label", id="neither"),
         pytest.param({"label": 0, "value": 1.0}, "label", id="both"),
         pytest.param({"label": [0]}, "label", id="not-a-scalar"),
+        pytest.param({"label": True}, "label", id="boolean-for-integer-classes"),
+        pytest.param({"label": "1"}, "label", id="string-for-integer-classes"),
     ],
 )
 def test_bad_feedback_is_refused(tenant_a, iris, body, field):
