@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('inference', '0003_batchjob_batchchunk_batchlimits_and_more'),
+        ('inference', '0005_webhookdelivery'),
     ]
 
     operations = [
