@@ -61,9 +61,10 @@ class ApiError(ModelhostError):
         self.problem = problem
         self.method = method
         self.url = url
-        self.code: str = problem.get("code") or f"http_{status}"
+        # problem+json on /api/; the MLflow path's {error_code, message}; the V2 path's {error}.
+        self.code: str = problem.get("code") or problem.get("error_code") or f"http_{status}"
         self.title: str = problem.get("title") or ""
-        self.detail: str = problem.get("detail") or problem.get("title") or f"HTTP {status}"
+        self.detail: str = problem.get("detail") or problem.get("message") or problem.get("error") or self.title or f"HTTP {status}"
         self.errors: list[dict[str, Any]] = list(problem.get("errors") or [])
         self.refused_globals: list[str] = list(problem.get("refused_globals") or [])
         self.retry_after = retry_after
