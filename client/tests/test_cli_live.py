@@ -1,7 +1,6 @@
 """`modelhost` against a live platform: login, deploy, predict, promote and roll back, batch, errors."""
 from __future__ import annotations
 
-import io
 import json
 import stat
 import subprocess

@@ -1,7 +1,6 @@
 """The `modelhost` MLflow deployments target: a real MLflow registry (a SQLite store) to a live platform."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

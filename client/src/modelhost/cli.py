@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from rich.table import Table
 
 from modelhost import config
 from modelhost.client import Client
-from modelhost.errors import EXIT_AUTH, ApiError, JobFailed, ModelhostError, UsageError
+from modelhost.errors import ApiError, JobFailed, ModelhostError, UsageError
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
