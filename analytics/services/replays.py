@@ -93,6 +93,14 @@ class Tally:
 # ---------------------------------------------------------------------------- asking for one
 
 
+def default_rows() -> int:
+    return settings.ANALYTICS_REPLAY_DEFAULT_ROWS
+
+
+def max_rows() -> int:
+    return settings.ANALYTICS_REPLAY_MAX_ROWS
+
+
 def _check_can_replay(*, model: RegisteredModel, version: ModelVersion, window_start: datetime | None, window_end: datetime | None) -> ModelVersion:
     """The production version to compare with; a request that cannot make a replay is a 400 at once."""
     production = model.production_version
