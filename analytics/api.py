@@ -1,4 +1,4 @@
-"""REST API for analytics: usage, live quality, drift reports, experiment results, alert settings."""
+"""REST API for analytics: usage, live quality, drift reports, replays, experiment results, alert settings."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
@@ -14,18 +14,21 @@ from rest_framework.views import APIView
 from accounts.models import Role
 from accounts.principals import caller_from_request
 from accounts.selectors import organization_for_caller
-from analytics.models import AlertSettings, DriftReport, Granularity
+from analytics.models import AlertSettings, DriftReport, Granularity, Replay
 from analytics.selectors import drift as drift_selectors
+from analytics.selectors import replays as replay_selectors
 from analytics.selectors.experiments import experiment_results
 from analytics.selectors.quality import quality_of
 from analytics.selectors.usage import usage_of
 from analytics.services import alerts
 from analytics.services import drift as drift_services
+from analytics.services import replays as replay_services
 from analytics.services.usage import day_floor, hour_floor
 from inference.experiments.selectors import experiment_for_caller
 from platform_site.errors import InvalidInput
 from platform_site.serializers import StrictSerializer
 from platform_site.pagination import paginated
+from registry import selectors as registry_selectors
 from registry.api import resolve_model
 
 # The most buckets one usage request may ask for: a month of hours, about a year of days.
@@ -189,6 +192,91 @@ class DriftReportDetailApi(APIView):
     def get(self, request, report_id: int):
         report = drift_selectors.report_for_caller(caller=caller_from_request(request), report_id=report_id)
         return Response(DriftReportOutputSerializer(report).data)
+
+
+class ReplaySummarySerializer(serializers.Serializer):
+    """A replay; its results are null until `status` is done (`error` says why one failed)."""
+
+    id = serializers.IntegerField()
+    model = serializers.CharField(source="registered_model.full_name")
+    version = serializers.IntegerField(source="version.number")
+    baseline_version = serializers.IntegerField(source="baseline_version.number")
+    status = serializers.ChoiceField(choices=Replay.Status.choices)
+    error = serializers.CharField()
+    rows_requested = serializers.IntegerField()
+    window_start = serializers.DateTimeField()
+    window_end = serializers.DateTimeField()
+    rows_total = serializers.IntegerField(allow_null=True)
+    rows_done = serializers.IntegerField()
+    progress = serializers.SerializerMethodField()
+    rows_compared = serializers.IntegerField(allow_null=True)
+    agreement = serializers.FloatField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField()
+
+    def get_progress(self, replay) -> float | None:
+        if replay.status == Replay.Status.DONE:
+            return 1.0
+        return replay.rows_done / replay.rows_total if replay.rows_total else None
+
+
+class ReplayOutputSerializer(ReplaySummarySerializer):
+    report = serializers.JSONField()
+    seconds = serializers.FloatField()
+    created_by = serializers.EmailField(source="created_by.email", default=None)
+
+
+def _replay_location(replay: Replay) -> str:
+    return f"/api/v1/models/{replay.registered_model.full_name}/versions/{replay.version.number}/replays/{replay.pk}"
+
+
+class ReplayListApi(APIView):
+    class InputSerializer(StrictSerializer):
+        rows = serializers.IntegerField(min_value=1, required=False, help_text="Production's newest rows to replay (default ANALYTICS_REPLAY_DEFAULT_ROWS).")
+        window_hours = serializers.IntegerField(min_value=1, max_value=MAX_WINDOW_HOURS, required=False, help_text="Only rows served in the last this many hours.")
+
+    @extend_schema(responses={200: ReplaySummarySerializer(many=True)})
+    def get(self, request, org: str, model: str, number: int):
+        _, registered = resolve_model(request, org, model)
+        version = registry_selectors.version_of(model=registered, number=number)
+        return paginated(request, self, replay_selectors.replays_of(model=registered, version=version), ReplaySummarySerializer)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={202: ReplayOutputSerializer},
+        description="Replays the inputs production served (its newest recorded rows, or those of a window) against this version "
+        "on the worker, and answers 202 with the replay `pending`; poll its Location until `status` is `done` or `failed`. "
+        "Replays count against no rate limit or quota and touch neither the prediction cache nor usage. 409 (naming the "
+        "replay) while the model has one pending or running.",
+    )
+    def post(self, request, org: str, model: str, number: int):
+        caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
+        data = self.InputSerializer(data=request.data or {})
+        data.is_valid(raise_exception=True)
+        replay = replay_services.request_replay(
+            caller=caller,
+            model=registered,
+            version_number=number,
+            rows=data.validated_data.get("rows"),
+            window_hours=data.validated_data.get("window_hours"),
+        )
+        return Response(ReplayOutputSerializer(replay).data, status=status.HTTP_202_ACCEPTED, headers={"Location": _replay_location(replay)})
+
+
+class ModelReplayListApi(APIView):
+    @extend_schema(responses={200: ReplaySummarySerializer(many=True)})
+    def get(self, request, org: str, model: str):
+        _, registered = resolve_model(request, org, model)
+        return paginated(request, self, replay_selectors.replays_of(model=registered), ReplaySummarySerializer)
+
+
+class ReplayDetailApi(APIView):
+    @extend_schema(responses={200: ReplayOutputSerializer})
+    def get(self, request, org: str, model: str, number: int, replay_id: int):
+        _, registered = resolve_model(request, org, model)
+        version = registry_selectors.version_of(model=registered, number=number)
+        return Response(ReplayOutputSerializer(replay_selectors.replay_of(model=registered, version=version, replay_id=replay_id)).data)
 
 
 class ExperimentResultsApi(APIView):

@@ -220,3 +220,65 @@ class AlertSettings(models.Model):
 
     def __str__(self) -> str:
         return f"alert settings of {self.organization}"
+
+
+class Replay(models.Model):
+    """The inputs production served, replayed against another version of the model, and the comparison.
+
+    Asked for through the API or the web, a replay starts `pending` and is computed by the
+    worker (`running`, with `rows_done` of `rows_total` as progress), then `done` with its
+    report, or `failed` with `error`. `baseline_version` is the production version when it was
+    asked for: its recorded inputs are the rows replayed, and it is predicted again beside
+    `version` on the same batches.
+    """
+
+    TENANT_PATH = "organization"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    # The statuses a model may hold only one replay in at a time.
+    UNFINISHED = (Status.PENDING, Status.RUNNING)
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    baseline_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    error = models.CharField(max_length=500, blank=True)
+    # The newest `rows_requested` rows production served, within the window when one is set.
+    rows_requested = models.PositiveIntegerField()
+    window_start = models.DateTimeField(null=True, blank=True)
+    window_end = models.DateTimeField(null=True, blank=True)
+    rows_total = models.PositiveIntegerField(null=True, blank=True)
+    rows_done = models.PositiveIntegerField(default=0)
+    # Rows both versions answered; `agreement` is the share of them answered alike.
+    rows_compared = models.PositiveIntegerField(null=True, blank=True)
+    agreement = models.FloatField(null=True, blank=True)
+    # {"task", "agreement", "confusion" | "differences", "probability_shift", "failures",
+    #  "latency", "feedback"}: analytics.services.replays.measure_replay says what each holds.
+    report = models.JSONField(default=dict, blank=True)
+    seconds = models.FloatField(default=0.0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["version", "-created_at"]),
+            models.Index(fields=["registered_model", "-created_at"]),
+        ]
+        constraints = [
+            # Replays cost runner time: one computed at a time per model.
+            models.UniqueConstraint(
+                fields=["registered_model"], condition=models.Q(status__in=["pending", "running"]), name="one_unfinished_replay_per_model"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"replay of v{self.version_id} against v{self.baseline_version_id}"

@@ -5,7 +5,7 @@ from datetime import datetime
 
 from celery import shared_task
 
-from analytics.services import alerts, drift, quality, usage
+from analytics.services import alerts, drift, quality, replays, usage
 
 
 @shared_task(name="analytics.roll_up_usage", acks_late=True, ignore_result=True)
@@ -56,3 +56,8 @@ def deliver_drift_webhook(report_id: int) -> bool:
 @shared_task(name="analytics.compute_drift_report", acks_late=True, ignore_result=True)
 def compute_drift_report(report_id: int) -> None:
     drift.compute_report(report_id=report_id)
+
+
+@shared_task(name="analytics.compute_replay", acks_late=True, ignore_result=True)
+def compute_replay(replay_id: int) -> None:
+    replays.compute_replay(replay_id=replay_id)

@@ -1,4 +1,4 @@
-"""Web pages for a model's usage, drift reports and experiments.
+"""Web pages for a model's usage, drift reports, replays (the Compare tab) and experiments.
 
 Usage: the rollups the worker writes (analytics.services.usage, run by beat every
 ANALYTICS_ROLLUP_SECONDS), read by the same selector as `GET .../usage`; the page says when
@@ -6,8 +6,8 @@ they were last written.
 
 Thin views over the services and selectors the REST API uses: `request_report` and the drift
 selectors, `create_experiment` / `stop_experiment` / `promote_winner`, and
-`experiment_results`. Roles are the API's: viewers read, members and above run reports,
-start, stop and promote experiments. Charts are server-rendered SVG (analytics.charts), each
+`experiment_results`, `request_replay` and the replay selectors. Roles are the API's: viewers read, members and above run reports,
+start, stop and promote experiments, and start replays. Charts are server-rendered SVG (analytics.charts), each
 with the same numbers in a table beside it.
 """
 from __future__ import annotations
@@ -29,11 +29,13 @@ from accounts.models import Role
 from accounts.views import caller_of, confirmation_page, is_confirmed, may, render_page, show_errors
 from analytics import charts
 from analytics.api import MAX_WINDOW_HOURS
-from analytics.models import DriftReport, Granularity
+from analytics.models import DriftReport, Granularity, Replay
 from analytics.selectors import drift as drift_selectors
+from analytics.selectors import replays as replay_selectors
 from analytics.selectors.experiments import experiment_results
 from analytics.selectors.usage import recent_usage, rollup_interval_seconds
 from analytics.services import drift as drift_services
+from analytics.services import replays as replay_services
 from analytics.statistics.drift import PSI_MODERATE, PSI_SIGNIFICANT
 from inference.experiments import selectors as experiment_selectors
 from inference.experiments import services as experiment_services
@@ -298,6 +300,137 @@ def drift_report(request: HttpRequest, org: str, model: str, report_id: int) -> 
             "model_tab": "drift",
         },
     )
+
+
+# ---------------------------------------------------------------------------- replay pages (Compare)
+
+
+class ReplayForm(forms.Form):
+    version = forms.TypedChoiceField(coerce=int, help_text="The version to compare with production.")
+    rows = forms.IntegerField(
+        min_value=1, required=False, help_text="Production's newest recorded rows to replay; empty: the default."
+    )
+    window_hours = forms.IntegerField(
+        label="Window (hours)", min_value=1, max_value=MAX_WINDOW_HOURS, required=False, help_text="Only rows served in the last this many hours; empty: any time."
+    )
+
+    def __init__(self, *args, model: RegisteredModel, numbers: list[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["version"].choices = [(n, f"v{n}") for n in numbers if n != (model.production_version.number if model.production_version else None)]
+        self.fields["rows"].widget.attrs["placeholder"] = str(replay_services.default_rows())
+
+
+def _replays_page(request: HttpRequest, model: RegisteredModel, form: ReplayForm, *, status: int = 200) -> HttpResponse:
+    page = Paginator(replay_selectors.replays_of(model=model), PAGE_SIZE).get_page(request.GET.get("page"))
+    return render_page(
+        request,
+        "analytics/replays.html",
+        {
+            "organization": model.organization,
+            "model": model,
+            "page": page,
+            "form": form,
+            "can_write": may(model.organization, Role.MEMBER),
+            "tab": "models",
+            "model_tab": "compare",
+        },
+        status=status,
+    )
+
+
+@login_required
+def replays(request: HttpRequest, org: str, model: str) -> HttpResponse:
+    """A model's replays, newest first, and the form that starts one (members and above); the
+    model page's "Replay" buttons post here too."""
+    registered = model_or_404(request, org, model)
+    form = ReplayForm(request.POST or None, model=registered, numbers=_numbers(registered))
+    if request.method == "POST":
+        if not may(registered.organization, Role.MEMBER):
+            raise PermissionDenied("Starting replays needs the member role or above.")
+        if form.is_valid():
+            try:
+                replay = replay_services.request_replay(
+                    caller=caller_of(request),
+                    model=registered,
+                    version_number=form.cleaned_data["version"],
+                    rows=form.cleaned_data["rows"],
+                    window_hours=form.cleaned_data["window_hours"],
+                )
+            except ModelhostError as exc:
+                show_errors(form, exc)
+                return _replays_page(request, registered, form, status=exc.status)
+            messages.success(request, f"Replay #{replay.id} is queued; this page shows its report when the worker is done.")
+            return redirect("replay", org=org, model=model, replay_id=replay.id)
+        return _replays_page(request, registered, form, status=400)
+    return _replays_page(request, registered, form)
+
+
+def _confusion_view(confusion: dict) -> dict:
+    counts = confusion["counts"]
+    total = sum(map(sum, counts)) or 1
+    return {
+        "labels": confusion["labels"],
+        "rows": [(label, [(count, i == j, f"{count / total:.0%}") for j, count in enumerate(row)]) for i, (label, row) in enumerate(zip(confusion["labels"], counts))],
+    }
+
+
+def _replay_charts(replay: Replay) -> dict:
+    report = replay.report
+    latency = report["latency"]
+    charts_out = {}
+    if latency["batches"]:
+        production_ms, candidate_ms = latency["production"]["total_ms"], latency["candidate"]["total_ms"]
+        charts_out["latency"] = charts.flagged_bar_chart(
+            [(f"v{replay.baseline_version.number} (production)", production_ms, False), (f"v{replay.version.number}", candidate_ms, candidate_ms > 1.2 * production_ms)],
+            title="Time on the same rows (ms)",
+            description=f"Both versions predicted the same {latency['rows']} rows in {latency['batches']} batches: "
+            f"production {production_ms:.1f} ms, version {replay.version.number} {candidate_ms:.1f} ms.",
+            flag_text="slower",
+        )
+    histogram = report["agreement_detail"].get("histogram")
+    if histogram:
+        edges, counts = histogram["edges"], histogram["counts"]
+        total = sum(counts) or 1
+        charts_out["differences"] = charts.flagged_bar_chart(
+            [(f"{low:.3g} to {high:.3g}", count / total, False) for low, high, count in zip(edges, edges[1:], counts)],
+            title=f"Share of rows by difference (v{replay.version.number} minus production)",
+            description="How far the candidate's answers are from production's, row by row.",
+            flag_text="",
+        )
+    return charts_out
+
+
+@login_required
+def replay(request: HttpRequest, org: str, model: str, replay_id: int) -> HttpResponse:
+    """One replay: its progress while the worker runs it (the page polls), then its report."""
+    registered = model_or_404(request, org, model)
+    try:
+        found = replay_selectors.replay_of(model=registered, replay_id=replay_id)
+    except NotFound:
+        raise Http404("No such replay.") from None
+    context = {
+        "organization": registered.organization,
+        "model": registered,
+        "replay": found,
+        "is_unfinished": found.status in Replay.UNFINISHED,
+        "progress_percent": round(100 * found.rows_done / found.rows_total) if found.rows_total else 0,
+        "can_promote": may(registered.organization, Role.MEMBER) and found.version_id != registered.production_version_id,
+        "tab": "models",
+        "model_tab": "compare",
+    }
+    if found.status == Replay.Status.DONE:
+        report = found.report
+        detail = report["agreement_detail"]
+        context.update(
+            report=report,
+            detail=detail,
+            agreement_percent=_percent(found.agreement),
+            confusion=_confusion_view(detail["confusion"]) if "confusion" in detail else None,
+            shift=sorted((report["probability_shift"] or {}).items()),
+            feedback=report["feedback"],
+            charts=_replay_charts(found),
+        )
+    return render_page(request, "analytics/replay.html", context)
 
 
 # ---------------------------------------------------------------------------- experiment pages

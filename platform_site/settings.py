@@ -329,6 +329,17 @@ ANALYTICS_DRIFT_REPORTS_PER_HOUR = env.int("ANALYTICS_DRIFT_REPORTS_PER_HOUR", d
 ANALYTICS_DRIFT_TIME_LIMIT_SECONDS = env.int("ANALYTICS_DRIFT_TIME_LIMIT_SECONDS", default=900)
 # ... and a report still pending or running after this long is failed (its task was lost).
 ANALYTICS_DRIFT_STALE_SECONDS = env.int("ANALYTICS_DRIFT_STALE_SECONDS", default=1800)
+# Replays (production's recorded inputs against another version): rows replayed when the
+# request names none, the most one may ask for, rows per predict call on each version ...
+ANALYTICS_REPLAY_DEFAULT_ROWS = env.int("ANALYTICS_REPLAY_DEFAULT_ROWS", default=1000)
+ANALYTICS_REPLAY_MAX_ROWS = env.int("ANALYTICS_REPLAY_MAX_ROWS", default=20_000)
+ANALYTICS_REPLAY_BATCH_ROWS = env.int("ANALYTICS_REPLAY_BATCH_ROWS", default=256)
+# ... a regressor's answers agree when within this relative distance of production's ...
+ANALYTICS_REPLAY_REGRESSION_RTOL = env.float("ANALYTICS_REPLAY_REGRESSION_RTOL", default=0.01)
+# ... and the task's time limit (under the broker's visibility timeout) and when a replay
+# still unfinished is failed (its task was lost), freeing its model.
+ANALYTICS_REPLAY_TIME_LIMIT_SECONDS = env.int("ANALYTICS_REPLAY_TIME_LIMIT_SECONDS", default=900)
+ANALYTICS_REPLAY_STALE_SECONDS = env.int("ANALYTICS_REPLAY_STALE_SECONDS", default=1800)
 ANALYTICS_QUALITY_LOOKBACK_DAYS = env.int("ANALYTICS_QUALITY_LOOKBACK_DAYS", default=7)
 ANALYTICS_SRM_P_VALUE = env.float("ANALYTICS_SRM_P_VALUE", default=0.001)
 ANALYTICS_ROLLUP_WORK_MEM = env.str("ANALYTICS_ROLLUP_WORK_MEM", default="256MB")

@@ -76,6 +76,10 @@ TENANT_ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/api/v1/models/{org}/{model}/drift-reports"),
     Endpoint("POST", "/api/v1/models/{org}/{model}/drift-reports", {"window_hours": 1}),
     Endpoint("GET", "/api/v1/drift-reports/{drift_report}"),
+    Endpoint("GET", "/api/v1/models/{org}/{model}/replays"),
+    Endpoint("GET", "/api/v1/models/{org}/{model}/versions/{version}/replays"),
+    Endpoint("POST", "/api/v1/models/{org}/{model}/versions/{version}/replays", {"rows": 10}),
+    Endpoint("GET", "/api/v1/models/{org}/{model}/versions/{version}/replays/{replay}"),
     Endpoint("GET", "/api/v1/orgs/{org}/alert-settings"),
     Endpoint("PATCH", "/api/v1/orgs/{org}/alert-settings", {"drift_webhook_url": "https://93.184.215.14/stolen"}),
 ]
@@ -91,4 +95,5 @@ MISSING = {
     "job": 987654321,
     "experiment": 987654321,
     "drift_report": 987654321,
+    "replay": 987654321,
 }

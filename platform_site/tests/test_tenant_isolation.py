@@ -15,7 +15,7 @@ def world(tenant_a) -> dict:
 
     from accounts.models import Membership
     from accounts.principals import Caller
-    from analytics.models import DriftReport
+    from analytics.models import DriftReport, Replay
     from inference.experiments import services as experiment_services
     from registry import services as registry_services
     from registry.tests import factories
@@ -36,6 +36,9 @@ def world(tenant_a) -> dict:
         window_start=timezone.now() - timedelta(hours=1), window_end=timezone.now(), reference_source="reference_data",
         reference_rows=1, current_rows=1, drift_share_threshold=0.5, n_features=0, drifted_features=0, share_drifted=0.0, is_drift=False,
     )
+    replay = Replay.objects.create(
+        organization=tenant_a.organization, registered_model=model, version=version, baseline_version=version, rows_requested=10, status="done",
+    )
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from inference.tests.test_batch_api import run_job
@@ -54,6 +57,7 @@ def world(tenant_a) -> dict:
         "job": job,
         "experiment": experiment.id,
         "drift_report": drift_report.id,
+        "replay": replay.id,
     }
 
 
