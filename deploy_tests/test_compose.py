@@ -14,6 +14,10 @@ COMPOSE = REPO / "docker-compose.yml"
 WORKERS = ("worker-ingest", "worker-analytics", "worker-batch")
 APP_SERVICES = ("release", "demo", "web", *WORKERS, "beat")
 RUNNER_PORT = 7070
+# The processes that predict, so reach the runner: demo promotes (and so warms) its model,
+# worker-analytics runs drift reports, worker-batch runs batch jobs. The other app services
+# (release, worker-ingest, beat) never predict.
+RUNNER_CLIENTS = ("web", "demo", "worker-analytics", "worker-batch")
 # What a runner host needs to confine the runners it forks (inference/runners/runner.py).
 RUNNER_CAPABILITIES = {"SETUID", "SETGID", "SYS_ADMIN"}
 
@@ -197,16 +201,29 @@ def test_runner_is_on_an_internal_network_that_only_its_clients_join(compose):
     assert services["runner"]["networks"] == ["runners"]
     assert compose["networks"]["runners"] == {"internal": True}
     on_runner_network = {name for name, service in services.items() if "runners" in service.get("networks", [])}
-    assert on_runner_network == {"runner", "web", "worker", "demo"}
-    for name in ("web", "worker", "demo"):
+    assert on_runner_network == {"runner", *RUNNER_CLIENTS}
+    for name in RUNNER_CLIENTS:
         # They still reach PostgreSQL and Redis.
         assert services[name]["networks"] == ["default", "runners"], name
     assert "ports" not in services["runner"]
 
 
-def test_web_and_worker_send_predictions_to_the_runner_service(compose):
-    for name in ("web", "worker", "demo"):
+def test_processes_that_predict_send_predictions_to_the_runner_service(compose):
+    for name in RUNNER_CLIENTS:
         assert compose["services"][name]["environment"]["RUNNER_ADDRESSES"] == f"runner:{RUNNER_PORT}", name
+
+
+@pytest.mark.parametrize("name", sorted(set(APP_SERVICES) - set(RUNNER_CLIENTS)))
+def test_processes_that_never_predict_are_not_told_where_the_runner_is(compose, name):
+    assert "RUNNER_ADDRESSES" not in compose["services"][name]["environment"]
+
+
+def test_processes_that_predict_keep_every_platform_setting(compose):
+    """Their own environment block replaces *app's; it must still hold all of it."""
+    platform = compose["x-app"]["environment"]
+    for name in RUNNER_CLIENTS:
+        environment = compose["services"][name]["environment"]
+        assert {key: environment.get(key) for key in platform} == platform, name
 
 
 def test_runner_runs_as_root_with_only_the_capabilities_confinement_needs(compose):

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import re
 
-from deploy_tests.toolchain import REPO
+import yaml
+
+from deploy_tests.toolchain import REPO, load_yaml_documents
 
 OPERATIONS = REPO / "docs" / "operations.md"
 SCALING = REPO / "docs" / "scaling.md"
@@ -49,3 +51,20 @@ def test_scaling_figures_are_measured_or_marked_to_be_measured():
     for line in text.splitlines():
         if re.search(r"\d\s*(?:req/s|requests/s|rows/s|tasks/s|ms\b|rps\b)", line):
             assert "bench/" in line, f"unsourced figure in docs/scaling.md: {line}"
+
+
+def processes_named(text: str) -> set[str]:
+    """The app processes a sentence names: web, demo, beat and workers (bare `worker` too)."""
+    return set(re.findall(r"\b(web|demo|beat|worker(?:-[a-z]+)?)\b", text))
+
+
+def test_operations_guide_names_the_processes_that_may_reach_the_runners():
+    """The "who may connect" row names what compose and the NetworkPolicy actually let through."""
+    row = next(line for line in OPERATIONS.read_text().splitlines() if line.startswith("| who may connect to the host |"))
+    _, _, _, compose_cell, kubernetes_cell, _ = row.split("|")
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    on_runner_network = {name for name, service in compose["services"].items() if "runners" in service.get("networks", [])}
+    assert processes_named(compose_cell) == on_runner_network - {"runner"}
+    (policy,) = load_yaml_documents(REPO / "kubernetes" / "base" / "runner-networkpolicy.yaml")
+    admitted = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in policy["spec"]["ingress"] for peer in rule["from"]}
+    assert processes_named(kubernetes_cell) == admitted

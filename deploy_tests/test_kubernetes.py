@@ -36,6 +36,9 @@ MANIFESTS = sorted(
 
 
 WORKERS = ("worker-ingest", "worker-analytics", "worker-batch")
+# The Deployments that predict, so reach the runner pods: the web, worker-analytics (drift
+# reports) and worker-batch (batch jobs). worker-ingest, beat and the migration Job never do.
+RUNNER_CLIENTS = ("modelhost-web", "modelhost-worker-analytics", "modelhost-worker-batch")
 
 
 def schema_problems(documents: list[dict[str, Any]]) -> list[str]:
@@ -432,14 +435,14 @@ def test_runner_check_catches_a_secret_or_platform_setting(production, mistake):
 
 
 @pytest.mark.parametrize("overlay", ["base", "production"])
-def test_only_web_and_worker_pods_reach_the_runners_which_reach_nothing(overlay, request):
+def test_only_pods_that_predict_reach_the_runners_which_reach_nothing(overlay, request):
     documents = request.getfixturevalue(overlay)
     policy = find(documents, "NetworkPolicy", "modelhost-runner")
     (runner_namespace, runner_labels) = workload_pods(documents)["/".join(RUNNER)]
     assert policy["metadata"].get("namespace", "") == runner_namespace
     assert selects(policy["spec"]["podSelector"], runner_labels)
     assert {name for name, (_, labels) in workload_pods(documents).items() if selects(policy["spec"]["podSelector"], labels)} == {"/".join(RUNNER)}
-    assert admitted_workloads(documents, policy) == {"Deployment/modelhost-web", "Deployment/modelhost-worker"}
+    assert admitted_workloads(documents, policy) == {f"Deployment/{name}" for name in RUNNER_CLIENTS}
     assert [rule["ports"] for rule in policy["spec"]["ingress"]] == [[{"protocol": "TCP", "port": runner_port(documents)}]]
     # Egress is a listed policy type with no rule: every connection out is denied.
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
@@ -447,7 +450,7 @@ def test_only_web_and_worker_pods_reach_the_runners_which_reach_nothing(overlay,
 
 
 @pytest.mark.parametrize("overlay", ["base", "production"])
-def test_web_and_worker_runner_addresses_name_every_runner_pod(overlay, request):
+def test_runner_addresses_of_pods_that_predict_name_every_runner_pod(overlay, request):
     documents = request.getfixturevalue(overlay)
     runner = find(documents, *RUNNER)
     service = find(documents, "Service", runner["spec"]["serviceName"])
@@ -457,12 +460,22 @@ def test_web_and_worker_runner_addresses_name_every_runner_pod(overlay, request)
     assert selects({"matchLabels": service["spec"]["selector"]}, runner_labels)
     port = runner_port(documents)
     assert service["spec"]["ports"] == [{"name": "runner", "port": port, "targetPort": "runner"}]
-    for name in ("modelhost-web", "modelhost-worker"):
+    for name in RUNNER_CLIENTS:
         namespace = find(documents, "Deployment", name)["metadata"].get("namespace", "")
         suffix = "" if namespace == runner_namespace else f".{runner_namespace}.svc.cluster.local"
         expected = [f"{runner['metadata']['name']}-{ordinal}.{service['metadata']['name']}{suffix}:{port}" for ordinal in range(runner["spec"]["replicas"])]
         env = {item["name"]: item for item in container(documents, "Deployment", name)["env"]}
         assert env["RUNNER_ADDRESSES"]["value"].split(",") == expected, name
+
+
+@pytest.mark.parametrize("overlay", ["base", "production"])
+def test_pods_that_never_predict_are_not_told_where_the_runners_are(overlay, request):
+    documents = request.getfixturevalue(overlay)
+    others = {name for name in pod_specs(documents) if name.removeprefix("Deployment/") not in RUNNER_CLIENTS}
+    assert {"Deployment/modelhost-worker-ingest", "Deployment/modelhost-beat", "Job/modelhost-migrate"} <= others
+    for name in others:
+        for item in pod_specs(documents)[name]["spec"]["containers"]:
+            assert "RUNNER_ADDRESSES" not in {variable["name"] for variable in item.get("env", [])}, name
 
 
 def test_runner_pods_are_root_with_only_the_capabilities_confinement_needs(production):
