@@ -13,9 +13,11 @@ TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	SECRET_KEY=test-secret-key-for-the-suite-only-0123456789abcdefghijklmnopqrstuvwxyz \
 	DEBUG=false SECURE_SSL_REDIRECT=false ALLOWED_HOSTS=testserver,127.0.0.1,localhost \
 	MODEL_STORAGE_ROOT=$(CURDIR)/var/test-models RECORD_FLUSH_SECONDS=3600 \
-	RUNNER_ADDRESSES=unix:$(CURDIR)/var/test-run/runner.sock RUNNER_PROCESSES_PER_ORG=1 RUNNER_IDLE_SECONDS=120 RUNNER_BACKOFF_MAX_SECONDS=4
+	RUNNER_ADDRESSES=unix:$(CURDIR)/var/test-run/runner.sock RUNNER_PROCESSES_PER_ORG=1 RUNNER_IDLE_SECONDS=120 RUNNER_BACKOFF_MAX_SECONDS=4 \
+	MODEL_CHECK_SOCKET=$(CURDIR)/var/test-run/sandbox.sock
 # RUNNER_*: the suite starts one runner host (conftest.py) that every test, live server and
 # worker it starts uses; one runner per organization keeps the hundreds of test tenants cheap.
+# MODEL_CHECK_SOCKET: that host also serves the upload checks.
 # RECORD_FLUSH_SECONDS: tests flush the in-process record buffer themselves; the background
 # flusher, writing from its own database connection, would race a test's open transaction.
 

@@ -22,14 +22,16 @@ def _predictions_through_the_dispatcher():
 
 @pytest.fixture(scope="session", autouse=True)
 def _runner_host():
-    """One real runner host for the session: every prediction of a non-linear model goes to it."""
+    """One real runner host for the session: every prediction of a non-linear model goes to it,
+    and every upload check (its sandbox socket is MODEL_CHECK_SOCKET)."""
     from django.conf import settings
 
     from platform_site.tests.processes import start_runner_host
 
     address = settings.RUNNER_ADDRESSES[0]
     assert address.startswith("unix:"), "the suite starts its runner host on a Unix socket (RUNNER_ADDRESSES)"
-    with start_runner_host(socket_path=address[len("unix:") :]) as host:
+    assert settings.MODEL_CHECK_SOCKET, "the suite's runner host serves the upload checks (MODEL_CHECK_SOCKET)"
+    with start_runner_host(socket_path=address[len("unix:") :], sandbox_socket_path=settings.MODEL_CHECK_SOCKET) as host:
         yield host
 
 

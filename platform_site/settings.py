@@ -378,6 +378,10 @@ MAX_REFERENCE_BYTES = env.int("MAX_REFERENCE_BYTES", default=100 * 1024 * 1024)
 # process bounded by these; a runaway model kills the child, not the web process.
 MODEL_CHECK_TIMEOUT_SECONDS = env.float("MODEL_CHECK_TIMEOUT_SECONDS", default=60.0)
 MODEL_CHECK_MEMORY_MB = env.int("MODEL_CHECK_MEMORY_MB", default=2048)
+# The runner host serves the check too, forking it with the libraries already imported
+# (registry.loaders.sandbox_server): its sandbox socket. Nothing answering there (or empty)
+# means a new Python process per check, about a second slower.
+MODEL_CHECK_SOCKET = env.str("MODEL_CHECK_SOCKET", default=str(VAR_DIR / "run" / "sandbox.sock"))
 # Local copies of stored artifacts (downloaded from S3, unpacked MLflow zips), per host.
 ARTIFACT_CACHE_DIR = env.path("ARTIFACT_CACHE_DIR", default=VAR_DIR / "artifact-cache")
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_JSON_BODY_BYTES", default=10 * 1024 * 1024)

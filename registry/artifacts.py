@@ -3,9 +3,10 @@ a runner is sent).
 
 An upload is copied to a temporary file while its sha256 is computed; its format is
 detected from the name and the first bytes; MLflow zips are unpacked through the safe
-archive checks. The sandbox check runs in a child process with memory and time limits, so
-a model that explodes on load takes down the child, never the web process. The sandbox also
-writes the serving artifact (registry.loaders.serving); nothing here loads a tenant's model.
+archive checks. The sandbox check runs in a child process with memory and time limits (forked by
+the runner host's fork server, else a new process), so a model that explodes on load takes down
+the child, never the web process. The sandbox also writes the serving artifact
+(registry.loaders.serving); nothing here loads a tenant's model.
 """
 from __future__ import annotations
 
@@ -157,6 +158,7 @@ def inspect_in_sandbox(staged: StagedArtifact, *, input_example: Any) -> dict:
         input_example=rows,
         timeout_s=settings.MODEL_CHECK_TIMEOUT_SECONDS,
         memory_mb=settings.MODEL_CHECK_MEMORY_MB,
+        check_socket=settings.MODEL_CHECK_SOCKET,
     )
     described = report["description"]
     return {
@@ -289,7 +291,12 @@ def build_serving_artifact(version) -> None:
 
     path = local_copy(version)
     report = loaders.inspect_artifact(
-        str(path), fmt=version.format, input_example=None, timeout_s=settings.MODEL_CHECK_TIMEOUT_SECONDS, memory_mb=settings.MODEL_CHECK_MEMORY_MB
+        str(path),
+        fmt=version.format,
+        input_example=None,
+        timeout_s=settings.MODEL_CHECK_TIMEOUT_SECONDS,
+        memory_mb=settings.MODEL_CHECK_MEMORY_MB,
+        check_socket=settings.MODEL_CHECK_SOCKET,
     )
     data = report["serving_artifact"]
     name = store_bytes(data, serving_artifact_name(version))

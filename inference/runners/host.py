@@ -1,7 +1,10 @@
-"""The runner host: ``python -m inference.runners.host [--socket PATH] [--listen HOST:PORT]``.
+"""The runner host: ``python -m inference.runners.host [--socket PATH] [--listen HOST:PORT] [--sandbox-socket PATH]``.
 
 The socket defaults to RUNNER_SOCKET, else $VAR_DIR/run/runner.sock (where the web's
-RUNNER_ADDRESSES points by default).
+RUNNER_ADDRESSES points by default). The sandbox socket defaults to SANDBOX_SOCKET, else
+$VAR_DIR/run/sandbox.sock (the web's MODEL_CHECK_SOCKET): there the host is also the upload
+check's fork server (``registry.loaders.sandbox_server``), forking a confined child per check
+as user RUNNER_UID_BASE when root, a user no organization's runners have.
 
 The Procfile's ``runner`` process. It starts clean: it re-executes itself with an
 environment holding only its own settings (RUNNER_*), the locale and the numeric libraries'
@@ -130,6 +133,7 @@ class RunnerHost:
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.started_runners = 0
         self.crashed_runners = 0
+        self.sandbox = None  # the upload check's fork server, when it listens (main)
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -142,6 +146,8 @@ class RunnerHost:
             for key, _ in self.selector.select(timeout=0.5):
                 if key.data == "listener":
                     self._accept(key.fileobj)
+                elif callable(key.data):  # the sandbox service's sockets
+                    key.data()
                 else:
                     self._read_report(key.data)
             self._reap()
@@ -270,6 +276,8 @@ class RunnerHost:
                 return
             runner = self.by_pid.pop(pid, None)
             if runner is None:
+                if self.sandbox is not None:
+                    self.sandbox.reaped(pid, status)
                 continue
             self._forget(runner)
             if not runner.stopping and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
@@ -314,6 +322,8 @@ class RunnerHost:
             return 0.0
 
     def _sweep(self, now: float) -> None:
+        if self.sandbox is not None:
+            self.sandbox.kill_overdue(now)
         runners = [r for state in self.orgs.values() for r in state.runners]
         for runner in runners:
             if now - runner.last_used > self.settings.idle_seconds:
@@ -354,6 +364,7 @@ def preload() -> None:
     import pkgutil
     import pickletools  # noqa: F401
     import bz2, gzip, lzma, zlib  # noqa: F401,E401 - joblib's decompressors
+    import encodings.cp437  # noqa: F401 - zipfile's names (skops files), imported on first use
     import numpy  # noqa: F401
     import pandas  # noqa: F401
     import scipy.linalg, scipy.optimize, scipy.sparse, scipy.sparse.linalg, scipy.special, scipy.stats  # noqa: F401,E401
@@ -369,9 +380,11 @@ def preload() -> None:
                 __import__(module.name)
             except ImportError:  # a module behind an optional dependency this machine lacks
                 pass
+    import skops.io  # noqa: F401
     from inference.runners import runner, wire  # noqa: F401
     from registry.loaders import serving  # noqa: F401
     from registry.loaders import allowlist, pickle_audit, safe_pickle, structure  # noqa: F401
+    from registry.loaders import describe, formats, sandbox_child, sandbox_server, skops_format  # noqa: F401
 
 
 class _quiet_warnings:
@@ -427,10 +440,24 @@ def listen(*, unix_path: str | None, address: str | None) -> list[socket.socket]
     return listeners
 
 
+def _sandbox_service(host: RunnerHost, listeners: list[socket.socket]):
+    from inference.runners.runner import RunnerLimits, confine
+    from registry.loaders.sandbox_server import SandboxService
+
+    # RUNNER_UID_BASE itself: organizations' runners are RUNNER_UID_BASE + their id (ids start at 1).
+    uid = host.settings.uid_base if host.settings.uid_base > 0 else None
+
+    def confine_check(memory_mb: int) -> list[str]:
+        return confine(limits=RunnerLimits(memory_mb=memory_mb, model_cache_mb=0, cpu_seconds=0, uid=uid, max_connections=0))
+
+    return SandboxService(listeners=listeners, selector=host.selector, confine=confine_check)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m inference.runners.host", description="Start the runner host.")
     parser.add_argument("--socket", help="a Unix socket to listen on (RUNNER_SOCKET)")
     parser.add_argument("--listen", help="HOST:PORT to listen on, for runner pods (RUNNER_LISTEN)")
+    parser.add_argument("--sandbox-socket", help="a Unix socket to serve upload checks on (SANDBOX_SOCKET)")
     args = parser.parse_args(argv)
     if os.environ.get(_CLEAN_MARKER) != "1":
         environ = dict(os.environ)
@@ -440,6 +467,8 @@ def main(argv: list[str]) -> None:
         command += ["--socket", str(Path(socket_path).resolve())]
         if args.listen or environ.get("RUNNER_LISTEN"):
             command += ["--listen", args.listen or environ["RUNNER_LISTEN"]]
+        sandbox_path = args.sandbox_socket or environ.get("SANDBOX_SOCKET") or str(var_dir / "run" / "sandbox.sock")
+        command += ["--sandbox-socket", str(Path(sandbox_path).resolve())]
         os.chdir(_REPO_ROOT)
         os.execve(sys.executable, command, clean_environment(environ))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -448,9 +477,12 @@ def main(argv: list[str]) -> None:
     preload()
     settings = HostSettings.from_environment(dict(os.environ))
     listeners = listen(unix_path=args.socket, address=args.listen)
+    sandbox_listeners = listen(unix_path=args.sandbox_socket, address=None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    logger.info("runner host: ready in %.2f s on %s", time.perf_counter() - started, ", ".join(str(s.getsockname()) for s in listeners))
+    logger.info("runner host: ready in %.2f s on %s", time.perf_counter() - started, ", ".join(str(s.getsockname()) for s in listeners + sandbox_listeners))
     host = RunnerHost(listeners=listeners, settings=settings)
+    if sandbox_listeners:
+        host.sandbox = _sandbox_service(host, sandbox_listeners)
     try:
         host.serve_forever()
     finally:

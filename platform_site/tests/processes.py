@@ -59,8 +59,11 @@ def web_process_env(*, port: int, metrics_dir, settings) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def start_runner_host(*, socket_path: str, extra_env: dict[str, str] | None = None, timeout: float = 120.0):
-    """A real runner host (`python -m inference.runners.host`) on `socket_path`, stopped at exit."""
+def start_runner_host(
+    *, socket_path: str, sandbox_socket_path: str | None = None, extra_env: dict[str, str] | None = None, timeout: float = 120.0
+):
+    """A real runner host (`python -m inference.runners.host`) on `socket_path`, stopped at exit;
+    its sandbox socket (upload checks) is `sandbox_socket_path`, else beside `socket_path`."""
     import os
     import sys
     from pathlib import Path
@@ -70,7 +73,10 @@ def start_runner_host(*, socket_path: str, extra_env: dict[str, str] | None = No
     log = path.parent / f"{path.stem}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "inference.runners.host", "--socket", str(path)],
+            [
+                sys.executable, "-m", "inference.runners.host", "--socket", str(path),
+                "--sandbox-socket", sandbox_socket_path or str(path.with_name(f"{path.stem}-sandbox.sock")),
+            ],
             cwd=Path(__file__).resolve().parents[2],
             env={**os.environ, **(extra_env or {})},
             stdout=out,

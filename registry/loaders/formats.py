@@ -53,6 +53,27 @@ def load_artifact(path: str | Path, *, fmt: str) -> LoadedArtifact:
     return loaded
 
 
+def load_artifact_from_fd(fd: int, *, fmt: str, fallback_sklearn_version: str | None) -> LoadedArtifact:
+    """Like ``load_artifact``, for one estimator file (joblib, pickle or skops) open as `fd`.
+
+    What the fork server's check reads: the descriptor the web opened, never a path. For a
+    file from an MLflow folder, ``fallback_sklearn_version`` is the version its MLmodel names.
+    The caller keeps `fd` open.
+    """
+    from .structure import check_model_structures
+
+    if fmt in ("joblib", "pickle"):
+        loaded = _load_pickled(fd, fmt=fmt, fallback_version=fallback_sklearn_version)
+    elif fmt == "skops":
+        with open(fd, "rb", closefd=False) as handle:
+            handle.seek(0)
+            loaded = _load_skops(handle.read(), fallback_version=fallback_sklearn_version)
+    else:
+        raise InvalidArtifact(f"Unknown estimator file format {fmt!r}; expected joblib, pickle or skops.")
+    check_model_structures(model=loaded.estimator)
+    return loaded
+
+
 def _load_unchecked(path: str | Path, *, fmt: str) -> LoadedArtifact:
     if fmt in ("joblib", "pickle"):
         return _load_pickled(path, fmt=fmt, fallback_version=None)
@@ -68,15 +89,15 @@ def _load_unchecked(path: str | Path, *, fmt: str) -> LoadedArtifact:
     raise InvalidArtifact(f"Unknown model format {fmt!r}; expected one of {', '.join(FORMATS)}.")
 
 
-def _load_pickled(path: str | Path, *, fmt: str, fallback_version: str | None) -> LoadedArtifact:
+def _load_pickled(path: str | Path | int, *, fmt: str, fallback_version: str | None) -> LoadedArtifact:
     from .safe_pickle import load_pickle
 
-    loaded = load_pickle(source=Path(path))
+    loaded = load_pickle(source=path if isinstance(path, int) else Path(path))
     versions = loaded.audit.sklearn_versions
     return LoadedArtifact(estimator=loaded.obj, fmt=fmt, saved_sklearn_version=versions[0] if versions else fallback_version)
 
 
-def _load_skops(path: str | Path, *, fallback_version: str | None) -> LoadedArtifact:
+def _load_skops(path: str | Path | bytes, *, fallback_version: str | None) -> LoadedArtifact:
     from .skops_format import load_skops
 
     loaded = load_skops(path=path)

@@ -61,7 +61,9 @@ from .allowlist import (
 )
 from .pickle_audit import PickleAudit, _Malformed, joblib_array_layout, walk_pickle_stream
 
-PickleSource = str | os.PathLike[str] | bytes
+# A path, the bytes, or an open descriptor of a seekable file (the fork server's check reads
+# the one the web hands it; the caller keeps it open).
+PickleSource = str | os.PathLike[str] | bytes | int
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def load_pickle(*, source: PickleSource) -> LoadedPickle:
     with open_pickle_stream(source=source) as (stream, compression):
         try:
             if audit.joblib_arrays or compression:
-                filename = os.fspath(source) if not isinstance(source, bytes) else ""
+                filename = os.fspath(source) if isinstance(source, (str, os.PathLike)) else ""
                 unpickler: pickle.Unpickler | pickle._Unpickler = RestrictedJoblibUnpickler(filename, stream, True)
             else:
                 unpickler = RestrictedUnpickler(stream)
@@ -164,6 +166,9 @@ def open_pickle_stream(*, source: PickleSource) -> Iterator[tuple[BinaryIO, str 
     with contextlib.ExitStack() as stack:
         if isinstance(source, bytes):
             raw: BinaryIO = io.BytesIO(source)
+        elif isinstance(source, int):
+            raw = stack.enter_context(open(source, "rb", closefd=False))
+            raw.seek(0)  # each pass (audit, then load) reads the file from its start
         else:
             raw = stack.enter_context(open(Path(source), "rb"))
         if not raw.read(1):

@@ -1,6 +1,8 @@
 """The upload-time model check, run in a child process a runaway model cannot take down with it.
 
-``inspect_artifact`` starts ``python -m registry.loaders.sandbox_child`` with an address
+``inspect_artifact`` asks the check's fork server first (``sandbox_server``: a child forked
+from the runner host, which has the libraries imported already, at MODEL_CHECK_SOCKET), and
+when none answers there, starts ``python -m registry.loaders.sandbox_child`` with an address
 space limit (RLIMIT_AS), a CPU-time limit (RLIMIT_CPU), no core files and no file
 writes (RLIMIT_FSIZE 0), a minimal environment with one BLAS thread, and a wall-clock
 timeout; the child loads the file through the safe loader, describes it, predicts on its
@@ -9,17 +11,27 @@ serving artifact (``serving.py``). The parent turns each outcome into the platfo
 
 The limits are set in ``preexec_fn``, which only calls ``setrlimit`` (no imports, no
 locks), the part of ``preexec_fn`` that is safe in a threaded server.
+
+Both paths give the child the same limits and read the same output (a JSON report, a
+newline, the artifact's bytes; stderr; an exit status), and ``_report_or_raise`` turns
+either into the same result or error. On the fork server's path the web opens the estimator
+file (for an MLflow folder, the file its MLmodel names) and hands over the open descriptor,
+so the child, running as a user of its own, reads nothing else of this machine.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import resource
+import selectors
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +63,11 @@ _MEMORY_MARKERS = (
     "out of memory",
 )
 _STDERR_TAIL = 2000
+# How long the fork server may take to say it started the check before the subprocess is used.
+_FORK_SERVER_ANSWER_SECONDS = 2.0
+_READ_CHUNK = 1024 * 1024
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["inspect_artifact", "load_model", "detect_format"]
 
@@ -62,6 +79,7 @@ def inspect_artifact(
     input_example: list[list[Any] | dict[str, Any]] | None,
     timeout_s: float,
     memory_mb: int,
+    check_socket: str = "",
 ) -> dict[str, Any]:
     """Load, describe and smoke-test a model file in a limited child; return the child's report.
 
@@ -77,9 +95,19 @@ def inspect_artifact(
     Raises UnsafeArtifact with the refused globals, InvalidArtifact for a timeout, the
     memory limit, or a failed prediction on the model's own input example (with its
     message), PayloadTooLarge for a zip bomb.
+
+    ``check_socket`` is the fork server's Unix socket (settings.MODEL_CHECK_SOCKET; empty:
+    always the subprocess); a fork server that is not there or does not answer within two
+    seconds means the subprocess, with the same limits and the same outcome.
     """
     if fmt not in FORMATS:
         raise InvalidArtifact(f"Unknown model format {fmt!r}; expected one of {', '.join(FORMATS)}.")
+    if check_socket:
+        outcome = _run_on_fork_server(
+            check_socket, path=path, fmt=fmt, input_example=input_example, timeout_s=timeout_s, memory_mb=memory_mb
+        )
+        if outcome is not None:
+            return _report_or_raise(*outcome, timeout_s=timeout_s, memory_mb=memory_mb)
     request = json.dumps({"path": str(Path(path).resolve()), "fmt": fmt, "input_example": input_example})
     process = subprocess.Popen(
         _CHILD_COMMAND,
@@ -99,6 +127,133 @@ def inspect_artifact(
         process.communicate()
         raise InvalidArtifact(f"loading the model took longer than {timeout_s:g} s", limit="timeout_s") from None
     return _report_or_raise(process.returncode, stdout, stderr, timeout_s=timeout_s, memory_mb=memory_mb)
+
+
+def _run_on_fork_server(
+    check_socket: str, *, path: str, fmt: str, input_example: Any, timeout_s: float, memory_mb: int
+) -> tuple[int | None, bytes, bytes] | None:
+    """The check's (exit status, stdout, stderr) from a child of the fork server, or None when
+    no fork server answered (the caller then starts the subprocess).
+
+    Raises InvalidArtifact when the check outlives ``timeout_s``: closing the connection is what
+    tells the fork server to kill the child.
+    """
+    started = time.monotonic()
+    file_path, file_fmt, saved_version = _estimator_file(path, fmt=fmt)
+    request = {
+        "op": "check",
+        "fmt": file_fmt,
+        "saved_sklearn_version": saved_version,
+        "input_example": input_example,
+        "timeout_s": timeout_s,
+        "memory_mb": memory_mb,
+    }
+    from .sandbox_server import send_request
+
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    pipes: list[int] = []
+    try:
+        conn.settimeout(_FORK_SERVER_ANSWER_SECONDS)
+        try:
+            conn.connect(check_socket)
+        except OSError as exc:  # no fork server here: the subprocess it is
+            logger.info("model check: no fork server at %s (%s); starting a subprocess", check_socket, exc)
+            return None
+        report_read, report_write = os.pipe()
+        stderr_read, stderr_write = os.pipe()
+        pipes += [report_read, stderr_read]
+        model_fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            send_request(conn, request, [model_fd, report_write, stderr_write])
+        except OSError as exc:
+            logger.warning("model check: the fork server at %s took no request (%s); starting a subprocess", check_socket, exc)
+            return None
+        finally:
+            for fd in (model_fd, report_write, stderr_write):
+                os.close(fd)  # the child holds the copies; EOF on the pipes means it is done
+        answer = _read_line(conn, deadline=time.monotonic() + _FORK_SERVER_ANSWER_SECONDS)
+        if not answer.get("ok"):
+            logger.warning("model check: the fork server at %s did not start the check (%s); starting a subprocess", check_socket, answer.get("reason"))
+            return None
+        outcome = _collect(conn, report_read=report_read, stderr_read=stderr_read, deadline=started + timeout_s)
+        if outcome is None:
+            raise InvalidArtifact(f"loading the model took longer than {timeout_s:g} s", limit="timeout_s")
+        return outcome
+    finally:
+        conn.close()  # before the child ended: the fork server kills it
+        for fd in pipes:
+            os.close(fd)
+
+
+def _estimator_file(path: str, *, fmt: str) -> tuple[str, str, str | None]:
+    """(the estimator file, its format, the scikit-learn version its MLmodel names) for `path`.
+
+    An MLflow folder's MLmodel was already read by the web when the zip was unpacked
+    (``extract_mlflow_archive``); this reads it again to find the one file the child needs.
+    """
+    if fmt != "mlflow":
+        return path, fmt, None
+    from .archive import read_mlflow_model
+
+    model = read_mlflow_model(folder=path)
+    return str(model.model_path), model.serialization_format, model.sklearn_version
+
+
+def _read_line(conn: socket.socket, *, deadline: float) -> dict[str, Any]:
+    """One JSON line from the fork server, or {} when it closes or the deadline passes first."""
+    line = b""
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return {}
+        conn.settimeout(remaining)
+        try:
+            chunk = conn.recv(1)  # byte by byte: what follows the line is not ours to take
+        except OSError:
+            return {}
+        if not chunk:
+            return {}
+        line += chunk
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return {}
+    return message if isinstance(message, dict) else {}
+
+
+def _collect(conn: socket.socket, *, report_read: int, stderr_read: int, deadline: float) -> tuple[int | None, bytes, bytes] | None:
+    """Read both pipes to their end and the exit status; None when the deadline passes first.
+
+    An exit status of None: the fork server went away before saying it (the report, if whole,
+    still counts for nothing: ``_report_or_raise`` wants a clean exit).
+    """
+    chunks: dict[int, list[bytes]] = {report_read: [], stderr_read: []}
+    returncode: int | None = None
+    status_pending = True
+    with selectors.DefaultSelector() as selector:
+        selector.register(report_read, selectors.EVENT_READ)
+        selector.register(stderr_read, selectors.EVENT_READ)
+        selector.register(conn, selectors.EVENT_READ)
+        while len(selector.get_map()) > (1 if status_pending else 0):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            for key, _ in selector.select(timeout=remaining):
+                if key.fileobj is conn:
+                    selector.unregister(conn)
+                    status_pending = False
+                    returncode = _read_line(conn, deadline=deadline).get("returncode")
+                    continue
+                data = os.read(key.fd, _READ_CHUNK)
+                if data:
+                    chunks[key.fd].append(data)
+                else:
+                    selector.unregister(key.fd)
+        if status_pending:  # the pipes are done: the child exited, its status follows at once
+            returncode = _read_line(conn, deadline=deadline).get("returncode")
+    if not isinstance(returncode, int) or isinstance(returncode, bool):
+        returncode = None
+    return returncode, b"".join(chunks[report_read]), b"".join(chunks[stderr_read])
 
 
 def _limits(*, memory_bytes: int, cpu_seconds: int) -> Callable[[], None]:

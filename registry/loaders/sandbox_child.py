@@ -1,11 +1,18 @@
 """The sandboxed half of the upload check: load, describe and try one model; report JSON.
 
 Run by ``sandbox.inspect_artifact`` as ``python -m registry.loaders.sandbox_child`` with
-memory and CPU limits already set. Reads ``{"path", "fmt", "input_example"}`` as JSON on
-stdin and writes to the stdout it started with one JSON object, ``{"ok": true, ...}`` or
+memory and CPU limits already set, or forked by the fork server (``sandbox_server``) with the
+model file open as its stdin. The subprocess reads ``{"path", "fmt", "input_example"}`` as
+JSON on stdin; both write (``write_report``) to the stdout they started with one JSON object, ``{"ok": true, ...}`` or
 ``{"ok": false, "error": {"kind": ...}}``, a newline, and then, on success, the serving
 artifact's bytes (the report's ``serving_artifact_bytes`` says how many; the child may not
 write files). Anything a library prints goes to stderr.
+
+Every ``n_jobs`` parameter of the model (its own and its steps') is set to 1 before it
+predicts, and so in the serving artifact: a sandbox child and a runner may not create files
+(RLIMIT_FSIZE 0), and joblib's thread pool makes a POSIX semaphore, a file in /dev/shm, so a
+model fitted with ``n_jobs=2`` failed with "File too large" in both. Runners parallelize
+across processes instead.
 
 The model always predicts: on its input example, or else on rows synthesized from what it
 says of itself (``n_features_in_``, ``feature_names_in_``, and for encoders the categories
@@ -45,18 +52,23 @@ class _PredictionFailed(Exception):
     """The model loaded but could not predict on its own input example."""
 
 
-def inspect_request(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    """Load, describe and smoke-test the model a request names; return the report and the serving artifact."""
+def inspect_request(request: dict[str, Any], *, model_fd: int | None = None) -> tuple[dict[str, Any], bytes]:
+    """Load, describe and smoke-test the model a request names (its ``path``, or the estimator
+    file open as `model_fd`, of format ``fmt``); return the report and the serving artifact."""
     import pickle
 
     from .describe import describe_estimator
-    from .formats import load_artifact
+    from .formats import load_artifact, load_artifact_from_fd
     from .serving import linear_spec_for
 
     started = time.monotonic()
-    # load_artifact runs the audit, the restricted unpickler and the structure/dtype/object checks.
-    loaded = load_artifact(request["path"], fmt=request["fmt"])
+    # Both loads run the audit, the restricted unpickler and the structure/dtype/object checks.
+    if model_fd is None:
+        loaded = load_artifact(request["path"], fmt=request["fmt"])
+    else:
+        loaded = load_artifact_from_fd(model_fd, fmt=request["fmt"], fallback_sklearn_version=request.get("saved_sklearn_version"))
     description = describe_estimator(estimator=loaded.estimator, saved_sklearn_version=loaded.saved_sklearn_version)
+    single_threaded(loaded.estimator)
     loaded_at = time.monotonic()
     sample = _predict_sample(loaded.estimator, description.n_features, description.feature_names, request.get("input_example"))
     predicted_at = time.monotonic()
@@ -71,6 +83,16 @@ def inspect_request(request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         "artifact_seconds": round(time.monotonic() - predicted_at, 4),
     }
     return report, artifact
+
+
+def single_threaded(estimator: Any) -> None:
+    """Set every ``n_jobs`` parameter of the estimator and its nested steps to 1, in place."""
+    get_params = getattr(estimator, "get_params", None)
+    if get_params is None:
+        return
+    names = [name for name in get_params(deep=True) if name == "n_jobs" or name.endswith("__n_jobs")]
+    if names:
+        estimator.set_params(**{name: 1 for name in names})
 
 
 def _predict_sample(
@@ -234,13 +256,19 @@ def _error_report(exc: BaseException) -> dict[str, Any]:
     return {"kind": "load", "message": f"{type(exc).__name__}: {exc}"}
 
 
-def main() -> int:
+def write_report(*, request: dict[str, Any] | None, model_fd: int | None = None) -> None:
+    """Check the model and write the report, a newline and the artifact to stdout (fd 1).
+
+    With no `request`, it is read as JSON from stdin (the subprocess); the fork server's child
+    passes its request and has the model file as `model_fd`.
+    """
     report_fd = os.dup(1)
     os.dup2(2, 1)  # whatever the model or a library prints must not corrupt the report
     artifact = b""
     try:
-        request = json.load(sys.stdin)
-        found, artifact = inspect_request(request)
+        if request is None:
+            request = json.load(sys.stdin)
+        found, artifact = inspect_request(request, model_fd=model_fd)
         report: dict[str, Any] = {"ok": True, **found}
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a report
         report = {"ok": False, "error": _error_report(exc)}
@@ -249,6 +277,10 @@ def main() -> int:
         # JSON escapes newlines inside strings, so the first newline ends the report.
         out.write(json.dumps(report).encode() + b"\n")
         out.write(artifact)
+
+
+def main() -> int:
+    write_report(request=None)
     return 0
 
 

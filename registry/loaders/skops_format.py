@@ -9,6 +9,7 @@ types always comes from this audit, never from the upload (e.g. MLflow's MLmodel
 """
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from dataclasses import dataclass
@@ -30,7 +31,14 @@ class LoadedSkops:
     sklearn_versions: tuple[str, ...]
 
 
-def audit_skops_types(*, path: str | Path) -> list[str]:
+SkopsSource = str | Path | bytes  # a path, or the file's bytes
+
+
+def _zip_file(path: SkopsSource) -> str | Path | io.BytesIO:
+    return io.BytesIO(path) if isinstance(path, bytes) else path
+
+
+def audit_skops_types(*, path: SkopsSource) -> list[str]:
     """Return the types skops does not trust by default in this file, all of them allow-listed.
 
     Raises UnsafeArtifact naming every type off our allow-list, InvalidArtifact for a
@@ -40,7 +48,10 @@ def audit_skops_types(*, path: str | Path) -> list[str]:
     import skops.io
 
     try:
-        untrusted = skops.io.get_untrusted_types(file=Path(path))
+        if isinstance(path, bytes):
+            untrusted = skops.io.get_untrusted_types(data=path)
+        else:
+            untrusted = skops.io.get_untrusted_types(file=Path(path))
     except (ModelhostError, MemoryError):
         raise
     except Exception as exc:  # skops parses tenant JSON; any failure means "not a usable skops file"
@@ -51,13 +62,13 @@ def audit_skops_types(*, path: str | Path) -> list[str]:
     return untrusted
 
 
-def load_skops(*, path: str | Path) -> LoadedSkops:
+def load_skops(*, path: SkopsSource) -> LoadedSkops:
     """Audit, then load, a skops file trusting exactly the audited types."""
     trusted = audit_skops_types(path=path)
     import skops.io
 
     try:
-        obj = skops.io.load(Path(path), trusted=trusted)
+        obj = skops.io.load(_zip_file(path) if isinstance(path, bytes) else Path(path), trusted=trusted)
     except (ModelhostError, MemoryError):
         raise
     except Exception as exc:  # skops builds tenant-described objects; any failure means "unusable"
@@ -65,9 +76,9 @@ def load_skops(*, path: str | Path) -> LoadedSkops:
     return LoadedSkops(obj=obj, trusted_types=tuple(trusted), sklearn_versions=_sklearn_versions(path))
 
 
-def _check_archive(path: str | Path) -> None:
+def _check_archive(path: SkopsSource) -> None:
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(_zip_file(path)) as archive:
             check_zip_members(archive, limits=ZipLimits())
             if "schema.json" not in archive.namelist():
                 raise InvalidArtifact("The file is a zip without schema.json, so not a skops file.")
@@ -75,9 +86,9 @@ def _check_archive(path: str | Path) -> None:
         raise InvalidArtifact(f"The skops file is not a readable zip file: {exc}") from exc
 
 
-def _sklearn_versions(path: str | Path) -> tuple[str, ...]:
+def _sklearn_versions(path: SkopsSource) -> tuple[str, ...]:
     """Return the ``_sklearn_version`` values stored in the skops schema, first seen first."""
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(_zip_file(path)) as archive:
         schema = json.loads(archive.read("schema.json"))
     found: dict[str, None] = {}
     pending: list[Any] = [schema]
