@@ -99,7 +99,8 @@ def seed_targets(tenant: Tenant) -> dict[str, object]:
 def config_toml(parameters: dict[str, object]) -> str:
     """schemathesis.toml: every path parameter pinned to a real resource, so the cases reach the
     views rather than a 404 (schemathesis's coverage phase ignores a value bound with a probability)."""
-    lines = ["[phases.coverage]", "unexpected-methods = []", "", "[parameters]"]
+    # No cache and no example database: each run starts from the seed alone, and leaves nothing behind.
+    lines = ["[cache]", "enabled = false", "", "[phases.coverage]", "unexpected-methods = []", "", "[parameters]"]
     lines += [f'"path.{name}" = {json.dumps(value)}' for name, value in parameters.items()]
     return "\n".join(lines) + "\n"
 
@@ -115,12 +116,14 @@ def run_schemathesis(tenant: Tenant, *, parameters: dict[str, object], folder: P
     command = [
         sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", f"{tenant.base_url}/api/schema/",
         "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES), "--checks", "not_a_server_error",
+        "--generation-database", "none",
         "--workers", "1", "--request-timeout", "60", "--report", "ndjson", "--report-ndjson-path", str(report),
         "--no-color", *arguments,
     ]  # fmt: skip
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "platform_site.tests.fuzz_hooks",
+        "HYPOTHESIS_STORAGE_DIRECTORY": str(folder / "hypothesis"),  # not the checkout
         "MODELHOST_FUZZ_CREDENTIALS": json.dumps({"api_key": tenant.api_key, "jwt": tenant.jwt}),
     }
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
