@@ -127,7 +127,8 @@ def test_records_past_the_stream_bound_are_spilled_and_stored_not_trimmed(transa
     waiting = get_redis().xlen(records.STREAM)
     # The bound, overshot by the records whose XLEN replies this thread had not read yet.
     assert 100 <= waiting <= 100 + MAX_PENDING_SENDS
-    scraped = client.get("/metrics").content.decode().splitlines()
+    settings.METRICS_TOKEN = "metrics-token-of-this-test"
+    scraped = client.get("/metrics", HTTP_AUTHORIZATION="Bearer metrics-token-of-this-test").content.decode().splitlines()
     assert f"modelhost_record_backlog {float(waiting)}" in scraped
     assert spilled() - spilled_before == 300 - waiting
     records.drain_stream()

@@ -120,7 +120,7 @@ def test_cache_up_is_the_webs_alone_when_worker_and_beat_share_its_metrics_folde
             f"{base}/api/v1/models/acme/iris/predict", json={"inputs": [[5.0, 3.4, 1.5, 0.2]]}, headers={"X-API-Key": tenant_a.api_key}, timeout=30
         )
         assert answered.status_code == 200, answered.text
-        text = requests.get(f"{base}/metrics", timeout=10).text
+        text = requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=10).text
         assert "modelhost_cache_up 1.0" in text.splitlines(), [l for l in text.splitlines() if "cache_up" in l]
         writers = {pid for pid in _live_gauge_pids(folder)}
         assert writers and all(_parent(pid) == web.pid for pid in writers), pool.logs()
