@@ -15,6 +15,11 @@ from inference.models import Feedback, PredictionRecord
 from platform_site.errors import InvalidInput, NotFound, PermissionDenied
 
 
+# An outlier detector's predict: -1 an outlier, 1 an inlier; feedback says which a row truly was.
+OUTLIER_LABELS = [-1, 1]
+_KIND = {"classification": "a classifier", "outlier_detection": "an outlier detector"}
+
+
 def _find_prediction(*, caller: Caller, prediction_id: str) -> PredictionRecord | None:
     orgs = organizations_for_caller(caller=caller)
     return PredictionRecord.objects.select_related("version").filter(prediction_id=prediction_id, organization__in=orgs, status=200).first()
@@ -32,7 +37,7 @@ def record_feedback(*, caller: Caller, prediction_id: str, label: Any = None, va
     if caller.api_key is not None and not (caller.api_key.has_scope("predict") or caller.api_key.has_scope("write")):
         raise PermissionDenied("Sending feedback needs the 'predict' or 'write' scope.")
     if has_label == has_value:
-        raise InvalidInput("Send exactly one of label (classification) or value (regression).", errors=[{"field": "label", "message": "send label or value"}])
+        raise InvalidInput("Send exactly one of label (classification, outlier detection) or value (regression).", errors=[{"field": "label", "message": "send label or value"}])
     record = _find_prediction(caller=caller, prediction_id=prediction_id)
     if record is None:
         # The record may still be in the stream: move it to the database now and look again.
@@ -42,18 +47,29 @@ def record_feedback(*, caller: Caller, prediction_id: str, label: Any = None, va
     if record is None:
         raise NotFound()
     task = record.version.task
+    if task == "clustering":
+        # A cluster id is the model's own name for a group: there is no true id to compare it with.
+        raise InvalidInput(
+            "This prediction came from a clusterer: its cluster ids have no true value to compare with, so feedback is not recorded.",
+            errors=[{"field": "label", "message": "clusterers take no feedback"}],
+        )
     if has_value:
         if task != "regression":
-            raise InvalidInput("This prediction came from a classifier: send label, not value.", errors=[{"field": "value", "message": "send label for a classifier"}])
+            raise InvalidInput(f"This prediction came from {_KIND[task]}: send label, not value.", errors=[{"field": "value", "message": f"send label for {_KIND[task]}"}])
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidInput("value must be a number.", errors=[{"field": "value", "message": "expected a number"}])
     if has_label:
-        if task != "classification":
+        if task == "regression":
             raise InvalidInput("This prediction came from a regressor: send value, not label.", errors=[{"field": "label", "message": "send value for a regressor"}])
         if not isinstance(label, (str, int, float, bool)):
             raise InvalidInput("label must be a string, number or boolean.", errors=[{"field": "label", "message": "expected a scalar"}])
+        if task == "outlier_detection" and (isinstance(label, bool) or label not in OUTLIER_LABELS):
+            raise InvalidInput(
+                f"{label!r} is not an outlier detector's label: send -1 (an outlier) or 1 (an inlier).",
+                errors=[{"field": "label", "message": "expected -1 or 1"}],
+            )
         classes = record.version.classes
-        if classes is not None and not is_class_label(label, classes):
+        if task == "classification" and classes is not None and not is_class_label(label, classes):
             raise InvalidInput(f"{label!r} is not one of the model's classes {classes}.", errors=[{"field": "label", "message": "not one of the model's classes"}])
     feedback, created = Feedback.objects.update_or_create(  # atomic on its own
         organization_id=record.organization_id,

@@ -78,7 +78,7 @@ def v2_model_metadata(request: HttpRequest, model: str, number: int | None = Non
         spec=target.spec,
         has_proba=target.has_proba,
         n_classes=len(classes) if classes is not None else None,
-        predict_datatype=v2.classes_datatype(classes) if classes else None,
+        predict_datatype=v2.classes_datatype(classes) if classes else v2.TASK_DATATYPES.get(target.task),
     )
     return JsonResponse(body)
 

@@ -13,6 +13,10 @@ from registry.storage import model_storage
 class Task(models.TextChoices):
     CLASSIFICATION = "classification", "Classification"
     REGRESSION = "regression", "Regression"
+    # predict answers -1 (an outlier) or 1 (an inlier): IsolationForest, LocalOutlierFactor(novelty=True).
+    OUTLIER_DETECTION = "outlier_detection", "Outlier detection"
+    # predict answers a cluster id (KMeans): ids have no meaning outside the fitted model.
+    CLUSTERING = "clustering", "Clustering"
 
 
 class Stage(models.TextChoices):

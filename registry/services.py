@@ -39,7 +39,8 @@ def _check_name(name: str) -> str:
 def create_model(*, caller: Caller, organization: Organization, name: str, description: str = "", task: str = "") -> RegisteredModel:
     _check_name(name)
     if task and task not in Task.values:
-        raise InvalidInput(f"'{task}' is not a task; choose classification or regression.", errors=[{"field": "task", "message": "choose classification or regression"}])
+        choices = ", ".join(Task.values)
+        raise InvalidInput(f"'{task}' is not a task; choose one of {choices}.", errors=[{"field": "task", "message": f"choose one of {choices}"}])
     if RegisteredModel.objects.filter(organization=organization, name=name, deleted_at__isnull=True).exists():
         raise Conflict(f"A model named {organization.slug}/{name} already exists.", errors=[{"field": "name", "message": "already exists"}])
     model = RegisteredModel.objects.create(organization=organization, name=name, description=description, task=task, created_by=caller.person)

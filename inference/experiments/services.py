@@ -22,8 +22,9 @@ from registry import services as registry_services
 from registry.models import ModelVersion, RegisteredModel, Release, Stage
 
 MAX_VARIANTS = 10
-# Feedback can carry a label (classifiers) or a value (regressors), never both kinds for one model.
-METRIC_TASK = {Experiment.Metric.ACCURACY: "classification", Experiment.Metric.MEAN_VALUE: "regression"}
+# Feedback can carry a label (classifiers, outlier detectors: -1/1) or a value (regressors), never
+# both kinds for one model; clusterers take no feedback, so no metric compares them.
+METRIC_TASKS = {Experiment.Metric.ACCURACY: ("classification", "outlier_detection"), Experiment.Metric.MEAN_VALUE: ("regression",)}
 
 
 def _reroute(model_id: int) -> None:
@@ -64,9 +65,10 @@ def _check_variants(*, model: RegisteredModel, variants: list[dict]) -> list[dic
 def _check_metric(*, metric: str, variants: list[dict]) -> None:
     if metric not in Experiment.Metric.values:
         raise InvalidInput(f"'{metric}' is not a metric; choose accuracy or mean_value.", errors=[{"field": "metric", "message": "choose accuracy or mean_value"}])
-    needed = METRIC_TASK[Experiment.Metric(metric)]
+    tasks = METRIC_TASKS[Experiment.Metric(metric)]
+    needed = " or ".join(tasks)
     for variant in variants:
-        if variant["task"] != needed:
+        if variant["task"] not in tasks:
             raise InvalidInput(
                 f"{metric} needs a {needed} model; version {variant['version']} is a {variant['task']} model.",
                 errors=[{"field": "metric", "message": f"{metric} needs a {needed} model"}],

@@ -628,6 +628,10 @@ def server_metadata(*, name: str, version: str) -> dict:
     return {"name": name, "version": version, "extensions": ["binary_tensor_data"]}
 
 
+# What `predict` answers for a task without classes: -1/1 for outliers, cluster ids for clusterers.
+TASK_DATATYPES = {"outlier_detection": "INT64", "clustering": "INT64"}
+
+
 def model_metadata(
     *,
     name: str,

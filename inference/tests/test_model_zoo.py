@@ -22,17 +22,18 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
-from sklearn.compose import ColumnTransformer
+from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.ensemble import (
     ExtraTreesClassifier,
     GradientBoostingClassifier,
     GradientBoostingRegressor,
     HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
     IsolationForest,
     RandomForestClassifier,
     RandomForestRegressor,
 )
-from sklearn.cluster import KMeans
+from sklearn.cluster import DBSCAN, KMeans
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression, LogisticRegression, Perceptron, Ridge, RidgeClassifier
 from sklearn.multioutput import MultiOutputClassifier, MultiOutputRegressor
@@ -44,6 +45,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEnc
 from sklearn.svm import SVC, SVR, LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
+from analytics.services import drift
 from inference import records
 from platform_site.redis_client import settle_pending
 from registry.tests import factories as f
@@ -145,6 +147,10 @@ def on_numeric_regression(estimator, outputs: int = 1):
     return lambda: (estimator.fit(numeric_x(), regression_y(outputs)), numeric_x())
 
 
+def on_numeric_unsupervised(estimator):
+    return lambda: (estimator.fit(numeric_x()), numeric_x())
+
+
 def on_customers(pipeline, target: Callable = churn):
     def build():
         frame = customers()
@@ -196,10 +202,28 @@ def hist_gradient_boosting_native_categories():
     return model.fit(frame, churn(frame)), frame
 
 
+def hist_gradient_boosting_categorical_mask():
+    frame = customers()
+    is_categorical = [column in ("city", "plan") for column in frame.columns]
+    model = HistGradientBoostingRegressor(max_iter=20, categorical_features=is_categorical, random_state=0)
+    return model.fit(frame, spend(frame)), frame
+
+
 def log1p_pipeline():
-    model = make_pipeline(FunctionTransformer(np.log1p), LinearRegression())
+    model = make_pipeline(FunctionTransformer(np.log1p, inverse_func=np.expm1), LinearRegression())
     x = np.abs(numeric_x())
     return model.fit(x, regression_y()), x
+
+
+def transformed_target_log1p():
+    model = TransformedTargetRegressor(make_pipeline(FunctionTransformer(np.sqrt), Ridge()), func=np.log1p, inverse_func=np.expm1)
+    x = np.abs(numeric_x())
+    return model.fit(x, np.abs(regression_y())), x
+
+
+def sin_pipeline():
+    model = make_pipeline(FunctionTransformer(np.sin), LinearRegression())
+    return model.fit(numeric_x(), regression_y()), numeric_x()
 
 
 ZOO: dict[str, Kind] = {
@@ -237,17 +261,28 @@ ZOO: dict[str, Kind] = {
     "pipeline-onehot-impute-scale-logistic": Kind(on_customers(onehot_logistic), example=True),
     "pipeline-ordinal-forest-skops": Kind(on_customers(ordinal_forest), fmt="skops", example=True),
     "pipeline-target-encoder-ridge": Kind(on_customers(target_encoded_ridge, spend), example=True),
-    # The safe loader refuses the functools.partial(check_array) HistGradientBoosting keeps for native categories.
-    "hist-gradient-boosting-native-categories": Kind(hist_gradient_boosting_native_categories, example=True, refused="functools.partial"),
+    # HistGradientBoosting with native categories keeps a functools.partial(check_array): the one partial allowed.
+    # Its own OrdinalEncoder maps categories by value, so string columns over the wire answer as the category dtype did.
+    "hist-gradient-boosting-native-categories": Kind(hist_gradient_boosting_native_categories, example=True),
+    "hist-gradient-boosting-categorical-mask-pickle5": Kind(hist_gradient_boosting_categorical_mask, fmt="pickle5", example=True),
     "pipeline-without-example": Kind(on_customers(onehot_logistic), refused="input_example"),
+    # numpy ufuncs the safe loader allows as a FunctionTransformer's or TransformedTargetRegressor's func
+    "function-transformer-log1p": Kind(log1p_pipeline),
+    "transformed-target-log1p-pickle3": Kind(transformed_target_log1p, fmt="pickle3"),
+    # outlier detectors (predict is -1/1) and clusterers (predict is a cluster id)
+    "isolation-forest": Kind(on_numeric_unsupervised(IsolationForest(n_estimators=10, random_state=0))),
+    "local-outlier-factor-novelty-pickle4": Kind(on_numeric_unsupervised(LocalOutlierFactor(novelty=True)), fmt="pickle4"),
+    "kmeans": Kind(on_numeric_unsupervised(KMeans(n_clusters=3, n_init=2, random_state=0))),
+    "pipeline-scale-kmeans-skops": Kind(on_numeric_unsupervised(make_pipeline(StandardScaler(), KMeans(n_clusters=4, n_init=2, random_state=0))), fmt="skops"),
     # MLflow model folders as zip
     "mlflow-pipeline-string-columns": Kind(on_customers(onehot_logistic), fmt="mlflow"),
     "mlflow-logistic-string-labels": Kind(on_numeric(LogisticRegression(), "string-binary"), fmt="mlflow"),
     # kinds the platform refuses at upload
-    "function-transformer-log1p": Kind(log1p_pipeline, refused="numpy.log1p"),
-    "isolation-forest": Kind(on_numeric_regression(IsolationForest(n_estimators=10, random_state=0)), refused="Only classifiers and regressors"),
-    "local-outlier-factor-novelty": Kind(on_numeric_regression(LocalOutlierFactor(novelty=True)), refused="Only classifiers and regressors"),
-    "kmeans": Kind(on_numeric_regression(KMeans(n_clusters=3, n_init=2, random_state=0)), refused="Only classifiers and regressors"),
+    "function-transformer-sin": Kind(sin_pipeline, refused="numpy.sin"),
+    # skops would hand out the real functools.partial, so its trusted types leave it out: save such a model with joblib.
+    "hist-gradient-boosting-native-categories-skops": Kind(hist_gradient_boosting_native_categories, fmt="skops", example=True, refused="functools.partial"),
+    "local-outlier-factor-without-novelty": Kind(on_numeric_unsupervised(LocalOutlierFactor()), refused="fit it with LocalOutlierFactor(novelty=True)"),
+    "dbscan-without-predict": Kind(on_numeric_unsupervised(DBSCAN()), refused="has no predict for new rows"),
 }
 SERVED = [name for name, kind in ZOO.items() if kind.refused is None]
 REFUSED = [name for name, kind in ZOO.items() if kind.refused is not None]
@@ -402,6 +437,10 @@ def test_zoo_model_serves_every_protocol_as_it_predicts(name, tenant_a, tmp_path
         if has_proba:
             assert_same_probabilities(answer.json()["probabilities"], probabilities)
 
+    metadata = client.get(f"/v2/models/{name}/versions/1", **headers)
+    assert metadata.status_code == 200, metadata.content
+    assert metadata.json()["outputs"][0] == {"name": "predict", "datatype": v2_datatype(predictions), "shape": [-1]}
+
     # Multi-output probabilities with different class counts are no single tensor (the native answer has them).
     v2_proba = has_proba and (not is_multi_output(probabilities) or len({np.shape(part) for part in probabilities}) == 1)
     v2_request = v2_body(signature, rows, want_proba=v2_proba)
@@ -488,7 +527,14 @@ def upload_frame_model(tenant, name: str, estimator, frame: pd.DataFrame, **fiel
     return tenant.jwt_client().post(f"/api/v1/models/acme/{name}/versions", data, format="multipart")
 
 
-TRY_AND_DRIFT = ["logistic-string-binary", "logistic-bool-pickle3", "pipeline-onehot-impute-scale-logistic", "random-forest-regressor-2-targets"]
+TRY_AND_DRIFT = [
+    "logistic-string-binary",
+    "logistic-bool-pickle3",
+    "pipeline-onehot-impute-scale-logistic",
+    "random-forest-regressor-2-targets",
+    "isolation-forest",
+    "kmeans",
+]
 
 
 @pytest.mark.parametrize("name", TRY_AND_DRIFT)
@@ -508,6 +554,11 @@ def test_zoo_model_try_page_renders_its_form_and_a_drift_report_runs(name, tenan
     for column in signature["inputs"]:
         assert f'name="{column["name"]}"' in html
     assert 'id="try-result"' in html
+    meaning = {"outlier_detection": "-1 for an outlier and 1 for an inlier", "clustering": "the id of the cluster the row falls in"}
+    if response.json()["task"] in meaning:
+        assert meaning[response.json()["task"]] in html
+    else:
+        assert 'id="try-meaning"' not in html
 
     answer = client.post(
         f"/api/v1/models/acme/{name}/versions/1/predict",
@@ -518,12 +569,17 @@ def test_zoo_model_try_page_renders_its_form_and_a_drift_report_runs(name, tenan
     assert answer.status_code == 200, answer.content
     settle_pending()  # the record leaves with the connection's next round trip
     assert records.drain_stream() == 1
-    drift = tenant_a.key_client().post(f"/api/v1/models/acme/{name}/drift-reports", {"version": 1, "window_hours": 1}, format="json")
-    assert drift.status_code == 201, drift.content
-    assert sorted(feature["name"] for feature in drift.json()["features"]) == sorted(c["name"] for c in signature["inputs"])
+    queued = tenant_a.key_client().post(f"/api/v1/models/acme/{name}/drift-reports", {"version": 1, "window_hours": 1}, format="json")
+    assert queued.status_code == 202, queued.content
+    drift.compute_report(report_id=queued.json()["id"])  # the worker's side
+    report = tenant_a.key_client().get(f"/api/v1/drift-reports/{queued.json()['id']}").json()
+    assert (report["status"], report["error"]) == ("done", "")
+    assert sorted(feature["name"] for feature in report["features"]) == sorted(c["name"] for c in signature["inputs"])
+    # Labels, -1/1 outliers and cluster ids are categories; only a regressor's prediction is a number.
+    assert report["prediction"]["type"] == ("num" if response.json()["task"] == "regression" else "cat")
 
 
-BATCH = ["logistic-string-binary", "logistic-bool-pickle3", "pipeline-onehot-impute-scale-logistic", "ridge-pickle2"]
+BATCH = ["logistic-string-binary", "logistic-bool-pickle3", "pipeline-onehot-impute-scale-logistic", "ridge-pickle2", "isolation-forest"]
 
 
 def batch_rows(x, rows: int = 1000):
@@ -581,3 +637,36 @@ def test_zoo_batch_jobs_on_1000_rows_match_the_estimator(tenant_a, tmp_path, set
                 assert table["prediction"].astype(str).tolist() == [str(v) for v in want.tolist()]
     finally:
         pool.stop()
+
+
+def test_outlier_feedback_is_minus_one_or_one_and_counts_in_accuracy_and_a_clusterer_takes_none(tenant_a, tmp_path):
+    from analytics.services import quality
+
+    for name in ("isolation-forest", "kmeans"):
+        assert upload(tenant_a, name, tmp_path).status_code == 201
+    client = tenant_a.key_client()
+    row = {"inputs": records_of(numeric_x(), 1)}
+    outlier = client.post("/api/v1/models/acme/isolation-forest/versions/1/predict", row, format="json").json()
+    settle_pending()  # the record leaves with the connection's next round trip
+    assert records.drain_stream() == 1
+    for body, field, message in [
+        ({"label": 0}, "label", "send -1 (an outlier) or 1 (an inlier)"),
+        ({"label": True}, "label", "send -1 (an outlier) or 1 (an inlier)"),
+        ({"value": 1.0}, "value", "came from an outlier detector: send label"),
+    ]:
+        refused = client.post(f"/api/v1/predictions/{outlier['id']}/feedback", body, format="json")
+        assert refused.status_code == 400, refused.content
+        assert refused.json()["errors"][0]["field"] == field
+        assert message in refused.json()["detail"]
+    truth = client.post(f"/api/v1/predictions/{outlier['id']}/feedback", {"label": outlier["predictions"][0]}, format="json")
+    assert truth.status_code == 201, truth.content
+    quality.roll_up_quality()
+    day, = client.get("/api/v1/models/acme/isolation-forest/quality").json()["days"]
+    assert (day["metric"], day["feedback"], day["correct"]) == ("accuracy", 1, 1)
+
+    cluster = client.post("/api/v1/models/acme/kmeans/versions/1/predict", row, format="json").json()
+    settle_pending()
+    assert records.drain_stream() == 1
+    refused = client.post(f"/api/v1/predictions/{cluster['id']}/feedback", {"label": cluster["predictions"][0]}, format="json")
+    assert refused.status_code == 400
+    assert "came from a clusterer: its cluster ids have no true value" in refused.json()["detail"]

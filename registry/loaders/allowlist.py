@@ -17,16 +17,36 @@ is harmless whatever arguments it is called with. The policy:
    links, distance metrics, neighbour trees, optimizers, CV splitters; numpy's array,
    scalar, dtype and masked-array reconstructors, scalar types and random generators;
    scipy.sparse containers; inert builtins and stdlib containers.
-3. Two globals allowed only through a stand-in the unpickler substitutes, never the real
+3. Globals allowed only through a stand-in the unpickler substitutes, never the real
    object: ``_codecs.encode`` (how protocols 0-2 write ``bytes``; the stand-in accepts
-   only latin-1) and joblib's ``NumpyArrayWrapper`` (a placeholder our joblib reader
-   consumes; joblib's own class would let the file choose the array subclass).
+   only latin-1), joblib's ``NumpyArrayWrapper`` (a placeholder our joblib reader
+   consumes; joblib's own class would let the file choose the array subclass) and
+   ``functools.partial`` (below).
+4. ``functools.partial`` of exactly one function with exactly the keywords scikit-learn
+   writes (``partial_problem``): ``HistGradientBoosting*`` fitted with categorical
+   features validates its numeric columns with
+   ``FunctionTransformer(partial(check_array, dtype=[X_DTYPE], ensure_all_finite=False))``
+   (sklearn/ensemble/_hist_gradient_boosting/gradient_boosting.py, ``_preprocess_X``).
+   The opcode walk refuses any other partial before loading, and so does the stand-in the
+   unpickler hands out (a ``functools.partial`` subclass that checks its function and
+   keywords when built and when given state, and pickles back as a plain partial).
+   ``check_array`` itself may appear only as that partial's function: the unpickler hands
+   out a stand-in that refuses to be called, which the partial swaps for the real one.
+
+5. Six numpy ufuncs (``log1p``, ``expm1``, ``log``, ``exp``, ``sqrt``, ``absolute``, which
+   ``np.abs`` is), only as the ``func``/``inverse_func`` of a ``FunctionTransformer`` or a
+   ``TransformedTargetRegressor``: the unpickler hands out an inert ``UfuncReference``
+   (calling or pickling it is refused), the walk refuses calling one while loading, and
+   the post-load walk (``structure.check_model_structures``) puts the real ufunc in those
+   two attributes and refuses the file if a reference is left anywhere else. A ufunc called
+   on an array only computes (numpy checks its arguments), so this adds no reach; keeping
+   it to those attributes keeps the argument short.
 
 Deliberately refused although they look harmless:
-- ``functools.partial``: its ``func`` is itself a global that passes through this list,
-  so it adds no reach, but no estimator we tested needs it and every allowed callable is
-  one more thing to argue about; ``FunctionTransformer(func=...)`` with a library function
-  is refused for the same reason (e.g. numpy ufuncs pickle as ``numpy.<name>`` globals).
+- a ``functools.partial`` of anything else: its ``func`` is itself a global that passes
+  through this list, so it adds no reach, but no estimator we tested needs it and every
+  allowed callable is one more thing to argue about; ``FunctionTransformer(func=...)``
+  with any other library function is refused for the same reason.
 - ``builtins.getattr``/``eval``/``exec``/``compile``/``__import__``/``open``/``type``,
   ``operator.attrgetter``/``methodcaller``, ``types.*``, ``importlib``, ``os``/``posix``/
   ``nt``, ``subprocess``, ``sys``, ``shutil``, ``socket``, ``runpy``, ``code``, ``pickle``,
@@ -156,9 +176,26 @@ _SKLEARN_INTERNALS = {
     ("sklearn.metrics._dist_metrics", "newObj"),
 }
 
+FUNCTOOLS_PARTIAL = ("functools", "partial")
+# The one function a partial may wrap, and exactly the keywords scikit-learn 1.6+ gives it (see
+# the module docstring); values as ``partial_problem`` compares them.
+PARTIAL_FUNCTION = "sklearn.utils.validation.check_array"
+PARTIAL_KEYWORDS: dict[str, Any] = {"dtype": ("numpy.float64",), "ensure_all_finite": False}
+CHECK_ARRAY = ("sklearn.utils.validation", "check_array")
+
+# numpy ufuncs a FunctionTransformer/TransformedTargetRegressor may hold as func/inverse_func.
+TRANSFORMER_UFUNCS: frozenset[tuple[str, str]] = frozenset(
+    ("numpy", name) for name in ("log1p", "expm1", "log", "exp", "sqrt", "absolute")
+)
+UFUNC_HOLDERS: dict[str, tuple[str, ...]] = {
+    "sklearn.preprocessing._function_transformer.FunctionTransformer": ("func", "inverse_func"),
+    "sklearn.compose._target.TransformedTargetRegressor": ("func", "inverse_func"),
+}
+
 # Allowed only because the unpickler hands out a restricted stand-in (see module docstring).
 SUBSTITUTED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    {("_codecs", "encode"), ("joblib.numpy_pickle", "NumpyArrayWrapper")}
+    {("_codecs", "encode"), ("joblib.numpy_pickle", "NumpyArrayWrapper"), FUNCTOOLS_PARTIAL, CHECK_ARRAY}
+    | TRANSFORMER_UFUNCS
 )
 JOBLIB_ARRAY_WRAPPER = ("joblib.numpy_pickle", "NumpyArrayWrapper")
 # joblib < 0.10 wrote arrays to companion .npy files next to the pickle.
@@ -174,6 +211,27 @@ EXPLICIT_GLOBALS: frozenset[tuple[str, str]] = frozenset(
 
 # Module path components under sklearn. that are never imported on a file's say-so.
 _SKLEARN_EXCLUDED_COMPONENTS = frozenset({"tests", "conftest", "externals", "experimental"})
+
+
+def partial_problem(*, func: str, args: tuple[Any, ...], keywords: dict[str, Any]) -> str | None:
+    """Why a ``functools.partial`` may not be built, or None for the one scikit-learn writes.
+
+    ``func`` is the dotted name of the wrapped function; keyword values are compared as
+    plain values, with classes as dotted names and lists as tuples. Booleans must be
+    booleans (``0`` is not ``False``).
+    """
+    allowed = f"only {PARTIAL_FUNCTION} with dtype=[numpy.float64], ensure_all_finite=False"
+    if func != PARTIAL_FUNCTION:
+        return f"it builds a functools.partial of {func}; {allowed} (what HistGradientBoosting writes) is allowed"
+    if args:
+        return f"it builds a functools.partial of {func} with positional arguments; {allowed} is allowed"
+    for name, value in keywords.items():
+        if name not in PARTIAL_KEYWORDS:
+            return f"it builds a functools.partial of {func} with keyword {name!r}; {allowed} is allowed"
+        expected = PARTIAL_KEYWORDS[name]
+        if type(value) is not type(expected) or value != expected:
+            return f"it builds a functools.partial of {func} with {name}={value!r}; {allowed} is allowed"
+    return None
 
 
 def canonical_global(module: str, name: str) -> tuple[str, str]:

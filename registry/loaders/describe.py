@@ -26,28 +26,23 @@ class ModelDescription:
 
 
 def describe_estimator(*, estimator: Any, saved_sklearn_version: str | None = None) -> ModelDescription:
-    """Return what ``estimator`` is and serves; only fitted classifiers and regressors pass.
+    """Return what ``estimator`` is and serves: a fitted classifier, regressor, outlier detector or clusterer.
 
     The task comes from the final step of a Pipeline (nested pipelines included).
     ``saved_sklearn_version`` is what the artifact recorded (the loaders report it);
-    raises InvalidArtifact for anything that is not a fitted classifier or regressor.
+    raises InvalidArtifact for anything else, or one that cannot predict new rows.
     """
     import sklearn
-    from sklearn.base import BaseEstimator, is_classifier, is_regressor
+    from sklearn.base import BaseEstimator
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.validation import check_is_fitted
 
     if not isinstance(estimator, BaseEstimator):
         raise InvalidArtifact(f"The file holds a {_dotted(type(estimator))}, not a scikit-learn estimator.")
     final = _final_step(estimator)
-    if is_classifier(final):
-        task = "classification"
-    elif is_regressor(final):
-        task = "regression"
-    else:
-        raise InvalidArtifact(
-            f"Only classifiers and regressors can be served; the model's final step is {_dotted(type(final))}."
-        )
+    task = _task_of(final)
+    if not hasattr(estimator, "predict"):
+        raise InvalidArtifact(_no_predict_reason(final))
     try:
         check_is_fitted(estimator)
     except NotFittedError as exc:
@@ -65,6 +60,36 @@ def describe_estimator(*, estimator: Any, saved_sklearn_version: str | None = No
         saved_sklearn_version=saved_sklearn_version,
         running_sklearn_version=sklearn.__version__,
     )
+
+
+def _task_of(final: Any) -> str:
+    from sklearn.base import is_classifier, is_clusterer, is_outlier_detector, is_regressor
+
+    if is_classifier(final):
+        return "classification"
+    if is_regressor(final):
+        return "regression"
+    if is_outlier_detector(final):
+        return "outlier_detection"
+    if is_clusterer(final):
+        return "clustering"
+    raise InvalidArtifact(
+        "Only classifiers, regressors, outlier detectors and clusterers can be served; "
+        f"the model's final step is {_dotted(type(final))}."
+    )
+
+
+def _no_predict_reason(final: Any) -> str:
+    from sklearn.neighbors import LocalOutlierFactor
+
+    name = _dotted(type(final))
+    if isinstance(final, LocalOutlierFactor):
+        # novelty=False only scores the rows it was fitted on (fit_predict), by design.
+        return (
+            f"{name} was fitted with novelty=False, so it has no predict for new rows; "
+            "fit it with LocalOutlierFactor(novelty=True) to serve it."
+        )
+    return f"{name} has no predict for new rows (it only labels the rows it was fitted on), so it cannot be served."
 
 
 def _final_step(estimator: Any) -> Any:

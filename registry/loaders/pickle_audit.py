@@ -25,6 +25,8 @@ what only it can see, because it keeps the stack and memo symbolically:
   scikit-learn's reconstruction helpers), once, and before it was handed to anything else.
   Never on a class, function or module attribute: BUILD on a class is ``setattr`` on it for
   the whole process.
+- ``functools.partial`` only of ``check_array`` with scikit-learn's own keywords, in its
+  call and in its BUILD state (``allowlist.partial_problem``); ``check_array`` never called.
 - BUILD of a ``numpy.dtype`` only on a copy (``copy=True``), with state that gives exactly
   the dtype numpy builds from its descriptor (``dtypes.dtype_problem``).
 - The converters that could turn an object array's pointers into bytes or numbers
@@ -53,11 +55,15 @@ from typing import Any, BinaryIO
 from platform_site.errors import InvalidArtifact, UnsafeArtifact
 
 from .allowlist import (
+    FUNCTOOLS_PARTIAL,
     JOBLIB_ARRAY_WRAPPER,
     OLD_JOBLIB_WRAPPERS,
+    PARTIAL_FUNCTION,
     SUBSTITUTED_GLOBALS,
+    TRANSFORMER_UFUNCS,
     canonical_global,
     is_allowed_global,
+    partial_problem,
     resolve_allowed_global,
 )
 
@@ -66,6 +72,8 @@ _CHUNK = 1 << 20
 _SKIP_PAYLOAD_BYTES = 1 << 16
 _BINARY_LENGTH_PREFIX = {"SHORT_BINBYTES": 1, "BINBYTES": 4, "BINBYTES8": 8, "BYTEARRAY8": 8}
 _WRAPPER_NAME = ".".join(JOBLIB_ARRAY_WRAPPER)
+_PARTIAL_NAME = ".".join(FUNCTOOLS_PARTIAL)
+_TRANSFORMER_UFUNC_NAMES = frozenset(".".join(pair) for pair in TRANSFORMER_UFUNCS)
 _ARRAY_SUBCLASSES = frozenset({"numpy.ndarray", "numpy.matrix"})
 # Allowed functions that return a fresh object which the pickle then hands BUILD state.
 _RECONSTRUCTORS = frozenset(
@@ -549,7 +557,18 @@ class _Walker:
         name = factory.name
         if not isinstance(args, tuple):
             args = (args,)
-        if name in _NEVER_CALLED:
+        if name == _PARTIAL_NAME:
+            func, rest = (args[0], args[1:]) if args else (None, ())
+            problem = partial_problem(func=_callable_name(func), args=rest, keywords={})
+            if problem is not None:
+                self.findings.reasons.setdefault(problem, None)
+        elif name in _TRANSFORMER_UFUNC_NAMES:
+            self.findings.reasons.setdefault(
+                f"it calls {name} while loading; it may only be a FunctionTransformer's func or inverse_func", None
+            )
+        elif name == PARTIAL_FUNCTION:
+            self.findings.reasons.setdefault(f"it calls {name} while loading; it may only be the function of a functools.partial", None)
+        elif name in _NEVER_CALLED:
             self.findings.reasons.setdefault(
                 f"it calls {name} directly, which numpy never writes (a buffer argument views any object's memory)", None
             )
@@ -585,6 +604,7 @@ class _Walker:
     def _op_NEWOBJ(self, _: None) -> None:
         args = _escape(self._pop())
         cls = self._pop()
+        self._check_new(cls)
         self._check_call(cls, args)
         self._push(_Obj("new", cls, args))
 
@@ -592,8 +612,14 @@ class _Walker:
         _escape(self._pop())  # kwargs
         args = _escape(self._pop())
         cls = self._pop()
+        self._check_new(cls)
         self._check_call(cls, args)
         self._push(_Obj("new", cls, args))
+
+    def _check_new(self, cls: Any) -> None:
+        if isinstance(cls, _Global) and cls.name == _PARTIAL_NAME:
+            # A partial pickles as REDUCE of the class; NEWOBJ_EX would pass keywords unseen.
+            self.findings.reasons.setdefault("it builds functools.partial with NEWOBJ, which pickle never writes for it", None)
 
     def _op_OBJ(self, _: None) -> None:
         items = self._pop_mark()
@@ -650,6 +676,8 @@ def _build_problem(target: Any, state: Any) -> str | None:
     if not isinstance(target, _Obj):
         return "it applies BUILD state to a value it did not construct"
     factory = target.factory
+    if isinstance(factory, _Global) and factory.name == _PARTIAL_NAME and not target.built and not target.escaped:
+        return _partial_state_problem(state)
     if not isinstance(factory, _Global) or not _returns_fresh_object(factory.name):
         what = factory.name if isinstance(factory, _Global) else "a value built at load time"
         return f"it applies BUILD state to what {what} returned, which is not an object it constructed"
@@ -660,6 +688,36 @@ def _build_problem(target: Any, state: Any) -> str | None:
     if factory.name == "numpy.dtype":
         return _dtype_build_problem(target, state)
     return None
+
+
+def _partial_state_problem(state: Any) -> str | None:
+    """Why BUILD may not give ``state`` to a functools.partial: (function, args, keywords, namespace)."""
+    if not (isinstance(state, tuple) and len(state) == 4):
+        return "it gives a functools.partial state that is not (function, args, keywords, attributes)"
+    func, args, keywords, namespace = state
+    if namespace is not None and not (isinstance(namespace, _Dict) and not namespace.items):
+        return "it gives a functools.partial attributes of its own"
+    keywords = _Dict() if keywords is None else keywords
+    if not isinstance(args, tuple) or not isinstance(keywords, _Dict) or not all(isinstance(k, str) for k, _ in keywords.items):
+        return "it gives a functools.partial arguments that are not plain data"
+    return partial_problem(
+        func=_callable_name(func), args=args, keywords={key: _partial_value(value) for key, value in keywords.items}
+    )
+
+
+def _callable_name(func: Any) -> str:
+    return func.name if isinstance(func, _Global) else "a value built at load time"
+
+
+def _partial_value(value: Any) -> Any:
+    """A partial's keyword value as ``partial_problem`` compares it: globals by name, lists as tuples."""
+    if isinstance(value, _Global):
+        return value.name
+    if isinstance(value, (list, tuple)):
+        return tuple(_partial_value(item) for item in value)
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return "<a value built at load time>"
 
 
 def _dtype_build_problem(target: _Obj, state: Any) -> str | None:

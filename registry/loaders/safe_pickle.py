@@ -53,10 +53,15 @@ from joblib.numpy_pickle import NumpyUnpickler
 from platform_site.errors import InvalidArtifact, ModelhostError, UnsafeArtifact
 
 from .allowlist import (
+    CHECK_ARRAY,
+    FUNCTOOLS_PARTIAL,
     JOBLIB_ARRAY_WRAPPER,
+    PARTIAL_FUNCTION,
     SUBSTITUTED_GLOBALS,
+    TRANSFORMER_UFUNCS,
     canonical_global,
     is_allowed_global,
+    partial_problem,
     resolve_allowed_global,
 )
 from .pickle_audit import PickleAudit, _Malformed, joblib_array_layout, walk_pickle_stream
@@ -272,6 +277,112 @@ def _checked_tree(n_features: Any, n_classes: Any, n_outputs: Any) -> Any:
     return Tree(n_features, classes, n_outputs)
 
 
+class CheckedPartial(functools.partial):
+    """Stand-in for ``functools.partial``: only the partial scikit-learn writes (``allowlist.partial_problem``).
+
+    Checked when built (REDUCE) and when given state (BUILD), so the C unpickler enforces it
+    too; it behaves as the partial it checks and pickles back as a plain ``functools.partial``
+    (the serving artifact names no class of ours).
+    """
+
+    def __new__(cls, func: Any, /, *args: Any, **keywords: Any) -> CheckedPartial:
+        _refuse_partial(func, args, keywords)
+        return super().__new__(cls, _real_check_array(func), *args, **keywords)
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 4) or state[3]:
+            raise UnsafeArtifact(
+                "The model file is refused: it gives a functools.partial a state that is not (function, args, keywords).",
+                refused_globals=["functools.partial"],
+            )
+        func, args, keywords, _ = state
+        if not isinstance(args, tuple) or not isinstance(keywords, (dict, type(None))):
+            raise UnsafeArtifact("The model file is refused: it gives a functools.partial arguments that are not plain data.", refused_globals=["functools.partial"])
+        _refuse_partial(func, args, keywords or {})
+        super().__setstate__((_real_check_array(func), args, keywords, None))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return functools.partial, (self.func,), (self.func, self.args, self.keywords or None, None)
+
+
+def check_array_while_loading(*args: Any, **keywords: Any) -> Any:
+    """Stand-in for ``check_array`` as the unpickler hands it out: only a partial may hold it, never call it."""
+    raise UnsafeArtifact(
+        f"The model file is refused: it calls {PARTIAL_FUNCTION} while loading; it may only be the function of a functools.partial.",
+        refused_globals=[PARTIAL_FUNCTION],
+    )
+
+
+def _real_check_array(func: Any) -> Any:
+    from sklearn.utils.validation import check_array
+
+    return check_array if func is check_array_while_loading else func
+
+
+def _refuse_partial(func: Any, args: tuple[Any, ...], keywords: dict[str, Any]) -> None:
+    problem = partial_problem(
+        func=_dotted_name(func), args=args, keywords={str(key): _partial_value(value) for key, value in keywords.items()}
+    )
+    if problem is not None:
+        raise UnsafeArtifact(f"The model file is refused: {problem}.", refused_globals=["functools.partial"])
+
+
+def _dotted_name(value: Any) -> str:
+    if value is check_array_while_loading:
+        return PARTIAL_FUNCTION
+    module, name = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+    if not (isinstance(module, str) and isinstance(name, str)):
+        return "a value built at load time"
+    module, name = canonical_global(module, name)
+    # Only an allowed global is the object its name says; anything else is named by its type.
+    if not is_allowed_global(module, name) or resolve_allowed_global(module, name) is not value:
+        return f"a {type(value).__name__} built at load time"
+    return f"{module}.{name}"
+
+
+def _partial_value(value: Any) -> Any:
+    """As ``pickle_audit._partial_value``: classes by dotted name, lists as tuples, literals as they are."""
+    if isinstance(value, type):
+        return _dotted_name(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_partial_value(item) for item in value)
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return f"<a {type(value).__name__} built at load time>"
+
+
+class UfuncReference:
+    """Stand-in for an allowed numpy ufunc (``allowlist.TRANSFORMER_UFUNCS``): inert until bound.
+
+    ``structure.check_model_structures`` replaces it with the real ufunc where a
+    FunctionTransformer or TransformedTargetRegressor holds it; anywhere else it stays
+    inert: calling or pickling it is refused.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *args: Any, **keywords: Any) -> Any:
+        raise UnsafeArtifact(
+            f"The model file is refused: it calls {self.name} where only a FunctionTransformer's func or inverse_func may hold it.",
+            refused_globals=[self.name],
+        )
+
+    def __reduce__(self) -> Any:
+        raise UnsafeArtifact(
+            f"The model file is refused: it holds {self.name} where only a FunctionTransformer's func or inverse_func may.",
+            refused_globals=[self.name],
+        )
+
+    def resolve(self) -> Any:
+        """The real ufunc; for the post-load walk, which checked where this reference sits."""
+        import numpy as np
+
+        return getattr(np, self.name.rpartition(".")[2])
+
+
 class JoblibArrayPlaceholder:
     """What ``joblib.numpy_pickle.NumpyArrayWrapper`` unpickles to; replaced by its array at BUILD.
 
@@ -301,6 +412,12 @@ class _AllowListMixin:
             return _latin1_encode
         if (module, name) == ("sklearn.tree._tree", "Tree"):
             return _checked_tree
+        if (module, name) == FUNCTOOLS_PARTIAL:
+            return CheckedPartial
+        if (module, name) == CHECK_ARRAY:
+            return check_array_while_loading
+        if (module, name) in TRANSFORMER_UFUNCS:
+            return UfuncReference(f"{module}.{name}")
         if (module, name) == JOBLIB_ARRAY_WRAPPER:
             if not self.allows_array_wrapper:
                 raise InvalidArtifact("A joblib array wrapper appears where joblib never writes one.")

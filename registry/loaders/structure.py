@@ -17,6 +17,11 @@ The same walk checks every numpy value it reaches, before reading any element
 'O8' dtype whose flags were cleared by BUILD state holds raw bytes numpy dereferences as
 pointers), no array viewing an object array's memory, and object arrays holding only str,
 int, float, bool, None or numpy numbers and strings.
+
+It also binds the numpy ufuncs the allow-list lets a FunctionTransformer or a
+TransformedTargetRegressor hold (``allowlist.TRANSFORMER_UFUNCS``): the unpickler hands out
+an inert ``UfuncReference``; the walk puts the real ufunc in those estimators' ``func`` and
+``inverse_func`` and refuses a model with a reference anywhere else.
 """
 from __future__ import annotations
 
@@ -28,7 +33,9 @@ import numpy as np
 
 from platform_site.errors import InvalidArtifact, UnsafeArtifact
 
+from .allowlist import UFUNC_HOLDERS
 from .dtypes import array_problem, dtype_problem
+from .safe_pickle import UfuncReference
 
 # A fitted pipeline has hundreds of objects; this bounds the walk on a hostile graph.
 _MAX_OBJECTS = 1_000_000
@@ -82,7 +89,13 @@ def check_model_structures(*, model: Any) -> int:
         elif neighbour_types and isinstance(obj, neighbour_types):
             _check_neighbour_tree(obj)
             checked += 1
+        elif isinstance(obj, UfuncReference):
+            raise UnsafeArtifact(
+                f"The model file is refused: it holds {obj.name} where only a FunctionTransformer's func or inverse_func may.",
+                refused_globals=[obj.name],
+            )
         elif isinstance(obj, BaseEstimator):
+            _bind_ufuncs(obj)
             own = getattr(obj, "__dict__", {}).get("n_features_in_")
             n_features = int(own) if isinstance(own, (int, np.integer)) else n_features
             pending.extend((value, n_features) for value in vars(obj).values())
@@ -102,6 +115,14 @@ def check_model_structures(*, model: Any) -> int:
             # Plain objects (loss functions, calibrators, bunches): their attributes are model state too.
             pending.extend((value, n_features) for value in vars(obj).values())
     return checked
+
+
+def _bind_ufuncs(estimator: Any) -> None:
+    holder = UFUNC_HOLDERS.get(f"{type(estimator).__module__}.{type(estimator).__qualname__}")
+    for attribute in holder or ():
+        value = vars(estimator).get(attribute)
+        if isinstance(value, UfuncReference):
+            setattr(estimator, attribute, value.resolve())
 
 
 _OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)

@@ -466,3 +466,158 @@ def state_corpus() -> list[StateCase]:
             "object_array_holding_a_slice", object_array_holding_a_slice, "foreign", "an object array holds a builtins.slice"
         ),
     ]
+
+
+# --- functools.partial: only the one HistGradientBoosting writes ------------------------------------
+#
+# HistGradientBoosting* fitted with categorical features keeps
+# FunctionTransformer(partial(check_array, dtype=[np.float64], ensure_all_finite=False)); the
+# allow-list takes that partial and no other. Each case hides its partial where scikit-learn
+# keeps its own (the FunctionTransformer of a fitted pipeline) and names why it is refused.
+
+
+@dataclass(frozen=True)
+class PartialCase:
+    id: str
+    build: Callable[[Path], bytes]
+    reason: str  # the refusal's detail after "The model file is refused: "
+    # Global names the audit refuses besides the partial (the partial's function may be one).
+    refused: tuple[str, ...] = ()
+
+
+ALLOWED_PARTIAL = "only sklearn.utils.validation.check_array with dtype=[numpy.float64], ensure_all_finite=False"
+
+
+def _function_transformer_pipeline(func: Any) -> bytes:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X = np.arange(40, dtype=float).reshape(20, 2)
+    y = np.array([0, 1] * 10)
+    fitted = Pipeline([("check", FunctionTransformer()), ("model", LogisticRegression())]).fit(X, y)
+    fitted.named_steps["check"].func = func  # set after fitting: the payload must not run here
+    return pickle.dumps(fitted, protocol=2)
+
+
+def _check_array_partial(**keywords: Any) -> Any:
+    import functools
+
+    from sklearn.utils.validation import check_array
+
+    return functools.partial(check_array, **keywords)
+
+
+def partial_corpus() -> list[PartialCase]:
+    import functools
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.utils.validation import check_array
+
+    check_array_name = "sklearn.utils.validation.check_array"
+    return [
+        PartialCase(
+            "partial_of_os_system_called_while_loading",
+            lambda marker: pickle.dumps(Reduce(functools.partial(os.system, touch_command(marker)))),
+            f"it refers to globals outside the allow-list: {OS_SYSTEM}; it builds a functools.partial of {OS_SYSTEM}; "
+            f"{ALLOWED_PARTIAL} (what HistGradientBoosting writes) is allowed",
+            refused=(OS_SYSTEM,),
+        ),
+        PartialCase(
+            "partial_of_an_allowed_class",
+            lambda marker: _function_transformer_pipeline(functools.partial(LogisticRegression, C=3.0)),
+            "it builds a functools.partial of sklearn.linear_model._logistic.LogisticRegression; "
+            f"{ALLOWED_PARTIAL} (what HistGradientBoosting writes) is allowed",
+        ),
+        PartialCase(
+            "partial_of_an_allowed_builtin",
+            lambda marker: _function_transformer_pipeline(functools.partial(bytes)),
+            f"it builds a functools.partial of builtins.bytes; {ALLOWED_PARTIAL} (what HistGradientBoosting writes) is allowed",
+        ),
+        PartialCase(
+            "check_array_with_another_keyword",
+            lambda marker: _function_transformer_pipeline(_check_array_partial(dtype=[np.float64], accept_sparse=True)),
+            f"it builds a functools.partial of {check_array_name} with keyword 'accept_sparse'; {ALLOWED_PARTIAL} is allowed",
+        ),
+        PartialCase(
+            "check_array_with_another_dtype",
+            lambda marker: _function_transformer_pipeline(_check_array_partial(dtype=object, ensure_all_finite=False)),
+            f"it builds a functools.partial of {check_array_name} with dtype='builtins.object'; {ALLOWED_PARTIAL} is allowed",
+        ),
+        PartialCase(
+            "check_array_with_ensure_all_finite_zero",
+            lambda marker: _function_transformer_pipeline(_check_array_partial(dtype=[np.float64], ensure_all_finite=0)),
+            f"it builds a functools.partial of {check_array_name} with ensure_all_finite=0; {ALLOWED_PARTIAL} is allowed",
+        ),
+        PartialCase(
+            "check_array_with_positional_arguments",
+            lambda marker: _function_transformer_pipeline(functools.partial(check_array, [[1.0]])),
+            f"it builds a functools.partial of {check_array_name} with positional arguments; {ALLOWED_PARTIAL} is allowed",
+        ),
+        PartialCase(
+            "check_array_swapped_for_a_class_in_the_state",
+            lambda marker: _function_transformer_pipeline(
+                ReduceWithState(functools.partial, (check_array,), (LogisticRegression, (), {}, None))
+            ),
+            "it builds a functools.partial of sklearn.linear_model._logistic.LogisticRegression; "
+            f"{ALLOWED_PARTIAL} (what HistGradientBoosting writes) is allowed",
+        ),
+        PartialCase(
+            "check_array_partial_with_attributes",
+            lambda marker: _function_transformer_pipeline(
+                ReduceWithState(functools.partial, (check_array,), (check_array, (), {"dtype": [np.float64]}, {"extra": 1}))
+            ),
+            "it gives a functools.partial attributes of its own",
+        ),
+        PartialCase(
+            "check_array_called_while_loading",
+            lambda marker: _function_transformer_pipeline(Reduce(check_array, [[1.0, 2.0]])),
+            f"it calls {check_array_name} while loading; it may only be the function of a functools.partial",
+        ),
+    ]
+
+
+# --- numpy ufuncs: only log1p, expm1, log, exp, sqrt, absolute, only as a transformer's func ---------
+
+
+def _regression_data() -> tuple[np.ndarray, np.ndarray]:
+    X = np.abs(np.arange(60, dtype=float).reshape(20, 3)) / 10
+    return X, X.sum(axis=1)
+
+
+def ufunc_as_an_estimator_attribute() -> bytes:
+    from sklearn.linear_model import LinearRegression
+
+    model = LinearRegression().fit(*_regression_data())
+    model.postprocess_ = np.exp  # an allowed ufunc, but not where a transformer holds it
+    return pickle.dumps(model, protocol=4)
+
+
+def ufunc_called_while_loading() -> bytes:
+    return pickle.dumps(Reduce(np.sqrt, 4.0), protocol=2)
+
+
+def ufunc_off_the_list() -> bytes:
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    return pickle.dumps(make_pipeline(FunctionTransformer(np.sin), LinearRegression()).fit(*_regression_data()))
+
+
+# (id, build, detail, refused_globals) as load_serving_artifact reports them.
+UFUNC_CASES = [
+    (
+        "ufunc_as_an_estimator_attribute",
+        ufunc_as_an_estimator_attribute,
+        "The model file is refused: it holds numpy.exp where only a FunctionTransformer's func or inverse_func may.",
+        ["numpy.exp"],
+    ),
+    (
+        "ufunc_called_while_loading",
+        ufunc_called_while_loading,
+        "The model file is refused: it calls numpy.sqrt while loading; it may only be a FunctionTransformer's func or inverse_func.",
+        [],
+    ),
+    ("ufunc_off_the_list", ufunc_off_the_list, "The model file refers to globals outside the allow-list: numpy.sin", ["numpy.sin"]),
+]

@@ -1,4 +1,4 @@
-"""What a loaded model is, serves and expects; only fitted classifiers and regressors pass."""
+"""What a loaded model is, serves and expects; fitted classifiers, regressors, outlier detectors and clusterers pass."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import sklearn
-from sklearn.cluster import KMeans
+from sklearn.cluster import DBSCAN, KMeans
+from sklearn.ensemble import IsolationForest
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.multioutput import MultiOutputClassifier
+from sklearn.neighbors import LocalOutlierFactor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -83,13 +85,26 @@ def test_has_predict_proba_follows_the_model(probability: bool, expected: bool) 
     ("estimator", "detail"),
     [
         pytest.param(
-            KMeans(n_clusters=2, n_init=1).fit(X),
-            "Only classifiers and regressors can be served; the model's final step is sklearn.cluster._kmeans.KMeans.",
-            id="clusterer",
+            DBSCAN().fit(X),
+            "sklearn.cluster._dbscan.DBSCAN has no predict for new rows (it only labels the rows it was fitted on), "
+            "so it cannot be served.",
+            id="clusterer_without_predict",
+        ),
+        pytest.param(
+            LocalOutlierFactor(n_neighbors=5).fit(X),
+            "sklearn.neighbors._lof.LocalOutlierFactor was fitted with novelty=False, so it has no predict for new rows; "
+            "fit it with LocalOutlierFactor(novelty=True) to serve it.",
+            id="local_outlier_factor_without_novelty",
+        ),
+        pytest.param(
+            Pipeline([("scale", StandardScaler()), ("lof", LocalOutlierFactor(n_neighbors=5))]).fit(X),
+            "sklearn.neighbors._lof.LocalOutlierFactor was fitted with novelty=False, so it has no predict for new rows; "
+            "fit it with LocalOutlierFactor(novelty=True) to serve it.",
+            id="pipeline_ending_in_local_outlier_factor_without_novelty",
         ),
         pytest.param(
             Pipeline([("scale", StandardScaler().fit(X))]),
-            "Only classifiers and regressors can be served; the model's final step is "
+            "Only classifiers, regressors, outlier detectors and clusterers can be served; the model's final step is "
             "sklearn.preprocessing._data.StandardScaler.",
             id="transformer_pipeline",
         ),
@@ -118,3 +133,17 @@ def test_meta_estimator_classifier_is_described() -> None:
     model = MultiOutputClassifier(LogisticRegression()).fit(X, targets)
     described = describe_estimator(estimator=model)
     assert (described.task, described.classes) == ("classification", [[0, 1], [0, 1]])
+
+
+@pytest.mark.parametrize(
+    ("estimator", "task"),
+    [
+        pytest.param(IsolationForest(n_estimators=5, random_state=0), "outlier_detection", id="isolation_forest"),
+        pytest.param(LocalOutlierFactor(n_neighbors=5, novelty=True), "outlier_detection", id="local_outlier_factor_novelty"),
+        pytest.param(KMeans(n_clusters=2, n_init=1, random_state=0), "clustering", id="kmeans"),
+        pytest.param(Pipeline([("scale", StandardScaler()), ("kmeans", KMeans(n_clusters=2, n_init=1))]), "clustering", id="kmeans_pipeline"),
+    ],
+)
+def test_outlier_detectors_and_clusterers_with_predict_are_described_without_classes(estimator, task: str) -> None:
+    described = describe_estimator(estimator=estimator.fit(X))
+    assert (described.task, described.classes, described.has_predict_proba, described.n_features) == (task, None, False, 3)

@@ -439,3 +439,46 @@ def test_build_twice_on_one_object_is_refused() -> None:
     twice = data[:-1] + pickle.EMPTY_DICT + pickle.BUILD + pickle.STOP
     with pytest.raises(UnsafeArtifact, match="it applies BUILD state twice to one numpy.dtype"):
         audit_pickle_globals(source=twice)
+
+
+PARTIAL_CASES = malicious.partial_corpus()
+
+
+def test_a_partial_called_while_loading_runs_its_payload_under_plain_pickle(marker: Path) -> None:
+    """Control: the os.system partial is live, so its refusal below can fail."""
+    case = next(case for case in PARTIAL_CASES if case.id == "partial_of_os_system_called_while_loading")
+    malicious.load_unsafely(case.build(marker), is_joblib=False)
+    assert _wait_for(marker)
+
+
+@pytest.mark.parametrize("case", PARTIAL_CASES, ids=lambda case: case.id)
+def test_a_partial_other_than_hist_gradient_boostings_is_refused_naming_it(case: malicious.PartialCase, marker: Path) -> None:
+    with pytest.raises(UnsafeArtifact) as raised:
+        load_pickle(source=case.build(marker))
+    assert raised.value.detail == f"The model file is refused: {case.reason}."
+    assert raised.value.refused_globals == list(case.refused)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("case", [case for case in PARTIAL_CASES if not case.refused], ids=lambda case: case.id)
+def test_the_partial_and_check_array_stand_ins_refuse_without_the_audit(case: malicious.PartialCase, marker: Path) -> None:
+    with pytest.raises(UnsafeArtifact) as raised:
+        RestrictedUnpickler(io.BytesIO(case.build(marker))).load()
+    assert raised.value.refused_globals in (["functools.partial"], ["sklearn.utils.validation.check_array"])
+    assert "The model file is refused: it " in raised.value.detail
+
+
+@pytest.mark.parametrize(("build", "detail", "refused"), [case[1:] for case in malicious.UFUNC_CASES], ids=[case[0] for case in malicious.UFUNC_CASES])
+def test_a_numpy_ufunc_anywhere_but_a_transformers_func_is_refused_naming_it(build: Any, detail: str, refused: list[str]) -> None:
+    from registry.loaders.serving import load_serving_artifact
+
+    with pytest.raises(UnsafeArtifact) as raised:
+        load_serving_artifact(data=build())
+    assert (raised.value.detail, raised.value.refused_globals) == (detail, refused)
+
+
+@pytest.mark.parametrize("build", [malicious.ufunc_as_an_estimator_attribute, malicious.ufunc_called_while_loading], ids=["attribute", "called"])
+def test_the_ufunc_stand_in_refuses_without_the_audit(build: Any) -> None:
+    with pytest.raises(UnsafeArtifact) as raised:
+        check_model_structures(model=RestrictedUnpickler(io.BytesIO(build())).load())
+    assert raised.value.refused_globals in (["numpy.exp"], ["numpy.sqrt"])

@@ -44,7 +44,7 @@ from sklearn.preprocessing import LabelEncoder, OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
-from registry.loaders.safe_pickle import load_pickle
+from registry.loaders.safe_pickle import audit_pickle_globals, load_pickle
 from registry.loaders.structure import check_model_structures
 
 RNG = np.random.RandomState(0)
@@ -220,3 +220,56 @@ def test_uncompressed_joblib_array_data_is_skipped_not_read_by_the_audit(tmp_pat
     loaded = load_pickle(source=path)
     assert loaded.audit.joblib_arrays == 1
     np.testing.assert_array_equal(loaded.obj["weights"], weights)
+
+
+def _native_categories(categorical_features: Any, *, as_category_dtype: bool) -> tuple[Any, Any]:
+    frame = FRAME.copy()
+    if as_category_dtype:
+        frame["city"] = frame["city"].astype("category")
+    model = HistGradientBoostingClassifier(max_iter=5, categorical_features=categorical_features, random_state=0)
+    return model.fit(frame, Y_STRINGS), frame
+
+
+@pytest.mark.parametrize("serializer", list(SERIALIZERS))
+@pytest.mark.parametrize(
+    ("categorical_features", "as_category_dtype"),
+    [
+        pytest.param("from_dtype", True, id="from_dtype"),
+        pytest.param([False, False, True], False, id="boolean_mask"),
+        pytest.param([2], False, id="indices"),
+        pytest.param(["city"], False, id="names"),
+    ],
+)
+def test_hist_gradient_boosting_with_native_categories_loads_and_pickles_back_as_plain_partial(
+    categorical_features: Any, as_category_dtype: bool, serializer: str
+) -> None:
+    # Its numeric columns go through FunctionTransformer(partial(check_array, ...)): the one partial allowed.
+    original, frame = _native_categories(categorical_features, as_category_dtype=as_category_dtype)
+    loaded = load_pickle(source=SERIALIZERS[serializer](original))
+    _assert_same_predictions(original, loaded.obj, frame)
+    # What the upload sandbox writes as the serving artifact names functools.partial, never the stand-in.
+    serving = pickle.dumps(loaded.obj, protocol=5)
+    assert b"CheckedPartial" not in serving
+    assert "functools.partial" in audit_pickle_globals(source=serving).globals
+    _assert_same_predictions(original, load_pickle(source=serving).obj, frame)
+
+
+@pytest.mark.parametrize("serializer", list(SERIALIZERS))
+@pytest.mark.parametrize("ufunc", ["log1p", "log", "sqrt", "absolute"])
+def test_transformers_of_the_allowed_numpy_ufuncs_load_bound_to_the_real_ufunc(serializer: str, ufunc: str) -> None:
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.preprocessing import FunctionTransformer
+
+    from registry.loaders.serving import load_serving_artifact
+
+    x = np.abs(X) + 1.0
+    inverse = {"log1p": np.expm1, "log": np.exp, "sqrt": None, "absolute": None}[ufunc]
+    models = [Pipeline([("f", FunctionTransformer(getattr(np, ufunc), inverse_func=inverse)), ("m", LinearRegression())]).fit(x, Y_REG)]
+    if inverse is not None:  # a TransformedTargetRegressor needs both
+        models.append(TransformedTargetRegressor(LinearRegression(), func=getattr(np, ufunc), inverse_func=inverse).fit(x, np.abs(Y_REG) + 1))
+    for original in models:
+        loaded = load_pickle(source=SERIALIZERS[serializer](original)).obj
+        check_model_structures(model=loaded)  # binds the ufuncs
+        np.testing.assert_array_equal(loaded.predict(x), original.predict(x))
+        # The serving artifact the sandbox writes from it loads the same way.
+        np.testing.assert_array_equal(load_serving_artifact(data=pickle.dumps(loaded, protocol=5)).predict(x), original.predict(x))

@@ -24,7 +24,7 @@ import pytest
 import sklearn
 import skops.io
 from joblib.numpy_pickle import NumpyArrayWrapper
-from sklearn.cluster import KMeans
+from sklearn.cluster import DBSCAN
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -319,11 +319,11 @@ def test_mlflow_folder_is_inspected(inspect: Inspect, tmp_path: Path) -> None:
     assert report["sample"]["predictions"] == MODEL.predict(np.array([[1.0, 0.0, 0.0, 0.0]])).tolist()
 
 
-def test_a_model_that_is_not_a_classifier_or_regressor_is_invalid(inspect: Inspect, tmp_path: Path) -> None:
+def test_a_model_that_cannot_predict_new_rows_is_invalid(inspect: Inspect, tmp_path: Path) -> None:
     with pytest.raises(InvalidArtifact) as raised:
-        inspect(_dump(tmp_path, KMeans(n_clusters=2, n_init=1).fit(X)), fmt="joblib", input_example=None, **LIMITS)
+        inspect(_dump(tmp_path, DBSCAN().fit(X)), fmt="joblib", input_example=None, **LIMITS)
     assert raised.value.detail == (
-        "Only classifiers and regressors can be served; the model's final step is sklearn.cluster._kmeans.KMeans."
+        "sklearn.cluster._dbscan.DBSCAN has no predict for new rows (it only labels the rows it was fitted on), so it cannot be served."
     )
 
 
