@@ -297,7 +297,10 @@ class CheckedPartial(functools.partial):
             )
         func, args, keywords, _ = state
         if not isinstance(args, tuple) or not isinstance(keywords, (dict, type(None))):
-            raise UnsafeArtifact("The model file is refused: it gives a functools.partial arguments that are not plain data.", refused_globals=["functools.partial"])
+            raise UnsafeArtifact(
+                "The model file is refused: it gives a functools.partial arguments that are not plain data.",
+                refused_globals=["functools.partial"],
+            )
         _refuse_partial(func, args, keywords or {})
         super().__setstate__((_real_check_array(func), args, keywords, None))
 

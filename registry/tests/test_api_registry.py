@@ -63,7 +63,7 @@ def test_create_list_update_and_soft_delete_model(tenant_a):
     [
         pytest.param({"name": "Iris Model"}, 400, "name", id="not-a-slug"),
         pytest.param({"name": ""}, 400, "name", id="blank-name"),
-        pytest.param({"name": "iris", "task": "astrology"}, 400, "task", id="unknown-task"),
+        pytest.param({"name": "iris", "task": "forecasting"}, 400, "task", id="unknown-task"),
         pytest.param({"name": "iris", "colour": "red"}, 400, "colour", id="unknown-field"),
     ],
 )

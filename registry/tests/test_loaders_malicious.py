@@ -468,7 +468,9 @@ def test_the_partial_and_check_array_stand_ins_refuse_without_the_audit(case: ma
     assert "The model file is refused: it " in raised.value.detail
 
 
-@pytest.mark.parametrize(("build", "detail", "refused"), [case[1:] for case in malicious.UFUNC_CASES], ids=[case[0] for case in malicious.UFUNC_CASES])
+@pytest.mark.parametrize(
+    ("build", "detail", "refused"), [case[1:] for case in malicious.UFUNC_CASES], ids=[case[0] for case in malicious.UFUNC_CASES]
+)
 def test_a_numpy_ufunc_anywhere_but_a_transformers_func_is_refused_naming_it(build: Any, detail: str, refused: list[str]) -> None:
     from registry.loaders.serving import load_serving_artifact
 
@@ -477,7 +479,9 @@ def test_a_numpy_ufunc_anywhere_but_a_transformers_func_is_refused_naming_it(bui
     assert (raised.value.detail, raised.value.refused_globals) == (detail, refused)
 
 
-@pytest.mark.parametrize("build", [malicious.ufunc_as_an_estimator_attribute, malicious.ufunc_called_while_loading], ids=["attribute", "called"])
+@pytest.mark.parametrize(
+    "build", [malicious.ufunc_as_an_estimator_attribute, malicious.ufunc_called_while_loading], ids=["attribute", "called"]
+)
 def test_the_ufunc_stand_in_refuses_without_the_audit(build: Any) -> None:
     with pytest.raises(UnsafeArtifact) as raised:
         check_model_structures(model=RestrictedUnpickler(io.BytesIO(build())).load())
