@@ -19,7 +19,9 @@ What can go wrong, and what the caller sees:
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import secrets
 import select
 import socket
 import threading
@@ -32,6 +34,9 @@ from django.conf import settings
 from inference.runners import wire
 from platform_site.errors import ModelhostError, ServiceUnavailable
 from platform_site.metrics import MODEL_LOAD_SECONDS
+
+
+logger = logging.getLogger(__name__)
 
 
 class RunnerUnavailable(ServiceUnavailable):
@@ -168,11 +173,20 @@ def _note_crash(version_id: int) -> None:
     note_runner_crash(version_id=version_id)
 
 
-def _failure(reply: dict) -> ModelhostError:
+def _failure(reply: dict, *, version_id: int) -> ModelhostError:
     error = reply.get("error") or {}
     message = str(error.get("message") or "no message")
     if error.get("kind") == "predict":
-        return ModelFailed(f"The model raised an error on these rows: {message}")
+        # The model's own message may quote the rows: it goes to the log under a request id,
+        # as any unexpected error does, and the caller is told the exception's type.
+        request_id = "req_" + secrets.token_hex(8)
+        logger.warning("version %s raised while predicting (request id %s): %s", version_id, request_id, message)
+        kind = message.split(":", 1)[0].strip()[:80] or "an error"
+        return ModelFailed(
+            f"The model raised {kind} on these rows; quote request id {request_id} to find its message in the platform's log.",
+            headers={"X-Request-Id": request_id},
+            request_id=request_id,
+        )
     if error.get("kind") == "memory":
         return ModelFailed(message)
     return RunnerUnavailable(f"The runner could not serve this version: {message}")
@@ -187,7 +201,7 @@ def load(*, org_id: int, version_id: int) -> str:
     started = time.perf_counter()
     reply, _ = _exchange(org_id, header, [data], timeout=settings.RUNNER_LOAD_TIMEOUT_SECONDS, version_id=version_id)
     if not reply.get("ok"):
-        raise _failure(reply)
+        raise _failure(reply, version_id=version_id)
     MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
     return sha256
 
@@ -202,7 +216,7 @@ def predict(*, org_id: int, version_id: int, serving_sha256: str, x: Any, want_p
         header["sha"] = load(org_id=org_id, version_id=version_id)
         reply, out = _exchange(org_id, header, buffers, timeout=timeout, version_id=version_id)
     if not reply.get("ok"):
-        raise _failure(reply)
+        raise _failure(reply, version_id=version_id)
     try:
         predictions = wire.decode_array(reply["p"], out)
         probabilities = wire.decode_array(reply["q"], out) if reply.get("q") is not None else None

@@ -517,7 +517,9 @@ def test_a_model_raising_at_predict_is_a_500_in_the_protocols_shape_with_a_reque
     assert request_id in answer.json()[error_key]
     assert "atlantis" not in answer.content.decode()  # nothing of the traceback leaks
     if path.endswith("predict"):
-        assert answer.json()["request_id"] == request_id and answer.json()["code"] == "internal_error"
+        # The model's own error, told apart from the platform's (internal_error).
+        assert answer.json()["request_id"] == request_id and answer.json()["code"] == "model_error"
+        assert "ValueError" in answer.json()["detail"]
     if path.endswith("invocations"):
         assert answer.json()["error_code"] == "INTERNAL_ERROR"
 

@@ -55,7 +55,7 @@ model = services.create_model(caller=caller, organization=org, name="iris")
 version = services.upload_version(caller=caller, model=model, file=SimpleUploadedFile("m.joblib", f.joblib_bytes(f.iris_model())))
 from registry.loaders.serving import load_serving_artifact
 estimator = load_serving_artifact(data=artifacts.read_serving_artifact(version_id=version.id)[0])
-print(json.dumps({"name": version.artifact.name, "storage": type(version.artifact.storage).__name__,
+print(json.dumps({"name": version.artifact.name, "serving": version.serving_artifact.name.rsplit("/", 1)[1], "storage": type(version.artifact.storage).__name__,
                   "prediction": int(estimator.predict([f.IRIS_ROW])[0]), "local": str(artifacts.local_copy(version))}))
 """
 
@@ -79,6 +79,8 @@ def test_versions_are_stored_in_and_served_from_s3(s3, tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["storage"] == "S3Storage"
     assert report["prediction"] == 0
-    keys = [item["Key"] for item in client.list_objects_v2(Bucket="models")["Contents"]]
-    assert keys == [report["name"]]
+    keys = sorted(item["Key"] for item in client.list_objects_v2(Bucket="models")["Contents"])
+    folder = report["name"].rsplit("/", 1)[0]
+    # The tenant's file, and the serving artifact the upload sandbox wrote beside it.
+    assert keys == sorted([report["name"], f"{folder}/{report['serving']}"])
     assert report["local"].startswith(str(tmp_path / "artifact-cache"))  # downloaded once for serving
