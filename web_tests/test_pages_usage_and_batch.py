@@ -107,7 +107,7 @@ def test_model_pages_link_to_usage_and_batch_jobs_and_the_org_to_its_jobs(owner_
     for path, current in [("/models/acme/iris/", "Versions"), ("/models/acme/iris/usage/", "Usage"), ("/models/acme/iris/batch-jobs/", "Batch jobs")]:
         html = owner_client.get(path).content.decode()
         tabs = re.search(r'<nav aria-label="Model" class="tabs subtabs">(.*?)</nav>', html, re.S).group(1)
-        assert re.findall(r'href="([^"]+)"', tabs) == ["/models/acme/iris/", "/models/acme/iris/usage/", "/models/acme/iris/batch-jobs/", "/models/acme/iris/drift/", "/models/acme/iris/experiments/"]
+        assert re.findall(r'href="([^"]+)"', tabs) == ["/models/acme/iris/", "/models/acme/iris/usage/", "/models/acme/iris/batch-jobs/", "/models/acme/iris/drift/", "/models/acme/iris/compare/", "/models/acme/iris/experiments/"]
         assert re.search(r'aria-current="page">([^<]+)</a>', tabs).group(1) == current, path
         assert 'href="/orgs/acme/batch-jobs/"' in html
 

@@ -132,12 +132,12 @@ def test_a_runner_crashing_in_a_loop_hurts_only_its_organization(tenant_a, tenan
 
 
 def test_a_request_past_the_timeout_restarts_only_that_runner(tenant_a, settings):
-    deploy(tenant_a, "big", forest(trees=100))
-    rows = np.tile(f.iris_data()[0], (40, 1)).tolist()  # 6 000 rows through 100 trees
+    deploy(tenant_a, "big", forest(trees=200))
+    rows = np.tile(f.iris_data()[0], (66, 1)).tolist()  # 9 900 rows through 200 trees: far past 1 ms
     client = tenant_a.key_client()
     assert predict(client, tenant_a, "big", [f.IRIS_ROW]).status_code == 200
     (first,) = runner_pids(tenant_a.organization.id)
-    settings.RUNNER_REQUEST_TIMEOUT_SECONDS = 0.01
+    settings.RUNNER_REQUEST_TIMEOUT_SECONDS = 0.001
     response = predict(client, tenant_a, "big", rows)
     assert response.status_code == 503
     assert response.json()["code"] == "runner_unavailable"
