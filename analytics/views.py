@@ -205,11 +205,12 @@ def _numbers(model: RegisteredModel) -> list[int]:
     return list(registry_selectors.versions_of(model=model).values_list("number", flat=True))
 
 
-def _drift_list_page(request: HttpRequest, model: RegisteredModel, form: DriftRunForm, *, status: int = 200) -> HttpResponse:
-    page = Paginator(drift_selectors.reports_of(model=model), PAGE_SIZE).get_page(request.GET.get("page"))
+def _model_list_page(request: HttpRequest, model: RegisteredModel, form, *, items, template: str, model_tab: str, status: int = 200) -> HttpResponse:
+    """A model tab that pages through `items`, newest first, above the form that starts another."""
+    page = Paginator(items, PAGE_SIZE).get_page(request.GET.get("page"))
     return render_page(
         request,
-        "analytics/drift_reports.html",
+        template,
         {
             "organization": model.organization,
             "model": model,
@@ -217,10 +218,15 @@ def _drift_list_page(request: HttpRequest, model: RegisteredModel, form: DriftRu
             "form": form,
             "can_write": may(model.organization, Role.MEMBER),
             "tab": "models",
-            "model_tab": "drift",
+            "model_tab": model_tab,
         },
         status=status,
     )
+
+
+def _drift_list_page(request: HttpRequest, model: RegisteredModel, form: DriftRunForm, *, status: int = 200) -> HttpResponse:
+    items = drift_selectors.reports_of(model=model)
+    return _model_list_page(request, model, form, items=items, template="analytics/drift_reports.html", model_tab="drift", status=status)
 
 
 @login_required
@@ -321,21 +327,8 @@ class ReplayForm(forms.Form):
 
 
 def _replays_page(request: HttpRequest, model: RegisteredModel, form: ReplayForm, *, status: int = 200) -> HttpResponse:
-    page = Paginator(replay_selectors.replays_of(model=model), PAGE_SIZE).get_page(request.GET.get("page"))
-    return render_page(
-        request,
-        "analytics/replays.html",
-        {
-            "organization": model.organization,
-            "model": model,
-            "page": page,
-            "form": form,
-            "can_write": may(model.organization, Role.MEMBER),
-            "tab": "models",
-            "model_tab": "compare",
-        },
-        status=status,
-    )
+    items = replay_selectors.replays_of(model=model)
+    return _model_list_page(request, model, form, items=items, template="analytics/replays.html", model_tab="compare", status=status)
 
 
 @login_required
