@@ -89,7 +89,17 @@ def django_prometheus_families() -> list[MetricFamily]:
 
 
 def collector_families() -> list[MetricFamily]:
-    return [_family(name, kind, "web collectors") for name, kind in COLLECTOR_FAMILIES.items()]
+    return [_family(name, kind, "web collectors") for name, kind in COLLECTOR_FAMILIES.items()] + runner_families()
+
+
+def runner_families() -> list[MetricFamily]:
+    """The runner hosts' families, read from the literal `RUNNER_FAMILIES = {name: (kind, help)}`."""
+    tree = ast.parse(PLATFORM_METRICS.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "RUNNER_FAMILIES":
+            table = ast.literal_eval(node.value)
+            return [_family(name, kind, "runner hosts, asked by the web") for name, (kind, _help) in table.items()]
+    raise AssertionError("platform_site/metrics.py defines no RUNNER_FAMILIES")
 
 
 def known_families() -> list[MetricFamily]:

@@ -7,3 +7,7 @@ class InferenceConfig(AppConfig):
 
     def ready(self) -> None:
         from inference import signals  # noqa: F401  (connects the receivers)
+        from inference.runners.client import host_metric_samples
+        from platform_site.metrics import SCRAPE_HOOKS
+
+        SCRAPE_HOOKS["runners"] = host_metric_samples

@@ -85,13 +85,6 @@ def stop_reporting_web_gauges() -> None:
     _web_gauges_reported = False
 
 
-MODELS_LOADED = WebGauge(
-    lambda: Gauge(
-        "modelhost_models_loaded",
-        "Model versions held in the web processes' model caches, summed over processes.",
-        multiprocess_mode="livesum",
-    )
-)
 CACHE_UP = WebGauge(
     lambda: Gauge(
         "modelhost_cache_up",
@@ -152,6 +145,7 @@ class PlatformCollector:
             for labels, value in hook():
                 drift.add_metric(labels, value)
         yield drift
+        yield from runner_families(SCRAPE_HOOKS.get("runners"))
         backlog = GaugeMetricFamily(
             "modelhost_record_backlog", "Prediction records waiting in the Redis stream for the ingestion worker (NaN when unknown)."
         )
@@ -161,6 +155,33 @@ class PlatformCollector:
 
     def describe(self):
         return []
+
+
+# The runner hosts' figures, asked of each host when the web is scraped (the hosts import no
+# Prometheus client and serve no HTTP: a runner host is reached only by the web and workers).
+RUNNER_FAMILIES = {
+    "modelhost_runner_host_up": ("gauge", "1 when the runner host answered its status within a second, else 0."),
+    "modelhost_runners": ("gauge", "Runner processes the host holds (at most RUNNER_PROCESSES_PER_ORG per organization)."),
+    "modelhost_models_loaded": ("gauge", "Model versions loaded in the host's runners, summed over runners."),
+    "modelhost_runner_memory_bytes": ("gauge", "Memory of the host's runners (their proportional set sizes), the figure its RUNNER_MEMORY_BUDGET_MB bounds."),
+    "modelhost_runner_organizations": ("gauge", "Organizations that have at least one runner on the host."),
+    "modelhost_runner_organizations_backing_off": ("gauge", "Organizations whose runner crashed and waits out its restart backoff."),
+    "modelhost_runners_started": ("counter", "Runners the host has started since it started."),
+    "modelhost_runners_crashed": ("counter", "Runners that ended by a signal or an unexpected exit (a model crashing its runner) since the host started."),
+}
+
+
+def runner_families(hook):
+    """The RUNNER_FAMILIES metric families filled from ``hook()`` samples, one label ``host``."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    families = {}
+    for name, (kind, documentation) in RUNNER_FAMILIES.items():
+        make = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        families[name] = make(name, documentation, labels=["host"])
+    for name, labels, value in hook() if hook is not None else ():
+        families[name].add_metric(labels, value)
+    return families.values()
 
 
 def queue_depths() -> dict[str, float]:
@@ -269,7 +290,7 @@ def report_web_gauges_once() -> None:
     """Give the scraped web process its own values of the web gauges if it has none yet.
 
     A web process that has not called Redis yet asks it once now, so a fresh process reports
-    what it sees rather than nothing; it holds no model until it has loaded one.
+    what it sees rather than nothing.
     """
     if not CACHE_UP.is_created():
         from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success
@@ -284,8 +305,6 @@ def report_web_gauges_once() -> None:
                 report_success()
         if not CACHE_UP.is_created():  # no Redis configured (or its breaker open): not up
             CACHE_UP.set(0)
-    if not MODELS_LOADED.is_created():
-        MODELS_LOADED.set(0)
 
 
 def metrics_view(request):

@@ -80,15 +80,43 @@ def _dial(address: str, timeout: float) -> socket.socket:
     return sock
 
 
-def ask_host(address: str, hello: dict) -> dict:
+def ask_host(address: str, hello: dict, *, timeout: float | None = None) -> dict:
     """One request to a runner host (status, stop); the host answers and closes."""
-    sock = _dial(address, settings.RUNNER_CONNECT_TIMEOUT_SECONDS)
+    sock = _dial(address, settings.RUNNER_CONNECT_TIMEOUT_SECONDS if timeout is None else timeout)
     try:
         wire.send(sock, hello)
         reply, _ = wire.receive(sock)
         return reply
     finally:
         sock.close()
+
+
+def host_metric_samples() -> list[tuple[str, list[str], float]]:
+    """Prometheus samples ``(name, [host], value)`` of every runner host, asked at scrape time.
+
+    A host that does not answer within a second is ``modelhost_runner_host_up 0`` and
+    nothing else; its runners' figures are unknown, not zero.
+    """
+    samples: list[tuple[str, list[str], float]] = []
+    for address in settings.RUNNER_ADDRESSES:
+        try:
+            status = ask_host(address, {"op": "status"}, timeout=1.0)
+            runners = status["runners"]
+            figures = [
+                ("modelhost_runners", float(len(runners))),
+                ("modelhost_models_loaded", float(sum(int(r.get("models", 0)) for r in runners))),
+                ("modelhost_runner_memory_bytes", sum(float(r.get("rss_mb", 0.0)) for r in runners) * 1024 * 1024),
+                ("modelhost_runner_organizations", float(len({r.get("org") for r in runners}))),
+                ("modelhost_runners_started", float(status["started_runners"])),
+                ("modelhost_runners_crashed", float(status["crashed_runners"])),
+                ("modelhost_runner_organizations_backing_off", float(len(status.get("backoff") or {}))),
+            ]
+        except (OSError, wire.WireError, KeyError, TypeError, ValueError):
+            samples.append(("modelhost_runner_host_up", [address], 0.0))
+            continue
+        samples.append(("modelhost_runner_host_up", [address], 1.0))
+        samples.extend((name, [address], value) for name, value in figures)
+    return samples
 
 
 def _open(org_id: int) -> socket.socket:

@@ -112,6 +112,7 @@ class _Runner:
     started: float
     last_used: float
     connections: int = 0
+    models: int = 0  # versions it holds, by its own report
     stopping: bool = False
     ended: bool = False  # its control socket closed; not reaped yet
 
@@ -251,6 +252,7 @@ class RunnerHost:
             report = orjson.loads(message)
             runner.last_used = time.monotonic() - float(report.get("idle", 0.0))
             runner.connections = int(report.get("connections", runner.connections))
+            runner.models = max(0, min(int(report.get("models", runner.models)), 1_000_000))
         except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
             pass  # a runner may be subverted: its reports only ever delay its own stop
 
@@ -346,7 +348,7 @@ class RunnerHost:
             "crashed_runners": self.crashed_runners,
             "memory_budget_mb": self.settings.memory_budget_mb,
             "runners": [
-                {"org": r.org_id, "pid": r.pid, "rss_mb": round(self._rss_mb(r.pid), 1), "idle_seconds": round(now - r.last_used, 3), "connections": r.connections}
+                {"org": r.org_id, "pid": r.pid, "rss_mb": round(self._rss_mb(r.pid), 1), "idle_seconds": round(now - r.last_used, 3), "connections": r.connections, "models": r.models}
                 for state in self.orgs.values()
                 for r in state.runners
             ],

@@ -208,3 +208,37 @@ def test_a_list_of_probability_arrays_crosses_the_wire_as_a_list():
     decoded = wire.decode_array(entry, [memoryview(b) for b in buffers])
     assert isinstance(decoded, list) and [a.shape for a in decoded] == [(2, 3), (2, 2)]
     assert decoded[1].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def scraped(client, settings) -> dict[str, float]:
+    settings.METRICS_TOKEN = "metrics-token-of-this-test"
+    text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer metrics-token-of-this-test").content.decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("modelhost_runner") or line.startswith("modelhost_models_loaded")}
+
+
+def test_metrics_report_each_runner_host_its_runners_and_the_models_they_hold(tenant_a, client, settings):
+    deploy(tenant_a, "forest", forest())
+    assert predict(tenant_a.key_client(), tenant_a, "forest", [f.IRIS_ROW]).status_code == 200
+    host = f'{{host="{settings.RUNNER_ADDRESSES[0]}"}}'
+    deadline = time.monotonic() + 10
+    while True:  # a runner reports what it holds about once a second
+        samples = scraped(client, settings)
+        if samples.get(f"modelhost_models_loaded{host}", 0) >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert samples[f"modelhost_runner_host_up{host}"] == 1
+    assert samples[f"modelhost_models_loaded{host}"] >= 1
+    assert samples[f"modelhost_runners{host}"] >= 1
+    assert samples[f"modelhost_runner_organizations{host}"] >= 1
+    assert samples[f"modelhost_runner_memory_bytes{host}"] > 10 * 1024 * 1024
+    assert samples[f"modelhost_runners_started_total{host}"] >= samples[f"modelhost_runners{host}"]
+    assert f"modelhost_runners_crashed_total{host}" in samples
+
+
+def test_a_runner_host_that_does_not_answer_is_down_in_the_metrics_and_reports_nothing_else(client, settings, tmp_path):
+    missing = f"unix:{tmp_path}/no-host.sock"
+    settings.RUNNER_ADDRESSES = [*settings.RUNNER_ADDRESSES, missing]
+    samples = scraped(client, settings)
+    assert samples[f'modelhost_runner_host_up{{host="{missing}"}}'] == 0
+    assert samples[f'modelhost_runner_host_up{{host="{settings.RUNNER_ADDRESSES[0]}"}}'] == 1
+    assert not [name for name in samples if missing in name and not name.startswith("modelhost_runner_host_up")]
