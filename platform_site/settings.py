@@ -304,6 +304,7 @@ MODEL_CACHE_MAX_MODELS = env.int("MODEL_CACHE_MAX_MODELS", default=64)
 # Runners (inference.runners): the processes that load and run tenants' models. Each entry is
 # a runner host, "unix:/path" or "host:port"; an organization goes to one by rendezvous hash.
 RUNNER_ADDRESSES = env.list("RUNNER_ADDRESSES", default=[f"unix:{VAR_DIR / 'run' / 'runner.sock'}"])
+RUNNER_PROCESSES_PER_ORG = env.int("RUNNER_PROCESSES_PER_ORG", default=2)  # the runner host's own setting: warm-ups load into each
 RUNNER_CONNECT_TIMEOUT_SECONDS = env.float("RUNNER_CONNECT_TIMEOUT_SECONDS", default=5.0)
 RUNNER_REQUEST_TIMEOUT_SECONDS = env.float("RUNNER_REQUEST_TIMEOUT_SECONDS", default=60.0)
 RUNNER_LOAD_TIMEOUT_SECONDS = env.float("RUNNER_LOAD_TIMEOUT_SECONDS", default=120.0)

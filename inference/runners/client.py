@@ -119,14 +119,14 @@ def host_metric_samples() -> list[tuple[str, list[str], float]]:
     return samples
 
 
-def _open(org_id: int) -> socket.socket:
+def _open(org_id: int, *, runner: int | None = None) -> socket.socket:
     address = address_for(org_id)
     try:
         sock = _dial(address, settings.RUNNER_CONNECT_TIMEOUT_SECONDS)
     except OSError as exc:
         raise RunnerUnavailable(f"No runner host answers at {address} ({exc.strerror or exc}); start one with `python -m inference.runners.host`.") from None
     try:
-        wire.send(sock, {"org": org_id})
+        wire.send(sock, {"org": org_id} if runner is None else {"org": org_id, "runner": runner})
         reply, _ = wire.receive(sock)
     except (OSError, wire.WireError) as exc:
         sock.close()
@@ -255,5 +255,42 @@ def predict(*, org_id: int, version_id: int, serving_sha256: str, x: Any, want_p
 
 
 def warm(*, org_id: int, version_id: int) -> None:
-    """Make the organization's runner hold a version before traffic arrives."""
-    load(org_id=org_id, version_id=version_id)
+    """Make every runner of the organization hold a version before traffic arrives.
+
+    Traffic spreads over RUNNER_PROCESSES_PER_ORG runners, each loading what it is asked
+    for; warming one would leave the first request that reaches another to load it. Each
+    runner gets the artifact on a connection of its own, all at once (they load in
+    parallel, one process each).
+    """
+    from registry.artifacts import read_serving_artifact
+
+    data, sha256 = read_serving_artifact(version_id=version_id)
+    header = {"op": "load", "v": version_id, "sha": sha256}
+    failures: list[BaseException] = []
+
+    def load_into(index: int) -> None:
+        try:
+            sock = _open(org_id, runner=index)
+        except RunnerUnavailable as exc:
+            failures.append(exc)
+            return
+        try:
+            sock.settimeout(settings.RUNNER_LOAD_TIMEOUT_SECONDS)
+            wire.send(sock, header, [data])
+            reply, _ = wire.receive(sock, max_bytes=settings.RUNNER_MAX_REPLY_BYTES)
+            if not reply.get("ok"):
+                failures.append(_failure(reply, version_id=version_id))
+        except (OSError, wire.WireError) as exc:
+            failures.append(RunnerUnavailable(f"The organization's runner stopped while loading ({exc})."))
+        finally:
+            sock.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=load_into, args=(index,)) for index in range(max(1, settings.RUNNER_PROCESSES_PER_ORG))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)

@@ -16,7 +16,8 @@ estimator module once (a fork server): a runner forked from it starts in millise
 A client (a web or worker process) connects, sends ``{"org": <id>}``, and the host hands the
 connection itself (SCM_RIGHTS) to a runner of that organization, forking one if none runs;
 from then on the client talks to the runner directly, one hop. Per organization it runs up
-to RUNNER_PROCESSES_PER_ORG runners and gives each new connection to the one holding fewest.
+to RUNNER_PROCESSES_PER_ORG runners and gives each new connection to the one holding fewest
+(or, for a warm-up, to the runner its hello names by index, started if need be).
 
 It keeps runners within RUNNER_MEMORY_BUDGET_MB of resident memory in all (stopping the
 least recently used), stops runners idle for RUNNER_IDLE_SECONDS, and restarts a crashed
@@ -197,9 +198,15 @@ class RunnerHost:
         if not state.runners and backing_off:
             wire.send(conn, {"ok": False, "retry_after": round(state.retry_at - now, 3), "reason": "the organization's runner is restarting after a crash"})
             return
-        runner = min(state.runners, key=lambda r: r.connections) if state.runners else None
-        if runner is None or (runner.connections > 0 and len(state.runners) < self.settings.processes_per_org and not backing_off):
-            runner = self._spawn(org_id)
+        wanted = hello.get("runner")  # a warm-up names each runner in turn; traffic names none
+        if isinstance(wanted, int) and not isinstance(wanted, bool) and 0 <= wanted < self.settings.processes_per_org:
+            while len(state.runners) <= wanted and not backing_off:
+                self._spawn(org_id)
+            runner = state.runners[min(wanted, len(state.runners) - 1)]
+        else:
+            runner = min(state.runners, key=lambda r: r.connections) if state.runners else None
+            if runner is None or (runner.connections > 0 and len(state.runners) < self.settings.processes_per_org and not backing_off):
+                runner = self._spawn(org_id)
         runner.connections += 1  # until the runner's next report says how many it holds
         runner.last_used = now
         socket.send_fds(runner.control, [b"c"], [conn.fileno()])

@@ -242,3 +242,25 @@ def test_a_runner_host_that_does_not_answer_is_down_in_the_metrics_and_reports_n
     assert samples[f'modelhost_runner_host_up{{host="{missing}"}}'] == 0
     assert samples[f'modelhost_runner_host_up{{host="{settings.RUNNER_ADDRESSES[0]}"}}'] == 1
     assert not [name for name in samples if missing in name and not name.startswith("modelhost_runner_host_up")]
+
+
+def test_a_promotion_warms_every_runner_of_the_organization(tenant_a, settings, django_capture_on_commit_callbacks):
+    import tempfile
+
+    from platform_site.tests.processes import start_runner_host
+
+    with tempfile.TemporaryDirectory(prefix="mh-warm-") as folder:
+        address = f"unix:{folder}/runner.sock"
+        with start_runner_host(socket_path=address[len("unix:") :], extra_env={"RUNNER_PROCESSES_PER_ORG": "2"}):
+            settings.RUNNER_ADDRESSES = [address]
+            settings.RUNNER_PROCESSES_PER_ORG = 2
+            with django_capture_on_commit_callbacks(execute=True):
+                deploy(tenant_a, "forest", forest())  # promoted: warmed on commit
+            deadline = time.monotonic() + 10
+            while True:  # each runner reports what it holds about once a second
+                held = [r["models"] for r in runners.ask_host(address, {"op": "status"})["runners"] if r["org"] == tenant_a.organization.id]
+                if held == [1, 1] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert held == [1, 1]
+            runners.close_all()
