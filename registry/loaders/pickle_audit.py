@@ -133,11 +133,12 @@ class _Obj:
     ``built``: it has had its BUILD; ``escaped``: it was handed to a container, call or state.
     """
 
-    __slots__ = ("kind", "factory", "args", "state", "built", "escaped")
+    __slots__ = ("kind", "factory", "args", "state", "built", "escaped", "plain")
 
     def __init__(self, kind: str, factory: Any, args: Any) -> None:
         self.kind, self.factory, self.args, self.state = kind, factory, args, None
         self.built = self.escaped = False
+        self.plain = None  # the numpy dtype this call builds, once _materialize made it
 
 
 def _escape(value: Any) -> Any:
@@ -189,6 +190,7 @@ class _Findings:
     sklearn_versions: dict[str, None] = field(default_factory=dict)
     joblib_arrays: int = 0
     nested_pickles: int = 0
+    checked_dtypes: dict[int, tuple[Any, str | None]] = field(default_factory=dict)
 
 
 class _CountingReader:
@@ -297,55 +299,55 @@ class _Walker:
 
     def run(self) -> None:
         reader = self.reader
+        read = reader.read
         while True:
             start = reader.pos
             if self.frame_end is not None and start >= self.frame_end:
                 self.frame_end = None
-            code = reader.read(1)
+            code = read(1)
             if not code:
                 raise _Malformed("it ends before its STOP opcode")
-            opcode = pickletools.code2op.get(code.decode("latin-1"))
-            if opcode is None:
+            entry = _DISPATCH.get(code[0])
+            if entry is None:
                 raise _Malformed(f"unknown opcode {code!r} at byte {start}")
-            arg = self._read_arg(opcode)
+            opcode, argument, handler = entry
+            if argument is None:
+                arg = None
+            elif argument is _READ_PREFIXED:
+                arg = self._read_prefixed(opcode)
+            elif argument is _READ_GLOBAL_NAME:
+                # The unpickler reads two newline-terminated UTF-8 lines; so do we.
+                arg = self._read_line().decode("utf-8"), self._read_line().decode("utf-8")
+            else:
+                arg = argument(reader)
             if self.frame_end is not None and reader.pos > self.frame_end:
                 raise _Malformed("an opcode crosses the end of its frame")
-            if opcode.name == "STOP":
+            if handler is _LITERAL:
+                self.stack.append(arg)  # the stack object changes at MARK; never alias it
+            elif handler is _STOP:
                 if self.frame_end is not None and reader.pos < self.frame_end:
                     raise _Malformed("data follows STOP inside the last frame")
                 if not self.stack:
                     raise _Malformed("STOP with an empty stack")
                 return
-            if opcode.name in _LITERAL_OPCODES:
-                self._push(arg)
-                continue
-            handler = getattr(self, "_op_" + opcode.name, None)
-            if handler is None:
+            elif handler is None:
                 raise _Malformed(f"opcode {opcode.name} is not understood by the audit")
-            handler(arg)
+            else:
+                handler(self, arg)
 
-    def _read_arg(self, opcode: pickletools.OpcodeInfo) -> Any:
-        if opcode.arg is None:
-            return None
-        if opcode.name in ("GLOBAL", "INST"):
-            # The unpickler reads two newline-terminated UTF-8 lines; so do we.
-            module = self._read_line().decode("utf-8")
-            name = self._read_line().decode("utf-8")
-            return module, name
-        width = _BINARY_LENGTH_PREFIX.get(opcode.name)
-        if width is not None:
-            prefix = self.reader.read(width)
-            if len(prefix) != width:
-                raise _Malformed("it ends inside a length prefix")
-            size = int.from_bytes(prefix, "little")
-            if size >= _SKIP_PAYLOAD_BYTES:
-                self.reader.skip(size)
-                return _Blob(size)
-            data = self.reader.read(size)
-            if len(data) != size:
-                raise _Malformed("it ends inside a bytes payload")
-            return bytearray(data) if opcode.name == "BYTEARRAY8" else data
-        return opcode.arg.reader(self.reader)
+    def _read_prefixed(self, opcode: pickletools.OpcodeInfo) -> Any:
+        width = _BINARY_LENGTH_PREFIX[opcode.name]
+        prefix = self.reader.read(width)
+        if len(prefix) != width:
+            raise _Malformed("it ends inside a length prefix")
+        size = int.from_bytes(prefix, "little")
+        if size >= _SKIP_PAYLOAD_BYTES:
+            self.reader.skip(size)
+            return _Blob(size)
+        data = self.reader.read(size)
+        if len(data) != size:
+            raise _Malformed("it ends inside a bytes payload")
+        return bytearray(data) if opcode.name == "BYTEARRAY8" else data
 
     def _read_line(self) -> bytes:
         line = self.reader.readline()
@@ -641,6 +643,7 @@ class _Walker:
             self.findings.reasons.setdefault(problem, None)
             return
         target.state = state
+        target.plain = None
         target.built = True
         if target.factory.name == _WRAPPER_NAME:
             self._consume_joblib_array(target)
@@ -657,7 +660,7 @@ class _Walker:
         subclass = wrapper.state.get("subclass") if isinstance(wrapper.state, _Dict) else None
         if not (isinstance(subclass, _Global) and subclass.name in _ARRAY_SUBCLASSES):
             raise _Malformed("a joblib array whose subclass is not numpy.ndarray or numpy.matrix")
-        layout = joblib_array_layout(_as_plain_state(wrapper.state))
+        layout = joblib_array_layout(_as_plain_state(wrapper.state), checked_dtypes=self.findings.checked_dtypes)
         self.findings.joblib_arrays += 1
         if layout.dtype.hasobject:
             self.findings.nested_pickles += 1
@@ -772,10 +775,14 @@ class JoblibArrayLayout:
     nbytes: int
 
 
-def joblib_array_layout(state: dict[str, Any]) -> JoblibArrayLayout:
+def joblib_array_layout(state: dict[str, Any], *, checked_dtypes: dict[int, tuple[Any, str | None]] | None = None) -> JoblibArrayLayout:
     """Validate a NumpyArrayWrapper's state (plain values) and return its layout.
 
     Shared by the walk and by the unpickler, so both read the same bytes the same way.
+    ``checked_dtypes`` remembers, for one walk or one load, the verdict on each dtype
+    *object* (by identity, holding it so the id is not reused): a forest's memoized node
+    dtype is then checked once, not once per tree. Never by equality: a dtype with its
+    flags cleared compares equal to the canonical one.
     """
     import numpy as np
 
@@ -787,7 +794,12 @@ def joblib_array_layout(state: dict[str, Any]) -> JoblibArrayLayout:
         raise _Malformed("a joblib array without a numpy dtype")
     from .dtypes import dtype_problem
 
-    problem = dtype_problem(dtype)
+    if checked_dtypes is not None and id(dtype) in checked_dtypes:
+        problem = checked_dtypes[id(dtype)][1]
+    else:
+        problem = dtype_problem(dtype)
+        if checked_dtypes is not None:
+            checked_dtypes[id(dtype)] = (dtype, problem)
     if problem is not None:
         raise UnsafeArtifact(
             f"The model file is refused: a joblib array's numpy dtype {_dtype_label(dtype)} is not canonical: its {problem}."
@@ -822,6 +834,8 @@ def _materialize(value: Any) -> Any:
         # numpy.dtype is on the allow-list; building one from literals runs no tenant code.
         import numpy as np
 
+        if value.plain is not None:  # one dtype, memoized, describes every tree's nodes
+            return value.plain
         if value.kind != "call" or not isinstance(value.args, tuple):
             raise _Malformed("a numpy dtype that is not built from literals")
         try:
@@ -830,8 +844,42 @@ def _materialize(value: Any) -> Any:
                 dtype.__setstate__(_materialize(value.state))
         except (TypeError, ValueError) as exc:
             raise _Malformed(f"an invalid numpy dtype ({exc})") from exc
+        value.plain = dtype
         return dtype
     raise _Malformed("a joblib array wrapper whose state is not plain data")
 
 
 __all__ = ["PickleAudit", "JoblibArrayLayout", "joblib_array_layout", "walk_pickle_stream"]
+
+
+# --- the dispatch table -----------------------------------------------------------------
+# Built once from pickletools' opcode table: for each opcode byte, how its argument is read
+# and what handles it, so the loop does one dict lookup per opcode.
+_LITERAL = object()
+_STOP = object()
+_READ_PREFIXED = object()
+_READ_GLOBAL_NAME = object()
+
+
+def _dispatch_table() -> dict[int, tuple[pickletools.OpcodeInfo, Any, Any]]:
+    table = {}
+    for opcode in pickletools.opcodes:
+        if opcode.arg is None:
+            argument = None
+        elif opcode.name in ("GLOBAL", "INST"):
+            argument = _READ_GLOBAL_NAME
+        elif opcode.name in _BINARY_LENGTH_PREFIX:
+            argument = _READ_PREFIXED
+        else:
+            argument = opcode.arg.reader
+        if opcode.name == "STOP":
+            handler = _STOP
+        elif opcode.name in _LITERAL_OPCODES:
+            handler = _LITERAL
+        else:
+            handler = getattr(_Walker, "_op_" + opcode.name, None)
+        table[ord(opcode.code)] = (opcode, argument, handler)
+    return table
+
+
+_DISPATCH = _dispatch_table()

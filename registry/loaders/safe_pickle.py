@@ -530,7 +530,7 @@ class RestrictedJoblibUnpickler(_BuildGuardMixin, _AllowListMixin, NumpyUnpickle
         state = dict(wrapper.__dict__)
         if state.get("subclass") not in (np.ndarray, np.matrix):
             raise InvalidArtifact("A joblib array whose subclass is not numpy.ndarray or numpy.matrix.")
-        layout = joblib_array_layout(state)
+        layout = joblib_array_layout(state, checked_dtypes=self.__dict__.setdefault("_checked_dtypes", {}))
         frame = self._unframer.current_frame
         if frame is not None and _bytes_left(frame):
             raise InvalidArtifact("The file is not a pickle this platform can read: joblib array data inside a frame.")
