@@ -359,3 +359,32 @@ def read_compiled_artifact(*, version_id: int) -> tuple[bytes, str]:
     with model_storage().open(version.compiled_artifact.name, "rb") as handle:
         data = handle.read()
     return data, hashlib.sha256(data).hexdigest()
+
+
+def recheck_compiled(version) -> dict:
+    """Run the sandbox's conversion and verification again on a stored version, with the
+    runtime installed now, and store what it found.
+
+    Returns ``{"passed", "reason", "changed"}``: ``changed`` when the new compiled bytes differ
+    from the stored ones (a new converter; the new, verified ones are stored). A version whose
+    check no longer passes loses its compiled form and is served by scikit-learn.
+    """
+    from registry.models import ModelVersion
+
+    report = loaders.inspect_artifact(
+        str(local_copy(version)),
+        fmt=version.format,
+        input_example=None,
+        timeout_s=settings.MODEL_CHECK_TIMEOUT_SECONDS,
+        memory_mb=settings.MODEL_CHECK_MEMORY_MB,
+        check_socket=settings.MODEL_CHECK_SOCKET,
+    )
+    data = report.get("compiled_artifact")
+    found = report.get("compiled") or {}
+    sha256 = hashlib.sha256(data).hexdigest() if data else ""
+    changed = sha256 != version.compiled_sha256
+    if changed:
+        ModelVersion.objects.filter(id=version.id).update(
+            **compiled_fields(version, data=data, reason=found.get("reason", ""), figures=found.get("figures") or {})
+        )
+    return {"passed": data is not None, "reason": found.get("reason", ""), "changed": changed}
