@@ -65,6 +65,7 @@ def predict(*, target, x: Any, want_proba: bool, finite: bool) -> tuple[np.ndarr
         org_id=target.org_id,
         version_id=target.id,
         serving_sha256=target.serving_sha256,
+        compiled_sha256=target.compiled_sha256,
         x=x,
         want_proba=want_proba and target.has_proba,
         finite=finite,
@@ -74,4 +75,4 @@ def predict(*, target, x: Any, want_proba: bool, finite: bool) -> tuple[np.ndarr
 def warm(*, target) -> None:
     """Have the runner hold `target` before traffic arrives (nothing to do for the web's own path)."""
     if target.linear is None:
-        runners.warm(org_id=target.org_id, version_id=target.id)
+        runners.warm(org_id=target.org_id, version_id=target.id, compiled_sha256=target.compiled_sha256)

@@ -34,6 +34,8 @@ class VersionTarget:
     size_bytes: int
     org_id: int = 0
     serving_sha256: str = ""
+    # The verified compiled form the runner serves beside the serving artifact ("" : scikit-learn).
+    compiled_sha256: str = ""
     # The platform's own predict for a model reduced to plain numbers (inference.predictors).
     linear: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 
@@ -98,6 +100,7 @@ def target_for(version, *, org_id: int | None = None) -> VersionTarget:
         size_bytes=version.serving_size_bytes or version.size_bytes,
         org_id=org_id,
         serving_sha256=version.serving_sha256,
+        compiled_sha256=version.compiled_sha256 if version.runtime == "onnx" else "",
         linear=linear_predictor(version.linear_spec),
     )
 

@@ -8,7 +8,7 @@ from django.dispatch import receiver
 from inference import routing
 from inference.limits import ROUTE_GENERATION_KEY
 from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure
-from registry.services import production_changed
+from registry.services import production_changed, serving_changed
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,12 @@ def on_production_changed(sender, *, model_id: int, version_id: int | None, **kw
             report_failure(exc)
     if version_id is not None:
         warm_version(version_id)
+
+
+@receiver(serving_changed)
+def on_serving_changed(sender, *, model_id: int, version_id: int, **kwargs) -> None:
+    """A version's runtime changed: every process re-resolves its routes (and so its target)."""
+    on_production_changed(sender, model_id=model_id, version_id=None)
 
 
 def warm_version(version_id: int) -> None:

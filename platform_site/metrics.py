@@ -39,6 +39,11 @@ PREDICTION_LATENCY = Histogram(
     ["org", "model", "version", "protocol"],
     buckets=LATENCY_BUCKETS,
 )
+RUNNER_PREDICTIONS = Counter(
+    "modelhost_runner_predictions_total",
+    "Predictions runners answered, by what computed them: onnx (a tree ensemble's verified compiled form) or sklearn.",
+    ["runtime"],
+)
 MODEL_LOAD_SECONDS = Histogram(
     "modelhost_model_load_seconds",
     "Time to send a version's serving artifact to its runner and load it there.",

@@ -39,6 +39,16 @@ class ServingOutputSerializer(serializers.Serializer):
     last_crash_at = serializers.DateTimeField(source="runner_last_crash_at", allow_null=True)
 
 
+class CompiledOutputSerializer(serializers.Serializer):
+    """The owner's choice about the compiled form, and what its verification found."""
+
+    enabled = serializers.BooleanField(source="use_compiled", help_text="false: the owner keeps the version on scikit-learn (PATCH the version with {\"compiled\": ...} to change it).")
+    check = serializers.JSONField(
+        source="compiled_figures",
+        help_text="The verification against scikit-learn: rows_compared, label_disagreements, max_abs_diff, max_rel_diff, tolerance, passed ({} when nothing was compiled).",
+    )
+
+
 class VersionOutputSerializer(serializers.Serializer):
     model = serializers.CharField(source="registered_model.full_name")
     number = serializers.IntegerField()
@@ -66,6 +76,13 @@ class VersionOutputSerializer(serializers.Serializer):
     source = serializers.CharField()
     load_seconds = serializers.FloatField()
     serving = ServingOutputSerializer(source="*")
+    runtime = serializers.ChoiceField(
+        choices=["onnx", "sklearn"],
+        help_text='What computes predictions in the runner: "onnx", the tree ensemble\'s compiled form, verified at upload to give '
+        'scikit-learn\'s answers bit for bit; "sklearn", scikit-learn itself.',
+    )
+    runtime_reason = serializers.CharField(help_text="Why this runtime: the verification's result, or why the version has no compiled form.")
+    compiled = CompiledOutputSerializer(source="*")
     created_by = serializers.EmailField(source="created_by.email", default=None)
     created_at = serializers.DateTimeField()
 
@@ -174,6 +191,11 @@ class VersionListApi(APIView):
                     "metrics": {"type": "string", "description": "JSON object of numbers"},
                     "params": {"type": "string", "description": "JSON object"},
                     "description": {"type": "string"},
+                    "compiled": {
+                        "type": "boolean",
+                        "default": True,
+                        "description": "false: serve this version with scikit-learn even when it is a tree ensemble with a verified compiled form",
+                    },
                 },
                 "required": ["file"],
             }
@@ -186,7 +208,7 @@ class VersionListApi(APIView):
         if length > limit + 16 * 1024 * 1024:  # the model file plus room for the other parts
             raise PayloadTooLarge(f"The upload is larger than the limit of {limit // (1024 * 1024)} MiB.")
         caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
-        known = {"file", "reference_data", "input_example", "metrics", "params", "description"}
+        known = {"file", "reference_data", "input_example", "metrics", "params", "description", "compiled"}
         unknown = sorted((set(request.data.keys()) | set(request.FILES.keys())) - known)
         if unknown:
             raise InvalidInput(f"Unknown field(s): {', '.join(unknown)}.", errors=[{"field": name, "message": "Unknown field."} for name in unknown])
@@ -202,8 +224,20 @@ class VersionListApi(APIView):
             metrics=signatures.parse_json_field(request.data.get("metrics"), field="metrics"),
             params=signatures.parse_json_field(request.data.get("params"), field="params"),
             description=request.data.get("description", ""),
+            use_compiled=_form_boolean(request.data.get("compiled"), field="compiled", default=True),
         )
         return Response(VersionOutputSerializer(version).data, status=status.HTTP_201_CREATED)
+
+
+def _form_boolean(value, *, field: str, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise InvalidInput(f"{field} must be true or false, not {str(value)[:40]!r}.", errors=[{"field": field, "message": "expected true or false"}])
 
 
 class VersionImportMlflowApi(APIView):
@@ -223,10 +257,26 @@ class VersionImportMlflowApi(APIView):
 
 
 class VersionDetailApi(APIView):
+    parser_classes = [OrjsonParser]
+
+    class InputSerializer(StrictSerializer):
+        compiled = serializers.BooleanField(
+            help_text="false: serve the version with scikit-learn; true: with its verified compiled form, when it has one."
+        )
+
     @extend_schema(responses={200: VersionOutputSerializer})
     def get(self, request, org: str, model: str, number: int):
         _, registered = resolve_model(request, org, model)
         return Response(VersionOutputSerializer(selectors.version_of(model=registered, number=number)).data)
+
+    @extend_schema(request=InputSerializer, responses={200: VersionOutputSerializer}, description="Turn the version's compiled form off or on.")
+    def patch(self, request, org: str, model: str, number: int):
+        caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
+        version = selectors.version_of(model=registered, number=number)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        version = services.set_compiled_use(caller=caller, version=version, use_compiled=data.validated_data["compiled"])
+        return Response(VersionOutputSerializer(version).data)
 
 
 class VersionStageApi(APIView):

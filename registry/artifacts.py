@@ -170,6 +170,10 @@ def inspect_in_sandbox(staged: StagedArtifact, *, input_example: Any) -> dict:
         # The platform-owned artifact runners load (bytes) and, for plain linear models, its numbers.
         "serving_artifact": report["serving_artifact"],
         "linear_spec": report["linear_spec"],
+        # A tree ensemble's verified compiled form (bytes or None), why, and the check's figures.
+        "compiled_artifact": report.get("compiled_artifact"),
+        "compiled_reason": (report.get("compiled") or {}).get("reason", ""),
+        "compiled_figures": (report.get("compiled") or {}).get("figures") or {},
     }
 
 
@@ -282,10 +286,28 @@ def serving_artifact_name(version) -> str:
     return f"orgs/{version.registered_model.organization_id}/models/{version.registered_model_id}/versions/{version.number}/serving-{version.sha256[:16]}.pkl"
 
 
-def build_serving_artifact(version) -> None:
-    """Check a stored version's original file in the sandbox again and store what serves it.
+def compiled_artifact_name(version) -> str:
+    return f"orgs/{version.registered_model.organization_id}/models/{version.registered_model_id}/versions/{version.number}/compiled-{version.sha256[:16]}.onnx"
 
-    For versions uploaded before serving artifacts existed; new uploads get theirs at upload.
+
+def compiled_fields(version, *, data: bytes | None, reason: str, figures: dict) -> dict:
+    """The version's compiled_* fields for a compiled artifact (stored now) or its absence."""
+    if data is None:
+        return {"compiled_artifact": "", "compiled_sha256": "", "compiled_reason": reason[:500], "compiled_figures": figures}
+    return {
+        "compiled_artifact": store_bytes(data, compiled_artifact_name(version)),
+        "compiled_sha256": hashlib.sha256(data).hexdigest(),
+        "compiled_reason": reason[:500],
+        "compiled_figures": figures,
+    }
+
+
+def build_serving_artifact(version) -> None:
+    """Check a stored version's original file in the sandbox again and store what serves it
+    (and its compiled form, when it has one).
+
+    For versions uploaded before serving artifacts existed, and for ``manage.py
+    reverify_compiled --rebuild``; new uploads get theirs at upload.
     """
     from registry.models import ModelVersion
 
@@ -305,6 +327,12 @@ def build_serving_artifact(version) -> None:
         serving_sha256=hashlib.sha256(data).hexdigest(),
         serving_size_bytes=len(data),
         linear_spec=report.get("linear_spec"),
+        **compiled_fields(
+            version,
+            data=report.get("compiled_artifact"),
+            reason=(report.get("compiled") or {}).get("reason", ""),
+            figures=(report.get("compiled") or {}).get("figures") or {},
+        ),
     )
 
 
@@ -320,3 +348,43 @@ def read_serving_artifact(*, version_id: int) -> tuple[bytes, str]:
     with model_storage().open(version.serving_artifact.name, "rb") as handle:
         data = handle.read()
     return data, hashlib.sha256(data).hexdigest()
+
+
+def read_compiled_artifact(*, version_id: int) -> tuple[bytes, str]:
+    """A version's compiled artifact (the runner loads it beside the serving artifact) and its
+    sha256 as computed now; the caller compares it with the one recorded."""
+    from registry.models import ModelVersion
+
+    version = ModelVersion.objects.get(id=version_id)
+    with model_storage().open(version.compiled_artifact.name, "rb") as handle:
+        data = handle.read()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def recheck_compiled(version) -> dict:
+    """Run the sandbox's conversion and verification again on a stored version, with the
+    runtime installed now, and store what it found.
+
+    Returns ``{"passed", "reason", "changed"}``: ``changed`` when the new compiled bytes differ
+    from the stored ones (a new converter; the new, verified ones are stored). A version whose
+    check no longer passes loses its compiled form and is served by scikit-learn.
+    """
+    from registry.models import ModelVersion
+
+    report = loaders.inspect_artifact(
+        str(local_copy(version)),
+        fmt=version.format,
+        input_example=None,
+        timeout_s=settings.MODEL_CHECK_TIMEOUT_SECONDS,
+        memory_mb=settings.MODEL_CHECK_MEMORY_MB,
+        check_socket=settings.MODEL_CHECK_SOCKET,
+    )
+    data = report.get("compiled_artifact")
+    found = report.get("compiled") or {}
+    sha256 = hashlib.sha256(data).hexdigest() if data else ""
+    changed = sha256 != version.compiled_sha256
+    if changed:
+        ModelVersion.objects.filter(id=version.id).update(
+            **compiled_fields(version, data=data, reason=found.get("reason", ""), figures=found.get("figures") or {})
+        )
+    return {"passed": data is not None, "reason": found.get("reason", ""), "changed": changed}

@@ -108,6 +108,14 @@ class ModelVersion(models.Model):
     serving_sha256 = models.CharField(max_length=64, blank=True)
     serving_size_bytes = models.PositiveBigIntegerField(default=0)
     linear_spec = models.JSONField(null=True, blank=True)
+    # A tree ensemble's compiled form (registry.loaders.compiled): an ONNX graph the sandbox
+    # wrote and verified bitwise against scikit-learn. Empty when the model has none, with the
+    # reason in compiled_reason; use_compiled is the owner's choice (they may turn it off).
+    compiled_artifact = models.FileField(storage=model_storage, max_length=300, blank=True)
+    compiled_sha256 = models.CharField(max_length=64, blank=True)
+    compiled_reason = models.CharField(max_length=500, blank=True)
+    compiled_figures = models.JSONField(default=dict, blank=True)
+    use_compiled = models.BooleanField(default=True)
     # Times a prediction of this version stopped its organization's runner.
     runner_crashes = models.PositiveIntegerField(default=0)
     runner_last_crash_at = models.DateTimeField(null=True, blank=True)
@@ -125,6 +133,19 @@ class ModelVersion(models.Model):
     def serving_path(self) -> str:
         """Where predictions run: "web" (plain numbers the platform evaluates) or "runner"."""
         return "web" if self.linear_spec else "runner"
+
+    @property
+    def runtime(self) -> str:
+        """What computes its predictions in the runner: "onnx" (the verified compiled form) or "sklearn"."""
+        return "onnx" if self.use_compiled and self.compiled_sha256 else "sklearn"
+
+    @property
+    def runtime_reason(self) -> str:
+        if self.compiled_sha256 and not self.use_compiled:
+            return "The compiled form is turned off for this version by its owner."
+        if not self.compiled_reason:
+            return "Uploaded before compiled forms existed: served by scikit-learn."
+        return self.compiled_reason
 
     @property
     def is_failing(self) -> bool:

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 # Sent after a version becomes production (on commit): the inference layer warms it.
 production_changed = Signal()
+# Sent after what serves a version changed (on commit): the inference layer re-resolves routes.
+serving_changed = Signal()
 
 
 def _check_name(name: str) -> str:
@@ -92,11 +94,14 @@ def upload_version(
     params: Any = None,
     description: str = "",
     source: str = "upload",
+    use_compiled: bool = True,
 ) -> ModelVersion:
     """Check an uploaded artifact in a sandbox, store it, and record it as the next version.
 
     Nothing is stored unless every check passes: the file is inspected from a temporary
-    copy, and the stored copy is removed again if recording the version fails.
+    copy, and the stored copy is removed again if recording the version fails. A tree
+    ensemble's verified compiled form is stored too; `use_compiled` False keeps the version
+    on scikit-learn (``set_compiled_use`` changes it later).
     """
     metrics = _parse_metrics(metrics, field="metrics", numbers_only=True)
     params = _parse_metrics(params, field="params", numbers_only=False)
@@ -157,6 +162,14 @@ def upload_version(
                 version.serving_sha256 = hashlib.sha256(serving).hexdigest()
                 version.serving_size_bytes = len(serving)
                 version.linear_spec = report.get("linear_spec")
+                version.use_compiled = use_compiled
+                compiled = artifacts.compiled_fields(
+                    version, data=report.get("compiled_artifact"), reason=report.get("compiled_reason", ""), figures=report.get("compiled_figures", {})
+                )
+                for name, value in compiled.items():
+                    setattr(version, name, value)
+                if compiled["compiled_artifact"]:
+                    stored_paths.append(compiled["compiled_artifact"])
                 version.save()
                 if not locked.task:
                     locked.task = version.task
@@ -358,6 +371,29 @@ def import_mlflow_version(*, caller: Caller, model: RegisteredModel, model_uri: 
     """Download an MLflow model from the configured tracking server and upload it as a version."""
     with artifacts.download_mlflow_model(model_uri) as uploaded:
         return upload_version(caller=caller, model=model, file=uploaded, description=description, source=model_uri)
+
+
+@transaction.atomic
+def set_compiled_use(*, caller: Caller, version: ModelVersion, use_compiled: bool) -> ModelVersion:
+    """Turn the version's compiled form on or off (the owner's choice; off means scikit-learn).
+
+    Turning it on for a version that has no verified compiled form changes nothing it serves:
+    ``runtime`` stays "sklearn" and ``runtime_reason`` says why.
+    """
+    version = ModelVersion.objects.select_for_update().select_related("registered_model__organization").get(pk=version.pk)
+    if version.use_compiled != use_compiled:
+        version.use_compiled = use_compiled
+        version.save(update_fields=["use_compiled"])
+        model = version.registered_model
+        record_audit_event(
+            organization=model.organization,
+            caller=caller,
+            action="version.compiled_changed",
+            target=version,
+            data={"model": model.name, "number": version.number, "use_compiled": use_compiled, "runtime": version.runtime},
+        )
+        transaction.on_commit(lambda: serving_changed.send(sender=ModelVersion, model_id=model.pk, version_id=version.pk))
+    return version
 
 
 def note_runner_crash(*, version_id: int) -> None:

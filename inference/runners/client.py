@@ -33,7 +33,7 @@ from django.conf import settings
 
 from inference.runners import wire
 from platform_site.errors import ModelhostError, ServiceUnavailable
-from platform_site.metrics import MODEL_LOAD_SECONDS
+from platform_site.metrics import MODEL_LOAD_SECONDS, RUNNER_PREDICTIONS
 
 
 logger = logging.getLogger(__name__)
@@ -220,28 +220,53 @@ def _failure(reply: dict, *, version_id: int) -> ModelhostError:
     return RunnerUnavailable(f"The runner could not serve this version: {message}")
 
 
-def load(*, org_id: int, version_id: int) -> str:
-    """Send a version's serving artifact to its organization's runner; return its sha256."""
-    from registry.artifacts import read_serving_artifact
-
-    data, sha256 = read_serving_artifact(version_id=version_id)
-    header = {"op": "load", "v": version_id, "sha": sha256}
+def load(*, org_id: int, version_id: int, compiled_sha256: str = "") -> str:
+    """Send a version's serving artifact (and, when `compiled_sha256` names one, its compiled
+    form) to its organization's runner; return the serving artifact's sha256."""
+    header, buffers, sha256 = _load_message(version_id=version_id, compiled_sha256=compiled_sha256)
     started = time.perf_counter()
-    reply, _ = _exchange(org_id, header, [data], timeout=settings.RUNNER_LOAD_TIMEOUT_SECONDS, version_id=version_id)
+    reply, _ = _exchange(org_id, header, buffers, timeout=settings.RUNNER_LOAD_TIMEOUT_SECONDS, version_id=version_id)
     if not reply.get("ok"):
         raise _failure(reply, version_id=version_id)
     MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
     return sha256
 
 
-def predict(*, org_id: int, version_id: int, serving_sha256: str, x: Any, want_proba: bool, finite: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """The predictions (and probabilities when asked and available) of a version on `x`."""
+def _load_message(*, version_id: int, compiled_sha256: str) -> tuple[dict, list[bytes], str]:
+    """The `load` request for a version: header, buffers, and the serving artifact's sha256."""
+    from registry.artifacts import read_compiled_artifact, read_serving_artifact
+
+    data, sha256 = read_serving_artifact(version_id=version_id)
+    header = {"op": "load", "v": version_id, "sha": sha256, "c": ""}
+    buffers = [data]
+    if compiled_sha256:
+        compiled, found = read_compiled_artifact(version_id=version_id)
+        if found != compiled_sha256:
+            raise RunnerUnavailable("The version's compiled artifact in storage does not match its recorded sha256.")
+        header["c"] = compiled_sha256
+        buffers.append(compiled)
+    return header, buffers, sha256
+
+
+def predict(
+    *, org_id: int, version_id: int, serving_sha256: str, x: Any, want_proba: bool, finite: bool, compiled_sha256: str = ""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The predictions (and probabilities when asked and available) of a version on `x`; by
+    its compiled form when `compiled_sha256` names one and the rows suit it."""
     buffers: list[bytes] = []
-    header = {"op": "predict", "v": version_id, "sha": serving_sha256, "proba": want_proba, "finite": finite, "x": wire.encode_input(x, buffers)}
+    header = {
+        "op": "predict",
+        "v": version_id,
+        "sha": serving_sha256,
+        "c": compiled_sha256,
+        "proba": want_proba,
+        "finite": finite,
+        "x": wire.encode_input(x, buffers),
+    }
     timeout = settings.RUNNER_REQUEST_TIMEOUT_SECONDS
     reply, out = _exchange(org_id, header, buffers, timeout=timeout, version_id=version_id)
     if reply.get("need") == "artifact":
-        header["sha"] = load(org_id=org_id, version_id=version_id)
+        header["sha"] = load(org_id=org_id, version_id=version_id, compiled_sha256=compiled_sha256)
         reply, out = _exchange(org_id, header, buffers, timeout=timeout, version_id=version_id)
     if not reply.get("ok"):
         raise _failure(reply, version_id=version_id)
@@ -251,10 +276,11 @@ def predict(*, org_id: int, version_id: int, serving_sha256: str, x: Any, want_p
     except (KeyError, TypeError, wire.WireError) as exc:
         _drop(org_id)
         raise RunnerUnavailable(f"The runner answered something that is not a prediction: {exc}") from None
+    RUNNER_PREDICTIONS.labels(runtime="onnx" if reply.get("runtime") == "onnx" else "sklearn").inc()
     return predictions, probabilities
 
 
-def warm(*, org_id: int, version_id: int) -> None:
+def warm(*, org_id: int, version_id: int, compiled_sha256: str = "") -> None:
     """Make every runner of the organization hold a version before traffic arrives.
 
     Traffic spreads over RUNNER_PROCESSES_PER_ORG runners, each loading what it is asked
@@ -262,10 +288,7 @@ def warm(*, org_id: int, version_id: int) -> None:
     runner gets the artifact on a connection of its own, all at once (they load in
     parallel, one process each).
     """
-    from registry.artifacts import read_serving_artifact
-
-    data, sha256 = read_serving_artifact(version_id=version_id)
-    header = {"op": "load", "v": version_id, "sha": sha256}
+    header, buffers, _sha256 = _load_message(version_id=version_id, compiled_sha256=compiled_sha256)
     failures: list[BaseException] = []
 
     def load_into(index: int) -> None:
@@ -276,7 +299,7 @@ def warm(*, org_id: int, version_id: int) -> None:
             return
         try:
             sock.settimeout(settings.RUNNER_LOAD_TIMEOUT_SECONDS)
-            wire.send(sock, header, [data])
+            wire.send(sock, header, buffers)
             reply, _ = wire.receive(sock, max_bytes=settings.RUNNER_MAX_REPLY_BYTES)
             if not reply.get("ok"):
                 failures.append(_failure(reply, version_id=version_id))

@@ -394,6 +394,9 @@ def preload() -> None:
     from registry.loaders import serving  # noqa: F401
     from registry.loaders import allowlist, pickle_audit, safe_pickle, structure  # noqa: F401
     from registry.loaders import describe, formats, sandbox_child, sandbox_server, skops_format  # noqa: F401
+    from registry.loaders import compiled
+
+    compiled.warm_runtime()
 
 
 class _quiet_warnings:

@@ -87,7 +87,9 @@ def inspect_artifact(
     (the prediction on the input example, or on one synthesized row: ``source``
     "synthesized", a failure there noted with ``ok`` False), ``serving_artifact`` (bytes:
     the checked estimator, pickled by the platform; read it with
-    ``serving.load_serving_artifact``), ``linear_spec`` (a dict for plain linear models,
+    ``serving.load_serving_artifact``), ``compiled_artifact`` (bytes of the verified compiled form
+of a tree ensemble, or None) and ``compiled`` (``reason``: why it is or is not compiled, and the
+verification's ``figures``; see ``compiled.compile_estimator``), ``linear_spec`` (a dict for plain linear models,
     else None; see ``serving.linear_spec_for``), ``load_seconds``, ``predict_seconds`` and
     ``artifact_seconds``. ``timeout_s`` covers
     the whole child, including about a second of interpreter and library start-up;
@@ -284,9 +286,11 @@ def _report_or_raise(returncode: int, stdout: bytes, stderr: bytes, *, timeout_s
         raise InvalidArtifact(f"the model check stopped unexpectedly (exit status {returncode}): {last_line}")
     if report.get("ok"):
         report.pop("ok")
-        if report.pop("serving_artifact_bytes", None) != len(artifact) or returncode != 0:
+        serving_bytes, compiled_bytes = report.pop("serving_artifact_bytes", None), report.pop("compiled_artifact_bytes", None)
+        if not isinstance(serving_bytes, int) or not isinstance(compiled_bytes, int) or serving_bytes + compiled_bytes != len(artifact) or returncode != 0:
             raise InvalidArtifact(f"the model check stopped unexpectedly (exit status {returncode}) while writing its result")
-        report["serving_artifact"] = artifact
+        report["serving_artifact"] = artifact[:serving_bytes]
+        report["compiled_artifact"] = artifact[serving_bytes:] or None
         return report
     error = report.get("error") or {}
     kind = error.get("kind")

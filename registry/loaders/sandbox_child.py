@@ -5,8 +5,8 @@ memory and CPU limits already set, or forked by the fork server (``sandbox_serve
 model file open as its stdin. The subprocess reads ``{"path", "fmt", "input_example"}`` as
 JSON on stdin; both write (``write_report``) to the stdout they started with one JSON object, ``{"ok": true, ...}`` or
 ``{"ok": false, "error": {"kind": ...}}``, a newline, and then, on success, the serving
-artifact's bytes (the report's ``serving_artifact_bytes`` says how many; the child may not
-write files). Anything a library prints goes to stderr.
+artifact's bytes followed by the compiled artifact's (the report's ``serving_artifact_bytes``
+and ``compiled_artifact_bytes`` say how many; the child may not write files). Anything a library prints goes to stderr.
 
 Every ``n_jobs`` parameter of the model (its own and its steps') is set to 1 before it
 predicts, and so in the serving artifact: a sandbox child and a runner may not create files
@@ -73,16 +73,35 @@ def inspect_request(request: dict[str, Any], *, model_fd: int | None = None) -> 
     sample = _predict_sample(loaded.estimator, description.n_features, description.feature_names, request.get("input_example"))
     predicted_at = time.monotonic()
     artifact = pickle.dumps(loaded.estimator, protocol=5)
+    artifact_at = time.monotonic()
+    compiled = _compiled_form(loaded.estimator, description.feature_names, request.get("input_example"))
     report = {
         "description": description.as_dict(),
         "sample": sample,
         "linear_spec": linear_spec_for(loaded.estimator),
         "serving_artifact_bytes": len(artifact),
+        "compiled": {"reason": compiled.reason, "figures": compiled.figures},
+        "compiled_artifact_bytes": len(compiled.artifact or b""),
         "load_seconds": round(loaded_at - started, 4),
         "predict_seconds": round(predicted_at - loaded_at, 4),
-        "artifact_seconds": round(time.monotonic() - predicted_at, 4),
+        "artifact_seconds": round(artifact_at - predicted_at, 4),
+        "compile_seconds": round(time.monotonic() - artifact_at, 4),
     }
-    return report, artifact
+    return report, artifact + (compiled.artifact or b"")
+
+
+def _compiled_form(estimator: Any, feature_names: list[str] | None, input_example: Any):
+    """The tree ensemble's verified compiled form (``compiled.compile_estimator``), checked on the
+    input example's rows too when it has one."""
+    from .compiled import compile_estimator
+
+    examples = None
+    if input_example:
+        try:
+            examples = _rows_to_input(input_example[:_MAX_EXAMPLE_ROWS], feature_names)
+        except _PredictionFailed:
+            examples = None
+    return compile_estimator(estimator, examples=examples)
 
 
 def single_threaded(estimator: Any) -> None:

@@ -325,7 +325,10 @@ def test_promoting_the_production_version_again_is_a_conflict(owner):
 
 
 def test_versions_cannot_be_changed(owner):
-    upload(owner, f.joblib_bytes(f.iris_model()))
+    """A version's artifact is immutable: PATCH takes only the owner's serving choice (`compiled`)."""
+    sha256 = upload(owner, f.joblib_bytes(f.iris_model())).json()["sha256"]
     response = owner.patch("/api/v1/models/acme/iris/versions/1", {"sha256": "0" * 64}, format="json")
-    assert response.status_code == 405
-    assert response.json()["code"] == "method_not_allowed"
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"field": "sha256", "message": "Unknown field."}]
+    assert owner.get("/api/v1/models/acme/iris/versions/1").json()["sha256"] == sha256
+    assert owner.delete("/api/v1/models/acme/iris/versions/1").status_code == 405
