@@ -73,6 +73,11 @@ class UsageApi(APIView):
     @extend_schema(
         parameters=[*RANGE_PARAMETERS, OpenApiParameter("granularity", str, enum=["hour", "day"], description="default: hour")],
         responses={200: OpenApiTypes.OBJECT},
+        description=(
+            "Requests, rows, errors, cache hits and latency per bucket, per version, variant and API key (series) and in total. "
+            "The latency percentiles of one hour's series are exact; those of a day, of a bucket's total and of the totals come "
+            "from latency sketches (DDSketch) and are within 1 % of the exact percentile."
+        ),
     )
     def get(self, request, org: str, model: str):
         _, registered = resolve_model(request, org, model)

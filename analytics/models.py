@@ -13,13 +13,6 @@ from django.utils import timezone
 from accounts.models import Organization
 from registry.models import ModelVersion, RegisteredModel
 
-# Latency quantiles kept per hourly row: every percent, and every tenth of a percent above
-# p99. An hour's p50/p95/p99 are exact (picked from this grid); a day's are merged from its
-# hours' grids (analytics.statistics.quantiles), with a rank error of at most 0.01 (0.001
-# above p99).
-QUANTILE_GRID: tuple[float, ...] = tuple(i / 100 for i in range(100)) + tuple(0.99 + i / 1000 for i in range(1, 10)) + (1.0,)
-
-
 class Granularity(models.TextChoices):
     HOUR = "hour", "Hour"
     DAY = "day", "Day"
@@ -45,11 +38,13 @@ class UsageRollup(models.Model):
     cache_hits = models.BigIntegerField(default=0)
     latency_sum_ms = models.FloatField(default=0.0)
     latency_max_ms = models.FloatField(default=0.0)
+    # An hour's percentiles are exact; a day's are read from its latency sketch, within 1 %.
     latency_p50_ms = models.FloatField(null=True, blank=True)
     latency_p95_ms = models.FloatField(null=True, blank=True)
     latency_p99_ms = models.FloatField(null=True, blank=True)
-    # Latency at each QUANTILE_GRID point, for merging hours into days.
-    latency_quantiles = models.JSONField(default=list, blank=True)
+    # A DDSketch of the latencies, {"bins": {"<key>": count}, "zero_count": n}, whose sums
+    # merge hours into days exactly (analytics.statistics.sketches).
+    latency_sketch = models.JSONField(default=dict, blank=True)
     # Classifiers: {"kind": "classes", "counts": {"0": 12, ...}}; regressors: {"kind": "numeric",
     # "count", "sum", "min", "max", "deciles"}. Successful predictions only.
     outputs = models.JSONField(default=dict, blank=True)

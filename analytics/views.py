@@ -75,7 +75,10 @@ class ExperimentForm(forms.Form):
     """Name, metric and up to MAX_VARIANTS (version, weight) rows; empty rows after the second are skipped."""
 
     name = forms.CharField(max_length=100, help_text="For you and the results, e.g. “v3 vs v2”.")
-    metric = forms.ChoiceField(choices=Experiment.Metric.choices, help_text="Accuracy for classifiers, mean value of the feedback for regressors.")
+    metric = forms.ChoiceField(
+        choices=Experiment.Metric.choices,
+        help_text="Accuracy for classifiers and outlier detectors; for regressors, the mean absolute or root mean squared error of the predictions against the true values sent as feedback.",
+    )
     min_samples = forms.IntegerField(
         required=False, min_value=1, max_value=10_000_000, label="Feedback needed per variant", help_text="Before a difference can count as significant; default 100."
     )
@@ -186,6 +189,9 @@ def _variant_view(variant: dict, *, is_accuracy: bool) -> dict:
         "metric_text": _number(metric["value"], is_accuracy=is_accuracy) if has_feedback else "—",
         "interval_text": f"{_number(metric['low'], is_accuracy=is_accuracy)} to {_number(metric['high'], is_accuracy=is_accuracy)}" if has_feedback else "",
         "error_rate_text": _percent(variant["error_rate"]),
+        "errors_text": f"{_number(variant['errors']['mae'], is_accuracy=False)} / {_number(variant['errors']['rmse'], is_accuracy=False)}"
+        if variant["errors"] and has_feedback
+        else "—",
         "difference_text": "",
         "p_value_text": "",
     }

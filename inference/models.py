@@ -76,7 +76,8 @@ class Experiment(models.Model):
 
     class Metric(models.TextChoices):
         ACCURACY = "accuracy", "Accuracy"
-        MEAN_VALUE = "mean_value", "Mean value"
+        MAE = "mae", "Mean absolute error"
+        RMSE = "rmse", "Root mean squared error"
 
     registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="experiments")
     name = models.CharField(max_length=100)

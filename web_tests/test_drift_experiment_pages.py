@@ -214,6 +214,33 @@ def test_experiment_page_shows_results_with_intervals_and_difference(owner_clien
     assert text.count("Promote this variant<span") == 2 and "Stop experiment" in text
 
 
+def test_a_regression_experiment_page_shows_mae_and_rmse_and_the_smaller_error_leads(owner_client, tenant_a):
+    from registry import services as registry_services
+    from registry.tests import factories as rf
+
+    model = registry_services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="reg")
+    v1 = rf.create_version(model, rf.regression_model(), promote=True)
+    v2 = rf.create_version(model, rf.regression_model())
+    experiment = experiment_services.create_experiment(
+        caller=Caller(user=tenant_a.user), model=model, name="v2 vs v1", metric="rmse", min_samples=20,
+        variants=[{"version": 1, "weight": 50}, {"version": 2, "weight": 50}],
+    )
+    at = experiment.created_at + timedelta(seconds=1)
+    for version, variant, misses in ((v1, "v1", (2.0, -2.0)), (v2, "v2", (0.5, -0.5))):  # errors of +-2 (RMSE 2), +-0.5 (RMSE 0.5)
+        records = af.ingest([af.record(version, at=at + timedelta(milliseconds=i), exp=experiment.id, variant=variant, out=[10.0]) for i in range(40)])
+        for i, record in enumerate(records):
+            af.feedback(version, record["id"], value=10.0 - misses[i % 2])
+
+    text = html.unescape(owner_client.get(f"/models/acme/reg/experiments/{experiment.id}/").content.decode())
+
+    assert "<dd>Root mean squared error <small class=\"help\">(lower is better)</small></dd>" in text
+    control = re.search(r'<tr id="variant-1">(.*?)</tr>', text, re.S).group(1)
+    challenger = re.search(r'<tr id="variant-2">(.*?)</tr>', text, re.S).group(1)
+    assert "<td>2 / 2</td>" in control and "<td>0.5 / 0.5</td>" in challenger  # MAE / RMSE
+    assert "-1.5" in challenger and "Leader" in challenger
+    assert "v2 leads significantly" in text
+
+
 def test_starved_variant_raises_the_sample_ratio_alarm(owner_client, tenant_a, iris):
     experiment = start(tenant_a, iris)
     served_in(experiment, iris.versions.get(number=1), "v1", units=300, right=0, feedback=0)
@@ -245,7 +272,7 @@ VALID = {"name": "ab", "metric": "accuracy", "variant_0_version": "1", "variant_
         pytest.param({"variant_1_weight": "100"}, "variant_1_weight", "less than or equal to 99", id="weight-too-big"),
         pytest.param({"variant_1_version": ""}, "variant_1_version", "required", id="no-second-version"),
         pytest.param({"variant_1_weight": ""}, "variant_1_weight", "required", id="no-second-weight"),
-        pytest.param({"metric": "mean_value"}, "metric", "mean_value needs a regression model", id="metric-of-another-task"),
+        pytest.param({"metric": "rmse"}, "metric", "rmse needs a regression model", id="metric-of-another-task"),
         pytest.param({"min_samples": "0"}, "min_samples", "greater than or equal to 1", id="zero-min-samples"),
     ],
 )

@@ -4,8 +4,10 @@ Read from the raw records (fresh, and the only place distinct units are known), 
 of an experiment older than the record retention window cover only the kept part.
 Assignments are units (distinct unit ids) plus requests without a unit id, each of which
 was assigned on its own; the sample-ratio check compares them with the weights. Feedback
-counts for single-row predictions only (see analytics.services.quality). For both metrics
-a higher value is taken as better when naming a leader.
+counts for single-row predictions only (see analytics.services.quality). Accuracy compares
+predicted labels with the labels sent as feedback (higher is better); MAE and RMSE compare
+a regressor's predictions with the true values sent as feedback (lower is better), and a
+regression experiment reports both whichever of them it compares on.
 """
 from __future__ import annotations
 
@@ -19,10 +21,12 @@ from django.db.models import Avg, Count, Q, Sum
 from django.utils import timezone
 
 from analytics.statistics.experiments import (
-    compare_means,
+    compare_mae,
     compare_proportions,
+    compare_rmse,
+    mae_estimate,
+    rmse_estimate,
     sample_ratio_mismatch,
-    t_interval,
     wilson_interval,
 )
 from analytics.statistics.feedback import is_number, labels_match
@@ -30,6 +34,7 @@ from inference.models import Experiment, Feedback, PredictionRecord
 
 CONFIDENCE = 0.95
 ALPHA = 1 - CONFIDENCE
+LOWER_IS_BETTER = frozenset({Experiment.Metric.MAE, Experiment.Metric.RMSE})
 
 
 def srm_alarm_p_value() -> float:
@@ -61,7 +66,7 @@ def _latency_percentiles(records) -> dict[str, tuple[float | None, float | None]
 
 
 def _feedback_by_variant(experiment: Experiment, records) -> dict[str, list]:
-    """Per variant: correctness (accuracy) or the feedback value (mean_value) of each prediction."""
+    """Per variant: correctness (accuracy) or the error, prediction minus true value (mae, rmse), of each prediction."""
     feedback = Feedback.objects.filter(organization_id=experiment.registered_model.organization_id, prediction_id__in=records.values("prediction_id"))
     truths = {pid: (label, value) for pid, label, value in feedback.values_list("prediction_id", "label", "value")}
     outcomes: dict[str, list] = defaultdict(list)
@@ -71,8 +76,8 @@ def _feedback_by_variant(experiment: Experiment, records) -> dict[str, list]:
         if experiment.metric == Experiment.Metric.ACCURACY:
             if label is not None and isinstance(outputs, list) and outputs:
                 outcomes[variant].append(labels_match(label, outputs[0]))
-        elif is_number(value):
-            outcomes[variant].append(float(value))
+        elif is_number(value) and isinstance(outputs, list) and outputs and is_number(outputs[0]):
+            outcomes[variant].append(float(outputs[0]) - float(value))
     return outcomes
 
 
@@ -91,14 +96,14 @@ def experiment_results(*, experiment: Experiment) -> dict:
     }
     latencies = _latency_percentiles(records)
     outcomes = _feedback_by_variant(experiment, records)
-    is_accuracy = experiment.metric == Experiment.Metric.ACCURACY
+    metric = Experiment.Metric(experiment.metric)
     variants = experiment.variants
     srm = sample_ratio_mismatch(
         [traffic.get(v["name"], {}).get("units", 0) + traffic.get(v["name"], {}).get("without_unit", 0) for v in variants],
         [v["weight"] for v in variants],
         alarm_p_value=srm_alarm_p_value(),
     )
-    summaries = [_summary(outcomes.get(v["name"], []), is_accuracy=is_accuracy) for v in variants]
+    summaries = [_summary(outcomes.get(v["name"], []), metric=metric) for v in variants]
     control = summaries[0]
     results = []
     for index, (variant, summary) in enumerate(zip(variants, summaries)):
@@ -122,11 +127,13 @@ def experiment_results(*, experiment: Experiment) -> dict:
             "latency_ms": {"mean": row.get("latency_mean"), "p50": p50, "p95": p95},
             "feedback": summary["n"],
             "metric": {"value": summary["estimate"].value, "low": summary["estimate"].low, "high": summary["estimate"].high},
+            # Both error metrics of a regressor, whichever the experiment compares on.
+            "errors": {"mae": summary["mae"].value, "rmse": summary["rmse"].value} if metric in LOWER_IS_BETTER else None,
             "has_enough_samples": enough,
             "difference": None,
         }
         if index > 0:
-            comparison = _compare(summary, control, is_accuracy=is_accuracy)
+            comparison = _compare(summary, control, metric=metric)
             entry["difference"] = {
                 "value": comparison.difference,
                 "low": comparison.low,
@@ -135,14 +142,16 @@ def experiment_results(*, experiment: Experiment) -> dict:
                 "is_significant": bool(enough and comparison.p_value is not None and comparison.p_value < ALPHA),
             }
         results.append(entry)
-    better = [r for r in results[1:] if r["difference"] and r["difference"]["is_significant"] and r["difference"]["value"] > 0]
-    leader = max(better, key=lambda r: r["metric"]["value"])["version"] if better else None
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    better = [r for r in results[1:] if r["difference"] and r["difference"]["is_significant"] and sign * r["difference"]["value"] > 0]
+    leader = max(better, key=lambda r: sign * r["metric"]["value"])["version"] if better else None
     return {
         "experiment": experiment.id,
         "model": experiment.registered_model.full_name,
         "name": experiment.name,
         "status": experiment.status,
         "metric": experiment.metric,
+        "is_lower_better": metric in LOWER_IS_BETTER,
         "min_samples": experiment.min_samples,
         "confidence": CONFIDENCE,
         "computed_at": timezone.now(),
@@ -157,24 +166,21 @@ def experiment_results(*, experiment: Experiment) -> dict:
     }
 
 
-def _summary(outcomes: list, *, is_accuracy: bool) -> dict:
+def _summary(outcomes: list, *, metric: Experiment.Metric) -> dict:
     n = len(outcomes)
-    if is_accuracy:
+    if metric == Experiment.Metric.ACCURACY:
         successes = int(sum(outcomes))
         return {"n": n, "successes": successes, "estimate": wilson_interval(successes, n, confidence=CONFIDENCE)}
-    values = np.asarray(outcomes, dtype=np.float64)
-    mean = float(values.mean()) if n else 0.0
-    std = float(values.std(ddof=1)) if n > 1 else float("nan")
-    return {"n": n, "mean": mean, "std": std, "estimate": t_interval(mean=mean, std=std, n=n, confidence=CONFIDENCE)}
+    errors = np.asarray(outcomes, dtype=np.float64)
+    mae, rmse = mae_estimate(errors, confidence=CONFIDENCE), rmse_estimate(errors, confidence=CONFIDENCE)
+    return {"n": n, "errors": errors, "mae": mae, "rmse": rmse, "estimate": mae if metric == Experiment.Metric.MAE else rmse}
 
 
-def _compare(summary: dict, control: dict, *, is_accuracy: bool):
-    if is_accuracy:
+def _compare(summary: dict, control: dict, *, metric: Experiment.Metric):
+    if metric == Experiment.Metric.ACCURACY:
         return compare_proportions(summary["successes"], summary["n"], control["successes"], control["n"], confidence=CONFIDENCE)
-    return compare_means(
-        mean=summary["mean"], std=summary["std"], n=summary["n"],
-        control_mean=control["mean"], control_std=control["std"], control_n=control["n"], confidence=CONFIDENCE,
-    )
+    compare = compare_mae if metric == Experiment.Metric.MAE else compare_rmse
+    return compare(summary["errors"], control["errors"], confidence=CONFIDENCE)
 
 
 def running_experiments() -> list[Experiment]:

@@ -16,7 +16,7 @@ from registry.models import ModelVersion, RegisteredModel
 
 _FIELDS = (
     "bucket_start", "version_id", "variant", "api_key_id", "requests", "rows", "errors", "cache_hits",
-    "latency_sum_ms", "latency_max_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_quantiles", "outputs",
+    "latency_sum_ms", "latency_max_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_sketch", "outputs",
 )
 
 _EMPTY = {

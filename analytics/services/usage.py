@@ -9,8 +9,9 @@ from the largest id the run before it saw: an insert that stays uncommitted for 
 than one run interval (ingest commits batches in well under a second) would be missed.
 
 On PostgreSQL an hour is one INSERT ... SELECT ... ON CONFLICT DO UPDATE with
-percentile_cont (exact percentiles) and the output distribution; nothing per record
-passes through Python. Other databases (SQLite under `make run`) take the same
+percentile_cont (exact percentiles), the latency sketch's bin counts and the output
+distribution; nothing per record passes through Python. A day's percentiles come from the
+sum of its hours' sketches (analytics.statistics.sketches): within 1 % of the exact ones. Other databases (SQLite under `make run`) take the same
 rows through numpy; a test checks both give the same rows.
 """
 from __future__ import annotations
@@ -30,7 +31,8 @@ from django.db.models import Max, TextField
 from django.db.models.functions import Cast, TruncHour
 from django.utils import timezone
 
-from analytics.models import QUANTILE_GRID, Granularity, RollupCursor, UsageRollup
+from analytics.models import Granularity, RollupCursor, UsageRollup
+from analytics.statistics import sketches
 from analytics.statistics.quantiles import merge_quantiles, quantiles_of
 from inference.models import PredictionRecord
 from registry.models import ModelVersion
@@ -39,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
-P50, P95, P99 = (QUANTILE_GRID.index(q) for q in (0.5, 0.95, 0.99))
+PERCENTILES = (0.5, 0.95, 0.99)
 DECILES = tuple(i / 10 for i in range(11))
 MAX_CLASSES = 200
 FIRST_RUN_REREAD_IDS = 100_000
@@ -199,16 +201,16 @@ def roll_up_hour(hour: datetime) -> None:
 
 # --- PostgreSQL ---------------------------------------------------------------------------
 
-# One statement per hour: the traffic figures with exact percentiles (agg: a hash
-# aggregate collects each group's latencies, and percentile_cont sorts only those, which
-# is about a third cheaper than sorting the whole hour by group for an ordered-set
-# aggregate); the class counts of classifiers (classes: the hour's records grouped by
+# One statement per hour: the traffic figures with exact percentiles and the latency
+# sketch (agg: a hash aggregate collects each group's latencies, and percentile_cont sorts
+# only those, which is about a third cheaper than sorting the whole hour by group for an
+# ordered-set aggregate; the sketch counts them per bin); the class counts of classifiers (classes: the hour's records grouped by
 # their whole output array first, which hashes the stored jsonb without unpacking it, and
 # only the few distinct arrays unpacked); the distribution of regressors' predictions
 # (numeric, only when regressors exist). Each part reads the hour by the created_at index.
 _AGG_SQL = """
 agg AS (
-    SELECT g.*, pq.q FROM (
+    SELECT g.*, pq.q, sk.sketch FROM (
         SELECT r.version_id, r.variant COLLATE "C" AS variant, COALESCE(r.api_key_id, 0) AS api_key_id,
                count(*) AS requests, sum(r.rows) AS rows,
                count(*) FILTER (WHERE r.status >= 400) AS errors,
@@ -218,7 +220,17 @@ agg AS (
         WHERE r.created_at >= %(start)s AND r.created_at < %(end)s
         GROUP BY r.version_id, r.variant COLLATE "C", COALESCE(r.api_key_id, 0)
     ) g
-    CROSS JOIN LATERAL (SELECT percentile_cont(%(grid)s::float8[]) WITHIN GROUP (ORDER BY x) FROM unnest(g.latencies) AS x) AS pq(q)
+    CROSS JOIN LATERAL (SELECT percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY x) FROM unnest(g.latencies) AS x) AS pq(q)
+    CROSS JOIN LATERAL (
+        SELECT jsonb_build_object(
+            'bins', COALESCE(jsonb_object_agg(b.k, b.n) FILTER (WHERE b.k IS NOT NULL), '{}'::jsonb),
+            'zero_count', COALESCE(sum(b.n) FILTER (WHERE b.k IS NULL), 0)
+        )
+        FROM (
+            SELECT CASE WHEN x > %(sketch_min_positive)s THEN """ + sketches.bin_key_sql("x") + """ END AS k, count(*) AS n
+            FROM unnest(g.latencies) AS x GROUP BY 1
+        ) b
+    ) AS sk(sketch)
 ),
 classes AS (
     SELECT version_id, variant, api_key_id, jsonb_build_object('kind', 'classes', 'counts', jsonb_object_agg(value, n)) AS outputs
@@ -256,11 +268,11 @@ _INSERT_SQL = """
 INSERT INTO analytics_usagerollup (
     granularity, bucket_start, organization_id, registered_model_id, version_id, variant, api_key_id,
     requests, rows, errors, cache_hits, latency_sum_ms, latency_max_ms,
-    latency_p50_ms, latency_p95_ms, latency_p99_ms, latency_quantiles, outputs, updated_at
+    latency_p50_ms, latency_p95_ms, latency_p99_ms, latency_sketch, outputs, updated_at
 )
 SELECT 'hour', %(start)s, m.organization_id, v.registered_model_id, a.version_id, a.variant, a.api_key_id,
        a.requests, a.rows, a.errors, a.cache_hits, a.latency_sum, a.latency_max,
-       a.q[%(p50)s], a.q[%(p95)s], a.q[%(p99)s], to_jsonb(a.q), COALESCE(c.outputs, {numeric_outputs} '{{}}'::jsonb), now()
+       a.q[1], a.q[2], a.q[3], a.sketch, COALESCE(c.outputs, {numeric_outputs} '{{}}'::jsonb), now()
 FROM agg a
 JOIN registry_modelversion v ON v.id = a.version_id
 JOIN registry_registeredmodel m ON m.id = v.registered_model_id
@@ -271,7 +283,7 @@ ON CONFLICT (granularity, bucket_start, version_id, variant, api_key_id) DO UPDA
     requests = EXCLUDED.requests, rows = EXCLUDED.rows, errors = EXCLUDED.errors, cache_hits = EXCLUDED.cache_hits,
     latency_sum_ms = EXCLUDED.latency_sum_ms, latency_max_ms = EXCLUDED.latency_max_ms,
     latency_p50_ms = EXCLUDED.latency_p50_ms, latency_p95_ms = EXCLUDED.latency_p95_ms, latency_p99_ms = EXCLUDED.latency_p99_ms,
-    latency_quantiles = EXCLUDED.latency_quantiles, outputs = EXCLUDED.outputs, updated_at = EXCLUDED.updated_at
+    latency_sketch = EXCLUDED.latency_sketch, outputs = EXCLUDED.outputs, updated_at = EXCLUDED.updated_at
 """
 
 
@@ -293,11 +305,9 @@ def _roll_up_hour_in_sql(hour: datetime) -> None:
     params = {
         "start": hour,
         "end": hour + HOUR,
-        "grid": list(QUANTILE_GRID),
+        "percentiles": list(PERCENTILES),
         "deciles": list(DECILES),
-        "p50": P50 + 1,  # SQL arrays count from 1
-        "p95": P95 + 1,
-        "p99": P99 + 1,
+        **sketches.sql_params(),
     }
     with_regressors = ModelVersion.objects.filter(task="regression").exists()
     with transaction.atomic(), connection.cursor() as cursor:
@@ -333,7 +343,7 @@ def roll_up_hour_in_python(hour: datetime) -> None:
         if version is None:
             continue
         latency = np.asarray(group["latency"], dtype=np.float64)
-        grid = quantiles_of(latency, QUANTILE_GRID)
+        p50, p95, p99 = quantiles_of(latency, PERCENTILES)
         rollups.append(
             UsageRollup(
                 granularity=Granularity.HOUR,
@@ -349,10 +359,10 @@ def roll_up_hour_in_python(hour: datetime) -> None:
                 cache_hits=group["cache_hits"],
                 latency_sum_ms=float(latency.sum()),
                 latency_max_ms=float(latency.max()),
-                latency_p50_ms=grid[P50],
-                latency_p95_ms=grid[P95],
-                latency_p99_ms=grid[P99],
-                latency_quantiles=grid,
+                latency_p50_ms=p50,
+                latency_p95_ms=p95,
+                latency_p99_ms=p99,
+                latency_sketch=sketches.sketch_of(group["latency"]),
                 outputs=_output_distribution(group["outputs"], task=version.task),
                 updated_at=now,
             )
@@ -403,7 +413,7 @@ _UPDATE_FIELDS = [
     "latency_p50_ms",
     "latency_p95_ms",
     "latency_p99_ms",
-    "latency_quantiles",
+    "latency_sketch",
     "outputs",
     "updated_at",
 ]
@@ -425,21 +435,21 @@ def _upsert(rollups: list[UsageRollup]) -> None:
 
 
 def roll_up_day(day: datetime) -> None:
-    """A day's rows from its hourly rows: sums, and percentiles merged from the hours' grids."""
+    """A day's rows from its hourly rows: sums, and percentiles from the sum of the hours' sketches."""
     day = day_floor(day)
     # The JSON columns come as text and go through orjson: a day has tens of thousands of
     # hourly rows, and Django's per-value json.loads was most of this function's time.
     hours = (
         UsageRollup.objects.filter(granularity=Granularity.HOUR, bucket_start__gte=day, bucket_start__lt=day + DAY)
-        .annotate(quantiles_text=Cast("latency_quantiles", TextField()), outputs_text=Cast("outputs", TextField()))
+        .annotate(sketch_text=Cast("latency_sketch", TextField()), outputs_text=Cast("outputs", TextField()))
         .values(
             "organization_id", "registered_model_id", "version_id", "variant", "api_key_id", *_COUNTS,
-            "latency_sum_ms", "latency_max_ms", "quantiles_text", "outputs_text",
+            "latency_sum_ms", "latency_max_ms", "sketch_text", "outputs_text",
         )
     )
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in hours.iterator(chunk_size=5000):
-        row["latency_quantiles"] = orjson.loads(row.pop("quantiles_text"))
+        row["latency_sketch"] = orjson.loads(row.pop("sketch_text"))
         row["outputs"] = orjson.loads(row.pop("outputs_text"))
         groups[(row["version_id"], row["variant"], row["api_key_id"])].append(row)
     now = timezone.now()
@@ -463,17 +473,17 @@ def _merge_rows(rows: list[dict], *, granularity: str, bucket_start: datetime, u
 
 
 def merge_rollups(rows: list[dict]) -> dict:
-    """Counts summed, latency percentiles merged, output distributions combined."""
+    """Counts summed, latency sketches merged (and percentiles read from them), output distributions combined."""
     merged = {name: sum(row[name] for row in rows) for name in _COUNTS}
-    grid = merge_quantiles([(row["requests"], row["latency_quantiles"]) for row in rows], QUANTILE_GRID, QUANTILE_GRID)
-    has_grid = any(row["latency_quantiles"] for row in rows)
+    sketch = sketches.merge_sketches(row["latency_sketch"] for row in rows)
+    p50, p95, p99 = sketches.quantiles(sketch, PERCENTILES)
     merged.update(
         latency_sum_ms=sum(row["latency_sum_ms"] for row in rows),
         latency_max_ms=max(row["latency_max_ms"] for row in rows),
-        latency_p50_ms=grid[P50] if has_grid else None,
-        latency_p95_ms=grid[P95] if has_grid else None,
-        latency_p99_ms=grid[P99] if has_grid else None,
-        latency_quantiles=grid if has_grid else [],
+        latency_p50_ms=p50,
+        latency_p95_ms=p95,
+        latency_p99_ms=p99,
+        latency_sketch=sketch,
         outputs=merge_outputs([row["outputs"] for row in rows]),
     )
     return merged

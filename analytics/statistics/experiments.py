@@ -1,9 +1,12 @@
 """A/B statistics: intervals for one variant, its difference to the control, and SRM.
 
 Accuracy is a proportion: Wilson score interval, Newcombe's hybrid score interval for the
-difference, and the pooled two-proportion z-test. A mean value: Student's t interval, and
-Welch's t-test (unequal variances) with the Welch–Satterthwaite interval for the
-difference. Sample-ratio mismatch: chi-squared goodness of fit of assignment counts to the
+difference, and the pooled two-proportion z-test. A regressor's mean absolute error is the
+mean of its absolute errors: Student's t interval, and Welch's t-test (unequal variances)
+with the Welch–Satterthwaite interval for the difference. Its root mean squared error is
+the square root of the mean squared error: the square roots of the MSE's t interval, and
+for the difference the delta method (se of RMSE = se of MSE / (2 RMSE)) with Welch's degrees
+of freedom. Sample-ratio mismatch: chi-squared goodness of fit of assignment counts to the
 configured weights.
 """
 from __future__ import annotations
@@ -94,6 +97,62 @@ def compare_means(
     df = (v1 + v0) ** 2 / (v1**2 / (n - 1) + v0**2 / (control_n - 1))
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
     return Comparison(difference, difference - half, difference + half, float(result.pvalue))
+
+
+def mae_estimate(errors: np.ndarray, *, confidence: float = 0.95) -> Estimate:
+    """Mean absolute error of `errors` (prediction minus truth) and its t interval."""
+    absolute = np.abs(errors)
+    n = len(absolute)
+    if n == 0:
+        return NOTHING
+    return t_interval(mean=float(absolute.mean()), std=float(absolute.std(ddof=1)) if n > 1 else math.nan, n=n, confidence=confidence)
+
+
+def rmse_estimate(errors: np.ndarray, *, confidence: float = 0.95) -> Estimate:
+    """Root mean squared error of `errors` and the square roots of the MSE's t interval."""
+    squared = np.square(errors)
+    n = len(squared)
+    if n == 0:
+        return NOTHING
+    mse = t_interval(mean=float(squared.mean()), std=float(squared.std(ddof=1)) if n > 1 else math.nan, n=n, confidence=confidence)
+    low = None if mse.low is None else math.sqrt(max(mse.low, 0.0))
+    high = None if mse.high is None else math.sqrt(mse.high)
+    return Estimate(math.sqrt(mse.value), low, high)
+
+
+def compare_mae(errors: np.ndarray, control_errors: np.ndarray, *, confidence: float = 0.95) -> Comparison:
+    """Variant's MAE minus the control's: Welch's test and interval on the absolute errors."""
+    absolute, control = np.abs(errors), np.abs(control_errors)
+    if len(absolute) < 2 or len(control) < 2:
+        return NO_COMPARISON
+    return compare_means(
+        mean=float(absolute.mean()), std=float(absolute.std(ddof=1)), n=len(absolute),
+        control_mean=float(control.mean()), control_std=float(control.std(ddof=1)), control_n=len(control), confidence=confidence,
+    )
+
+
+def compare_rmse(errors: np.ndarray, control_errors: np.ndarray, *, confidence: float = 0.95) -> Comparison:
+    """Variant's RMSE minus the control's: delta-method standard errors, Welch's degrees of freedom."""
+    n, control_n = len(errors), len(control_errors)
+    if n < 2 or control_n < 2:
+        return NO_COMPARISON
+
+    def rmse_and_variance(values: np.ndarray) -> tuple[float, float]:
+        squared = np.square(values)
+        rmse = math.sqrt(float(squared.mean()))
+        # Var(RMSE) ~ Var(MSE) / (4 MSE); all errors zero leaves nothing to vary.
+        return rmse, (float(squared.var(ddof=1)) / len(values) / (4 * rmse**2) if rmse > 0 else 0.0)
+
+    rmse, v1 = rmse_and_variance(errors)
+    control_rmse, v0 = rmse_and_variance(control_errors)
+    difference = rmse - control_rmse
+    se = math.sqrt(v1 + v0)
+    if se == 0:
+        return Comparison(difference, difference, difference, 1.0 if difference == 0 else 0.0)
+    df = (v1 + v0) ** 2 / (v1**2 / (n - 1) + v0**2 / (control_n - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    p_value = float(2 * stats.t.sf(abs(difference) / se, df))
+    return Comparison(difference, difference - half, difference + half, p_value)
 
 
 @dataclass(frozen=True)

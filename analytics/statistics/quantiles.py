@@ -1,9 +1,10 @@
-"""Merge quantile grids: a day's latency percentiles from its hours.
+"""Merge quantile grids: a day's distribution of a regressor's predictions from its hours.
 
-Each hourly rollup keeps the latency at every point of QUANTILE_GRID. Between two grid
-points an hour's distribution is taken as linear, so the merged CDF is a count-weighted
-mix of piecewise-linear CDFs; inverting it gives the day's percentile with a rank error no
-larger than the grid step (0.01; 0.001 above p99). One part alone is returned exactly.
+Each hourly rollup keeps a regressor's output deciles. Between two grid points an hour's
+distribution is taken as linear, so the merged CDF is a count-weighted mix of
+piecewise-linear CDFs; inverting it gives the day's quantile with a rank error no larger
+than the grid step. One part alone is returned exactly. (Latency percentiles, which must
+hold in the tail, merge exactly through sketches instead: analytics.statistics.sketches.)
 """
 from __future__ import annotations
 

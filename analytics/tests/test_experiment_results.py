@@ -4,6 +4,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from scipy import stats
+from sklearn.metrics import mean_absolute_error, root_mean_squared_error
 
 from accounts.principals import Caller
 from analytics.tests import factories as af
@@ -95,29 +96,66 @@ def test_a_starved_variant_raises_the_sample_ratio_alarm(tenant_a):
     assert [v["expected_assignments"] for v in body["variants"]] == [500, 500]
 
 
-def test_mean_value_results_use_welch(tenant_a):
+@pytest.fixture
+def regressors(tenant_a):
     model = registry_services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="reg")
-    v1 = rf.create_version(model, rf.regression_model(), promote=True)
-    v2 = rf.create_version(model, rf.regression_model())
-    experiment = start_experiment(tenant_a, model, metric="mean_value", min_samples=20)
-    rng = np.random.default_rng(8)
-    control_values, variant_values = rng.normal(3.0, 1.0, size=60), rng.normal(3.6, 2.0, size=45)
-    for record, value in zip(served(experiment, v1, "v1", units=60, outputs=[1.5] * 60), control_values):
-        af.feedback(v1, record["id"], value=float(value))
-    for record, value in zip(served(experiment, v2, "v2", units=45, outputs=[1.5] * 45), variant_values):
-        af.feedback(v2, record["id"], value=float(value))
+    return model, rf.create_version(model, rf.regression_model(), promote=True), rf.create_version(model, rf.regression_model())
+
+
+def served_with_truth(experiment, version, variant, *, seed, n, error_scale):
+    """`n` predictions of `version` and, as feedback, true values `error_scale` away from them."""
+    rng = np.random.default_rng(seed)
+    predicted = rng.normal(20.0, 5.0, size=n)
+    truth = predicted - rng.normal(0.0, error_scale, size=n)
+    for record, value in zip(served(experiment, version, variant, units=n, outputs=predicted.tolist()), truth):
+        af.feedback(version, record["id"], value=float(value))
+    return predicted, truth
+
+
+@pytest.mark.parametrize("metric", ["mae", "rmse"])
+def test_regression_results_are_sklearns_errors_of_the_predictions(tenant_a, regressors, metric):
+    model, v1, v2 = regressors
+    experiment = start_experiment(tenant_a, model, metric=metric, min_samples=20)
+    control_predicted, control_truth = served_with_truth(experiment, v1, "v1", seed=8, n=60, error_scale=2.0)
+    predicted, truth = served_with_truth(experiment, v2, "v2", seed=9, n=45, error_scale=0.5)
 
     body = results(tenant_a, experiment)
 
     control, variant = body["variants"]
-    welch = stats.ttest_ind(variant_values, control_values, equal_var=False)
+    expected = {"mae": mean_absolute_error(truth, predicted), "rmse": root_mean_squared_error(truth, predicted)}
+    expected_control = {"mae": mean_absolute_error(control_truth, control_predicted), "rmse": root_mean_squared_error(control_truth, control_predicted)}
+    assert variant["errors"] == {"mae": pytest.approx(expected["mae"]), "rmse": pytest.approx(expected["rmse"])}
+    assert control["errors"] == {"mae": pytest.approx(expected_control["mae"]), "rmse": pytest.approx(expected_control["rmse"])}
+    assert variant["metric"]["value"] == pytest.approx(expected[metric])
+    assert variant["metric"]["low"] < expected[metric] < variant["metric"]["high"]
+    assert variant["difference"]["value"] == pytest.approx(expected[metric] - expected_control[metric])
+    assert variant["difference"]["high"] < 0 and variant["difference"]["is_significant"] is True
+    assert (body["is_lower_better"], body["leader"]) == (True, 2)  # the smaller error wins
+
+
+def test_mae_results_use_welch_on_the_absolute_errors(tenant_a, regressors):
+    model, v1, v2 = regressors
+    experiment = start_experiment(tenant_a, model, metric="mae", min_samples=20)
+    control_predicted, control_truth = served_with_truth(experiment, v1, "v1", seed=3, n=50, error_scale=1.0)
+    predicted, truth = served_with_truth(experiment, v2, "v2", seed=4, n=40, error_scale=1.2)
+
+    variant = results(tenant_a, experiment)["variants"][1]
+
+    welch = stats.ttest_ind(np.abs(predicted - truth), np.abs(control_predicted - control_truth), equal_var=False)
     interval = welch.confidence_interval(0.95)
-    assert variant["metric"]["value"] == pytest.approx(variant_values.mean())
-    t_low, t_high = stats.t.interval(0.95, df=44, loc=variant_values.mean(), scale=stats.sem(variant_values))
-    assert (variant["metric"]["low"], variant["metric"]["high"]) == (pytest.approx(t_low), pytest.approx(t_high))
     assert variant["difference"]["p_value"] == pytest.approx(welch.pvalue)
     assert (variant["difference"]["low"], variant["difference"]["high"]) == (pytest.approx(interval.low), pytest.approx(interval.high))
-    assert control["has_enough_samples"] is True
+
+
+def test_the_mean_of_the_true_values_is_no_longer_a_metric(tenant_a, regressors):
+    model, _, _ = regressors
+    response = tenant_a.key_client().post(
+        "/api/v1/models/acme/reg/experiments",
+        {"name": "ab", "metric": "mean_value", "variants": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "metric"
 
 
 def test_results_without_traffic_are_empty_not_an_error(tenant_a):

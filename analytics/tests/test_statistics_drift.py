@@ -68,11 +68,60 @@ def test_wasserstein_is_normed_by_the_reference_std():
     assert drift.wasserstein_normed(ref, cur) == pytest.approx(stats.wasserstein_distance(ref, cur) / np.std(ref))
 
 
-def test_jensenshannon_uses_sturges_bins_of_both_samples():
+def test_jensenshannon_uses_sturges_bins_of_both_samples_and_the_natural_log():
     ref, cur = normal(1, 2000), normal(2, 500, loc=0.3)
     edges = np.histogram_bin_edges(np.concatenate([ref, cur]), bins="sturges")
-    expected = distance.jensenshannon(np.histogram(ref, edges)[0] / len(ref), np.histogram(cur, edges)[0] / len(cur), base=2)
+    expected = distance.jensenshannon(np.histogram(ref, edges)[0] / len(ref), np.histogram(cur, edges)[0] / len(cur), base=np.e)
     assert drift.jensenshannon_distance(ref, cur, "num") == pytest.approx(expected)
+
+
+def split(counts: dict) -> np.ndarray:
+    return np.array([value for value, count in counts.items() for _ in range(count)], dtype=object)
+
+
+EVEN_RANKS = (np.arange(5000) + 0.5) / 5000
+# Reference values computed once with Evidently 0.7.23 (scipy 1.17.1):
+# evidently.legacy.calculations.stattests.jensenshannon_stat_test.func(ref, cur, column_type, 0.1),
+# and for the last case Report([DataDriftPreset()]) on the three columns together.
+EVIDENTLY_JENSENSHANNON = [
+    pytest.param(split({"a": 2500, "b": 2500}), split({"a": 3150, "b": 1850}), "cat", 0.09285357687949544, False, id="50/50-to-63/37-n5000"),
+    pytest.param(
+        split({"a": 1000, "b": 600, "c": 400}), split({"a": 400, "b": 300, "c": 300}), "cat", 0.08841606285541162, False, id="three-categories"
+    ),
+    pytest.param(
+        np.arange(2000) % 5 * 1.0, np.repeat([0.0, 1.0, 2.0, 3.0, 4.0], [300, 250, 200, 150, 100]), "num", 0.12927656165925797, True,
+        id="numeric-five-values",
+    ),
+    pytest.param(
+        stats.norm.ppf((np.arange(3000) + 0.5) / 3000), stats.norm.ppf((np.arange(800) + 0.5) / 800) * 1.1 + 0.3, "num",
+        0.10860495215688992, True, id="numeric-sturges-bins",
+    ),
+]
+
+
+@pytest.mark.parametrize("reference, current, kind, distance_value, drifted", EVIDENTLY_JENSENSHANNON)
+def test_jensenshannon_matches_evidently(reference, current, kind, distance_value, drifted):
+    value = drift.jensenshannon_distance(drift.clean(reference, kind), drift.clean(current, kind), kind)
+    assert value == pytest.approx(distance_value, rel=1e-12)
+    assert (value >= drift.DISTANCE_THRESHOLD) is drifted
+
+
+@pytest.mark.parametrize("reference, current, kind, distance_value, drifted", EVIDENTLY_JENSENSHANNON[:3])
+def test_a_large_reference_with_few_values_gets_evidentlys_jensenshannon_verdict(reference, current, kind, distance_value, drifted):
+    result = drift.compare_feature("f", kind, reference, current)
+    assert (result.test, result.statistic, result.drifted) == ("jensenshannon", pytest.approx(distance_value, rel=1e-12), drifted)
+
+
+def test_a_three_feature_dataset_verdict_matches_evidently():
+    """Evidently: amount drifts (Wasserstein 0.3000), plan (JS 0.0929) and region (JS 0.0884) do not; 1 of 3, no drift."""
+    features = [
+        drift.compare_feature("plan", "cat", split({"a": 2500, "b": 2500}), split({"a": 3150, "b": 1850})),
+        drift.compare_feature("region", "cat", split({"n": 2500, "s": 1500, "w": 1000}), split({"n": 2000, "s": 1500, "w": 1500})),
+        drift.compare_feature("amount", "num", stats.norm.ppf(EVEN_RANKS), stats.norm.ppf(EVEN_RANKS) + 0.3),
+    ]
+    assert [(f.test, f.drifted) for f in features] == [("jensenshannon", False), ("jensenshannon", False), ("wasserstein", True)]
+    assert [f.statistic for f in features] == pytest.approx([0.09285357687949544, 0.08841606285541162, 0.3000394409905721], rel=1e-9)
+    assert drift.dataset_verdict(features, share_threshold=0.5) == (3, 1, pytest.approx(1 / 3), False)
 
 
 def test_psi_uses_ten_reference_quantile_bins():

@@ -5,9 +5,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from sklearn.metrics import mean_absolute_error, root_mean_squared_error
+
 from analytics.statistics.experiments import (
+    compare_mae,
     compare_means,
     compare_proportions,
+    compare_rmse,
+    mae_estimate,
+    rmse_estimate,
     sample_ratio_mismatch,
     t_interval,
     wilson_interval,
@@ -104,3 +110,71 @@ def test_no_samples_give_no_interval(n):
     assert wilson_interval(0, n).value is None
     assert compare_proportions(0, 0, 3, 10).p_value is None
     assert sample_ratio_mismatch([0, 0], [50, 50]).p_value is None
+
+
+# --- regressors' errors ---------------------------------------------------------------------
+
+
+def predictions_and_truth(seed, n, *, bias=0.0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(10.0, 3.0, size=n)
+    return truth + bias + rng.normal(0.0, scale, size=n), truth
+
+
+def test_mae_is_sklearns_with_the_t_interval_of_the_absolute_errors():
+    predicted, truth = predictions_and_truth(1, 80, bias=0.3)
+    estimate = mae_estimate(predicted - truth)
+    absolute = np.abs(predicted - truth)
+    low, high = stats.t.interval(0.95, df=79, loc=absolute.mean(), scale=stats.sem(absolute))
+    assert estimate.value == pytest.approx(mean_absolute_error(truth, predicted), rel=1e-12)
+    assert (estimate.low, estimate.high) == (pytest.approx(low, rel=1e-12), pytest.approx(high, rel=1e-12))
+
+
+def test_rmse_is_sklearns_with_the_square_roots_of_the_mse_interval():
+    predicted, truth = predictions_and_truth(2, 80, scale=2.0)
+    estimate = rmse_estimate(predicted - truth)
+    squared = (predicted - truth) ** 2
+    low, high = stats.t.interval(0.95, df=79, loc=squared.mean(), scale=stats.sem(squared))
+    assert estimate.value == pytest.approx(root_mean_squared_error(truth, predicted), rel=1e-12)
+    assert (estimate.low, estimate.high) == (pytest.approx(math.sqrt(low), rel=1e-12), pytest.approx(math.sqrt(high), rel=1e-12))
+
+
+def test_mae_difference_is_welchs_test_of_the_absolute_errors():
+    predicted, truth = predictions_and_truth(3, 70, scale=1.0)
+    control_predicted, control_truth = predictions_and_truth(4, 90, scale=1.5)
+    comparison = compare_mae(predicted - truth, control_predicted - control_truth)
+    welch = stats.ttest_ind(np.abs(predicted - truth), np.abs(control_predicted - control_truth), equal_var=False)
+    interval = welch.confidence_interval(0.95)
+    expected = mean_absolute_error(truth, predicted) - mean_absolute_error(control_truth, control_predicted)
+    assert comparison.difference == pytest.approx(expected, rel=1e-12)
+    assert comparison.p_value == pytest.approx(welch.pvalue, rel=1e-9)
+    assert (comparison.low, comparison.high) == (pytest.approx(interval.low, rel=1e-9), pytest.approx(interval.high, rel=1e-9))
+
+
+def test_rmse_difference_uses_the_delta_method_with_welchs_degrees_of_freedom():
+    predicted, truth = predictions_and_truth(5, 120, scale=1.0)
+    control_predicted, control_truth = predictions_and_truth(6, 100, scale=1.4)
+    comparison = compare_rmse(predicted - truth, control_predicted - control_truth)
+    rmse, control_rmse = root_mean_squared_error(truth, predicted), root_mean_squared_error(control_truth, control_predicted)
+    v1 = np.var((predicted - truth) ** 2, ddof=1) / 120 / (4 * rmse**2)
+    v0 = np.var((control_predicted - control_truth) ** 2, ddof=1) / 100 / (4 * control_rmse**2)
+    df = (v1 + v0) ** 2 / (v1**2 / 119 + v0**2 / 99)
+    t = (rmse - control_rmse) / math.sqrt(v1 + v0)
+    assert comparison.difference == pytest.approx(rmse - control_rmse, rel=1e-12)
+    assert comparison.p_value == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
+    half = stats.t.ppf(0.975, df) * math.sqrt(v1 + v0)
+    assert (comparison.low, comparison.high) == (pytest.approx(rmse - control_rmse - half), pytest.approx(rmse - control_rmse + half))
+
+
+def test_the_rmse_tests_false_alarm_rate_is_its_level():
+    """Equal error spreads: the difference is significant about 5% of the time, not more."""
+    rng = np.random.default_rng(12)
+    alarms = sum(compare_rmse(rng.normal(0, 1, 150), rng.normal(0, 1, 150)).p_value < 0.05 for _ in range(400))
+    assert 8 <= alarms <= 35  # 20 expected; a binomial(400, 0.05) stays in here 99.9% of the time
+
+
+def test_perfect_predictions_have_zero_error_and_no_spread():
+    assert compare_rmse(np.zeros(5), np.zeros(5)).p_value == 1.0
+    assert rmse_estimate(np.zeros(5)).value == 0.0
+    estimate = mae_estimate(np.zeros(5))
+    assert (estimate.value, estimate.low, estimate.high) == (0.0, 0.0, 0.0)

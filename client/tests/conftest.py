@@ -1,4 +1,4 @@
-"""A live platform for the client's tests: the real web server (granian) and a real batch worker.
+"""A live platform for the client's tests: the real web server (granian) and a real worker.
 
 The web process and the worker run against this session's test database (the tests commit
 their data: transaction=True) and the suite's runner host (RUNNER_ADDRESSES); the worker and
@@ -21,6 +21,8 @@ from platform_site.tests.processes import free_port, wait_for_http, web_process_
 from platform_site.tests.workers import WorkerPool
 
 ROOT = Path(__file__).resolve().parents[2]
+# One worker for batch jobs, replays and drift reports.
+WORKER, WORKER_QUEUES = "client-worker", "batch,analytics,default"
 MODELHOST = Path(sys.executable).with_name("modelhost")
 _slugs = itertools.count(1)
 
@@ -30,6 +32,10 @@ class LivePlatform:
     url: str
     workers: WorkerPool
 
+    def ensure_worker(self) -> None:
+        """Wait until the worker is ready (started again if it died)."""
+        self.workers.ensure(WORKER, queues=WORKER_QUEUES)
+
 
 @pytest.fixture(scope="session")
 def live_platform(django_db_setup, tmp_path_factory):
@@ -38,9 +44,9 @@ def live_platform(django_db_setup, tmp_path_factory):
     folder = tmp_path_factory.mktemp("platform")
     port = free_port()
     env = {**web_process_env(port=port, metrics_dir=folder / "prometheus", settings=settings), "WEB_CONCURRENCY": "1"}
-    # The worker starts while the web server does; only the batch test waits for it.
+    # The worker starts while the web server does; only the tests that need it wait for it.
     workers = WorkerPool(broker=settings.CELERY_BROKER_URL)
-    workers.start("client-batch", queues="batch,default")
+    workers.start(WORKER, queues=WORKER_QUEUES)
     log = folder / "web.log"
     with log.open("wb") as out:
         web = subprocess.Popen([sys.executable, "-m", "platform_site.serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

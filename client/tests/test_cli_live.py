@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import stat
 import subprocess
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from modelhost import Client
 from registry.tests import factories as f
 from registry.tests import malicious
 
@@ -214,7 +216,7 @@ def test_promote_then_rollback_moves_production_and_records_releases(run, logged
 
 
 def test_a_batch_file_waits_with_progress_and_downloads_the_result(run, logged_in, live_platform, tmp_path):
-    live_platform.workers.ensure("client-batch", queues="batch,default")
+    live_platform.ensure_worker()
     stored_model(logged_in)
     rng = np.random.default_rng(0)
     rows = pd.DataFrame(np.round(rng.uniform([4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5], size=(3000, 4)), 2), columns=f.IRIS_FEATURES)
@@ -242,3 +244,110 @@ def test_usage_and_drift_answer_in_json(run, logged_in):
     assert drift.code == 0, drift.stderr
     assert drift.json() == []
     assert "No drift reports yet" in run("drift", "iris").stdout
+
+
+def test_drift_run_waits_for_the_workers_verdict_and_shows_each_feature(run, logged_in, live_platform):
+    from analytics.tests.test_drift_reports import serve, store_reference
+
+    live_platform.ensure_worker()
+    model = stored_model(logged_in, estimators=(f.iris_model(),))
+    version = model.versions.get(number=1)
+    x, _ = f.iris_data()
+    store_reference(version, pd.DataFrame(x, columns=["f0", "f1", "f2", "f3"]))
+    serve(version, x[:100] + np.array([1.5, 0.8, 2.0, 0.9]), outputs=[2] * 100)  # every feature shifted
+
+    result = run("drift", "iris", "--run", "--window-hours", "2", "--json")
+
+    assert result.code == 0, result.stderr + live_platform.workers.logs()
+    report = result.json()
+    assert (report["status"], report["is_drift"], report["drifted_features"], report["current_rows"], report["reference_rows"]) == ("done", True, 4, 100, 150)
+    assert [(feature["name"], feature["test"], feature["drifted"]) for feature in report["features"]] == [(f"f{i}", "ks", True) for i in range(4)]
+
+    people = run("drift", "iris", "--run", "--window-hours", "2")
+    assert people.code == 0, people.stderr
+    assert f"Drift report {report['id'] + 1}: DRIFT (4/4 features drifted; 100 rows served vs 150 reference)" in people.stdout
+    assert [line.split()[:2] for line in people.stdout.splitlines() if re.match(r"f\d ", line)] == [[f"f{i}", "ks"] for i in range(4)]
+    listed = run("drift", "iris", "--json").json()
+    assert [(r["id"], r["status"], r["is_drift"]) for r in listed] == [(report["id"] + 1, "done", True), (report["id"], "done", True)]
+
+
+# --- replay ------------------------------------------------------------------------------
+
+
+def stump():
+    """A one-split tree: it agrees with the logistic regression on setosa and little else."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = f.iris_data()
+    return DecisionTreeClassifier(max_depth=1, random_state=0).fit(x, y)
+
+
+@pytest.fixture
+def served_iris(logged_in):
+    """iris: v1 (logistic regression) in production, which served the 150 iris rows; v2 a stump."""
+    from analytics.tests.test_drift_reports import serve
+
+    model = stored_model(logged_in, estimators=(f.iris_model(), stump()))
+    x, _ = f.iris_data()
+    serve(model.versions.get(number=1), x, outputs=f.iris_model().predict(x).tolist())
+    return x
+
+
+def test_replay_waits_with_progress_and_reports_the_agreement(run, served_iris, live_platform):
+    live_platform.ensure_worker()
+    newest = served_iris[50:]  # --last 100: production's newest 100 rows
+    expected = float(np.mean(f.iris_model().predict(newest) == stump().predict(newest)))
+
+    result = run("replay", "iris", "2", "--last", "100", "--wait", "--json")
+
+    assert result.code == 0, result.stderr + live_platform.workers.logs()
+    replay = result.json()
+    assert (replay["status"], replay["version"], replay["baseline_version"], replay["rows_total"], replay["rows_done"]) == ("done", 2, 1, 100, 100)
+    assert replay["agreement"] == pytest.approx(expected)
+    report = replay["report"]
+    assert (report["task"], report["rows_compared"], report["failures"]["candidate_only"]) == ("classification", 100, 0)
+    assert report["agreement_detail"]["agreeing"] == round(expected * 100)
+
+    people = run("replay", "iris", "2", "--last", "100", "--wait")
+    assert people.code == 0, people.stderr
+    assert "Replay" in people.stderr and "100/100 rows" in people.stderr  # the progress bar
+    assert f"version 2 against production (version 1) on 100 rows served, 100 compared." in people.stdout
+    assert f"Agreement: {expected * 100:.1f}% ({round(expected * 100)} rows give the same label)." in people.stdout
+    assert "Failed rows: 0 on version 2 only, 0 on production only, 0 on both." in people.stdout
+
+
+def test_replay_without_wait_answers_the_queued_replay_and_replay_status_follows_it(run, logged_in, served_iris, live_platform):
+    live_platform.ensure_worker()
+    queued = run("replay", "iris", "2", "--json")
+    assert queued.code == 0, queued.stderr
+    assert (queued.json()["status"], queued.json()["rows_requested"]) == ("pending", 1000)
+    replay_id = queued.json()["id"]
+
+    status = run("replay-status", "iris", "2", str(replay_id), "--wait")
+
+    assert status.code == 0, status.stderr + live_platform.workers.logs()
+    assert f"Replay {replay_id} of " in status.stdout and "on 150 rows served, 150 compared." in status.stdout
+
+    # The same from Python.
+    with Client(live_platform.url, api_key=logged_in.api_key) as client:
+        assert client.replay_of("iris", 2, replay_id)["report"]["rows_compared"] == 150
+        replay = client.replay("iris", 2, last=30, wait=True)
+        assert (replay["status"], replay["rows_total"], replay["report"]["rows_compared"]) == ("done", 30, 30)
+        assert [r["id"] for r in client.replays("iris")] == [replay["id"], replay_id]
+        assert [r["id"] for r in client.replays("iris", version=2)] == [replay["id"], replay_id]
+
+
+@pytest.mark.parametrize(
+    "args, code, says",
+    [
+        pytest.param(["replay", "iris", "7"], 4, "(404 not_found)", id="unknown-version"),
+        pytest.param(["replay", "iris", "2", "--window-hours", "100000"], 5, "window_hours", id="window-too-long"),
+        pytest.param(["replay", "iris", "2", "--last", "0"], 2, "--last", id="no-rows"),
+        pytest.param(["replay-status", "iris", "2", "999999"], 4, "(404 not_found)", id="unknown-replay"),
+    ],
+)
+def test_replay_errors_end_with_their_documented_exit_code(run, served_iris, args, code, says):
+    result = run(*args)
+    assert result.code == code, result.stderr
+    assert says in result.stderr
+

@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 from accounts.models import Role
 from accounts.principals import caller_from_request
 from inference.experiments import selectors, services
+from inference.models import Experiment
 from platform_site.serializers import StrictSerializer
 from platform_site.pagination import paginated
 from registry.api import resolve_model
@@ -58,7 +59,11 @@ class ExperimentListApi(APIView):
     class InputSerializer(StrictSerializer):
         name = serializers.CharField(max_length=100)
         variants = VariantInputSerializer(many=True)
-        metric = serializers.ChoiceField(choices=["accuracy", "mean_value"], default="accuracy")
+        metric = serializers.ChoiceField(
+            choices=Experiment.Metric.values, default="accuracy",
+            help_text="accuracy (classifiers, outlier detectors; higher is better), mae or rmse (regressors' predictions against the "
+            "true values sent as feedback; lower is better).",
+        )
         min_samples = serializers.IntegerField(min_value=1, max_value=10_000_000, required=False)
 
     @extend_schema(responses={200: ExperimentOutputSerializer(many=True)})

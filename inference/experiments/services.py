@@ -24,7 +24,11 @@ from registry.models import ModelVersion, RegisteredModel, Release, Stage
 MAX_VARIANTS = 10
 # Feedback can carry a label (classifiers, outlier detectors: -1/1) or a value (regressors), never
 # both kinds for one model; clusterers take no feedback, so no metric compares them.
-METRIC_TASKS = {Experiment.Metric.ACCURACY: ("classification", "outlier_detection"), Experiment.Metric.MEAN_VALUE: ("regression",)}
+METRIC_TASKS = {
+    Experiment.Metric.ACCURACY: ("classification", "outlier_detection"),
+    Experiment.Metric.MAE: ("regression",),
+    Experiment.Metric.RMSE: ("regression",),
+}
 
 
 def _reroute(model_id: int) -> None:
@@ -64,7 +68,7 @@ def _check_variants(*, model: RegisteredModel, variants: list[dict]) -> list[dic
 
 def _check_metric(*, metric: str, variants: list[dict]) -> None:
     if metric not in Experiment.Metric.values:
-        raise InvalidInput(f"'{metric}' is not a metric; choose accuracy or mean_value.", errors=[{"field": "metric", "message": "choose accuracy or mean_value"}])
+        raise InvalidInput(f"'{metric}' is not a metric; choose accuracy, mae or rmse.", errors=[{"field": "metric", "message": "choose accuracy, mae or rmse"}])
     tasks = METRIC_TASKS[Experiment.Metric(metric)]
     needed = " or ".join(tasks)
     for variant in variants:

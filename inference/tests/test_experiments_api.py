@@ -58,7 +58,7 @@ def test_start_an_experiment_and_list_it(tenant_a, iris, django_capture_on_commi
         pytest.param({"variants": [{"version": 1, "weight": 50}, {"version": 1, "weight": 50}]}, "variants[1].version", "appears twice", id="same-version-twice"),
         pytest.param({"variants": [{"version": 1, "weight": 100}]}, "variants", "2 to 10 variants", id="one-variant"),
         pytest.param({"variants": [{"version": 1, "weight": 0}, {"version": 2, "weight": 100}]}, "variants[0].weight", "1 to 99", id="zero-weight"),
-        pytest.param({"metric": "mean_value"}, "metric", "needs a regression model", id="metric-for-another-task"),
+        pytest.param({"metric": "mae"}, "metric", "needs a regression model", id="metric-for-another-task"),
         pytest.param({"metric": "auc"}, "metric", "valid choice", id="unknown-metric"),
         pytest.param({"variants": [{"version": 1, "weight": 50, "colour": "red"}, {"version": 2, "weight": 50}]}, "variants.0.colour", "Unknown field", id="unknown-variant-field"),
     ],

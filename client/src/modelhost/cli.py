@@ -11,7 +11,6 @@ import io
 import json
 import os
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
@@ -125,14 +124,15 @@ def upload_wrapper(ctx: click.Context):
 @click.version_option(package_name="modelhost")
 @click.pass_context
 def cli(ctx: click.Context, url: str | None, group_org: str | None, as_json: bool) -> None:
-    """Deploy scikit-learn models to Modelhost, promote and roll back, predict, watch usage and drift.
+    """Deploy scikit-learn models to Modelhost, replay traffic against a new version, promote
+    and roll back, predict, watch usage and drift.
 
     \b
     Exit codes: 0 done; 1 other error; 2 wrong arguments; 3 not logged in, key or
     token refused, or not allowed; 4 not found; 5 request refused (bad input, a state
     conflict, too large: 400, 409, 413, 415); 6 model file refused at upload (422);
-    7 rate limit or quota (429); 8 platform unreachable or unavailable; 9 batch job
-    failed or cancelled.
+    7 rate limit or quota (429); 8 platform unreachable or unavailable; 9 batch job,
+    replay or drift report failed or cancelled, or not done within --timeout.
     """
     ctx.ensure_object(dict)
     ctx.obj.update(url=url, org=group_org)
@@ -545,16 +545,10 @@ def drift(ctx, model, run_now, version, window_hours, timeout, org) -> None:
         emit(ctx, reports, lambda: out.print(table) if reports else out.print("No drift reports yet: modelhost drift MODEL --run"))
         return
     report = client.request_drift_report(model, version=version, window_hours=window_hours)
-    deadline = time.monotonic() + timeout
     with err.status(f"Drift report {report['id']} {report['status']}...") if not _json_wanted(ctx) else contextlib.nullcontext():
-        while report["status"] not in ("done", "failed") and time.monotonic() < deadline:
-            time.sleep(1)
-            report = client.drift_report(report["id"])
+        report = client.wait_for_drift_report(report["id"], timeout=timeout)
 
     def human():
-        if report["status"] != "done":
-            out.print(f"Drift report {report['id']}: {report['status']}{': ' + report['error'] if report.get('error') else ''}")
-            return
         out.print(f"Drift report {report['id']}: {'DRIFT' if report['is_drift'] else 'no drift'} "
                   f"({report['drifted_features']}/{report['n_features']} features drifted; {report['current_rows']} rows served vs {report['reference_rows']} reference)")
         table = _table("feature", "test", "statistic", "p-value", "PSI", "drifted")
@@ -563,12 +557,111 @@ def drift(ctx, model, run_now, version, window_hours, timeout, org) -> None:
         out.print(table)
 
     emit(ctx, report, human)
-    if report["status"] == "failed":
-        raise ModelhostError(f"Drift report {report['id']} failed: {report.get('error')}")
 
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4g}"
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _show_replay(replay: dict) -> None:
+    report = replay["report"]
+    candidate = f"version {replay['version']}"
+    out.print(
+        f"Replay {replay['id']} of {replay['model']}: {candidate} against production (version {replay['baseline_version']}) "
+        f"on {report['rows_total']} rows served, {report['rows_compared']} compared."
+    )
+    detail = report["agreement_detail"]
+    if report["task"] == "classification":
+        out.print(f"Agreement: {_share(report['agreement'])} ({detail['agreeing']} rows give the same label).")
+    else:
+        absolute = detail.get("absolute") or {}
+        out.print(
+            f"Agreement: {_share(report['agreement'])} (within {detail['rtol']:g} of production); differences: mean {_fmt(detail.get('mean'))}, "
+            f"absolute p50 {_fmt(absolute.get('p50'))}, p95 {_fmt(absolute.get('p95'))}, p99 {_fmt(absolute.get('p99'))}."
+        )
+    failures = report["failures"]
+    out.print(f"Failed rows: {failures['candidate_only']} on {candidate} only, {failures['production_only']} on production only, {failures['both']} on both.")
+    for error in failures["first"].get("candidate_only") or []:
+        out.print(f"  {error['prediction_id']}: {error['message']} ({error['code']})", markup=False)
+    latency = report["latency"]
+    if latency["production"]["per_1000_rows_ms"] is not None:
+        out.print(
+            f"Latency per 1000 rows: production {latency['production']['per_1000_rows_ms']:.1f} ms, {candidate} "
+            f"{latency['candidate']['per_1000_rows_ms']:.1f} ms ({latency['ratio']:.2f}x)."
+        )
+    feedback = report.get("feedback")
+    if feedback and feedback.get("rows"):
+        metric = feedback["metric"]
+        shown = _share if metric == "accuracy" else _fmt
+        difference = feedback["difference"]
+        out.print(
+            f"On {feedback['rows']} rows with feedback, {metric}: production {shown(feedback['production']['value'])}, {candidate} "
+            f"{shown(feedback['candidate']['value'])}; difference {shown(difference['value'])} (p = {_fmt(difference['p_value'])})."
+        )
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--last", type=click.IntRange(min=1), help="Replay production's newest N recorded rows (default: the platform's).")
+@click.option("--window-hours", type=click.IntRange(min=1), help="Only rows served in the last this many hours.")
+@click.option("--wait", is_flag=True, help="Follow the replay with a progress bar and print its report.")
+@click.option("--timeout", default=600.0, show_default=True, help="With --wait: seconds to wait.")
+@org_option
+@json_option
+@click.pass_context
+def replay(ctx, model, version, last, window_hours, wait, timeout, org) -> None:
+    """Replay the inputs MODEL's production served against VERSION, before promoting it."""
+    _subcommand_org(ctx, org)
+    client = client_for(ctx)
+    started = client.replay(model, version, last=last, window_hours=window_hours)
+    if not wait:
+        emit(ctx, started, lambda: out.print(
+            f"Replay {started['id']} of {started['model']} version {started['version']} {started['status']}. "
+            f"Follow it with: modelhost replay-status {started['model']} {started['version']} {started['id']}"
+        ))
+        return
+    columns = (TextColumn("Replay {task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.completed:.0f}/{task.total} rows"), TimeRemainingColumn())
+    with _progress(ctx, *columns) as progress:
+        task = progress.add_task(f"{started['id']}", total=started.get("rows_total") or None)
+
+        def update(current: dict) -> None:
+            progress.update(task, total=current.get("rows_total") or None, completed=current.get("rows_done") or 0,
+                            description=f"{current['id']} {current['status']}")
+
+        finished = client.wait_for_replay(model, version, started["id"], timeout=timeout, on_progress=update)
+    emit(ctx, finished, lambda: _show_replay(finished))
+
+
+@cli.command("replay-status")
+@click.argument("model")
+@click.argument("version", type=click.IntRange(min=1))
+@click.argument("replay_id", type=click.IntRange(min=1))
+@click.option("--wait", is_flag=True, help="Wait until it ends and print its report.")
+@click.option("--timeout", default=600.0, show_default=True, help="With --wait: seconds to wait.")
+@org_option
+@json_option
+@click.pass_context
+def replay_status(ctx, model, version, replay_id, wait, timeout, org) -> None:
+    """A replay's state and progress, and its report once done."""
+    _subcommand_org(ctx, org)
+    client = client_for(ctx)
+    current = client.wait_for_replay(model, version, replay_id, timeout=timeout) if wait else client.replay_of(model, version, replay_id)
+
+    def human():
+        if current["status"] == "done":
+            _show_replay(current)
+        else:
+            out.print(f"Replay {replay_id}: {current['status']}, {current['rows_done']}/{current['rows_total'] or '?'} rows"
+                      + (f"; {current['error']}" if current.get("error") else ""))
+
+    emit(ctx, current, human)
+    if current["status"] == "failed":
+        raise JobFailed(f"Replay {replay_id} failed: {current.get('error') or 'no reason given'}", job=current)
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ API = "/api/v1"
 # an upload's body cannot be sent twice.
 refresh_margin_seconds = 60
 FINISHED = {"succeeded", "failed", "cancelled"}
+# The end states of replays and drift reports (both computed on the worker).
+DONE, FAILED = "done", "failed"
 
 # Wraps an open file in one that reports progress as it is read (the CLI passes rich's).
 UploadWrapper = Callable[[BinaryIO, int, str], contextlib.AbstractContextManager]
@@ -435,6 +437,83 @@ class Client:
         """Queue a drift report; answers it `pending` (poll `drift_report(id)` until `done` or `failed`)."""
         body = {key: value for key, value in (("version", version), ("window_hours", window_hours)) if value is not None}
         return self._json("POST", f"{self._model_path(name, org)}/drift-reports", json=body)
+
+    def wait_for_drift_report(self, report_id: int, *, poll_seconds: float = 1.0, timeout: float | None = None) -> dict:
+        """Poll the report until it is done; answers it, or raises JobFailed when it failed or `timeout` passed."""
+        return _poll(
+            lambda: self.drift_report(report_id), what=f"Drift report {report_id}", poll_seconds=poll_seconds, timeout=timeout
+        )
+
+    # --- replays -------------------------------------------------------------------------
+
+    def replay(
+        self,
+        name: str,
+        version: int,
+        *,
+        org: str | None = None,
+        last: int | None = None,
+        window_hours: int | None = None,
+        wait: bool = False,
+        poll_seconds: float = 1.0,
+        timeout: float | None = None,
+        on_progress: Callable[[dict], None] | None = None,
+    ) -> dict:
+        """Replay the inputs production served against `version` on the worker, and compare the answers.
+
+        `last` rows (production's newest; default the platform's) or those of the last
+        `window_hours`. Answers the replay `pending`; with `wait`, polls it (`on_progress` sees
+        each state) and answers it `done`, with its `report`, or raises JobFailed.
+        """
+        body = {key: value for key, value in (("rows", last), ("window_hours", window_hours)) if value is not None}
+        replay = self._json("POST", f"{self._model_path(name, org)}/versions/{int(version)}/replays", json=body)
+        if not wait:
+            return replay
+        return self.wait_for_replay(name, version, replay["id"], org=org, poll_seconds=poll_seconds, timeout=timeout, on_progress=on_progress)
+
+    def replay_of(self, name: str, version: int, replay_id: int, *, org: str | None = None) -> dict:
+        """One replay of `version`: its status and progress, and its report once done."""
+        return self._json("GET", f"{self._model_path(name, org)}/versions/{int(version)}/replays/{int(replay_id)}")
+
+    def replays(self, name: str, *, org: str | None = None, version: int | None = None) -> list[dict]:
+        """The model's replays (or one version's), newest first, without their reports."""
+        path = self._model_path(name, org) + (f"/versions/{int(version)}" if version else "") + "/replays"
+        return self._all_pages(path)
+
+    def wait_for_replay(
+        self,
+        name: str,
+        version: int,
+        replay_id: int,
+        *,
+        org: str | None = None,
+        poll_seconds: float = 1.0,
+        timeout: float | None = None,
+        on_progress: Callable[[dict], None] | None = None,
+    ) -> dict:
+        """Poll the replay until it is done; answers it, or raises JobFailed when it failed or `timeout` passed."""
+        return _poll(
+            lambda: self.replay_of(name, version, replay_id, org=org),
+            what=f"Replay {replay_id}", poll_seconds=poll_seconds, timeout=timeout, on_progress=on_progress,
+        )
+
+
+def _poll(
+    fetch: Callable[[], dict], *, what: str, poll_seconds: float, timeout: float | None, on_progress: Callable[[dict], None] | None = None
+) -> dict:
+    """Fetch a worker's task (a replay, a drift report) until its status is done or failed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        current = fetch()
+        if on_progress is not None:
+            on_progress(current)
+        if current["status"] == DONE:
+            return current
+        if current["status"] == FAILED:
+            raise JobFailed(f"{what} failed: {current.get('error') or 'no reason given'}", job=current)
+        if deadline is not None and time.monotonic() > deadline:
+            raise JobFailed(f"{what} is still {current['status']} after {timeout:g} s.", job=current)
+        time.sleep(poll_seconds)
 
 
 @contextlib.contextmanager

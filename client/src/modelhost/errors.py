@@ -18,7 +18,7 @@ EXIT_INVALID = 5  # the platform refused the request: bad rows or fields, a stat
 EXIT_REFUSED_MODEL = 6  # the model file was refused at upload (422: unsafe or unusable)
 EXIT_LIMITED = 7  # rate limit or quota (429)
 EXIT_UNAVAILABLE = 8  # the platform cannot be reached or is unavailable (connection error, 502-504)
-EXIT_JOB_FAILED = 9  # a batch job ended failed or cancelled
+EXIT_JOB_FAILED = 9  # a batch job, replay or drift report ended failed or cancelled, or did not end in time
 
 
 class ModelhostError(Exception):
@@ -42,6 +42,8 @@ class ConnectionFailed(ModelhostError):
 
 
 class JobFailed(ModelhostError):
+    """Work on the platform's workers (a batch job, a replay, a drift report) failed or did not end in time; `job` is its last state."""
+
     exit_code = EXIT_JOB_FAILED
 
     def __init__(self, message: str, *, job: dict) -> None:
