@@ -671,9 +671,15 @@ def test_zoo_model_drift_report_compares_each_feature_and_the_predictions(name, 
     # Labels, -1/1 outliers and cluster ids are categories; only a regressor's prediction is a number.
     prediction = report["prediction"]
     assert prediction.get("note", "") == "", prediction
-    assert prediction["type"] == ("num" if version["task"] == "regression" else "cat")
-    outputs = np.shape(estimator.predict(x[:1] if not isinstance(x, pd.DataFrame) else x.iloc[:1]))
-    assert (prediction["reference_rows"], prediction["current_rows"]) == (N_FIT, 40) or len(outputs) > 1
+    kind = "num" if version["task"] == "regression" else "cat"
+    shape = np.shape(estimator.predict(x.iloc[:1] if isinstance(x, pd.DataFrame) else x[:1]))
+    # A multi-output model's outputs are compared one by one; the report shows the one that moved most.
+    outputs = prediction.get("outputs", [prediction]) if len(shape) > 1 else [prediction]
+    assert [o["name"] for o in outputs] == ([f"prediction[{i}]" for i in range(shape[1])] if len(shape) > 1 else ["prediction"])
+    for output in outputs:
+        assert (output["type"], output["reference_rows"], output["current_rows"]) == (kind, N_FIT, 40), output
+        assert output["test"] is not None and output["statistic"] is not None, output
+    assert prediction["name"] in [o["name"] for o in outputs]
 
 
 # ------------------------------------------------------------------------------------ batch
