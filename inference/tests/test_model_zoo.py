@@ -876,6 +876,54 @@ def test_a_model_raising_at_predict_is_a_500_in_the_protocols_shape_with_a_reque
         assert answer.json()["error_code"] == "INTERNAL_ERROR"
 
 
+NATIVE_ROW = {"inputs": [[0.1, 0.2, 0.3, 0.4]]}
+V2_ROW = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [0.1, 0.2, 0.3, 0.4]}]}
+MLFLOW_ROW = {"dataframe_split": {"columns": ["f0", "f1", "f2", "f3"], "data": [[0.1, 0.2, 0.3, 0.4]]}}
+
+
+# V2 names a model in the API key's organization, so it takes no session.
+@pytest.mark.parametrize(
+    "path, body, content_type, error_key, session",
+    [
+        pytest.param("/api/v1/models/acme/lost/versions/1/predict", NATIVE_ROW, "application/problem+json", "detail", False, id="native"),
+        pytest.param("/api/v1/models/acme/lost/versions/1/predict", NATIVE_ROW, "application/problem+json", "detail", True, id="native-session"),
+        pytest.param("/v2/models/lost/versions/1/infer", V2_ROW, "application/json", "error", False, id="v2"),
+        pytest.param("/api/v1/models/acme/lost/versions/1/invocations", MLFLOW_ROW, "application/json", "message", False, id="mlflow"),
+        pytest.param("/api/v1/models/acme/lost/versions/1/invocations", MLFLOW_ROW, "application/json", "message", True, id="mlflow-session"),
+    ],
+)
+def test_an_unexpected_failure_of_the_platform_is_a_500_with_a_request_id_never_the_debug_page(
+    path, body, content_type, error_key, session, tenant_a, settings
+):
+    """Under DEBUG (as `make run` sets it), through the fast path and through Django's own (a session's request)."""
+    from django.test import Client
+
+    from accounts.principals import Caller
+    from registry import services
+
+    settings.DEBUG = True
+    model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="lost")
+    version = f.create_version(model, RandomForestClassifier(n_estimators=5, random_state=0).fit(numeric_x(), labels("string-binary")))
+    for stored in (version.artifact, version.serving_artifact):  # the model store lost the files: no code path expects it
+        stored.storage.delete(stored.name)
+    client = Client()
+    headers = {"HTTP_X_API_KEY": tenant_a.api_key}
+    if session:
+        client.force_login(tenant_a.user)
+        headers = {}
+    answer = client.post(path, orjson.dumps(body), content_type="application/json", **headers)
+    assert getattr(answer, "served_by_dispatcher", False) is not session
+    assert answer.status_code == 500, answer.content
+    assert answer["Content-Type"] == content_type
+    request_id = answer["X-Request-Id"]
+    assert request_id.startswith("req_")
+    assert request_id in answer.json()[error_key]
+    text = answer.content.decode()
+    assert "Traceback" not in text and "FileNotFoundError" not in text and version.artifact.name not in text
+    if path.endswith("predict"):
+        assert (answer.json()["code"], answer.json()["request_id"]) == ("internal_error", request_id)
+
+
 def upload_frame_model(tenant, name: str, estimator, frame: pd.DataFrame, **fields):
     data = {"file": f.upload_file(f.joblib_bytes(estimator), "model.joblib"), "input_example": orjson.dumps(records_of(frame, 5)).decode(), **fields}
     return tenant.jwt_client().post(f"/api/v1/models/acme/{name}/versions", data, format="multipart")
