@@ -6,8 +6,12 @@ Inference Protocol (V2) and MLflow's /invocations; every answer must equal the e
 own `predict` / `predict_proba` on those rows, with the labels' own types (a string label
 comes back a string, a bool a bool), and a second identical call must be a cache hit with
 the same answer. A kind the platform cannot serve must be refused at upload with a 422
-naming the reason. A subset also runs a batch job on a real Celery worker, renders the
-"Try it" page and runs a drift report.
+naming the reason. Every served kind also runs two batch jobs of 1 000 rows on one real
+Celery worker, renders the "Try it" page and answers what its form submits, and gets a
+drift report.
+
+Each kind is fitted and uploaded once for the module (the `zoo` fixture, committed so the
+worker sees it); each test reads it inside its own transaction.
 """
 
 from __future__ import annotations
