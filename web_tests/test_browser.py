@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
-from django.core import mail
 from axe_playwright_python.sync_playwright import Axe
+from django.core import mail
 from playwright.sync_api import Page, expect
 
 from registry.tests.factories import IRIS_FEATURES, IRIS_ROW, iris_data, iris_model, joblib_bytes, upload_file
@@ -248,11 +248,12 @@ def test_log_in_out_and_not_found(browser, web, screenshots_dir, tenant_a):
 
 def test_try_it_answers_a_string_label_model_with_its_labels(browser, web, tenant_a):
     """A pipeline on a string column, fitted on "churn"/"stay": the form takes the string, the answer names the label."""
-    from accounts.tests.factories import PASSWORD as OWNER_PASSWORD
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
+
+    from accounts.tests.factories import PASSWORD as OWNER_PASSWORD
 
     frame = pd.DataFrame({"plan": ["basic", "pro"] * 20, "visits": list(range(40))})
     label = np.where(frame["plan"] == "basic", "churn", "stay")

@@ -19,14 +19,16 @@ from __future__ import annotations
 import functools
 import io
 import pickle
-from html.parser import HTMLParser
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from html.parser import HTMLParser
+from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from sklearn.cluster import DBSCAN, KMeans
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.ensemble import (
     ExtraTreesClassifier,
@@ -38,7 +40,6 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
-from sklearn.cluster import DBSCAN, KMeans
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression, LogisticRegression, Perceptron, Ridge, RidgeClassifier
 from sklearn.multioutput import MultiOutputClassifier, MultiOutputRegressor
@@ -451,9 +452,9 @@ def zoo(django_db_setup, django_db_blocker, tmp_path_factory):
         try:
             tenant = make_tenant(ZOO_ORG)
             uploads = {}
-            for name in ZOO:
+            for name, kind in ZOO.items():
                 fields = {}
-                if ZOO[name].refused is None:
+                if kind.refused is None:
                     fields["reference_data"] = f.upload_file(reference_frame(fitted(name)[1]).to_csv(index=False).encode(), "reference.csv")
                 (folder / name).mkdir()
                 uploads[name] = upload(tenant, name, folder / name, **fields)
@@ -471,7 +472,7 @@ def zoo_url(name: str, action: str) -> str:
 
 @pytest.mark.parametrize("name", SERVED)
 def test_zoo_model_serves_every_protocol_as_it_predicts(name, zoo, client):
-    estimator, x = fitted(name)
+    _, x = fitted(name)
     version = zoo.version(name)
     signature = version["signature"]
     assert [c["type"] for c in signature["inputs"]] == expected_types(x)
@@ -564,9 +565,9 @@ class TryPage(HTMLParser):
         elif tag == "select" and column is not None:
             self._select = column
             self.kinds[column] = "select"
-        elif tag == "option" and self._select is not None:
-            if self._select not in self.values or "selected" in attributes:  # a browser shows the first option unless one is selected
-                self.values[self._select] = attributes["value"]
+        # A browser shows a select's first option unless another is selected.
+        elif tag == "option" and self._select is not None and (self._select not in self.values or "selected" in attributes):
+            self.values[self._select] = attributes["value"]
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "select":
