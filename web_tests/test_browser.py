@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
-from django.core import mail
 from axe_playwright_python.sync_playwright import Axe
+from django.core import mail
 from playwright.sync_api import Page, expect
 
-from registry.tests.factories import IRIS_FEATURES, IRIS_ROW, iris_data, iris_model, joblib_bytes
+from registry.tests.factories import IRIS_FEATURES, IRIS_ROW, iris_data, iris_model, joblib_bytes, upload_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -243,6 +243,45 @@ def test_log_in_out_and_not_found(browser, web, screenshots_dir, tenant_a):
     check_page(page, screenshots_dir, "not-found")
     page.click("text=Log out")
     expect(page).to_have_url(re.compile(r"/login/$"))
+    context.close()
+
+
+def test_try_it_answers_a_string_label_model_with_its_labels(browser, web, tenant_a):
+    """A pipeline on a string column, fitted on "churn"/"stay": the form takes the string, the answer names the label."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from accounts.tests.factories import PASSWORD as OWNER_PASSWORD
+
+    frame = pd.DataFrame({"plan": ["basic", "pro"] * 20, "visits": list(range(40))})
+    label = np.where(frame["plan"] == "basic", "churn", "stay")
+    columns = ColumnTransformer([("plan", OneHotEncoder(), ["plan"])], remainder="passthrough")
+    model = Pipeline([("columns", columns), ("model", LogisticRegression(C=10.0))]).fit(frame, label)
+    client = tenant_a.jwt_client()
+    assert client.post("/api/v1/models", {"org": "acme", "name": "churn"}, format="json").status_code == 201
+    example = json.dumps([{"plan": "basic", "visits": 3}])
+    uploaded = client.post("/api/v1/models/acme/churn/versions", {"file": upload_file(joblib_bytes(model), "churn.joblib"), "input_example": example}, format="multipart")
+    assert uploaded.status_code == 201, uploaded.content
+
+    context = browser.new_context(viewport=DESKTOP, base_url=web.url)
+    page = context.new_page()
+    page.goto("/login/")
+    page.fill("#id_username", "owner@acme.example")
+    page.fill("#id_password", OWNER_PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.locator("h1")).to_have_text("Your organizations")
+    page.goto("/models/acme/churn/versions/1/try/")
+    expect(page.locator("#col-0")).to_have_value("basic")
+    expect(page.locator("#col-0")).to_have_attribute("type", "text")
+    page.click("text=Predict")
+    expect(page.locator("#try-result .prediction")).to_have_text("Prediction: churn")
+    expect(page.locator("#try-result .bars .bar-label")).to_have_text(["churn", "stay"])
+    expect(page.locator("#try-result .bars .fill.top")).to_have_count(1)
+    page.fill("#col-0", "pro")
+    page.click("text=Predict")
+    expect(page.locator("#try-result .prediction")).to_have_text("Prediction: stay")
     context.close()
 
 

@@ -203,17 +203,45 @@ def _reference_predictions(version: ModelVersion, frame, names: list[str]) -> tu
     return np.asarray(predictions).tolist(), ""
 
 
+def output_columns(outputs: list) -> list[list]:
+    """The predictions as one list per output: a multi-output model's rows are lists of its outputs."""
+    width = max((len(row) for row in outputs if isinstance(row, list)), default=0)
+    if not width:
+        return [outputs]
+    return [[row[i] if isinstance(row, list) and i < len(row) else None for row in outputs] for i in range(width)]
+
+
+def _most_drifted(outputs: list[stattests.FeatureDrift]) -> stattests.FeatureDrift:
+    """The output that moved most: drifted first, then the smallest p-value or the largest distance."""
+    tested = [o for o in outputs if o.test is not None] or outputs
+    return min(tested, key=lambda o: (not o.drifted, o.p_value if o.p_value is not None else -(o.statistic or 0.0)))
+
+
 def compare(*, version: ModelVersion, reference: Sample, current: Sample) -> tuple[list[stattests.FeatureDrift], stattests.FeatureDrift | None]:
-    """Each feature's drift, and the prediction's when both samples have predictions."""
+    """Each feature's drift, and the prediction's when both samples have predictions.
+
+    A multi-output model's outputs are compared one by one (`prediction[0]`, ...); the
+    prediction's result is the output that moved most, with every output's in `outputs`.
+    """
     spec = feature_spec(version)
     jobs = [(name, kind, reference.columns[j], current.columns[j]) for j, (name, kind) in enumerate(spec)]
     if reference.outputs and current.outputs:
-        jobs.append(("prediction", "num" if version.task == "regression" else "cat", reference.outputs, current.outputs))
+        kind = "num" if version.task == "regression" else "cat"
+        reference_outputs, current_outputs = output_columns(reference.outputs), output_columns(current.outputs)
+        if len(reference_outputs) == len(current_outputs) == 1:
+            jobs.append(("prediction", kind, reference_outputs[0], current_outputs[0]))
+        else:
+            for i, (ref, cur) in enumerate(zip(reference_outputs, current_outputs)):
+                jobs.append((f"prediction[{i}]", kind, ref, cur))
     # numpy and scipy sort without the GIL: features are compared on every core.
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
         results = list(pool.map(lambda job: stattests.compare_feature(*job), jobs))
-    has_prediction = len(results) > len(spec)
-    return results[: len(spec)], results[-1] if has_prediction else None
+    features, outputs = results[: len(spec)], results[len(spec) :]
+    if len(outputs) <= 1:
+        return features, outputs[0] if outputs else None
+    prediction = _most_drifted(outputs)
+    prediction.outputs = [output.as_dict() for output in outputs]
+    return features, prediction
 
 
 def _check_can_report(*, version: ModelVersion, window_start: datetime, window_end: datetime) -> None:

@@ -50,9 +50,10 @@ class FeatureDrift:
     current_rows: int
     histogram: dict = field(default_factory=dict)
     note: str = ""
+    outputs: list = field(default_factory=list)  # a multi-output model's prediction: each output's result
 
     def as_dict(self) -> dict:
-        return {key: _finite_or_none(value) for key, value in asdict(self).items()}
+        return {key: _finite_or_none(value) for key, value in asdict(self).items() if key != "outputs" or value}
 
 
 def _finite_or_none(value):

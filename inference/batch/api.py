@@ -118,7 +118,11 @@ class ModelBatchJobListApi(APIView):
                         "description": "CSV with a header row, or JSON lines; gzip accepted",
                     },
                     "version": {"type": "integer", "description": "default: the production version"},
-                    "probabilities": {"type": "boolean", "default": False},
+                    "probabilities": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "add a probability_<class> column per class (a classifier with predict_proba and one output)",
+                    },
                     "on_error": {"type": "string", "enum": BatchJob.OnError.values, "default": "fail"},
                     "webhook": {"type": "string", "format": "uri"},
                 },

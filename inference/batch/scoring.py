@@ -13,6 +13,11 @@ column, so both paths accept and refuse exactly the same cells.
 
 Rows are numbered from 0 over the whole file, header excluded (row 0 is the first data
 row), as the online API numbers the rows of a request.
+
+A multi-output model (multi-label classifiers, regressors on several targets) answers one
+list of outputs per row, as the online API does: in JSON lines the prediction is that list,
+in CSV its single prediction cell holds it as a JSON array, so the result's columns do not
+depend on the model's answer.
 """
 
 from __future__ import annotations
@@ -130,9 +135,9 @@ def _predict(predict: Predictor, x) -> tuple[np.ndarray, np.ndarray | None]:
     except Exception as exc:  # the model's own error (a bad pipeline, a dtype it refuses)
         raise ModelFailed(f"The model raised {type(exc).__name__}: {exc}") from exc
     predictions = np.asarray(predictions)
-    if predictions.ndim > 1 and predictions.shape[1] != 1:
-        raise ModelFailed(f"The model returns {predictions.shape[1]} outputs per row; batch jobs write one prediction column.")
-    return predictions.reshape(len(predictions)), None if probabilities is None else np.asarray(probabilities)
+    if predictions.ndim == 2 and predictions.shape[1] == 1:
+        predictions = predictions.reshape(len(predictions))
+    return predictions, None if probabilities is None else np.asarray(probabilities)
 
 
 def _sample(x, rows: int) -> list:
@@ -155,9 +160,11 @@ def _csv_field(text: str) -> str:
 
 
 def _value_texts(values: np.ndarray, *, escape: bool) -> list[str]:
-    """Each prediction as text: shortest round-trip floats; labels CSV-quoted when `escape` and needed."""
+    """Each prediction as text: shortest round-trip floats; labels CSV-quoted when `escape` and needed;
+    a multi-output row's outputs as a JSON array."""
     if values.ndim > 1:
-        values = values.reshape(len(values), -1)[:, 0]
+        texts = [orjson.dumps(row).decode() for row in values.reshape(len(values), -1).tolist()]
+        return [_csv_field(text) for text in texts] if escape else texts
     if values.dtype.kind == "f":
         return [repr(v) for v in values.tolist()]
     labels, inverse = np.unique(values, return_inverse=True)

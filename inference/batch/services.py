@@ -108,6 +108,12 @@ def submit_job(
             f"{model.full_name} v{version.number} has no predict_proba; send probabilities=false.",
             errors=[{"field": "probabilities", "message": "the model has no probabilities"}],
         )
+    if want_proba and version.classes and isinstance(version.classes[0], list):
+        raise InvalidInput(
+            f"{model.full_name} v{version.number} is a multi-output classifier: batch results carry its predictions only; "
+            "send probabilities=false, or ask the predict endpoint for each output's probabilities.",
+            errors=[{"field": "probabilities", "message": "not available for a multi-output model's batch job"}],
+        )
     spec = target_for(version).spec
     shape = inputs.inspect_upload(upload, spec, max_rows=limits.max_rows, max_bytes=limits.max_file_bytes)
     reserved = _reserve_rows(caller=caller, organization=organization, rows=shape.lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -115,9 +116,26 @@ def test_a_model_that_raises_fails_without_retry():
         scoring.score_records(b"1,2,3,4\n", layout=layout(), first_row=0, predict=broken)
 
 
-def test_a_model_with_several_outputs_is_refused_rather_than_cut():
-    def two_outputs(x):
-        return np.zeros((len(x), 2)), None
+@pytest.mark.parametrize("input_format", ["csv", "jsonl"])
+def test_a_multi_output_models_prediction_is_the_list_of_its_outputs(input_format):
+    """CSV keeps one prediction cell, holding the outputs as a JSON array; JSON lines keeps the list."""
+    from sklearn.neighbors import KNeighborsClassifier
 
-    with pytest.raises(scoring.ModelFailed, match="returns 2 outputs per row"):
-        scoring.score_records(b"1,2,3,4\n", layout=layout(), first_row=0, predict=two_outputs)
+    x = np.random.default_rng(2).normal(size=(40, 4))
+    model = KNeighborsClassifier(n_neighbors=3).fit(x, np.column_stack([np.where(x[:, 0] > 0, "yes", "no"), np.where(x[:, 1] > 0, "hi", "lo")]))
+    rows = np.round(x[:6], 4)
+    shape = layout(input_format=input_format, columns=["a", "b", "c", "d"])
+    want = model.predict(rows).tolist()
+    if input_format == "csv":
+        data = "".join(",".join(repr(float(v)) for v in row) + "\n" for row in rows).encode()
+        fast = scoring.score_records(data, layout=shape, first_row=0, predict=lambda x: (model.predict(x), None))
+        slow = scoring._score_csv_rows(data, layout=shape, first_row=0, predict=lambda x: (model.predict(x), None), sample_rows=0)
+        assert fast.body == slow.body
+        import csv
+
+        assert [json.loads(record[4]) for record in csv.reader(io.StringIO(fast.body.decode()))] == want
+        assert shape.header_line() == b"a,b,c,d,prediction\n"
+    else:
+        data = b"".join(json.dumps(row).encode() + b"\n" for row in rows.tolist())
+        scored = scoring.score_records(data, layout=shape, first_row=0, predict=lambda x: (model.predict(x), None))
+        assert [json.loads(line)[4] for line in scored.body.splitlines()] == want

@@ -6,8 +6,12 @@ Inference Protocol (V2) and MLflow's /invocations; every answer must equal the e
 own `predict` / `predict_proba` on those rows, with the labels' own types (a string label
 comes back a string, a bool a bool), and a second identical call must be a cache hit with
 the same answer. A kind the platform cannot serve must be refused at upload with a 422
-naming the reason. A subset also runs a batch job on a real Celery worker, renders the
-"Try it" page and runs a drift report.
+naming the reason. Every served kind also runs two batch jobs of 1 000 rows on one real
+Celery worker, renders the "Try it" page and answers what its form submits, and gets a
+drift report.
+
+Each kind is fitted and uploaded once for the module (the `zoo` fixture, committed so the
+worker sees it); each test reads it inside its own transaction.
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from html.parser import HTMLParser
+from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from sklearn.cluster import DBSCAN, KMeans
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.ensemble import (
     ExtraTreesClassifier,
@@ -33,7 +40,6 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
-from sklearn.cluster import DBSCAN, KMeans
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression, LogisticRegression, Perceptron, Ridge, RidgeClassifier
 from sklearn.multioutput import MultiOutputClassifier, MultiOutputRegressor
@@ -406,15 +412,68 @@ def is_multi_output(probabilities: list) -> bool:
     return bool(probabilities) and isinstance(probabilities[0], list) and bool(probabilities[0]) and isinstance(probabilities[0][0], list)
 
 
+# ----------------------------------------------------------------------- the uploaded zoo
+
+
+ZOO_ORG = "zoo"
+
+
+@dataclass
+class Zoo:
+    """Every kind uploaded once, committed, for the whole module: the upload's status and answer by name."""
+
+    tenant: Any
+    uploads: dict[str, Any]  # the upload's response by kind
+
+    def version(self, name: str) -> dict:
+        response = self.uploads[name]
+        assert response.status_code == 201, response.content
+        return response.json()
+
+
+def reference_frame(x) -> pd.DataFrame:
+    return x if isinstance(x, pd.DataFrame) else pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])
+
+
+@pytest.fixture(scope="module")
+def zoo(django_db_setup, django_db_blocker, tmp_path_factory):
+    """Uploads every kind through the API once (the sandbox check included), with its training
+    rows as reference data for the drift reports, committed so that the batch workers see them.
+
+    The module's tests read these versions inside their own transactions; the database is
+    emptied at the end, as a transactional test leaves it.
+    """
+    from django.core.management import call_command
+
+    from conftest import make_tenant
+
+    folder = tmp_path_factory.mktemp("zoo")
+    with django_db_blocker.unblock():
+        try:
+            tenant = make_tenant(ZOO_ORG)
+            uploads = {}
+            for name, kind in ZOO.items():
+                fields = {}
+                if kind.refused is None:
+                    fields["reference_data"] = f.upload_file(reference_frame(fitted(name)[1]).to_csv(index=False).encode(), "reference.csv")
+                (folder / name).mkdir()
+                uploads[name] = upload(tenant, name, folder / name, **fields)
+            yield Zoo(tenant=tenant, uploads=uploads)
+        finally:
+            call_command("flush", interactive=False, verbosity=0)
+
+
+def zoo_url(name: str, action: str) -> str:
+    return f"/api/v1/models/{ZOO_ORG}/{name}/versions/1/{action}"
+
+
 # ------------------------------------------------------------------------------------ tests
 
 
 @pytest.mark.parametrize("name", SERVED)
-def test_zoo_model_serves_every_protocol_as_it_predicts(name, tenant_a, tmp_path, client):
-    estimator, x = fitted(name)
-    response = upload(tenant_a, name, tmp_path)
-    assert response.status_code == 201, response.content
-    version = response.json()
+def test_zoo_model_serves_every_protocol_as_it_predicts(name, zoo, client):
+    _, x = fitted(name)
+    version = zoo.version(name)
     signature = version["signature"]
     assert [c["type"] for c in signature["inputs"]] == expected_types(x)
     if isinstance(x, pd.DataFrame):
@@ -425,12 +484,11 @@ def test_zoo_model_serves_every_protocol_as_it_predicts(name, tenant_a, tmp_path
     predictions, probabilities = own_answer(name)
     has_proba = probabilities is not None
     assert version["has_predict_proba"] is has_proba
-    headers = {"HTTP_X_API_KEY": tenant_a.api_key}
-    base = f"/api/v1/models/acme/{name}/versions/1"
+    headers = {"HTTP_X_API_KEY": zoo.tenant.api_key}
 
     native = {"inputs": rows, "parameters": {"probabilities": has_proba}}
     for attempt in ("MISS", "HIT"):
-        answer = client.post(f"{base}/predict", orjson.dumps(native), content_type="application/json", **headers)
+        answer = client.post(zoo_url(name, "predict"), orjson.dumps(native), content_type="application/json", **headers)
         assert answer.status_code == 200, answer.content
         assert answer["X-Cache"] == attempt
         assert_same_labels(answer.json()["predictions"], predictions)
@@ -459,28 +517,327 @@ def test_zoo_model_serves_every_protocol_as_it_predicts(name, tenant_a, tmp_path
     names = [c["name"] for c in signature["inputs"]]
     split = {"dataframe_split": {"columns": names, "data": [[row[n] for n in names] if isinstance(row, dict) else row for row in rows]}}
     for attempt in ("either", "HIT"):  # rows without probabilities share the native request's cache entry
-        answer = client.post(f"{base}/invocations", orjson.dumps(split), content_type="application/json", **headers)
+        answer = client.post(zoo_url(name, "invocations"), orjson.dumps(split), content_type="application/json", **headers)
         assert answer.status_code == 200, answer.content
         assert answer["X-Cache"] == attempt or attempt == "either"
         assert_same_labels(answer.json()["predictions"], predictions)
 
 
 @pytest.mark.parametrize("name", REFUSED)
-def test_zoo_model_that_cannot_serve_is_refused_at_upload_naming_why(name, tenant_a, tmp_path):
-    response = upload(tenant_a, name, tmp_path)
+def test_zoo_model_that_cannot_serve_is_refused_at_upload_naming_why(name, zoo):
+    response = zoo.uploads[name]
     assert response.status_code == 422, response.content
     assert response["Content-Type"] == "application/problem+json"
     assert ZOO[name].refused in response.json()["detail"]
 
 
-def test_multi_output_probabilities_of_different_widths_are_a_v2_400_naming_them(tenant_a, tmp_path, client):
-    assert upload(tenant_a, "multi-output-logistic-strings", tmp_path).status_code == 201
+def test_multi_output_probabilities_of_different_widths_are_a_v2_400_naming_them(zoo, client):
     body = v2_body({"inputs": [{"name": f"f{i}", "type": "double"} for i in range(4)]}, records_of(numeric_x(), 2), want_proba=True)
     answer = client.post(
-        "/v2/models/multi-output-logistic-strings/versions/1/infer", orjson.dumps(body), content_type="application/json", HTTP_X_API_KEY=tenant_a.api_key
+        "/v2/models/multi-output-logistic-strings/versions/1/infer", orjson.dumps(body), content_type="application/json", HTTP_X_API_KEY=zoo.tenant.api_key
     )
     assert answer.status_code == 400
     assert "different numbers of classes (2, 3)" in answer.json()["error"]
+
+
+# ------------------------------------------------------------------------------------ try it
+
+
+class TryPage(HTMLParser):
+    """What the browser's script reads from the "Try it" page: the form's fields and values, and the CSRF token."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.values: dict[str, str] = {}
+        self.kinds: dict[str, str] = {}
+        self.csrf_token = ""
+        self._select: str | None = None
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        attributes = dict(attrs)
+        column = attributes.get("data-column")
+        if tag == "body":
+            self.csrf_token = orjson.loads(attributes.get("hx-headers") or "{}").get("X-CSRFToken", "")
+        elif tag == "input" and column is not None:
+            self.values[column] = attributes.get("value") or ""
+            self.kinds[column] = attributes["type"]
+        elif tag == "select" and column is not None:
+            self._select = column
+            self.kinds[column] = "select"
+        # A browser shows a select's first option unless another is selected.
+        elif tag == "option" and self._select is not None and (self._select not in self.values or "selected" in attributes):
+            self.values[self._select] = attributes["value"]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self._select = None
+
+
+def typed_as_the_page_sends(kind: str, raw: str) -> Any:
+    """static/js/app.js's value(): empty is null, numbers parsed, booleans from true/false, the rest as typed."""
+    if raw == "":
+        return None
+    if kind in ("double", "float", "long", "integer"):
+        try:
+            number = float(raw)
+        except ValueError:
+            return raw
+        return int(number) if number.is_integer() else number  # JSON.stringify writes 5.0 as 5
+    if kind == "boolean":
+        return raw == "true"
+    return raw
+
+
+def as_typed_text(value) -> str:
+    """A training value as a person would type it into the form."""
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+@pytest.mark.parametrize("name", SERVED)
+def test_zoo_model_try_page_renders_its_form_and_answers_what_it_submits(name, zoo):
+    from django.test import Client
+
+    estimator, x = fitted(name)
+    version = zoo.version(name)
+    columns = version["signature"]["inputs"]
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(zoo.tenant.user)
+    page = browser.get(f"/models/{ZOO_ORG}/{name}/versions/1/try/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    form = TryPage(html)
+    assert list(form.values) == [c["name"] for c in columns]
+    widgets = {"double": "number", "long": "number", "string": "text", "boolean": "select"}
+    assert [form.kinds[c["name"]] for c in columns] == [widgets[c["type"]] for c in columns]
+    assert 'id="try-result"' in html
+    meaning = {"outlier_detection": "-1 for an outlier and 1 for an inlier", "clustering": "the id of the cluster the row falls in"}
+    if version["task"] in meaning:
+        assert meaning[version["task"]] in html
+    else:
+        assert 'id="try-meaning"' not in html
+
+    # The person fills in what the form leaves empty with the first training row, and presses Predict.
+    first = records_of(x, 1)[0]
+    first = first if isinstance(first, dict) else dict(zip((c["name"] for c in columns), first))
+    texts = {c["name"]: form.values[c["name"]] or as_typed_text(first[c["name"]]) for c in columns}
+    row = [typed_as_the_page_sends(c["type"], texts[c["name"]]) for c in columns]
+    body = {"inputs": [row]} | ({"parameters": {"probabilities": True}} if version["has_predict_proba"] else {})
+    answer = browser.post(zoo_url(name, "predict"), orjson.dumps(body), content_type="application/json", HTTP_X_CSRFTOKEN=form.csrf_token)
+    assert answer.status_code == 200, answer.content
+    assert not getattr(answer, "served_by_dispatcher", False)  # a session's request takes Django's full path
+
+    if isinstance(x, pd.DataFrame):
+        sent = pd.DataFrame([[np.nan if v is None else v for v in row]], columns=x.columns).astype(x.dtypes.to_dict())
+    else:
+        sent = np.array([row], dtype=np.float64)
+    assert_same_labels(answer.json()["predictions"], as_json(estimator.predict(sent)))
+    if version["has_predict_proba"]:
+        assert_same_probabilities(answer.json()["probabilities"], as_json(estimator.predict_proba(sent)))
+    if version["task"] == "classification":
+        assert answer.json()["classes"] == version["classes"]
+
+
+# ------------------------------------------------------------------------------------ drift
+
+
+def feature_kinds(x) -> list[str]:
+    """Strings (and categories) are compared as categories, numbers as numbers."""
+    if not isinstance(x, pd.DataFrame):
+        return ["num"] * x.shape[1]
+    return ["num" if getattr(dtype, "kind", "O") in "fi" else "cat" for dtype in x.dtypes]
+
+
+@pytest.mark.parametrize("name", SERVED)
+def test_zoo_model_drift_report_compares_each_feature_and_the_predictions(name, zoo, client):
+    estimator, x = fitted(name)
+    version = zoo.version(name)
+    answer = client.post(zoo_url(name, "predict"), orjson.dumps({"inputs": records_of(x, 40)}), content_type="application/json", HTTP_X_API_KEY=zoo.tenant.api_key)
+    assert answer.status_code == 200, answer.content
+    settle_pending()  # the record leaves with the connection's next round trip
+    assert records.drain_stream() == 1
+    api = zoo.tenant.key_client()
+    queued = api.post(f"/api/v1/models/{ZOO_ORG}/{name}/drift-reports", {"version": 1, "window_hours": 1}, format="json")
+    assert queued.status_code == 202, queued.content
+    drift.compute_report(report_id=queued.json()["id"])  # the worker's side
+    report = api.get(f"/api/v1/drift-reports/{queued.json()['id']}").json()
+    assert (report["status"], report["error"]) == ("done", "")
+    assert (report["reference_rows"], report["current_rows"]) == (N_FIT, 40)
+    features = {feature["name"]: feature for feature in report["features"]}
+    names = [c["name"] for c in version["signature"]["inputs"]]
+    assert list(features) == names
+    assert [features[n]["type"] for n in names] == feature_kinds(x)
+    for feature in features.values():
+        assert feature["test"] is not None and feature["statistic"] is not None, feature
+        # The window is the first 40 training rows: each of their values is in the reference.
+        assert feature["current_rows"] == 40 - int(pd.isna(reference_frame(x)[feature["name"]].iloc[:40]).sum())
+    # Labels, -1/1 outliers and cluster ids are categories; only a regressor's prediction is a number.
+    prediction = report["prediction"]
+    assert prediction.get("note", "") == "", prediction
+    kind = "num" if version["task"] == "regression" else "cat"
+    shape = np.shape(estimator.predict(x.iloc[:1] if isinstance(x, pd.DataFrame) else x[:1]))
+    # A multi-output model's outputs are compared one by one; the report shows the one that moved most.
+    outputs = prediction.get("outputs", [prediction]) if len(shape) > 1 else [prediction]
+    assert [o["name"] for o in outputs] == ([f"prediction[{i}]" for i in range(shape[1])] if len(shape) > 1 else ["prediction"])
+    for output in outputs:
+        assert (output["type"], output["reference_rows"], output["current_rows"]) == (kind, N_FIT, 40), output
+        assert output["test"] is not None and output["statistic"] is not None, output
+    assert prediction["name"] in [o["name"] for o in outputs]
+
+
+# ------------------------------------------------------------------------------------ batch
+
+
+def batch_rows(x, rows: int = 1000) -> pd.DataFrame:
+    """1 000 rows like the training data: its rows resampled, each number moved by up to a few percent
+    (signs kept, so a log or square root still applies); a frame keeps its missing values."""
+    rng = np.random.default_rng(7)
+    frame = reference_frame(x).iloc[rng.integers(0, len(x), rows)].reset_index(drop=True)
+    for column in frame.columns:
+        if frame[column].dtype.kind == "f":
+            frame[column] = frame[column] * (1 + rng.normal(0, 0.03, rows))
+    return frame
+
+
+def jsonl_of(frame: pd.DataFrame, *, named: bool) -> bytes:
+    """JSON lines: objects by column name (null for a missing value) or lists in signature order."""
+    values = records_of(frame, len(frame)) if named else frame.to_numpy().tolist()
+    return b"".join(orjson.dumps(value) + b"\n" for value in values)
+
+
+@dataclass
+class BatchOutcome:
+    job: dict
+    result: bytes
+    logs: str = ""
+
+
+@pytest.fixture(scope="module")
+def zoo_batch(zoo, django_db_blocker) -> dict[tuple[str, str], BatchOutcome]:
+    """Two batch jobs of 1 000 rows per served kind, a CSV one and a JSON lines one (with
+    probabilities where the model has them), all on one real Celery worker started once, as
+    many at a time as the organization's limit on running jobs allows.
+
+    The worker's broker is the suite's own Redis database (no other is free here); it starts
+    and stops inside this fixture, before any test's cache flush would empty the broker.
+    """
+    import time
+
+    from django.conf import settings
+
+    from inference.batch import selectors as batch_selectors
+    from platform_site.tests.workers import WorkerPool, publishing_to
+
+    broker = settings.REDIS_URL
+    outcomes: dict[tuple[str, str], BatchOutcome] = {}
+    waiting = []
+    for name in SERVED:
+        if zoo.uploads[name].status_code != 201:
+            continue
+        x = fitted(name)[1]
+        source = batch_rows(x)
+        waiting.append(((name, "csv"), source.to_csv(index=False).encode(), "rows.csv", False))
+        jsonl = jsonl_of(source, named=isinstance(x, pd.DataFrame))
+        version = zoo.version(name)
+        probabilities = version["has_predict_proba"] and not isinstance((version["classes"] or [None])[0], list)  # one output
+        waiting.append(((name, "jsonl"), jsonl, "rows.jsonl", probabilities))
+    with django_db_blocker.unblock():
+        at_once = batch_selectors.limits_for(organization=zoo.tenant.organization).max_concurrent_jobs
+        pool = WorkerPool(broker=broker, settings_module="inference.tests.batch_worker_settings")
+        try:
+            pool.ensure("zoo", concurrency=2)
+            api = zoo.tenant.key_client()
+            running: dict[tuple[str, str], int] = {}
+            deadline = time.monotonic() + 300
+            while (waiting or running) and time.monotonic() < deadline:
+                while waiting and len(running) < at_once:
+                    key, content, filename, probabilities = waiting.pop(0)
+                    with publishing_to(broker):
+                        created = api.post(
+                            f"/api/v1/models/{ZOO_ORG}/{key[0]}/batch-jobs",
+                            {"file": f.upload_file(content, filename), "version": 1, "probabilities": probabilities},
+                            format="multipart",
+                        )
+                    if created.status_code == 202:
+                        running[key] = created.json()["id"]
+                    else:
+                        outcomes[key] = BatchOutcome(job=created.json(), result=b"")
+                time.sleep(0.1)
+                for key, job_id in list(running.items()):
+                    job = api.get(f"/api/v1/batch-jobs/{job_id}").json()
+                    if job["status"] in ("queued", "running"):
+                        continue
+                    result = api.get(f"/api/v1/batch-jobs/{job_id}/result") if job["status"] == "succeeded" else None
+                    content = b"".join(result.streaming_content) if result is not None and result.status_code == 200 else b""
+                    outcomes[key] = BatchOutcome(job=job, result=content, logs="" if content else pool.logs())
+                    del running[key]
+            for key, job_id in running.items():
+                outcomes[key] = BatchOutcome(job={"id": job_id, "status": "unfinished"}, result=b"", logs=pool.logs())
+            for key, *_ in waiting:
+                outcomes[key] = BatchOutcome(job={"status": "not submitted in time"}, result=b"", logs=pool.logs())
+        finally:
+            pool.stop()
+    return outcomes
+
+
+def result_predictions(outcome: BatchOutcome, fmt: str, outputs: int, width: int) -> tuple[list, list | None]:
+    """The result's predictions (a list of outputs per row when there are several) and, from JSON lines,
+    its probabilities; `width` is the number of input columns (a list row's prediction follows them)."""
+    if fmt == "csv":
+        table = pd.read_csv(io.BytesIO(outcome.result), keep_default_na=False)
+        if outputs == 1:
+            return table["prediction"].tolist(), None
+        return [orjson.loads(cell) for cell in table["prediction"]], None  # a JSON array per row
+    lines = [orjson.loads(line) for line in outcome.result.splitlines()]
+    if lines and isinstance(lines[0], dict):
+        predictions = [line["prediction"] for line in lines]
+        probabilities = [[value for key, value in line.items() if key.startswith("probability_")] for line in lines]
+    else:
+        predictions = [line[width] for line in lines]
+        probabilities = [line[width + 1 :] for line in lines]
+    return predictions, probabilities if any(probabilities) else None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("name", SERVED)
+def test_zoo_batch_job_of_1000_rows_equals_the_estimator(name, fmt, zoo_batch):
+    estimator, x = fitted(name)
+    outcome = zoo_batch[(name, fmt)]
+    assert outcome.job.get("status") == "succeeded", (outcome.job.get("error"), outcome.job.get("errors"), outcome.job, outcome.logs)
+    assert (outcome.job["rows_total"], outcome.job["rows_failed"]) == (1000, 0)
+    source = batch_rows(x)
+    model_input = source if isinstance(x, pd.DataFrame) else source.to_numpy()
+    want = estimator.predict(model_input)
+    outputs = 1 if want.ndim == 1 else want.shape[1]
+    got, probabilities = result_predictions(outcome, fmt, outputs, source.shape[1])
+    assert len(got) == 1000
+    if want.dtype.kind == "f":
+        np.testing.assert_allclose(np.array(got, dtype=float), want, rtol=1e-9, atol=1e-12)
+    else:
+        # CSV labels come back as pandas reads them; JSON lines keep the label's own JSON type.
+        assert_same_labels(got, as_json(want))
+    if outcome.job["probabilities"]:
+        assert probabilities is not None
+        assert_same_probabilities(probabilities, as_json(estimator.predict_proba(model_input)))
+
+
+def test_a_batch_job_asking_a_multi_output_classifier_for_probabilities_is_a_400_naming_why(zoo):
+    source = batch_rows(numeric_x(), rows=3)
+    refused = zoo.tenant.key_client().post(
+        f"/api/v1/models/{ZOO_ORG}/multi-output-logistic-strings/batch-jobs",
+        {"file": f.upload_file(source.to_csv(index=False).encode(), "rows.csv"), "version": 1, "probabilities": True},
+        format="multipart",
+    )
+    assert refused.status_code == 400, refused.content
+    assert refused.json()["errors"] == [{"field": "probabilities", "message": "not available for a multi-output model's batch job"}]
+    assert "multi-output classifier" in refused.json()["detail"]
+
+
+# ------------------------------------------------------------------------------------ errors
 
 
 @pytest.mark.parametrize(
@@ -524,131 +881,65 @@ def test_a_model_raising_at_predict_is_a_500_in_the_protocols_shape_with_a_reque
         assert answer.json()["error_code"] == "INTERNAL_ERROR"
 
 
+NATIVE_ROW = {"inputs": [[0.1, 0.2, 0.3, 0.4]]}
+V2_ROW = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [0.1, 0.2, 0.3, 0.4]}]}
+MLFLOW_ROW = {"dataframe_split": {"columns": ["f0", "f1", "f2", "f3"], "data": [[0.1, 0.2, 0.3, 0.4]]}}
+
+
+# V2 names a model in the API key's organization, so it takes no session.
+@pytest.mark.parametrize(
+    "path, body, content_type, error_key, session",
+    [
+        pytest.param("/api/v1/models/acme/lost/versions/1/predict", NATIVE_ROW, "application/problem+json", "detail", False, id="native"),
+        pytest.param("/api/v1/models/acme/lost/versions/1/predict", NATIVE_ROW, "application/problem+json", "detail", True, id="native-session"),
+        pytest.param("/v2/models/lost/versions/1/infer", V2_ROW, "application/json", "error", False, id="v2"),
+        pytest.param("/api/v1/models/acme/lost/versions/1/invocations", MLFLOW_ROW, "application/json", "message", False, id="mlflow"),
+        pytest.param("/api/v1/models/acme/lost/versions/1/invocations", MLFLOW_ROW, "application/json", "message", True, id="mlflow-session"),
+    ],
+)
+def test_an_unexpected_failure_of_the_platform_is_a_500_with_a_request_id_never_the_debug_page(
+    path, body, content_type, error_key, session, tenant_a, settings
+):
+    """Under DEBUG (as `make run` sets it), through the fast path and through Django's own (a session's request)."""
+    from django.test import Client
+
+    from accounts.principals import Caller
+    from registry import services
+
+    settings.DEBUG = True
+    model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="lost")
+    version = f.create_version(model, RandomForestClassifier(n_estimators=5, random_state=0).fit(numeric_x(), labels("string-binary")))
+    for stored in (version.artifact, version.serving_artifact):  # the model store lost the files: no code path expects it
+        stored.storage.delete(stored.name)
+    client = Client()
+    headers = {"HTTP_X_API_KEY": tenant_a.api_key}
+    if session:
+        client.force_login(tenant_a.user)
+        headers = {}
+    answer = client.post(path, orjson.dumps(body), content_type="application/json", **headers)
+    assert getattr(answer, "served_by_dispatcher", False) is not session
+    assert answer.status_code == 500, answer.content
+    assert answer["Content-Type"] == content_type
+    request_id = answer["X-Request-Id"]
+    assert request_id.startswith("req_")
+    assert request_id in answer.json()[error_key]
+    text = answer.content.decode()
+    assert "Traceback" not in text and "FileNotFoundError" not in text and version.artifact.name not in text
+    if path.endswith("predict"):
+        assert (answer.json()["code"], answer.json()["request_id"]) == ("internal_error", request_id)
+
+
 def upload_frame_model(tenant, name: str, estimator, frame: pd.DataFrame, **fields):
     data = {"file": f.upload_file(f.joblib_bytes(estimator), "model.joblib"), "input_example": orjson.dumps(records_of(frame, 5)).decode(), **fields}
     return tenant.jwt_client().post(f"/api/v1/models/acme/{name}/versions", data, format="multipart")
 
 
-TRY_AND_DRIFT = [
-    "logistic-string-binary",
-    "logistic-bool-pickle3",
-    "pipeline-onehot-impute-scale-logistic",
-    "random-forest-regressor-2-targets",
-    "isolation-forest",
-    "kmeans",
-]
-
-
-@pytest.mark.parametrize("name", TRY_AND_DRIFT)
-def test_zoo_model_try_page_renders_its_form_and_a_drift_report_runs(name, tenant_a, tmp_path, client):
-    estimator, x = fitted(name)
-    reference = x if isinstance(x, pd.DataFrame) else pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])
-    csv = reference.to_csv(index=False).encode()
-    response = upload(tenant_a, name, tmp_path, reference_data=f.upload_file(csv, "reference.csv"))
-    assert response.status_code == 201, response.content
-    signature = response.json()["signature"]
-    assert [c["type"] for c in signature["inputs"]] == expected_types(x)
-
-    client.force_login(tenant_a.user)
-    page = client.get(f"/models/acme/{name}/versions/1/try/")
-    assert page.status_code == 200
-    html = page.content.decode()
-    for column in signature["inputs"]:
-        assert f'name="{column["name"]}"' in html
-    assert 'id="try-result"' in html
-    meaning = {"outlier_detection": "-1 for an outlier and 1 for an inlier", "clustering": "the id of the cluster the row falls in"}
-    if response.json()["task"] in meaning:
-        assert meaning[response.json()["task"]] in html
-    else:
-        assert 'id="try-meaning"' not in html
-
-    answer = client.post(
-        f"/api/v1/models/acme/{name}/versions/1/predict",
-        orjson.dumps({"inputs": records_of(x, 40)}),
-        content_type="application/json",
-        HTTP_X_API_KEY=tenant_a.api_key,
-    )
-    assert answer.status_code == 200, answer.content
-    settle_pending()  # the record leaves with the connection's next round trip
-    assert records.drain_stream() == 1
-    queued = tenant_a.key_client().post(f"/api/v1/models/acme/{name}/drift-reports", {"version": 1, "window_hours": 1}, format="json")
-    assert queued.status_code == 202, queued.content
-    drift.compute_report(report_id=queued.json()["id"])  # the worker's side
-    report = tenant_a.key_client().get(f"/api/v1/drift-reports/{queued.json()['id']}").json()
-    assert (report["status"], report["error"]) == ("done", "")
-    assert sorted(feature["name"] for feature in report["features"]) == sorted(c["name"] for c in signature["inputs"])
-    # Labels, -1/1 outliers and cluster ids are categories; only a regressor's prediction is a number.
-    assert report["prediction"]["type"] == ("num" if response.json()["task"] == "regression" else "cat")
-
-
-BATCH = ["logistic-string-binary", "logistic-bool-pickle3", "pipeline-onehot-impute-scale-logistic", "ridge-pickle2", "isolation-forest"]
-
-
-def batch_rows(x, rows: int = 1000):
-    """1 000 rows like the training data: numeric noise for an array, resampled records with jitter for a frame."""
-    rng = np.random.default_rng(7)
-    if not isinstance(x, pd.DataFrame):
-        return pd.DataFrame(np.round(rng.normal(size=(rows, x.shape[1])), 3), columns=[f"f{i}" for i in range(x.shape[1])])
-    frame = x.iloc[rng.integers(0, len(x), rows)].reset_index(drop=True)
-    frame["income"] = (frame["income"] + rng.normal(0, 1, rows)).round(2)
-    return frame
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-@pytest.mark.django_db(transaction=True)
-def test_zoo_batch_jobs_on_1000_rows_match_the_estimator(tenant_a, tmp_path, settings):
-    """Batch jobs on a real Celery worker, its broker the suite's own Redis database (no other is free here).
-
-    The worker starts inside the test, after the per-test cache flush, which would empty the broker too.
-    """
-    import time
-
-    from platform_site.tests.workers import WorkerPool, publishing_to
-
-    broker = settings.REDIS_URL
-    for name in BATCH:
-        assert upload(tenant_a, name, tmp_path).status_code == 201
-    pool = WorkerPool(broker=broker, settings_module="inference.tests.batch_worker_settings")
-    try:
-        pool.ensure("zoo")
-        client = tenant_a.key_client()
-        for name in BATCH:
-            estimator, x = fitted(name)
-            source = batch_rows(x)
-            with publishing_to(broker):
-                created = client.post(
-                    f"/api/v1/models/acme/{name}/batch-jobs",
-                    {"file": f.upload_file(source.to_csv(index=False).encode(), "rows.csv"), "version": 1},
-                    format="multipart",
-                )
-            assert created.status_code == 202, created.content
-            job_id = created.json()["id"]
-            deadline = time.monotonic() + 90
-            while (job := client.get(f"/api/v1/batch-jobs/{job_id}").json())["status"] in ("queued", "running"):
-                assert time.monotonic() < deadline, pool.logs()
-                time.sleep(0.1)
-            assert job["status"] == "succeeded", (job, pool.logs())
-            result = client.get(f"/api/v1/batch-jobs/{job_id}/result")
-            table = pd.read_csv(io.BytesIO(b"".join(result.streaming_content)), keep_default_na=False)
-            assert len(table) == 1000
-            want = estimator.predict(source if isinstance(x, pd.DataFrame) else source.to_numpy())
-            if want.dtype.kind == "f":
-                np.testing.assert_allclose(table["prediction"].astype(float), want, rtol=1e-12)
-            else:
-                assert table["prediction"].astype(str).tolist() == [str(v) for v in want.tolist()]
-    finally:
-        pool.stop()
-
-
-def test_outlier_feedback_is_minus_one_or_one_and_counts_in_accuracy_and_a_clusterer_takes_none(tenant_a, tmp_path):
+def test_outlier_feedback_is_minus_one_or_one_and_counts_in_accuracy_and_a_clusterer_takes_none(zoo):
     from analytics.services import quality
 
-    for name in ("isolation-forest", "kmeans"):
-        assert upload(tenant_a, name, tmp_path).status_code == 201
-    client = tenant_a.key_client()
+    client = zoo.tenant.key_client()
     row = {"inputs": records_of(numeric_x(), 1)}
-    outlier = client.post("/api/v1/models/acme/isolation-forest/versions/1/predict", row, format="json").json()
+    outlier = client.post(zoo_url("isolation-forest", "predict"), row, format="json").json()
     settle_pending()  # the record leaves with the connection's next round trip
     assert records.drain_stream() == 1
     for body, field, message in [
@@ -663,10 +954,10 @@ def test_outlier_feedback_is_minus_one_or_one_and_counts_in_accuracy_and_a_clust
     truth = client.post(f"/api/v1/predictions/{outlier['id']}/feedback", {"label": outlier["predictions"][0]}, format="json")
     assert truth.status_code == 201, truth.content
     quality.roll_up_quality()
-    day, = client.get("/api/v1/models/acme/isolation-forest/quality").json()["days"]
+    day, = client.get(f"/api/v1/models/{ZOO_ORG}/isolation-forest/quality").json()["days"]
     assert (day["metric"], day["feedback"], day["correct"]) == ("accuracy", 1, 1)
 
-    cluster = client.post("/api/v1/models/acme/kmeans/versions/1/predict", row, format="json").json()
+    cluster = client.post(zoo_url("kmeans", "predict"), row, format="json").json()
     settle_pending()
     assert records.drain_stream() == 1
     refused = client.post(f"/api/v1/predictions/{cluster['id']}/feedback", {"label": cluster["predictions"][0]}, format="json")

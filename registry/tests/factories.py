@@ -64,9 +64,18 @@ def skops_bytes(model) -> bytes:
 
 def mlflow_zip_bytes(model, tmp_path: Path, *, input_example=None, serialization_format: str = "cloudpickle") -> bytes:
     import mlflow.sklearn
+    import sklearn
 
     folder = tmp_path / f"mlflow-model-{serialization_format}"
-    mlflow.sklearn.save_model(model, str(folder), input_example=input_example, serialization_format=serialization_format)
+    # Named requirements: without them MLflow infers them by loading the model in a new Python
+    # process, about 20 s a save here, and the platform does not read them.
+    mlflow.sklearn.save_model(
+        model,
+        str(folder),
+        input_example=input_example,
+        serialization_format=serialization_format,
+        pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+    )
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(folder.rglob("*")):
