@@ -2,13 +2,16 @@
 
     python3 bench/soak.py [--minutes 10] [--rate 40] [--threads 4]
 
+With another checkout benchmarking on the same machine, give this run its own database and
+Redis index: BENCH_DATABASE=modelhost_bench_soak BENCH_REDIS_DB=12 python3 bench/soak.py.
+
 Starts Modelhost as the Procfile runs it (the runner host and the web under granian, 2
 workers) against the benchmark's PostgreSQL and Redis, seeds the benchmark organization (an
 iris LogisticRegression, predicted in the web, and a RandomForest, predicted in the runner),
 and sends requests for `--minutes` at about `--rate` per second from `--threads` threads:
-native JSON, Open Inference Protocol V2 and MLflow `/invocations` in turn, one in ten with a
-string where a number belongs (a 400 the platform must record), and feedback on one in twenty
-answered iris predictions. The request loop is bounded in count and time and stops by itself.
+native JSON, Open Inference Protocol V2 and MLflow `/invocations` in turn, to iris three times
+in four and to the forest once, one in ten with a string where a number belongs (a 400 the
+platform must record), and feedback on a quarter of the answered native iris predictions. The request loop is bounded in count and time and stops by itself.
 
 Prints, at the end: requests by protocol and status, errors that should not happen (any 5xx,
 any transport error), prediction records sent (every prediction request that reached its
@@ -34,6 +37,12 @@ import harness  # noqa: E402
 from harness import APP_VENV, BENCH, ROOT, RUN  # noqa: E402
 
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3], [5.8, 2.7, 5.1, 1.9]]
+PROTOCOLS = ("native", "v2", "mlflow")
+
+
+def rf_rows() -> list[list[float]]:
+    """Real inputs of the forest (20 features), written by bench/models.py."""
+    return json.loads((harness.ARTIFACTS / "rf.rows.json").read_text())[:200]
 
 
 def memory(web: harness.Server, runners: harness.Server) -> dict:
@@ -74,6 +83,7 @@ class Soak:
         self.unexpected: list[str] = []
         self.records_expected = 0
         self.feedback: collections.Counter = collections.Counter()
+        self.rf_rows = rf_rows()
 
     def next_number(self) -> int | None:
         with self.lock:
@@ -91,9 +101,12 @@ class Soak:
             return status, {"raw": payload[:200].decode("latin-1")}
 
     def one(self, number: int, rng: random.Random) -> None:
-        model = "iris" if number % 3 else "rf"
-        protocol = ("native", "v2", "mlflow")[number % 3 if model == "iris" else rng.randrange(3)]
-        row = [value + rng.random() / 100 for value in rng.choice(IRIS_ROWS)]  # distinct: cache misses
+        # A quarter to the forest (its runner), the rest to iris (the web); the protocols in turn,
+        # so every model meets every protocol (4 and 3 have no common factor).
+        model = "rf" if number % 4 == 0 else "iris"
+        protocol = PROTOCOLS[number % 3]
+        pool = self.rf_rows if model == "rf" else IRIS_ROWS
+        row = [value + rng.random() / 100 for value in rng.choice(pool)]  # distinct: cache misses
         bad = number % 10 == 0
         if bad:
             row[1] = "wide"
@@ -101,7 +114,7 @@ class Soak:
             path, body = f"/api/v1/models/bench/{model}/predict", {"inputs": [row]}
         elif protocol == "v2":
             path = f"/v2/models/{model}/infer"
-            body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "BYTES" if bad else "FP64", "data": row}]}
+            body = {"inputs": [{"name": "input-0", "shape": [1, len(row)], "datatype": "BYTES" if bad else "FP64", "data": row}]}
         else:
             path, body = f"/api/v1/models/bench/{model}/invocations", {"inputs": [row]}
         try:
@@ -117,7 +130,7 @@ class Soak:
             if status >= 500 or status not in (200, 400):
                 self.unexpected.append(f"{protocol} {model}: {status} {str(payload)[:200]}")
         prediction_id = payload.get("id") if protocol == "native" and status == 200 else None
-        if prediction_id and model == "iris" and number % 20 == 1:
+        if prediction_id and model == "iris" and rng.random() < 0.25:  # about one in twenty requests
             label = payload["predictions"][0]
             status, _ = self.request("POST", f"/api/v1/predictions/{prediction_id}/feedback", {"label": label})
             with self.lock:
