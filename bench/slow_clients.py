@@ -2,6 +2,8 @@
 platform_site.rsgi (the web today) against granian's WSGI interface (the web before).
 
     python3 bench/slow_clients.py [--requests 3000] [--rounds 3] [--clients 4]
+    python3 bench/slow_clients.py --floor [--rounds 3]     the servers' own cost: wrk on the
+                                                          floor app's /nopredict, 8 s a round
 
 Seeds the benchmark organization (bench/seed_modelhost.py: iris, predicted in the web), then
 starts each server in turn with the same settings (2 workers, 2 request threads each, one
@@ -27,7 +29,7 @@ from harness import APP_VENV, RUN  # noqa: E402
 
 PYTHON = str(APP_VENV / "bin" / "python")
 SERVERS = {
-    "rsgi (platform_site.serve)": [PYTHON, "-m", "platform_site.serve"],
+    "rsgi (platform_site.serve)": [PYTHON, "-m", "platform_site.serve", "platform_site.wsgi:application"],
     "wsgi (granian --interface wsgi)": [
         PYTHON, "-m", "granian", "--interface", "wsgi", "--workers", "2", "--blocking-threads", "2", "--http", "1", "--no-ws",
         "--http1-header-read-timeout", "10000", "--host", "127.0.0.1", "--port", "{port}", "platform_site.wsgi:application",
@@ -64,12 +66,44 @@ def load(port: int, key: str, *, requests: int, clients: int, offset: int) -> fl
     return time.monotonic() - started
 
 
+def floor(rounds: int) -> dict:
+    """CPU per request of each server around bench/floor_app.py's /nopredict (no framework, no model)."""
+    script = RUN / "nopredict.lua"
+    RUN.mkdir(parents=True, exist_ok=True)
+    script.write_text(
+        'wrk.method = "POST"\nwrk.path = "/nopredict"\nwrk.headers["Content-Type"] = "application/json"\n'
+        "wrk.body = '{\"inputs\": [[5.1, 3.5, 1.4, 0.2]]}'\n"
+    )
+    results: dict[str, list[dict]] = {name: [] for name in SERVERS}
+    for _ in range(rounds):
+        for name, argv in SERVERS.items():
+            argv = [*argv[:-1], "floor_app:app"]
+            port = harness.free_port()
+            env = harness.modelhost_web_env(
+                HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="2", WEB_THREADS="2", PYTHONPATH=f"{harness.BENCH}:{harness.ROOT}",
+                OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+            )
+            with harness.running("slow-clients-floor", argv, env=env, port=port) as web:
+                workers = harness.descendants(web.process.pid)
+                harness.run_wrk(port=port, script=script, seconds=2)
+                before = sum(harness.cpu_seconds(pid) for pid in workers)
+                run = harness.run_wrk(port=port, script=script, seconds=8)
+                cpu = sum(harness.cpu_seconds(pid) for pid in workers) - before
+            results[name].append({"cpu_ms_per_request": 1000 * cpu / run.requests, "requests_per_second": run.rps})
+            print(f"floor {name}: {results[name][-1]}", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--floor", action="store_true", help="measure the servers around the floor app, not Modelhost")
     args = parser.parse_args()
+    if args.floor:
+        report(floor(args.rounds), args, "slow-clients-floor")
+        return
 
     harness.build_models()
     harness.prepare_database()
@@ -96,6 +130,10 @@ def main() -> None:
                 done = args.requests // args.clients * args.clients
                 results[name].append({"cpu_ms_per_request": 1000 * cpu / done, "requests_per_second": done / seconds})
                 print(f"round {round_number + 1} {name}: {results[name][-1]}", flush=True)
+    report(results, args, "slow-clients")
+
+
+def report(results: dict[str, list[dict]], args, stem: str) -> None:
     summary = {
         name: {
             "cpu_ms_per_request": round(statistics.median(r["cpu_ms_per_request"] for r in runs), 3),
@@ -105,7 +143,7 @@ def main() -> None:
     }
     print(json.dumps(summary, indent=1))
     RUN.mkdir(parents=True, exist_ok=True)
-    out = RUN / f"slow-clients-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out = RUN / f"{stem}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps({"args": vars(args), "rounds": results, "median": summary}, indent=1))
     print(f"raw figures in {out.relative_to(harness.ROOT)}")
 

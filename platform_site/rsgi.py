@@ -19,8 +19,10 @@ memory, larger ones (model uploads) in a temporary file. A response the applicat
 a list (every JSON answer) is sent in one piece; any other iterable (files, CSV downloads) is
 streamed, its chunks produced on a request thread.
 
-Measured with bench/slow_clients.py: the per-request cost of the extra hand-over is within
-the run-to-run noise of an iris prediction; see docs/operations.md.
+What it costs (bench/slow_clients.py, bench/RESULTS.md): the hand-overs between granian, the
+event loop and a request thread take about 0.2 ms of CPU a request more than granian's WSGI
+interface, on a machine this loaded; WEB_INTERFACE=wsgi (platform_site.serve) goes back to it
+where an ingress in front buffers the bodies.
 """
 from __future__ import annotations
 

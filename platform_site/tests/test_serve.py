@@ -10,7 +10,7 @@ from platform_site import serve
 
 
 def test_defaults_serve_the_wsgi_application_on_two_workers(monkeypatch):
-    for name in ("HOST", "PORT", "WEB_CONCURRENCY", "WEB_THREADS", "WEB_HEADER_TIMEOUT_SECONDS", "WEB_BODY_TIMEOUT_SECONDS",
+    for name in ("HOST", "PORT", "WEB_CONCURRENCY", "WEB_THREADS", "WEB_HEADER_TIMEOUT_SECONDS", "WEB_BODY_TIMEOUT_SECONDS", "WEB_INTERFACE",
                  "WEB_WORKERS_LIFETIME", "WEB_WORKERS_MAX_RSS_MB", "WEB_ACCESS_LOG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WEB_WSGI_TARGET", "")  # server() names the WSGI target there; restored after
@@ -52,10 +52,18 @@ def test_a_malformed_number_stops_the_server_naming_the_variable(monkeypatch):
         serve.server()
 
 
+def test_behind_a_buffering_ingress_granians_wsgi_threads_can_read_the_bodies(monkeypatch):
+    monkeypatch.setenv("WEB_INTERFACE", "wsgi")
+    monkeypatch.setenv("WEB_THREADS", "3")
+    server = serve.server("floor_app:app")
+    assert (server.target, server.interface.value, server.blocking_threads) == ("floor_app:app", "wsgi", 3)
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
         ("WEB_THREADS", "0", "WEB_THREADS must be at least 1, not 0"),
+        ("WEB_INTERFACE", "asgi", "WEB_INTERFACE must be rsgi or wsgi, not 'asgi'"),
         ("WEB_BODY_TIMEOUT_SECONDS", "soon", "WEB_BODY_TIMEOUT_SECONDS must be a number of seconds, not 'soon'"),
         ("WEB_BODY_TIMEOUT_SECONDS", "0", "WEB_BODY_TIMEOUT_SECONDS must be more than 0 and at most 3600, not '0'"),
     ],
