@@ -38,6 +38,7 @@ from harness import APP_VENV, BENCH, ROOT, RUN  # noqa: E402
 
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3], [5.8, 2.7, 5.1, 1.9]]
 PROTOCOLS = ("native", "v2", "mlflow")
+FEEDBACK_AFTER_SECONDS = 5.0
 
 
 def rf_rows() -> list[list[float]]:
@@ -84,6 +85,7 @@ class Soak:
         self.records_expected = 0
         self.feedback: collections.Counter = collections.Counter()
         self.rf_rows = rf_rows()
+        self.feedback_due: collections.deque = collections.deque()  # (due, prediction id, label), shared
 
     def next_number(self) -> int | None:
         with self.lock:
@@ -131,12 +133,22 @@ class Soak:
                 self.unexpected.append(f"{protocol} {model}: {status} {str(payload)[:200]}")
         prediction_id = payload.get("id") if protocol == "native" and status == 200 else None
         if prediction_id and model == "iris" and rng.random() < 0.25:  # about one in twenty requests
-            label = payload["predictions"][0]
-            status, _ = self.request("POST", f"/api/v1/predictions/{prediction_id}/feedback", {"label": label})
+            # Sent FEEDBACK_AFTER_SECONDS later, as a client learns the outcome: by then the
+            # ingestion (drain_records.py --loop, as the ingest worker) has stored the record.
+            self.feedback_due.append((time.monotonic() + FEEDBACK_AFTER_SECONDS, prediction_id, payload["predictions"][0]))
+
+    def send_feedback(self, *, all_of_it: bool = False) -> None:
+        while True:
+            with self.lock:
+                if not self.feedback_due or not (all_of_it or self.feedback_due[0][0] <= time.monotonic()):
+                    return
+                due, prediction_id, label = self.feedback_due.popleft()
+            time.sleep(max(0.0, due - time.monotonic()))
+            status, payload = self.request("POST", f"/api/v1/predictions/{prediction_id}/feedback", {"label": label})
             with self.lock:
                 self.feedback[status] += 1
-                if status >= 500:
-                    self.unexpected.append(f"feedback: {status}")
+                if status != 201:  # the prediction's record must be stored by now
+                    self.unexpected.append(f"feedback: {status} {str(payload)[:200]}")
 
     def run_thread(self, seed: int, threads: int) -> None:
         rng = random.Random(seed)
@@ -144,6 +156,7 @@ class Soak:
         next_at = time.monotonic()
         while (number := self.next_number()) is not None:
             self.one(number, rng)
+            self.send_feedback()
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -163,6 +176,8 @@ def main() -> None:
     report: dict = {"minutes": args.minutes, "rate": args.rate, "threads": args.threads}
     with contextlib.ExitStack() as stack:
         runner_host = stack.enter_context(harness.runner_host())
+        # The ingest worker's part: records reach PostgreSQL while the soak runs (feedback needs them).
+        stack.enter_context(harness.running("soak-drain", [str(APP_VENV / "bin" / "python"), str(BENCH / "drain_records.py"), "--loop"], env=harness.modelhost_env(), port=0, ready_path=None))
         port = harness.free_port()
         env = harness.modelhost_web_env(HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="2")
         web = stack.enter_context(harness.running("modelhost-soak", [str(APP_VENV / "bin" / "python"), "-m", "platform_site.serve"], env=env, port=port))
@@ -176,6 +191,7 @@ def main() -> None:
             thread.start()
         for thread in threads:
             thread.join()
+        soak.send_feedback(all_of_it=True)
         report["memory_end"] = memory(web, runner_host)
         time.sleep(1.0)  # the last records leave with the next round trip, or within ~200 ms
     drain()
