@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
-from harness import APP_VENV, RUN  # noqa: E402
+import harness
+from harness import APP_VENV, RUN
 
 PYTHON = str(APP_VENV / "bin" / "python")
 SERVERS = {

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, RUN, free_port  # noqa: E402
+from harness import ROOT, RUN, free_port
 
 VAR = RUN / "start-var"
 # A line each process prints once it serves (the web's workers: both).

@@ -34,7 +34,7 @@ import queue
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from granian.rsgi import ProtocolClosed, ProtocolError
 
@@ -67,7 +67,7 @@ class _IncompleteBody(Exception):
 
 
 class _StartResponse:
-    __slots__ = ("status", "headers")
+    __slots__ = ("headers", "status")
 
     def __call__(self, status: str, headers: list[tuple[str, str]], exc_info=None):
         self.status = int(status.split(" ", 1)[0])
@@ -110,7 +110,7 @@ class BufferedWSGI:
             future, function, args = item
             try:
                 result = function(*args)
-            except BaseException as exc:  # handed to the request's coroutine, which raises it
+            except BaseException as exc:  # noqa: BLE001  (handed to the request's coroutine, which raises it)
                 resolve(_settle, future, None, exc)
             else:
                 resolve(_settle, future, result, None)
@@ -164,7 +164,7 @@ class BufferedWSGI:
                 pieces.append(chunk)
                 size += len(chunk)
                 if size > SPOOL_BYTES:
-                    spool = tempfile.TemporaryFile()
+                    spool = tempfile.TemporaryFile()  # noqa: SIM115  (closed once the application has read it)
                     spool.writelines(pieces)
                     pieces = []
         if spool is None:

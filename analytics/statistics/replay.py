@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-# scipy is imported inside the functions that use it: imported here it cost every Django process
-# (migrate, beat, each worker) a second or more of start-up, through the admin's imports.
-
 from analytics.statistics.experiments import t_interval, wilson_interval
 from analytics.statistics.feedback import labels_match
+
+# scipy is imported inside the functions that use it: imported here it cost every Django process
+# (migrate, beat, each worker) a second or more of start-up, through the admin's imports.
 
 
 def _label_key(label: Any) -> str:
