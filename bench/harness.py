@@ -27,9 +27,13 @@ APP_VENV = ROOT / ".venv"
 RUN = BENCH / ".run"
 ARTIFACTS = BENCH / ".artifacts"
 
-DATABASE = "modelhost_bench"
+# The benchmark's own PostgreSQL database and Redis database index. Two checkouts that run a
+# benchmark at once on one machine must each set their own: a run empties its Redis database
+# first and counts the records in its database (BENCH_DATABASE=modelhost_bench_2 BENCH_REDIS_DB=12).
+DATABASE = os.environ.get("BENCH_DATABASE", "modelhost_bench")
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "13"))
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 
 def ensure_peers_python() -> None:
@@ -128,8 +132,8 @@ def seed(which: str) -> dict:
 
 
 def redis_flush_bench_db() -> None:
-    """Empty Redis database 13 (the benchmark's own): no cached predictions from a previous run."""
-    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "-n", "13", "FLUSHDB"], check=True, capture_output=True)
+    """Empty the benchmark's Redis database (BENCH_REDIS_DB): no cached predictions from a previous run."""
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "-n", str(REDIS_DB), "FLUSHDB"], check=True, capture_output=True)
 
 
 # --- servers ------------------------------------------------------------------------------

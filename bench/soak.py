@@ -2,13 +2,16 @@
 
     python3 bench/soak.py [--minutes 10] [--rate 40] [--threads 4]
 
+With another checkout benchmarking on the same machine, give this run its own database and
+Redis index: BENCH_DATABASE=modelhost_bench_soak BENCH_REDIS_DB=12 python3 bench/soak.py.
+
 Starts Modelhost as the Procfile runs it (the runner host and the web under granian, 2
 workers) against the benchmark's PostgreSQL and Redis, seeds the benchmark organization (an
 iris LogisticRegression, predicted in the web, and a RandomForest, predicted in the runner),
 and sends requests for `--minutes` at about `--rate` per second from `--threads` threads:
-native JSON, Open Inference Protocol V2 and MLflow `/invocations` in turn, one in ten with a
-string where a number belongs (a 400 the platform must record), and feedback on one in twenty
-answered iris predictions. The request loop is bounded in count and time and stops by itself.
+native JSON, Open Inference Protocol V2 and MLflow `/invocations` in turn, to iris three times
+in four and to the forest once, one in ten with a string where a number belongs (a 400 the
+platform must record), and feedback on a quarter of the answered native iris predictions. The request loop is bounded in count and time and stops by itself.
 
 Prints, at the end: requests by protocol and status, errors that should not happen (any 5xx,
 any transport error), prediction records sent (every prediction request that reached its
@@ -34,6 +37,13 @@ import harness  # noqa: E402
 from harness import APP_VENV, BENCH, ROOT, RUN  # noqa: E402
 
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3], [5.8, 2.7, 5.1, 1.9]]
+PROTOCOLS = ("native", "v2", "mlflow")
+FEEDBACK_AFTER_SECONDS = 5.0
+
+
+def rf_rows() -> list[list[float]]:
+    """Real inputs of the forest (20 features), written by bench/models.py."""
+    return json.loads((harness.ARTIFACTS / "rf.rows.json").read_text())[:200]
 
 
 def memory(web: harness.Server, runners: harness.Server) -> dict:
@@ -74,6 +84,8 @@ class Soak:
         self.unexpected: list[str] = []
         self.records_expected = 0
         self.feedback: collections.Counter = collections.Counter()
+        self.rf_rows = rf_rows()
+        self.feedback_due: collections.deque = collections.deque()  # (due, prediction id, label), shared
 
     def next_number(self) -> int | None:
         with self.lock:
@@ -91,9 +103,12 @@ class Soak:
             return status, {"raw": payload[:200].decode("latin-1")}
 
     def one(self, number: int, rng: random.Random) -> None:
-        model = "iris" if number % 3 else "rf"
-        protocol = ("native", "v2", "mlflow")[number % 3 if model == "iris" else rng.randrange(3)]
-        row = [value + rng.random() / 100 for value in rng.choice(IRIS_ROWS)]  # distinct: cache misses
+        # A quarter to the forest (its runner), the rest to iris (the web); the protocols in turn,
+        # so every model meets every protocol (4 and 3 have no common factor).
+        model = "rf" if number % 4 == 0 else "iris"
+        protocol = PROTOCOLS[number % 3]
+        pool = self.rf_rows if model == "rf" else IRIS_ROWS
+        row = [value + rng.random() / 100 for value in rng.choice(pool)]  # distinct: cache misses
         bad = number % 10 == 0
         if bad:
             row[1] = "wide"
@@ -101,7 +116,7 @@ class Soak:
             path, body = f"/api/v1/models/bench/{model}/predict", {"inputs": [row]}
         elif protocol == "v2":
             path = f"/v2/models/{model}/infer"
-            body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "BYTES" if bad else "FP64", "data": row}]}
+            body = {"inputs": [{"name": "input-0", "shape": [1, len(row)], "datatype": "BYTES" if bad else "FP64", "data": row}]}
         else:
             path, body = f"/api/v1/models/bench/{model}/invocations", {"inputs": [row]}
         try:
@@ -117,13 +132,23 @@ class Soak:
             if status >= 500 or status not in (200, 400):
                 self.unexpected.append(f"{protocol} {model}: {status} {str(payload)[:200]}")
         prediction_id = payload.get("id") if protocol == "native" and status == 200 else None
-        if prediction_id and model == "iris" and number % 20 == 1:
-            label = payload["predictions"][0]
-            status, _ = self.request("POST", f"/api/v1/predictions/{prediction_id}/feedback", {"label": label})
+        if prediction_id and model == "iris" and rng.random() < 0.25:  # about one in twenty requests
+            # Sent FEEDBACK_AFTER_SECONDS later, as a client learns the outcome: by then the
+            # ingestion (drain_records.py --loop, as the ingest worker) has stored the record.
+            self.feedback_due.append((time.monotonic() + FEEDBACK_AFTER_SECONDS, prediction_id, payload["predictions"][0]))
+
+    def send_feedback(self, *, all_of_it: bool = False) -> None:
+        while True:
+            with self.lock:
+                if not self.feedback_due or not (all_of_it or self.feedback_due[0][0] <= time.monotonic()):
+                    return
+                due, prediction_id, label = self.feedback_due.popleft()
+            time.sleep(max(0.0, due - time.monotonic()))
+            status, payload = self.request("POST", f"/api/v1/predictions/{prediction_id}/feedback", {"label": label})
             with self.lock:
                 self.feedback[status] += 1
-                if status >= 500:
-                    self.unexpected.append(f"feedback: {status}")
+                if status != 201:  # the prediction's record must be stored by now
+                    self.unexpected.append(f"feedback: {status} {str(payload)[:200]}")
 
     def run_thread(self, seed: int, threads: int) -> None:
         rng = random.Random(seed)
@@ -131,6 +156,7 @@ class Soak:
         next_at = time.monotonic()
         while (number := self.next_number()) is not None:
             self.one(number, rng)
+            self.send_feedback()
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -150,6 +176,8 @@ def main() -> None:
     report: dict = {"minutes": args.minutes, "rate": args.rate, "threads": args.threads}
     with contextlib.ExitStack() as stack:
         runner_host = stack.enter_context(harness.runner_host())
+        # The ingest worker's part: records reach PostgreSQL while the soak runs (feedback needs them).
+        stack.enter_context(harness.running("soak-drain", [str(APP_VENV / "bin" / "python"), str(BENCH / "drain_records.py"), "--loop"], env=harness.modelhost_env(), port=0, ready_path=None))
         port = harness.free_port()
         env = harness.modelhost_web_env(HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="2")
         web = stack.enter_context(harness.running("modelhost-soak", [str(APP_VENV / "bin" / "python"), "-m", "platform_site.serve"], env=env, port=port))
@@ -163,6 +191,7 @@ def main() -> None:
             thread.start()
         for thread in threads:
             thread.join()
+        soak.send_feedback(all_of_it=True)
         report["memory_end"] = memory(web, runner_host)
         time.sleep(1.0)  # the last records leave with the next round trip, or within ~200 ms
     drain()

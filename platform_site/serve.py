@@ -1,7 +1,12 @@
 """The web process: granian serving platform_site.wsgi, configured from the environment.
 
-    python -m platform_site.serve [target]        (the Procfile's `web`; target defaults to
+    python -m platform_site.serve [target]        (the Procfile's `web`; target, a WSGI
+                                                   application, defaults to
                                                    platform_site.wsgi:application)
+
+granian runs it through its RSGI interface and platform_site.rsgi, which reads each request's
+body on the worker's event loop and only then hands the request to a request thread: under
+granian's WSGI interface a client that stalls mid-body held a thread (see that module).
 
 Why granian: bench/server_choice.py measured, on this project's machine, the CPU each server
 spends per request with the same application and two workers: the platform's predict costs
@@ -16,8 +21,12 @@ What the environment sets (docs/operations.md lists them):
   WEB_THREADS                 Python threads per worker that run requests (2: while one waits
                               for Redis, the other computes; +13 % iris req/s over 1 in
                               bench/inference_bench.py, the same for a forest)
-  WEB_HEADER_TIMEOUT_SECONDS  seconds a client has to send a request's headers (10); granian
-                              has no such bound for the body: see docs/operations.md
+  WEB_HEADER_TIMEOUT_SECONDS  seconds a client has to send a request's headers (10)
+  WEB_BODY_TIMEOUT_SECONDS    the longest pause while a request's body arrives (10); a client
+                              that stalls is answered 408 (platform_site.rsgi)
+  WEB_INTERFACE               rsgi (the default: the above) or wsgi: granian's WSGI threads read
+                              the bodies themselves, about 0.2 ms of CPU a request cheaper and
+                              unbounded: only behind an ingress that buffers request bodies
   WEB_WORKERS_LIFETIME        seconds after which a worker is replaced (0: never)
   WEB_WORKERS_MAX_RSS_MB      a worker over this resident memory is replaced (0: no limit)
   WEB_ACCESS_LOG              true to log every request
@@ -38,12 +47,14 @@ for at most RUNNER_REQUEST_TIMEOUT_SECONDS (inference.runners.client).
 """
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
 from pathlib import Path
 
 DEFAULT_TARGET = "platform_site.wsgi:application"
+RSGI_TARGET = "platform_site.rsgi:application"
 
 
 def _int(name: str, default: int) -> int:
@@ -54,6 +65,34 @@ def _int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise SystemExit(f"{name} must be a whole number, not {value!r}") from None
+
+
+def request_threads() -> int:
+    """WEB_THREADS: the threads per worker that run requests."""
+    threads = _int("WEB_THREADS", 2)
+    if threads < 1:
+        raise SystemExit(f"WEB_THREADS must be at least 1, not {threads}")
+    return threads
+
+
+def web_interface() -> str:
+    """WEB_INTERFACE: rsgi (bodies read before a thread takes the request) or wsgi (cheaper, unbounded)."""
+    value = os.environ.get("WEB_INTERFACE", "").strip().lower() or "rsgi"
+    if value not in ("rsgi", "wsgi"):
+        raise SystemExit(f"WEB_INTERFACE must be rsgi or wsgi, not {value!r}")
+    return value
+
+
+def body_timeout_seconds() -> float:
+    """WEB_BODY_TIMEOUT_SECONDS: the longest pause allowed while a request's body arrives."""
+    value = os.environ.get("WEB_BODY_TIMEOUT_SECONDS", "").strip() or "10"
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise SystemExit(f"WEB_BODY_TIMEOUT_SECONDS must be a number of seconds, not {value!r}") from None
+    if not 0 < seconds <= 3600:
+        raise SystemExit(f"WEB_BODY_TIMEOUT_SECONDS must be more than 0 and at most 3600, not {value!r}")
+    return seconds
 
 
 def _flag(name: str) -> bool:
@@ -125,22 +164,29 @@ def port_holder(port: int) -> str:
 
 
 def server(target: str = DEFAULT_TARGET):
+    """granian serving the WSGI application `target` through platform_site.rsgi (which reads
+    each body on the event loop before a request thread takes the request)."""
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
 
     lifetime = _int("WEB_WORKERS_LIFETIME", 0)
     max_rss = _int("WEB_WORKERS_MAX_RSS_MB", 0)
+    threads, interface = request_threads(), web_interface()
+    body_timeout_seconds()  # checked here, read again in each worker
+    if interface == "rsgi":
+        os.environ["WEB_WSGI_TARGET"] = target  # the workers inherit it
+        target_options = {"target": RSGI_TARGET, "interface": Interfaces.RSGI}
+    else:  # granian's own WSGI threads read the bodies: only behind an ingress that buffers them
+        target_options = {"target": target, "interface": Interfaces.WSGI, "blocking_threads": threads}
     return Granian(
-        target,
+        **target_options,
         address=os.environ.get("HOST", "0.0.0.0"),
         port=_int("PORT", 8000),
-        interface=Interfaces.WSGI,
         workers=_int("WEB_CONCURRENCY", 2),
-        blocking_threads=_int("WEB_THREADS", 2),
         http=HTTPModes.http1,
         # A client that has not sent its headers in time is disconnected (granian's default is
-        # 30 s). granian has no bound on the body (emmett-framework/granian#728): the ingress's.
+        # 30 s); the body's time is bounded by platform_site.rsgi (WEB_BODY_TIMEOUT_SECONDS).
         http1_settings=HTTP1Settings(header_read_timeout=_int("WEB_HEADER_TIMEOUT_SECONDS", 10) * 1000),
         websockets=False,
         respawn_failed_workers=True,
@@ -151,10 +197,25 @@ def server(target: str = DEFAULT_TARGET):
     )
 
 
+def preload_libraries() -> None:
+    """Import the numeric libraries (and Django's and the clients' modules that read no settings)
+    once, in the server process, before granian forks the workers.
+
+    Each worker then starts with them loaded (their pages shared with the server process) instead
+    of importing them itself, which was most of a worker's start: two workers importing scikit-learn,
+    pandas and scipy at once on a busy machine took tens of seconds. Importing them opens no
+    connection and, with one native thread (limit_native_threads, first), starts no thread."""
+    from platform_site.startup import COMMON_SKLEARN_MODULES
+
+    for name in ("numpy", "pandas", "scipy.stats", *COMMON_SKLEARN_MODULES, "redis", "celery", "psycopg", "django.http", "django.db.models"):
+        importlib.import_module(name)
+
+
 def main(argv: list[str]) -> None:
     refuse_taken_port()
     prepare_metrics_folder()
     limit_native_threads()
+    preload_libraries()
     server(argv[0] if argv else DEFAULT_TARGET).serve()
 
 

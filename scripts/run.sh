@@ -29,11 +29,14 @@ trap 'exit 143' TERM
 if [ -z "${REDIS_URL:-}" ]; then
   python -m platform_site.embedded_redis serve &
   redis_pid=$!
-  python -m platform_site.embedded_redis wait
 fi
 
-python manage.py migrate --noinput -v0
-python manage.py seed_demo
+# Migrate and seed in one Django start, beside the embedded Redis's (seed_demo waits for it);
+# the system checks, which import every view, are left to the web.
+python manage.py seed_demo --migrate --skip-checks
 echo "Starting web (http://$HOST:$PORT), the ingest, analytics and batch workers, beat and the runner host. Ctrl-C stops all of them."
+# The Procfile's processes, the workers and beat at a lower CPU priority: on a busy machine the
+# web, which imports the most, answers first instead of last.
+sed -E 's/^((worker-[a-z]+|beat): )/\1nice -n 10 /' Procfile > "$VAR_DIR/Procfile.run"
 # Not exec: the embedded Redis stops after the processes that use it.
-honcho start --no-prefix --port "$PORT" web worker-ingest worker-analytics worker-batch beat runner
+honcho -f "$VAR_DIR/Procfile.run" -d "$PWD" start --no-prefix --port "$PORT" web worker-ingest worker-analytics worker-batch beat runner

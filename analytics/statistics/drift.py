@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import stats
-from scipy.spatial import distance
+
+# scipy is imported inside the functions that use it: imported here it cost every Django process
+# (migrate, beat, each worker) a second or more of start-up, through the admin's imports.
 
 NUMERIC_TYPES = frozenset({"double", "float", "long", "integer", "number"})
 SMALL_REFERENCE_ROWS = 1000
@@ -118,12 +119,14 @@ def choose_test(reference: np.ndarray, current: np.ndarray, kind: str) -> str:
 
 
 def ks_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
+    from scipy import stats
     result = stats.ks_2samp(reference, current)
     return float(result.statistic), float(result.pvalue)
 
 
 def chisquare_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
     """Current counts against the reference shares scaled to the current size (as Evidently)."""
+    from scipy import stats
     _keys, ref_counts, cur_counts = _counts(reference, current)
     expected = ref_counts * (len(current) / len(reference))
     if np.any((expected == 0) & (cur_counts > 0)):
@@ -135,6 +138,7 @@ def chisquare_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, f
 
 def z_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
     """Two-proportion z-test on the share of the first (sorted) value, pooled variance."""
+    from scipy import stats
     keys = sorted(set(reference.tolist()) | set(current.tolist()))
     if len(keys) <= 1:
         return 0.0, 1.0
@@ -150,11 +154,14 @@ def z_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
 
 
 def wasserstein_normed(reference: np.ndarray, current: np.ndarray) -> float:
+    from scipy import stats
     return float(stats.wasserstein_distance(reference, current) / max(float(np.std(reference)), 0.001))
 
 
 def jensenshannon_distance(reference: np.ndarray, current: np.ndarray, kind: str) -> float:
     """Over Sturges bins of both samples (numeric, > 20 reference values) or the categories; natural log."""
+    from scipy.spatial import distance
+
     if kind == "num" and len(np.unique(reference)) > 20:
         edges = np.histogram_bin_edges(np.concatenate([reference, current]), bins="sturges")
         ref_share = np.histogram(reference, edges)[0] / len(reference)

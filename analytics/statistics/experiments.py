@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+
+# scipy is imported inside the functions that use it: imported here it cost every Django process
+# (migrate, beat, each worker) a second or more of start-up, through the admin's imports.
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,13 @@ NO_COMPARISON = Comparison(None, None, None, None)
 
 
 def _z(confidence: float) -> float:
+    from scipy import stats
     return float(stats.norm.ppf(0.5 + confidence / 2))
 
 
 def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> Estimate:
     """The proportion and its Wilson score interval (scipy's binomtest, method 'wilson')."""
+    from scipy import stats
     if n <= 0:
         return NOTHING
     ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
@@ -52,6 +56,7 @@ def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> Esti
 
 def t_interval(*, mean: float, std: float, n: int, confidence: float = 0.95) -> Estimate:
     """The mean and its Student t interval, from the sample mean, sample std (ddof=1) and n."""
+    from scipy import stats
     if n <= 0:
         return NOTHING
     if n == 1 or not math.isfinite(std):
@@ -65,6 +70,7 @@ def t_interval(*, mean: float, std: float, n: int, confidence: float = 0.95) -> 
 
 def compare_proportions(successes: int, n: int, control_successes: int, control_n: int, *, confidence: float = 0.95) -> Comparison:
     """Variant minus control: Newcombe's interval and the pooled two-proportion z-test p-value."""
+    from scipy import stats
     if n <= 0 or control_n <= 0:
         return NO_COMPARISON
     p1, p0 = successes / n, control_successes / control_n
@@ -86,6 +92,7 @@ def compare_means(
     *, mean: float, std: float, n: int, control_mean: float, control_std: float, control_n: int, confidence: float = 0.95
 ) -> Comparison:
     """Variant minus control: Welch's t-test p-value and the Welch–Satterthwaite interval."""
+    from scipy import stats
     if n < 2 or control_n < 2:
         return NO_COMPARISON
     difference = mean - control_mean
@@ -165,6 +172,7 @@ class SampleRatioCheck:
 
 def sample_ratio_mismatch(observed: Sequence[int], weights: Sequence[float], *, alarm_p_value: float = 0.001) -> SampleRatioCheck:
     """Chi-squared goodness of fit of assignment counts to the weights; alarm below `alarm_p_value`."""
+    from scipy import stats
     observed_array = np.asarray(observed, dtype=np.float64)
     weights_array = np.asarray(weights, dtype=np.float64)
     total = observed_array.sum()

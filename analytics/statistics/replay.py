@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from analytics.statistics.experiments import t_interval, wilson_interval
 from analytics.statistics.feedback import labels_match
+
+# scipy is imported inside the functions that use it: imported here it cost every Django process
+# (migrate, beat, each worker) a second or more of start-up, through the admin's imports.
 
 
 def _label_key(label: Any) -> str:
@@ -116,6 +118,7 @@ def _estimate(estimate) -> dict:
 
 def paired_accuracy(truth: Sequence, production: Sequence, candidate: Sequence, *, confidence: float = 0.95) -> dict:
     """Each version's accuracy on the labelled rows, and McNemar's exact test of the difference."""
+    from scipy import stats
     right_p = np.array([labels_match(t, p) for t, p in zip(truth, production)], dtype=bool)
     right_c = np.array([labels_match(t, c) for t, c in zip(truth, candidate)], dtype=bool)
     n = len(right_p)
@@ -143,6 +146,7 @@ def paired_accuracy(truth: Sequence, production: Sequence, candidate: Sequence, 
 def paired_errors(truth: Sequence[float], production: Sequence[float], candidate: Sequence[float], *, confidence: float = 0.95) -> dict:
     """Each version's MAE (t interval) and RMSE on the rows with a true value, and the paired
     t-test of the absolute errors (candidate minus production)."""
+    from scipy import stats
     truth_array = np.asarray(truth, dtype=np.float64)
     error_p = np.abs(np.asarray(production, dtype=np.float64) - truth_array)
     error_c = np.abs(np.asarray(candidate, dtype=np.float64) - truth_array)

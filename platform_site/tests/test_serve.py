@@ -10,19 +10,25 @@ from platform_site import serve
 
 
 def test_defaults_serve_the_wsgi_application_on_two_workers(monkeypatch):
-    for name in ("HOST", "PORT", "WEB_CONCURRENCY", "WEB_THREADS", "WEB_HEADER_TIMEOUT_SECONDS", "WEB_WORKERS_LIFETIME", "WEB_WORKERS_MAX_RSS_MB", "WEB_ACCESS_LOG"):
+    for name in ("HOST", "PORT", "WEB_CONCURRENCY", "WEB_THREADS", "WEB_HEADER_TIMEOUT_SECONDS", "WEB_BODY_TIMEOUT_SECONDS", "WEB_INTERFACE",
+                 "WEB_WORKERS_LIFETIME", "WEB_WORKERS_MAX_RSS_MB", "WEB_ACCESS_LOG"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WEB_WSGI_TARGET", "")  # server() names the WSGI target there; restored after
     server = serve.server()
-    assert server.target == "platform_site.wsgi:application"
+    # granian's RSGI interface runs platform_site.rsgi, which runs the WSGI application.
+    assert server.target == "platform_site.rsgi:application"
+    assert serve.os.environ["WEB_WSGI_TARGET"] == "platform_site.wsgi:application"
+    assert (serve.request_threads(), serve.body_timeout_seconds()) == (2, 10.0)
     assert (server.bind_addr, server.bind_port) == ("0.0.0.0", 8000)
-    assert (server.workers, server.blocking_threads) == (2, 2)
+    assert server.workers == 2
     assert server.http1_settings.header_read_timeout == 10_000
     assert server.respawn_failed_workers is True
     assert server.workers_lifetime is None and server.workers_rss is None
-    assert server.interface.value == "wsgi" and server.http.value == "1"
+    assert server.interface.value == "rsgi" and server.http.value == "1"
 
 
 def test_the_environment_sets_the_server(monkeypatch):
+    monkeypatch.setenv("WEB_WSGI_TARGET", "")
     monkeypatch.setenv("HOST", "127.0.0.1")
     monkeypatch.setenv("PORT", "9123")
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
@@ -30,10 +36,12 @@ def test_the_environment_sets_the_server(monkeypatch):
     monkeypatch.setenv("WEB_HEADER_TIMEOUT_SECONDS", "4")
     monkeypatch.setenv("WEB_WORKERS_LIFETIME", "3600")
     monkeypatch.setenv("WEB_WORKERS_MAX_RSS_MB", "900")
+    monkeypatch.setenv("WEB_BODY_TIMEOUT_SECONDS", "2.5")
     monkeypatch.setenv("WEB_ACCESS_LOG", "true")
     server = serve.server("floor_app:app")
-    assert server.target == "floor_app:app"
-    assert (server.bind_addr, server.bind_port, server.workers, server.blocking_threads) == ("127.0.0.1", 9123, 4, 3)
+    assert serve.os.environ["WEB_WSGI_TARGET"] == "floor_app:app"
+    assert (server.bind_addr, server.bind_port, server.workers) == ("127.0.0.1", 9123, 4)
+    assert (serve.request_threads(), serve.body_timeout_seconds()) == (3, 2.5)
     assert server.http1_settings.header_read_timeout == 4000
     assert (server.workers_lifetime, server.workers_rss, server.log_access) == (3600, 900 * 1024 * 1024, True)
 
@@ -41,6 +49,28 @@ def test_the_environment_sets_the_server(monkeypatch):
 def test_a_malformed_number_stops_the_server_naming_the_variable(monkeypatch):
     monkeypatch.setenv("WEB_CONCURRENCY", "two")
     with pytest.raises(SystemExit, match="WEB_CONCURRENCY must be a whole number, not 'two'"):
+        serve.server()
+
+
+def test_behind_a_buffering_ingress_granians_wsgi_threads_can_read_the_bodies(monkeypatch):
+    monkeypatch.setenv("WEB_INTERFACE", "wsgi")
+    monkeypatch.setenv("WEB_THREADS", "3")
+    server = serve.server("floor_app:app")
+    assert (server.target, server.interface.value, server.blocking_threads) == ("floor_app:app", "wsgi", 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("WEB_THREADS", "0", "WEB_THREADS must be at least 1, not 0"),
+        ("WEB_INTERFACE", "asgi", "WEB_INTERFACE must be rsgi or wsgi, not 'asgi'"),
+        ("WEB_BODY_TIMEOUT_SECONDS", "soon", "WEB_BODY_TIMEOUT_SECONDS must be a number of seconds, not 'soon'"),
+        ("WEB_BODY_TIMEOUT_SECONDS", "0", "WEB_BODY_TIMEOUT_SECONDS must be more than 0 and at most 3600, not '0'"),
+    ],
+)
+def test_bad_request_settings_stop_the_server_naming_the_variable(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit, match=message):
         serve.server()
 
 
@@ -100,3 +130,19 @@ def test_a_worker_process_runs_blas_on_one_thread():
     env = {k: v for k, v in serve.os.environ.items() if k not in serve.NATIVE_THREAD_VARIABLES}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[1]"
+
+
+def test_the_server_process_loads_the_numeric_libraries_before_the_workers_fork(tmp_path):
+    """granian forks its workers from this process: what is imported here, they start with."""
+    code = (
+        "import sys; from platform_site import serve\n"
+        "class Server:\n"
+        "    def serve(self):\n"
+        "        print(sorted(name for name in ('numpy', 'pandas', 'scipy.stats', 'sklearn.linear_model', 'sklearn.ensemble') if name in sys.modules))\n"
+        "serve.server = lambda target: Server(); serve.refuse_taken_port = lambda: None\n"
+        "serve.main([])\n"
+    )
+    env = {k: v for k, v in serve.os.environ.items() if k not in serve.NATIVE_THREAD_VARIABLES}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "prometheus")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "['numpy', 'pandas', 'scipy.stats', 'sklearn.ensemble', 'sklearn.linear_model']"

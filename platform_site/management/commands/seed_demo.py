@@ -1,6 +1,8 @@
 """Create (or refresh) the demo account `make run` prints, so a newcomer can click around."""
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
@@ -20,9 +22,22 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--quiet", action="store_true", help="Print only the API key.")
+        parser.add_argument(
+            "--migrate", action="store_true", help="Apply the migrations first (make run: one Django start for both)."
+        )
+
+    def handle(self, *args, quiet: bool = False, migrate: bool = False, **options) -> None:
+        if migrate:
+            call_command("migrate", interactive=False, verbosity=0, skip_checks=True)
+        if settings.REDIS_URL == f"unix://{settings.EMBEDDED_REDIS_SOCKET}":
+            # make run starts the embedded Redis beside this command, not before it.
+            from platform_site import embedded_redis
+
+            embedded_redis.wait()
+        self._seed(quiet=quiet)
 
     @transaction.atomic
-    def handle(self, *args, quiet: bool = False, **options) -> None:
+    def _seed(self, *, quiet: bool) -> None:
         user = User.objects.filter(email=DEMO_EMAIL).first()
         if user is None:
             user = User.objects.create_user(email=DEMO_EMAIL, password=DEMO_PASSWORD, name="Demo User", is_staff=True, is_superuser=True)
