@@ -189,8 +189,8 @@ def _variant_view(variant: dict, *, is_accuracy: bool) -> dict:
         "metric_text": _number(metric["value"], is_accuracy=is_accuracy) if has_feedback else "—",
         "interval_text": f"{_number(metric['low'], is_accuracy=is_accuracy)} to {_number(metric['high'], is_accuracy=is_accuracy)}" if has_feedback else "",
         "error_rate_text": _percent(variant["error_rate"]),
-        "errors_text": f"{_number(variant['errors']['mae'], is_accuracy=False)} / {_number(variant['errors']['rmse'], is_accuracy=False)}"
-        if variant["errors"] and has_feedback
+        "errors_text": f"{_number(variant['error_metrics']['mae'], is_accuracy=False)} / {_number(variant['error_metrics']['rmse'], is_accuracy=False)}"
+        if variant["error_metrics"] and has_feedback
         else "—",
         "difference_text": "",
         "p_value_text": "",

@@ -71,13 +71,20 @@ def run_tool(args: list[str], *, cwd: Path | None = None, stdin: str | None = No
 
 
 def procfile_commands() -> dict[str, list[str]]:
-    """The Procfile's processes as argument lists, the form exec-style commands take."""
+    """The Procfile's processes as argument lists, the form exec-style commands take.
+
+    A Procfile line is run by a shell; one that chains commands (`&&`, `;`, `|`) becomes
+    `sh -c '<line>'`, as an exec-style command must spell it.
+    """
     commands = {}
     for line in (REPO / "Procfile").read_text().splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, _, command = line.partition(":")
-        commands[name.strip()] = shlex.split(command)
+        words = shlex.split(command)
+        if any(word in {"&&", "||", ";", "|"} for word in words):
+            words = ["sh", "-c", command.strip()]
+        commands[name.strip()] = words
     return commands
 
 

@@ -128,7 +128,7 @@ def experiment_results(*, experiment: Experiment) -> dict:
             "feedback": summary["n"],
             "metric": {"value": summary["estimate"].value, "low": summary["estimate"].low, "high": summary["estimate"].high},
             # Both error metrics of a regressor, whichever the experiment compares on.
-            "errors": {"mae": summary["mae"].value, "rmse": summary["rmse"].value} if metric in LOWER_IS_BETTER else None,
+            "error_metrics": {"mae": summary["mae"].value, "rmse": summary["rmse"].value} if metric in LOWER_IS_BETTER else None,
             "has_enough_samples": enough,
             "difference": None,
         }

@@ -140,6 +140,8 @@ def compare_mae(errors: np.ndarray, control_errors: np.ndarray, *, confidence: f
 
 def compare_rmse(errors: np.ndarray, control_errors: np.ndarray, *, confidence: float = 0.95) -> Comparison:
     """Variant's RMSE minus the control's: delta-method standard errors, Welch's degrees of freedom."""
+    from scipy import stats
+
     n, control_n = len(errors), len(control_errors)
     if n < 2 or control_n < 2:
         return NO_COMPARISON

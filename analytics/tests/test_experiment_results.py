@@ -124,8 +124,10 @@ def test_regression_results_are_sklearns_errors_of_the_predictions(tenant_a, reg
     control, variant = body["variants"]
     expected = {"mae": mean_absolute_error(truth, predicted), "rmse": root_mean_squared_error(truth, predicted)}
     expected_control = {"mae": mean_absolute_error(control_truth, control_predicted), "rmse": root_mean_squared_error(control_truth, control_predicted)}
-    assert variant["errors"] == {"mae": pytest.approx(expected["mae"]), "rmse": pytest.approx(expected["rmse"])}
-    assert control["errors"] == {"mae": pytest.approx(expected_control["mae"]), "rmse": pytest.approx(expected_control["rmse"])}
+    assert variant["error_metrics"] == {"mae": pytest.approx(expected["mae"]), "rmse": pytest.approx(expected["rmse"])}
+    assert control["error_metrics"] == {"mae": pytest.approx(expected_control["mae"]), "rmse": pytest.approx(expected_control["rmse"])}
+    # `errors` stays the count of failed requests beside the error metrics.
+    assert variant["errors"] == 0 and control["errors"] == 0
     assert variant["metric"]["value"] == pytest.approx(expected[metric])
     assert variant["metric"]["low"] < expected[metric] < variant["metric"]["high"]
     assert variant["difference"]["value"] == pytest.approx(expected[metric] - expected_control[metric])

@@ -1,5 +1,4 @@
 """Many clients at once against the real web process (granian, 2 workers x 2 threads)."""
-import os
 import subprocess
 import sys
 import threading

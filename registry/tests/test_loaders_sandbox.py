@@ -113,8 +113,14 @@ def test_report_describes_the_model_and_its_prediction_on_the_input_example(insp
         "load_seconds",
         "predict_seconds",
         "artifact_seconds",
+        "compiled",
+        "compiled_artifact",
+        "compile_seconds",
         "imported_django",
     }
+    # Only tree ensembles have a compiled form; a linear model says why it has none.
+    assert report["compiled_artifact"] is None
+    assert report["compiled"]["reason"]
 
 
 def test_model_on_a_plain_array_is_tried_on_a_synthesized_zero_row_without_an_example(inspect: Inspect, tmp_path: Path) -> None:
