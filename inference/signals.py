@@ -27,9 +27,19 @@ def on_production_changed(sender, *, model_id: int, version_id: int | None, **kw
 
 
 @receiver(serving_changed)
-def on_serving_changed(sender, *, model_id: int, version_id: int, **kwargs) -> None:
-    """A version's runtime changed: every process re-resolves its routes (and so its target)."""
+def on_serving_changed(sender, *, model_id: int, version_id: int, warm: bool = False, **kwargs) -> None:
+    """A version's runtime changed: every process re-resolves its routes (and so its target).
+
+    A route names the compiled form's sha256, and a runner holding the version without it (or
+    with another) answers "need artifact" and is sent both again: the runners switch on their
+    next request for it, with no restart. With `warm` (a compile just stored a verified form), a
+    production version is loaded into its organization's runners at once."""
     on_production_changed(sender, model_id=model_id, version_id=None)
+    if warm:
+        from registry.models import RegisteredModel
+
+        if RegisteredModel.objects.filter(id=model_id, production_version_id=version_id).exists():
+            warm_version(version_id)
 
 
 def warm_version(version_id: int) -> None:

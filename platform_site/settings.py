@@ -160,6 +160,10 @@ CELERY_TASK_ROUTES = {
     "inference.score_batch_chunk": {"queue": "batch"},
     "inference.batch_*": {"queue": "batch"},
     "analytics.*": {"queue": "analytics"},
+    # A compile after an upload: seconds of one sandbox child. Not ingest (one process that must keep
+    # draining prediction records) nor batch (it would wait behind a long job's chunks): the
+    # default queue, which the analytics worker consumes beside its short scheduled tasks.
+    "registry.*": {"queue": "default"},
 }
 CELERY_BEAT_SCHEDULE = {
     "drain-prediction-records": {"task": "inference.drain_prediction_records", "schedule": env.float("RECORD_DRAIN_SECONDS", default=2.0)},

@@ -43,6 +43,12 @@ class CompiledOutputSerializer(serializers.Serializer):
     """The owner's choice about the compiled form, and what its verification found."""
 
     enabled = serializers.BooleanField(source="use_compiled", help_text="false: the owner keeps the version on scikit-learn (PATCH the version with {\"compiled\": ...} to change it).")
+    status = serializers.ChoiceField(
+        source="compiled_status",
+        choices=["compiling", "verified", "off", "none"],
+        help_text='"compiling": a worker is building and verifying the compiled form after the upload (scikit-learn serves until then); '
+        '"verified": served compiled; "off": the owner\'s choice; "none": not a tree ensemble the platform compiles, or its check failed.',
+    )
     check = serializers.JSONField(
         source="compiled_figures",
         help_text="The verification against scikit-learn: rows_compared, label_disagreements, max_abs_diff, max_rel_diff, tolerance, passed ({} when nothing was compiled).",
@@ -78,8 +84,9 @@ class VersionOutputSerializer(serializers.Serializer):
     serving = ServingOutputSerializer(source="*")
     runtime = serializers.ChoiceField(
         choices=["onnx", "sklearn"],
-        help_text='What computes predictions in the runner: "onnx", the tree ensemble\'s compiled form, verified at upload to give '
-        'scikit-learn\'s answers bit for bit; "sklearn", scikit-learn itself.',
+        help_text='What computes predictions in the runner: "onnx", the tree ensemble\'s compiled form, verified after the upload to '
+        'give scikit-learn\'s answers bit for bit; "sklearn", scikit-learn itself (also while the compiled form is being made: '
+        'compiled.status "compiling").',
     )
     runtime_reason = serializers.CharField(help_text="Why this runtime: the verification's result, or why the version has no compiled form.")
     compiled = CompiledOutputSerializer(source="*")

@@ -143,19 +143,14 @@ def read_reference_data(file: UploadedFile) -> ReferenceData:
 def inspect_in_sandbox(staged: StagedArtifact, *, input_example: Any) -> dict:
     """Load and try the model in a child process with limits; returns what it found.
 
-    Includes ``serving_artifact`` (bytes, see ``registry.loaders.serving``) and
-    ``linear_spec`` (dict or None).
+    Includes ``serving_artifact`` (bytes, see ``registry.loaders.serving``),
+    ``linear_spec`` (dict or None) and ``compiled_candidate`` (a tree ensemble the platform
+    compiles, after the upload: ``compile_in_sandbox``; when not, ``compiled_reason`` says why).
     """
-    rows = None
-    if input_example is not None:
-        from registry.signatures import example_rows
-
-        names, values = example_rows(input_example)
-        rows = [dict(zip(names, row)) for row in values] if names else values
     report = loaders.inspect_artifact(
         str(staged.model_path),
         fmt=staged.format,
-        input_example=rows,
+        input_example=_sandbox_rows(input_example),
         timeout_s=settings.MODEL_CHECK_TIMEOUT_SECONDS,
         memory_mb=settings.MODEL_CHECK_MEMORY_MB,
         check_socket=settings.MODEL_CHECK_SOCKET,
@@ -170,11 +165,39 @@ def inspect_in_sandbox(staged: StagedArtifact, *, input_example: Any) -> dict:
         # The platform-owned artifact runners load (bytes) and, for plain linear models, its numbers.
         "serving_artifact": report["serving_artifact"],
         "linear_spec": report["linear_spec"],
-        # A tree ensemble's verified compiled form (bytes or None), why, and the check's figures.
-        "compiled_artifact": report.get("compiled_artifact"),
+        # Whether a Celery worker compiles it next (registry.services.compile_version), or why not.
+        "compiled_candidate": bool((report.get("compiled") or {}).get("candidate")),
         "compiled_reason": (report.get("compiled") or {}).get("reason", ""),
-        "compiled_figures": (report.get("compiled") or {}).get("figures") or {},
     }
+
+
+def _sandbox_rows(input_example: Any) -> list | None:
+    """An input example as the rows the sandbox child takes (dicts when it names its columns)."""
+    if input_example is None:
+        return None
+    from registry.signatures import example_rows
+
+    names, values = example_rows(input_example)
+    return [dict(zip(names, row)) for row in values] if names else values
+
+
+def compile_in_sandbox(version, *, stored_compiled: bytes | None = None) -> dict:
+    """Convert and verify a stored version's tree ensemble in the sandbox (the tenant's file is
+    unpickled only there); with `stored_compiled`, verify those bytes too.
+
+    Returns the sandbox's report: ``compiled_artifact`` (verified bytes or None),
+    ``compiled`` (``reason``, ``figures``) and, with `stored_compiled`, ``stored``
+    (``compiled.verify_stored``'s figures)."""
+    return loaders.inspect_artifact(
+        str(local_copy(version)),
+        fmt=version.format,
+        input_example=_sandbox_rows(version.input_example),
+        timeout_s=settings.MODEL_CHECK_TIMEOUT_SECONDS,
+        memory_mb=settings.MODEL_CHECK_MEMORY_MB,
+        check_socket=settings.MODEL_CHECK_SOCKET,
+        compile=True,
+        stored_compiled=stored_compiled,
+    )
 
 
 def store(local_path: Path, name: str) -> str:
@@ -303,11 +326,10 @@ def compiled_fields(version, *, data: bytes | None, reason: str, figures: dict) 
 
 
 def build_serving_artifact(version) -> None:
-    """Check a stored version's original file in the sandbox again and store what serves it
-    (and its compiled form, when it has one).
+    """Check a stored version's original file in the sandbox again and store what serves it.
 
-    For versions uploaded before serving artifacts existed, and for ``manage.py
-    reverify_compiled --rebuild``; new uploads get theirs at upload.
+    For versions uploaded before serving artifacts existed; new uploads get theirs at upload.
+    Its compiled form, if any, is left as it is (``registry.services.compile_version`` makes it).
     """
     from registry.models import ModelVersion
 
@@ -327,12 +349,6 @@ def build_serving_artifact(version) -> None:
         serving_sha256=hashlib.sha256(data).hexdigest(),
         serving_size_bytes=len(data),
         linear_spec=report.get("linear_spec"),
-        **compiled_fields(
-            version,
-            data=report.get("compiled_artifact"),
-            reason=(report.get("compiled") or {}).get("reason", ""),
-            figures=(report.get("compiled") or {}).get("figures") or {},
-        ),
     )
 
 
@@ -362,29 +378,46 @@ def read_compiled_artifact(*, version_id: int) -> tuple[bytes, str]:
 
 
 def recheck_compiled(version) -> dict:
-    """Run the sandbox's conversion and verification again on a stored version, with the
-    runtime installed now, and store what it found.
+    """Verify a version's stored compiled form against its estimator again, in the sandbox, with
+    the runtimes installed now, and store what follows.
 
-    Returns ``{"passed", "reason", "changed"}``: ``changed`` when the new compiled bytes differ
-    from the stored ones (a new converter; the new, verified ones are stored). A version whose
-    check no longer passes loses its compiled form and is served by scikit-learn.
+    Returns ``{"passed", "reason", "changed"}``. The stored bytes are what is checked: bytes
+    that no longer match their recorded sha256, or whose answers differ from scikit-learn's on
+    the verification rows, fail, and the version loses its compiled form (served by
+    scikit-learn, ``compiled_reason`` saying why). Stored bytes whose answers are exact but
+    which differ from today's conversion (a newer converter writes other bytes for the same
+    trees) are replaced by today's, verified ones: ``changed``.
     """
     from registry.models import ModelVersion
 
-    report = loaders.inspect_artifact(
-        str(local_copy(version)),
-        fmt=version.format,
-        input_example=None,
-        timeout_s=settings.MODEL_CHECK_TIMEOUT_SECONDS,
-        memory_mb=settings.MODEL_CHECK_MEMORY_MB,
-        check_socket=settings.MODEL_CHECK_SOCKET,
-    )
-    data = report.get("compiled_artifact")
+    try:
+        stored, sha256 = read_compiled_artifact(version_id=version.id)
+    except (OSError, ValueError) as exc:
+        stored, sha256 = None, f"unreadable: {exc}"
+    if stored is None or sha256 != version.compiled_sha256:
+        reason = "re-verification failed: the stored compiled artifact is missing or does not match its recorded sha256"
+        drop_compiled(version, reason=reason, figures={"passed": False})
+        return {"passed": False, "reason": reason, "changed": True}
+    report = compile_in_sandbox(version, stored_compiled=stored)
+    checked = report.get("stored") or {}
+    if checked.get("passed"):
+        return {"passed": True, "reason": checked.get("reason", ""), "changed": False}
+    fresh = report.get("compiled_artifact")
     found = report.get("compiled") or {}
-    sha256 = hashlib.sha256(data).hexdigest() if data else ""
-    changed = sha256 != version.compiled_sha256
-    if changed:
+    if checked.get("answers_exact") and fresh is not None:
         ModelVersion.objects.filter(id=version.id).update(
-            **compiled_fields(version, data=data, reason=found.get("reason", ""), figures=found.get("figures") or {})
+            **compiled_fields(version, data=fresh, reason=found.get("reason", ""), figures=found.get("figures") or {})
         )
-    return {"passed": data is not None, "reason": found.get("reason", ""), "changed": changed}
+        return {"passed": True, "reason": found.get("reason", ""), "changed": True}
+    reason = f"re-verification failed: {checked.get('reason') or 'the stored compiled form no longer matches scikit-learn'}"
+    drop_compiled(version, reason=reason, figures=checked)
+    return {"passed": False, "reason": reason, "changed": True}
+
+
+def drop_compiled(version, *, reason: str, figures: dict) -> None:
+    """Take the version's compiled form away (it is served by scikit-learn from now on), saying why."""
+    from registry.models import ModelVersion
+
+    ModelVersion.objects.filter(id=version.id).update(**compiled_fields(version, data=None, reason=reason, figures=figures))
+    if version.compiled_artifact:
+        delete_stored(version.compiled_artifact.name)

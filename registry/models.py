@@ -10,6 +10,12 @@ from accounts.models import Organization
 from registry.storage import model_storage
 
 
+# compiled_reason while a Celery worker compiles the version (registry.services.compile_version),
+# and when the owner turned compiling off at upload (turning it on later compiles it then).
+COMPILE_PENDING_REASON = "compiling: served by scikit-learn until its compiled form is built and verified"
+COMPILE_SKIPPED_REASON = "not compiled: the owner turned the compiled form off at upload"
+
+
 class Task(models.TextChoices):
     CLASSIFICATION = "classification", "Classification"
     REGRESSION = "regression", "Regression"
@@ -109,8 +115,10 @@ class ModelVersion(models.Model):
     serving_size_bytes = models.PositiveBigIntegerField(default=0)
     linear_spec = models.JSONField(null=True, blank=True)
     # A tree ensemble's compiled form (registry.loaders.compiled): an ONNX graph the sandbox
-    # wrote and verified bitwise against scikit-learn. Empty when the model has none, with the
-    # reason in compiled_reason; use_compiled is the owner's choice (they may turn it off).
+    # wrote and verified bitwise against scikit-learn, after the upload (compile_version, on a
+    # Celery worker). Empty when the model has none yet or at all, with the reason in
+    # compiled_reason (COMPILE_PENDING_REASON while it is being made); use_compiled is the
+    # owner's choice (they may turn it off).
     compiled_artifact = models.FileField(storage=model_storage, max_length=300, blank=True)
     compiled_sha256 = models.CharField(max_length=64, blank=True)
     compiled_reason = models.CharField(max_length=500, blank=True)
@@ -140,8 +148,20 @@ class ModelVersion(models.Model):
         return "onnx" if self.use_compiled and self.compiled_sha256 else "sklearn"
 
     @property
+    def compiled_status(self) -> str:
+        """"verified" (served compiled), "compiling" (a worker is making it), "off" (the owner's
+        choice) or "none" (not a tree ensemble the platform compiles, or its check failed)."""
+        if not self.use_compiled and (self.compiled_sha256 or self.compiled_reason in (COMPILE_PENDING_REASON, COMPILE_SKIPPED_REASON)):
+            return "off"
+        if self.compiled_sha256:
+            return "verified"
+        if self.compiled_reason == COMPILE_PENDING_REASON:
+            return "compiling"
+        return "none"
+
+    @property
     def runtime_reason(self) -> str:
-        if self.compiled_sha256 and not self.use_compiled:
+        if self.compiled_status == "off":
             return "The compiled form is turned off for this version by its owner."
         if not self.compiled_reason:
             return "Uploaded before compiled forms existed: served by scikit-learn."

@@ -16,9 +16,9 @@ from django.utils.text import slugify
 from accounts.models import Organization
 from accounts.principals import Caller
 from accounts.services import record_audit_event
-from platform_site.errors import Conflict, InvalidArtifact, InvalidInput, NotFound
+from platform_site.errors import Conflict, InvalidArtifact, InvalidInput, ModelhostError, NotFound
 from registry import artifacts, signatures
-from registry.models import ModelVersion, RegisteredModel, Release, Stage, Task
+from registry.models import COMPILE_PENDING_REASON, COMPILE_SKIPPED_REASON, ModelVersion, RegisteredModel, Release, Stage, Task
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +99,10 @@ def upload_version(
     """Check an uploaded artifact in a sandbox, store it, and record it as the next version.
 
     Nothing is stored unless every check passes: the file is inspected from a temporary
-    copy, and the stored copy is removed again if recording the version fails. A tree
-    ensemble's verified compiled form is stored too; `use_compiled` False keeps the version
-    on scikit-learn (``set_compiled_use`` changes it later).
+    copy, and the stored copy is removed again if recording the version fails. The version
+    is served by scikit-learn at once; a tree ensemble is then compiled by a Celery worker
+    (``compile_version``, queued on commit), unless `use_compiled` is False, which keeps it on
+    scikit-learn without compiling (``set_compiled_use`` changes it later).
     """
     metrics = _parse_metrics(metrics, field="metrics", numbers_only=True)
     params = _parse_metrics(params, field="params", numbers_only=False)
@@ -163,14 +164,13 @@ def upload_version(
                 version.serving_size_bytes = len(serving)
                 version.linear_spec = report.get("linear_spec")
                 version.use_compiled = use_compiled
-                compiled = artifacts.compiled_fields(
-                    version, data=report.get("compiled_artifact"), reason=report.get("compiled_reason", ""), figures=report.get("compiled_figures", {})
-                )
-                for name, value in compiled.items():
-                    setattr(version, name, value)
-                if compiled["compiled_artifact"]:
-                    stored_paths.append(compiled["compiled_artifact"])
+                if not report.get("compiled_candidate"):
+                    version.compiled_reason = report.get("compiled_reason", "")[:500]
+                else:
+                    version.compiled_reason = COMPILE_PENDING_REASON if use_compiled else COMPILE_SKIPPED_REASON
                 version.save()
+                if version.compiled_reason == COMPILE_PENDING_REASON:
+                    _compile_on_commit(version.pk)
                 if not locked.task:
                     locked.task = version.task
                     locked.save(update_fields=["task", "updated_at"])
@@ -377,13 +377,20 @@ def import_mlflow_version(*, caller: Caller, model: RegisteredModel, model_uri: 
 def set_compiled_use(*, caller: Caller, version: ModelVersion, use_compiled: bool) -> ModelVersion:
     """Turn the version's compiled form on or off (the owner's choice; off means scikit-learn).
 
-    Turning it on for a version that has no verified compiled form changes nothing it serves:
+    Turning it on for a tree ensemble that was not compiled because it was off at upload
+    queues its compile (``runtime`` "sklearn", ``compiled.status`` "compiling" until then);
+    for a version that has no compiled form otherwise, it changes nothing it serves:
     ``runtime`` stays "sklearn" and ``runtime_reason`` says why.
     """
     version = ModelVersion.objects.select_for_update().select_related("registered_model__organization").get(pk=version.pk)
     if version.use_compiled != use_compiled:
         version.use_compiled = use_compiled
-        version.save(update_fields=["use_compiled"])
+        fields = ["use_compiled"]
+        if use_compiled and version.compiled_reason == COMPILE_SKIPPED_REASON:
+            version.compiled_reason = COMPILE_PENDING_REASON
+            fields.append("compiled_reason")
+            _compile_on_commit(version.pk)
+        version.save(update_fields=fields)
         model = version.registered_model
         record_audit_event(
             organization=model.organization,
@@ -394,6 +401,66 @@ def set_compiled_use(*, caller: Caller, version: ModelVersion, use_compiled: boo
         )
         transaction.on_commit(lambda: serving_changed.send(sender=ModelVersion, model_id=model.pk, version_id=version.pk))
     return version
+
+
+def _compile_on_commit(version_id: int) -> None:
+    """Queue the version's compile once the upload commits (the worker must see the row).
+
+    ``robust``: a broker that is down must not fail an upload that is already stored; the
+    version then stays on scikit-learn, "compiling", until ``manage.py compile_pending`` queues
+    it again."""
+
+    def enqueue() -> None:
+        from registry import tasks
+
+        # The sandbox has MODEL_CHECK_TIMEOUT_SECONDS; the rest is storage. Far under the broker's visibility timeout.
+        limit = settings.MODEL_CHECK_TIMEOUT_SECONDS + 120
+        tasks.compile_version.apply_async((version_id,), soft_time_limit=limit, time_limit=limit + 30)
+
+    transaction.on_commit(enqueue, robust=True)
+
+
+def compile_version(*, version_id: int) -> str:
+    """Build and verify a version's compiled form in the sandbox and store it; return its
+    ``compiled_status`` afterwards.
+
+    Idempotent: a version that is not waiting for its compile (compiled already, not a tree
+    ensemble, turned off at upload) is left as it is. A verified form is stored and every
+    process re-resolves the version's routes on commit, so its organization's runners load the
+    compiled form with their next request for it (a production version is loaded at once);
+    a failed verification leaves it on scikit-learn with the reason.
+    """
+    version = ModelVersion.objects.select_related("registered_model").filter(id=version_id).first()
+    if version is None or version.compiled_sha256 or version.compiled_reason != COMPILE_PENDING_REASON:
+        return version.compiled_status if version is not None else "none"
+    data, reason, figures = None, "", {}
+    try:
+        report = artifacts.compile_in_sandbox(version)
+    except ModelhostError as exc:  # the sandbox's limits (time, memory) or a model that no longer loads
+        reason = f"not compiled: {exc.detail}"
+    else:
+        data = report.get("compiled_artifact")
+        found = report.get("compiled") or {}
+        reason, figures = found.get("reason", ""), found.get("figures") or {}
+    fields = artifacts.compiled_fields(version, data=data, reason=reason or "not compiled", figures=figures)
+    with transaction.atomic():
+        updated = ModelVersion.objects.filter(id=version_id, compiled_sha256="", compiled_reason=COMPILE_PENDING_REASON).update(**fields)
+        if updated:
+            model_id = version.registered_model_id
+            transaction.on_commit(lambda: serving_changed.send(sender=ModelVersion, model_id=model_id, version_id=version_id, warm=True))
+    if not updated and fields["compiled_artifact"]:
+        artifacts.delete_stored(fields["compiled_artifact"])  # another run stored its own first
+    logger.info("version %s compiled: %s", version_id, fields["compiled_reason"])
+    return ModelVersion.objects.get(id=version_id).compiled_status
+
+
+def reverify_compiled_version(*, version: ModelVersion) -> dict:
+    """Check the version's stored compiled form again (``artifacts.recheck_compiled``); when what
+    serves it changed, every process re-resolves its routes. Returns the check's outcome."""
+    outcome = artifacts.recheck_compiled(version)
+    if outcome["changed"]:
+        serving_changed.send(sender=ModelVersion, model_id=version.registered_model_id, version_id=version.id, warm=outcome["passed"])
+    return outcome
 
 
 def note_runner_crash(*, version_id: int) -> None:

@@ -2,9 +2,10 @@
 
 For a one-row request scikit-learn spends most of a forest's predict on Python and joblib
 around the trees; ONNX Runtime's ``TreeEnsemble`` walks the same trees in native code. The
-upload sandbox (``sandbox_child``) calls ``compile_estimator`` after its other checks; the
-runner serves the compiled form only when it was verified (``CompiledPredictor``), else the
-scikit-learn estimator.
+sandbox (``sandbox_child``) calls ``compile_estimator`` in a compile request, which a Celery
+worker makes right after the upload (the upload itself only checks the model and is served by
+scikit-learn until then); the runner serves the compiled form only when it was verified
+(``CompiledPredictor``), else the scikit-learn estimator.
 
 Why our own conversion and not skl2onnx's: skl2onnx stores class weights as float32 and
 divides each tree's weight before summing, so probabilities differ from scikit-learn's by
@@ -812,6 +813,27 @@ def compile_estimator(estimator: Any, *, examples: Any = None) -> Compiled:
     return Compiled(data, f"verified bitwise against scikit-learn on {figures['rows_compared']} rows", figures)
 
 
+def verify_stored(*, estimator: Any, data: bytes, examples: Any = None) -> dict[str, Any]:
+    """Verify a compiled artifact stored earlier against `estimator`, as at compile time.
+
+    Returns the figures with ``passed``, ``reason`` and ``answers_exact`` (the comparison on
+    rows found no difference: when only the bytes differ from today's conversion, a newer
+    converter wrote other bytes for the same trees). Never raises for bad bytes: they fail."""
+    try:
+        plan = plan_for(estimator)
+        figures = verify_compiled(estimator=estimator, data=data, examples=_example_array(examples, plan.n_features))
+    except MemoryError:
+        raise
+    except Exception as exc:  # not a graph ONNX Runtime opens, or not this estimator's: it fails
+        return {"passed": False, "answers_exact": False, "reason": f"the stored compiled form could not be checked ({type(exc).__name__}: {str(exc)[:300]})"}
+    figures["answers_exact"] = (
+        not figures["dtype_or_shape_differs"] and figures["label_disagreements"] == 0 and figures["max_abs_diff"] <= TOLERANCE and figures["rows_compared"] > 0
+    )
+    figures["reason"] = f"verified bitwise against scikit-learn on {figures['rows_compared']} rows" if figures["passed"] else failure_reason(figures)
+    # JSON for the database: an infinite difference is stored as null.
+    return {key: (None if isinstance(value, float) and not np.isfinite(value) else value) for key, value in figures.items()}
+
+
 def _example_array(examples: Any, width: int) -> np.ndarray | None:
     if examples is None:
         return None
@@ -837,4 +859,5 @@ __all__ = [
     "plan_for",
     "session_options",
     "verify_compiled",
+    "verify_stored",
 ]

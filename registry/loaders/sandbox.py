@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,8 +81,15 @@ def inspect_artifact(
     timeout_s: float,
     memory_mb: int,
     check_socket: str = "",
+    compile: bool = False,
+    stored_compiled: bytes | None = None,
 ) -> dict[str, Any]:
     """Load, describe and smoke-test a model file in a limited child; return the child's report.
+
+    With `compile`, the child converts and verifies the tree ensemble instead (the report's
+    ``compiled`` and ``compiled_artifact``; no ``sample`` and an empty ``serving_artifact``),
+    and with `stored_compiled`, a compiled artifact stored earlier, verifies those bytes too
+    (``stored``, see ``compiled.verify_stored``). See ``sandbox_child``.
 
     The report has ``description`` (``describe.ModelDescription`` as a dict), ``sample``
     (the prediction on the input example, or on one synthesized row: ``source``
@@ -104,35 +112,67 @@ verification's ``figures``; see ``compiled.compile_estimator``), ``linear_spec``
     """
     if fmt not in FORMATS:
         raise InvalidArtifact(f"Unknown model format {fmt!r}; expected one of {', '.join(FORMATS)}.")
-    if check_socket:
-        outcome = _run_on_fork_server(
-            check_socket, path=path, fmt=fmt, input_example=input_example, timeout_s=timeout_s, memory_mb=memory_mb
+    with _stored_file(stored_compiled) as stored_fd:
+        if check_socket:
+            outcome = _run_on_fork_server(
+                check_socket,
+                path=path,
+                fmt=fmt,
+                input_example=input_example,
+                timeout_s=timeout_s,
+                memory_mb=memory_mb,
+                compile=compile,
+                stored_fd=stored_fd,
+            )
+            if outcome is not None:
+                return _report_or_raise(*outcome, timeout_s=timeout_s, memory_mb=memory_mb)
+        request = {"path": str(Path(path).resolve()), "fmt": fmt, "input_example": input_example, "compile": compile}
+        if stored_fd is not None:
+            os.lseek(stored_fd, 0, os.SEEK_SET)
+            request["stored_fd"] = stored_fd  # passed to the child under the same number
+        process = subprocess.Popen(
+            _CHILD_COMMAND,
+            cwd=_REPO_ROOT,
+            env=_CHILD_ENV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=() if stored_fd is None else (stored_fd,),
+            preexec_fn=_limits(memory_bytes=memory_mb * 1024 * 1024, cpu_seconds=math.ceil(timeout_s) + 1),
+            start_new_session=True,  # its own process group, so a timeout kills everything it started
         )
-        if outcome is not None:
-            return _report_or_raise(*outcome, timeout_s=timeout_s, memory_mb=memory_mb)
-    request = json.dumps({"path": str(Path(path).resolve()), "fmt": fmt, "input_example": input_example})
-    process = subprocess.Popen(
-        _CHILD_COMMAND,
-        cwd=_REPO_ROOT,
-        env=_CHILD_ENV,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=_limits(memory_bytes=memory_mb * 1024 * 1024, cpu_seconds=math.ceil(timeout_s) + 1),
-        start_new_session=True,  # its own process group, so a timeout kills everything it started
-    )
-    try:
-        stdout, stderr = process.communicate(request.encode(), timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):  # it may have exited just now
-            os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        raise InvalidArtifact(f"loading the model took longer than {timeout_s:g} s", limit="timeout_s") from None
+        try:
+            stdout, stderr = process.communicate(json.dumps(request).encode(), timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):  # it may have exited just now
+                os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise InvalidArtifact(f"loading the model took longer than {timeout_s:g} s", limit="timeout_s") from None
     return _report_or_raise(process.returncode, stdout, stderr, timeout_s=timeout_s, memory_mb=memory_mb)
 
 
+@contextlib.contextmanager
+def _stored_file(data: bytes | None):
+    """A read-only descriptor on `data` (an unnamed temporary file) for the child, or None."""
+    if data is None:
+        yield None
+        return
+    with tempfile.TemporaryFile(prefix="mh-compiled-") as handle:
+        handle.write(data)
+        handle.flush()
+        yield handle.fileno()
+
+
 def _run_on_fork_server(
-    check_socket: str, *, path: str, fmt: str, input_example: Any, timeout_s: float, memory_mb: int
+    check_socket: str,
+    *,
+    path: str,
+    fmt: str,
+    input_example: Any,
+    timeout_s: float,
+    memory_mb: int,
+    compile: bool = False,
+    stored_fd: int | None = None,
 ) -> tuple[int | None, bytes, bytes] | None:
     """The check's (exit status, stdout, stderr) from a child of the fork server, or None when
     no fork server answered (the caller then starts the subprocess).
@@ -149,6 +189,8 @@ def _run_on_fork_server(
         "input_example": input_example,
         "timeout_s": timeout_s,
         "memory_mb": memory_mb,
+        "compile": compile,
+        "stored": stored_fd is not None,
     }
     from .sandbox_server import send_request
 
@@ -166,7 +208,9 @@ def _run_on_fork_server(
         pipes += [report_read, stderr_read]
         model_fd = os.open(file_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         try:
-            send_request(conn, request, [model_fd, report_write, stderr_write])
+            if stored_fd is not None:
+                os.lseek(stored_fd, 0, os.SEEK_SET)
+            send_request(conn, request, [model_fd, report_write, stderr_write, *([] if stored_fd is None else [stored_fd])])
         except OSError as exc:
             logger.warning("model check: the fork server at %s took no request (%s); starting a subprocess", check_socket, exc)
             return None

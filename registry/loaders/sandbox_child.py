@@ -8,6 +8,19 @@ JSON on stdin; both write (``write_report``) to the stdout they started with one
 artifact's bytes followed by the compiled artifact's (the report's ``serving_artifact_bytes``
 and ``compiled_artifact_bytes`` say how many; the child may not write files). Anything a library prints goes to stderr.
 
+Two kinds of request (``"compile"`` in the request):
+
+- the upload check (false, the default): load, describe, predict on the example, write the
+  serving artifact, and say whether the model is a tree ensemble the platform compiles
+  (``compiled.candidate``; for one that is not, ``compiled.reason`` says why). It does not
+  compile: that takes seconds for a large forest, and the upload does not wait for it;
+- the compile (true; ``registry.services.compile_version``, run by a Celery worker after the
+  upload): load, then convert and verify the tree ensemble (``compiled.compile_estimator``),
+  and write the compiled artifact alone (no serving artifact). With ``stored_fd``, the number
+  of a descriptor open on a compiled artifact stored earlier, it also verifies those bytes
+  against the estimator (``compiled.stored``: the figures and ``passed``), for
+  ``manage.py reverify_compiled``.
+
 Every ``n_jobs`` parameter of the model (its own and its steps') is set to 1 before it
 predicts, and so in the serving artifact: a sandbox child and a runner may not create files
 (RLIMIT_FSIZE 0), and joblib's thread pool makes a POSIX semaphore, a file in /dev/shm, so a
@@ -70,38 +83,67 @@ def inspect_request(request: dict[str, Any], *, model_fd: int | None = None) -> 
     description = describe_estimator(estimator=loaded.estimator, saved_sklearn_version=loaded.saved_sklearn_version)
     single_threaded(loaded.estimator)
     loaded_at = time.monotonic()
+    if request.get("compile"):
+        return _compile_report(request, loaded.estimator, description, load_seconds=loaded_at - started)
     sample = _predict_sample(loaded.estimator, description.n_features, description.feature_names, request.get("input_example"))
     predicted_at = time.monotonic()
     artifact = pickle.dumps(loaded.estimator, protocol=5)
     artifact_at = time.monotonic()
-    compiled = _compiled_form(loaded.estimator, description.feature_names, request.get("input_example"))
     report = {
         "description": description.as_dict(),
         "sample": sample,
         "linear_spec": linear_spec_for(loaded.estimator),
         "serving_artifact_bytes": len(artifact),
-        "compiled": {"reason": compiled.reason, "figures": compiled.figures},
-        "compiled_artifact_bytes": len(compiled.artifact or b""),
+        "compiled": _compile_candidate(loaded.estimator),
+        "compiled_artifact_bytes": 0,
         "load_seconds": round(loaded_at - started, 4),
         "predict_seconds": round(predicted_at - loaded_at, 4),
         "artifact_seconds": round(artifact_at - predicted_at, 4),
-        "compile_seconds": round(time.monotonic() - artifact_at, 4),
     }
-    return report, artifact + (compiled.artifact or b"")
+    return report, artifact
 
 
-def _compiled_form(estimator: Any, feature_names: list[str] | None, input_example: Any):
-    """The tree ensemble's verified compiled form (``compiled.compile_estimator``), checked on the
-    input example's rows too when it has one."""
-    from .compiled import compile_estimator
+def _compile_candidate(estimator: Any) -> dict[str, Any]:
+    """``{"candidate": True}`` for a tree ensemble the platform compiles, else False and why
+    (``compiled.plan_for`` reads the trees' arrays only: a few milliseconds for 500 trees)."""
+    from .compiled import NotCompilable, plan_for
 
+    try:
+        plan_for(estimator)
+    except NotCompilable as exc:
+        return {"candidate": False, "reason": str(exc)}
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        return {"candidate": False, "reason": f"the model could not be converted ({type(exc).__name__}: {exc})"}
+    return {"candidate": True, "reason": ""}
+
+
+def _compile_report(request: dict[str, Any], estimator: Any, description: Any, *, load_seconds: float) -> tuple[dict[str, Any], bytes]:
+    """The compile request's report and the verified compiled artifact (see the module docstring)."""
+    from .compiled import compile_estimator, verify_stored
+
+    started = time.monotonic()
     examples = None
+    input_example = request.get("input_example")
     if input_example:
         try:
-            examples = _rows_to_input(input_example[:_MAX_EXAMPLE_ROWS], feature_names)
+            examples = _rows_to_input(input_example[:_MAX_EXAMPLE_ROWS], description.feature_names)
         except _PredictionFailed:
             examples = None
-    return compile_estimator(estimator, examples=examples)
+    compiled = compile_estimator(estimator, examples=examples)
+    report: dict[str, Any] = {
+        "description": description.as_dict(),
+        "serving_artifact_bytes": 0,
+        "compiled": {"reason": compiled.reason, "figures": compiled.figures},
+        "compiled_artifact_bytes": len(compiled.artifact or b""),
+        "load_seconds": round(load_seconds, 4),
+        "compile_seconds": round(time.monotonic() - started, 4),
+    }
+    stored_fd = request.get("stored_fd")
+    if isinstance(stored_fd, int) and not isinstance(stored_fd, bool):
+        with os.fdopen(stored_fd, "rb") as handle:
+            stored = handle.read()
+        report["stored"] = verify_stored(estimator=estimator, data=stored, examples=examples)
+    return report, compiled.artifact or b""
 
 
 def single_threaded(estimator: Any) -> None:

@@ -18,6 +18,9 @@ subprocess's stdout and stderr, over SCM_RIGHTS:
   (``fmt`` of the estimator file: joblib, pickle or skops; ``saved_sklearn_version``, the
   version an MLflow MLmodel names; ``input_example``; ``timeout_s``; ``memory_mb``), with
   three descriptors attached: the model file (read-only), the report pipe, the stderr pipe;
+  with ``"compile": true`` the child compiles the tree ensemble instead of checking it, and
+  with ``"stored": true`` a fourth descriptor, a compiled artifact stored earlier, which it
+  verifies too (``sandbox_child``'s two kinds of request);
   ``{"op": "status"}`` with none asks what runs.
 - service -> client: a JSON line ``{"ok": true, "pid": ...}`` once the child runs (or
   ``{"ok": false, "reason": ...}``), then ``{"returncode": n}`` once it has exited
@@ -57,6 +60,7 @@ logger = logging.getLogger("modelhost.sandbox_server")
 _LENGTH = struct.Struct(">I")
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # an input example of at most 100 rows, as JSON
 DESCRIPTORS = 3  # the model file, the report pipe, the stderr pipe
+MAX_DESCRIPTORS = DESCRIPTORS + 1  # and a stored compiled artifact to verify
 _REQUEST_TIMEOUT = 2.0
 # How long past its own timeout a check may run before the service kills it unasked.
 _GRACE_SECONDS = 5.0
@@ -79,7 +83,7 @@ def send_request(sock: socket.socket, request: dict[str, Any], fds: list[int]) -
 
 def receive_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """One request frame and the descriptors that came with it (the caller closes them)."""
-    data, fds, _flags, _address = socket.recv_fds(sock, 64 * 1024, DESCRIPTORS)
+    data, fds, _flags, _address = socket.recv_fds(sock, 64 * 1024, MAX_DESCRIPTORS)
     try:
         if len(data) < _LENGTH.size:
             raise RequestError("a request starts with its length")
@@ -245,8 +249,9 @@ class SandboxService:
 def _problem(request: dict[str, Any], fds: list[int]) -> str | None:
     if request.get("op", "check") != "check":
         return f"unknown op {request.get('op')!r}"
-    if len(fds) != DESCRIPTORS:
-        return f"a check request carries {DESCRIPTORS} descriptors (the model file, the report and stderr pipes), not {len(fds)}"
+    expected = DESCRIPTORS + (1 if request.get("stored") is True else 0)
+    if len(fds) != expected:
+        return f"a check request carries {expected} descriptors (the model file, the report and stderr pipes, a stored compiled artifact when it says so), not {len(fds)}"
     if request.get("fmt") not in _FORMATS:
         return f"fmt is one of {', '.join(_FORMATS)}"
     for name in ("memory_mb", "timeout_s"):
@@ -267,13 +272,19 @@ def _run_child(*, request: dict[str, Any], fds: list[int], confine: Callable[[in
     """The check's whole life, in the forked child; never returns."""
     status = 1
     try:
-        model_fd, report_fd, stderr_fd = fds
+        model_fd, report_fd, stderr_fd, *stored = fds
         # stdin is the model file, stdout and stderr the client's pipes: the subprocess's layout.
         os.dup2(report_fd, 1)
         os.dup2(stderr_fd, 2)
         os.dup2(model_fd, 0)
+        first_free = 3
+        request = {key: value for key, value in request.items() if key != "stored_fd"}  # only ours below
+        if stored:  # the stored compiled artifact becomes descriptor 3
+            os.dup2(stored[0], 3)
+            request = {**request, "stored_fd": 3}
+            first_free = 4
         # Everything else of the host's goes: listeners, runners' control sockets, other clients.
-        os.closerange(3, _MAX_FD)
+        os.closerange(first_free, _MAX_FD)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         confine(memory_mb)
         # SIGXCPU at the soft limit, SIGKILL a second later; a forked child's CPU time starts at 0.

@@ -115,12 +115,43 @@ def test_report_describes_the_model_and_its_prediction_on_the_input_example(insp
         "artifact_seconds",
         "compiled",
         "compiled_artifact",
-        "compile_seconds",
         "imported_django",
     }
-    # Only tree ensembles have a compiled form; a linear model says why it has none.
+    # The upload check does not compile; it says whether the model is one the platform compiles.
     assert report["compiled_artifact"] is None
-    assert report["compiled"]["reason"]
+    assert report["compiled"] == {"candidate": False, "reason": "LogisticRegression is not a tree ensemble the platform compiles"}
+
+
+def test_a_compile_request_converts_and_verifies_a_forest_and_checks_stored_bytes(inspect: Inspect, tmp_path: Path) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    from registry.loaders import compiled
+
+    forest = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, Y)
+    path = _dump(tmp_path, forest)
+    check = inspect(path, fmt="joblib", input_example=X[:2].tolist(), **LIMITS)
+    assert check["compiled"] == {"candidate": True, "reason": ""} and check["compiled_artifact"] is None
+
+    report = inspect(path, fmt="joblib", input_example=X[:2].tolist(), compile=True, **LIMITS)
+    expected = compiled.onnx_bytes(compiled.plan_for(forest))
+    assert report["compiled_artifact"] == expected
+    assert report["serving_artifact"] == b"" and "sample" not in report and "stored" not in report
+    assert report["compiled"]["reason"].startswith("verified bitwise against scikit-learn on ")
+    assert report["compiled"]["figures"]["passed"] is True
+
+    same = inspect(path, fmt="joblib", input_example=None, compile=True, stored_compiled=expected, **LIMITS)
+    assert same["stored"]["passed"] is True
+
+    plan = compiled.plan_for(forest)
+    plan.trees[0].threshold[0] += 0.25  # the root split of the first tree moves
+    moved = inspect(path, fmt="joblib", input_example=None, compile=True, stored_compiled=compiled.onnx_bytes(plan), **LIMITS)
+    assert moved["stored"]["passed"] is False and moved["stored"]["answers_exact"] is False
+    assert moved["stored"]["matches_estimator"] is False
+    assert moved["stored"]["reason"].startswith("verification failed: the compiled bytes are not the conversion")
+
+    garbage = inspect(path, fmt="joblib", input_example=None, compile=True, stored_compiled=b"not a graph", **LIMITS)
+    assert garbage["stored"]["passed"] is False
+    assert garbage["stored"]["reason"].startswith("the stored compiled form could not be checked (")
 
 
 def test_model_on_a_plain_array_is_tried_on_a_synthesized_zero_row_without_an_example(inspect: Inspect, tmp_path: Path) -> None:

@@ -2,20 +2,21 @@
 
 Run at each deploy (the Procfile's release phase and kubernetes/base/migrate-job.yaml, after
 ``migrate``) and by the test suite: a new ONNX Runtime or scikit-learn that changes one answer
-(as onnxruntime 1.26.0 once did for RandomForestClassifier) fails the deploy here, and the
-version it broke is served by scikit-learn from then on, instead of users getting wrong answers.
-Each check runs in the upload sandbox, never in this process: it loads tenants' files.
+(as onnxruntime 1.26.0 once did for RandomForestClassifier), or stored bytes that were changed,
+fails the deploy here, and the version it broke is served by scikit-learn from then on, instead
+of users getting wrong answers. What is checked is the stored artifact itself, in the upload
+sandbox, never in this process: it loads tenants' files (``artifacts.recheck_compiled``).
 """
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from registry import artifacts
+from registry import services
 from registry.models import ModelVersion
 
 
 class Command(BaseCommand):
-    help = "Re-verify every version's compiled form against scikit-learn with the installed runtimes; exit 1 if any fails."
+    help = "Re-verify every version's stored compiled form against scikit-learn with the installed runtimes; exit 1 if any fails."
 
     def handle(self, *args, **options) -> None:
         failed = []
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         count = 0
         for version in versions.iterator():
             count += 1
-            outcome = artifacts.recheck_compiled(version)
+            outcome = services.reverify_compiled_version(version=version)
             status = "ok" if outcome["passed"] else "FAILED"
             note = " (new compiled bytes stored)" if outcome["changed"] and outcome["passed"] else ""
             self.stdout.write(f"{status} {version}: {outcome['reason']}{note}")
