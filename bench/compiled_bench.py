@@ -3,6 +3,11 @@ against its compiled form (ONNX Runtime, one thread), as a runner computes them,
 compiled form's exactness figures beside the speed.
 
     .venv/bin/python bench/compiled_bench.py [--seconds 2]
+    .venv/bin/python bench/compiled_bench.py --chunks     # batch-sized requests, rows/s
+
+With ``--chunks``: predict (labels) of 256 to 100 000 rows per call, rows/s of scikit-learn
+and of the compiled form, best of 3 calls each (what decides COMPILED_MAX_ROWS in
+inference/runners/runner.py).
 
 Runs in this process (no servers): the runner's own code (registry.loaders.compiled) on the
 model bench/models.py trains, with the warning filter a runner sets. Prints per-call latency
@@ -42,6 +47,7 @@ def per_call_ms(call, seconds: float) -> float:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--chunks", action="store_true", help="rows/s on batch-sized requests instead")
     args = parser.parse_args(argv)
     from sklearn.datasets import make_classification
     from sklearn.ensemble import RandomForestClassifier
@@ -55,6 +61,9 @@ def main(argv: list[str]) -> None:
     compile_seconds = time.perf_counter() - started
     assert result.artifact is not None, result.reason
     predictor = compiled.CompiledPredictor(data=result.artifact, estimator=forest)
+    if args.chunks:
+        chunk_rates(forest, predictor)
+        return
     rows = x[np.random.default_rng(0).integers(0, len(x), 10_000)].round(4)
     figures = compiled.compare(estimator=forest, predictor=predictor, rows=rows)
     print(f"RandomForest 100 trees / 20 features, compiled form {len(result.artifact) / 1e6:.1f} MB, converted and verified in {compile_seconds:.2f} s")
@@ -68,6 +77,28 @@ def main(argv: list[str]) -> None:
             f"exactness on {name} ({found['rows_compared']}): max abs diff {found['max_abs_diff']:g}, "
             f"max rel diff {found['max_rel_diff']:g}, label disagreements {found['label_disagreements']}"
         )
+
+
+def chunk_rates(forest, predictor) -> None:
+    from sklearn.datasets import make_classification
+
+    data, _ = make_classification(n_samples=100_000, n_features=20, n_informative=10, random_state=1)
+
+    def best_seconds(call) -> float:
+        seconds = []
+        for _ in range(3):
+            started = time.perf_counter()
+            call()
+            seconds.append(time.perf_counter() - started)
+        return min(seconds)
+
+    print(f"{'rows per call':>14}{'scikit-learn rows/s':>21}{'compiled rows/s':>17}{'compiled/sklearn':>18}")
+    for size in (256, 1_000, 2_000, 5_000, 10_000, 100_000):
+        batch = np.ascontiguousarray(data[:size])
+        assert np.array_equal(predictor.predict(batch, want_proba=False)[0], forest.predict(batch))
+        sk = best_seconds(lambda: forest.predict(batch))
+        onnx = best_seconds(lambda: predictor.predict(batch, want_proba=False))
+        print(f"{size:>14,}{size / sk:>21,.0f}{size / onnx:>17,.0f}{sk / onnx:>17.2f}x")
 
 
 if __name__ == "__main__":

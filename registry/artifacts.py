@@ -405,9 +405,10 @@ def recheck_compiled(version) -> dict:
     fresh = report.get("compiled_artifact")
     found = report.get("compiled") or {}
     if checked.get("answers_exact") and fresh is not None:
-        ModelVersion.objects.filter(id=version.id).update(
-            **compiled_fields(version, data=fresh, reason=found.get("reason", ""), figures=found.get("figures") or {})
-        )
+        fields = compiled_fields(version, data=fresh, reason=found.get("reason", ""), figures=found.get("figures") or {})
+        ModelVersion.objects.filter(id=version.id).update(**fields)
+        if fields["compiled_artifact"] != version.compiled_artifact.name:
+            delete_stored(version.compiled_artifact.name)
         return {"passed": True, "reason": found.get("reason", ""), "changed": True}
     reason = f"re-verification failed: {checked.get('reason') or 'the stored compiled form no longer matches scikit-learn'}"
     drop_compiled(version, reason=reason, figures=checked)

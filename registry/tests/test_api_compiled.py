@@ -220,5 +220,7 @@ def test_reverify_compiled_stores_the_new_conversion_when_only_the_bytes_differ(
     _overwrite_stored(version, graph.SerializeToString(), record_sha256=True)
     call_command("reverify_compiled")
     assert "(new compiled bytes stored)" in capsys.readouterr().out
+    old_name = version.compiled_artifact.name
     version.refresh_from_db()
     assert version.runtime == "onnx" and version.compiled_sha256 == hashlib.sha256(converted).hexdigest()
+    assert model_storage().exists(version.compiled_artifact.name) and not model_storage().exists(old_name)
