@@ -162,6 +162,7 @@ def _predict_sample(
     """Predict on the input example (a failure is the model's) or on synthesized rows (a failure is noted)."""
     import numpy as np
 
+    found: dict[str, Any] = {}
     if input_example:
         source = "input_example"
         X = _rows_to_input(input_example[:_MAX_EXAMPLE_ROWS], feature_names)
@@ -170,6 +171,8 @@ def _predict_sample(
         X = synthesized_rows(estimator, n_features=n_features, feature_names=feature_names)
         if X is None:
             return {"source": None}
+        if _is_zero_row(X):  # what the upload would try next for a model with guessed column types
+            found["zero_row"] = True
     try:
         predictions = estimator.predict(X)
     except MemoryError:
@@ -177,9 +180,17 @@ def _predict_sample(
     except Exception as exc:  # the model's own code failed; report its message
         if source == "input_example":
             raise _PredictionFailed(f"{type(exc).__name__}: {exc}") from exc
-        return {"source": source, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"source": source, **found, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     values = np.asarray(predictions)[:_MAX_REPORTED_PREDICTIONS].tolist()
-    return {"source": source, "ok": True, "predictions": _json_safe(values)}
+    return {"source": source, **found, "ok": True, "predictions": _json_safe(values)}
+
+
+def _is_zero_row(X: Any) -> bool:
+    """True when every value of `X` is the number 0 (no encoder's category was put in it)."""
+    import numpy as np
+
+    values = X.to_numpy() if hasattr(X, "to_numpy") else X
+    return all(isinstance(value, (int, float)) and value == 0 for value in np.asarray(values, dtype=object).ravel())
 
 
 def synthesized_rows(estimator: Any, *, n_features: int | None, feature_names: list[str] | None) -> Any:

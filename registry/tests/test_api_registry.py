@@ -3,8 +3,10 @@ import os
 import pickle
 
 import orjson
+import pandas as pd
 import pytest
 import sklearn
+from sklearn.linear_model import LogisticRegression
 
 from accounts.models import AuditEvent
 from registry.models import ModelVersion, RegisteredModel, Release
@@ -332,3 +334,55 @@ def test_versions_cannot_be_changed(owner):
     assert response.json()["errors"] == [{"field": "sha256", "message": "Unknown field."}]
     assert owner.get("/api/v1/models/acme/iris/versions/1").json()["sha256"] == sha256
     assert owner.delete("/api/v1/models/acme/iris/versions/1").status_code == 405
+
+
+def _checks_started() -> int:
+    from registry.tests.test_loaders_sandbox import _fork_server_status
+
+    return _fork_server_status()["started_checks"]
+
+
+def test_a_model_on_guessed_numeric_columns_is_checked_on_the_zero_row_in_one_sandbox_run(owner):
+    x, y = f.iris_data()
+    before = _checks_started()
+    response = upload(owner, f.joblib_bytes(LogisticRegression(max_iter=500).fit(x, y)))
+    assert response.status_code == 201, response.content
+    assert response.json()["signature"]["source"] == "n_features_in"
+    assert _checks_started() == before + 1  # the synthesized row was the zero row: no second run
+
+
+def test_a_model_that_fails_on_the_zero_row_of_guessed_columns_is_refused_after_one_sandbox_run(owner):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import Pipeline
+
+    frame = pd.DataFrame({"text": ["good day", "bad day", "good night", "bad night"]})
+    model = Pipeline([("columns", ColumnTransformer([("text", TfidfVectorizer(), "text")])), ("model", LogisticRegression())])
+    model.fit(frame, [1, 0, 1, 0])
+    before = _checks_started()
+    response = upload(owner, f.joblib_bytes(model))
+    assert response.status_code == 422, response.content
+    body = response.json()
+    assert body["errors"] == [{"field": "input_example", "message": "required: the model does not take numbers in every column"}]
+    assert "fails on a row of zeros (AttributeError: " in body["detail"]
+    assert _checks_started() == before + 1
+
+
+def test_a_model_with_an_encoder_is_tried_on_the_zero_row_in_a_second_sandbox_run(owner):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = pd.DataFrame({"size": [0.1, 0.9, 0.4, 0.7], "city": ["lima", "oslo", "lima", "oslo"]})
+    model = Pipeline(
+        [
+            ("columns", ColumnTransformer([("size", StandardScaler(), ["size"]), ("city", OneHotEncoder(), ["city"])])),
+            ("model", LogisticRegression()),
+        ]
+    ).fit(frame, [0, 1, 0, 1])
+    before = _checks_started()
+    response = upload(owner, f.joblib_bytes(model))
+    # OneHotEncoder refuses the unknown category 0.0: the zero row fails, so the upload asks for an example.
+    assert response.status_code == 422, response.content
+    assert "fails on a row of zeros" in response.json()["detail"]
+    assert _checks_started() == before + 2

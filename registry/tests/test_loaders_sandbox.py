@@ -158,7 +158,7 @@ def test_model_on_a_plain_array_is_tried_on_a_synthesized_zero_row_without_an_ex
     path = tmp_path / "model.pkl"
     path.write_bytes(pickle.dumps(MODEL))
     report = inspect(str(path), fmt="pickle", input_example=None, **LIMITS)
-    assert report["sample"] == {"source": "synthesized", "ok": True, "predictions": MODEL.predict(np.zeros((1, 4))).tolist()}
+    assert report["sample"] == {"source": "synthesized", "zero_row": True, "ok": True, "predictions": MODEL.predict(np.zeros((1, 4))).tolist()}
 
 
 def test_dataframe_model_is_tried_on_dict_rows(inspect: Inspect, tmp_path: Path) -> None:
@@ -199,7 +199,7 @@ def test_a_model_that_fails_on_synthesized_rows_is_noted_not_refused(inspect: In
         [("columns", ColumnTransformer([("text", TfidfVectorizer(), "text")])), ("model", LogisticRegression())]
     ).fit(frame, [1, 0, 1, 0])
     report = inspect(_dump(tmp_path, model), fmt="joblib", input_example=None, **LIMITS)
-    assert report["sample"]["source"] == "synthesized"
+    assert report["sample"]["source"] == "synthesized" and report["sample"]["zero_row"] is True
     assert report["sample"]["ok"] is False
     assert report["sample"]["error"].startswith("AttributeError: ")
 
@@ -391,7 +391,7 @@ def test_a_missing_fork_server_means_the_subprocess(tmp_path: Path) -> None:
     report = inspect_artifact(
         _dump(tmp_path, MODEL), fmt="joblib", input_example=None, check_socket=str(tmp_path / "nobody.sock"), **LIMITS
     )
-    assert report["sample"] == {"source": "synthesized", "ok": True, "predictions": MODEL.predict(np.zeros((1, 4))).tolist()}
+    assert report["sample"] == {"source": "synthesized", "zero_row": True, "ok": True, "predictions": MODEL.predict(np.zeros((1, 4))).tolist()}
 
 
 def test_a_forked_check_has_no_secret_in_its_environment_and_its_own_user(tmp_path: Path) -> None:
