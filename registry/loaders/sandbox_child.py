@@ -49,6 +49,7 @@ from typing import Any
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _MAX_EXAMPLE_ROWS = 100
 _MAX_REPORTED_PREDICTIONS = 5
+_COMPILE_NICENESS = 10
 
 
 def register_bare_platform_site() -> None:
@@ -75,6 +76,10 @@ def inspect_request(request: dict[str, Any], *, model_fd: int | None = None) -> 
     from .serving import linear_spec_for
 
     started = time.monotonic()
+    if request.get("compile"):
+        # Background work: on a shared machine the uploads, warm-ups and predictions right after
+        # an upload, which wait for an answer, go first.
+        os.nice(_COMPILE_NICENESS)
     # Both loads run the audit, the restricted unpickler and the structure/dtype/object checks.
     if model_fd is None:
         loaded = load_artifact(request["path"], fmt=request["fmt"])
