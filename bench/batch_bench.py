@@ -213,6 +213,7 @@ def seed(models: dict[str, str]) -> None:
         version = registry_services.upload_version(
             caller=caller, model=model, file=SimpleUploadedFile(f"{name}.joblib", Path(path).read_bytes())
         )
+        registry_services.compile_version(version_id=version.id)  # what the worker runs after an upload
         registry_services.set_stage(caller=caller, version=version, stage="production")
     print(json.dumps({"key": key, "org": org.slug}))
 

@@ -6,7 +6,8 @@ Run with the project's venv and the benchmark's environment (bench/harness.py do
 Prints one JSON object on stdout: {"orgs": {slug: {"key": plaintext, "models": {name: {...}}}}}.
 
 Models are uploaded through `registry.services.upload_version` (the real safe-upload path with
-its sandbox check) and promoted with `set_stage`, once: a rerun reuses a model whose
+its sandbox check), compiled with `compile_version` (what the worker runs after an upload,
+through the sandbox too) and promoted with `set_stage`, once: a rerun reuses a model whose
 production version has the same sha256. Every run makes a fresh API key (only its hash is
 stored) and revokes the previous bench keys. Rate limits are set to a very high number rather
 than 0, so the limit script runs and the X-RateLimit headers are computed as in production,
@@ -74,6 +75,9 @@ def _production_model(caller: Caller, org: Organization, name: str, artifact: Pa
     if current is None or current.sha256 != sha:
         upload = SimpleUploadedFile(f"{name}.joblib", data, content_type="application/octet-stream")
         version = registry_services.upload_version(caller=caller, model=model, file=upload, input_example=example)
+        # The compile a worker runs after an upload, run here: the benches start no worker, and
+        # measure a tree ensemble served by its compiled form, as it is once the worker is done.
+        registry_services.compile_version(version_id=version.id)
         registry_services.set_stage(caller=caller, version=version, stage="production")
         model.refresh_from_db()
         current = model.production_version

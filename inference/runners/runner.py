@@ -72,8 +72,9 @@ class RunnerLimits:
 
 # The largest request the compiled form answers: ONNX Runtime walks every tree for one row at a
 # time, scikit-learn one tree for all rows; measured on the 100-tree, 20-feature forest (two
-# classes), one-thread ONNX Runtime is 240x faster for one row, 3.8x for 100 and slower past
-# about 500 rows (bench/compiled_bench.py), so larger requests (batch chunks) go to scikit-learn.
+# classes), one-thread ONNX Runtime is 240x faster for one row, 3.8x for 100, 1.9x for 256,
+# even at 1 000 and 0.53x at 100 000 (a flat ~125 000 rows/s; `bench/compiled_bench.py
+# --chunks`), so larger requests (batch chunks) go to scikit-learn.
 COMPILED_MAX_ROWS = 256
 
 
