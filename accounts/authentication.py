@@ -5,6 +5,7 @@ a warm request makes no database query. The cache entry lives API_KEY_CACHE_SECO
 key revoked in any process stops working in every process within that bound; expiry is
 checked on every request against the cached expiry time, so it is exact.
 """
+
 from __future__ import annotations
 
 import threading

@@ -10,6 +10,7 @@ selectors, `create_experiment` / `stop_experiment` / `promote_winner`, and
 start, stop and promote experiments, and start replays. Charts are server-rendered SVG (analytics.charts), each
 with the same numbers in a table beside it.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -60,7 +61,10 @@ TEST_NAMES = {
 class DriftRunForm(forms.Form):
     version = forms.TypedChoiceField(coerce=int, empty_value=None, required=False, help_text="Empty: the production version.")
     window_hours = forms.IntegerField(
-        label="Window (hours)", min_value=1, max_value=MAX_WINDOW_HOURS, help_text="The inputs served in the last this many hours."
+        label="Window (hours)",
+        min_value=1,
+        max_value=MAX_WINDOW_HOURS,
+        help_text="The inputs served in the last this many hours.",
     )
 
     def __init__(self, *args, model: RegisteredModel, numbers: list[int], **kwargs):
@@ -80,7 +84,11 @@ class ExperimentForm(forms.Form):
         help_text="Accuracy for classifiers and outlier detectors; for regressors, the mean absolute or root mean squared error of the predictions against the true values sent as feedback.",
     )
     min_samples = forms.IntegerField(
-        required=False, min_value=1, max_value=10_000_000, label="Feedback needed per variant", help_text="Before a difference can count as significant; default 100."
+        required=False,
+        min_value=1,
+        max_value=10_000_000,
+        label="Feedback needed per variant",
+        help_text="Before a difference can count as significant; default 100.",
     )
 
     def __init__(self, *args, numbers: list[int], production: int | None, **kwargs):
@@ -187,7 +195,9 @@ def _variant_view(variant: dict, *, is_accuracy: bool) -> dict:
         **variant,
         "label": f"v{variant['version']}" + (" (control)" if variant["is_control"] else ""),
         "metric_text": _number(metric["value"], is_accuracy=is_accuracy) if has_feedback else "—",
-        "interval_text": f"{_number(metric['low'], is_accuracy=is_accuracy)} to {_number(metric['high'], is_accuracy=is_accuracy)}" if has_feedback else "",
+        "interval_text": f"{_number(metric['low'], is_accuracy=is_accuracy)} to {_number(metric['high'], is_accuracy=is_accuracy)}"
+        if has_feedback
+        else "",
         "error_rate_text": _percent(variant["error_rate"]),
         "errors_text": f"{_number(variant['error_metrics']['mae'], is_accuracy=False)} / {_number(variant['error_metrics']['rmse'], is_accuracy=False)}"
         if variant["error_metrics"] and has_feedback
@@ -199,7 +209,9 @@ def _variant_view(variant: dict, *, is_accuracy: bool) -> dict:
         sign = "+" if difference["value"] >= 0 else ""
         view["difference_text"] = f"{sign}{_number(difference['value'], is_accuracy=is_accuracy)}"
         if difference["low"] is not None and difference["high"] is not None:
-            view["difference_text"] += f" ({_number(difference['low'], is_accuracy=is_accuracy)} to {_number(difference['high'], is_accuracy=is_accuracy)})"
+            view["difference_text"] += (
+                f" ({_number(difference['low'], is_accuracy=is_accuracy)} to {_number(difference['high'], is_accuracy=is_accuracy)})"
+            )
         view["p_value_text"] = "—" if difference["p_value"] is None else f"{difference['p_value']:.3g}"
     return view
 
@@ -211,7 +223,9 @@ def _numbers(model: RegisteredModel) -> list[int]:
     return list(registry_selectors.versions_of(model=model).values_list("number", flat=True))
 
 
-def _model_list_page(request: HttpRequest, model: RegisteredModel, form, *, items, template: str, model_tab: str, status: int = 200) -> HttpResponse:
+def _model_list_page(
+    request: HttpRequest, model: RegisteredModel, form, *, items, template: str, model_tab: str, status: int = 200
+) -> HttpResponse:
     """A model tab that pages through `items`, newest first, above the form that starts another."""
     page = Paginator(items, PAGE_SIZE).get_page(request.GET.get("page"))
     return render_page(
@@ -232,7 +246,9 @@ def _model_list_page(request: HttpRequest, model: RegisteredModel, form, *, item
 
 def _drift_list_page(request: HttpRequest, model: RegisteredModel, form: DriftRunForm, *, status: int = 200) -> HttpResponse:
     items = drift_selectors.reports_of(model=model)
-    return _model_list_page(request, model, form, items=items, template="analytics/drift_reports.html", model_tab="drift", status=status)
+    return _model_list_page(
+        request, model, form, items=items, template="analytics/drift_reports.html", model_tab="drift", status=status
+    )
 
 
 @login_required
@@ -256,7 +272,9 @@ def drift_reports(request: HttpRequest, org: str, model: str) -> HttpResponse:
                 show_errors(form, exc)
                 return _drift_list_page(request, registered, form, status=exc.status)
             else:
-                messages.success(request, f"Drift report #{report.id} is queued; this page shows its results when the worker is done.")
+                messages.success(
+                    request, f"Drift report #{report.id} is queued; this page shows its results when the worker is done."
+                )
                 return redirect("drift-report", org=org, model=model, report_id=report.id)
         return _drift_list_page(request, registered, form, status=400)
     return _drift_list_page(request, registered, form)
@@ -323,18 +341,26 @@ class ReplayForm(forms.Form):
         min_value=1, required=False, help_text="Production's newest recorded rows to replay; empty: the default."
     )
     window_hours = forms.IntegerField(
-        label="Window (hours)", min_value=1, max_value=MAX_WINDOW_HOURS, required=False, help_text="Only rows served in the last this many hours; empty: any time."
+        label="Window (hours)",
+        min_value=1,
+        max_value=MAX_WINDOW_HOURS,
+        required=False,
+        help_text="Only rows served in the last this many hours; empty: any time.",
     )
 
     def __init__(self, *args, model: RegisteredModel, numbers: list[int], **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["version"].choices = [(n, f"v{n}") for n in numbers if n != (model.production_version.number if model.production_version else None)]
+        self.fields["version"].choices = [
+            (n, f"v{n}") for n in numbers if n != (model.production_version.number if model.production_version else None)
+        ]
         self.fields["rows"].widget.attrs["placeholder"] = str(replay_services.default_rows())
 
 
 def _replays_page(request: HttpRequest, model: RegisteredModel, form: ReplayForm, *, status: int = 200) -> HttpResponse:
     items = replay_selectors.replays_of(model=model)
-    return _model_list_page(request, model, form, items=items, template="analytics/replays.html", model_tab="compare", status=status)
+    return _model_list_page(
+        request, model, form, items=items, template="analytics/replays.html", model_tab="compare", status=status
+    )
 
 
 @login_required
@@ -369,7 +395,10 @@ def _confusion_view(confusion: dict) -> dict:
     total = sum(map(sum, counts)) or 1
     return {
         "labels": confusion["labels"],
-        "rows": [(label, [(count, i == j, f"{count / total:.0%}") for j, count in enumerate(row)]) for i, (label, row) in enumerate(zip(confusion["labels"], counts))],
+        "rows": [
+            (label, [(count, i == j, f"{count / total:.0%}") for j, count in enumerate(row)])
+            for i, (label, row) in enumerate(zip(confusion["labels"], counts))
+        ],
     }
 
 
@@ -380,7 +409,10 @@ def _replay_charts(replay: Replay) -> dict:
     if latency["batches"]:
         production_ms, candidate_ms = latency["production"]["total_ms"], latency["candidate"]["total_ms"]
         charts_out["latency"] = charts.flagged_bar_chart(
-            [(f"v{replay.baseline_version.number} (production)", production_ms, False), (f"v{replay.version.number}", candidate_ms, candidate_ms > 1.2 * production_ms)],
+            [
+                (f"v{replay.baseline_version.number} (production)", production_ms, False),
+                (f"v{replay.version.number}", candidate_ms, candidate_ms > 1.2 * production_ms),
+            ],
             title="Time on the same rows (ms)",
             description=f"Both versions predicted the same {latency['rows']} rows in {latency['batches']} batches: "
             f"production {production_ms:.1f} ms, version {replay.version.number} {candidate_ms:.1f} ms.",
@@ -509,9 +541,22 @@ def experiment_detail(request: HttpRequest, org: str, model: str, experiment_id:
             "variants": variants,
             "confidence_percent": f"{results['confidence']:.0%}",
             "chart": charts.interval_chart(
-                [(v["label"], v["metric"]["value"] if v["feedback"] else None, v["metric"]["low"], v["metric"]["high"], v["version"] == results["leader"]) for v in variants],
+                [
+                    (
+                        v["label"],
+                        v["metric"]["value"] if v["feedback"] else None,
+                        v["metric"]["low"],
+                        v["metric"]["high"],
+                        v["version"] == results["leader"],
+                    )
+                    for v in variants
+                ],
                 title=f"{metric_name.capitalize()} per variant, with its {results['confidence']:.0%} interval",
-                description="; ".join(f"{v['label']}: {v['metric_text']}" + (f" ({v['interval_text']})" if v["interval_text"] else "") for v in variants) + ".",
+                description="; ".join(
+                    f"{v['label']}: {v['metric_text']}" + (f" ({v['interval_text']})" if v["interval_text"] else "")
+                    for v in variants
+                )
+                + ".",
                 unit="%" if is_accuracy else "",
                 bounds=(0.0, 1.0) if is_accuracy else None,
             ),
@@ -595,7 +640,9 @@ CHART_SIZE = {"width": 480, "height": 220}
 class UsageRangeForm(forms.Form):
     range = forms.ChoiceField(choices=[(key, label) for key, (label, _, _) in RANGES.items()], required=False, label="Range")
     granularity = forms.ChoiceField(
-        choices=[("", "Default for the range"), (Granularity.HOUR, "Per hour"), (Granularity.DAY, "Per day")], required=False, label="Granularity"
+        choices=[("", "Default for the range"), (Granularity.HOUR, "Per hour"), (Granularity.DAY, "Per day")],
+        required=False,
+        label="Granularity",
     )
 
 
@@ -619,7 +666,9 @@ def _usage_charts(usage: dict, *, granularity: str, span: timedelta) -> dict[str
     scope = f"{len(timeline)} {per}s from {first} to {last} UTC"
     if totals:
         busiest = max(timeline, key=lambda bucket: bucket["requests"])
-        slowest = max((b for b in timeline if b["latency_ms"]["p99"] is not None), key=lambda b: b["latency_ms"]["p99"], default=None)
+        slowest = max(
+            (b for b in timeline if b["latency_ms"]["p99"] is not None), key=lambda b: b["latency_ms"]["p99"], default=None
+        )
         traffic = f"{scope}: {totals['requests']} requests and {totals['errors']} errors in all; the busiest {per}, {_when(busiest['start'], granularity)}, had {busiest['requests']}."
         latency = (
             f"{scope}: over the whole range p50 {_ms(totals['latency_ms']['p50'])}, p95 {_ms(totals['latency_ms']['p95'])}, "

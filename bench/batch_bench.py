@@ -50,6 +50,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 import harness  # noqa: E402
+
 ART = BENCH / ".artifacts" / "batch"
 PROJECT_PYTHON = ROOT / ".venv" / "bin" / "python"
 DATABASE = "batch_bench"

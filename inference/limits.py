@@ -16,6 +16,7 @@ a request needs one Redis call before predicting, not two, and a refused request
 Redis down: limits fail OPEN (the request is served and not counted) so an outage of the
 cache never becomes an outage of predictions; `modelhost_cache_up` and /readyz show it.
 """
+
 from __future__ import annotations
 
 import calendar

@@ -4,6 +4,7 @@ The hot path reads it in the rate limit's round trip (inference.limits) and stor
 with the prediction record (inference.records), on the next round trip. The key names the version, so a promotion or rollback can never serve another version's
 answer. Redis down: every lookup is a miss and nothing is stored (served uncached).
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -33,6 +33,7 @@ replaces it or why it does not apply; an unlisted one stops the application from
 tests/test_dispatch.py checks that every fast path resolves to the same view and name in the
 URL configuration, and that the security headers and host checks are the Django pages' own.
 """
+
 from __future__ import annotations
 
 import re
@@ -79,7 +80,11 @@ MIDDLEWARE_ON_PREDICTIONS = {
 # fails when another is connected (tests/test_dispatch.py).
 REQUEST_SIGNAL_RECEIVERS = {
     "request_started": {"django.db.reset_queries", "django.db.close_old_connections"},
-    "request_finished": {"django.db.close_old_connections", "django.core.cache.close_caches", "django.core.handlers.base.reset_urlconf"},
+    "request_finished": {
+        "django.db.close_old_connections",
+        "django.core.cache.close_caches",
+        "django.core.handlers.base.reset_urlconf",
+    },
 }
 # close_caches: the configured backends' close() does nothing for Redis and file caches
 # (checked at start: _check_caches); reset_urlconf: nothing on this path sets a URLconf.

@@ -8,6 +8,7 @@ the runner host's fork server, else a new process), so a model that explodes on 
 the child, never the web process. The sandbox also writes the serving artifact
 (registry.loaders.serving); nothing here loads a tenant's model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -91,7 +92,14 @@ def staged_upload(file: UploadedFile) -> Iterator[StagedArtifact]:
             head = handle.read(512)
         fmt = loaders.detect_format(filename=getattr(file, "name", "") or "", first_bytes=head)
         staged = StagedArtifact(
-            path=raw, sha256=sha256, size=size, format=fmt, extension=EXTENSIONS[fmt], model_path=raw, inner_format=fmt, workdir=workdir
+            path=raw,
+            sha256=sha256,
+            size=size,
+            format=fmt,
+            extension=EXTENSIONS[fmt],
+            model_path=raw,
+            inner_format=fmt,
+            workdir=workdir,
         )
         if fmt == "mlflow":
             info = loaders.extract_mlflow_archive(archive_path=raw, destination=workdir / "mlflow")

@@ -1,4 +1,5 @@
 """The demo model `make run` gives the demo organization: iris, uploaded like any other."""
+
 from __future__ import annotations
 
 import io
@@ -30,7 +31,10 @@ def seed_demo_model(*, caller: Caller, organization: Organization) -> Registered
     buffer = io.BytesIO()
     joblib.dump(estimator, buffer)
     model = existing or services.create_model(
-        caller=caller, organization=organization, name=DEMO_MODEL, description="Iris species from flower measurements (LogisticRegression)."
+        caller=caller,
+        organization=organization,
+        name=DEMO_MODEL,
+        description="Iris species from flower measurements (LogisticRegression).",
     )
     version = services.upload_version(
         caller=caller,

@@ -8,6 +8,7 @@ are f0..fN-1 and callers send rows as lists.
 Sources, first that applies wins: the MLflow signature, the input example, the reference
 data's columns, the estimator's `feature_names_in_`, its `n_features_in_`.
 """
+
 from __future__ import annotations
 
 import math

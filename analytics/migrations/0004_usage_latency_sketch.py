@@ -5,6 +5,7 @@ weighted by its share of the row's requests (as close as the grid was). The usag
 starts over, so the next rollup run computes every hour whose records are still kept, and
 its day, from the records themselves.
 """
+
 from django.db import migrations, models
 from ddsketch import LogarithmicMapping
 
@@ -46,7 +47,6 @@ def grids_to_sketches(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("analytics", "0003_replay"),
     ]

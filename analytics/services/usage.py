@@ -14,6 +14,7 @@ distribution; nothing per record passes through Python. A day's percentiles come
 sum of its hours' sketches (analytics.statistics.sketches): within 1 % of the exact ones. Other databases (SQLite under `make run`) take the same
 rows through numpy; a test checks both give the same rows.
 """
+
 from __future__ import annotations
 
 import logging
@@ -208,7 +209,8 @@ def roll_up_hour(hour: datetime) -> None:
 # their whole output array first, which hashes the stored jsonb without unpacking it, and
 # only the few distinct arrays unpacked); the distribution of regressors' predictions
 # (numeric, only when regressors exist). Each part reads the hour by the created_at index.
-_AGG_SQL = """
+_AGG_SQL = (
+    """
 agg AS (
     SELECT g.*, pq.q, sk.sketch FROM (
         SELECT r.version_id, r.variant COLLATE "C" AS variant, COALESCE(r.api_key_id, 0) AS api_key_id,
@@ -227,7 +229,9 @@ agg AS (
             'zero_count', COALESCE(sum(b.n) FILTER (WHERE b.k IS NULL), 0)
         )
         FROM (
-            SELECT CASE WHEN x > %(sketch_min_positive)s THEN """ + sketches.bin_key_sql("x") + """ END AS k, count(*) AS n
+            SELECT CASE WHEN x > %(sketch_min_positive)s THEN """
+    + sketches.bin_key_sql("x")
+    + """ END AS k, count(*) AS n
             FROM unnest(g.latencies) AS x GROUP BY 1
         ) b
     ) AS sk(sketch)
@@ -249,6 +253,7 @@ classes AS (
     ) c
     GROUP BY 1, 2, 3
 )"""
+)
 
 _NUMERIC_SQL = """,
 numeric AS (
@@ -325,7 +330,9 @@ def roll_up_hour_in_python(hour: datetime) -> None:
     records = PredictionRecord.objects.filter(created_at__gte=hour, created_at__lt=hour + HOUR).values_list(
         "version_id", "variant", "api_key_id", "rows", "status", "cache_hit", "latency_ms", "outputs"
     )
-    groups: dict[tuple, dict] = defaultdict(lambda: {"requests": 0, "rows": 0, "errors": 0, "cache_hits": 0, "latency": [], "outputs": []})
+    groups: dict[tuple, dict] = defaultdict(
+        lambda: {"requests": 0, "rows": 0, "errors": 0, "cache_hits": 0, "latency": [], "outputs": []}
+    )
     for version_id, variant, api_key_id, rows, status, cache_hit, latency_ms, outputs in records.iterator(chunk_size=10_000):
         group = groups[(version_id, variant, api_key_id or 0)]
         group["requests"] += 1
@@ -335,7 +342,9 @@ def roll_up_hour_in_python(hour: datetime) -> None:
         group["latency"].append(latency_ms)
         if status < 400 and isinstance(outputs, list):
             group["outputs"].extend(outputs)
-    versions = {v.id: v for v in ModelVersion.objects.filter(id__in={key[0] for key in groups}).select_related("registered_model")}
+    versions = {
+        v.id: v for v in ModelVersion.objects.filter(id__in={key[0] for key in groups}).select_related("registered_model")
+    }
     now = timezone.now()
     rollups = []
     for (version_id, variant, api_key_id), group in groups.items():
@@ -443,8 +452,16 @@ def roll_up_day(day: datetime) -> None:
         UsageRollup.objects.filter(granularity=Granularity.HOUR, bucket_start__gte=day, bucket_start__lt=day + DAY)
         .annotate(sketch_text=Cast("latency_sketch", TextField()), outputs_text=Cast("outputs", TextField()))
         .values(
-            "organization_id", "registered_model_id", "version_id", "variant", "api_key_id", *_COUNTS,
-            "latency_sum_ms", "latency_max_ms", "sketch_text", "outputs_text",
+            "organization_id",
+            "registered_model_id",
+            "version_id",
+            "variant",
+            "api_key_id",
+            *_COUNTS,
+            "latency_sum_ms",
+            "latency_max_ms",
+            "sketch_text",
+            "outputs_text",
         )
     )
     groups: dict[tuple, list[dict]] = defaultdict(list)

@@ -1,4 +1,5 @@
 """Live accuracy and MAE/RMSE per version per day, from feedback joined to predictions."""
+
 from datetime import timedelta
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_accuracy_from_feedback_sent_through_the_api(tenant_a):
 
     body = client.get("/api/v1/models/acme/iris/quality").json()
 
-    day, = body["days"]
+    (day,) = body["days"]
     assert day["day"] == timezone.now().date().isoformat()
     assert (day["version"], day["feedback"], day["correct"], day["requests"]) == (1, 15, correct, 15)
     wilson = stats.binomtest(int(correct), 15).proportion_ci(0.95, method="wilson")
@@ -77,7 +78,7 @@ def test_regression_quality_is_mae_and_rmse(tenant_a):
         af.feedback(version, record["id"], value=float(value))
     quality.roll_up_quality()
 
-    day, = tenant_a.key_client().get("/api/v1/models/acme/reg/quality").json()["days"]
+    (day,) = tenant_a.key_client().get("/api/v1/models/acme/reg/quality").json()["days"]
 
     assert day["metric"] == "mae_rmse"
     assert day["mae"] == pytest.approx(np.mean(np.abs(predicted - truth)))

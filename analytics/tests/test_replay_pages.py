@@ -1,5 +1,6 @@
 """The Compare tab and the model page's Replay button, through Django's test client, on replays
 computed by the service from ingested records."""
+
 from __future__ import annotations
 
 import re

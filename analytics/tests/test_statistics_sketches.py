@@ -1,4 +1,5 @@
 """Latency sketches: exact merges, and percentiles within the stated accuracy of numpy's."""
+
 import math
 
 import numpy as np
@@ -83,7 +84,9 @@ def test_postgresql_bins_values_as_the_library_does_even_at_bin_edges():
     values = [v for edge in edges for v in (np.nextafter(edge, 0), edge, np.nextafter(edge, math.inf))]
     values += np.random.default_rng(3).lognormal(1, 3, size=3000).tolist()
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {sketches.bin_key_sql('x')} FROM unnest(%(values)s::float8[]) WITH ORDINALITY AS u(x, i) ORDER BY i",
-                       {"values": [float(v) for v in values], **sketches.sql_params()})
+        cursor.execute(
+            f"SELECT {sketches.bin_key_sql('x')} FROM unnest(%(values)s::float8[]) WITH ORDINALITY AS u(x, i) ORDER BY i",
+            {"values": [float(v) for v in values], **sketches.sql_params()},
+        )
         from_sql = [row[0] for row in cursor.fetchall()]
     assert from_sql == [mapping.key(float(v)) for v in values]

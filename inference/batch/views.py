@@ -5,6 +5,7 @@ The same services and selectors as the REST API, with the same rules: any member
 member role submits and cancels, another organization's job is missing. The result is
 downloaded from the API's own endpoint (`GET /api/v1/batch-jobs/{id}/result`) with the session.
 """
+
 from __future__ import annotations
 
 from django import forms
@@ -43,7 +44,9 @@ class BatchJobForm(forms.Form):
     def __init__(self, *args, model: RegisteredModel, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         production = model.production_version
-        default = f"The production version (v{production.number})" if production else "The production version (none yet: choose one)"
+        default = (
+            f"The production version (v{production.number})" if production else "The production version (none yet: choose one)"
+        )
         self.fields["version"].choices = [("", default)] + [
             (v.number, f"v{v.number} · {v.get_stage_display().lower()}") for v in registry_selectors.versions_of(model=model)
         ]
@@ -87,7 +90,9 @@ def model_batch_jobs(request: HttpRequest, org: str, model: str) -> HttpResponse
                 show_errors(form, exc, default_field="file")
             else:
                 job = submission.job
-                messages.success(request, f"Batch job {job.id} is queued: {job.input_filename or 'the file'} against v{job.version.number}.")
+                messages.success(
+                    request, f"Batch job {job.id} is queued: {job.input_filename or 'the file'} against v{job.version.number}."
+                )
                 return redirect("batch-job", org=org, model=model, job_id=job.id)
     return render_page(
         request,

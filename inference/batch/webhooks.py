@@ -24,7 +24,9 @@ def backoff_seconds(retries: int) -> int:
     """Seconds before retry number `retries + 1`: base, 2x, 4x, ... capped at BATCH_WEBHOOK_BACKOFF_MAX_SECONDS."""
     from inference import webhooks
 
-    return webhooks.backoff_seconds(retries=retries, base=settings.BATCH_WEBHOOK_BACKOFF_SECONDS, cap=settings.BATCH_WEBHOOK_BACKOFF_MAX_SECONDS)
+    return webhooks.backoff_seconds(
+        retries=retries, base=settings.BATCH_WEBHOOK_BACKOFF_SECONDS, cap=settings.BATCH_WEBHOOK_BACKOFF_MAX_SECONDS
+    )
 
 
 def event_document(job, *, result_path: str) -> dict:

@@ -372,8 +372,6 @@ def render_predictions(predictions: np.ndarray | list, probabilities: np.ndarray
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-
-
 def error_code(exc: BaseException) -> str:
     """MLflow's `error_code` for one of our errors."""
     if isinstance(exc, InvalidInput):

@@ -10,6 +10,7 @@ subverted by a tenant's file, and the web must not trust what it says back.
 Hand-written rather than pickle (which runs code on load), Arrow or msgpack-numpy (another
 dependency for two array kinds) because the format is this small and its safety is the point.
 """
+
 from __future__ import annotations
 
 import socket

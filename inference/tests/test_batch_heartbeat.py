@@ -4,6 +4,7 @@ Real Celery workers (platform_site/tests/workers.py) on Redis database 14 as bro
 production's one-hour visibility timeout (batch_heartbeat_worker_settings.py): nothing but
 the heartbeat rule can bring the killed worker's chunk back within the test.
 """
+
 from __future__ import annotations
 
 import time
@@ -56,7 +57,9 @@ def test_a_killed_workers_chunk_is_sent_again_once_its_heartbeat_is_stale(tenant
 
         def w1_just_started_a_chunk():
             recent = timezone.now() - timezone.timedelta(seconds=0.3)
-            return BatchChunk.objects.filter(job_id=job_id, worker__startswith="w1@", is_done=False, started_at__gte=recent, job__chunks_done__gte=1).first()
+            return BatchChunk.objects.filter(
+                job_id=job_id, worker__startswith="w1@", is_done=False, started_at__gte=recent, job__chunks_done__gte=1
+            ).first()
 
         in_flight = wait_for(w1_just_started_a_chunk, timeout=60, pool=pool)
         w1.kill()
@@ -74,5 +77,8 @@ def test_a_killed_workers_chunk_is_sent_again_once_its_heartbeat_is_stale(tenant
     redone = BatchChunk.objects.get(job_id=job_id, index=in_flight.index)
     assert redone.is_done and redone.attempts == 2 and redone.worker.startswith("w2@")
     # Chunks whose workers kept beating were never sent twice.
-    assert sorted(BatchChunk.objects.filter(job_id=job_id).exclude(index=in_flight.index).values_list("attempts", flat=True)) == [1] * 7
+    assert (
+        sorted(BatchChunk.objects.filter(job_id=job_id).exclude(index=in_flight.index).values_list("attempts", flat=True))
+        == [1] * 7
+    )
     assert job.rows_done == job.rows_total == 64_000

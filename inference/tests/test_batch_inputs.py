@@ -122,7 +122,9 @@ def test_a_multi_output_models_prediction_is_the_list_of_its_outputs(input_forma
     from sklearn.neighbors import KNeighborsClassifier
 
     x = np.random.default_rng(2).normal(size=(40, 4))
-    model = KNeighborsClassifier(n_neighbors=3).fit(x, np.column_stack([np.where(x[:, 0] > 0, "yes", "no"), np.where(x[:, 1] > 0, "hi", "lo")]))
+    model = KNeighborsClassifier(n_neighbors=3).fit(
+        x, np.column_stack([np.where(x[:, 0] > 0, "yes", "no"), np.where(x[:, 1] > 0, "hi", "lo")])
+    )
     rows = np.round(x[:6], 4)
     shape = layout(input_format=input_format, columns=["a", "b", "c", "d"])
     want = model.predict(rows).tolist()

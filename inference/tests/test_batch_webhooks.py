@@ -175,7 +175,9 @@ def test_no_webhook_no_delivery(tenant_a, named):  # noqa: F811
     assert job.webhook_attempts == 0
 
 
-def test_each_attempt_is_in_the_organizations_delivery_log_and_on_the_job_page(tenant_a, tenant_b, named, allow_local, receiver_factory, settings):  # noqa: F811
+def test_each_attempt_is_in_the_organizations_delivery_log_and_on_the_job_page(
+    tenant_a, tenant_b, named, allow_local, receiver_factory, settings
+):  # noqa: F811
     settings.BATCH_WEBHOOK_MAX_RETRIES = 1
     target = receiver_factory([200])
     redirector = receiver_factory([302], headers={"Location": target.url})

@@ -33,6 +33,7 @@ nested pickles with our restricted unpickler. Compressed files are opened with j
 own decompressors. We never call ``pickle.load``/``joblib.load``/``cloudpickle.load`` on
 tenant bytes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -150,7 +151,8 @@ class _SharedGlobals:
                     delattr(target, attribute)
         if changed:
             raise UnsafeArtifact(
-                "The model file is refused: loading it changed " + ", ".join(sorted(changed))
+                "The model file is refused: loading it changed "
+                + ", ".join(sorted(changed))
                 + ", which every model in the process shares."
             )
 
@@ -181,9 +183,7 @@ def open_pickle_stream(*, source: PickleSource) -> Iterator[tuple[BinaryIO, str 
         raw.seek(0)
         compressor = _detect_compressor(raw)
         if compressor == "compat":
-            raise InvalidArtifact(
-                "The file was written by joblib older than 0.9.3; load it with that joblib and save it again."
-            )
+            raise InvalidArtifact("The file was written by joblib older than 0.9.3; load it with that joblib and save it again.")
         if compressor == "not-compressed":
             yield raw, None
             return

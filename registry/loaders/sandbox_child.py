@@ -22,6 +22,7 @@ It never imports Django or Celery: ``platform_site/__init__.py`` starts the Cele
 (which imports Django), so ``platform_site`` is registered as a bare package first and
 only the plain ``platform_site.errors`` module is imported from it.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,9 @@ def inspect_request(request: dict[str, Any], *, model_fd: int | None = None) -> 
     if model_fd is None:
         loaded = load_artifact(request["path"], fmt=request["fmt"])
     else:
-        loaded = load_artifact_from_fd(model_fd, fmt=request["fmt"], fallback_sklearn_version=request.get("saved_sklearn_version"))
+        loaded = load_artifact_from_fd(
+            model_fd, fmt=request["fmt"], fallback_sklearn_version=request.get("saved_sklearn_version")
+        )
     description = describe_estimator(estimator=loaded.estimator, saved_sklearn_version=loaded.saved_sklearn_version)
     single_threaded(loaded.estimator)
     loaded_at = time.monotonic()

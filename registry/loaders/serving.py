@@ -16,6 +16,7 @@ writes two things (``sandbox_child``):
 Importable without Django (runners have none): ``platform_site`` is registered as a bare
 package, as ``sandbox_child`` does, when nothing imported it yet.
 """
+
 from __future__ import annotations
 
 import sys
@@ -180,7 +181,10 @@ def _is_plain_linear(estimator: Any) -> bool:
     if cls.predict is LinearClassifierMixin.predict and cls.decision_function is LinearClassifierMixin.decision_function:
         classes = getattr(estimator, "classes_", None)
         return type(classes) is np.ndarray and classes.ndim == 1
-    return cls.predict in (LinearModel.predict, MultiOutputLinearModel.predict) and cls._decision_function is LinearModel._decision_function
+    return (
+        cls.predict in (LinearModel.predict, MultiOutputLinearModel.predict)
+        and cls._decision_function is LinearModel._decision_function
+    )
 
 
 def probe_rows(width: int) -> np.ndarray:

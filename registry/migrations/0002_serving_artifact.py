@@ -5,40 +5,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('registry', '0001_initial'),
+        ("registry", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelversion',
-            name='linear_spec',
+            model_name="modelversion",
+            name="linear_spec",
             field=models.JSONField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='runner_crashes',
+            model_name="modelversion",
+            name="runner_crashes",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='runner_last_crash_at',
+            model_name="modelversion",
+            name="runner_last_crash_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='serving_artifact',
-            field=models.FileField(blank=True, max_length=300, storage=registry.storage.model_storage, upload_to=''),
+            model_name="modelversion",
+            name="serving_artifact",
+            field=models.FileField(blank=True, max_length=300, storage=registry.storage.model_storage, upload_to=""),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='serving_sha256',
+            model_name="modelversion",
+            name="serving_sha256",
             field=models.CharField(blank=True, max_length=64),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='serving_size_bytes',
+            model_name="modelversion",
+            name="serving_size_bytes",
             field=models.PositiveBigIntegerField(default=0),
         ),
     ]

@@ -5,35 +5,34 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('registry', '0003_task_outlier_detection_clustering'),
+        ("registry", "0003_task_outlier_detection_clustering"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelversion',
-            name='compiled_artifact',
-            field=models.FileField(blank=True, max_length=300, storage=registry.storage.model_storage, upload_to=''),
+            model_name="modelversion",
+            name="compiled_artifact",
+            field=models.FileField(blank=True, max_length=300, storage=registry.storage.model_storage, upload_to=""),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='compiled_figures',
+            model_name="modelversion",
+            name="compiled_figures",
             field=models.JSONField(blank=True, default=dict),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='compiled_reason',
+            model_name="modelversion",
+            name="compiled_reason",
             field=models.CharField(blank=True, max_length=500),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='compiled_sha256',
+            model_name="modelversion",
+            name="compiled_sha256",
             field=models.CharField(blank=True, max_length=64),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='use_compiled',
+            model_name="modelversion",
+            name="use_compiled",
             field=models.BooleanField(default=True),
         ),
     ]
