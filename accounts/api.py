@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
 from django.conf import settings
 from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import AllowAny
@@ -14,9 +14,9 @@ from rest_framework.views import APIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from accounts import selectors, services
+from accounts.authentication import sign_in_lockout_message
 from accounts.models import Role
 from accounts.principals import caller_from_request
-from accounts.authentication import sign_in_lockout_message
 from platform_site.errors import PermissionDenied, RateLimited
 from platform_site.pagination import Pagination, paginated
 from platform_site.serializers import StrictSerializer

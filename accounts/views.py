@@ -27,9 +27,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
-from accounts.models import ROLE_RANK, Organization, Role, Scope
 from accounts.api import registration_links, registration_sent_message
 from accounts.authentication import sign_in_lockout_message
+from accounts.models import ROLE_RANK, Organization, Role, Scope
 from accounts.principals import Caller
 from platform_site.errors import ModelhostError, NotFound
 from platform_site.errors import PermissionDenied as ModelhostPermissionDenied

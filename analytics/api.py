@@ -27,8 +27,8 @@ from analytics.services import replays as replay_services
 from analytics.services.usage import day_floor, hour_floor
 from inference.experiments.selectors import experiment_for_caller
 from platform_site.errors import InvalidInput
-from platform_site.serializers import StrictSerializer
 from platform_site.pagination import paginated
+from platform_site.serializers import StrictSerializer
 from registry import selectors as registry_selectors
 from registry.api import resolve_model
 

@@ -16,9 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -160,7 +160,7 @@ class Server:
     log: Path
     notes: dict = field(default_factory=dict)
     # Processes whose CPU counts as this server's (Modelhost's runner host and its runners).
-    companions: list["Server"] = field(default_factory=list)
+    companions: list[Server] = field(default_factory=list)
 
     @property
     def base(self) -> str:

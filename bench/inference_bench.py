@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -664,7 +664,7 @@ def main() -> None:
     if notes:
         print()
         print(notes)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RUN / f"inference-{stamp}.json"
     out.write_text(json.dumps({"args": vars(args), "outcomes": [o.as_dict() for o in outcomes]}, indent=1, default=str))
     print(f"\n{len(outcomes)} runs in {time.monotonic() - started:.0f}s; raw figures in {out.relative_to(ROOT)}")

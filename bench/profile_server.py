@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,7 +40,7 @@ def main() -> None:
     key = seeded["orgs"]["bench"]["key"]
     case = next(c for c in bench.modelhost_cases(key) if c.model == args.model and c.kind == args.kind)
     RUN.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     raw = RUN / f"profile-{stamp}.txt"
     with bench.start_modelhost() as server:
         bench.probe(server, case)

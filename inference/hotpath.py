@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -101,7 +102,7 @@ class PredictionCall:
 
     unit_id: str | None
     want_proba: bool
-    validate: Callable[["routing.VersionTarget"], ModelInput]
+    validate: Callable[[routing.VersionTarget], ModelInput]
     extra: dict = field(default_factory=dict)
 
 

@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 from django.conf import settings
@@ -191,7 +191,7 @@ def ingest_records(records: list[dict]) -> int:
     objects = [
         PredictionRecord(
             prediction_id=r["id"],
-            created_at=datetime.fromtimestamp(r["ts"], tz=timezone.utc),
+            created_at=datetime.fromtimestamp(r["ts"], tz=UTC),
             organization_id=r["org"],
             registered_model_id=r["model"],
             version_id=r["version"],

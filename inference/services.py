@@ -15,7 +15,6 @@ from inference import records
 from inference.models import Feedback, PredictionRecord
 from platform_site.errors import InvalidInput, NotFound, PermissionDenied
 
-
 # An outlier detector's predict: -1 an outlier, 1 an inlier; feedback says which a row truly was.
 OUTLIER_LABELS = [-1, 1]
 _KIND = {"classification": "a classifier", "outlier_detection": "an outlier detector"}

@@ -56,7 +56,7 @@ class InputSpec:
         return all(c.type in NUMERIC for c in self.columns)
 
     @classmethod
-    def from_signature(cls, signature: dict, *, wants_frame: bool, max_rows: int) -> "InputSpec":
+    def from_signature(cls, signature: dict, *, wants_frame: bool, max_rows: int) -> InputSpec:
         columns = tuple(
             Column(name=c["name"], type=c.get("type", "double"), allow_missing=bool(c.get("allow_missing", False)))
             for c in signature.get("inputs", [])

@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from django.conf import settings

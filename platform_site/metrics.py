@@ -8,7 +8,7 @@ processes, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR) aggr
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 

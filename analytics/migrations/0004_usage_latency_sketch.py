@@ -6,8 +6,8 @@ starts over, so the next rollup run computes every hour whose records are still 
 its day, from the records themselves.
 """
 
-from django.db import migrations, models
 from ddsketch import LogarithmicMapping
+from django.db import migrations, models
 
 RELATIVE_ACCURACY = 0.01
 OLD_GRID = tuple(i / 100 for i in range(100)) + tuple(0.99 + i / 1000 for i in range(1, 10)) + (1.0,)

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
-
 from sklearn.metrics import mean_absolute_error, root_mean_squared_error
 
 from analytics.statistics.experiments import (

@@ -25,8 +25,9 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import orjson

@@ -9,7 +9,7 @@ are the platform's one webhook sender's (inference.webhooks, described in docs/w
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from django.conf import settings
 
@@ -47,7 +47,7 @@ def event_document(job, *, result_path: str) -> dict:
             "started_at": _iso(job.started_at),
             "finished_at": _iso(job.finished_at),
         },
-        "sent_at": _iso(datetime.now(timezone.utc)),
+        "sent_at": _iso(datetime.now(UTC)),
     }
 
 

@@ -11,8 +11,8 @@ from accounts.models import Role
 from accounts.principals import caller_from_request
 from inference.experiments import selectors, services
 from inference.models import Experiment
-from platform_site.serializers import StrictSerializer
 from platform_site.pagination import paginated
+from platform_site.serializers import StrictSerializer
 from registry.api import resolve_model
 
 

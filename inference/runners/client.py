@@ -36,7 +36,6 @@ from inference.runners import wire
 from platform_site.errors import ModelhostError, ServiceUnavailable
 from platform_site.metrics import MODEL_LOAD_SECONDS, RUNNER_PREDICTIONS
 
-
 logger = logging.getLogger(__name__)
 
 

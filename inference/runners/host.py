@@ -84,7 +84,7 @@ class HostSettings:
     uid_base: int = 200_000
 
     @classmethod
-    def from_environment(cls, environ: dict[str, str]) -> "HostSettings":
+    def from_environment(cls, environ: dict[str, str]) -> HostSettings:
         def number(name: str, default, kind=int):
             raw = environ.get(name, "").strip()
             if not raw:
@@ -394,13 +394,23 @@ def preload() -> None:
     interpreter's files: so every scikit-learn module (its estimators and what their predict
     imports lazily), the loader and what it imports are imported here, then shared by fork.
     """
-    import pkgutil
-    import pickletools  # noqa: F401
-    import bz2, gzip, lzma, zlib  # noqa: F401,E401 - joblib's decompressors
+    # Imported for their side effect: each module is loaded once here, before any fork.
+    import bz2  # noqa: F401 - joblib's decompressors
     import encodings.cp437  # noqa: F401 - zipfile's names (skops files), imported on first use
+    import gzip  # noqa: F401 - joblib's decompressors
+    import lzma  # noqa: F401 - joblib's decompressors
+    import pickletools  # noqa: F401
+    import pkgutil
+    import zlib  # noqa: F401 - joblib's decompressors
+
     import numpy  # noqa: F401
     import pandas  # noqa: F401
-    import scipy.linalg, scipy.optimize, scipy.sparse, scipy.sparse.linalg, scipy.special, scipy.stats  # noqa: F401,E401
+    import scipy.linalg  # noqa: F401
+    import scipy.optimize  # noqa: F401
+    import scipy.sparse  # noqa: F401
+    import scipy.sparse.linalg  # noqa: F401
+    import scipy.special  # noqa: F401
+    import scipy.stats  # noqa: F401
     import sklearn
     from joblib import compressor, numpy_pickle, numpy_pickle_utils  # noqa: F401
 
@@ -414,11 +424,21 @@ def preload() -> None:
             except ImportError:  # a module behind an optional dependency this machine lacks
                 pass
     import skops.io  # noqa: F401
+
     from inference.runners import runner, wire  # noqa: F401
-    from registry.loaders import serving  # noqa: F401
-    from registry.loaders import allowlist, pickle_audit, safe_pickle, structure  # noqa: F401
-    from registry.loaders import describe, formats, sandbox_child, sandbox_server, skops_format  # noqa: F401
-    from registry.loaders import compiled
+    from registry.loaders import (  # noqa: F401
+        allowlist,
+        compiled,
+        describe,
+        formats,
+        pickle_audit,
+        safe_pickle,
+        sandbox_child,
+        sandbox_server,
+        serving,
+        skops_format,
+        structure,
+    )
 
     compiled.warm_runtime()
 

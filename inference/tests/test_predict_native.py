@@ -690,8 +690,8 @@ def test_database_down_on_a_cold_route_is_503_in_each_protocols_shape(
 
 def test_warm_predictions_survive_a_database_outage(tenant_a, iris, monkeypatch):
     """Keys, routes and models are in process memory: a warm path needs no database."""
-    from django.db.backends.utils import CursorWrapper
     from django.db import OperationalError
+    from django.db.backends.utils import CursorWrapper
 
     client = tenant_a.key_client()
     assert predict(client, {"inputs": [ROW]}).status_code == 200

@@ -7,10 +7,10 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from platform_site.tests.processes import free_port, wait_for_http
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from django.core.management import call_command
-from django.test import Client
 from django.core.management.base import CommandError
+from django.test import Client
 from prometheus_client import REGISTRY
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression

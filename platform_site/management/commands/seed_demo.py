@@ -63,7 +63,7 @@ class Command(BaseCommand):
                 [
                     "",
                     "Demo account",
-                    f"  web UI:        http://127.0.0.1:8000/login/  (also the Django admin at /admin/)",
+                    "  web UI:        http://127.0.0.1:8000/login/  (also the Django admin at /admin/)",
                     f"  email:         {DEMO_EMAIL}",
                     f"  password:      {DEMO_PASSWORD}",
                     f"  organization:  {org.slug}",
