@@ -460,7 +460,8 @@ def api_key_revoke(request: HttpRequest, org: str, key_id: int) -> HttpResponse:
         return confirmation_page(
             request,
             title="Revoke API key",
-            message=f"Revoke “{key.name}” (mh_{key.prefix}_…)? Programs using it stop working within {int(settings.API_KEY_CACHE_SECONDS)} seconds. This cannot be undone.",
+            message=f"Revoke “{key.name}” (mh_{key.prefix}_…)? Programs using it stop working within "
+            f"{int(settings.API_KEY_CACHE_SECONDS)} seconds. This cannot be undone.",
             confirm_label="Revoke key",
             cancel_url=reverse("org-api-keys", args=[organization.slug]),
         )

@@ -183,7 +183,8 @@ class DriftReportAdmin(ReadOnlyAdmin):
         )
         verdict = "drift" if report.is_drift else "no drift"
         return format_html(
-            "<p><strong>{}</strong>: {} of {} features drifted (share {}; threshold {}). Window {} to {}, {} rows; reference {} ({} rows).</p>"
+            "<p><strong>{}</strong>: {} of {} features drifted (share {}; threshold {}). Window {} to {}, {} rows; "
+            "reference {} ({} rows).</p>"
             "<table><thead><tr><th>feature</th><th>type</th><th>test</th><th>statistic</th><th>p-value</th><th>threshold</th>"
             "<th>drifted</th><th>PSI</th></tr></thead><tbody>{}</tbody></table>",
             verdict,

@@ -93,7 +93,8 @@ def lines_chart(
     values = [v for line in series for _, v in line.points if v is not None]
     ceiling = y_max or (_nice_ceiling(max(values)) if values else 1.0)
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(title)}">',
         f"<title>{escape(title)}</title>",
     ]
     if description:
@@ -139,7 +140,8 @@ def lines_chart(
     for i in sorted({0, n // 2, n - 1}):
         anchor = "end" if i == n - 1 and n > 1 else "middle"  # the last label ends at the plot's edge, not past it
         parts.append(
-            f'<text x="{x_of(i):.1f}" y="{height - 8}" text-anchor="{anchor}" {FONT}>{escape(instants[i].strftime(time_format))}</text>'
+            f'<text x="{x_of(i):.1f}" y="{height - 8}" text-anchor="{anchor}" '
+            f"{FONT}>{escape(instants[i].strftime(time_format))}</text>"
         )
     parts.append("</svg>")
     return mark_safe("".join(parts))
@@ -154,7 +156,8 @@ def bar_chart(
     ceiling = max((value for _, value in items), default=0) or 1
     plot_w = width - left - 70
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(title)}">',
         f'<text x="0" y="14" {FONT} font-weight="600">{escape(title)}</text>',
     ]
     if not items:
@@ -184,7 +187,8 @@ TENANT_FONT = 'font-family="system-ui, sans-serif" font-size="12" fill="#1f2937"
 
 def _svg_open(*, width: int, height: int, title: str, description: str) -> list[str]:
     return [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{escape(title)}" class="chart">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(title)}" class="chart">',
         f"<title>{escape(title)}</title><desc>{escape(description)}</desc>",
         f'<text x="0" y="14" {TENANT_FONT} font-weight="600">{escape(title)}</text>',
     ]
@@ -212,7 +216,8 @@ def flagged_bar_chart(
     parts = _svg_open(width=width, height=height, title=title, description=description)
     parts.append(
         '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
-        f'<rect width="6" height="6" fill="{ALERT}"/><line x1="0" y1="0" x2="0" y2="6" stroke="#fff" stroke-width="2"/></pattern></defs>'
+        f'<rect width="6" height="6" fill="{ALERT}"/><line x1="0" y1="0" x2="0" y2="6" stroke="#fff" '
+        'stroke-width="2"/></pattern></defs>'
     )
     for index, (value, name) in enumerate(marks):
         # One label line per mark, the first nearest the bars: close marks do not overlap.
@@ -233,7 +238,8 @@ def flagged_bar_chart(
         bar = plot_w * min(value / ceiling, 1.0)
         fill = "url(#hatch)" if flagged else ACCENT
         parts.append(
-            f'<rect x="{left}" y="{y + 4}" width="{max(bar, 1):.1f}" height="{row - 8}" fill="{fill}" stroke="{ALERT if flagged else ACCENT}" rx="2"/>'
+            f'<rect x="{left}" y="{y + 4}" width="{max(bar, 1):.1f}" height="{row - 8}" fill="{fill}" '
+            f'stroke="{ALERT if flagged else ACCENT}" rx="2"/>'
         )
         shown = f"{value:.3g}" + (f" · {flag_text}" if flagged else "")
         weight = ' font-weight="700"' if flagged else ""
@@ -303,7 +309,8 @@ def interval_chart(
         tick = lo + (hi - lo) * i / 4
         parts.append(f'<line x1="{x_of(tick):.1f}" x2="{x_of(tick):.1f}" y1="{top}" y2="{axis_y - 4}" stroke="#e5e7eb"/>')
         parts.append(
-            f'<text x="{x_of(tick):.1f}" y="{axis_y + 10}" text-anchor="middle" {TENANT_FONT}>{escape(_format(tick, unit))}</text>'
+            f'<text x="{x_of(tick):.1f}" y="{axis_y + 10}" text-anchor="middle" '
+            f"{TENANT_FONT}>{escape(_format(tick, unit))}</text>"
         )
     for i, (label, value, low, high, highlighted) in enumerate(rows):
         y = top + i * row
@@ -320,7 +327,8 @@ def interval_chart(
             for cap in (a, b):
                 parts.append(f'<line x1="{cap:.1f}" x2="{cap:.1f}" y1="{y + 8}" y2="{y + 20}" stroke="{DARK}" stroke-width="2"/>')
         parts.append(
-            f'<text x="{max(end, x_of(high) if high is not None else end) + 6:.1f}" y="{y + 18}" {TENANT_FONT}>{escape(_format(value, unit))}</text>'
+            f'<text x="{max(end, x_of(high) if high is not None else end) + 6:.1f}" y="{y + 18}" '
+            f"{TENANT_FONT}>{escape(_format(value, unit))}</text>"
         )
     parts.append("</svg>")
     return mark_safe("".join(parts))

@@ -13,6 +13,7 @@ with the same numbers in a table beside it.
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 from django import forms
@@ -81,7 +82,11 @@ class ExperimentForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="For you and the results, e.g. “v3 vs v2”.")
     metric = forms.ChoiceField(
         choices=Experiment.Metric.choices,
-        help_text="Accuracy for classifiers and outlier detectors; for regressors, the mean absolute or root mean squared error of the predictions against the true values sent as feedback.",
+        help_text=(
+            "Accuracy for classifiers and outlier detectors; for regressors, the mean absolute or root mean squared error "
+            "of "
+            "the predictions against the true values sent as feedback."
+        ),
     )
     min_samples = forms.IntegerField(
         required=False,
@@ -149,10 +154,10 @@ def _histogram_rows(histogram: dict) -> list[tuple[str, float, float]]:
         labels = histogram["categories"]
     elif "edges" in histogram:
         edges = histogram["edges"]
-        labels = [f"{low:.3g} to {high:.3g}" for low, high in zip(edges, edges[1:])]
+        labels = [f"{low:.3g} to {high:.3g}" for low, high in itertools.pairwise(edges)]
     else:
         return []
-    return list(zip(labels, histogram["reference"], histogram["current"]))
+    return list(zip(labels, histogram["reference"], histogram["current"], strict=True))
 
 
 def _feature_view(feature: dict) -> dict:
@@ -167,7 +172,8 @@ def _feature_view(feature: dict) -> dict:
             series=("Reference", "Current"),
             title=f"{feature['name']}: share of rows per {'bin' if binned else 'value'}",
             description=(
-                "Bins are the reference's deciles, so each reference bar is near 10%; a current bar far from it shows where the inputs moved."
+                "Bins are the reference's deciles, so each reference bar is near 10%; a current bar far from it shows "
+                "where the inputs moved."
                 if binned
                 else "Share of rows taking each value, in the reference and in the window."
             ),
@@ -195,11 +201,14 @@ def _variant_view(variant: dict, *, is_accuracy: bool) -> dict:
         **variant,
         "label": f"v{variant['version']}" + (" (control)" if variant["is_control"] else ""),
         "metric_text": _number(metric["value"], is_accuracy=is_accuracy) if has_feedback else "—",
-        "interval_text": f"{_number(metric['low'], is_accuracy=is_accuracy)} to {_number(metric['high'], is_accuracy=is_accuracy)}"
+        "interval_text": (
+            f"{_number(metric['low'], is_accuracy=is_accuracy)} to {_number(metric['high'], is_accuracy=is_accuracy)}"
+        )
         if has_feedback
         else "",
         "error_rate_text": _percent(variant["error_rate"]),
-        "errors_text": f"{_number(variant['error_metrics']['mae'], is_accuracy=False)} / {_number(variant['error_metrics']['rmse'], is_accuracy=False)}"
+        "errors_text": f"{_number(variant['error_metrics']['mae'], is_accuracy=False)} / "
+        f"{_number(variant['error_metrics']['rmse'], is_accuracy=False)}"
         if variant["error_metrics"] and has_feedback
         else "—",
         "difference_text": "",
@@ -210,7 +219,8 @@ def _variant_view(variant: dict, *, is_accuracy: bool) -> dict:
         view["difference_text"] = f"{sign}{_number(difference['value'], is_accuracy=is_accuracy)}"
         if difference["low"] is not None and difference["high"] is not None:
             view["difference_text"] += (
-                f" ({_number(difference['low'], is_accuracy=is_accuracy)} to {_number(difference['high'], is_accuracy=is_accuracy)})"
+                f" ({_number(difference['low'], is_accuracy=is_accuracy)} to "
+                f"{_number(difference['high'], is_accuracy=is_accuracy)})"
             )
         view["p_value_text"] = "—" if difference["p_value"] is None else f"{difference['p_value']:.3g}"
     return view
@@ -397,7 +407,7 @@ def _confusion_view(confusion: dict) -> dict:
         "labels": confusion["labels"],
         "rows": [
             (label, [(count, i == j, f"{count / total:.0%}") for j, count in enumerate(row)])
-            for i, (label, row) in enumerate(zip(confusion["labels"], counts))
+            for i, (label, row) in enumerate(zip(confusion["labels"], counts, strict=True))
         ],
     }
 
@@ -423,7 +433,10 @@ def _replay_charts(replay: Replay) -> dict:
         edges, counts = histogram["edges"], histogram["counts"]
         total = sum(counts) or 1
         charts_out["differences"] = charts.flagged_bar_chart(
-            [(f"{low:.3g} to {high:.3g}", count / total, False) for low, high, count in zip(edges, edges[1:], counts)],
+            [
+                (f"{low:.3g} to {high:.3g}", count / total, False)
+                for (low, high), count in zip(itertools.pairwise(edges), counts, strict=True)
+            ],
             title=f"Share of rows by difference (v{replay.version.number} minus production)",
             description="How far the candidate's answers are from production's, row by row.",
             flag_text="",
@@ -604,7 +617,8 @@ def experiment_promote(request: HttpRequest, org: str, model: str, experiment_id
         return confirmation_page(
             request,
             title="Promote this variant",
-            message=f"Stop “{experiment.name}” and put version {number} of {registered.full_name} into production, as a new release?",
+            message=f"Stop “{experiment.name}” and put version {number} of {registered.full_name} into production, as a new "
+            "release?",
             confirm_label="Promote",
             cancel_url=reverse("experiment-detail", args=[org, model, experiment.id]),
             with_reason=True,
@@ -669,15 +683,24 @@ def _usage_charts(usage: dict, *, granularity: str, span: timedelta) -> dict[str
         slowest = max(
             (b for b in timeline if b["latency_ms"]["p99"] is not None), key=lambda b: b["latency_ms"]["p99"], default=None
         )
-        traffic = f"{scope}: {totals['requests']} requests and {totals['errors']} errors in all; the busiest {per}, {_when(busiest['start'], granularity)}, had {busiest['requests']}."
+        traffic = (
+            f"{scope}: {totals['requests']} requests and {totals['errors']} errors in all; the busiest {per}, "
+            f"{_when(busiest['start'], granularity)}, had {busiest['requests']}."
+        )
         latency = (
             f"{scope}: over the whole range p50 {_ms(totals['latency_ms']['p50'])}, p95 {_ms(totals['latency_ms']['p95'])}, "
             f"p99 {_ms(totals['latency_ms']['p99'])}"
         )
         if slowest is not None:
-            latency += f"; the highest p99 of one {per} was {_ms(slowest['latency_ms']['p99'])}, at {_when(slowest['start'], granularity)}"
+            latency += (
+                f"; the highest p99 of one {per} was {_ms(slowest['latency_ms']['p99'])}, at "
+                f"{_when(slowest['start'], granularity)}"
+            )
         latency += "."
-        cache = f"{scope}: {totals['cache_hits']} of {totals['requests']} requests answered from the cache ({totals['cache_hit_rate']:.0%})."
+        cache = (
+            f"{scope}: {totals['cache_hits']} of {totals['requests']} requests answered from the cache "
+            f"({totals['cache_hit_rate']:.0%})."
+        )
     else:
         traffic = latency = cache = f"{scope}: no requests."
 

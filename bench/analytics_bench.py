@@ -167,7 +167,8 @@ def copy_records(versions, *, count: int, start: datetime, chunk: int = 500_000)
     model_ids = np.array([v.registered_model_id for v in versions])
     org_ids = np.array([v.registered_model.organization_id for v in versions])
     columns = (
-        "prediction_id, created_at, organization_id, registered_model_id, version_id, experiment_id, variant, api_key_id, unit_id, "
+        "prediction_id, created_at, organization_id, registered_model_id, version_id, experiment_id, variant, "
+        "api_key_id, unit_id, "
         "protocol, rows, latency_ms, cache_hit, status, error_code, inputs, outputs"
     )
     started = time.perf_counter()
@@ -193,7 +194,8 @@ def copy_records(versions, *, count: int, start: datetime, chunk: int = 500_000)
             buffer = io.StringIO()
             for i in range(n):
                 buffer.write(
-                    f"prd_bench{offset + i:021d}\t{stamps[i]}+00\t{orgs[i]}\t{models[i]}\t{vids[i]}\t\\N\t{variants[i]}\t{keys[i]}\t\tnative\t1\t"
+                    f"prd_bench{offset + i:021d}\t{stamps[i]}+00\t{orgs[i]}\t{models[i]}\t{vids[i]}\t\\N\t"
+                    f"{variants[i]}\t{keys[i]}\t\tnative\t1\t"
                     f"{latencies[i]:.3f}\t{hits[i]}\t{statuses[i]}\t\t[[5.1, 3.5, 1.4, 0.2]]\t[{labels[i]}]\n"
                 )
             with raw.copy(f"COPY inference_predictionrecord ({columns}) FROM STDIN") as copy:
@@ -362,20 +364,25 @@ def main() -> None:
     if "ingest_records" in results:
         ingest = results["ingest_records"]
         print(
-            f"ingest_records : {args.ingest_sample:>11,} records in {ingest['seconds']:7.2f} s = {args.ingest_sample / ingest['seconds']:>10,.0f} records/s"
+            f"ingest_records : {args.ingest_sample:>11,} records in {ingest['seconds']:7.2f} s = "
+            f"{args.ingest_sample / ingest['seconds']:>10,.0f} records/s"
         )
     print(
         f"rollup         : {total:>11,} records in {rollup['seconds']:7.2f} s = {total / rollup['seconds']:>10,.0f} records/s; "
-        f"PostgreSQL used {rollup['db_cpu_seconds']:.1f} CPU s = {total / rollup['db_cpu_seconds']:,.0f} records per CPU second, this process {rollup['cpu_seconds']:.1f} "
-        f"(scan for touched hours {run.scan_seconds:.1f} s, {len(run.hours)} hours {run.hours_seconds:.1f} s, {len(run.days)} day(s) {run.days_seconds:.1f} s; "
+        f"PostgreSQL used {rollup['db_cpu_seconds']:.1f} CPU s = {total / rollup['db_cpu_seconds']:,.0f} records per CPU "
+        f"second, this process {rollup['cpu_seconds']:.1f} "
+        f"(scan for touched hours {run.scan_seconds:.1f} s, {len(run.hours)} hours {run.hours_seconds:.1f} s, "
+        f"{len(run.days)} day(s) {run.days_seconds:.1f} s; "
         f"{hourly:,} hourly and {daily:,} daily rows; peak RSS {rollup['peak_rss_mib']:.0f} MiB)"
     )
     print(
-        f"rollup x{args.concurrency:<6}   : {total:>11,} records in {concurrent['seconds']:7.2f} s = {total / concurrent['seconds']:>10,.0f} records/s "
+        f"rollup x{args.concurrency:<6}   : {total:>11,} records in {concurrent['seconds']:7.2f} s = "
+        f"{total / concurrent['seconds']:>10,.0f} records/s "
         f"(hours {again.hours_seconds:.1f} s, day(s) {again.days_seconds:.1f} s)"
     )
     print(
-        f"drift report   : {report.current_rows:>11,} rows x {report.n_features} features in {warm['seconds']:7.2f} s wall, {warm['cpu_seconds']:.2f} s CPU here + {warm['db_cpu_seconds']:.2f} s in PostgreSQL "
+        f"drift report   : {report.current_rows:>11,} rows x {report.n_features} features in {warm['seconds']:7.2f} s "
+        f"wall, {warm['cpu_seconds']:.2f} s CPU here + {warm['db_cpu_seconds']:.2f} s in PostgreSQL "
         f"(first run, loading the model: {cold['seconds']:.2f} s; verdict: {'drift' if report.is_drift else 'no drift'}, "
         f"{report.drifted_features} of {report.n_features} drifted; peak RSS {warm['peak_rss_mib']:.0f} MiB)"
     )

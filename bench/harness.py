@@ -288,7 +288,8 @@ def _wait_ready(server: Server, path: str, timeout: float) -> None:
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise SystemExit(
-                f"{server.name} exited with {server.process.returncode} before it was ready; see {server.log}:\n{server.log.read_text()[-3000:]}"
+                f"{server.name} exited with {server.process.returncode} before it was ready; see "
+                f"{server.log}:\n{server.log.read_text()[-3000:]}"
             )
         try:
             status, _, _ = request(server.port, "GET", path, timeout=2)
@@ -387,7 +388,7 @@ def run_wrk(*, port: int, script: Path, seconds: int, connections: int = 8, thre
         p90_ms=_ms(percentiles["90"]),
         p99_ms=_ms(percentiles["99"]),
         errors_status=int(status_errors.group(1)) if status_errors else 0,
-        errors_socket=dict(zip(("connect", "read", "write", "timeout"), map(int, socket_errors.groups())))
+        errors_socket=dict(zip(("connect", "read", "write", "timeout"), map(int, socket_errors.groups()), strict=True))
         if socket_errors
         else {},
         raw=text,
@@ -431,7 +432,8 @@ local function body_for(c)
     out[#out + 1] = first .. rests[k]
   end
   if protocol == "v2" then
-    return '{{"inputs":[{{"name":"input-0","shape":[' .. batch .. ',' .. width .. '],"datatype":"FP64","data":[' .. concat(out, ",") .. ']}}]}}'
+    return '{{"inputs":[{{"name":"input-0","shape":[' .. batch .. ',' .. width .. '],"datatype":"FP64","data":['
+      .. concat(out, ",") .. ']}}]}}'
   end
   return '{{"inputs":[[' .. concat(out, "],[") .. ']]}}'
 end

@@ -407,7 +407,8 @@ def report_line(case: Case, r: Round) -> None:
     extra = f" requests/worker {list(r.requests_by_pid.values())}" if r.requests_by_pid else ""
     print(
         f"  {case.server:<10} {case.model:<4} {case.label:<18} {r.rps:>8.0f} req/s {r.rps * case.rows:>9.0f} rows/s"
-        f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  cpu s [{spread}] redis {r.redis_cpu:.1f} s  others {r.others_cpu:.2f} cores{extra}",
+        f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  cpu s [{spread}] redis {r.redis_cpu:.1f} s  others "
+        f"{r.others_cpu:.2f} cores{extra}",
         flush=True,
     )
 
@@ -474,7 +475,8 @@ def run(args) -> list[Outcome]:
         if "floor" in only:
             servers["floor"] = stack.enter_context(start_floor())
             print(
-                f"floor: granian (python -m platform_site.serve floor_app:app), {WORKERS} workers, pids {servers['floor'].pids()}",
+                f"floor: granian (python -m platform_site.serve floor_app:app), {WORKERS} workers, pids "
+                f"{servers['floor'].pids()}",
                 flush=True,
             )
             plan += [("floor", case) for case in floor_cases()]
@@ -536,7 +538,9 @@ def ratios(outcomes: list[Outcome], subject: str = "modelhost") -> list[tuple]:
         elif num and den:
             # Each round's ratio comes from two runs a few seconds apart; the median of those
             # is steadier than the ratio of the two medians when the machine's load moves.
-            per_round = [getattr(a, attr) / getattr(b, attr) for a, b in zip(num.rounds, den.rounds) if getattr(b, attr)]
+            per_round = [
+                getattr(a, attr) / getattr(b, attr) for a, b in zip(num.rounds, den.rounds, strict=True) if getattr(b, attr)
+            ]
             value = statistics.median(per_round) if per_round else None
         by_cpu = None
         if num and den and attr in ("rps", "rows_per_s") and _cost_ms(num):
@@ -595,13 +599,15 @@ def ratios(outcomes: list[Outcome], subject: str = "modelhost") -> list[tuple]:
 
 def table(outcomes: list[Outcome]) -> str:
     lines = [
-        "| server | model | request | req/s | rows/s | p50 ms | p99 ms | server CPU ms/request | Redis CPU ms/request | requests | CPU s per process (master, workers...) | others, cores |",
+        "| server | model | request | req/s | rows/s | p50 ms | p99 ms | server CPU ms/request | Redis CPU ms/request | "
+        "requests | CPU s per process (master, workers...) | others, cores |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for o in outcomes:
         cpu = ", ".join(f"{v:.1f}" for v in o.cpu_by_pid.values())
         lines.append(
-            f"| {o.case.server} | {o.case.model} | {o.case.label} | {o.rps:,.0f} | {o.rows_per_s:,.0f} | {o.p50_ms:.2f} | {o.p99_ms:.2f} "
+            f"| {o.case.server} | {o.case.model} | {o.case.label} | {o.rps:,.0f} | {o.rows_per_s:,.0f} | {o.p50_ms:.2f} "
+            f"| {o.p99_ms:.2f} "
             f"| {o.cpu_ms_per_request:.2f} | {o.redis_ms_per_request:.2f} | {o.requests:,} | {cpu} | {o.others_cpu:.2f} |"
         )
     return "\n".join(lines)
@@ -628,7 +634,8 @@ def spread_notes(outcomes: list[Outcome]) -> str:
             records = sum(r.records or 0 for r in o.rounds)
             hits = sum(r.cache_hits or 0 for r in o.rounds)
             lines.append(
-                f"- {o.case.server} {o.case.model} {o.case.label}: requests per worker {list(o.requests_by_pid.values())} ({shares}); records drained {records}; cache hits {hits}"
+                f"- {o.case.server} {o.case.model} {o.case.label}: requests per worker "
+                f"{list(o.requests_by_pid.values())} ({shares}); records drained {records}; cache hits {hits}"
             )
     return "\n".join(lines)
 
@@ -651,7 +658,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     print(
-        f"wrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} interleaved rounds (after a {args.warmup}s warm-up) per case; "
+        f"wrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} interleaved rounds (after a {args.warmup}s "
+        "warm-up) per case; "
         f"{WORKERS} workers per server; {os.cpu_count()} cores",
         flush=True,
     )

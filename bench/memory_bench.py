@@ -79,7 +79,8 @@ def main() -> None:
     bench_org = harness.seed("inference")["orgs"]["bench"]
     memory_orgs = harness.seed("memory")["orgs"]
     print(
-        f"seeded 1 + {sum(len(o['models']) for o in memory_orgs.values())} models in {len(memory_orgs)} + 1 organizations ({time.monotonic() - started:.0f}s)"
+        f"seeded 1 + {sum(len(o['models']) for o in memory_orgs.values())} models in {len(memory_orgs)} + 1 "
+        f"organizations ({time.monotonic() - started:.0f}s)"
     )
     harness.redis_flush_bench_db()
 

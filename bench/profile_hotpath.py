@@ -245,10 +245,12 @@ def main() -> None:
     rtt = (time.perf_counter() - started) / 2000 * 1e6
 
     print(
-        f"Modelhost predict on {args.model}: {args.requests} requests per pass, in one process (no HTTP server), microseconds per request"
+        f"Modelhost predict on {args.model}: {args.requests} requests per pass, in one process (no HTTP server), "
+        "microseconds per request"
     )
     print(
-        f"Uninstrumented loop, least CPU of {args.repeat} passes: miss {plain['miss'][0]:.0f} us CPU / {plain['miss'][1]:.0f} us wall; "
+        f"Uninstrumented loop, least CPU of {args.repeat} passes: miss {plain['miss'][0]:.0f} us CPU / "
+        f"{plain['miss'][1]:.0f} us wall; "
         f"hit {plain['hit'][0]:.0f} us CPU / {plain['hit'][1]:.0f} us wall. Redis PING round trip: {rtt:.0f} us wall."
     )
     print()

@@ -160,14 +160,18 @@ def main() -> None:
     print(ib.table(outcomes))
     print()
     print(
-        "| server | Modelhost miss req/s | Modelhost hit req/s | floor predict req/s | floor no-predict req/s | miss / floor predict | hit / floor no-predict |"
+        "| server | Modelhost miss req/s | Modelhost hit req/s | floor predict req/s | floor no-predict req/s | miss / "
+        "floor predict | hit / floor no-predict |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for candidate in args.servers.split(","):
-        get = lambda server, kind: ib.find(outcomes, f"{server}-{candidate}", "iris", kind)  # noqa: E731
-        miss, hit, floor, bare = get("modelhost", "one"), get("modelhost", "hit"), get("floor", "one"), get("floor", "nopredict")
+        miss, hit, floor, bare = (
+            ib.find(outcomes, f"{server}-{candidate}", "iris", kind)
+            for server, kind in (("modelhost", "one"), ("modelhost", "hit"), ("floor", "one"), ("floor", "nopredict"))
+        )
         print(
-            f"| {candidate} | {miss.rps:,.0f} | {hit.rps:,.0f} | {floor.rps:,.0f} | {bare.rps:,.0f} | {miss.rps / floor.rps:.2f} | {hit.rps / bare.rps:.2f} |"
+            f"| {candidate} | {miss.rps:,.0f} | {hit.rps:,.0f} | {floor.rps:,.0f} | {bare.rps:,.0f} | "
+            f"{miss.rps / floor.rps:.2f} | {hit.rps / bare.rps:.2f} |"
         )
     notes = ib.spread_notes(outcomes)
     if notes:

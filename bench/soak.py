@@ -11,7 +11,8 @@ iris LogisticRegression, predicted in the web, and a RandomForest, predicted in 
 and sends requests for `--minutes` at about `--rate` per second from `--threads` threads:
 native JSON, Open Inference Protocol V2 and MLflow `/invocations` in turn, to iris three times
 in four and to the forest once, one in ten with a string where a number belongs (a 400 the
-platform must record), and feedback on a quarter of the answered native iris predictions. The request loop is bounded in count and time and stops by itself.
+platform must record), and feedback on a quarter of the answered native iris predictions.
+The request loop is bounded in count and time and stops by itself.
 
 Prints, at the end: requests by protocol and status, errors that should not happen (any 5xx,
 any transport error), prediction records sent (every prediction request that reached its
@@ -61,7 +62,8 @@ def memory(web: harness.Server, runners: harness.Server) -> dict:
 def stored_records(since: float) -> int:
     code = (
         "from inference.models import PredictionRecord; from datetime import datetime, timezone; "
-        f"print(PredictionRecord.objects.filter(organization__slug='bench', created_at__gte=datetime.fromtimestamp({since}, tz=timezone.utc)).count())"
+        "print(PredictionRecord.objects.filter(organization__slug='bench', "
+        f"created_at__gte=datetime.fromtimestamp({since}, tz=timezone.utc)).count())"
     )
     out = subprocess.run(
         [str(APP_VENV / "bin" / "python"), "manage.py", "shell", "-c", code],
@@ -237,7 +239,8 @@ def main() -> None:
     print(json.dumps(report, indent=1))
     verdict = "equal" if stored == soak.records_expected else "**NOT equal**"
     print(
-        f"\n{soak.sent} requests in {args.minutes:g} min; unexpected answers: {len(soak.unexpected)}; records sent {soak.records_expected}, stored {stored} ({verdict})"
+        f"\n{soak.sent} requests in {args.minutes:g} min; unexpected answers: {len(soak.unexpected)}; records sent "
+        f"{soak.records_expected}, stored {stored} ({verdict})"
     )
     out = RUN / f"soak-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=1))

@@ -7,9 +7,9 @@ bench/.run/start-var, emptied first (--keep: not emptied, so every start is a la
 free port, with DATABASE_URL and REDIS_URL unset (the embedded default: SQLite and the
 embedded Redis). Each start is timed until the login page answers 200, and until every process
 has said it is ready (both web workers, the three Celery workers, beat, the runner host); its
-output is kept with the second each line appeared, so a slow step shows. Then Ctrl-C (SIGINT to the process group, as a terminal sends it) and a wait
-for everything to stop. The virtualenv's own install (the first `make run` on a fresh machine)
-is not included: see `make install`.
+output is kept with the second each line appeared, so a slow step shows. Then Ctrl-C (SIGINT
+to the process group, as a terminal sends it) and a wait for everything to stop. The
+virtualenv's own install (the first `make run` on a fresh machine) is not included: see `make install`.
 """
 
 from __future__ import annotations

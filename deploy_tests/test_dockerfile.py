@@ -79,7 +79,10 @@ def test_static_files_are_collected_at_build_without_keeping_a_secret(instructio
 def test_writable_var_directories_exist_for_the_app_user(instructions):
     stage = final_stage(instructions)
     env = {
-        name: value for command in stage if command.cmd == "ENV" for name, value in zip(command.value[::2], command.value[1::2])
+        name: value
+        for command in stage
+        if command.cmd == "ENV"
+        for name, value in zip(command.value[::2], command.value[1::2], strict=True)
     }
     assert env["PROMETHEUS_MULTIPROC_DIR"] == "/app/var/prometheus"
     assert env["PORT"] == "8000"

@@ -57,7 +57,7 @@ def schema_problems(documents: list[dict[str, Any]]) -> list[str]:
         except kubernetes_validate.SchemaNotFoundError as error:
             problems.append(f"{name}: {error.message}")
     if custom:
-        for document, error in zip(custom, crd_models.schema_errors(custom)):
+        for document, error in zip(custom, crd_models.schema_errors(custom), strict=True):
             name = f"{document['kind']}/{document['metadata']['name']}"
             if error:
                 problems.append(f"{name}: {error}")

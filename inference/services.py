@@ -59,7 +59,8 @@ def record_feedback(
     if task == "clustering":
         # A cluster id is the model's own name for a group: there is no true id to compare it with.
         raise InvalidInput(
-            "This prediction came from a clusterer: its cluster ids have no true value to compare with, so feedback is not recorded.",
+            "This prediction came from a clusterer: its cluster ids have no true value to compare with, so feedback is "
+            "not recorded.",
             errors=[{"field": "label", "message": "clusterers take no feedback"}],
         )
     if has_value:

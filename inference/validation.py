@@ -186,7 +186,7 @@ def check_rows(rows: list[list[Any]], spec: InputSpec) -> None:
         if fine and not any(c.type in INTEGER for c in columns):
             return
     for index, row in enumerate(rows):
-        for value, column in zip(row, columns):
+        for value, column in zip(row, columns, strict=True):
             _check_cell(value, column, index)
 
 

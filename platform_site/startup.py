@@ -35,7 +35,7 @@ def warm_up() -> None:
 
     forget_dead_processes()  # a worker started in place of one that died
 
-    get_resolver().url_patterns  # imports every app's views
+    _ = get_resolver().url_patterns  # reading it imports every app's views
     for name in COMMON_SKLEARN_MODULES:
         importlib.import_module(name)
     import registry.loaders.allowlist  # noqa: F401  (the safe loader's checks)

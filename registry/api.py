@@ -48,7 +48,8 @@ class CompiledOutputSerializer(serializers.Serializer):
     )
     check = serializers.JSONField(
         source="compiled_figures",
-        help_text="The verification against scikit-learn: rows_compared, label_disagreements, max_abs_diff, max_rel_diff, tolerance, passed ({} when nothing was compiled).",
+        help_text="The verification against scikit-learn: rows_compared, label_disagreements, max_abs_diff, max_rel_diff, "
+        "tolerance, passed ({} when nothing was compiled).",
     )
 
 
@@ -81,8 +82,11 @@ class VersionOutputSerializer(serializers.Serializer):
     serving = ServingOutputSerializer(source="*")
     runtime = serializers.ChoiceField(
         choices=["onnx", "sklearn"],
-        help_text='What computes predictions in the runner: "onnx", the tree ensemble\'s compiled form, verified at upload to give '
-        'scikit-learn\'s answers bit for bit; "sklearn", scikit-learn itself.',
+        help_text=(
+            'What computes predictions in the runner: "onnx", the tree ensemble\'s compiled form, verified at upload to '
+            "give "
+            'scikit-learn\'s answers bit for bit; "sklearn", scikit-learn itself.'
+        ),
     )
     runtime_reason = serializers.CharField(
         help_text="Why this runtime: the verification's result, or why the version has no compiled form."
@@ -205,7 +209,10 @@ class VersionListApi(APIView):
                     "compiled": {
                         "type": "boolean",
                         "default": True,
-                        "description": "false: serve this version with scikit-learn even when it is a tree ensemble with a verified compiled form",
+                        "description": (
+                            "false: serve this version with scikit-learn even when it is a tree ensemble with a verified "
+                            "compiled form"
+                        ),
                     },
                 },
                 "required": ["file"],

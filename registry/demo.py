@@ -40,7 +40,7 @@ def seed_demo_model(*, caller: Caller, organization: Organization) -> Registered
         caller=caller,
         model=model,
         file=SimpleUploadedFile("iris.joblib", buffer.getvalue()),
-        input_example=[dict(zip(FEATURES, row)) for row in data.data[:2].tolist()],
+        input_example=[dict(zip(FEATURES, row, strict=True)) for row in data.data[:2].tolist()],
         metrics={"train_accuracy": round(float(estimator.score(frame, data.target)), 4)},
         params={"max_iter": 500},
         description="Demo version, trained on the iris data set shipped with scikit-learn.",

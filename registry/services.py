@@ -226,7 +226,10 @@ def _warnings(report: dict) -> list[dict]:
         found.append(
             {
                 "code": "sklearn_version_mismatch",
-                "message": f"Saved with scikit-learn {saved}, served by {serving}; predictions may differ. Retrain or re-save with {serving} to silence this.",
+                "message": (
+                    f"Saved with scikit-learn {saved}, served by {serving}; predictions may differ. Retrain or re-save with "
+                    f"{serving} to silence this."
+                ),
             }
         )
     if not saved:
@@ -270,7 +273,8 @@ def _choose_signature(
         missing = sorted(set(names) - set(signatures.column_names(signature)))
         extra = sorted(set(signatures.column_names(signature)) - set(names))
         raise InvalidInput(
-            f"The signature's columns do not match the model's features (missing: {', '.join(missing) or '-'}; unexpected: {', '.join(extra) or '-'}).",
+            f"The signature's columns do not match the model's features (missing: {', '.join(missing) or '-'}; "
+            f"unexpected: {', '.join(extra) or '-'}).",
             errors=[{"field": "signature", "message": f"missing {m}"} for m in missing]
             + [{"field": "signature", "message": f"unexpected {e}"} for e in extra],
         )
@@ -306,7 +310,8 @@ def _check_guessed_types(*, staged: artifacts.StagedArtifact, signature: dict, r
             failure = exc.detail
     if failure is not None:
         raise InvalidArtifact(
-            f"The model's column types are unknown, so they were taken as numbers, and the model fails on a row of zeros ({failure}). "
+            "The model's column types are unknown, so they were taken as numbers, and the model fails on a row of zeros "
+            f"({failure}). "
             "Send an input_example or reference_data with the upload so that its string or boolean columns are known.",
             errors=[{"field": "input_example", "message": "required: the model does not take numbers in every column"}],
         )

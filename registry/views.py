@@ -38,7 +38,9 @@ class ModelForm(forms.Form):
 class VersionUploadForm(forms.Form):
     file = forms.FileField(
         label="Model file",
-        help_text="joblib, pickle, skops, or an MLflow model folder as .zip. Checked in a sandbox: only scikit-learn classes load.",
+        help_text=(
+            "joblib, pickle, skops, or an MLflow model folder as .zip. Checked in a sandbox: only scikit-learn classes load."
+        ),
         widget=forms.ClearableFileInput(attrs={"accept": ".joblib,.pkl,.pickle,.skops,.zip"}),
     )
     reference_data = forms.FileField(
@@ -279,7 +281,8 @@ def model_delete(request: HttpRequest, org: str, model: str) -> HttpResponse:
         return confirmation_page(
             request,
             title="Delete model",
-            message=f"Delete {registered.full_name}? It stops serving at once and its name becomes free; its versions are kept for the audit log.",
+            message=f"Delete {registered.full_name}? It stops serving at once and its name becomes free; its versions are kept "
+            "for the audit log.",
             confirm_label="Delete model",
             cancel_url=reverse("model-detail", args=[org, model]),
         )

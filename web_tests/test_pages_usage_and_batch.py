@@ -142,7 +142,7 @@ def test_submit_a_job_through_the_page_then_follow_it_to_the_result(owner_client
 
     queued = owner_client.get(response["Location"]).content.decode()
     assert "is queued: rows.csv against v2" in queued
-    assert 'hx-get="/models/acme/iris/batch-jobs/%d/" hx-trigger="every 1s"' % job.id in queued
+    assert f'hx-get="/models/acme/iris/batch-jobs/{job.id}/" hx-trigger="every 1s"' in queued
     assert (
         '<progress id="job-progress" max="100" value="0">' in queued
         and "Cancel job" in queued

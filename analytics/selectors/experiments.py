@@ -56,7 +56,8 @@ def _latency_percentiles(records) -> dict[str, tuple[float | None, float | None]
         sql, params = records.values_list("variant", "latency_ms").query.sql_with_params()
         with connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT variant, percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms) FROM ({sql}) AS r GROUP BY variant",
+                f"SELECT variant, percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms) FROM ({sql}) AS r "
+                "GROUP BY variant",
                 params,
             )
             return {variant: (values[0], values[1]) for variant, values in cursor.fetchall()}
@@ -111,7 +112,7 @@ def experiment_results(*, experiment: Experiment) -> dict:
     summaries = [_summary(outcomes.get(v["name"], []), metric=metric) for v in variants]
     control = summaries[0]
     results = []
-    for index, (variant, summary) in enumerate(zip(variants, summaries)):
+    for index, (variant, summary) in enumerate(zip(variants, summaries, strict=True)):
         row = traffic.get(variant["name"], {})
         requests = row.get("requests", 0)
         p50, p95 = latencies.get(variant["name"], (None, None))

@@ -238,7 +238,9 @@ def compare(
         if len(reference_outputs) == len(current_outputs) == 1:
             jobs.append(("prediction", kind, reference_outputs[0], current_outputs[0]))
         else:
-            for i, (ref, cur) in enumerate(zip(reference_outputs, current_outputs)):
+            # Records of one version have one width; should a sample hold a wider output, the
+            # outputs both samples have are compared.
+            for i, (ref, cur) in enumerate(zip(reference_outputs, current_outputs, strict=False)):
                 jobs.append((f"prediction[{i}]", kind, ref, cur))
     # numpy and scipy sort without the GIL: features are compared on every core.
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:

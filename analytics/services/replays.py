@@ -120,7 +120,8 @@ def _check_can_replay(
         )
     if production.task != version.task:
         raise InvalidInput(
-            f"Version {version.number} is a {version.task} model and production (version {production.number}) a {production.task} one; "
+            f"Version {version.number} is a {version.task} model and production (version {production.number}) a "
+            f"{production.task} one; "
             "their answers cannot be compared.",
             errors=[{"field": "version", "message": "task differs from production's"}],
         )
@@ -161,7 +162,8 @@ def request_replay(
         if unfinished is not None:
             raise Conflict(
                 f"Replay {unfinished.pk} of {model.full_name} is still {unfinished.status}; one replay runs at a time per model. "
-                f"Poll /api/v1/models/{model.full_name}/versions/{unfinished.version.number}/replays/{unfinished.pk} and ask again when it is done.",
+                f"Poll /api/v1/models/{model.full_name}/versions/{unfinished.version.number}/replays/{unfinished.pk} and "
+                "ask again when it is done.",
                 replay_id=unfinished.pk,
                 replay_status=unfinished.status,
             )
@@ -371,7 +373,7 @@ def _note_failure(tally: Tally, kind: str, record: Recorded, error: ModelhostErr
 
 
 def _tally_batch(tally: Tally, batch: list[Recorded], production: Answers, candidate: Answers) -> None:
-    for record, answer_p, answer_c in zip(batch, production.results, candidate.results):
+    for record, answer_p, answer_c in zip(batch, production.results, candidate.results, strict=True):
         failed_p, failed_c = isinstance(answer_p, ModelhostError), isinstance(answer_c, ModelhostError)
         if failed_p and failed_c:
             tally.failures["both"] += record.rows

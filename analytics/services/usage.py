@@ -11,8 +11,9 @@ than one run interval (ingest commits batches in well under a second) would be m
 On PostgreSQL an hour is one INSERT ... SELECT ... ON CONFLICT DO UPDATE with
 percentile_cont (exact percentiles), the latency sketch's bin counts and the output
 distribution; nothing per record passes through Python. A day's percentiles come from the
-sum of its hours' sketches (analytics.statistics.sketches): within 1 % of the exact ones. Other databases (SQLite under `make run`) take the same
-rows through numpy; a test checks both give the same rows.
+sum of its hours' sketches (analytics.statistics.sketches): within 1 % of the exact ones.
+Other databases (SQLite under `make run`) take the same rows through numpy; a test checks
+both give the same rows.
 """
 
 from __future__ import annotations
@@ -222,7 +223,9 @@ agg AS (
         WHERE r.created_at >= %(start)s AND r.created_at < %(end)s
         GROUP BY r.version_id, r.variant COLLATE "C", COALESCE(r.api_key_id, 0)
     ) g
-    CROSS JOIN LATERAL (SELECT percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY x) FROM unnest(g.latencies) AS x) AS pq(q)
+    CROSS JOIN LATERAL (
+        SELECT percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY x) FROM unnest(g.latencies) AS x
+    ) AS pq(q)
     CROSS JOIN LATERAL (
         SELECT jsonb_build_object(
             'bins', COALESCE(jsonb_object_agg(b.k, b.n) FILTER (WHERE b.k IS NOT NULL), '{}'::jsonb),
@@ -241,13 +244,16 @@ classes AS (
     FROM (
         SELECT g.version_id, g.variant, g.api_key_id, o.value #>> '{}' AS value, sum(g.n) AS n
         FROM (
-            SELECT r.version_id, r.variant COLLATE "C" AS variant, COALESCE(r.api_key_id, 0) AS api_key_id, r.outputs, count(*) AS n
+            SELECT r.version_id, r.variant COLLATE "C" AS variant, COALESCE(r.api_key_id, 0) AS api_key_id, r.outputs,
+                   count(*) AS n
             FROM inference_predictionrecord r
             WHERE r.created_at >= %(start)s AND r.created_at < %(end)s AND r.status < 400
               AND r.version_id NOT IN (SELECT id FROM registry_modelversion WHERE task = 'regression')
             GROUP BY 1, 2, 3, 4
         ) g
-        CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(g.outputs) = 'array' THEN g.outputs ELSE '[]'::jsonb END) AS o(value)
+        CROSS JOIN LATERAL jsonb_array_elements(
+            CASE WHEN jsonb_typeof(g.outputs) = 'array' THEN g.outputs ELSE '[]'::jsonb END
+        ) AS o(value)
         WHERE jsonb_typeof(o.value) IN ('string', 'number', 'boolean')
         GROUP BY 1, 2, 3, 4
     ) c
@@ -259,7 +265,8 @@ _NUMERIC_SQL = """,
 numeric AS (
     SELECT r.version_id, r.variant COLLATE "C" AS variant, COALESCE(r.api_key_id, 0) AS api_key_id,
            jsonb_build_object(
-               'kind', 'numeric', 'count', count(*), 'sum', sum(o.value::float8), 'min', min(o.value::float8), 'max', max(o.value::float8),
+               'kind', 'numeric', 'count', count(*), 'sum', sum(o.value::float8),
+               'min', min(o.value::float8), 'max', max(o.value::float8),
                'deciles', to_jsonb(percentile_cont(%(deciles)s::float8[]) WITHIN GROUP (ORDER BY o.value::float8))
            ) AS outputs
     FROM inference_predictionrecord r
@@ -301,7 +308,9 @@ def hour_sql(*, with_regressors: bool) -> str:
         + _NUMERIC_SQL
         + _INSERT_SQL.format(
             numeric_outputs="n.outputs,",
-            numeric_join="LEFT JOIN numeric n ON n.version_id = a.version_id AND n.variant = a.variant AND n.api_key_id = a.api_key_id",
+            numeric_join=(
+                "LEFT JOIN numeric n ON n.version_id = a.version_id AND n.variant = a.variant AND n.api_key_id = a.api_key_id"
+            ),
         )
     )
 

@@ -132,8 +132,8 @@ def paired_accuracy(truth: Sequence, production: Sequence, candidate: Sequence, 
     """Each version's accuracy on the labelled rows, and McNemar's exact test of the difference."""
     from scipy import stats
 
-    right_p = np.array([labels_match(t, p) for t, p in zip(truth, production)], dtype=bool)
-    right_c = np.array([labels_match(t, c) for t, c in zip(truth, candidate)], dtype=bool)
+    right_p = np.array([labels_match(t, p) for t, p in zip(truth, production, strict=True)], dtype=bool)
+    right_c = np.array([labels_match(t, c) for t, c in zip(truth, candidate, strict=True)], dtype=bool)
     n = len(right_p)
     only_candidate = int(np.count_nonzero(right_c & ~right_p))
     only_production = int(np.count_nonzero(right_p & ~right_c))

@@ -128,8 +128,8 @@ def test_lines_chart_names_each_series_and_describes_itself():
     hours = [start + timedelta(hours=i) for i in range(3)]
     svg = charts.lines_chart(
         [
-            charts.Series("Requests", list(zip(hours, [4, None, 2]))),
-            charts.Series("p<95>", list(zip(hours, [1, 1, 1])), "#7a4b00", "6 3"),
+            charts.Series("Requests", list(zip(hours, [4, None, 2], strict=True))),
+            charts.Series("p<95>", list(zip(hours, [1, 1, 1], strict=True)), "#7a4b00", "6 3"),
         ],
         title="Requests & latency",
         description="3 hours: <6> requests",

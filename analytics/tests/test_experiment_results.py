@@ -111,7 +111,7 @@ def served_with_truth(experiment, version, variant, *, seed, n, error_scale):
     rng = np.random.default_rng(seed)
     predicted = rng.normal(20.0, 5.0, size=n)
     truth = predicted - rng.normal(0.0, error_scale, size=n)
-    for record, value in zip(served(experiment, version, variant, units=n, outputs=predicted.tolist()), truth):
+    for record, value in zip(served(experiment, version, variant, units=n, outputs=predicted.tolist()), truth, strict=True):
         af.feedback(version, record["id"], value=float(value))
     return predicted, truth
 

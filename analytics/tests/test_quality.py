@@ -25,10 +25,10 @@ def test_accuracy_from_feedback_sent_through_the_api(tenant_a):
     for row in x[::10]:
         ids.append(client.post("/api/v1/models/acme/iris/predict", {"inputs": [row.tolist()]}, format="json").json())
     truths = y[::10]
-    for answer, truth in zip(ids, truths):
+    for answer, truth in zip(ids, truths, strict=True):
         response = client.post(f"/api/v1/predictions/{answer['id']}/feedback", {"label": int(truth)}, format="json")
         assert response.status_code == 201, response.content
-    correct = sum(answer["predictions"][0] == truth for answer, truth in zip(ids, truths))
+    correct = sum(answer["predictions"][0] == truth for answer, truth in zip(ids, truths, strict=True))
     usage.roll_up_usage()
     quality.roll_up_quality()
 
@@ -74,7 +74,7 @@ def test_regression_quality_is_mae_and_rmse(tenant_a):
     predicted, truth = rng.normal(5, 2, size=40), rng.normal(5, 2, size=40)
     at = timezone.now() - timedelta(minutes=5)
     records = af.ingest([af.record(version, at=at, out=[float(p)], **{"in": [[0.1, 0.2, 0.3]]}) for p in predicted])
-    for record, value in zip(records, truth):
+    for record, value in zip(records, truth, strict=True):
         af.feedback(version, record["id"], value=float(value))
     quality.roll_up_quality()
 

@@ -89,7 +89,9 @@ def test_a_classifier_replay_reports_agreement_confusion_shift_and_accuracy_on_f
     assert confusion["labels"] == ["0", "1", "2"]
     assert confusion["counts"] == confusion_matrix(old, new, labels=[0, 1, 2]).tolist()
     shift = np.mean(np.abs(stump().predict_proba(x) - rf.iris_model().predict_proba(x)), axis=0)
-    assert report["probability_shift"] == {label: pytest.approx(value) for label, value in zip(["0", "1", "2"], shift)}
+    assert report["probability_shift"] == {
+        label: pytest.approx(value) for label, value in zip(["0", "1", "2"], shift, strict=True)
+    }
     assert report["failures"] == {
         "candidate_only": 0,
         "production_only": 0,

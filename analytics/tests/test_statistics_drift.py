@@ -235,7 +235,7 @@ def test_merged_quantiles_are_within_the_grid_rank_error():
     parts = [rng.lognormal(mu, 0.4, size=n) for mu, n in ((0, 5000), (1, 2000), (2, 300), (0.5, 10))]
     merged = merge_quantiles([(len(p), quantiles_of(p, GRID)) for p in parts], GRID, [0.1, 0.5, 0.9, 0.95])
     union = np.concatenate(parts)
-    for target, value in zip([0.1, 0.5, 0.9, 0.95], merged):
+    for target, value in zip([0.1, 0.5, 0.9, 0.95], merged, strict=True):
         assert abs(np.mean(union <= value) - target) <= 0.01
 
 
@@ -245,5 +245,5 @@ def test_many_parts_are_merged_at_sampled_points_within_the_grid_rank_error():
     targets = [0.5, 0.9, 0.95, 0.99]
     merged = merge_quantiles([(len(p), quantiles_of(p, GRID)) for p in parts], GRID, targets)
     union = np.concatenate(parts)
-    for target, value in zip(targets, merged):
+    for target, value in zip(targets, merged, strict=True):
         assert abs(np.mean(union <= value) - target) <= 0.01

@@ -20,7 +20,7 @@ def day_of_hours(seed: int, low: int, high: int, hours: int = 24) -> list[np.nda
 
 
 def within_accuracy(estimates, exact) -> bool:
-    return all(abs(e - x) <= ALPHA * x * (1 + 1e-9) for e, x in zip(estimates, exact))
+    return all(abs(e - x) <= ALPHA * x * (1 + 1e-9) for e, x in zip(estimates, exact, strict=True))
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_the_keys_are_the_librarys_at_the_stated_accuracy():
     mapping = LogarithmicMapping(ALPHA)
     values = np.random.default_rng(1).lognormal(2, 2, size=2000)
     assert sketches.sketch_of(values.tolist())["bins"] == {
-        str(k): n for k, n in zip(*np.unique([mapping.key(v) for v in values], return_counts=True))
+        str(k): n for k, n in zip(*np.unique([mapping.key(v) for v in values], return_counts=True), strict=True)
     }
     assert all(abs(mapping.value(mapping.key(v)) - v) <= ALPHA * v * (1 + 1e-12) for v in values)
 

@@ -206,7 +206,7 @@ def test_python_rollup_gives_the_same_rows_as_the_sql_rollup(tenant_a, iris, hou
     from_python = rollups()
 
     assert len(from_sql) == len(from_python) > 6
-    for sql_row, python_row in zip(from_sql, from_python):
+    for sql_row, python_row in zip(from_sql, from_python, strict=True):
         for name in ROLLUP_FIELDS:
             if name == "outputs" and sql_row[name].get("kind") == "numeric":
                 assert sql_row[name]["count"] == python_row[name]["count"]

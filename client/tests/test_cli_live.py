@@ -26,12 +26,17 @@ def iris_file(tmp_path, estimator=None, name="model.joblib"):
     return path
 
 
-def stored_model(tenant, name="iris", estimators=(f.iris_frame_model(),), promote_first=True):
-    """A model with versions stored directly (no upload check): for tests about what comes after an upload."""
+def stored_model(tenant, name="iris", estimators=None, promote_first=True):
+    """A model with versions stored directly (no upload check): for tests about what comes after an upload.
+
+    Without estimators, one iris model fitted on a DataFrame.
+    """
     from accounts.principals import Caller
     from registry import services
 
     model = services.create_model(caller=Caller(user=tenant.user), organization=tenant.organization, name=name)
+    if estimators is None:
+        estimators = (f.iris_frame_model(),)
     for index, estimator in enumerate(estimators):
         f.create_version(model, estimator, promote=promote_first and index == 0)
     return model

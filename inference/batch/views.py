@@ -34,7 +34,8 @@ JOBS_PAGE_SIZE = 50
 class BatchJobForm(forms.Form):
     file = forms.FileField(
         label="Rows file",
-        help_text="CSV with a header row, or JSON lines (one object or list per line); gzip accepted. Columns as in the model's signature.",
+        help_text="CSV with a header row, or JSON lines (one object or list per line); gzip accepted. Columns as in the model's "
+        "signature.",
         widget=forms.ClearableFileInput(attrs={"accept": ".csv,.jsonl,.ndjson,.json,.txt,.gz"}),
     )
     version = forms.TypedChoiceField(coerce=int, empty_value=None, required=False, label="Version")
@@ -153,7 +154,8 @@ def batch_job_cancel(request: HttpRequest, org: str, model: str, job_id: int) ->
         return confirmation_page(
             request,
             title="Cancel batch job",
-            message=f"Cancel batch job {job.id} of {job.registered_model.full_name}? Rows not scored yet are dropped and there will be no result. This cannot be undone.",
+            message=f"Cancel batch job {job.id} of {job.registered_model.full_name}? Rows not scored yet are dropped and there "
+            "will be no result. This cannot be undone.",
             confirm_label="Cancel job",
             cancel_url=back,
             dismiss_label="Keep it running",

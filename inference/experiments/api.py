@@ -63,7 +63,8 @@ class ExperimentListApi(APIView):
         metric = serializers.ChoiceField(
             choices=Experiment.Metric.values,
             default="accuracy",
-            help_text="accuracy (classifiers, outlier detectors; higher is better), mae or rmse (regressors' predictions against the "
+            help_text="accuracy (classifiers, outlier detectors; higher is better), mae or rmse (regressors' predictions against "
+            "the "
             "true values sent as feedback; lower is better).",
         )
         min_samples = serializers.IntegerField(min_value=1, max_value=10_000_000, required=False)

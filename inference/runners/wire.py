@@ -94,7 +94,7 @@ def decode_input(entry: dict, buffers: list[memoryview]) -> Any:
     import pandas as pd
 
     frame = entry["frame"]
-    data = {name: decode_array(column, buffers) for name, column in zip(frame["columns"], frame["data"])}
+    data = {name: decode_array(column, buffers) for name, column in zip(frame["columns"], frame["data"], strict=True)}
     return pd.DataFrame(data, columns=frame["columns"])
 
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from inference.batch import services
 from inference.models import BatchChunk, BatchJob
-from inference.tests.test_batch_workers import big_csv, slow_forest, submit, wait_for  # noqa: F401 (slow_forest is a fixture)
+from inference.tests.test_batch_workers import big_csv, slow_forest, submit, wait_for  # noqa: F401 - slow_forest is a fixture
 from platform_site.tests.workers import WorkerPool, publishing_to
 
 BROKER = "redis://127.0.0.1:6379/14"
@@ -32,7 +32,8 @@ def pool(django_db_setup):
     redis.Redis.from_url(BROKER).flushdb()
 
 
-def test_a_chunk_with_a_fresh_heartbeat_is_left_running(tenant_a, slow_forest, settings):
+@pytest.mark.usefixtures("slow_forest")
+def test_a_chunk_with_a_fresh_heartbeat_is_left_running(tenant_a, settings):
     # Runs before the module's workers start: nothing else scores this job's chunk.
     from inference.batch import heartbeat
 
@@ -48,7 +49,8 @@ def test_a_chunk_with_a_fresh_heartbeat_is_left_running(tenant_a, slow_forest, s
         assert services.requeue_stalled_jobs() == 0  # sent once, not at every run while it waits
 
 
-def test_a_killed_workers_chunk_is_sent_again_once_its_heartbeat_is_stale(tenant_a, slow_forest, pool, settings):
+@pytest.mark.usefixtures("slow_forest")
+def test_a_killed_workers_chunk_is_sent_again_once_its_heartbeat_is_stale(tenant_a, pool, settings):
     settings.BATCH_CHUNK_ROWS = 8000  # about a second per chunk for this forest
     settings.BATCH_CHUNK_STALL_SECONDS = 3
     w1, w2 = pool.ensure("w1", "w2")

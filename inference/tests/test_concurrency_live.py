@@ -76,7 +76,7 @@ def test_concurrent_predictions_are_right_and_each_recorded_once(tenant_a, tmp_p
         for row, _, body in answers[:50]:
             assert by_id[body["id"]]["in"] == [row] and by_id[body["id"]]["out"] == body["predictions"]
         text = requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=10).text
-        line = next(l for l in text.splitlines() if l.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in l)
+        line = next(s for s in text.splitlines() if s.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in s)
         assert float(line.rsplit(" ", 1)[1]) == len(rows)
     finally:
         web.terminate()

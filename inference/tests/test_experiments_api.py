@@ -129,9 +129,10 @@ def test_a_viewer_key_cannot_start_an_experiment(tenant_a, iris):
 
 def test_requests_follow_the_experiment_and_stick_to_their_variant(tenant_a, iris, django_capture_on_commit_callbacks):
     client = tenant_a.key_client()
-    predict = lambda unit: client.post(
-        "/api/v1/models/acme/iris/predict", {"inputs": [ROW], "unit_id": unit}, format="json"
-    ).json()
+
+    def predict(unit):
+        return client.post("/api/v1/models/acme/iris/predict", {"inputs": [ROW], "unit_id": unit}, format="json").json()
+
     assert predict("user-1")["variant"] is None  # the route is cached before the experiment
     with django_capture_on_commit_callbacks(execute=True):
         experiment_id = start(client).json()["id"]

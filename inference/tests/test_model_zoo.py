@@ -662,7 +662,7 @@ def test_zoo_model_try_page_renders_its_form_and_answers_what_it_submits(name, z
 
     # The person fills in what the form leaves empty with the first training row, and presses Predict.
     first = records_of(x, 1)[0]
-    first = first if isinstance(first, dict) else dict(zip((c["name"] for c in columns), first))
+    first = first if isinstance(first, dict) else dict(zip((c["name"] for c in columns), first, strict=True))
     texts = {c["name"]: form.values[c["name"]] or as_typed_text(first[c["name"]]) for c in columns}
     row = [typed_as_the_page_sends(c["type"], texts[c["name"]]) for c in columns]
     body = {"inputs": [row]} | ({"parameters": {"probabilities": True}} if version["has_predict_proba"] else {})

@@ -123,7 +123,7 @@ def test_mlflow_serving_input_example_is_accepted(tenant_a, client, mlflow_examp
 @pytest.mark.parametrize(
     "body, content_type",
     [
-        pytest.param({"dataframe_records": [dict(zip(f.IRIS_FEATURES, ROW))]}, "application/json", id="records"),
+        pytest.param({"dataframe_records": [dict(zip(f.IRIS_FEATURES, ROW, strict=True))]}, "application/json", id="records"),
         pytest.param({"instances": [ROW]}, "application/json", id="instances"),
         pytest.param({"inputs": [ROW]}, "application/json", id="inputs"),
         pytest.param(",".join(f.IRIS_FEATURES) + "\n" + ",".join(map(str, ROW)) + "\n", "text/csv", id="csv"),

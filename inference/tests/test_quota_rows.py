@@ -137,7 +137,9 @@ def test_a_batch_job_after_the_quota_is_used_up_is_429_with_the_quotas_headers(t
     client = tenant_a.key_client()
     assert (
         client.post(
-            "/api/v1/models/acme/named/predict", {"inputs": [dict(zip(f.IRIS_FEATURES, r)) for r in rows(10_000)]}, format="json"
+            "/api/v1/models/acme/named/predict",
+            {"inputs": [dict(zip(f.IRIS_FEATURES, r, strict=True)) for r in rows(10_000)]},
+            format="json",
         ).status_code
         == 200
     )

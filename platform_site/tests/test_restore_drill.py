@@ -37,10 +37,8 @@ def fresh_database():
     options = ["--host", connection.settings_dict["HOST"] or "127.0.0.1", "--username", connection.settings_dict["USER"]]
     subprocess.run(["dropdb", "--if-exists", *options, name], check=True)
     subprocess.run(["createdb", *options, name], check=True)
-    yield (
-        name,
-        f"postgres://{connection.settings_dict['USER']}@{connection.settings_dict['HOST'] or '127.0.0.1'}:{connection.settings_dict['PORT'] or 5432}/{name}",
-    )
+    db = connection.settings_dict
+    yield name, f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{name}"
     subprocess.run(["dropdb", "--if-exists", "--force", *options, name], check=True)
 
 

@@ -149,7 +149,8 @@ def test_the_server_process_loads_the_numeric_libraries_before_the_workers_fork(
         "import sys; from platform_site import serve\n"
         "class Server:\n"
         "    def serve(self):\n"
-        "        print(sorted(name for name in ('numpy', 'pandas', 'scipy.stats', 'sklearn.linear_model', 'sklearn.ensemble') if name in sys.modules))\n"
+        "        print(sorted(name for name in ('numpy', 'pandas', 'scipy.stats', 'sklearn.linear_model', "
+        "'sklearn.ensemble') if name in sys.modules))\n"
         "serve.server = lambda target: Server(); serve.refuse_taken_port = lambda: None\n"
         "serve.main([])\n"
     )

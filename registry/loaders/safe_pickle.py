@@ -311,7 +311,8 @@ class CheckedPartial(functools.partial):
 def check_array_while_loading(*args: Any, **keywords: Any) -> Any:
     """Stand-in for ``check_array`` as the unpickler hands it out: only a partial may hold it, never call it."""
     raise UnsafeArtifact(
-        f"The model file is refused: it calls {PARTIAL_FUNCTION} while loading; it may only be the function of a functools.partial.",
+        f"The model file is refused: it calls {PARTIAL_FUNCTION} while loading; it may only be the function of a "
+        "functools.partial.",
         refused_globals=[PARTIAL_FUNCTION],
     )
 
@@ -369,7 +370,8 @@ class UfuncReference:
 
     def __call__(self, *args: Any, **keywords: Any) -> Any:
         raise UnsafeArtifact(
-            f"The model file is refused: it calls {self.name} where only a FunctionTransformer's func or inverse_func may hold it.",
+            f"The model file is refused: it calls {self.name} where only a FunctionTransformer's func or inverse_func "
+            "may hold it.",
             refused_globals=[self.name],
         )
 

@@ -188,7 +188,7 @@ def _known_categories(estimator: Any, keys: list[Any]) -> dict[Any, Any]:
         else:
             categories = getattr(step, "categories_", None)
             if isinstance(categories, list) and len(categories) == len(columns):
-                for key, values in zip(columns, categories):
+                for key, values in zip(columns, categories, strict=True):
                     value = _first_plain_category(values)
                     if value is not None:
                         found.setdefault(key, value)
@@ -209,7 +209,8 @@ def _selected_columns(selection: Any, columns: list[Any]) -> list[Any]:
     except TypeError:
         return []
     if items and all(isinstance(item, (bool, np.bool_)) for item in items):
-        return [column for column, keep in zip(columns, items) if keep]
+        # The mask comes from the uploaded model: a length that does not match is not ours to refuse here.
+        return [column for column, keep in zip(columns, items, strict=False) if keep]
     if all(isinstance(item, (int, np.integer)) for item in items):
         return [columns[int(i)] for i in items if -len(columns) <= int(i) < len(columns)]
     return [item for item in items if item in columns]

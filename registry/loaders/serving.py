@@ -106,8 +106,9 @@ def probabilities_from_scores(scores: np.ndarray, *, proba: str) -> np.ndarray:
 def linear_spec_for(estimator: Any) -> dict[str, Any] | None:
     """The ``linear_spec`` of ``estimator``, or None when it is not a plain linear model.
 
-    Only for plain linear models (``_is_plain_linear``), with int64 or float64 classes; the spec (after a JSON round trip) must give bitwise the estimator's
-    predictions on probe rows, and ``proba`` is set only when ``probabilities_from_scores``
+    Only for plain linear models (``_is_plain_linear``), with int64 or float64 classes; the
+    spec (after a JSON round trip) must give bitwise the estimator's predictions on probe rows,
+    and ``proba`` is set only when ``probabilities_from_scores``
     gives bitwise its predict_proba too.
     """
     import json

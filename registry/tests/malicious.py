@@ -644,7 +644,8 @@ UFUNC_CASES = [
     (
         "ufunc_called_while_loading",
         ufunc_called_while_loading,
-        "The model file is refused: it calls numpy.sqrt while loading; it may only be a FunctionTransformer's func or inverse_func.",
+        "The model file is refused: it calls numpy.sqrt while loading; it may only be a FunctionTransformer's func or "
+        "inverse_func.",
         [],
     ),
     (

@@ -150,7 +150,7 @@ def test_upload_mlflow_zip_uses_its_signature(owner, tmp_path, serialization):
 
 
 def test_signature_from_input_example_names_columns(owner):
-    example = [dict(zip(f.IRIS_FEATURES, f.IRIS_ROW))]
+    example = [dict(zip(f.IRIS_FEATURES, f.IRIS_ROW, strict=True))]
     response = upload(owner, f.joblib_bytes(f.iris_model()), input_example=example)
     assert response.status_code == 201, response.content
     assert response.json()["signature"] == {
@@ -246,6 +246,9 @@ def test_upload_over_the_size_limit_is_413(owner, settings):
         pytest.param({"metrics": {"accuracy": "high"}}, "metrics.accuracy", id="metric-not-a-number"),
         pytest.param({"params": [1, 2]}, "params", id="params-not-object"),
         pytest.param({"input_example": "[[1,2],[3]]"}, "input_example", id="ragged-example"),
+        pytest.param(
+            {"input_example": '{"columns": ["a", "b"], "data": [[1, 2], [3]]}'}, "input_example", id="split-example-short-row"
+        ),
         pytest.param({"colour": "red"}, "colour", id="unknown-field"),
     ],
 )

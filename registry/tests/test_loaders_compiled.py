@@ -110,7 +110,7 @@ def test_rows_exactly_at_each_threshold_and_one_step_either_side_get_scikit_lear
     predictor = compiled.CompiledPredictor(data=compiled.onnx_bytes(compiled.plan_for(tree)), estimator=tree)
     splits = tree.tree_.feature >= 0
     rows = []
-    for feature, threshold in zip(tree.tree_.feature[splits], tree.tree_.threshold[splits]):
+    for feature, threshold in zip(tree.tree_.feature[splits], tree.tree_.threshold[splits], strict=True):
         as32 = np.float32(threshold)
         for value in (
             threshold,

@@ -330,7 +330,8 @@ def test_a_model_that_cannot_predict_new_rows_is_invalid(inspect: Inspect, tmp_p
     with pytest.raises(InvalidArtifact) as raised:
         inspect(_dump(tmp_path, DBSCAN().fit(X)), fmt="joblib", input_example=None, **LIMITS)
     assert raised.value.detail == (
-        "sklearn.cluster._dbscan.DBSCAN has no predict for new rows (it only labels the rows it was fitted on), so it cannot be served."
+        "sklearn.cluster._dbscan.DBSCAN has no predict for new rows (it only labels the rows it was fitted on), so it "
+        "cannot be served."
     )
 
 

@@ -62,7 +62,8 @@ model = services.create_model(caller=caller, organization=org, name="iris")
 version = services.upload_version(caller=caller, model=model, file=SimpleUploadedFile("m.joblib", f.joblib_bytes(f.iris_model())))
 from registry.loaders.serving import load_serving_artifact
 estimator = load_serving_artifact(data=artifacts.read_serving_artifact(version_id=version.id)[0])
-print(json.dumps({"name": version.artifact.name, "serving": version.serving_artifact.name.rsplit("/", 1)[1], "storage": type(version.artifact.storage).__name__,
+print(json.dumps({"name": version.artifact.name, "serving": version.serving_artifact.name.rsplit("/", 1)[1],
+                  "storage": type(version.artifact.storage).__name__,
                   "prediction": int(estimator.predict([f.IRIS_ROW])[0]), "local": str(artifacts.local_copy(version))}))
 """
 

@@ -248,7 +248,8 @@ def whoami(ctx) -> None:
         else:
             key = me["api_key"]
             out.print(
-                f"API key {key['prefix']} ({key['name']}) of {me['organizations'][0]['slug']} on {client.url}; scopes: {', '.join(key['scopes'])}"
+                f"API key {key['prefix']} ({key['name']}) of {me['organizations'][0]['slug']} on {client.url}; scopes: "
+                f"{', '.join(key['scopes'])}"
             )
 
     emit(ctx, {"url": client.url, **me}, human)
@@ -323,7 +324,8 @@ def deploy(ctx, file, name, org, reference, example, description, metrics, promo
 
     def human():
         out.print(
-            f"Version {version['number']} of {full}: {version['estimator_class'].rsplit('.', 1)[-1]} ({version['task'] or 'task unknown'}, "
+            f"Version {version['number']} of {full}: {version['estimator_class'].rsplit('.', 1)[-1]} "
+            f"({version['task'] or 'task unknown'}, "
             f"{version['n_features']} features, {version['format']}), checked and accepted."
         )
         for warning in version.get("warnings") or []:
@@ -679,7 +681,8 @@ def drift(ctx, model, run_now, version, window_hours, timeout, org) -> None:
     def human():
         out.print(
             f"Drift report {report['id']}: {'DRIFT' if report['is_drift'] else 'no drift'} "
-            f"({report['drifted_features']}/{report['n_features']} features drifted; {report['current_rows']} rows served vs {report['reference_rows']} reference)"
+            f"({report['drifted_features']}/{report['n_features']} features drifted; {report['current_rows']} rows "
+            f"served vs {report['reference_rows']} reference)"
         )
         table = _table("feature", "test", "statistic", "p-value", "PSI", "drifted")
         for feature in report.get("features") or []:
@@ -717,12 +720,14 @@ def _show_replay(replay: dict) -> None:
     else:
         absolute = detail.get("absolute") or {}
         out.print(
-            f"Agreement: {_share(report['agreement'])} (within {detail['rtol']:g} of production); differences: mean {_fmt(detail.get('mean'))}, "
+            f"Agreement: {_share(report['agreement'])} (within {detail['rtol']:g} of production); differences: mean "
+            f"{_fmt(detail.get('mean'))}, "
             f"absolute p50 {_fmt(absolute.get('p50'))}, p95 {_fmt(absolute.get('p95'))}, p99 {_fmt(absolute.get('p99'))}."
         )
     failures = report["failures"]
     out.print(
-        f"Failed rows: {failures['candidate_only']} on {candidate} only, {failures['production_only']} on production only, {failures['both']} on both."
+        f"Failed rows: {failures['candidate_only']} on {candidate} only, {failures['production_only']} on production "
+        f"only, {failures['both']} on both."
     )
     for error in failures["first"].get("candidate_only") or []:
         out.print(f"  {error['prediction_id']}: {error['message']} ({error['code']})", markup=False)
@@ -738,8 +743,10 @@ def _show_replay(replay: dict) -> None:
         shown = _share if metric == "accuracy" else _fmt
         difference = feedback["difference"]
         out.print(
-            f"On {feedback['rows']} rows with feedback, {metric}: production {shown(feedback['production']['value'])}, {candidate} "
-            f"{shown(feedback['candidate']['value'])}; difference {shown(difference['value'])} (p = {_fmt(difference['p_value'])})."
+            f"On {feedback['rows']} rows with feedback, {metric}: production {shown(feedback['production']['value'])}, "
+            f"{candidate} "
+            f"{shown(feedback['candidate']['value'])}; difference {shown(difference['value'])} (p = "
+            f"{_fmt(difference['p_value'])})."
         )
 
 

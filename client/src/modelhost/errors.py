@@ -43,7 +43,10 @@ class ConnectionFailed(ModelhostError):
 
 
 class JobFailed(ModelhostError):
-    """Work on the platform's workers (a batch job, a replay, a drift report) failed or did not end in time; `job` is its last state."""
+    """Work on the platform's workers (a batch job, a replay, a drift report) failed or did not end in time.
+
+    `job` is its last state.
+    """
 
     exit_code = EXIT_JOB_FAILED
 

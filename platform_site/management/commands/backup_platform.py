@@ -102,5 +102,6 @@ class Command(BaseCommand):
         }
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         self.stdout.write(
-            f"backed up {database['NAME']} and {storage_root} to {folder} in {time.monotonic() - started:.1f} s ({drained} records drained first)"
+            f"backed up {database['NAME']} and {storage_root} to {folder} in {time.monotonic() - started:.1f} s "
+            f"({drained} records drained first)"
         )

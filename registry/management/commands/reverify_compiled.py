@@ -34,6 +34,7 @@ class Command(BaseCommand):
                 failed.append(str(version))
         if failed:
             raise CommandError(
-                f"{len(failed)} of {count} compiled versions no longer match scikit-learn and are now served by it: {', '.join(failed)}"
+                f"{len(failed)} of {count} compiled versions no longer match scikit-learn and are now served by it: "
+                f"{', '.join(failed)}"
             )
         self.stdout.write(f"{count} compiled versions re-verified.")
