@@ -11,12 +11,14 @@ model is predicted by the platform's own arithmetic, anything else by its organi
 runner (inference.predictors). Each step
 feeds Server-Timing and the Prometheus metrics.
 """
+
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -25,7 +27,13 @@ from django.http import HttpRequest
 from accounts.authentication import ApiKeyError, authenticate_api_key, credential_from_headers
 from inference import limits, prediction_cache, predictors, records, routing
 from platform_site.errors import ModelhostError, NotFound, PermissionDenied, Unauthenticated
-from platform_site.metrics import PREDICTION_CACHE_HITS, PREDICTION_ERRORS, PREDICTION_LATENCY, PREDICTION_REQUESTS, PREDICTION_ROWS
+from platform_site.metrics import (
+    PREDICTION_CACHE_HITS,
+    PREDICTION_ERRORS,
+    PREDICTION_LATENCY,
+    PREDICTION_REQUESTS,
+    PREDICTION_ROWS,
+)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -94,7 +102,7 @@ class PredictionCall:
 
     unit_id: str | None
     want_proba: bool
-    validate: Callable[["routing.VersionTarget"], ModelInput]
+    validate: Callable[[routing.VersionTarget], ModelInput]
     extra: dict = field(default_factory=dict)
 
 
@@ -137,7 +145,10 @@ def authenticate(request: HttpRequest) -> CallerIdentity:
         )
     user = _user_from_jwt_or_session(request)
     if user is None:
-        raise Unauthenticated("Send an API key (Authorization: Bearer mh_… or X-API-Key), a JWT, or log in.", headers={"WWW-Authenticate": 'Bearer realm="api"'})
+        raise Unauthenticated(
+            "Send an API key (Authorization: Bearer mh_… or X-API-Key), a JWT, or log in.",
+            headers={"WWW-Authenticate": 'Bearer realm="api"'},
+        )
     return CallerIdentity(org_slug=None, subject=f"u{user.pk}", api_key_id=None)
 
 
@@ -176,11 +187,21 @@ def _route_for(identity: CallerIdentity, org_slug: str, model_name: str) -> tupl
         return routing.resolve_route(org_slug, model_name), identity
     from accounts.models import Membership
 
-    membership = Membership.objects.select_related("organization").filter(user_id=int(identity.subject[1:]), organization__slug=org_slug).first()
+    membership = (
+        Membership.objects.select_related("organization")
+        .filter(user_id=int(identity.subject[1:]), organization__slug=org_slug)
+        .first()
+    )
     if membership is None:
         raise NotFound()
     org = membership.organization
-    identity = CallerIdentity(org_slug=org_slug, subject=identity.subject, api_key_id=None, org_limit=org.rate_limit_per_minute, org_quota=org.monthly_quota)
+    identity = CallerIdentity(
+        org_slug=org_slug,
+        subject=identity.subject,
+        api_key_id=None,
+        org_limit=org.rate_limit_per_minute,
+        org_quota=org.monthly_quota,
+    )
     return routing.resolve_route(org_slug, model_name), identity
 
 
@@ -237,10 +258,21 @@ def run_prediction(
         if cached is not None:
             predictions, probabilities = cached["p"], cached.get("q")
         else:
-            predictions, probabilities = predictors.predict(target=target, x=model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing)
+            predictions, probabilities = predictors.predict(
+                target=target, x=model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing
+            )
         timings.mark("predict")
     except ModelhostError as exc:
-        _record_failure(identity=identity, route=route, target=target, variant=variant, protocol=protocol, call=call, timings=timings, error=exc)
+        _record_failure(
+            identity=identity,
+            route=route,
+            target=target,
+            variant=variant,
+            protocol=protocol,
+            call=call,
+            timings=timings,
+            error=exc,
+        )
         raise
     outcome = Outcome(
         prediction_id=new_prediction_id(),
@@ -260,7 +292,9 @@ def run_prediction(
         cache_value = prediction_cache.encode(predictions=predictions, probabilities=probabilities)
     outcome.latency_ms = timings.total_ms()
     records.publish(
-        record=_record(identity=identity, outcome=outcome, protocol=protocol, rows=model_input.n_rows, inputs=model_input.recorded),
+        record=_record(
+            identity=identity, outcome=outcome, protocol=protocol, rows=model_input.n_rows, inputs=model_input.recorded
+        ),
         cache_key=key,
         cache_value=cache_value,
         ttl=route.cache_ttl,
@@ -277,13 +311,17 @@ def _validate(call: PredictionCall, target: routing.VersionTarget) -> tuple[Mode
         return None, exc
 
 
-def _cache_key(route: routing.Route, target: routing.VersionTarget, model_input: ModelInput | None, call: PredictionCall) -> str | None:
+def _cache_key(
+    route: routing.Route, target: routing.VersionTarget, model_input: ModelInput | None, call: PredictionCall
+) -> str | None:
     if model_input is None or route.cache_ttl <= 0:
         return None
     return prediction_cache.cache_key(version_id=target.id, canonical_input=model_input.canonical, want_proba=call.want_proba)
 
 
-def _choose_target(route: routing.Route, version_number: int | None, unit_id: str | None) -> tuple[routing.VersionTarget, str | None]:
+def _choose_target(
+    route: routing.Route, version_number: int | None, unit_id: str | None
+) -> tuple[routing.VersionTarget, str | None]:
     if version_number is not None:
         return routing.resolve_version(route, version_number), None
     if route.experiment is not None:

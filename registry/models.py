@@ -1,4 +1,5 @@
 """Registered models, their immutable versions, and the numbered releases of production."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -8,7 +9,6 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from registry.storage import model_storage
-
 
 # compiled_reason while a Celery worker compiles the version (registry.services.compile_version),
 # and when the owner turned compiling off at upload (turning it on later compiles it then).
@@ -46,9 +46,7 @@ class RegisteredModel(models.Model):
     name = models.SlugField(max_length=100)
     description = models.TextField(blank=True)
     task = models.CharField(max_length=20, choices=Task.choices, blank=True)
-    production_version = models.ForeignKey(
-        "ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    production_version = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # Seconds a cached prediction of this model stays valid; 0 turns the cache off.
     prediction_cache_ttl = models.PositiveIntegerField(default=300)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -149,9 +147,11 @@ class ModelVersion(models.Model):
 
     @property
     def compiled_status(self) -> str:
-        """"verified" (served compiled), "compiling" (a worker is making it), "off" (the owner's
+        """ "verified" (served compiled), "compiling" (a worker is making it), "off" (the owner's
         choice) or "none" (not a tree ensemble the platform compiles, or its check failed)."""
-        if not self.use_compiled and (self.compiled_sha256 or self.compiled_reason in (COMPILE_PENDING_REASON, COMPILE_SKIPPED_REASON)):
+        if not self.use_compiled and (
+            self.compiled_sha256 or self.compiled_reason in (COMPILE_PENDING_REASON, COMPILE_SKIPPED_REASON)
+        ):
             return "off"
         if self.compiled_sha256:
             return "verified"

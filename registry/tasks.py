@@ -1,4 +1,5 @@
 """Celery tasks of the registry: one-line wrappers around its services."""
+
 from __future__ import annotations
 
 from celery import shared_task

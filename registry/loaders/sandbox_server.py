@@ -37,6 +37,7 @@ the host's one thread, so a pid is never signalled after it was reaped (and reus
 Hand-written framing rather than the runners' ``wire`` module: registry may not import
 inference, and one length-prefixed JSON frame is all a request is.
 """
+
 from __future__ import annotations
 
 import functools
@@ -122,7 +123,9 @@ class SandboxService:
     and returns the names of the layers it applied.
     """
 
-    def __init__(self, *, listeners: list[socket.socket], selector: selectors.BaseSelector, confine: Callable[[int], list[str]]) -> None:
+    def __init__(
+        self, *, listeners: list[socket.socket], selector: selectors.BaseSelector, confine: Callable[[int], list[str]]
+    ) -> None:
         self.selector = selector
         self.confine = confine
         self.checks: dict[int, _Check] = {}
@@ -239,7 +242,11 @@ class SandboxService:
         # else: kept until reaped, so kill_overdue and reaped() still know the pid.
 
     def status(self) -> dict[str, Any]:
-        return {"ok": True, "started_checks": self.started_checks, "running": sorted(pid for pid, c in self.checks.items() if not c.reaped)}
+        return {
+            "ok": True,
+            "started_checks": self.started_checks,
+            "running": sorted(pid for pid, c in self.checks.items() if not c.reaped),
+        }
 
     @staticmethod
     def _reply(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -251,7 +258,10 @@ def _problem(request: dict[str, Any], fds: list[int]) -> str | None:
         return f"unknown op {request.get('op')!r}"
     expected = DESCRIPTORS + (1 if request.get("stored") is True else 0)
     if len(fds) != expected:
-        return f"a check request carries {expected} descriptors (the model file, the report and stderr pipes, a stored compiled artifact when it says so), not {len(fds)}"
+        return (
+            f"a check request carries {expected} descriptors (the model file, the report and stderr pipes, "
+            f"a stored compiled artifact when it says so), not {len(fds)}"
+        )
     if request.get("fmt") not in _FORMATS:
         return f"fmt is one of {', '.join(_FORMATS)}"
     for name in ("memory_mb", "timeout_s"):
@@ -268,7 +278,9 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _run_child(*, request: dict[str, Any], fds: list[int], confine: Callable[[int], list[str]], memory_mb: int, cpu_seconds: int) -> None:
+def _run_child(
+    *, request: dict[str, Any], fds: list[int], confine: Callable[[int], list[str]], memory_mb: int, cpu_seconds: int
+) -> None:
     """The check's whole life, in the forked child; never returns."""
     status = 1
     try:

@@ -4,6 +4,7 @@ The compile runs here by calling ``services.compile_version``, what the Celery t
 (test_compile_worker.py runs it on a real worker); its on-commit signal runs with
 ``django_capture_on_commit_callbacks(execute=True)``, as a commit would run it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +48,11 @@ def served_by(runtime: str) -> float:
 
 
 def predict(client, rows, number=1):
-    return client.post(f"/api/v1/models/acme/iris/versions/{number}/predict", {"inputs": rows, "parameters": {"probabilities": True}}, format="json")
+    return client.post(
+        f"/api/v1/models/acme/iris/versions/{number}/predict",
+        {"inputs": rows, "parameters": {"probabilities": True}},
+        format="json",
+    )
 
 
 def compile_queued(callbacks) -> int:
@@ -68,7 +73,11 @@ def test_an_upload_is_ready_on_scikit_learn_and_served_compiled_once_its_compile
         response = upload(owner, f.joblib_bytes(forest))
     assert response.status_code == 201, response.content
     body = response.json()
-    assert (body["runtime"], body["runtime_reason"], body["compiled"]["status"]) == ("sklearn", COMPILE_PENDING_REASON, "compiling")
+    assert (body["runtime"], body["runtime_reason"], body["compiled"]["status"]) == (
+        "sklearn",
+        COMPILE_PENDING_REASON,
+        "compiling",
+    )
     assert body["compiled"]["check"] == {}
     assert compile_queued(callbacks) == 1
     rows = (f.iris_data()[0][::7] + 0.05).tolist()
@@ -174,8 +183,14 @@ def _overwrite_stored(version: ModelVersion, data: bytes, *, record_sha256: bool
 @pytest.mark.parametrize(
     ("record_sha256", "reason"),
     [
-        pytest.param(True, "re-verification failed: verification failed: the compiled bytes are not the conversion", id="moved-threshold"),
-        pytest.param(False, "re-verification failed: the stored compiled artifact is missing or does not match its recorded sha256", id="bytes-changed"),
+        pytest.param(
+            True, "re-verification failed: verification failed: the compiled bytes are not the conversion", id="moved-threshold"
+        ),
+        pytest.param(
+            False,
+            "re-verification failed: the stored compiled artifact is missing or does not match its recorded sha256",
+            id="bytes-changed",
+        ),
     ],
 )
 def test_reverify_compiled_fails_on_a_corrupted_stored_form_and_the_version_falls_back_to_scikit_learn(
@@ -192,7 +207,9 @@ def test_reverify_compiled_fails_on_a_corrupted_stored_form_and_the_version_fall
     assert served_by("onnx") == before + 1
 
     _overwrite_stored(version, _moved_threshold(forest), record_sha256=record_sha256)
-    with pytest.raises(CommandError, match="1 of 1 compiled versions no longer match scikit-learn and are now served by it: acme/iris@v1"):
+    with pytest.raises(
+        CommandError, match="1 of 1 compiled versions no longer match scikit-learn and are now served by it: acme/iris@v1"
+    ):
         call_command("reverify_compiled")
     assert f"FAILED acme/iris@v1: {reason}" in capsys.readouterr().out
     body = owner.get("/api/v1/models/acme/iris/versions/1").json()
@@ -207,7 +224,9 @@ def test_reverify_compiled_fails_on_a_corrupted_stored_form_and_the_version_fall
     assert "0 compiled versions re-verified." in capsys.readouterr().out
 
 
-def test_reverify_compiled_stores_the_new_conversion_when_only_the_bytes_differ(owner, forest, capsys, django_capture_on_commit_callbacks):
+def test_reverify_compiled_stores_the_new_conversion_when_only_the_bytes_differ(
+    owner, forest, capsys, django_capture_on_commit_callbacks
+):
     """A newer converter writes other bytes for the same trees: exact answers, the new bytes kept."""
     assert upload(owner, f.joblib_bytes(forest)).status_code == 201
     assert compile_now(django_capture_on_commit_callbacks) == "verified"

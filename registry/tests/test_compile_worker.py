@@ -4,6 +4,7 @@ suite's Redis (database TEST_BROKER_REDIS_DB) as broker and DATABASE_URL pointin
 session's test database; the tests commit their data (transaction=True) so the worker sees it.
 The worker uses the suite's runner host for the sandbox and to warm runners. Nothing is faked.
 """
+
 from __future__ import annotations
 
 import time
@@ -87,7 +88,9 @@ def test_the_worker_compiles_after_the_upload_and_the_runner_switches_without_a_
     assert (body["runtime"], body["compiled"]["status"]) == ("onnx", "verified"), (body["runtime_reason"], compile_worker.logs())
     assert body["compiled"]["check"]["passed"] is True and body["compiled"]["check"]["max_abs_diff"] == 0.0
     before = served_by("onnx")
-    answer = client.post("/api/v1/models/acme/iris/predict", {"inputs": rows, "parameters": {"probabilities": True}}, format="json")
+    answer = client.post(
+        "/api/v1/models/acme/iris/predict", {"inputs": rows, "parameters": {"probabilities": True}}, format="json"
+    )
     assert answer.status_code == 200, answer.content
     assert served_by("onnx") == before + 1, "the route and the runner moved to the compiled form"
     assert answer.json()["predictions"] == forest.predict(np.array(rows)).tolist()

@@ -5,6 +5,7 @@ Celery worker); a broker that was down at that moment leaves the version "compil
 scikit-learn. This queues those again, or with ``--here`` compiles them from this process (each
 in the sandbox, as the worker does). Idempotent: a version compiled meanwhile is skipped.
 """
+
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand
@@ -17,12 +18,18 @@ class Command(BaseCommand):
     help = "Queue (or, with --here, run) the compile of every version still waiting for its compiled form."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--here", action="store_true", help="compile in this process (through the sandbox) instead of queueing")
+        parser.add_argument(
+            "--here", action="store_true", help="compile in this process (through the sandbox) instead of queueing"
+        )
 
     def handle(self, *args, here: bool = False, **options) -> None:
         from registry import tasks
 
-        ids = list(ModelVersion.objects.filter(compiled_sha256="", compiled_reason=COMPILE_PENDING_REASON).order_by("id").values_list("id", flat=True))
+        ids = list(
+            ModelVersion.objects.filter(compiled_sha256="", compiled_reason=COMPILE_PENDING_REASON)
+            .order_by("id")
+            .values_list("id", flat=True)
+        )
         for version_id in ids:
             if here:
                 status = services.compile_version(version_id=version_id)
