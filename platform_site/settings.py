@@ -300,6 +300,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two choice sets are called "status": drift reports' and replays' (one set, StatusEnum as
+    # before) and a version's compiled form's.
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "analytics.models.DriftReport.Status",
+        "CompiledStatusEnum": "registry.models.CompiledStatus",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "platform_site.openapi.add_inference_paths",

@@ -16,6 +16,7 @@ from platform_site.pagination import Pagination, paginated
 from platform_site.parsers import OrjsonParser
 from platform_site.serializers import StrictSerializer
 from registry import selectors, services, signatures
+from registry.models import CompiledStatus
 
 
 class ModelOutputSerializer(serializers.Serializer):
@@ -48,7 +49,7 @@ class CompiledOutputSerializer(serializers.Serializer):
     )
     status = serializers.ChoiceField(
         source="compiled_status",
-        choices=["compiling", "verified", "off", "none"],
+        choices=CompiledStatus.choices,
         help_text='"compiling": a worker is building and verifying the compiled form after the upload (scikit-learn serves until '
         'then); "verified": served compiled; "off": the owner\'s choice; "none": not a tree ensemble the platform compiles, or '
         "its check failed.",

@@ -16,6 +16,15 @@ COMPILE_PENDING_REASON = "compiling: served by scikit-learn until its compiled f
 COMPILE_SKIPPED_REASON = "not compiled: the owner turned the compiled form off at upload"
 
 
+class CompiledStatus(models.TextChoices):
+    """Where a version's compiled form stands (``ModelVersion.compiled_status``)."""
+
+    COMPILING = "compiling", "Compiling"
+    VERIFIED = "verified", "Verified"
+    OFF = "off", "Turned off by the owner"
+    NONE = "none", "None"
+
+
 class Task(models.TextChoices):
     CLASSIFICATION = "classification", "Classification"
     REGRESSION = "regression", "Regression"
@@ -147,17 +156,17 @@ class ModelVersion(models.Model):
 
     @property
     def compiled_status(self) -> str:
-        """ "verified" (served compiled), "compiling" (a worker is making it), "off" (the owner's
-        choice) or "none" (not a tree ensemble the platform compiles, or its check failed)."""
+        """Verified (served compiled), compiling (a worker is making it), off (the owner's choice)
+        or none (not a tree ensemble the platform compiles, or its check failed)."""
         if not self.use_compiled and (
             self.compiled_sha256 or self.compiled_reason in (COMPILE_PENDING_REASON, COMPILE_SKIPPED_REASON)
         ):
-            return "off"
+            return CompiledStatus.OFF
         if self.compiled_sha256:
-            return "verified"
+            return CompiledStatus.VERIFIED
         if self.compiled_reason == COMPILE_PENDING_REASON:
-            return "compiling"
-        return "none"
+            return CompiledStatus.COMPILING
+        return CompiledStatus.NONE
 
     @property
     def runtime_reason(self) -> str:

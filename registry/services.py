@@ -468,14 +468,16 @@ def _compile_on_commit(version_id: int) -> None:
     version then stays on scikit-learn, "compiling", until ``manage.py compile_pending`` queues
     it again."""
 
-    def enqueue() -> None:
-        from registry import tasks
+    transaction.on_commit(lambda: queue_compile(version_id=version_id), robust=True)
 
-        # The sandbox has MODEL_CHECK_TIMEOUT_SECONDS; the rest is storage. Far under the broker's visibility timeout.
-        limit = settings.MODEL_CHECK_TIMEOUT_SECONDS + 120
-        tasks.compile_version.apply_async((version_id,), soft_time_limit=limit, time_limit=limit + 30)
 
-    transaction.on_commit(enqueue, robust=True)
+def queue_compile(*, version_id: int) -> None:
+    """Send the version's compile to a worker (the default queue)."""
+    from registry import tasks
+
+    # The sandbox has MODEL_CHECK_TIMEOUT_SECONDS; the rest is storage. Far under the broker's visibility timeout.
+    limit = settings.MODEL_CHECK_TIMEOUT_SECONDS + 120
+    tasks.compile_version.apply_async((version_id,), soft_time_limit=limit, time_limit=limit + 30)
 
 
 def compile_version(*, version_id: int) -> str:

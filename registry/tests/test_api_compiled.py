@@ -243,3 +243,18 @@ def test_reverify_compiled_stores_the_new_conversion_when_only_the_bytes_differ(
     version.refresh_from_db()
     assert version.runtime == "onnx" and version.compiled_sha256 == hashlib.sha256(converted).hexdigest()
     assert model_storage().exists(version.compiled_artifact.name) and not model_storage().exists(old_name)
+
+
+def test_compile_pending_compiles_the_versions_a_broker_outage_left_waiting(
+    owner, forest, capsys, django_capture_on_commit_callbacks
+):
+    # The upload's on-commit queueing never runs here: as if the broker had been down.
+    assert upload(owner, f.joblib_bytes(forest)).status_code == 201
+    assert upload(owner, f.joblib_bytes(forest), compiled="false").status_code == 201
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("compile_pending", "--here")
+    version = ModelVersion.objects.get(number=1, registered_model__name="iris")
+    assert f"version {version.id}: verified\n1 versions compiled." in capsys.readouterr().out
+    assert [v.compiled_status for v in ModelVersion.objects.order_by("number")] == ["verified", "off"]
+    call_command("compile_pending", "--here")
+    assert "0 versions compiled." in capsys.readouterr().out

@@ -23,8 +23,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, here: bool = False, **options) -> None:
-        from registry import tasks
-
         ids = list(
             ModelVersion.objects.filter(compiled_sha256="", compiled_reason=COMPILE_PENDING_REASON)
             .order_by("id")
@@ -35,5 +33,5 @@ class Command(BaseCommand):
                 status = services.compile_version(version_id=version_id)
                 self.stdout.write(f"version {version_id}: {status}")
             else:
-                tasks.compile_version.delay(version_id)
+                services.queue_compile(version_id=version_id)
         self.stdout.write(f"{len(ids)} versions {'compiled' if here else 'queued'}.")
