@@ -11,21 +11,29 @@ model is predicted by the platform's own arithmetic, anything else by its organi
 runner (inference.predictors). Each step
 feeds Server-Timing and the Prometheus metrics.
 """
+
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from django.conf import settings
 from django.http import HttpRequest
 
 from accounts.authentication import ApiKeyError, authenticate_api_key, credential_from_headers
-from inference import limits, prediction_cache, predictors, records, routing
+from inference import explanations, limits, prediction_cache, predictors, records, routing
 from platform_site.errors import ModelhostError, NotFound, PermissionDenied, Unauthenticated
-from platform_site.metrics import PREDICTION_CACHE_HITS, PREDICTION_ERRORS, PREDICTION_LATENCY, PREDICTION_REQUESTS, PREDICTION_ROWS
+from platform_site.metrics import (
+    PREDICTION_CACHE_HITS,
+    PREDICTION_ERRORS,
+    PREDICTION_LATENCY,
+    PREDICTION_REQUESTS,
+    PREDICTION_ROWS,
+)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -94,8 +102,10 @@ class PredictionCall:
 
     unit_id: str | None
     want_proba: bool
-    validate: Callable[["routing.VersionTarget"], ModelInput]
+    validate: Callable[[routing.VersionTarget], ModelInput]
     extra: dict = field(default_factory=dict)
+    # Per-row feature contributions asked for (parameters.explain; inference.explanations).
+    explain: bool = False
 
 
 @dataclass
@@ -111,6 +121,8 @@ class Outcome:
     timings: Timings
     limit_headers: dict[str, str]
     call: PredictionCall
+    # {"method", "output", "values": (rows, features), "base": (rows,)} when the call asked to explain.
+    explanation: dict | None = None
 
     def headers(self) -> dict[str, str]:
         return {"X-Cache": "HIT" if self.cache_hit else "MISS", "Server-Timing": self.timings.header(), **self.limit_headers}
@@ -137,7 +149,10 @@ def authenticate(request: HttpRequest) -> CallerIdentity:
         )
     user = _user_from_jwt_or_session(request)
     if user is None:
-        raise Unauthenticated("Send an API key (Authorization: Bearer mh_… or X-API-Key), a JWT, or log in.", headers={"WWW-Authenticate": 'Bearer realm="api"'})
+        raise Unauthenticated(
+            "Send an API key (Authorization: Bearer mh_… or X-API-Key), a JWT, or log in.",
+            headers={"WWW-Authenticate": 'Bearer realm="api"'},
+        )
     return CallerIdentity(org_slug=None, subject=f"u{user.pk}", api_key_id=None)
 
 
@@ -176,11 +191,21 @@ def _route_for(identity: CallerIdentity, org_slug: str, model_name: str) -> tupl
         return routing.resolve_route(org_slug, model_name), identity
     from accounts.models import Membership
 
-    membership = Membership.objects.select_related("organization").filter(user_id=int(identity.subject[1:]), organization__slug=org_slug).first()
+    membership = (
+        Membership.objects.select_related("organization")
+        .filter(user_id=int(identity.subject[1:]), organization__slug=org_slug)
+        .first()
+    )
     if membership is None:
         raise NotFound()
     org = membership.organization
-    identity = CallerIdentity(org_slug=org_slug, subject=identity.subject, api_key_id=None, org_limit=org.rate_limit_per_minute, org_quota=org.monthly_quota)
+    identity = CallerIdentity(
+        org_slug=org_slug,
+        subject=identity.subject,
+        api_key_id=None,
+        org_limit=org.rate_limit_per_minute,
+        org_quota=org.monthly_quota,
+    )
     return routing.resolve_route(org_slug, model_name), identity
 
 
@@ -233,14 +258,33 @@ def run_prediction(
         if invalid is not None:
             raise invalid
         cached = prediction_cache.decode(cached_raw) if cached_raw is not None else None
+        if cached is not None and call.explain and not isinstance(cached.get("e"), dict):
+            cached = None  # an entry without its explanation (never written under an explain key; not trusted blindly)
         timings.mark("cache")
+        explanation = None
         if cached is not None:
             predictions, probabilities = cached["p"], cached.get("q")
+            explanation = explanations.from_cache(cached["e"]) if call.explain else None
+        elif call.explain:
+            predictions, probabilities, explanation = predictors.predict_explained(
+                target=target, x=model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing
+            )
         else:
-            predictions, probabilities = predictors.predict(target=target, x=model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing)
+            predictions, probabilities = predictors.predict(
+                target=target, x=model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing
+            )
         timings.mark("predict")
     except ModelhostError as exc:
-        _record_failure(identity=identity, route=route, target=target, variant=variant, protocol=protocol, call=call, timings=timings, error=exc)
+        _record_failure(
+            identity=identity,
+            route=route,
+            target=target,
+            variant=variant,
+            protocol=protocol,
+            call=call,
+            timings=timings,
+            error=exc,
+        )
         raise
     outcome = Outcome(
         prediction_id=new_prediction_id(),
@@ -254,13 +298,20 @@ def run_prediction(
         timings=timings,
         limit_headers=limit_state.headers(),
         call=call,
+        explanation=explanation,
     )
     cache_value = None
     if key is not None and cached is None:
-        cache_value = prediction_cache.encode(predictions=predictions, probabilities=probabilities)
+        cache_value = prediction_cache.encode(
+            predictions=predictions,
+            probabilities=probabilities,
+            explanation=explanations.to_cache(explanation) if explanation is not None else None,
+        )
     outcome.latency_ms = timings.total_ms()
     records.publish(
-        record=_record(identity=identity, outcome=outcome, protocol=protocol, rows=model_input.n_rows, inputs=model_input.recorded),
+        record=_record(
+            identity=identity, outcome=outcome, protocol=protocol, rows=model_input.n_rows, inputs=model_input.recorded
+        ),
         cache_key=key,
         cache_value=cache_value,
         ttl=route.cache_ttl,
@@ -277,13 +328,19 @@ def _validate(call: PredictionCall, target: routing.VersionTarget) -> tuple[Mode
         return None, exc
 
 
-def _cache_key(route: routing.Route, target: routing.VersionTarget, model_input: ModelInput | None, call: PredictionCall) -> str | None:
+def _cache_key(
+    route: routing.Route, target: routing.VersionTarget, model_input: ModelInput | None, call: PredictionCall
+) -> str | None:
     if model_input is None or route.cache_ttl <= 0:
         return None
-    return prediction_cache.cache_key(version_id=target.id, canonical_input=model_input.canonical, want_proba=call.want_proba)
+    return prediction_cache.cache_key(
+        version_id=target.id, canonical_input=model_input.canonical, want_proba=call.want_proba, explain=call.explain
+    )
 
 
-def _choose_target(route: routing.Route, version_number: int | None, unit_id: str | None) -> tuple[routing.VersionTarget, str | None]:
+def _choose_target(
+    route: routing.Route, version_number: int | None, unit_id: str | None
+) -> tuple[routing.VersionTarget, str | None]:
     if version_number is not None:
         return routing.resolve_version(route, version_number), None
     if route.experiment is not None:

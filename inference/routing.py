@@ -5,14 +5,16 @@ A promotion bumps a generation counter in Redis; the rate-limit round trip reads
 every process drops its routes on its next request after a promotion (and the process that
 promoted drops them at once). Without Redis the bound is ROUTE_CACHE_SECONDS.
 """
+
 from __future__ import annotations
 
 import hashlib
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from django.conf import settings
 
@@ -36,6 +38,8 @@ class VersionTarget:
     serving_sha256: str = ""
     # The verified compiled form the runner serves beside the serving artifact ("" : scikit-learn).
     compiled_sha256: str = ""
+    # The reference data's name in model storage ("" : none), for explanations (inference.explanations).
+    reference_name: str = ""
     # The platform's own predict for a model reduced to plain numbers (inference.predictors).
     linear: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 
@@ -93,7 +97,9 @@ def target_for(version, *, org_id: int | None = None) -> VersionTarget:
         id=version.id,
         number=version.number,
         model_id=version.registered_model_id,
-        spec=InputSpec.from_signature(version.signature, wants_frame=version.fitted_with_feature_names, max_rows=settings.MAX_ROWS_PER_REQUEST),
+        spec=InputSpec.from_signature(
+            version.signature, wants_frame=version.fitted_with_feature_names, max_rows=settings.MAX_ROWS_PER_REQUEST
+        ),
         task=version.task,
         classes=version.classes,
         has_proba=version.has_predict_proba,
@@ -101,6 +107,7 @@ def target_for(version, *, org_id: int | None = None) -> VersionTarget:
         org_id=org_id,
         serving_sha256=version.serving_sha256,
         compiled_sha256=version.compiled_sha256 if version.runtime == "onnx" else "",
+        reference_name=version.reference_data.name or "",
         linear=linear_predictor(version.linear_spec),
     )
 
@@ -168,7 +175,11 @@ def _build_route(org_slug: str, model_name: str) -> Route | None:
             id=running.id,
             name=running.name,
             variants=tuple(
-                Variant(name=v.get("name") or f"v{v['version']}", weight=int(v["weight"]), target=target_for(versions[v["version_id"]], org_id=model.organization_id))
+                Variant(
+                    name=v.get("name") or f"v{v['version']}",
+                    weight=int(v["weight"]),
+                    target=target_for(versions[v["version_id"]], org_id=model.organization_id),
+                )
                 for v in running.variants
             ),
         )

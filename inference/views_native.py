@@ -3,12 +3,14 @@
 Plain Django views rather than DRF: on the hot path a serializer per request is measurable
 cost and buys nothing (the body is checked against the version's signature anyway).
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import secrets
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from django.conf import settings
@@ -17,6 +19,7 @@ from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from inference.explanations import response_body
 from inference.hotpath import ModelInput, PredictionCall, run_prediction
 from inference.protocols.outputs import json_values
 from inference.validation import check_rows, normalise_rows, to_model_input
@@ -27,7 +30,7 @@ from platform_site.renderers import ORJSON_OPTIONS
 logger = logging.getLogger(__name__)
 
 ALLOWED_KEYS = {"inputs", "parameters", "unit_id"}
-ALLOWED_PARAMETERS = {"probabilities"}
+ALLOWED_PARAMETERS = {"probabilities", "explain"}
 
 
 def read_body(request: HttpRequest) -> bytes:
@@ -48,10 +51,16 @@ def parse_native(raw: bytes) -> PredictionCall:
     except orjson.JSONDecodeError as exc:
         raise MalformedBody(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
-        raise InvalidInput('The body must be a JSON object like {"inputs": [[...]]}.', errors=[{"field": "body", "message": "expected an object"}])
+        raise InvalidInput(
+            'The body must be a JSON object like {"inputs": [[...]]}.',
+            errors=[{"field": "body", "message": "expected an object"}],
+        )
     unknown = sorted(set(body) - ALLOWED_KEYS)
     if unknown:
-        raise InvalidInput(f"Unknown field(s): {', '.join(unknown)}; expected inputs, parameters, unit_id.", errors=[{"field": name, "message": "Unknown field."} for name in unknown])
+        raise InvalidInput(
+            f"Unknown field(s): {', '.join(unknown)}; expected inputs, parameters, unit_id.",
+            errors=[{"field": name, "message": "Unknown field."} for name in unknown],
+        )
     if "inputs" not in body:
         raise InvalidInput("The body has no inputs.", errors=[{"field": "inputs", "message": "required"}])
     parameters = body.get("parameters") or {}
@@ -59,10 +68,21 @@ def parse_native(raw: bytes) -> PredictionCall:
         raise InvalidInput("parameters must be an object.", errors=[{"field": "parameters", "message": "expected an object"}])
     unknown = sorted(set(parameters) - ALLOWED_PARAMETERS)
     if unknown:
-        raise InvalidInput(f"Unknown parameter(s): {', '.join(unknown)}.", errors=[{"field": f"parameters.{name}", "message": "Unknown parameter."} for name in unknown])
+        raise InvalidInput(
+            f"Unknown parameter(s): {', '.join(unknown)}.",
+            errors=[{"field": f"parameters.{name}", "message": "Unknown parameter."} for name in unknown],
+        )
     want_proba = parameters.get("probabilities", False)
     if not isinstance(want_proba, bool):
-        raise InvalidInput("parameters.probabilities must be true or false.", errors=[{"field": "parameters.probabilities", "message": "expected a boolean"}])
+        raise InvalidInput(
+            "parameters.probabilities must be true or false.",
+            errors=[{"field": "parameters.probabilities", "message": "expected a boolean"}],
+        )
+    explain = parameters.get("explain", False)
+    if not isinstance(explain, bool):
+        raise InvalidInput(
+            "parameters.explain must be true or false.", errors=[{"field": "parameters.explain", "message": "expected a boolean"}]
+        )
     unit_id = body.get("unit_id")
     if unit_id is not None and not isinstance(unit_id, (str, int)) or isinstance(unit_id, bool):
         raise InvalidInput("unit_id must be a string.", errors=[{"field": "unit_id", "message": "expected a string"}])
@@ -71,10 +91,17 @@ def parse_native(raw: bytes) -> PredictionCall:
     def validate(target) -> ModelInput:
         spec = target.spec
         rows = normalise_rows(inputs, spec)
+        if explain and len(rows) > settings.EXPLAIN_MAX_ROWS:
+            raise PayloadTooLarge(
+                f"{len(rows)} rows is more than the {settings.EXPLAIN_MAX_ROWS} one request may ask to explain; send fewer rows or leave parameters.explain out.",
+                errors=[{"field": "inputs", "message": f"more than {settings.EXPLAIN_MAX_ROWS} rows to explain"}],
+            )
         check_rows(rows, spec)
         return ModelInput(x=to_model_input(rows, spec), n_rows=len(rows), canonical=orjson.dumps(rows), recorded=rows)
 
-    return PredictionCall(unit_id=str(unit_id) if unit_id is not None else None, want_proba=want_proba, validate=validate)
+    return PredictionCall(
+        unit_id=str(unit_id) if unit_id is not None else None, want_proba=want_proba, validate=validate, explain=explain
+    )
 
 
 def _json(data: Any, status: int = 200, headers: dict | None = None) -> HttpResponse:
@@ -92,7 +119,12 @@ def _predict(request: HttpRequest, org: str, model: str, number: int | None) -> 
     try:
         raw = read_body(request)
         outcome = run_prediction(
-            request=request, org_slug=org, model_name=model, version_number=number, protocol="native", parse=lambda: parse_native(raw)
+            request=request,
+            org_slug=org,
+            model_name=model,
+            version_number=number,
+            protocol="native",
+            parse=lambda: parse_native(raw),
         )
     except ModelhostError as exc:
         return problem_response(exc)
@@ -107,6 +139,13 @@ def _predict(request: HttpRequest, org: str, model: str, number: int | None) -> 
         body["probabilities"] = json_values(outcome.probabilities)
     if outcome.target.task == "classification":
         body["classes"] = outcome.target.classes
+    if outcome.explanation is not None:
+        body["explainer"], body["explanations"] = response_body(
+            explanation=outcome.explanation,
+            features=outcome.target.spec.names,
+            predictions=body["predictions"],
+            classifier=outcome.target.task == "classification",
+        )
     body["cache_hit"] = outcome.cache_hit
     body["latency_ms"] = round(outcome.latency_ms, 3)
     return _json(body, headers=outcome.headers())

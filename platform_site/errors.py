@@ -4,6 +4,7 @@ Services raise these; they never build responses. The REST exception handler ren
 as application/problem+json (RFC 9457); the Open Inference Protocol and MLflow paths render
 the same exceptions in their own protocol shapes. Hand-written because the shape is ours.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -100,6 +101,12 @@ class InvalidArtifact(ModelhostError):
     """A model file that is not what it claims to be, or that cannot serve predictions."""
 
     status, code, title = 422, "invalid_artifact", "The model file cannot be used"
+
+
+class ExplanationUnavailable(ModelhostError):
+    """`parameters.explain` asked of a model (or version) no explainer applies to; the detail says why."""
+
+    status, code, title = 422, "explanation_unavailable", "No explanation is available for this model"
 
 
 class RateLimited(ModelhostError):
