@@ -7,6 +7,7 @@ path programs use; this view only renders the form and the snippets. The snippet
 values in the form: the form's values come back here as a query string (htmx asks for the
 snippets alone as the user types; without JavaScript, the form's submit reloads the page).
 """
+
 from __future__ import annotations
 
 import json
@@ -80,12 +81,23 @@ def _field(index: int, column: dict, value: Any) -> dict:
 
 
 def _snippets(
-    *, base: str, org: str, model: str, number: int, columns: list[dict], row: list[Any], want_proba: bool, fill_missing: bool = True
+    *,
+    base: str,
+    org: str,
+    model: str,
+    number: int,
+    columns: list[dict],
+    row: list[Any],
+    want_proba: bool,
+    fill_missing: bool = True,
 ) -> dict[str, str]:
     """The request for `row` in four clients; with `fill_missing`, a value the example leaves out is 0 or ""."""
     names = [column["name"] for column in columns]
     if fill_missing:
-        values = [(0 if column.get("type", "double") in NUMERIC else "") if value is None else value for column, value in zip(columns, row)]
+        values = [
+            (0 if column.get("type", "double") in NUMERIC else "") if value is None else value
+            for column, value in zip(columns, row)
+        ]
     else:
         values = list(row)
     native_body = {"inputs": [values]}
@@ -142,8 +154,23 @@ def try_version(request: HttpRequest, org: str, model: str, number: int) -> Http
     typed = _typed_row(request.GET, columns)
     row = typed if typed is not None else _example_row(version, columns)
     base = request.build_absolute_uri("/").rstrip("/")
-    snippets = _snippets(base=base, org=org, model=model, number=number, columns=columns, row=row, want_proba=version.has_predict_proba, fill_missing=typed is None)
-    context = {"organization": registered.organization, "model": registered, "version": version, "snippets": snippets, "is_typed": typed is not None}
+    snippets = _snippets(
+        base=base,
+        org=org,
+        model=model,
+        number=number,
+        columns=columns,
+        row=row,
+        want_proba=version.has_predict_proba,
+        fill_missing=typed is None,
+    )
+    context = {
+        "organization": registered.organization,
+        "model": registered,
+        "version": version,
+        "snippets": snippets,
+        "is_typed": typed is not None,
+    }
     if request.htmx and not request.htmx.history_restore_request:
         response = render_page(request, "inference/_snippets.html", context)
     else:
@@ -153,6 +180,7 @@ def try_version(request: HttpRequest, org: str, model: str, number: int) -> Http
                 "columns_data": [{"name": c["name"], "type": c.get("type", "double")} for c in columns],
                 "predict_url": reverse("predict-version", args=[org, model, number]),
                 "want_proba": version.has_predict_proba,
+                "can_explain": version.task in ("classification", "regression"),
                 "tab": "models",
             }
         )

@@ -4,6 +4,7 @@ input, then drag-and-drop), try it, promote, roll back; then, with a real Celery
 beat, see the usage chart count the tries and score a file as a batch job. Every page passes
 axe-core with no serious or critical violation, fits a phone's width, and is saved as a
 screenshot."""
+
 from __future__ import annotations
 
 import base64
@@ -262,7 +263,11 @@ def test_try_it_answers_a_string_label_model_with_its_labels(browser, web, tenan
     client = tenant_a.jwt_client()
     assert client.post("/api/v1/models", {"org": "acme", "name": "churn"}, format="json").status_code == 201
     example = json.dumps([{"plan": "basic", "visits": 3}])
-    uploaded = client.post("/api/v1/models/acme/churn/versions", {"file": upload_file(joblib_bytes(model), "churn.joblib"), "input_example": example}, format="multipart")
+    uploaded = client.post(
+        "/api/v1/models/acme/churn/versions",
+        {"file": upload_file(joblib_bytes(model), "churn.joblib"), "input_example": example},
+        format="multipart",
+    )
     assert uploaded.status_code == 201, uploaded.content
 
     context = browser.new_context(viewport=DESKTOP, base_url=web.url)
@@ -282,6 +287,67 @@ def test_try_it_answers_a_string_label_model_with_its_labels(browser, web, tenan
     page.fill("#col-0", "pro")
     page.click("text=Predict")
     expect(page.locator("#try-result .prediction")).to_have_text("Prediction: stay")
+    context.close()
+
+
+def test_try_it_shows_each_features_contribution_as_a_chart(browser, web, screenshots_dir, tenant_a):
+    """A forest's prediction explained by TreeSHAP in its runner; a linear model without
+    reference data still answers, and says why it has no explanation."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from accounts.principals import Caller
+    from accounts.tests.factories import PASSWORD as OWNER_PASSWORD
+    from registry import services
+    from registry.models import ModelVersion
+    from registry.tests.factories import create_version
+
+    x, y = iris_data()
+    forest = RandomForestClassifier(n_estimators=10, random_state=0).fit(pd.DataFrame(x, columns=IRIS_FEATURES), y)
+    model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="forest")
+    version = create_version(model, forest, promote=True)
+    ModelVersion.objects.filter(id=version.id).update(input_example=[dict(zip(IRIS_FEATURES, [6.7, 3.0, 5.2, 2.3]))])
+    linear = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="plain")
+    plain = create_version(linear, promote=True)
+    ModelVersion.objects.filter(id=plain.id).update(input_example=[IRIS_ROW])
+
+    context = browser.new_context(viewport=DESKTOP, base_url=web.url)
+    page = context.new_page()
+    page.goto("/login/")
+    page.fill("#id_username", "owner@acme.example")
+    page.fill("#id_password", OWNER_PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.locator("h1")).to_have_text("Your organizations")
+    page.goto("/models/acme/forest/versions/1/try/")
+    expect(page.locator("#try-explain")).to_be_checked()
+    page.click("button:has-text('Predict')")
+    expect(page.locator("#try-result .prediction")).to_have_text("Prediction: 2")
+    expect(page.locator("#explain-title")).to_have_text("Why: contributions to the probability of the predicted class")
+    bars = page.locator("#try-result .contrib li")
+    expect(bars).to_have_count(4)
+    labels = page.locator("#try-result .contrib .bar-label").all_inner_texts()
+    assert sorted(labels) == sorted(IRIS_FEATURES)
+    values = [float(text) for text in page.locator("#try-result .contrib .bar-value").all_inner_texts()]
+    assert [abs(v) for v in values] == sorted((abs(v) for v in values), reverse=True)  # largest first
+    assert page.locator("#try-result .contrib .fill.up").count() + page.locator("#try-result .contrib .fill.down").count() == 4
+    summary = page.locator("#explain-sum").inner_text()
+    match = re.fullmatch(r"Base value (-?[0-9.]+) \+ contributions = (-?[0-9.]+) \(tree shap\)\.", summary)
+    assert match, summary
+    probability = forest.predict_proba(pd.DataFrame([[6.7, 3.0, 5.2, 2.3]], columns=IRIS_FEATURES))[0, 2]
+    assert abs(float(match.group(2)) - probability) < 1e-3
+    assert abs(float(match.group(1)) + sum(values) - probability) < 5e-3  # the figures shown are rounded to 3 places
+    check_page(page, screenshots_dir, "try-it-explained")
+
+    page.goto("/models/acme/plain/versions/1/try/")
+    page.click("button:has-text('Predict')")
+    expect(page.locator("#try-result .prediction")).to_have_text("Prediction: 0")
+    expect(page.locator("#try-explain-note")).to_contain_text(
+        "No explanation: The linear decomposition is taken against the mean of the version's reference data"
+    )
+    expect(page.locator("#try-result .contrib")).to_have_count(0)
+    page.uncheck("#try-explain")
+    page.click("button:has-text('Predict')")
+    expect(page.locator("#try-result .facts")).to_be_visible()
+    expect(page.locator("#try-explain-note")).to_have_count(0)
     context.close()
 
 
@@ -338,11 +404,13 @@ def reload_until(page: Page, locator: str, text: str, *, timeout: float = 20) ->
         page.reload()
 
 
-def test_usage_counts_the_tries_and_a_batch_job_runs_on_a_worker(browser, web, screenshots_dir, tenant_a, iris_in_production, workers, settings, tmp_path):
+def test_usage_counts_the_tries_and_a_batch_job_runs_on_a_worker(
+    browser, web, screenshots_dir, tenant_a, iris_in_production, workers, settings, tmp_path
+):
     from accounts.tests.factories import PASSWORD as OWNER_PASSWORD
 
     settings.BATCH_CHUNK_ROWS = 40  # five chunks for the 200 rows below
-    ingest_and_rollup, = workers.start("analytics", queues="default,analytics,ingest")
+    (ingest_and_rollup,) = workers.start("analytics", queues="default,analytics,ingest")
     workers.start_beat()
     rows = np.round(iris_data()[0][::3][:50].repeat(4, axis=0), 2)  # 200 rows
     rows_file = tmp_path / "flowers.csv"
