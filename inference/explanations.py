@@ -36,6 +36,7 @@ class Reference:
 
     mean: np.ndarray | None
     background: Any  # the model's input type (array or frame), or None
+    rows: Any = None  # a larger sample (EXPLAIN_MAX_ROWS) for global importance, same type
 
 
 _NONE = Reference(mean=None, background=None)
@@ -96,15 +97,17 @@ def _read_reference(target) -> Reference:
     complete = frame.dropna()
     if complete.empty:
         return Reference(mean=mean, background=None)
-    sample = complete.sample(n=min(settings.EXPLAIN_BACKGROUND_ROWS, len(complete)), random_state=0)
+    sample = complete.sample(
+        n=min(max(settings.EXPLAIN_MAX_ROWS, settings.EXPLAIN_BACKGROUND_ROWS), len(complete)), random_state=0
+    )
     rows = sample.astype(object).values.tolist()
     rows = [[value.item() if hasattr(value, "item") else value for value in row] for row in rows]
     try:
-        background = to_model_input(rows, spec)
+        sampled = to_model_input(rows, spec)
     except (ValueError, TypeError) as exc:
         logger.warning("version %s: its reference rows do not fit its signature: %s", target.id, exc)
-        background = None
-    return Reference(mean=mean, background=background)
+        return Reference(mean=mean, background=None)
+    return Reference(mean=mean, background=sampled[: settings.EXPLAIN_BACKGROUND_ROWS], rows=sampled)
 
 
 def linear_explanation(*, spec: dict, x: np.ndarray, predictions: np.ndarray, mean: np.ndarray | None) -> dict:
@@ -159,3 +162,46 @@ def from_cache(entry: dict) -> dict:
         "values": np.asarray(entry["values"], dtype=np.float64),
         "base": np.asarray(entry["base"], dtype=np.float64),
     }
+
+
+def global_importance(*, version) -> dict:
+    """The mean |contribution| of each feature over a sample of the version's reference data.
+
+    ``{"method", "output", "rows", "features": [{"name", "importance"}] (largest first)}``,
+    computed where predictions are (the runner, or here for a linear model the web predicts)
+    and cached for EXPLAIN_IMPORTANCE_CACHE_SECONDS per version and reference data (both
+    immutable). Raises ExplanationUnavailable when there is no reference data or no explainer.
+    """
+    from django.core.cache import cache
+
+    from inference import predictors
+    from inference.routing import target_for
+    from platform_site.errors import PayloadTooLarge
+
+    target = target_for(version)
+    key = f"mh:importance:{version.id}:{target.reference_name}"
+    found = cache.get(key)
+    if found is not None:
+        return found
+    reference = reference_for(target)
+    if reference.rows is None:
+        raise ExplanationUnavailable(
+            "Global importance is measured on the version's reference data, and this version has none: "
+            "upload the version again with reference_data (a CSV of training-like rows)."
+        )
+    rows = reference.rows
+    try:
+        predictions, _, explanation = predictors.predict_explained(
+            target=target, x=rows, want_proba=False, finite=target.spec.forbids_missing
+        )
+    except PayloadTooLarge:  # the sampling explainer: fewer rows
+        rows = rows[: settings.EXPLAIN_SAMPLING_MAX_ROWS]
+        predictions, _, explanation = predictors.predict_explained(
+            target=target, x=rows, want_proba=False, finite=target.spec.forbids_missing
+        )
+    strength = np.abs(explanation["values"]).mean(axis=0)
+    features = [{"name": name, "importance": float(value)} for name, value in zip(target.spec.names, strength.tolist())]
+    features.sort(key=lambda item: item["importance"], reverse=True)
+    result = {"method": explanation["method"], "output": explanation["output"], "rows": len(predictions), "features": features}
+    cache.set(key, result, settings.EXPLAIN_IMPORTANCE_CACHE_SECONDS)
+    return result

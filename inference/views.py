@@ -188,3 +188,31 @@ def try_version(request: HttpRequest, org: str, model: str, number: int) -> Http
     # The same URL answers the snippets alone to htmx and the page otherwise.
     patch_vary_headers(response, ("HX-Request",))
     return response
+
+
+@login_required
+def version_importance(request: HttpRequest, org: str, model: str, number: int) -> HttpResponse:
+    """The version's global feature importance (mean |contribution| over its reference data):
+    a fragment the model page loads with htmx, or a page of its own without JavaScript."""
+    from inference.explanations import global_importance
+    from platform_site.errors import ModelhostError
+
+    registered = model_or_404(request, org, model)
+    try:
+        version = selectors.version_of(model=registered, number=number)
+    except NotFound:
+        raise Http404("No such version.") from None
+    context: dict[str, Any] = {"organization": registered.organization, "model": registered, "version": version, "tab": "models"}
+    try:
+        importance = global_importance(version=version)
+    except ModelhostError as exc:
+        context["unavailable"] = exc.detail
+    else:
+        largest = max((item["importance"] for item in importance["features"]), default=0.0) or 1.0
+        context["importance"] = importance
+        context["method_label"] = importance["method"].replace("_", " ")
+        context["bars"] = [{**item, "percent": round(100 * item["importance"] / largest, 1)} for item in importance["features"]]
+    template = "inference/_importance.html" if request.htmx else "inference/importance.html"
+    response = render_page(request, template, context)
+    patch_vary_headers(response, ("HX-Request",))
+    return response

@@ -340,6 +340,8 @@ EXPLAIN_SAMPLING_MAX_ROWS = env.int("EXPLAIN_SAMPLING_MAX_ROWS", default=10)
 EXPLAIN_BACKGROUND_ROWS = env.int("EXPLAIN_BACKGROUND_ROWS", default=20)
 EXPLAIN_REFERENCE_MAX_ROWS = env.int("EXPLAIN_REFERENCE_MAX_ROWS", default=100_000)
 EXPLAIN_REFERENCE_CACHE = env.int("EXPLAIN_REFERENCE_CACHE", default=64)
+# The model page's global importance (mean |contribution| over reference rows), kept in the cache this long.
+EXPLAIN_IMPORTANCE_CACHE_SECONDS = env.int("EXPLAIN_IMPORTANCE_CACHE_SECONDS", default=86_400)
 
 # --- Analytics ----------------------------------------------------------------------------
 

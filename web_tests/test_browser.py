@@ -297,7 +297,7 @@ def test_try_it_shows_each_features_contribution_as_a_chart(browser, web, screen
 
     from accounts.principals import Caller
     from accounts.tests.factories import PASSWORD as OWNER_PASSWORD
-    from registry import services
+    from registry import artifacts, services
     from registry.models import ModelVersion
     from registry.tests.factories import create_version
 
@@ -305,7 +305,12 @@ def test_try_it_shows_each_features_contribution_as_a_chart(browser, web, screen
     forest = RandomForestClassifier(n_estimators=10, random_state=0).fit(pd.DataFrame(x, columns=IRIS_FEATURES), y)
     model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="forest")
     version = create_version(model, forest, promote=True)
-    ModelVersion.objects.filter(id=version.id).update(input_example=[dict(zip(IRIS_FEATURES, [6.7, 3.0, 5.2, 2.3]))])
+    reference = artifacts.store_bytes(
+        pd.DataFrame(x, columns=IRIS_FEATURES).to_csv(index=False).encode(), f"orgs/{model.organization_id}/reference-forest.csv"
+    )
+    ModelVersion.objects.filter(id=version.id).update(
+        input_example=[dict(zip(IRIS_FEATURES, [6.7, 3.0, 5.2, 2.3]))], reference_data=reference
+    )
     linear = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="plain")
     plain = create_version(linear, promote=True)
     ModelVersion.objects.filter(id=plain.id).update(input_example=[IRIS_ROW])
@@ -336,6 +341,12 @@ def test_try_it_shows_each_features_contribution_as_a_chart(browser, web, screen
     assert abs(float(match.group(2)) - probability) < 1e-3
     assert abs(float(match.group(1)) + sum(values) - probability) < 5e-3  # the figures shown are rounded to 3 places
     check_page(page, screenshots_dir, "try-it-explained")
+
+    page.goto("/models/acme/forest/")  # the model page loads the production version's global importance
+    expect(page.locator("#importance .importance li")).to_have_count(4)
+    expect(page.locator("#importance")).to_contain_text("over 100 rows of its reference data (tree shap explainer)")
+    assert page.locator("#importance .bar-label").first.inner_text() in ("petal_length", "petal_width")
+    check_page(page, screenshots_dir, "model-importance")
 
     page.goto("/models/acme/plain/versions/1/try/")
     page.click("button:has-text('Predict')")

@@ -304,3 +304,63 @@ def test_a_model_that_is_neither_classifier_nor_regressor_is_422(tenant_a):
     response = _explain(tenant_a.key_client(), "/api/v1/models/acme/m/predict", x[:1].tolist())
     assert response.status_code == 422
     assert response.json()["detail"] == "Explanations cover classifiers and regressors; this model is neither."
+
+
+def _signed_in(tenant):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(tenant.user)
+    return client
+
+
+def test_model_page_loads_the_production_versions_feature_importance(tenant_a):
+    estimator, x = fitted("linear-regression")
+    reference = x[:80]  # fewer rows than EXPLAIN_MAX_ROWS: the sample is all of them
+    _version(tenant_a, "m", estimator, reference=reference)
+    client = _signed_in(tenant_a)
+    page = client.get("/models/acme/m/")
+    assert page.status_code == 200
+    assert b'hx-get="/models/acme/m/versions/1/importance/"' in page.content
+    fragment = client.get("/models/acme/m/versions/1/importance/", HTTP_HX_REQUEST="true")
+    assert fragment.status_code == 200
+    html = fragment.content.decode()
+    assert "over 80 rows of its reference data (linear explainer)" in html
+    expected = np.abs(estimator.coef_ * (reference - reference.mean(axis=0))).mean(axis=0)
+    order = np.argsort(-expected)
+    labels = [part.split("</span>")[0] for part in html.split('<span class="bar-label">')[1:]]
+    assert labels == [f"f{i}" for i in order]
+    shown = [float(part.split("</span>")[0]) for part in html.split('<span class="bar-value">')[1:]]
+    assert shown == [round(float(expected[i]), 3) for i in order]
+    assert "<html" not in html  # the fragment alone
+    full = client.get("/models/acme/m/versions/1/importance/")
+    assert full.status_code == 200 and b"<html" in full.content and b"Feature importance of m v1" in full.content
+
+
+def test_feature_importance_of_a_forest_comes_from_its_runner(tenant_a):
+    estimator, x = fitted("rf-regressor")
+    _version(tenant_a, "m", estimator, reference=x[:50])
+    html = _signed_in(tenant_a).get("/models/acme/m/versions/1/importance/", HTTP_HX_REQUEST="true").content.decode()
+    assert "over 50 rows of its reference data (tree shap explainer)" in html
+    assert html.count('<span class="bar-label">') == 5
+
+
+def test_feature_importance_without_reference_data_says_why(tenant_a):
+    estimator, _ = fitted("rf-classifier")
+    _version(tenant_a, "m", estimator, reference=None)
+    html = _signed_in(tenant_a).get("/models/acme/m/versions/1/importance/", HTTP_HX_REQUEST="true").content.decode()
+    assert 'id="importance-unavailable"' in html
+    assert "Global importance is measured on the version&#x27;s reference data, and this version has none" in html
+
+
+def test_another_tenant_gets_404_for_feature_importance(tenant_a, tenant_b):
+    from web_tests.test_pages import without_csrf
+
+    estimator, x = fitted("linear-regression")
+    _version(tenant_a, "m", estimator, reference=x[:50])
+    client = _signed_in(tenant_b)
+    response = client.get("/models/acme/m/versions/1/importance/", HTTP_HX_REQUEST="true")
+    missing = client.get("/models/acme/nothing-here/versions/1/importance/", HTTP_HX_REQUEST="true")
+    assert response.status_code == missing.status_code == 404
+    assert without_csrf(response.content) == without_csrf(missing.content)
+    assert b"bar-label" not in response.content
