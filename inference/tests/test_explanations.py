@@ -364,3 +364,51 @@ def test_another_tenant_gets_404_for_feature_importance(tenant_a, tenant_b):
     assert response.status_code == missing.status_code == 404
     assert without_csrf(response.content) == without_csrf(missing.content)
     assert b"bar-label" not in response.content
+
+
+def test_v2_lists_and_answers_the_explanation_outputs(tenant_a):
+    estimator, x = fitted("gb-classifier-binary")
+    _version(tenant_a, "m", estimator, reference=None)
+    client = tenant_a.key_client()
+    metadata = client.get("/v2/models/m").json()
+    assert {"name": "explanation", "datatype": "FP64", "shape": [-1, 5]} in metadata["outputs"]
+    assert {"name": "explanation_base", "datatype": "FP64", "shape": [-1]} in metadata["outputs"]
+    rows = x[:3]
+    body = {
+        "inputs": [{"name": "input-0", "shape": [3, 5], "datatype": "FP64", "data": rows.ravel().tolist()}],
+        "outputs": [{"name": "predict"}, {"name": "explanation"}, {"name": "explanation_base"}],
+    }
+    response = client.post("/v2/models/m/infer", body, format="json")
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    assert answer["parameters"] == {"explainer": "tree_shap", "explained_output": "log-odds of the predicted class"}
+    outputs = {output["name"]: output for output in answer["outputs"]}
+    assert outputs["explanation"]["shape"] == [3, 5] and outputs["explanation_base"]["shape"] == [3]
+    values = np.array(outputs["explanation"]["data"]).reshape(3, 5)
+    base = np.array(outputs["explanation_base"]["data"])
+    expected = _explained_output(estimator, rows, outputs["predict"]["data"])
+    assert np.abs(values.sum(axis=1) + base - expected).max() < TOLERANCE
+    again = client.post("/v2/models/m/infer", body, format="json")
+    assert again["X-Cache"] == "HIT" and again.json()["outputs"] == answer["outputs"]
+
+
+def test_v2_explanation_of_a_model_without_an_explainer_is_422_in_v2s_shape(tenant_a):
+    estimator, x = fitted("svc-pipeline")
+    _version(tenant_a, "m", estimator, reference=None)
+    body = {
+        "inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": x[0].tolist()}],
+        "outputs": [{"name": "explanation"}],
+    }
+    response = tenant_a.key_client().post("/v2/models/m/infer", body, format="json")
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("The sampling explainer compares each row with the version's reference data")
+
+
+def test_mlflow_invocations_refuses_explain_naming_the_field(tenant_a):
+    estimator, x = fitted("rf-classifier")
+    _version(tenant_a, "m", estimator, reference=None)
+    body = {"instances": x[:1].tolist(), "params": {"explain": True}}
+    response = tenant_a.key_client().post("/api/v1/models/acme/m/invocations", body, format="json")
+    assert response.status_code == 400
+    assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "native /predict endpoint (parameters.explain)" in response.json()["message"]
