@@ -33,7 +33,7 @@ import socket
 import time
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -108,6 +108,7 @@ class _Loaded:
     size: int
     compiled_sha256: str = ""
     compiled: Any = None  # registry.loaders.compiled.CompiledPredictor
+    explainers: dict = field(default_factory=dict)  # what inference.runners.explainers keeps for this model
 
 
 def confine(*, limits: RunnerLimits) -> list[str]:
@@ -258,7 +259,7 @@ class Runner:
             explanation = None
             if header.get("explain"):
                 with sklearn.config_context(assume_finite=bool(header.get("finite"))):
-                    explanation = self._explain(loaded.estimator, x, predictions, header["explain"], buffers)
+                    explanation = self._explain(loaded, x, predictions, header["explain"], buffers)
             seconds = time.perf_counter() - started
             reply = {
                 "ok": True,
@@ -290,14 +291,15 @@ class Runner:
             return {"ok": False, "error": {"kind": "predict", "message": f"{type(exc).__name__}: {exc}"[:2000]}}, []
 
     @staticmethod
-    def _explain(estimator: Any, x: Any, predictions: Any, request: dict, buffers: list) -> dict:
+    def _explain(loaded: _Loaded, x: Any, predictions: Any, request: dict, buffers: list) -> dict:
         """Contributions for ``x`` (inference.runners.explainers), with the reference data the web sent."""
         from inference.runners.explainers import explain
 
         mean = wire.decode_array(request["mean"], buffers) if request.get("mean") else None
         background = wire.decode_input(request["background"], buffers) if request.get("background") else None
         return explain(
-            estimator=estimator,
+            estimator=loaded.estimator,
+            kept=loaded.explainers,
             x=x,
             predictions=np.asarray(predictions),
             mean=mean,
