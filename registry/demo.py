@@ -37,8 +37,6 @@ def seed_demo_model(*, caller: Caller, organization: Organization) -> Registered
         model=model,
         file=SimpleUploadedFile("iris.joblib", buffer.getvalue()),
         input_example=[dict(zip(FEATURES, row)) for row in data.data[:2].tolist()],
-        # The training rows: drift compares traffic with them, and explanations take their mean.
-        reference_data=SimpleUploadedFile("iris-reference.csv", frame.to_csv(index=False).encode()),
         metrics={"train_accuracy": round(float(estimator.score(frame, data.target)), 4)},
         params={"max_iter": 500},
         description="Demo version, trained on the iris data set shipped with scikit-learn.",
