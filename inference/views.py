@@ -143,6 +143,21 @@ def _snippets(
     }
 
 
+def _explain_offer(version) -> dict | None:
+    """Whether Try it offers an explanation: None where no explainer applies (outliers,
+    clusters); unchecked, with the reason, where one would need reference data the version lacks."""
+    from inference.runners.explainers import explains_without_reference
+
+    if version.task not in ("classification", "regression"):
+        return None
+    if version.reference_data or explains_without_reference(version.estimator_class):
+        return {"available": True}
+    return {
+        "available": False,
+        "reason": "This version has no reference data to compare with: upload one with reference_data to explain it.",
+    }
+
+
 @login_required
 def try_version(request: HttpRequest, org: str, model: str, number: int) -> HttpResponse:
     registered = model_or_404(request, org, model)
@@ -180,7 +195,7 @@ def try_version(request: HttpRequest, org: str, model: str, number: int) -> Http
                 "columns_data": [{"name": c["name"], "type": c.get("type", "double")} for c in columns],
                 "predict_url": reverse("predict-version", args=[org, model, number]),
                 "want_proba": version.has_predict_proba,
-                "can_explain": version.task in ("classification", "regression"),
+                "explain": _explain_offer(version),
                 "tab": "models",
             }
         )

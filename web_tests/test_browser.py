@@ -348,17 +348,33 @@ def test_try_it_shows_each_features_contribution_as_a_chart(browser, web, screen
     assert page.locator("#importance .bar-label").first.inner_text() in ("petal_length", "petal_width")
     check_page(page, screenshots_dir, "model-importance")
 
-    page.goto("/models/acme/plain/versions/1/try/")
+    page.goto("/models/acme/plain/versions/1/try/")  # a linear model without reference data: not offered, and why
+    expect(page.locator("#try-explain")).to_be_disabled()
+    expect(page.locator("#try-explain")).not_to_be_checked()
+    expect(page.locator("#try-explain-why")).to_have_text(
+        "This version has no reference data to compare with: upload one with reference_data to explain it."
+    )
     page.click("button:has-text('Predict')")
     expect(page.locator("#try-result .prediction")).to_have_text("Prediction: 0")
-    expect(page.locator("#try-explain-note")).to_contain_text(
-        "No explanation: The linear decomposition is taken against the mean of the version's reference data"
-    )
-    expect(page.locator("#try-result .contrib")).to_have_count(0)
-    page.uncheck("#try-explain")
-    page.click("button:has-text('Predict')")
     expect(page.locator("#try-result .facts")).to_be_visible()
+    expect(page.locator("#try-result .contrib")).to_have_count(0)
     expect(page.locator("#try-explain-note")).to_have_count(0)
+
+    # A model shap's TreeExplainer refuses (multiclass gradient boosting) and no reference data:
+    # offered, refused with 422, answered without it, and the reason shown.
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    boosted = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="boosted")
+    version = create_version(boosted, GradientBoostingClassifier(n_estimators=5, random_state=0).fit(x, y), promote=True)
+    ModelVersion.objects.filter(id=version.id).update(input_example=[IRIS_ROW])
+    page.goto("/models/acme/boosted/versions/1/try/")
+    expect(page.locator("#try-explain")).to_be_checked()
+    page.click("button:has-text('Predict')")
+    expect(page.locator("#try-result .prediction")).to_have_text("Prediction: 0")
+    expect(page.locator("#try-explain-note")).to_have_text(
+        "No explanation: The sampling explainer compares each row with the version's reference data, and this version has none: "
+        "upload the version again with reference_data (a CSV of training-like rows)."
+    )
     context.close()
 
 

@@ -13,8 +13,8 @@ Three explainers, tried in this order:
 - ``tree_shap``: exact TreeSHAP (shap's TreeExplainer, ``tree_path_dependent``) for
   scikit-learn's decision trees, random forests, extra trees, gradient boosting and
   histogram gradient boosting (binary classifiers and regressors: shap takes no multiclass
-  gradient boosting, which the sampling explainer explains); the base value is the training data's mean output, which the
-  trees carry, so no reference data is needed;
+  gradient boosting, which the sampling explainer explains); the base value is the training
+  data's mean output, which the trees carry, so no reference data is needed;
 - ``linear``: the exact decomposition of a linear model against the mean of the reference
   data, ``coef * (x - mean)``, base ``coef . mean + intercept`` (plain numpy: the web
   computes it for models it predicts itself, ``linear_contributions``);
@@ -25,8 +25,9 @@ Three explainers, tried in this order:
   for at most EXPLAIN_SAMPLING_MAX_ROWS rows a request. String columns are explained as
   category codes of the values seen in the sample and the request.
 
-shap is imported only when an explanation is asked for (``import shap`` costs about two
-seconds and its own memory; see README, "Explanations"). Importable without Django.
+shap is imported only when an explanation is asked for (a runner's first explanation takes
+about a second more, and the runner 60-170 MB more memory: README, "Explanations";
+bench/explain_bench.py). Importable without Django.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ SAMPLING_PERMUTATIONS = 10
 
 # Classifiers whose TreeSHAP values explain their raw score (log-odds), not a probability.
 _RAW_SCORE_TREES = ("GradientBoostingClassifier", "HistGradientBoostingClassifier")
-_TREE_CLASSES = (
+TREE_CLASSES = (
     "DecisionTreeClassifier",
     "DecisionTreeRegressor",
     "ExtraTreeClassifier",
@@ -86,7 +87,7 @@ def explain(
     if np.ndim(predictions) != 1:
         raise ExplanationUnavailable("Explanations cover models with one output; this model predicts several per row.")
     class_index = _class_indices(estimator, predictions) if classifier else None
-    if type(estimator).__name__ in _TREE_CLASSES and type(estimator).__module__.startswith("sklearn."):
+    if type(estimator).__name__ in TREE_CLASSES and type(estimator).__module__.startswith("sklearn."):
         explained = _tree(estimator, x, class_index, {} if kept is None else kept)
         if explained is not None:
             return explained
@@ -172,6 +173,13 @@ def _tree(estimator: Any, x: Any, class_index: np.ndarray | None, kept: dict) ->
     else:
         output = "probability of the predicted class"
     return {"method": "tree_shap", "output": output, "values": values, "base": base}
+
+
+def explains_without_reference(estimator_class: str) -> bool:
+    """Whether a model of this dotted class name is explained by TreeSHAP, which needs no
+    reference data (the Try it page asks before offering an explanation)."""
+    module, _, name = estimator_class.rpartition(".")
+    return name in TREE_CLASSES and module.startswith("sklearn.")
 
 
 def linear_parts(estimator: Any) -> tuple[np.ndarray, np.ndarray] | None:
