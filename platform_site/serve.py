@@ -205,16 +205,14 @@ def preload_libraries() -> None:
     once, in the server process, before granian forks the workers.
 
     Each worker then starts with them loaded (their pages shared with the server process) instead
-    of importing them itself, which was most of a worker's start: two workers importing scikit-learn,
-    pandas and scipy at once on a busy machine took tens of seconds. Importing them opens no
-    connection and, with one native thread (limit_native_threads, first), starts no thread."""
-    from platform_site.startup import COMMON_SKLEARN_MODULES
-
+    of importing them itself, which was most of a worker's start: two workers importing pandas and
+    scipy at once on a busy machine took tens of seconds. Importing them opens no connection and,
+    with one native thread (limit_native_threads, first), starts no thread. scikit-learn is not
+    among them: the web never imports it (tenants' models run in runners)."""
     for name in (
         "numpy",
         "pandas",
         "scipy.stats",
-        *COMMON_SKLEARN_MODULES,
         "redis",
         "celery",
         "psycopg",
