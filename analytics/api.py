@@ -1,4 +1,5 @@
 """REST API for analytics: usage, live quality, drift reports, replays, experiment results, alert settings."""
+
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
@@ -26,8 +27,8 @@ from analytics.services import replays as replay_services
 from analytics.services.usage import day_floor, hour_floor
 from inference.experiments.selectors import experiment_for_caller
 from platform_site.errors import InvalidInput
-from platform_site.serializers import StrictSerializer
 from platform_site.pagination import paginated
+from platform_site.serializers import StrictSerializer
 from registry import selectors as registry_selectors
 from registry.api import resolve_model
 
@@ -49,7 +50,9 @@ def _instant(request, name: str) -> datetime | None:
     except ValueError:  # well formed but impossible, like month 13
         moment = None
     if moment is None:
-        raise InvalidInput(f"{name}={raw!r} is not an ISO 8601 date or date-time.", errors=[{"field": name, "message": "expected ISO 8601"}])
+        raise InvalidInput(
+            f"{name}={raw!r} is not an ISO 8601 date or date-time.", errors=[{"field": name, "message": "expected ISO 8601"}]
+        )
     return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
 
 
@@ -59,7 +62,10 @@ def _range(request, *, default_span: timedelta, max_span: timedelta) -> tuple[da
     if start >= end:
         raise InvalidInput("start must be before end.", errors=[{"field": "start", "message": "must be before end"}])
     if end - start > max_span:
-        raise InvalidInput(f"The range is longer than {max_span.days} days; ask for less.", errors=[{"field": "start", "message": "range too long"}])
+        raise InvalidInput(
+            f"The range is longer than {max_span.days} days; ask for less.",
+            errors=[{"field": "start", "message": "range too long"}],
+        )
     return start, end
 
 
@@ -83,7 +89,10 @@ class UsageApi(APIView):
         _, registered = resolve_model(request, org, model)
         granularity = request.query_params.get("granularity") or Granularity.HOUR
         if granularity not in Granularity.values:
-            raise InvalidInput(f"granularity={granularity!r}; choose hour or day.", errors=[{"field": "granularity", "message": "choose hour or day"}])
+            raise InvalidInput(
+                f"granularity={granularity!r}; choose hour or day.",
+                errors=[{"field": "granularity", "message": "choose hour or day"}],
+            )
         step = timedelta(hours=1) if granularity == Granularity.HOUR else timedelta(days=1)
         start, end = _range(request, default_span=DEFAULT_SPAN[granularity], max_span=step * MAX_BUCKETS[granularity])
         start = hour_floor(start) if granularity == Granularity.HOUR else day_floor(start)
@@ -188,7 +197,9 @@ class DriftReportListApi(APIView):
             trigger=DriftReport.Trigger.API,
         )
         return Response(
-            DriftReportOutputSerializer(report).data, status=status.HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/drift-reports/{report.pk}"}
+            DriftReportOutputSerializer(report).data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": f"/api/v1/drift-reports/{report.pk}"},
         )
 
 
@@ -238,8 +249,12 @@ def _replay_location(replay: Replay) -> str:
 
 class ReplayListApi(APIView):
     class InputSerializer(StrictSerializer):
-        rows = serializers.IntegerField(min_value=1, required=False, help_text="Production's newest rows to replay (default ANALYTICS_REPLAY_DEFAULT_ROWS).")
-        window_hours = serializers.IntegerField(min_value=1, max_value=MAX_WINDOW_HOURS, required=False, help_text="Only rows served in the last this many hours.")
+        rows = serializers.IntegerField(
+            min_value=1, required=False, help_text="Production's newest rows to replay (default ANALYTICS_REPLAY_DEFAULT_ROWS)."
+        )
+        window_hours = serializers.IntegerField(
+            min_value=1, max_value=MAX_WINDOW_HOURS, required=False, help_text="Only rows served in the last this many hours."
+        )
 
     @extend_schema(responses={200: ReplaySummarySerializer(many=True)})
     def get(self, request, org: str, model: str, number: int):
@@ -266,7 +281,9 @@ class ReplayListApi(APIView):
             rows=data.validated_data.get("rows"),
             window_hours=data.validated_data.get("window_hours"),
         )
-        return Response(ReplayOutputSerializer(replay).data, status=status.HTTP_202_ACCEPTED, headers={"Location": _replay_location(replay)})
+        return Response(
+            ReplayOutputSerializer(replay).data, status=status.HTTP_202_ACCEPTED, headers={"Location": _replay_location(replay)}
+        )
 
 
 class ModelReplayListApi(APIView):
@@ -281,7 +298,9 @@ class ReplayDetailApi(APIView):
     def get(self, request, org: str, model: str, number: int, replay_id: int):
         _, registered = resolve_model(request, org, model)
         version = registry_selectors.version_of(model=registered, number=number)
-        return Response(ReplayOutputSerializer(replay_selectors.replay_of(model=registered, version=version, replay_id=replay_id)).data)
+        return Response(
+            ReplayOutputSerializer(replay_selectors.replay_of(model=registered, version=version, replay_id=replay_id)).data
+        )
 
 
 class ExperimentResultsApi(APIView):

@@ -167,15 +167,18 @@ def main() -> None:
         print(f"| {label} | {f['n']} | {f['p50_ms']:.2f} ms | {f['p99_ms']:.2f} ms | {f['server_p50_ms']:.2f} ms |")
     print()
     print(
-        f"first explained request on a warm runner (imports shap): {report['first_explained_ms']:.0f} ms; the next: {report['second_explained_ms']:.1f} ms"
+        f"first explained request on a warm runner (imports shap): {report['first_explained_ms']:.0f} ms; "
+        f"the next: {report['second_explained_ms']:.1f} ms"
     )
     print(
-        f"sampling explainer (SVC pipeline, 20 background rows): first {report['sampling_first_ms']:.0f} ms (numba compiles), then {report['sampling_second_ms']:.0f} ms a row, 10 rows {report['sampling_ten_rows_ms']:.0f} ms"
+        f"sampling explainer (SVC pipeline, 20 background rows): first {report['sampling_first_ms']:.0f} ms (numba compiles), "
+        f"then {report['sampling_second_ms']:.0f} ms a row, 10 rows {report['sampling_ten_rows_ms']:.0f} ms"
     )
     print(
         "runner memory, RSS / PSS: before any explanation "
         f"{report['runner_rss_mb_before']:.0f} / {report['runner_pss_mb_before']:.0f} MB; after TreeSHAP "
-        f"{report['runner_rss_mb_after_all_tree']:.0f} / {report['runner_pss_mb_after_all_tree']:.0f} MB; after the sampling explainer "
+        f"{report['runner_rss_mb_after_all_tree']:.0f} / {report['runner_pss_mb_after_all_tree']:.0f} MB; "
+        "after the sampling explainer "
         f"{report['runner_rss_mb_after_sampling']:.0f} / {report['runner_pss_mb_after_sampling']:.0f} MB"
     )
     RUN.mkdir(parents=True, exist_ok=True)

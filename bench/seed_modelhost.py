@@ -28,14 +28,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "platform_site.settings")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 django.setup()
 
-from django.core.files.uploadedfile import SimpleUploadedFile
-from django.utils import timezone
+from django.core.files.uploadedfile import SimpleUploadedFile  # noqa: E402
+from django.utils import timezone  # noqa: E402
 
-from accounts import services as account_services
-from accounts.models import ApiKey, Membership, Organization, Role, User
-from accounts.principals import Caller
-from registry import services as registry_services
-from registry.models import RegisteredModel
+from accounts import services as account_services  # noqa: E402
+from accounts.models import ApiKey, Membership, Organization, Role, User  # noqa: E402
+from accounts.principals import Caller  # noqa: E402
+from registry import services as registry_services  # noqa: E402
+from registry.models import RegisteredModel  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent / ".artifacts"
 HIGH_LIMIT = 1_000_000_000  # per minute: counted and checked, never reached
@@ -91,6 +91,11 @@ def _production_model(
         "version_id": current.id,
         "cache_ttl": model.prediction_cache_ttl,
         "size_bytes": current.size_bytes,
+        # What serves it in the runner ("onnx": the verified compiled form) and the figures of
+        # the check that compared the compiled form with scikit-learn.
+        "runtime": current.runtime,
+        "runtime_reason": current.runtime_reason,
+        "compiled_figures": current.compiled_figures,
     }
 
 

@@ -141,7 +141,7 @@ def response_body(*, explanation: dict, features: list[str], predictions: Any, c
             row["class"] = labels[index]
         row["base_value"] = float(base[index])
         row["value"] = float(base[index] + values[index].sum())
-        row["contributions"] = dict(zip(features, values[index].tolist()))
+        row["contributions"] = dict(zip(features, values[index].tolist(), strict=True))
         rows.append(row)
     return {"method": explanation["method"], "output": explanation["output"]}, rows
 
@@ -200,7 +200,9 @@ def global_importance(*, version) -> dict:
             target=target, x=rows, want_proba=False, finite=target.spec.forbids_missing
         )
     strength = np.abs(explanation["values"]).mean(axis=0)
-    features = [{"name": name, "importance": float(value)} for name, value in zip(target.spec.names, strength.tolist())]
+    features = [
+        {"name": name, "importance": float(value)} for name, value in zip(target.spec.names, strength.tolist(), strict=True)
+    ]
     features.sort(key=lambda item: item["importance"], reverse=True)
     result = {"method": explanation["method"], "output": explanation["output"], "rows": len(predictions), "features": features}
     cache.set(key, result, settings.EXPLAIN_IMPORTANCE_CACHE_SECONDS)

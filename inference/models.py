@@ -1,4 +1,5 @@
 """Prediction records, feedback, experiments (traffic splits)."""
+
 from __future__ import annotations
 
 from django.conf import settings

@@ -40,7 +40,7 @@ def _example_row(version, columns: list[dict]) -> list[Any]:
     if not rows:
         return [None] * len(columns)
     if names:
-        by_name = dict(zip(names, rows[0]))
+        by_name = dict(zip(names, rows[0], strict=True))
         return [by_name.get(column["name"]) for column in columns]
     return list(rows[0])[: len(columns)] + [None] * max(0, len(columns) - len(rows[0]))
 
@@ -96,7 +96,7 @@ def _snippets(
     if fill_missing:
         values = [
             (0 if column.get("type", "double") in NUMERIC else "") if value is None else value
-            for column, value in zip(columns, row)
+            for column, value in zip(columns, row, strict=True)
         ]
     else:
         values = list(row)
@@ -110,7 +110,7 @@ def _snippets(
     else:
         v2_inputs = [
             {"name": name, "shape": [1], "datatype": V2_DATATYPES.get(column.get("type", "double"), "BYTES"), "data": [value]}
-            for name, column, value in zip(names, columns, values)
+            for name, column, value in zip(names, columns, values, strict=True)
         ]
     v2_body = {"inputs": v2_inputs}
     mlflow_body = {"dataframe_split": {"columns": names, "data": [values]}}
@@ -191,7 +191,7 @@ def try_version(request: HttpRequest, org: str, model: str, number: int) -> Http
     else:
         context.update(
             {
-                "fields": [_field(i, column, value) for i, (column, value) in enumerate(zip(columns, row))],
+                "fields": [_field(i, column, value) for i, (column, value) in enumerate(zip(columns, row, strict=True))],
                 "columns_data": [{"name": c["name"], "type": c.get("type", "double")} for c in columns],
                 "predict_url": reverse("predict-version", args=[org, model, number]),
                 "want_proba": version.has_predict_proba,

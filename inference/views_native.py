@@ -93,7 +93,8 @@ def parse_native(raw: bytes) -> PredictionCall:
         rows = normalise_rows(inputs, spec)
         if explain and len(rows) > settings.EXPLAIN_MAX_ROWS:
             raise PayloadTooLarge(
-                f"{len(rows)} rows is more than the {settings.EXPLAIN_MAX_ROWS} one request may ask to explain; send fewer rows or leave parameters.explain out.",
+                f"{len(rows)} rows is more than the {settings.EXPLAIN_MAX_ROWS} one request may ask to explain; "
+                "send fewer rows or leave parameters.explain out.",
                 errors=[{"field": "inputs", "message": f"more than {settings.EXPLAIN_MAX_ROWS} rows to explain"}],
             )
         check_rows(rows, spec)

@@ -56,7 +56,8 @@ _PREDICT_REQUEST = {
                 "explain": {
                     "type": "boolean",
                     "default": False,
-                    "description": "Per-row feature contributions and their base value (docs/explanations.md); at most EXPLAIN_MAX_ROWS rows.",
+                    "description": "Per-row feature contributions and their base value (docs/explanations.md); "
+                    "at most EXPLAIN_MAX_ROWS rows.",
                 },
             },
         },
@@ -156,7 +157,10 @@ def add_inference_paths(result, generator, request, public):
     invocations = {
         "tags": ["inference"],
         "security": security,
-        "description": "MLflow scoring protocol: one of dataframe_split, dataframe_records, instances, inputs (JSON), or text/csv. Errors are {error_code, message}.",
+        "description": (
+            "MLflow scoring protocol: one of dataframe_split, dataframe_records, instances, inputs (JSON), or text/csv. "
+            "Errors are {error_code, message}."
+        ),
         "requestBody": _json_body({"type": "object"}, {"dataframe_split": {"columns": ["a", "b"], "data": [[1, 2]]}}),
         "responses": {
             "200": {

@@ -45,6 +45,7 @@ are dropped by the survivors (platform_site.metrics.forget_dead_processes). gran
 per-request timeout; a model's predict runs in its organization's runner, which the web waits
 for at most RUNNER_REQUEST_TIMEOUT_SECONDS (inference.runners.client).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -141,7 +142,9 @@ def refuse_taken_port() -> None:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-    raise SystemExit(f"Port {port} is already in use by {port_holder(port)}. Stop it, or start this one with PORT=<another port>.")
+    raise SystemExit(
+        f"Port {port} is already in use by {port_holder(port)}. Stop it, or start this one with PORT=<another port>."
+    )
 
 
 def port_holder(port: int) -> str:
@@ -202,21 +205,49 @@ def preload_libraries() -> None:
     once, in the server process, before granian forks the workers.
 
     Each worker then starts with them loaded (their pages shared with the server process) instead
-    of importing them itself, which was most of a worker's start: two workers importing scikit-learn,
-    pandas and scipy at once on a busy machine took tens of seconds. Importing them opens no
-    connection and, with one native thread (limit_native_threads, first), starts no thread."""
-    from platform_site.startup import COMMON_SKLEARN_MODULES
-
-    for name in ("numpy", "pandas", "scipy.stats", *COMMON_SKLEARN_MODULES, "redis", "celery", "psycopg", "django.http", "django.db.models"):
+    of importing them itself, which was most of a worker's start: two workers importing pandas and
+    scipy at once on a busy machine took tens of seconds. Importing them opens no connection and,
+    with one native thread (limit_native_threads, first), starts no thread. scikit-learn is not
+    among them: the web never imports it (tenants' models run in runners)."""
+    for name in (
+        "numpy",
+        "pandas",
+        "scipy.stats",
+        "redis",
+        "celery",
+        "psycopg",
+        "django.http",
+        "django.db.models",
+    ):
         importlib.import_module(name)
 
 
+def preload_platform(target: str) -> None:
+    """Django's set-up and every app's views, imported once in the server process before the
+    workers fork, when it serves the platform's own application.
+
+    Each worker would otherwise spend about a second of CPU on them itself (on a busy machine,
+    several seconds before it answers). Only imports: no database or Redis connection is opened
+    here, so none is shared across the fork; each worker opens its own (startup.warm_up)."""
+    if target != DEFAULT_TARGET:
+        return
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "platform_site.settings")
+    import django
+
+    django.setup()
+    from django.urls import get_resolver
+
+    _ = get_resolver().url_patterns  # reading it imports every app's views
+
+
 def main(argv: list[str]) -> None:
+    target = argv[0] if argv else DEFAULT_TARGET
     refuse_taken_port()
     prepare_metrics_folder()
     limit_native_threads()
     preload_libraries()
-    server(argv[0] if argv else DEFAULT_TARGET).serve()
+    preload_platform(target)
+    server(target).serve()
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ DESKTOP = {"width": 1280, "height": 900}
 _axe = Axe()
 # The outermost elements that stick out of the window on the right, for the failure message.
 WIDEST = """[...document.querySelectorAll("body *")]
-  .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 && !(e.parentElement.getBoundingClientRect().right > window.innerWidth + 1))
+  .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1
+    && !(e.parentElement.getBoundingClientRect().right > window.innerWidth + 1))
   .slice(0, 5).map(e => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + (e.className ? "." + e.className : ""))"""
 
 
@@ -57,7 +58,7 @@ def confirm_dialog(page: Page, reason: str | None = None) -> None:
 def test_sign_up_upload_try_promote_and_roll_back(browser, web, screenshots_dir, tmp_path):
     model_file = tmp_path / "iris.joblib"
     model_file.write_bytes(joblib_bytes(iris_model()))
-    example = json.dumps([dict(zip(IRIS_FEATURES, IRIS_ROW))])
+    example = json.dumps([dict(zip(IRIS_FEATURES, IRIS_ROW, strict=True))])
     context = browser.new_context(viewport=DESKTOP, base_url=web.url)
     page = context.new_page()
 
@@ -309,7 +310,7 @@ def test_try_it_shows_each_features_contribution_as_a_chart(browser, web, screen
         pd.DataFrame(x, columns=IRIS_FEATURES).to_csv(index=False).encode(), f"orgs/{model.organization_id}/reference-forest.csv"
     )
     ModelVersion.objects.filter(id=version.id).update(
-        input_example=[dict(zip(IRIS_FEATURES, [6.7, 3.0, 5.2, 2.3]))], reference_data=reference
+        input_example=[dict(zip(IRIS_FEATURES, [6.7, 3.0, 5.2, 2.3], strict=True))], reference_data=reference
     )
     linear = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="plain")
     plain = create_version(linear, promote=True)

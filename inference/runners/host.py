@@ -394,13 +394,23 @@ def preload() -> None:
     interpreter's files: so every scikit-learn module (its estimators and what their predict
     imports lazily), the loader and what it imports are imported here, then shared by fork.
     """
+    # Imported for their side effect: each module is loaded once here, before any fork.
     import bz2  # noqa: F401 - joblib's decompressors
     import encodings.cp437  # noqa: F401 - zipfile's names (skops files), imported on first use
+    import gzip  # noqa: F401 - joblib's decompressors
+    import lzma  # noqa: F401 - joblib's decompressors
     import pickletools  # noqa: F401
     import pkgutil
+    import zlib  # noqa: F401 - joblib's decompressors
 
     import numpy  # noqa: F401
     import pandas  # noqa: F401
+    import scipy.linalg  # noqa: F401
+    import scipy.optimize  # noqa: F401
+    import scipy.sparse  # noqa: F401
+    import scipy.sparse.linalg  # noqa: F401
+    import scipy.special  # noqa: F401
+    import scipy.stats  # noqa: F401
     import sklearn
     from joblib import compressor, numpy_pickle, numpy_pickle_utils  # noqa: F401
 
@@ -414,14 +424,16 @@ def preload() -> None:
             except ImportError:  # a module behind an optional dependency this machine lacks
                 pass
     # shap (explanations) is imported by a runner only when asked to explain, for its memory
-    # (about 90 MB, 200 MB once its sampling explainer has compiled); what it takes from the
-    # standard library, which a runner's own user may not read, is imported here.
+    # (60-170 MB: README, "Explanations"); what it takes from the standard library, which a
+    # runner's own user may not read, is imported here.
     import importlib.readers  # noqa: F401
+    import plistlib  # noqa: F401
+    import xml.parsers.expat  # noqa: F401
 
     import skops.io  # noqa: F401
 
     from inference.runners import explainers, runner, wire  # noqa: F401
-    from registry.loaders import (  # noqa: F401  # noqa: F401
+    from registry.loaders import (  # noqa: F401
         allowlist,
         compiled,
         describe,

@@ -182,7 +182,7 @@ def test_linear_model_with_feature_names_is_decomposed_in_the_runner(tenant_a):
     x, _ = f.iris_data()
     version = _version(tenant_a, "named", estimator, reference=x)
     assert ModelVersion.objects.get(pk=version.pk).serving_path == "runner"
-    rows = [dict(zip(f.IRIS_FEATURES, x[120].tolist()))]
+    rows = [dict(zip(f.IRIS_FEATURES, x[120].tolist(), strict=True))]
     body = _explain(tenant_a.key_client(), "/api/v1/models/acme/named/predict", rows).json()
     assert body["explainer"] == {"method": "linear", "output": "decision function of the predicted class"}
     expected = _explained_output(estimator, pd.DataFrame(x[120:121], columns=f.IRIS_FEATURES), body["predictions"])[0]

@@ -66,7 +66,7 @@ def test_rows_as_objects_and_a_single_object(tenant_a):
     model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="named")
     f.create_version(model, f.iris_frame_model(), promote=True)
     client = tenant_a.key_client()
-    record = dict(zip(reversed(f.IRIS_FEATURES), reversed(ROW)))  # order does not matter
+    record = dict(zip(reversed(f.IRIS_FEATURES), reversed(ROW), strict=True))  # order does not matter
     many = predict(client, {"inputs": [record, record]}, "/api/v1/models/acme/named/predict")
     assert many.status_code == 200, many.content
     assert many.json()["predictions"] == [0, 0]
@@ -301,7 +301,7 @@ def test_records_read_by_a_crashed_worker_are_claimed_and_stored_once(tenant_a, 
     records.ingest_records(
         [
             {
-                "id": PredictionRecord.objects.first().prediction_id,
+                **{"id": PredictionRecord.objects.first().prediction_id},
                 "ts": 0,
                 "org": 1,
                 "model": 1,
