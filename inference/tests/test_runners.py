@@ -51,7 +51,8 @@ def runner_pids(org_id: int) -> list[int]:
 
 
 def estimator_ids() -> set[int]:
-    return {id(o) for o in gc.get_objects() if isinstance(o, BaseEstimator)}
+    # type(), not isinstance(): isinstance on a weakref.proxy whose object is gone raises ReferenceError.
+    return {id(o) for o in gc.get_objects() if issubclass(type(o), BaseEstimator)}
 
 
 def test_a_forest_is_predicted_in_its_organizations_runner_and_no_estimator_is_loaded_here(tenant_a):
