@@ -5,7 +5,7 @@ from datetime import datetime
 
 from celery import shared_task
 
-from analytics.services import alerts, drift, quality, replays, usage
+from analytics.services import alerts, drift, mirrors, quality, replays, usage
 
 
 @shared_task(name="analytics.roll_up_usage", acks_late=True, ignore_result=True)
@@ -61,3 +61,10 @@ def compute_drift_report(report_id: int) -> None:
 @shared_task(name="analytics.compute_replay", acks_late=True, ignore_result=True)
 def compute_replay(replay_id: int) -> None:
     replays.compute_replay(replay_id=replay_id)
+
+
+# A run predicts at most ANALYTICS_MIRROR_RUN_ROWS rows per mirror; a candidate that hangs is cut
+# off by the runner's request timeout per batch, and the run as a whole by these limits.
+@shared_task(name="analytics.mirror_predictions", acks_late=True, ignore_result=True, soft_time_limit=300, time_limit=330)
+def mirror_predictions() -> int:
+    return mirrors.mirror_running()

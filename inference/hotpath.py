@@ -259,8 +259,12 @@ def run_prediction(
     if key is not None and cached is None:
         cache_value = prediction_cache.encode(predictions=predictions, probabilities=probabilities)
     outcome.latency_ms = timings.total_ms()
+    record = _record(identity=identity, outcome=outcome, protocol=protocol, rows=model_input.n_rows, inputs=model_input.recorded)
+    if route.mirror is not None and variant is None and version_number is None and route.mirror.draws():
+        # Only the draw happens here; the candidate predicts on the worker, after the answer left.
+        record["mirror"] = route.mirror.id
     records.publish(
-        record=_record(identity=identity, outcome=outcome, protocol=protocol, rows=model_input.n_rows, inputs=model_input.recorded),
+        record=record,
         cache_key=key,
         cache_value=cache_value,
         ttl=route.cache_ttl,

@@ -70,6 +70,17 @@ class ExperimentRoute:
 
 
 @dataclass(frozen=True)
+class MirrorRoute:
+    """A running mirror: the share of production's requests whose records are flagged for it."""
+
+    id: int
+    fraction: float
+
+    def draws(self) -> bool:
+        return random.random() < self.fraction
+
+
+@dataclass(frozen=True)
 class Route:
     org_id: int
     org_slug: str
@@ -78,6 +89,7 @@ class Route:
     cache_ttl: int
     production: VersionTarget | None
     experiment: ExperimentRoute | None
+    mirror: MirrorRoute | None = None
 
     @property
     def full_name(self) -> str:
@@ -154,7 +166,7 @@ def _load_model(org_slug: str, model_name: str):
 
 
 def _build_route(org_slug: str, model_name: str) -> Route | None:
-    from inference.models import Experiment
+    from inference.models import Experiment, Mirror
     from registry.models import ModelVersion
 
     model = _load_model(org_slug, model_name)
@@ -172,6 +184,10 @@ def _build_route(org_slug: str, model_name: str) -> Route | None:
                 for v in running.variants
             ),
         )
+    running_mirror = Mirror.objects.filter(registered_model=model, status=Mirror.Status.RUNNING).values_list("id", "fraction", "baseline_version_id").first()
+    mirror = None
+    if running_mirror is not None and running_mirror[2] == model.production_version_id:
+        mirror = MirrorRoute(id=running_mirror[0], fraction=running_mirror[1])
     return Route(
         org_id=model.organization_id,
         org_slug=model.organization.slug,
@@ -180,6 +196,7 @@ def _build_route(org_slug: str, model_name: str) -> Route | None:
         cache_ttl=model.prediction_cache_ttl,
         production=target_for(model.production_version, org_id=model.organization_id) if model.production_version_id else None,
         experiment=experiment,
+        mirror=mirror,
     )
 
 

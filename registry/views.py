@@ -203,10 +203,23 @@ def version_stage(request: HttpRequest, org: str, model: str, number: int) -> Ht
         return confirmation_page(
             request, title=label, message=message, confirm_label=label, cancel_url=reverse("model-detail", args=[org, model]), with_reason=True
         )
+    require_replay = None
+    if request.POST.get("min_agreement"):
+        # The Compare tab's promote buttons: promote only if the newest replay or mirror agrees enough.
+        try:
+            require_replay = {"min_agreement": float(request.POST["min_agreement"])}
+        except ValueError:
+            require_replay = {"min_agreement": -1.0}
+        if not 0 <= require_replay["min_agreement"] <= 1:
+            messages.error(request, "The agreement to require is a share from 0 to 1.")
+            return redirect("model-detail", org=org, model=model)
     try:
-        services.set_stage(caller=caller_of(request), version=version, stage=stage, reason=request.POST.get("reason", "")[:500])
+        services.set_stage(caller=caller_of(request), version=version, stage=stage, reason=request.POST.get("reason", "")[:500], require_replay=require_replay)
     except ModelhostError as exc:
         messages.error(request, exc.detail)
+        back = request.POST.get("back", "")
+        if back.startswith(f"/models/{org}/{model}/compare/"):  # back to the replay the refusal quotes (a path of this model only)
+            return redirect(back)
     else:
         messages.success(request, f"Version {number} is now {Stage(stage).label.lower()}.")
     return redirect("model-detail", org=org, model=model)
