@@ -123,6 +123,7 @@ def mirror_once(*, mirror_id: int) -> int:
             budget -= len(rows)
             chosen.append((Recorded(prediction_id=prediction_id, inputs=rows, rows=len(rows)), record))
         stored = _predict_and_store(mirror, chosen) if chosen else 0
+        logger.info("mirror %s: %d flagged records read, %d rows predicted, %d rows over the hourly cap", mirror.id, len(records), stored, over_cap)
         report.settled_record_id = report.last_record_id
         report.last_record_id = max([report.last_record_id, *(r[0] for r in records)])
         report.rows_mirrored += stored
