@@ -9,7 +9,9 @@ verdict still comes after the limit's); the record and the answer to cache are q
 the same connection and leave with the next round trip (inference.records). A plain linear
 model is predicted by the platform's own arithmetic, anything else by its organization's
 runner (inference.predictors). Each step
-feeds Server-Timing and the Prometheus metrics.
+feeds Server-Timing and the Prometheus metrics. A live mirror costs the request one draw
+against the fraction its cached route holds: a sampled request's record carries the mirror's
+id, and the analytics worker predicts it with the candidate later (docs/mirroring.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Resolve `org/model` to the version that answers: production, or an experiment variant.
+"""Resolve `org/model` to the version that answers: production, or an experiment variant,
+and the running live mirror's fraction (the share of production's requests it samples).
 
 Routes are cached in-process (ROUTE_CACHE_SECONDS) so a warm request makes no query.
 A promotion bumps a generation counter in Redis; the rate-limit round trip reads it, so

@@ -42,6 +42,10 @@ from platform_site.errors import ModelhostError
 
 logger = logging.getLogger(__name__)
 
+# A running mirror's report is computed again at least this often, so feedback sent on rows it
+# mirrored earlier counts even while no new row comes.
+REPORT_REFRESH_SECONDS = 60
+
 
 def mirror_running() -> int:
     """One run over every running mirror (the beat task); returns the rows predicted."""
@@ -123,13 +127,19 @@ def mirror_once(*, mirror_id: int) -> int:
             budget -= len(rows)
             chosen.append((Recorded(prediction_id=prediction_id, inputs=rows, rows=len(rows)), record))
         stored = _predict_and_store(mirror, chosen) if chosen else 0
-        logger.info("mirror %s: %d flagged records read, %d rows predicted, %d rows over the hourly cap", mirror.id, len(records), stored, over_cap)
+        logger.info(
+            "mirror %s: %d flagged records read, %d rows predicted, %d rows over the hourly cap",
+            mirror.id,
+            len(records),
+            stored,
+            over_cap,
+        )
         report.settled_record_id = report.last_record_id
         report.last_record_id = max([report.last_record_id, *(r[0] for r in records)])
         report.rows_mirrored += stored
         report.rows_over_cap += over_cap
-        if stored:
-            _refresh_report(mirror, report)
+        if stored or (report.rows_mirrored and _is_stale(report)):
+            _refresh_report(mirror, report)  # stale: feedback sent since counts too
         report.updated_at = timezone.now()
         report.save()
         if report.rows_mirrored >= settings.ANALYTICS_MIRROR_MAX_ROWS:
@@ -177,6 +187,11 @@ def _predict_and_store(mirror: Mirror, chosen: list[tuple[Recorded, tuple]]) -> 
         start = end
     MirroredPrediction.objects.bulk_create(objects, ignore_conflicts=True)
     return sum(o.rows for o in objects)
+
+
+def _is_stale(report: MirrorReport) -> bool:
+    computed = report.report.get("computed_at")
+    return computed is None or time.time() - computed > REPORT_REFRESH_SECONDS
 
 
 def _refresh_report(mirror: Mirror, report: MirrorReport) -> None:
@@ -231,6 +246,7 @@ def _refresh_report(mirror: Mirror, report: MirrorReport) -> None:
         "max_rows_per_hour": mirror.max_rows_per_hour,
         "rows_over_cap": report.rows_over_cap,
     }
+    built["computed_at"] = time.time()
     report.report = built
     report.rows_compared = built["rows_compared"]
     report.agreement = built["agreement"]

@@ -16,6 +16,7 @@ from accounts.principals import Caller
 from analytics.models import MirroredPrediction, MirrorReport
 from analytics.services import mirrors
 from analytics.tests import factories as af
+from analytics.tests.test_replays import stump
 from inference import predictors, records
 from inference.models import Mirror, PredictionRecord
 from registry import services as registry_services
@@ -35,11 +36,8 @@ def start(client, body: dict | None = None, url: str = URL):
 @pytest.fixture
 def iris_pair(tenant_a):
     """acme/iris: v1 (logistic regression) in production, v2 (a one-split stump) a candidate."""
-    from sklearn.tree import DecisionTreeClassifier
-
     model, _ = af.iris_model(tenant_a)
-    x, y = rf.iris_data()
-    rf.create_version(model, DecisionTreeClassifier(max_depth=1, random_state=0).fit(x, y))
+    rf.create_version(model, stump())
     model.refresh_from_db()
     return model
 
@@ -297,17 +295,19 @@ def test_feedback_sent_after_mirroring_counts_in_the_report(tenant_a, iris_pair)
     answers = serve_all(client, x[:40].tolist())
     mirrors.mirror_once(mirror_id=mirror_id)
     for i, answer in enumerate(answers):
-        assert client.post(f"/api/v1/predictions/{answer['id']}/feedback", {"label": int(y[i])}, format="json").status_code in (
-            200,
-            201,
-        )
-    serve_all(client, x[40:41].tolist())
+        assert client.post(f"/api/v1/predictions/{answer['id']}/feedback", {"label": int(y[i])}, format="json").status_code == 201
 
-    mirrors.mirror_once(mirror_id=mirror_id)
+    mirrors.mirror_once(mirror_id=mirror_id)  # no new row, report just computed: left as it is
+    assert client.get(URL).json()["report"]["feedback"] is None
+    report = MirrorReport.objects.get()
+    report.report["computed_at"] -= mirrors.REPORT_REFRESH_SECONDS + 1
+    report.save()
+    mirrors.mirror_once(mirror_id=mirror_id)  # still no new row, but the report is stale
 
     feedback = client.get(URL).json()["report"]["feedback"]
     assert (feedback["metric"], feedback["rows"]) == ("accuracy", 40)
     assert feedback["production"]["value"] == pytest.approx(np.mean(rf.iris_model().predict(x[:40]) == y[:40]))
+    assert feedback["candidate"]["value"] == pytest.approx(np.mean(stump().predict(x[:40]) == y[:40]))
 
 
 def test_the_hourly_cap_bounds_what_the_candidate_predicts(tenant_a, iris_pair):
