@@ -21,7 +21,7 @@ TEST_ENV = DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 # RECORD_FLUSH_SECONDS: tests flush the in-process record buffer themselves; the background
 # flusher, writing from its own database connection, would race a test's open transaction.
 
-.PHONY: run test install install-dev services migrate demo check-deploy clean screenshots bench-inference bench-memory bench-upload bench-soak
+.PHONY: run test lint fmt install install-dev services migrate demo check-deploy clean screenshots bench-inference bench-memory bench-upload bench-soak
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +41,21 @@ install-dev: $(DEV_STAMP)
 run: $(RUNTIME_STAMP)
 	@scripts/run.sh
 
-## test: set up and run the whole suite against the real PostgreSQL and Redis
-test: $(DEV_STAMP) services
+## test: the lint, then the whole suite against the real PostgreSQL and Redis
+test: lint services
 	$(TEST_ENV) $(PY) manage.py collectstatic --noinput -v0
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+## lint: ruff's checks and its formatting, as configured in pyproject.toml (seconds)
+lint: $(DEV_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+## fmt: format the code and apply ruff's safe fixes; review the diff before committing
+fmt: $(DEV_STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 services:
 	@scripts/ensure_services.sh

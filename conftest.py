@@ -1,4 +1,5 @@
 """Fixtures every app's tests share: API clients, tenants with credentials, clean caches."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

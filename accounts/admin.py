@@ -47,7 +47,20 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_filter = ["revoked_at", "expires_at", "created_at"]
     search_fields = ["prefix", "name", "organization__slug"]
     readonly_fields = ["prefix", "hashed_key", "created_by", "created_at", "last_used_at", "revoked_at"]
-    fields = ["organization", "name", "prefix", "hashed_key", "scopes", "created_by", "created_at", "expires_at", "revoked_at", "last_used_at", "rate_limit_per_minute", "monthly_quota"]
+    fields = [
+        "organization",
+        "name",
+        "prefix",
+        "hashed_key",
+        "scopes",
+        "created_by",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+        "rate_limit_per_minute",
+        "monthly_quota",
+    ]
 
     def has_add_permission(self, request) -> bool:
         # Keys are created through the API or the web UI, which show the secret once.

@@ -1,10 +1,11 @@
 """REST API for accounts: registration, JWT, the caller, organizations, members, keys, audit."""
+
 from __future__ import annotations
 
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
 from django.conf import settings
 from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import AllowAny
@@ -13,13 +14,12 @@ from rest_framework.views import APIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from accounts import selectors, services
+from accounts.authentication import sign_in_lockout_message
 from accounts.models import Role
 from accounts.principals import caller_from_request
-from accounts.authentication import sign_in_lockout_message
 from platform_site.errors import PermissionDenied, RateLimited
 from platform_site.pagination import Pagination, paginated
 from platform_site.serializers import StrictSerializer
-
 
 
 class UserOutputSerializer(serializers.Serializer):
@@ -165,7 +165,10 @@ class PasswordChangeApi(APIView):
 
 
 class MeApi(APIView):
-    @extend_schema(responses={200: OpenApiTypes.OBJECT}, description="The caller: a user with their organizations and roles, or an API key with its scopes.")
+    @extend_schema(
+        responses={200: OpenApiTypes.OBJECT},
+        description="The caller: a user with their organizations and roles, or an API key with its scopes.",
+    )
     def get(self, request):
         caller = caller_from_request(request)
         if caller.api_key is not None:
@@ -269,7 +272,9 @@ class MemberDetailApi(APIView):
     @extend_schema(responses={200: MembershipOutputSerializer})
     def get(self, request, org: str, member_id: int):
         organization = selectors.organization_for_caller(caller=caller_from_request(request), slug=org)
-        return Response(MembershipOutputSerializer(selectors.membership_in(organization=organization, membership_id=member_id)).data)
+        return Response(
+            MembershipOutputSerializer(selectors.membership_in(organization=organization, membership_id=member_id)).data
+        )
 
     @extend_schema(request=InputSerializer, responses={200: MembershipOutputSerializer})
     def patch(self, request, org: str, member_id: int):
@@ -357,7 +362,10 @@ class AuditEventOutputSerializer(serializers.Serializer):
 class AuditEventListApi(APIView):
     pagination_class = Pagination
 
-    @extend_schema(responses={200: AuditEventOutputSerializer(many=True)}, parameters=[OpenApiParameter("action", str, description="Only events with this action, e.g. api_key.revoked.")])
+    @extend_schema(
+        responses={200: AuditEventOutputSerializer(many=True)},
+        parameters=[OpenApiParameter("action", str, description="Only events with this action, e.g. api_key.revoked.")],
+    )
     def get(self, request, org: str):
         caller = caller_from_request(request)
         organization = selectors.organization_for_caller(caller=caller, slug=org, min_role=Role.ADMIN)

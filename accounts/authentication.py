@@ -5,11 +5,12 @@ a warm request makes no database query. The cache entry lives API_KEY_CACHE_SECO
 key revoked in any process stops working in every process within that bound; expiry is
 checked on every request against the cached expiry time, so it is exact.
 """
+
 from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 
 from django.conf import settings
 from rest_framework import exceptions
@@ -87,7 +88,7 @@ def authenticate_api_key(plaintext: str, *, now: float | None = None) -> ApiKeyP
         _, principal, reason = entry
     if principal is None:
         raise ApiKeyError(reason)
-    if principal.expires_at is not None and principal.expires_at <= datetime.now(dt_timezone.utc):
+    if principal.expires_at is not None and principal.expires_at <= datetime.now(UTC):
         raise ApiKeyError("The API key has expired.")
     _note_last_used(principal.id, now)
     return principal

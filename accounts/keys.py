@@ -5,6 +5,7 @@ person can tell keys apart; the secret is 40 base62 characters (~238 bits). Only
 HMAC-SHA256(API_KEY_HASH_KEY, key) is stored: for a high-entropy secret a fast keyed hash
 is as strong as a slow password hash, and costs ~1 µs on the hot path instead of ~100 ms.
 """
+
 from __future__ import annotations
 
 import hashlib

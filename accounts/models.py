@@ -1,4 +1,5 @@
 """Users, organizations (the tenant), memberships with roles, API keys and audit events."""
+
 from __future__ import annotations
 
 from django.conf import settings

@@ -1,4 +1,5 @@
 """Who is calling: a person (session or JWT) or a program (API key), as one value."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

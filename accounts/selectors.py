@@ -1,4 +1,5 @@
 """Reads for accounts, and the one place a caller's organization is resolved and checked."""
+
 from __future__ import annotations
 
 from django.db.models import QuerySet

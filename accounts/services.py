@@ -1,4 +1,5 @@
 """Writes and rules for accounts: registration, organizations, memberships, API keys, audit."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,6 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 from redis.exceptions import RedisError
-
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 from rest_framework_simplejwt.tokens import RefreshToken, TokenError
@@ -86,7 +86,9 @@ def _check_slug(slug: str) -> None:
 
 
 @transaction.atomic
-def register_user(*, email: str, password: str, name: str = "", organization: str = "", link_for: Callable[[str], str], login_url: str) -> str:
+def register_user(
+    *, email: str, password: str, name: str = "", organization: str = "", link_for: Callable[[str], str], login_url: str
+) -> str:
     """Ask for an account: email the address a confirmation link, or, when it already has an
     account, a note saying so. Returns the normalized email.
 
@@ -143,7 +145,9 @@ def _send(*, to: str, subject: str, body: str) -> None:
 def confirm_registration(*, token: str, ip_address: str | None = None) -> tuple[User, Organization]:
     """Make the account and its first organization from a sign-up's emailed token (once)."""
     oldest = timezone.now() - timedelta(hours=settings.REGISTRATION_CONFIRM_HOURS)
-    pending = PendingRegistration.objects.filter(token_hash=hashlib.sha256(token.encode()).hexdigest(), created_at__gte=oldest).first()
+    pending = PendingRegistration.objects.filter(
+        token_hash=hashlib.sha256(token.encode()).hexdigest(), created_at__gte=oldest
+    ).first()
     if pending is None:
         raise InvalidInput(
             "This confirmation link is not valid or has expired; sign up again to get a new one.",
@@ -154,7 +158,10 @@ def confirm_registration(*, token: str, ip_address: str | None = None) -> tuple[
             PendingRegistration.objects.filter(email__iexact=pending.email).delete()
             user = User.objects.create(email=pending.email, name=pending.name, password=pending.password)
     except IntegrityError:  # the address was confirmed through another link meanwhile
-        raise Conflict(f"The account of {pending.email} is already confirmed; log in.", errors=[{"field": "token", "message": "already used"}]) from None
+        raise Conflict(
+            f"The account of {pending.email} is already confirmed; log in.",
+            errors=[{"field": "token", "message": "already used"}],
+        ) from None
     org_name = pending.organization.strip() or (f"{pending.name}'s organization" if pending.name else pending.email.split("@")[0])
     org = create_organization(caller=Caller(user=user, ip_address=ip_address), name=org_name)
     return user, org
@@ -213,7 +220,13 @@ def create_organization(*, caller: Caller, name: str, slug: str = "") -> Organiz
     org = Organization.objects.create(slug=slug, name=name)
     membership = Membership.objects.create(user=caller.person, organization=org, role=Role.OWNER)
     record_audit_event(organization=org, caller=caller, action="organization.created", target=org, data={"name": name})
-    record_audit_event(organization=org, caller=caller, action="member.added", target=membership, data={"email": caller.person.email, "role": Role.OWNER})
+    record_audit_event(
+        organization=org,
+        caller=caller,
+        action="member.added",
+        target=membership,
+        data={"email": caller.person.email, "role": Role.OWNER},
+    )
     return org
 
 
@@ -225,7 +238,13 @@ def rename_organization(*, caller: Caller, organization: Organization, name: str
     old = organization.name
     organization.name = name
     organization.save(update_fields=["name"])
-    record_audit_event(organization=organization, caller=caller, action="organization.renamed", target=organization, data={"from": old, "to": name})
+    record_audit_event(
+        organization=organization,
+        caller=caller,
+        action="organization.renamed",
+        target=organization,
+        data={"from": old, "to": name},
+    )
     return organization
 
 
@@ -268,7 +287,13 @@ def add_member(*, caller: Caller, organization: Organization, email: str, role: 
     if Membership.objects.filter(user=user, organization=organization).exists():
         raise Conflict(f"{user.email} is already a member.", errors=[{"field": "email", "message": "already a member"}])
     membership = Membership.objects.create(user=user, organization=organization, role=role)
-    record_audit_event(organization=organization, caller=caller, action="member.added", target=membership, data={"email": user.email, "role": role})
+    record_audit_event(
+        organization=organization,
+        caller=caller,
+        action="member.added",
+        target=membership,
+        data={"email": user.email, "role": role},
+    )
     return membership
 
 
@@ -277,15 +302,25 @@ def change_member_role(*, caller: Caller, membership: Membership, role: str) -> 
     role = _check_role(role)
     organization = membership.organization
     # Changing an owner, or making someone owner, both need an owner.
-    _require_may_manage(caller=caller, organization=organization, role=Role.OWNER if Role.OWNER in (role, membership.role) else role)
+    _require_may_manage(
+        caller=caller, organization=organization, role=Role.OWNER if Role.OWNER in (role, membership.role) else role
+    )
     # Lock the organization's owner rows so two demotions cannot both pass the last-owner check.
-    owners = list(Membership.objects.select_for_update().filter(organization=organization, role=Role.OWNER).values_list("id", flat=True))
+    owners = list(
+        Membership.objects.select_for_update().filter(organization=organization, role=Role.OWNER).values_list("id", flat=True)
+    )
     if membership.role == Role.OWNER and role != Role.OWNER and owners == [membership.id]:
         raise Conflict("The last owner cannot be demoted; make someone else owner first.")
     old = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
-    record_audit_event(organization=organization, caller=caller, action="member.role_changed", target=membership, data={"email": membership.user.email, "from": old, "to": role})
+    record_audit_event(
+        organization=organization,
+        caller=caller,
+        action="member.role_changed",
+        target=membership,
+        data={"email": membership.user.email, "from": old, "to": role},
+    )
     return membership
 
 
@@ -295,7 +330,9 @@ def remove_member(*, caller: Caller, membership: Membership) -> None:
     leaving_self = caller.person is not None and caller.person.pk == membership.user_id
     if not leaving_self:
         _require_may_manage(caller=caller, organization=organization, role=membership.role)
-    owners = list(Membership.objects.select_for_update().filter(organization=organization, role=Role.OWNER).values_list("id", flat=True))
+    owners = list(
+        Membership.objects.select_for_update().filter(organization=organization, role=Role.OWNER).values_list("id", flat=True)
+    )
     if membership.role == Role.OWNER and owners == [membership.id]:
         raise Conflict("The last owner cannot leave or be removed; make someone else owner first.")
     record_audit_event(
@@ -311,7 +348,10 @@ def remove_member(*, caller: Caller, membership: Membership) -> None:
 def _check_scopes(scopes: list[str]) -> list[str]:
     valid = {choice.value for choice in Scope}
     if not scopes:
-        raise InvalidInput("Choose at least one scope.", errors=[{"field": "scopes", "message": "choose at least one of predict, read, write, admin"}])
+        raise InvalidInput(
+            "Choose at least one scope.",
+            errors=[{"field": "scopes", "message": "choose at least one of predict, read, write, admin"}],
+        )
     unknown = [scope for scope in scopes if scope not in valid]
     if unknown:
         raise InvalidInput(
@@ -333,7 +373,9 @@ def create_api_key(
     if Scope.ADMIN in scopes and rank < ROLE_RANK[Role.ADMIN]:
         raise PermissionDenied("Only admins and owners can create keys with the admin scope.")
     if expires_at is not None and expires_at <= timezone.now():
-        raise InvalidInput("expires_at must be in the future.", errors=[{"field": "expires_at", "message": "must be in the future"}])
+        raise InvalidInput(
+            "expires_at must be in the future.", errors=[{"field": "expires_at", "message": "must be in the future"}]
+        )
     name = name.strip()
     if not name:
         raise InvalidInput("The key needs a name.", errors=[{"field": "name", "message": "required"}])
@@ -347,7 +389,13 @@ def create_api_key(
         expires_at=expires_at,
         created_by=caller.person,
     )
-    record_audit_event(organization=organization, caller=caller, action="api_key.created", target=key, data={"name": name, "prefix": prefix, "scopes": scopes, "expires_at": expires_at.isoformat() if expires_at else None})
+    record_audit_event(
+        organization=organization,
+        caller=caller,
+        action="api_key.created",
+        target=key,
+        data={"name": name, "prefix": prefix, "scopes": scopes, "expires_at": expires_at.isoformat() if expires_at else None},
+    )
     return key, plaintext
 
 
@@ -363,7 +411,13 @@ def revoke_api_key(*, caller: Caller, key: ApiKey) -> ApiKey:
         raise Conflict(f"The key mh_{key.prefix}_… was already revoked.")
     key.revoked_at = timezone.now()
     key.save(update_fields=["revoked_at"])
-    record_audit_event(organization=organization, caller=caller, action="api_key.revoked", target=key, data={"name": key.name, "prefix": key.prefix})
+    record_audit_event(
+        organization=organization,
+        caller=caller,
+        action="api_key.revoked",
+        target=key,
+        data={"name": key.name, "prefix": key.prefix},
+    )
     # Forget now and again after commit, so no request in between re-caches the live key.
     forget_cached_keys()
     transaction.on_commit(forget_cached_keys)

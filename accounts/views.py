@@ -4,6 +4,7 @@ Thin views: they parse a form, call one service or selector, and render. The pag
 at the top (`render_page`, `organization_or_404`, `confirmation_page`, `show_errors`) are
 shared by the registry and inference pages too.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, time
@@ -26,9 +27,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from accounts import selectors, services
-from accounts.models import ROLE_RANK, Organization, Role, Scope
 from accounts.api import registration_links, registration_sent_message
 from accounts.authentication import sign_in_lockout_message
+from accounts.models import ROLE_RANK, Organization, Role, Scope
 from accounts.principals import Caller
 from platform_site.errors import ModelhostError, NotFound
 from platform_site.errors import PermissionDenied as ModelhostPermissionDenied
@@ -69,7 +70,9 @@ def render_page(request: HttpRequest, template: str, context: dict[str, Any] | N
     return render(request, template, context, status=status)
 
 
-def show_errors(form: forms.Form, exc: ModelhostError, *, field_map: dict[str, str] | None = None, default_field: str | None = None) -> None:
+def show_errors(
+    form: forms.Form, exc: ModelhostError, *, field_map: dict[str, str] | None = None, default_field: str | None = None
+) -> None:
     """Put a service's errors next to the form's fields; the rest go on top of the form, or,
     when the errors name only things outside the form (a file's columns), next to `default_field`."""
     items = exc.errors or [{"message": exc.detail}]
@@ -101,7 +104,12 @@ def confirmation_page(
 
     The page re-posts the same fields with `confirmed=yes`; nothing has changed yet.
     """
-    fields = [(name, value) for name, values in request.POST.lists() if name not in ("csrfmiddlewaretoken", "confirmed", "reason") for value in values]
+    fields = [
+        (name, value)
+        for name, values in request.POST.lists()
+        if name not in ("csrfmiddlewaretoken", "confirmed", "reason")
+        for value in values
+    ]
     return render_page(
         request,
         "confirm.html",
@@ -129,7 +137,9 @@ class SignupForm(forms.Form):
     email = forms.EmailField(widget=forms.EmailInput(attrs={"autocomplete": "email"}))
     name = forms.CharField(required=False, max_length=150, widget=forms.TextInput(attrs={"autocomplete": "name"}))
     organization = forms.CharField(required=False, max_length=150, help_text="Your first organization; you can add more later.")
-    password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}), help_text="At least 10 characters, not too common.")
+    password = forms.CharField(
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}), help_text="At least 10 characters, not too common."
+    )
 
 
 class OrganizationForm(forms.Form):
@@ -158,9 +168,14 @@ SCOPE_HELP = "predict: call models; read: see models; write: upload and promote;
 
 class ApiKeyForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What uses it, e.g. “checkout service”.")
-    scopes = forms.MultipleChoiceField(choices=Scope.choices, widget=forms.CheckboxSelectMultiple, initial=[Scope.PREDICT], help_text=SCOPE_HELP)
+    scopes = forms.MultipleChoiceField(
+        choices=Scope.choices, widget=forms.CheckboxSelectMultiple, initial=[Scope.PREDICT], help_text=SCOPE_HELP
+    )
     expires_on = forms.DateField(
-        required=False, label="Expires on", widget=forms.DateInput(attrs={"type": "date"}), help_text="Optional; the key stops working at the start of this day (UTC)."
+        required=False,
+        label="Expires on",
+        widget=forms.DateInput(attrs={"type": "date"}),
+        help_text="Optional; the key stops working at the start of this day (UTC).",
     )
 
 
@@ -195,7 +210,9 @@ def signup_confirm(request: HttpRequest, token: str) -> HttpResponse:
             return render_page(request, "accounts/signup_confirm.html", {"error": exc.detail}, status=exc.status)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         request.session[CURRENT_ORG_SESSION_KEY] = organization.slug
-        messages.success(request, f"Welcome! Your organization {organization.name} is ready: create a model to upload your first version.")
+        messages.success(
+            request, f"Welcome! Your organization {organization.name} is ready: create a model to upload your first version."
+        )
         return redirect("org-home", org=organization.slug)
     return render_page(request, "accounts/signup_confirm.html", {})
 
@@ -268,7 +285,12 @@ def organization_settings(request: HttpRequest, org: str) -> HttpResponse:
         else:
             messages.success(request, "The organization is renamed.")
             return redirect("org-settings", org=organization.slug)
-    return render_page(request, "accounts/org_settings.html", {"organization": organization, "form": form, "tab": "settings"}, status=400 if form.errors else 200)
+    return render_page(
+        request,
+        "accounts/org_settings.html",
+        {"organization": organization, "form": form, "tab": "settings"},
+        status=400 if form.errors else 200,
+    )
 
 
 # ---------------------------------------------------------------------------- members
@@ -438,7 +460,8 @@ def api_key_revoke(request: HttpRequest, org: str, key_id: int) -> HttpResponse:
         return confirmation_page(
             request,
             title="Revoke API key",
-            message=f"Revoke “{key.name}” (mh_{key.prefix}_…)? Programs using it stop working within {int(settings.API_KEY_CACHE_SECONDS)} seconds. This cannot be undone.",
+            message=f"Revoke “{key.name}” (mh_{key.prefix}_…)? Programs using it stop working within "
+            f"{int(settings.API_KEY_CACHE_SECONDS)} seconds. This cannot be undone.",
             confirm_label="Revoke key",
             cancel_url=reverse("org-api-keys", args=[organization.slug]),
         )

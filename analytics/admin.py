@@ -1,4 +1,5 @@
 """The operators' console: a platform dashboard drawn from the rollups, and the analytics tables."""
+
 from __future__ import annotations
 
 from django import forms
@@ -35,7 +36,11 @@ class PlatformDashboardAdmin(ReadOnlyAdmin):
 
     def get_urls(self):
         return [
-            path("run-drift-report/", self.admin_site.admin_view(self.run_drift_report_view), name="analytics_platformdashboard_run_drift"),
+            path(
+                "run-drift-report/",
+                self.admin_site.admin_view(self.run_drift_report_view),
+                name="analytics_platformdashboard_run_drift",
+            ),
             *super().get_urls(),
         ]
 
@@ -50,18 +55,32 @@ class PlatformDashboardAdmin(ReadOnlyAdmin):
             "opts": self.model._meta,
             "overview": overview,
             "charts": {
-                "requests_daily": charts.line_chart([(b["start"], b["requests"]) for b in daily], title=f"Requests per day, last {overview['days']} days"),
-                "requests_hourly": charts.line_chart(
-                    [(b["start"], b["requests"]) for b in hourly], title=f"Requests per hour, last {overview['hours']} hours", time_format="%d %H:00"
+                "requests_daily": charts.line_chart(
+                    [(b["start"], b["requests"]) for b in daily], title=f"Requests per day, last {overview['days']} days"
                 ),
-                "errors": charts.line_chart([(b["start"], b["error_rate"]) for b in daily], title="Error rate per day", unit="%", color="#b91c1c"),
-                "latency": charts.line_chart([(b["start"], b["latency_ms"]["p95"]) for b in daily], title="Latency p95 per day", unit="ms", color="#7c3aed"),
-                "cache": charts.line_chart([(b["start"], b["cache_hit_rate"]) for b in daily], title="Cache hit rate per day", unit="%", color="#0f766e"),
+                "requests_hourly": charts.line_chart(
+                    [(b["start"], b["requests"]) for b in hourly],
+                    title=f"Requests per hour, last {overview['hours']} hours",
+                    time_format="%d %H:00",
+                ),
+                "errors": charts.line_chart(
+                    [(b["start"], b["error_rate"]) for b in daily], title="Error rate per day", unit="%", color="#b91c1c"
+                ),
+                "latency": charts.line_chart(
+                    [(b["start"], b["latency_ms"]["p95"]) for b in daily], title="Latency p95 per day", unit="ms", color="#7c3aed"
+                ),
+                "cache": charts.line_chart(
+                    [(b["start"], b["cache_hit_rate"]) for b in daily], title="Cache hit rate per day", unit="%", color="#0f766e"
+                ),
                 "top_organizations": charts.bar_chart(
-                    [(row["organization__slug"], row["requests"]) for row in overview["top_organizations"]], title="Top organizations by requests"
+                    [(row["organization__slug"], row["requests"]) for row in overview["top_organizations"]],
+                    title="Top organizations by requests",
                 ),
                 "top_models": charts.bar_chart(
-                    [(f"{row['registered_model__organization__slug']}/{row['registered_model__name']}", row["requests"]) for row in overview["top_models"]],
+                    [
+                        (f"{row['registered_model__organization__slug']}/{row['registered_model__name']}", row["requests"])
+                        for row in overview["top_models"]
+                    ],
                     title="Top models by requests",
                 ),
             },
@@ -76,7 +95,9 @@ class PlatformDashboardAdmin(ReadOnlyAdmin):
         if request.method != "POST" or not self.has_view_permission(request):
             return HttpResponseRedirect(back)
         try:
-            version = ModelVersion.objects.select_related("registered_model__organization").get(pk=int(request.POST.get("version_id", "")))
+            version = ModelVersion.objects.select_related("registered_model__organization").get(
+                pk=int(request.POST.get("version_id", ""))
+            )
             hours = int(request.POST.get("window_hours") or drift_services.default_window_hours())
             report = drift_services.request_report(
                 caller=Caller(user=request.user),
@@ -97,14 +118,42 @@ class PlatformDashboardAdmin(ReadOnlyAdmin):
 
 @admin.register(DriftReport)
 class DriftReportAdmin(ReadOnlyAdmin):
-    list_display = ["id", "registered_model", "version", "trigger", "status", "window_start", "window_end", "is_drift", "share_drifted", "current_rows", "created_at"]
+    list_display = [
+        "id",
+        "registered_model",
+        "version",
+        "trigger",
+        "status",
+        "window_start",
+        "window_end",
+        "is_drift",
+        "share_drifted",
+        "current_rows",
+        "created_at",
+    ]
     list_filter = ["status", "is_drift", "trigger", "created_at"]
     search_fields = ["registered_model__name", "organization__slug"]
     list_select_related = ["registered_model__organization", "version__registered_model__organization"]
     readonly_fields = ["feature_table"]
     actions = ["run_again"]
     fieldsets = [
-        (None, {"fields": ["organization", "registered_model", "version", "trigger", "status", "error", "window_start", "window_end", "is_drift", "created_at"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "organization",
+                    "registered_model",
+                    "version",
+                    "trigger",
+                    "status",
+                    "error",
+                    "window_start",
+                    "window_end",
+                    "is_drift",
+                    "created_at",
+                ]
+            },
+        ),
         ("Per feature", {"fields": ["feature_table"]}),
         ("Alert", {"fields": ["alerted_at", "webhook_delivered_at", "webhook_attempts", "webhook_error"]}),
     ]
@@ -112,25 +161,43 @@ class DriftReportAdmin(ReadOnlyAdmin):
     @admin.display(description="Features")
     def feature_table(self, report: DriftReport):
         if report.status != DriftReport.Status.DONE:
-            return format_html("<p><strong>{}</strong> {}</p>", report.get_status_display(), report.error or "(computed by the worker)")
+            return format_html(
+                "<p><strong>{}</strong> {}</p>", report.get_status_display(), report.error or "(computed by the worker)"
+            )
         rows = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
-                    f["name"], f["type"], f["test"] or "-", _number(f["statistic"]), _number(f["p_value"]), _number(f["threshold"]),
-                    "yes" if f["drifted"] else "no", f"{_number(f['psi'])} ({f['psi_band'] or '-'})",
+                    f["name"],
+                    f["type"],
+                    f["test"] or "-",
+                    _number(f["statistic"]),
+                    _number(f["p_value"]),
+                    _number(f["threshold"]),
+                    "yes" if f["drifted"] else "no",
+                    f"{_number(f['psi'])} ({f['psi_band'] or '-'})",
                 )
                 for f in [*report.features, *([report.prediction] if report.prediction.get("name") else [])]
             ),
         )
         verdict = "drift" if report.is_drift else "no drift"
         return format_html(
-            "<p><strong>{}</strong>: {} of {} features drifted (share {}; threshold {}). Window {} to {}, {} rows; reference {} ({} rows).</p>"
+            "<p><strong>{}</strong>: {} of {} features drifted (share {}; threshold {}). Window {} to {}, {} rows; "
+            "reference {} ({} rows).</p>"
             "<table><thead><tr><th>feature</th><th>type</th><th>test</th><th>statistic</th><th>p-value</th><th>threshold</th>"
             "<th>drifted</th><th>PSI</th></tr></thead><tbody>{}</tbody></table>",
-            verdict, report.drifted_features, report.n_features, _number(report.share_drifted), report.drift_share_threshold,
-            report.window_start, report.window_end, report.current_rows, report.get_reference_source_display(), report.reference_rows, rows,
+            verdict,
+            report.drifted_features,
+            report.n_features,
+            _number(report.share_drifted),
+            report.drift_share_threshold,
+            report.window_start,
+            report.window_end,
+            report.current_rows,
+            report.get_reference_source_display(),
+            report.reference_rows,
+            rows,
         )
 
     @admin.action(description="Run again now, same window length")
@@ -159,7 +226,19 @@ def _number(value) -> str:
 
 @admin.register(UsageRollup)
 class UsageRollupAdmin(ReadOnlyAdmin):
-    list_display = ["bucket_start", "granularity", "registered_model", "version", "variant", "api_key_id", "requests", "errors", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms"]
+    list_display = [
+        "bucket_start",
+        "granularity",
+        "registered_model",
+        "version",
+        "variant",
+        "api_key_id",
+        "requests",
+        "errors",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "latency_p99_ms",
+    ]
     list_filter = ["granularity", "bucket_start"]
     search_fields = ["registered_model__name", "organization__slug"]
     list_select_related = ["registered_model__organization", "version__registered_model__organization"]

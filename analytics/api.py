@@ -1,4 +1,5 @@
 """REST API for analytics: usage, live quality, drift reports, replays, experiment results, alert settings."""
+
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
@@ -29,8 +30,8 @@ from inference.experiments.selectors import experiment_for_caller
 from inference.mirrors import selectors as mirror_selectors
 from inference.mirrors import services as mirror_services
 from platform_site.errors import InvalidInput, NotFound
-from platform_site.serializers import StrictSerializer
 from platform_site.pagination import paginated
+from platform_site.serializers import StrictSerializer
 from registry import selectors as registry_selectors
 from registry.api import resolve_model
 
@@ -52,7 +53,9 @@ def _instant(request, name: str) -> datetime | None:
     except ValueError:  # well formed but impossible, like month 13
         moment = None
     if moment is None:
-        raise InvalidInput(f"{name}={raw!r} is not an ISO 8601 date or date-time.", errors=[{"field": name, "message": "expected ISO 8601"}])
+        raise InvalidInput(
+            f"{name}={raw!r} is not an ISO 8601 date or date-time.", errors=[{"field": name, "message": "expected ISO 8601"}]
+        )
     return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
 
 
@@ -62,7 +65,10 @@ def _range(request, *, default_span: timedelta, max_span: timedelta) -> tuple[da
     if start >= end:
         raise InvalidInput("start must be before end.", errors=[{"field": "start", "message": "must be before end"}])
     if end - start > max_span:
-        raise InvalidInput(f"The range is longer than {max_span.days} days; ask for less.", errors=[{"field": "start", "message": "range too long"}])
+        raise InvalidInput(
+            f"The range is longer than {max_span.days} days; ask for less.",
+            errors=[{"field": "start", "message": "range too long"}],
+        )
     return start, end
 
 
@@ -86,7 +92,10 @@ class UsageApi(APIView):
         _, registered = resolve_model(request, org, model)
         granularity = request.query_params.get("granularity") or Granularity.HOUR
         if granularity not in Granularity.values:
-            raise InvalidInput(f"granularity={granularity!r}; choose hour or day.", errors=[{"field": "granularity", "message": "choose hour or day"}])
+            raise InvalidInput(
+                f"granularity={granularity!r}; choose hour or day.",
+                errors=[{"field": "granularity", "message": "choose hour or day"}],
+            )
         step = timedelta(hours=1) if granularity == Granularity.HOUR else timedelta(days=1)
         start, end = _range(request, default_span=DEFAULT_SPAN[granularity], max_span=step * MAX_BUCKETS[granularity])
         start = hour_floor(start) if granularity == Granularity.HOUR else day_floor(start)
@@ -191,7 +200,9 @@ class DriftReportListApi(APIView):
             trigger=DriftReport.Trigger.API,
         )
         return Response(
-            DriftReportOutputSerializer(report).data, status=status.HTTP_202_ACCEPTED, headers={"Location": f"/api/v1/drift-reports/{report.pk}"}
+            DriftReportOutputSerializer(report).data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": f"/api/v1/drift-reports/{report.pk}"},
         )
 
 
@@ -241,8 +252,12 @@ def _replay_location(replay: Replay) -> str:
 
 class ReplayListApi(APIView):
     class InputSerializer(StrictSerializer):
-        rows = serializers.IntegerField(min_value=1, required=False, help_text="Production's newest rows to replay (default ANALYTICS_REPLAY_DEFAULT_ROWS).")
-        window_hours = serializers.IntegerField(min_value=1, max_value=MAX_WINDOW_HOURS, required=False, help_text="Only rows served in the last this many hours.")
+        rows = serializers.IntegerField(
+            min_value=1, required=False, help_text="Production's newest rows to replay (default ANALYTICS_REPLAY_DEFAULT_ROWS)."
+        )
+        window_hours = serializers.IntegerField(
+            min_value=1, max_value=MAX_WINDOW_HOURS, required=False, help_text="Only rows served in the last this many hours."
+        )
 
     @extend_schema(responses={200: ReplaySummarySerializer(many=True)})
     def get(self, request, org: str, model: str, number: int):
@@ -269,7 +284,9 @@ class ReplayListApi(APIView):
             rows=data.validated_data.get("rows"),
             window_hours=data.validated_data.get("window_hours"),
         )
-        return Response(ReplayOutputSerializer(replay).data, status=status.HTTP_202_ACCEPTED, headers={"Location": _replay_location(replay)})
+        return Response(
+            ReplayOutputSerializer(replay).data, status=status.HTTP_202_ACCEPTED, headers={"Location": _replay_location(replay)}
+        )
 
 
 class ModelReplayListApi(APIView):
@@ -284,7 +301,9 @@ class ReplayDetailApi(APIView):
     def get(self, request, org: str, model: str, number: int, replay_id: int):
         _, registered = resolve_model(request, org, model)
         version = registry_selectors.version_of(model=registered, number=number)
-        return Response(ReplayOutputSerializer(replay_selectors.replay_of(model=registered, version=version, replay_id=replay_id)).data)
+        return Response(
+            ReplayOutputSerializer(replay_selectors.replay_of(model=registered, version=version, replay_id=replay_id)).data
+        )
 
 
 class MirrorOutputSerializer(serializers.Serializer):
@@ -338,16 +357,25 @@ class MirrorOutputSerializer(serializers.Serializer):
 
 class MirrorApi(APIView):
     class InputSerializer(StrictSerializer):
-        version = serializers.IntegerField(min_value=1, help_text="The candidate: the version that predicts the mirrored requests.")
+        version = serializers.IntegerField(
+            min_value=1, help_text="The candidate: the version that predicts the mirrored requests."
+        )
         fraction = serializers.FloatField(help_text="Share of production's requests mirrored: above 0, at most 0.5.")
-        max_rows_per_hour = serializers.IntegerField(required=False, help_text="Rows the candidate predicts in any hour (default MIRROR_DEFAULT_ROWS_PER_HOUR).")
+        max_rows_per_hour = serializers.IntegerField(
+            required=False, help_text="Rows the candidate predicts in any hour (default MIRROR_DEFAULT_ROWS_PER_HOUR)."
+        )
 
-    @extend_schema(responses={200: MirrorOutputSerializer}, description="The running mirror, or the newest stopped one, with its report; 404 when the model never had one.")
+    @extend_schema(
+        responses={200: MirrorOutputSerializer},
+        description="The running mirror, or the newest stopped one, with its report; 404 when the model never had one.",
+    )
     def get(self, request, org: str, model: str):
         _, registered = resolve_model(request, org, model)
         mirror = mirror_selectors.current_mirror(model=registered)
         if mirror is None:
-            raise NotFound(f"{registered.full_name} has no mirror; start one with POST /api/v1/models/{registered.full_name}/mirror.")
+            raise NotFound(
+                f"{registered.full_name} has no mirror; start one with POST /api/v1/models/{registered.full_name}/mirror."
+            )
         return Response(MirrorOutputSerializer(mirror).data)
 
     @extend_schema(
@@ -355,7 +383,8 @@ class MirrorApi(APIView):
         responses={201: MirrorOutputSerializer},
         description="Start mirroring: `fraction` of production's requests (drawn on the hot path, nothing else done there) are "
         "predicted again by `version` on the worker after their answer has left, within `max_rows_per_hour`, and compared with "
-        "production's recorded answers; GET shows the report as it accumulates. Owners and admins only; one mirror per model (409).",
+        "production's recorded answers; GET shows the report as it accumulates. Owners and admins only; "
+        "one mirror per model (409).",
     )
     def post(self, request, org: str, model: str):
         caller, registered = resolve_model(request, org, model, min_role=Role.ADMIN)
@@ -368,11 +397,19 @@ class MirrorApi(APIView):
             fraction=data.validated_data["fraction"],
             max_rows_per_hour=data.validated_data.get("max_rows_per_hour"),
         )
-        return Response(MirrorOutputSerializer(mirror).data, status=status.HTTP_201_CREATED, headers={"Location": f"/api/v1/models/{registered.full_name}/mirror"})
+        return Response(
+            MirrorOutputSerializer(mirror).data,
+            status=status.HTTP_201_CREATED,
+            headers={"Location": f"/api/v1/models/{registered.full_name}/mirror"},
+        )
 
 
 class MirrorStopApi(APIView):
-    @extend_schema(request=None, responses={200: MirrorOutputSerializer}, description="Stop the running mirror (409 when none runs); its report stays.")
+    @extend_schema(
+        request=None,
+        responses={200: MirrorOutputSerializer},
+        description="Stop the running mirror (409 when none runs); its report stays.",
+    )
     def post(self, request, org: str, model: str):
         caller, registered = resolve_model(request, org, model, min_role=Role.ADMIN)
         mirror = mirror_services.stop_mirror(caller=caller, model=registered)

@@ -4,6 +4,7 @@ JavaScript, no CDN.
 Hand-written because two chart shapes (time series and horizontal bars) are all the pages
 draw, and a vendored chart library would be larger than this module.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,7 +64,9 @@ def line_chart(
     time_format: str = "%m-%d",
 ) -> SafeString:
     """A time series: one polyline (gaps where a value is None), y from 0, three x labels."""
-    return lines_chart([Series(title, points, color)], title=title, unit=unit, width=width, height=height, time_format=time_format)
+    return lines_chart(
+        [Series(title, points, color)], title=title, unit=unit, width=width, height=height, time_format=time_format
+    )
 
 
 def lines_chart(
@@ -90,7 +93,8 @@ def lines_chart(
     values = [v for line in series for _, v in line.points if v is not None]
     ceiling = y_max or (_nice_ceiling(max(values)) if values else 1.0)
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(title)}">',
         f"<title>{escape(title)}</title>",
     ]
     if description:
@@ -106,7 +110,9 @@ def lines_chart(
     for i in range(5):
         y = top + plot_h - plot_h * i / 4
         parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" {FONT}>{escape(_format(ceiling * i / 4, unit))}</text>')
+        parts.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" {FONT}>{escape(_format(ceiling * i / 4, unit))}</text>'
+        )
     instants = [moment for moment, _ in series[0].points] if series else []
     if not instants:
         parts.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" text-anchor="middle" {FONT}>no data</text></svg>')
@@ -133,19 +139,25 @@ def lines_chart(
                 parts.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{line.color}"/>')
     for i in sorted({0, n // 2, n - 1}):
         anchor = "end" if i == n - 1 and n > 1 else "middle"  # the last label ends at the plot's edge, not past it
-        parts.append(f'<text x="{x_of(i):.1f}" y="{height - 8}" text-anchor="{anchor}" {FONT}>{escape(instants[i].strftime(time_format))}</text>')
+        parts.append(
+            f'<text x="{x_of(i):.1f}" y="{height - 8}" text-anchor="{anchor}" '
+            f"{FONT}>{escape(instants[i].strftime(time_format))}</text>"
+        )
     parts.append("</svg>")
     return mark_safe("".join(parts))
 
 
-def bar_chart(items: Sequence[tuple[str, float]], *, title: str, unit: str = "", color: str = "#0f766e", width: int = 640) -> SafeString:
+def bar_chart(
+    items: Sequence[tuple[str, float]], *, title: str, unit: str = "", color: str = "#0f766e", width: int = 640
+) -> SafeString:
     """Horizontal bars, largest first as given, each labelled with its value."""
     row, left, top = 22, 160, 24
     height = top + row * max(len(items), 1) + 8
     ceiling = max((value for _, value in items), default=0) or 1
     plot_w = width - left - 70
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(title)}">',
         f'<text x="0" y="14" {FONT} font-weight="600">{escape(title)}</text>',
     ]
     if not items:
@@ -175,7 +187,8 @@ TENANT_FONT = 'font-family="system-ui, sans-serif" font-size="12" fill="#1f2937"
 
 def _svg_open(*, width: int, height: int, title: str, description: str) -> list[str]:
     return [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{escape(title)}" class="chart">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(title)}" class="chart">',
         f"<title>{escape(title)}</title><desc>{escape(description)}</desc>",
         f'<text x="0" y="14" {TENANT_FONT} font-weight="600">{escape(title)}</text>',
     ]
@@ -203,13 +216,16 @@ def flagged_bar_chart(
     parts = _svg_open(width=width, height=height, title=title, description=description)
     parts.append(
         '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
-        f'<rect width="6" height="6" fill="{ALERT}"/><line x1="0" y1="0" x2="0" y2="6" stroke="#fff" stroke-width="2"/></pattern></defs>'
+        f'<rect width="6" height="6" fill="{ALERT}"/><line x1="0" y1="0" x2="0" y2="6" stroke="#fff" '
+        'stroke-width="2"/></pattern></defs>'
     )
     for index, (value, name) in enumerate(marks):
         # One label line per mark, the first nearest the bars: close marks do not overlap.
         x = left + plot_w * value / ceiling
         label_y = top - 6 - 13 * index
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{label_y + 2}" y2="{height - 6}" stroke="{DARK}" stroke-dasharray="3 3"/>')
+        parts.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{label_y + 2}" y2="{height - 6}" stroke="{DARK}" stroke-dasharray="3 3"/>'
+        )
         parts.append(f'<text x="{x + 3:.1f}" y="{label_y}" {TENANT_FONT}>{escape(name)} {escape(_format(value, ""))}</text>')
     if not items:
         parts.append(f'<text x="{left}" y="{top + 14}" {TENANT_FONT}>no data</text>')
@@ -221,7 +237,10 @@ def flagged_bar_chart(
             continue
         bar = plot_w * min(value / ceiling, 1.0)
         fill = "url(#hatch)" if flagged else ACCENT
-        parts.append(f'<rect x="{left}" y="{y + 4}" width="{max(bar, 1):.1f}" height="{row - 8}" fill="{fill}" stroke="{ALERT if flagged else ACCENT}" rx="2"/>')
+        parts.append(
+            f'<rect x="{left}" y="{y + 4}" width="{max(bar, 1):.1f}" height="{row - 8}" fill="{fill}" '
+            f'stroke="{ALERT if flagged else ACCENT}" rx="2"/>'
+        )
         shown = f"{value:.3g}" + (f" · {flag_text}" if flagged else "")
         weight = ' font-weight="700"' if flagged else ""
         parts.append(f'<text x="{left + bar + 6:.1f}" y="{y + 15}" {TENANT_FONT}{weight}>{escape(shown)}</text>')
@@ -251,7 +270,9 @@ def paired_bar_chart(
         for j, (value, fill, stroke) in enumerate(((first, REFERENCE_FILL, DARK), (second, ACCENT, ACCENT))):
             bar = plot_w * min(value / ceiling, 1.0)
             yy = y + 3 + j * 14
-            parts.append(f'<rect x="{left}" y="{yy}" width="{bar:.1f}" height="12" fill="{fill}" stroke="{stroke}" stroke-width="0.8"/>')
+            parts.append(
+                f'<rect x="{left}" y="{yy}" width="{bar:.1f}" height="12" fill="{fill}" stroke="{stroke}" stroke-width="0.8"/>'
+            )
             parts.append(f'<text x="{left + bar + 4:.1f}" y="{yy + 10}" {TENANT_FONT}>{escape(_format(value, "%"))}</text>')
     parts.append("</svg>")
     return mark_safe("".join(parts))
@@ -287,7 +308,10 @@ def interval_chart(
     for i in range(5):
         tick = lo + (hi - lo) * i / 4
         parts.append(f'<line x1="{x_of(tick):.1f}" x2="{x_of(tick):.1f}" y1="{top}" y2="{axis_y - 4}" stroke="#e5e7eb"/>')
-        parts.append(f'<text x="{x_of(tick):.1f}" y="{axis_y + 10}" text-anchor="middle" {TENANT_FONT}>{escape(_format(tick, unit))}</text>')
+        parts.append(
+            f'<text x="{x_of(tick):.1f}" y="{axis_y + 10}" text-anchor="middle" '
+            f"{TENANT_FONT}>{escape(_format(tick, unit))}</text>"
+        )
     for i, (label, value, low, high, highlighted) in enumerate(rows):
         y = top + i * row
         parts.append(f'<text x="{left - 6}" y="{y + 18}" text-anchor="end" {TENANT_FONT}>{_label(label)}</text>')
@@ -302,6 +326,9 @@ def interval_chart(
             parts.append(f'<line x1="{a:.1f}" x2="{b:.1f}" y1="{y + 14}" y2="{y + 14}" stroke="{DARK}" stroke-width="2"/>')
             for cap in (a, b):
                 parts.append(f'<line x1="{cap:.1f}" x2="{cap:.1f}" y1="{y + 8}" y2="{y + 20}" stroke="{DARK}" stroke-width="2"/>')
-        parts.append(f'<text x="{max(end, x_of(high) if high is not None else end) + 6:.1f}" y="{y + 18}" {TENANT_FONT}>{escape(_format(value, unit))}</text>')
+        parts.append(
+            f'<text x="{max(end, x_of(high) if high is not None else end) + 6:.1f}" y="{y + 18}" '
+            f"{TENANT_FONT}>{escape(_format(value, unit))}</text>"
+        )
     parts.append("</svg>")
     return mark_safe("".join(parts))

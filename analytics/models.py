@@ -4,6 +4,7 @@ Rollups are the history: prediction records are pruned after a retention window,
 stay. Every rollup row is keyed so that recomputing it (a late record, a retried task)
 overwrites the same row instead of adding one.
 """
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -12,6 +13,7 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from registry.models import ModelVersion, RegisteredModel
+
 
 class Granularity(models.TextChoices):
     HOUR = "hour", "Hour"
@@ -187,12 +189,16 @@ class DriftReport(models.Model):
         constraints = [
             # One report computed at a time per model: a member looping on "run now" queues one.
             models.UniqueConstraint(
-                fields=["registered_model"], condition=models.Q(status__in=["pending", "running"]), name="one_unfinished_drift_report_per_model"
+                fields=["registered_model"],
+                condition=models.Q(status__in=["pending", "running"]),
+                name="one_unfinished_drift_report_per_model",
             ),
             # The beat schedule may fire twice for one window; the report is stored once.
             models.UniqueConstraint(
-                fields=["version", "window_start", "window_end"], condition=models.Q(trigger="schedule"), name="one_scheduled_drift_report_per_window"
-            )
+                fields=["version", "window_start", "window_end"],
+                condition=models.Q(trigger="schedule"),
+                name="one_scheduled_drift_report_per_window",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -271,7 +277,9 @@ class Replay(models.Model):
         constraints = [
             # Replays cost runner time: one computed at a time per model.
             models.UniqueConstraint(
-                fields=["registered_model"], condition=models.Q(status__in=["pending", "running"]), name="one_unfinished_replay_per_model"
+                fields=["registered_model"],
+                condition=models.Q(status__in=["pending", "running"]),
+                name="one_unfinished_replay_per_model",
             ),
         ]
 

@@ -1,4 +1,5 @@
 """Celery tasks for analytics: one-line wrappers around services, passing ids (queue `analytics`)."""
+
 from __future__ import annotations
 
 from datetime import datetime

@@ -9,7 +9,11 @@ urlpatterns = [
     path("drift-reports/<int:report_id>", api.DriftReportDetailApi.as_view(), name="api-drift-report"),
     path("models/<slug:org>/<slug:model>/replays", api.ModelReplayListApi.as_view(), name="api-model-replays"),
     path("models/<slug:org>/<slug:model>/versions/<int:number>/replays", api.ReplayListApi.as_view(), name="api-replays"),
-    path("models/<slug:org>/<slug:model>/versions/<int:number>/replays/<int:replay_id>", api.ReplayDetailApi.as_view(), name="api-replay"),
+    path(
+        "models/<slug:org>/<slug:model>/versions/<int:number>/replays/<int:replay_id>",
+        api.ReplayDetailApi.as_view(),
+        name="api-replay",
+    ),
     path("models/<slug:org>/<slug:model>/mirror", api.MirrorApi.as_view(), name="api-mirror"),
     path("models/<slug:org>/<slug:model>/mirror/stop", api.MirrorStopApi.as_view(), name="api-mirror-stop"),
     path("experiments/<int:experiment_id>/results", api.ExperimentResultsApi.as_view(), name="api-experiment-results"),

@@ -10,8 +10,10 @@ selectors, `create_experiment` / `stop_experiment` / `promote_winner`, and
 start, stop and promote experiments, and start replays. Charts are server-rendered SVG (analytics.charts), each
 with the same numbers in a table beside it.
 """
+
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 from django import forms
@@ -67,7 +69,10 @@ TEST_NAMES = {
 class DriftRunForm(forms.Form):
     version = forms.TypedChoiceField(coerce=int, empty_value=None, required=False, help_text="Empty: the production version.")
     window_hours = forms.IntegerField(
-        label="Window (hours)", min_value=1, max_value=MAX_WINDOW_HOURS, help_text="The inputs served in the last this many hours."
+        label="Window (hours)",
+        min_value=1,
+        max_value=MAX_WINDOW_HOURS,
+        help_text="The inputs served in the last this many hours.",
     )
 
     def __init__(self, *args, model: RegisteredModel, numbers: list[int], **kwargs):
@@ -84,10 +89,18 @@ class ExperimentForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="For you and the results, e.g. “v3 vs v2”.")
     metric = forms.ChoiceField(
         choices=Experiment.Metric.choices,
-        help_text="Accuracy for classifiers and outlier detectors; for regressors, the mean absolute or root mean squared error of the predictions against the true values sent as feedback.",
+        help_text=(
+            "Accuracy for classifiers and outlier detectors; for regressors, the mean absolute or root mean squared error "
+            "of "
+            "the predictions against the true values sent as feedback."
+        ),
     )
     min_samples = forms.IntegerField(
-        required=False, min_value=1, max_value=10_000_000, label="Feedback needed per variant", help_text="Before a difference can count as significant; default 100."
+        required=False,
+        min_value=1,
+        max_value=10_000_000,
+        label="Feedback needed per variant",
+        help_text="Before a difference can count as significant; default 100.",
     )
 
     def __init__(self, *args, numbers: list[int], production: int | None, **kwargs):
@@ -148,10 +161,10 @@ def _histogram_rows(histogram: dict) -> list[tuple[str, float, float]]:
         labels = histogram["categories"]
     elif "edges" in histogram:
         edges = histogram["edges"]
-        labels = [f"{low:.3g} to {high:.3g}" for low, high in zip(edges, edges[1:])]
+        labels = [f"{low:.3g} to {high:.3g}" for low, high in itertools.pairwise(edges)]
     else:
         return []
-    return list(zip(labels, histogram["reference"], histogram["current"]))
+    return list(zip(labels, histogram["reference"], histogram["current"], strict=True))
 
 
 def _feature_view(feature: dict) -> dict:
@@ -166,7 +179,8 @@ def _feature_view(feature: dict) -> dict:
             series=("Reference", "Current"),
             title=f"{feature['name']}: share of rows per {'bin' if binned else 'value'}",
             description=(
-                "Bins are the reference's deciles, so each reference bar is near 10%; a current bar far from it shows where the inputs moved."
+                "Bins are the reference's deciles, so each reference bar is near 10%; a current bar far from it shows "
+                "where the inputs moved."
                 if binned
                 else "Share of rows taking each value, in the reference and in the window."
             ),
@@ -194,9 +208,14 @@ def _variant_view(variant: dict, *, is_accuracy: bool) -> dict:
         **variant,
         "label": f"v{variant['version']}" + (" (control)" if variant["is_control"] else ""),
         "metric_text": _number(metric["value"], is_accuracy=is_accuracy) if has_feedback else "—",
-        "interval_text": f"{_number(metric['low'], is_accuracy=is_accuracy)} to {_number(metric['high'], is_accuracy=is_accuracy)}" if has_feedback else "",
+        "interval_text": (
+            f"{_number(metric['low'], is_accuracy=is_accuracy)} to {_number(metric['high'], is_accuracy=is_accuracy)}"
+        )
+        if has_feedback
+        else "",
         "error_rate_text": _percent(variant["error_rate"]),
-        "errors_text": f"{_number(variant['error_metrics']['mae'], is_accuracy=False)} / {_number(variant['error_metrics']['rmse'], is_accuracy=False)}"
+        "errors_text": f"{_number(variant['error_metrics']['mae'], is_accuracy=False)} / "
+        f"{_number(variant['error_metrics']['rmse'], is_accuracy=False)}"
         if variant["error_metrics"] and has_feedback
         else "—",
         "difference_text": "",
@@ -206,7 +225,10 @@ def _variant_view(variant: dict, *, is_accuracy: bool) -> dict:
         sign = "+" if difference["value"] >= 0 else ""
         view["difference_text"] = f"{sign}{_number(difference['value'], is_accuracy=is_accuracy)}"
         if difference["low"] is not None and difference["high"] is not None:
-            view["difference_text"] += f" ({_number(difference['low'], is_accuracy=is_accuracy)} to {_number(difference['high'], is_accuracy=is_accuracy)})"
+            view["difference_text"] += (
+                f" ({_number(difference['low'], is_accuracy=is_accuracy)} to "
+                f"{_number(difference['high'], is_accuracy=is_accuracy)})"
+            )
         view["p_value_text"] = "—" if difference["p_value"] is None else f"{difference['p_value']:.3g}"
     return view
 
@@ -218,7 +240,9 @@ def _numbers(model: RegisteredModel) -> list[int]:
     return list(registry_selectors.versions_of(model=model).values_list("number", flat=True))
 
 
-def _model_list_page(request: HttpRequest, model: RegisteredModel, form, *, items, template: str, model_tab: str, status: int = 200) -> HttpResponse:
+def _model_list_page(
+    request: HttpRequest, model: RegisteredModel, form, *, items, template: str, model_tab: str, status: int = 200
+) -> HttpResponse:
     """A model tab that pages through `items`, newest first, above the form that starts another."""
     page = Paginator(items, PAGE_SIZE).get_page(request.GET.get("page"))
     return render_page(
@@ -239,7 +263,9 @@ def _model_list_page(request: HttpRequest, model: RegisteredModel, form, *, item
 
 def _drift_list_page(request: HttpRequest, model: RegisteredModel, form: DriftRunForm, *, status: int = 200) -> HttpResponse:
     items = drift_selectors.reports_of(model=model)
-    return _model_list_page(request, model, form, items=items, template="analytics/drift_reports.html", model_tab="drift", status=status)
+    return _model_list_page(
+        request, model, form, items=items, template="analytics/drift_reports.html", model_tab="drift", status=status
+    )
 
 
 @login_required
@@ -263,7 +289,9 @@ def drift_reports(request: HttpRequest, org: str, model: str) -> HttpResponse:
                 show_errors(form, exc)
                 return _drift_list_page(request, registered, form, status=exc.status)
             else:
-                messages.success(request, f"Drift report #{report.id} is queued; this page shows its results when the worker is done.")
+                messages.success(
+                    request, f"Drift report #{report.id} is queued; this page shows its results when the worker is done."
+                )
                 return redirect("drift-report", org=org, model=model, report_id=report.id)
         return _drift_list_page(request, registered, form, status=400)
     return _drift_list_page(request, registered, form)
@@ -330,22 +358,33 @@ class ReplayForm(forms.Form):
         min_value=1, required=False, help_text="Production's newest recorded rows to replay; empty: the default."
     )
     window_hours = forms.IntegerField(
-        label="Window (hours)", min_value=1, max_value=MAX_WINDOW_HOURS, required=False, help_text="Only rows served in the last this many hours; empty: any time."
+        label="Window (hours)",
+        min_value=1,
+        max_value=MAX_WINDOW_HOURS,
+        required=False,
+        help_text="Only rows served in the last this many hours; empty: any time.",
     )
 
     def __init__(self, *args, model: RegisteredModel, numbers: list[int], **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["version"].choices = [(n, f"v{n}") for n in numbers if n != (model.production_version.number if model.production_version else None)]
+        self.fields["version"].choices = [
+            (n, f"v{n}") for n in numbers if n != (model.production_version.number if model.production_version else None)
+        ]
         self.fields["rows"].widget.attrs["placeholder"] = str(replay_services.default_rows())
 
 
 class MirrorForm(forms.Form):
     version = forms.TypedChoiceField(coerce=int, help_text="The candidate that predicts the mirrored requests.")
     percent = forms.FloatField(
-        label="Share of production's requests (%)", min_value=0.01, max_value=100 * mirror_services.MAX_FRACTION, initial=10,
+        label="Share of production's requests (%)",
+        min_value=0.01,
+        max_value=100 * mirror_services.MAX_FRACTION,
+        initial=10,
         help_text=f"Above 0, at most {100 * mirror_services.MAX_FRACTION:g} %.",
     )
-    max_rows_per_hour = forms.IntegerField(label="Rows per hour, at most", min_value=1, required=False, help_text="Empty: the default.")
+    max_rows_per_hour = forms.IntegerField(
+        label="Rows per hour, at most", min_value=1, required=False, help_text="Empty: the default."
+    )
 
     def __init__(self, *args, model: RegisteredModel, numbers: list[int], **kwargs):
         super().__init__(*args, **kwargs)
@@ -362,7 +401,12 @@ def _mirror_view(model: RegisteredModel) -> dict:
         return {"mirror": None}
     row = mirror_reports.report_of(mirror=mirror)
     report = row.report if row is not None and row.report else None
-    view = {"mirror": mirror, "mirror_row": row, "mirror_report": report, "mirror_is_current": mirror.baseline_version_id == model.production_version_id}
+    view = {
+        "mirror": mirror,
+        "mirror_row": row,
+        "mirror_report": report,
+        "mirror_is_current": mirror.baseline_version_id == model.production_version_id,
+    }
     if report:
         view["mirror_gate"] = gate_figures(report)
         view["mirror_agreement_percent"] = _percent(report["agreement"])
@@ -371,7 +415,9 @@ def _mirror_view(model: RegisteredModel) -> dict:
     return view
 
 
-def _replays_page(request: HttpRequest, model: RegisteredModel, form: ReplayForm, *, status: int = 200, mirror_form: MirrorForm | None = None) -> HttpResponse:
+def _replays_page(
+    request: HttpRequest, model: RegisteredModel, form: ReplayForm, *, status: int = 200, mirror_form: MirrorForm | None = None
+) -> HttpResponse:
     page = Paginator(replay_selectors.replays_of(model=model), PAGE_SIZE).get_page(request.GET.get("page"))
     return render_page(
         request,
@@ -410,10 +456,22 @@ def mirror_start(request: HttpRequest, org: str, model: str) -> HttpResponse:
             )
         except ModelhostError as exc:
             show_errors(form, exc, field_map={"fraction": "percent"})
-            return _replays_page(request, registered, ReplayForm(model=registered, numbers=_numbers(registered)), status=exc.status, mirror_form=form)
-        messages.success(request, f"Mirroring {mirror.fraction:.0%} of production's requests to version {mirror.version.number}; the report below fills as the worker compares them.")
+            return _replays_page(
+                request,
+                registered,
+                ReplayForm(model=registered, numbers=_numbers(registered)),
+                status=exc.status,
+                mirror_form=form,
+            )
+        messages.success(
+            request,
+            f"Mirroring {mirror.fraction:.0%} of production's requests to version {mirror.version.number}; "
+            "the report below fills as the worker compares them.",
+        )
         return redirect("replays", org=org, model=model)
-    return _replays_page(request, registered, ReplayForm(model=registered, numbers=_numbers(registered)), status=400, mirror_form=form)
+    return _replays_page(
+        request, registered, ReplayForm(model=registered, numbers=_numbers(registered)), status=400, mirror_form=form
+    )
 
 
 @login_required
@@ -461,7 +519,10 @@ def _confusion_view(confusion: dict) -> dict:
     total = sum(map(sum, counts)) or 1
     return {
         "labels": confusion["labels"],
-        "rows": [(label, [(count, i == j, f"{count / total:.0%}") for j, count in enumerate(row)]) for i, (label, row) in enumerate(zip(confusion["labels"], counts))],
+        "rows": [
+            (label, [(count, i == j, f"{count / total:.0%}") for j, count in enumerate(row)])
+            for i, (label, row) in enumerate(zip(confusion["labels"], counts, strict=True))
+        ],
     }
 
 
@@ -472,7 +533,10 @@ def _replay_charts(replay: Replay) -> dict:
     if latency["batches"]:
         production_ms, candidate_ms = latency["production"]["total_ms"], latency["candidate"]["total_ms"]
         charts_out["latency"] = charts.flagged_bar_chart(
-            [(f"v{replay.baseline_version.number} (production)", production_ms, False), (f"v{replay.version.number}", candidate_ms, candidate_ms > 1.2 * production_ms)],
+            [
+                (f"v{replay.baseline_version.number} (production)", production_ms, False),
+                (f"v{replay.version.number}", candidate_ms, candidate_ms > 1.2 * production_ms),
+            ],
             title="Time on the same rows (ms)",
             description=f"Both versions predicted the same {latency['rows']} rows in {latency['batches']} batches: "
             f"production {production_ms:.1f} ms, version {replay.version.number} {candidate_ms:.1f} ms.",
@@ -483,7 +547,10 @@ def _replay_charts(replay: Replay) -> dict:
         edges, counts = histogram["edges"], histogram["counts"]
         total = sum(counts) or 1
         charts_out["differences"] = charts.flagged_bar_chart(
-            [(f"{low:.3g} to {high:.3g}", count / total, False) for low, high, count in zip(edges, edges[1:], counts)],
+            [
+                (f"{low:.3g} to {high:.3g}", count / total, False)
+                for (low, high), count in zip(itertools.pairwise(edges), counts, strict=True)
+            ],
             title=f"Share of rows by difference (v{replay.version.number} minus production)",
             description="How far the candidate's answers are from production's, row by row.",
             flag_text="",
@@ -602,9 +669,22 @@ def experiment_detail(request: HttpRequest, org: str, model: str, experiment_id:
             "variants": variants,
             "confidence_percent": f"{results['confidence']:.0%}",
             "chart": charts.interval_chart(
-                [(v["label"], v["metric"]["value"] if v["feedback"] else None, v["metric"]["low"], v["metric"]["high"], v["version"] == results["leader"]) for v in variants],
+                [
+                    (
+                        v["label"],
+                        v["metric"]["value"] if v["feedback"] else None,
+                        v["metric"]["low"],
+                        v["metric"]["high"],
+                        v["version"] == results["leader"],
+                    )
+                    for v in variants
+                ],
                 title=f"{metric_name.capitalize()} per variant, with its {results['confidence']:.0%} interval",
-                description="; ".join(f"{v['label']}: {v['metric_text']}" + (f" ({v['interval_text']})" if v["interval_text"] else "") for v in variants) + ".",
+                description="; ".join(
+                    f"{v['label']}: {v['metric_text']}" + (f" ({v['interval_text']})" if v["interval_text"] else "")
+                    for v in variants
+                )
+                + ".",
                 unit="%" if is_accuracy else "",
                 bounds=(0.0, 1.0) if is_accuracy else None,
             ),
@@ -652,7 +732,8 @@ def experiment_promote(request: HttpRequest, org: str, model: str, experiment_id
         return confirmation_page(
             request,
             title="Promote this variant",
-            message=f"Stop “{experiment.name}” and put version {number} of {registered.full_name} into production, as a new release?",
+            message=f"Stop “{experiment.name}” and put version {number} of {registered.full_name} into production, as a new "
+            "release?",
             confirm_label="Promote",
             cancel_url=reverse("experiment-detail", args=[org, model, experiment.id]),
             with_reason=True,
@@ -688,7 +769,9 @@ CHART_SIZE = {"width": 480, "height": 220}
 class UsageRangeForm(forms.Form):
     range = forms.ChoiceField(choices=[(key, label) for key, (label, _, _) in RANGES.items()], required=False, label="Range")
     granularity = forms.ChoiceField(
-        choices=[("", "Default for the range"), (Granularity.HOUR, "Per hour"), (Granularity.DAY, "Per day")], required=False, label="Granularity"
+        choices=[("", "Default for the range"), (Granularity.HOUR, "Per hour"), (Granularity.DAY, "Per day")],
+        required=False,
+        label="Granularity",
     )
 
 
@@ -712,16 +795,27 @@ def _usage_charts(usage: dict, *, granularity: str, span: timedelta) -> dict[str
     scope = f"{len(timeline)} {per}s from {first} to {last} UTC"
     if totals:
         busiest = max(timeline, key=lambda bucket: bucket["requests"])
-        slowest = max((b for b in timeline if b["latency_ms"]["p99"] is not None), key=lambda b: b["latency_ms"]["p99"], default=None)
-        traffic = f"{scope}: {totals['requests']} requests and {totals['errors']} errors in all; the busiest {per}, {_when(busiest['start'], granularity)}, had {busiest['requests']}."
+        slowest = max(
+            (b for b in timeline if b["latency_ms"]["p99"] is not None), key=lambda b: b["latency_ms"]["p99"], default=None
+        )
+        traffic = (
+            f"{scope}: {totals['requests']} requests and {totals['errors']} errors in all; the busiest {per}, "
+            f"{_when(busiest['start'], granularity)}, had {busiest['requests']}."
+        )
         latency = (
             f"{scope}: over the whole range p50 {_ms(totals['latency_ms']['p50'])}, p95 {_ms(totals['latency_ms']['p95'])}, "
             f"p99 {_ms(totals['latency_ms']['p99'])}"
         )
         if slowest is not None:
-            latency += f"; the highest p99 of one {per} was {_ms(slowest['latency_ms']['p99'])}, at {_when(slowest['start'], granularity)}"
+            latency += (
+                f"; the highest p99 of one {per} was {_ms(slowest['latency_ms']['p99'])}, at "
+                f"{_when(slowest['start'], granularity)}"
+            )
         latency += "."
-        cache = f"{scope}: {totals['cache_hits']} of {totals['requests']} requests answered from the cache ({totals['cache_hit_rate']:.0%})."
+        cache = (
+            f"{scope}: {totals['cache_hits']} of {totals['requests']} requests answered from the cache "
+            f"({totals['cache_hit_rate']:.0%})."
+        )
     else:
         traffic = latency = cache = f"{scope}: no requests."
 

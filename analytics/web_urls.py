@@ -13,5 +13,9 @@ urlpatterns = [
     path("models/<slug:org>/<slug:model>/experiments/", views.experiments, name="experiments"),
     path("models/<slug:org>/<slug:model>/experiments/<int:experiment_id>/", views.experiment_detail, name="experiment-detail"),
     path("models/<slug:org>/<slug:model>/experiments/<int:experiment_id>/stop/", views.experiment_stop, name="experiment-stop"),
-    path("models/<slug:org>/<slug:model>/experiments/<int:experiment_id>/promote/", views.experiment_promote, name="experiment-promote"),
+    path(
+        "models/<slug:org>/<slug:model>/experiments/<int:experiment_id>/promote/",
+        views.experiment_promote,
+        name="experiment-promote",
+    ),
 ]

@@ -26,6 +26,7 @@ Per phase: wall seconds, this process's CPU seconds, and its peak resident memor
 reset before each phase). PostgreSQL's own CPU and memory are not in these figures; the
 machine's load average is printed with them, since other work shares the CPUs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -140,8 +141,16 @@ def make_fleet():
             for n in range(1, VERSIONS_PER_MODEL + 1):
                 versions.append(
                     ModelVersion.objects.create(
-                        registered_model=model, number=n, artifact="bench/none.joblib", sha256="0" * 64, size_bytes=1, format="joblib",
-                        serving_sklearn_version="bench", estimator_class="Bench", task="classification", classes=[0, 1, 2],
+                        registered_model=model,
+                        number=n,
+                        artifact="bench/none.joblib",
+                        sha256="0" * 64,
+                        size_bytes=1,
+                        format="joblib",
+                        serving_sklearn_version="bench",
+                        estimator_class="Bench",
+                        task="classification",
+                        classes=[0, 1, 2],
                         signature={"inputs": [{"name": f"f{i}", "type": "double"} for i in range(4)], "named": False},
                     )
                 )
@@ -158,7 +167,8 @@ def copy_records(versions, *, count: int, start: datetime, chunk: int = 500_000)
     model_ids = np.array([v.registered_model_id for v in versions])
     org_ids = np.array([v.registered_model.organization_id for v in versions])
     columns = (
-        "prediction_id, created_at, organization_id, registered_model_id, version_id, experiment_id, variant, api_key_id, unit_id, "
+        "prediction_id, created_at, organization_id, registered_model_id, version_id, experiment_id, variant, "
+        "api_key_id, unit_id, "
         "protocol, rows, latency_ms, cache_hit, status, error_code, inputs, outputs"
     )
     started = time.perf_counter()
@@ -184,7 +194,8 @@ def copy_records(versions, *, count: int, start: datetime, chunk: int = 500_000)
             buffer = io.StringIO()
             for i in range(n):
                 buffer.write(
-                    f"prd_bench{offset + i:021d}\t{stamps[i]}+00\t{orgs[i]}\t{models[i]}\t{vids[i]}\t\\N\t{variants[i]}\t{keys[i]}\t\tnative\t1\t"
+                    f"prd_bench{offset + i:021d}\t{stamps[i]}+00\t{orgs[i]}\t{models[i]}\t{vids[i]}\t\\N\t"
+                    f"{variants[i]}\t{keys[i]}\t\tnative\t1\t"
                     f"{latencies[i]:.3f}\t{hits[i]}\t{statuses[i]}\t\t[[5.1, 3.5, 1.4, 0.2]]\t[{labels[i]}]\n"
                 )
             with raw.copy(f"COPY inference_predictionrecord ({columns}) FROM STDIN") as copy:
@@ -241,8 +252,17 @@ def drift_records(version, *, rows: int, end: datetime) -> list[dict]:
     start = end - timedelta(minutes=50)
     return [
         {
-            "id": f"prd_drift{i:021d}", "ts": start.timestamp() + i * (3000 / rows), "org": model.organization_id, "model": model.id,
-            "version": version.id, "proto": "native", "rows": 1, "lat": 1.0, "hit": False, "in": [x[i].tolist()], "out": [int(labels[i])],
+            "id": f"prd_drift{i:021d}",
+            "ts": start.timestamp() + i * (3000 / rows),
+            "org": model.organization_id,
+            "model": model.id,
+            "version": version.id,
+            "proto": "native",
+            "rows": 1,
+            "lat": 1.0,
+            "hit": False,
+            "in": [x[i].tolist()],
+            "out": [int(labels[i])],
         }
         for i in range(rows)
     ]
@@ -280,7 +300,9 @@ def main() -> None:
         UsageRollup.objects.all().delete()
         RollupCursor.objects.all().delete()
         DriftReport.objects.all().delete()
-        start = usage.day_floor(PredictionRecord.objects.filter(prediction_id__startswith="prd_bench").aggregate(t=Min("created_at"))["t"])
+        start = usage.day_floor(
+            PredictionRecord.objects.filter(prediction_id__startswith="prd_bench").aggregate(t=Min("created_at"))["t"]
+        )
         version = ModelVersion.objects.select_related("registered_model__organization").get(registered_model__name="wide")
         drift_end = PredictionRecord.objects.filter(version=version).aggregate(t=Max("created_at"))["t"] + timedelta(minutes=1)
         total = PredictionRecord.objects.count()
@@ -290,9 +312,19 @@ def main() -> None:
         start = usage.day_floor(now - timedelta(days=2))
         print(f"ingest_records on {args.ingest_sample:,} records (the worker's bulk insert)", flush=True)
         sample = [
-            {"id": f"prd_sample{i:020d}", "ts": (start + timedelta(seconds=i % 86_400)).timestamp(), "org": versions[i % len(versions)].registered_model.organization_id,
-             "model": versions[i % len(versions)].registered_model_id, "version": versions[i % len(versions)].id, "proto": "native", "rows": 1,
-             "lat": 1.0 + i % 17, "hit": i % 3 == 0, "in": [[5.1, 3.5, 1.4, 0.2]], "out": [i % 3]}
+            {
+                "id": f"prd_sample{i:020d}",
+                "ts": (start + timedelta(seconds=i % 86_400)).timestamp(),
+                "org": versions[i % len(versions)].registered_model.organization_id,
+                "model": versions[i % len(versions)].registered_model_id,
+                "version": versions[i % len(versions)].id,
+                "proto": "native",
+                "rows": 1,
+                "lat": 1.0 + i % 17,
+                "hit": i % 3 == 0,
+                "in": [[5.1, 3.5, 1.4, 0.2]],
+                "out": [i % 3],
+            }
             for i in range(args.ingest_sample)
         ]
         with measured("ingest_records", results):
@@ -305,7 +337,10 @@ def main() -> None:
         ingest_records(drift_records(version, rows=args.drift_rows, end=now))
         drift_end = now + timedelta(minutes=1)
         total = PredictionRecord.objects.count()
-        print(f"  {total:,} records in the table ({copy_seconds:.1f} s to COPY, {vacuum_records():.1f} s to VACUUM ANALYZE)", flush=True)
+        print(
+            f"  {total:,} records in the table ({copy_seconds:.1f} s to COPY, {vacuum_records():.1f} s to VACUUM ANALYZE)",
+            flush=True,
+        )
 
     print("roll_up_usage() from an empty cursor, one hour at a time", flush=True)
     with measured("rollup", results):
@@ -328,18 +363,33 @@ def main() -> None:
     print()
     if "ingest_records" in results:
         ingest = results["ingest_records"]
-        print(f"ingest_records : {args.ingest_sample:>11,} records in {ingest['seconds']:7.2f} s = {args.ingest_sample / ingest['seconds']:>10,.0f} records/s")
-    print(f"rollup         : {total:>11,} records in {rollup['seconds']:7.2f} s = {total / rollup['seconds']:>10,.0f} records/s; "
-          f"PostgreSQL used {rollup['db_cpu_seconds']:.1f} CPU s = {total / rollup['db_cpu_seconds']:,.0f} records per CPU second, this process {rollup['cpu_seconds']:.1f} "
-          f"(scan for touched hours {run.scan_seconds:.1f} s, {len(run.hours)} hours {run.hours_seconds:.1f} s, {len(run.days)} day(s) {run.days_seconds:.1f} s; "
-          f"{hourly:,} hourly and {daily:,} daily rows; peak RSS {rollup['peak_rss_mib']:.0f} MiB)")
-    print(f"rollup x{args.concurrency:<6}   : {total:>11,} records in {concurrent['seconds']:7.2f} s = {total / concurrent['seconds']:>10,.0f} records/s "
-          f"(hours {again.hours_seconds:.1f} s, day(s) {again.days_seconds:.1f} s)")
-    print(f"drift report   : {report.current_rows:>11,} rows x {report.n_features} features in {warm['seconds']:7.2f} s wall, {warm['cpu_seconds']:.2f} s CPU here + {warm['db_cpu_seconds']:.2f} s in PostgreSQL "
-          f"(first run, loading the model: {cold['seconds']:.2f} s; verdict: {'drift' if report.is_drift else 'no drift'}, "
-          f"{report.drifted_features} of {report.n_features} drifted; peak RSS {warm['peak_rss_mib']:.0f} MiB)")
-    print(f"max RSS of this process: {max_rss_mib():.0f} MiB; load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
-          "targets: rollup >= 500,000 records/s, drift <= 2 s")
+        print(
+            f"ingest_records : {args.ingest_sample:>11,} records in {ingest['seconds']:7.2f} s = "
+            f"{args.ingest_sample / ingest['seconds']:>10,.0f} records/s"
+        )
+    print(
+        f"rollup         : {total:>11,} records in {rollup['seconds']:7.2f} s = {total / rollup['seconds']:>10,.0f} records/s; "
+        f"PostgreSQL used {rollup['db_cpu_seconds']:.1f} CPU s = {total / rollup['db_cpu_seconds']:,.0f} records per CPU "
+        f"second, this process {rollup['cpu_seconds']:.1f} "
+        f"(scan for touched hours {run.scan_seconds:.1f} s, {len(run.hours)} hours {run.hours_seconds:.1f} s, "
+        f"{len(run.days)} day(s) {run.days_seconds:.1f} s; "
+        f"{hourly:,} hourly and {daily:,} daily rows; peak RSS {rollup['peak_rss_mib']:.0f} MiB)"
+    )
+    print(
+        f"rollup x{args.concurrency:<6}   : {total:>11,} records in {concurrent['seconds']:7.2f} s = "
+        f"{total / concurrent['seconds']:>10,.0f} records/s "
+        f"(hours {again.hours_seconds:.1f} s, day(s) {again.days_seconds:.1f} s)"
+    )
+    print(
+        f"drift report   : {report.current_rows:>11,} rows x {report.n_features} features in {warm['seconds']:7.2f} s "
+        f"wall, {warm['cpu_seconds']:.2f} s CPU here + {warm['db_cpu_seconds']:.2f} s in PostgreSQL "
+        f"(first run, loading the model: {cold['seconds']:.2f} s; verdict: {'drift' if report.is_drift else 'no drift'}, "
+        f"{report.drifted_features} of {report.n_features} drifted; peak RSS {warm['peak_rss_mib']:.0f} MiB)"
+    )
+    print(
+        f"max RSS of this process: {max_rss_mib():.0f} MiB; load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+        "targets: rollup >= 500,000 records/s, drift <= 2 s"
+    )
 
 
 if __name__ == "__main__":

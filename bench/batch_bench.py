@@ -50,6 +50,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 import harness  # noqa: E402
+
 ART = BENCH / ".artifacts" / "batch"
 PROJECT_PYTHON = ROOT / ".venv" / "bin" / "python"
 DATABASE = "batch_bench"
@@ -530,7 +531,8 @@ def report(results: dict, args) -> None:
     )
     print()
     print(
-        f"| file | contender | seconds (median of {args.repeat}) | rows/s | vs floor | vs mlflow | peak RSS MB (per process) | same predictions |"
+        f"| file | contender | seconds (median of {args.repeat}) | rows/s | vs floor | vs mlflow | peak RSS MB (per "
+        "process) | same predictions |"
     )
     print("| --- | --- | ---: | ---: | ---: | ---: | --- | --- |")
     for name, by in results.items():
@@ -544,7 +546,8 @@ def report(results: dict, args) -> None:
             peaks = ", ".join(f"{k} {v:.0f}" for k, v in last["peaks_mb"].items())
             same = last.get("same_predictions_as_floor", "reference")
             print(
-                f"| {name} | {contender} | {median[contender]:.2f} | {rows / median[contender]:,.0f} | {median['floor'] / median[contender]:.2f}x "
+                f"| {name} | {contender} | {median[contender]:.2f} | {rows / median[contender]:,.0f} | "
+                f"{median['floor'] / median[contender]:.2f}x "
                 f"| {median['mlflow'] / median[contender]:.2f}x | {peaks} | {same} |"
             )
     print()

@@ -9,9 +9,11 @@ model bench/models.py trains, with the warning filter a runner sets. Prints per-
 (median of rounds), the speed-up, and max absolute/relative difference and label
 disagreements over the verification rows and 10 000 benchmark-like rows.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -57,11 +59,14 @@ def main(argv: list[str]) -> None:
     predictor = compiled.CompiledPredictor(data=result.artifact, estimator=forest)
     rows = x[np.random.default_rng(0).integers(0, len(x), 10_000)].round(4)
     figures = compiled.compare(estimator=forest, predictor=predictor, rows=rows)
-    print(f"RandomForest 100 trees / 20 features, compiled form {len(result.artifact) / 1e6:.1f} MB, converted and verified in {compile_seconds:.2f} s")
+    print(
+        f"RandomForest 100 trees / 20 features, compiled form {len(result.artifact) / 1e6:.1f} MB, converted and "
+        f"verified in {compile_seconds:.2f} s"
+    )
     print(f"{'case':<16}{'scikit-learn ms':>16}{'compiled ms':>14}{'speed-up':>10}")
     for label, batch in (("1 row", x[:1]), ("100 rows", x[:100])):
-        sk = per_call_ms(lambda: forest.predict_proba(batch), args.seconds)
-        onnx = per_call_ms(lambda: predictor.predict(batch, want_proba=True), args.seconds)
+        sk = per_call_ms(functools.partial(forest.predict_proba, batch), args.seconds)
+        onnx = per_call_ms(functools.partial(predictor.predict, batch, want_proba=True), args.seconds)
         print(f"{label:<16}{sk:>16.3f}{onnx:>14.3f}{sk / onnx:>9.1f}x")
     for name, found in (("verification rows", result.figures), ("10 000 benchmark rows", figures)):
         print(

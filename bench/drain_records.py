@@ -7,6 +7,7 @@ Runs `inference.records.drain_stream()` (the worker's own service) with the benc
 environment (bench/harness.py passes it), so Redis memory stays bounded over a long run and
 the number of records stored can be checked against the number of requests wrk completed.
 """
+
 from __future__ import annotations
 
 import os

@@ -11,6 +11,7 @@ process in the same run (granian via platform_site/serve.py, as Modelhost; gunic
 Models come from FLOOR_MODELS=name=path.joblib,... (files we made ourselves in
 bench/models.py, so a plain joblib.load is fine here, unlike on the platform).
 """
+
 from __future__ import annotations
 
 import os
@@ -44,11 +45,13 @@ def app(environ, start_response):
         x = np.asarray(body["inputs"], dtype=np.float64)
         return _answer(start_response, "200 OK", orjson.dumps({"predictions": [], "rows": len(x)}))
     if path.startswith("/predict/"):
-        model = MODELS.get(path[len("/predict/"):])
+        model = MODELS.get(path[len("/predict/") :])
         if model is None:
             return _answer(start_response, "404 Not Found", b'{"error":"no such model"}')
         x = np.asarray(body["inputs"], dtype=np.float64)
-        return _answer(start_response, "200 OK", orjson.dumps({"predictions": model.predict(x)}, option=orjson.OPT_SERIALIZE_NUMPY))
+        return _answer(
+            start_response, "200 OK", orjson.dumps({"predictions": model.predict(x)}, option=orjson.OPT_SERIALIZE_NUMPY)
+        )
     return _answer(start_response, "404 Not Found", b'{"error":"not found"}')
 
 

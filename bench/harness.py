@@ -3,6 +3,7 @@
 Every server is started here on a free loopback port, in its own process group, and stopped
 (that group only) when the `with` block ends, whatever happened inside it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,9 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -93,7 +94,9 @@ def runner_host(**extra: str):
                 break
             except OSError:
                 if server.process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the runner host did not start; see {server.log}:\n{server.log.read_text()[-3000:]}") from None
+                    raise SystemExit(
+                        f"the runner host did not start; see {server.log}:\n{server.log.read_text()[-3000:]}"
+                    ) from None
                 time.sleep(0.1)
             finally:
                 probe.close()
@@ -110,11 +113,15 @@ def prepare_database() -> None:
     """Create the bench database if missing and migrate it with the project's venv."""
     exists = subprocess.run(
         ["psql", "-h", "127.0.0.1", "-U", "postgres", "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     if exists != "1":
         subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", DATABASE], check=True)
-    subprocess.run([str(APP_VENV / "bin" / "python"), "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=modelhost_env(), check=True)
+    subprocess.run(
+        [str(APP_VENV / "bin" / "python"), "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=modelhost_env(), check=True
+    )
 
 
 def build_models() -> None:
@@ -124,7 +131,11 @@ def build_models() -> None:
 
 def seed(which: str) -> dict:
     out = subprocess.run(
-        [str(APP_VENV / "bin" / "python"), str(BENCH / "seed_modelhost.py"), which], cwd=ROOT, env=modelhost_env(), capture_output=True, text=True
+        [str(APP_VENV / "bin" / "python"), str(BENCH / "seed_modelhost.py"), which],
+        cwd=ROOT,
+        env=modelhost_env(),
+        capture_output=True,
+        text=True,
     )
     if out.returncode != 0:
         raise SystemExit(f"seeding Modelhost failed:\n{out.stdout}\n{out.stderr}")
@@ -133,7 +144,9 @@ def seed(which: str) -> dict:
 
 def redis_flush_bench_db() -> None:
     """Empty the benchmark's Redis database (BENCH_REDIS_DB): no cached predictions from a previous run."""
-    subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "-n", str(REDIS_DB), "FLUSHDB"], check=True, capture_output=True)
+    subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "-n", str(REDIS_DB), "FLUSHDB"], check=True, capture_output=True
+    )
 
 
 # --- servers ------------------------------------------------------------------------------
@@ -147,7 +160,7 @@ class Server:
     log: Path
     notes: dict = field(default_factory=dict)
     # Processes whose CPU counts as this server's (Modelhost's runner host and its runners).
-    companions: list["Server"] = field(default_factory=list)
+    companions: list[Server] = field(default_factory=list)
 
     @property
     def base(self) -> str:
@@ -241,15 +254,25 @@ def cmdline(pid: int) -> str:
 
 
 @contextlib.contextmanager
-def running(name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT, ready_path: str | None = "/healthz",
-            port: int | None = None, timeout: float = 120.0) -> Iterator[Server]:
+def running(
+    name: str,
+    argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    ready_path: str | None = "/healthz",
+    port: int | None = None,
+    timeout: float = 120.0,
+) -> Iterator[Server]:
     """Start a server, wait until `ready_path` answers 200 (unless None), yield it, stop its process group."""
     RUN.mkdir(parents=True, exist_ok=True)
     log = RUN / f"{name}.log"
     port = port or free_port()
     argv = [a.replace("{port}", str(port)) for a in argv]
     handle = log.open("w")
-    process = subprocess.Popen(argv, cwd=cwd, env=env or dict(os.environ), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        argv, cwd=cwd, env=env or dict(os.environ), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
     server = Server(name=name, port=port, process=process, log=log)
     try:
         if ready_path is not None:
@@ -264,7 +287,10 @@ def _wait_ready(server: Server, path: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise SystemExit(f"{server.name} exited with {server.process.returncode} before it was ready; see {server.log}:\n{server.log.read_text()[-3000:]}")
+            raise SystemExit(
+                f"{server.name} exited with {server.process.returncode} before it was ready; see "
+                f"{server.log}:\n{server.log.read_text()[-3000:]}"
+            )
         try:
             status, _, _ = request(server.port, "GET", path, timeout=2)
             if status == 200:
@@ -288,7 +314,9 @@ def _stop(process: subprocess.Popen) -> None:
         pass
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30) -> tuple[int, dict, bytes]:
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30
+) -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -329,7 +357,18 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(*, port: int, script: Path, seconds: int, connections: int = 8, threads: int = 1) -> WrkResult:
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}"]
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}",
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     text = out.stdout + out.stderr
     if out.returncode != 0:
@@ -349,12 +388,16 @@ def run_wrk(*, port: int, script: Path, seconds: int, connections: int = 8, thre
         p90_ms=_ms(percentiles["90"]),
         p99_ms=_ms(percentiles["99"]),
         errors_status=int(status_errors.group(1)) if status_errors else 0,
-        errors_socket=dict(zip(("connect", "read", "write", "timeout"), map(int, socket_errors.groups()))) if socket_errors else {},
+        errors_socket=dict(zip(("connect", "read", "write", "timeout"), map(int, socket_errors.groups()), strict=True))
+        if socket_errors
+        else {},
         raw=text,
     )
 
 
-def lua_script(*, path: str, headers: dict[str, str], rows: list[list[float]], batch: int, protocol: str, unique: bool, start: int = 0) -> str:
+def lua_script(
+    *, path: str, headers: dict[str, str], rows: list[list[float]], batch: int, protocol: str, unique: bool, start: int = 0
+) -> str:
     """A wrk script posting `batch` rows per request in `protocol`'s body shape.
 
     Rows rotate through a pool of real inputs. With `unique`, the first value of each body
@@ -389,7 +432,8 @@ local function body_for(c)
     out[#out + 1] = first .. rests[k]
   end
   if protocol == "v2" then
-    return '{{"inputs":[{{"name":"input-0","shape":[' .. batch .. ',' .. width .. '],"datatype":"FP64","data":[' .. concat(out, ",") .. ']}}]}}'
+    return '{{"inputs":[{{"name":"input-0","shape":[' .. batch .. ',' .. width .. '],"datatype":"FP64","data":['
+      .. concat(out, ",") .. ']}}]}}'
   end
   return '{{"inputs":[[' .. concat(out, "],[") .. ']]}}'
 end
@@ -412,7 +456,9 @@ def body_for(*, rows: list[list[float]], protocol: str) -> bytes:
     """The same body shape the wrk script sends, for the correctness probes."""
     if protocol == "v2":
         data = [v for row in rows for v in row]
-        return json.dumps({"inputs": [{"name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": data}]}).encode()
+        return json.dumps(
+            {"inputs": [{"name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": data}]}
+        ).encode()
     return json.dumps({"inputs": rows}).encode()
 
 

@@ -25,6 +25,7 @@ run repeats one input. Records are drained into PostgreSQL between runs (or duri
 
 Prints the table and the issue's ratios, and writes bench/.run/inference-<time>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,7 +62,9 @@ class Case:
 
     @property
     def label(self) -> str:
-        return {"one": "1 row, miss", "hit": "1 row, cache hit", "nopredict": "1 row, no predict", "batch": "100 rows, miss"}[self.kind]
+        return {"one": "1 row, miss", "hit": "1 row, cache hit", "nopredict": "1 row, no predict", "batch": "100 rows, miss"}[
+            self.kind
+        ]
 
 
 @dataclass
@@ -147,9 +150,16 @@ class Outcome:
 
     def as_dict(self) -> dict:
         return {
-            "case": asdict(self.case), "rps": self.rps, "rows_per_s": self.rows_per_s, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
-            "requests": self.requests, "others_cpu": self.others_cpu, "cpu_ms_per_request": self.cpu_ms_per_request,
-            "redis_ms_per_request": self.redis_ms_per_request, "rounds": [asdict(r) for r in self.rounds],
+            "case": asdict(self.case),
+            "rps": self.rps,
+            "rows_per_s": self.rows_per_s,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "requests": self.requests,
+            "others_cpu": self.others_cpu,
+            "cpu_ms_per_request": self.cpu_ms_per_request,
+            "redis_ms_per_request": self.redis_ms_per_request,
+            "rounds": [asdict(r) for r in self.rounds],
         }
 
 
@@ -210,8 +220,19 @@ def start_mlflow(model: str):
     port = harness.free_port()
     env = dict(os.environ, PATH=f"{PEERS_VENV / 'bin'}:{os.environ['PATH']}", MLFLOW_TRACKING_URI=f"file://{RUN / 'mlruns'}")
     argv = [
-        str(PEERS_VENV / "bin" / "mlflow"), "models", "serve", "-m", str(ARTIFACTS / "mlflow" / model),
-        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(WORKERS),
+        str(PEERS_VENV / "bin" / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        str(ARTIFACTS / "mlflow" / model),
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        str(WORKERS),
     ]
     return harness.running(f"mlflow-{model}", argv, env=env, port=port, ready_path="/ping", timeout=180)
 
@@ -239,7 +260,9 @@ def probe(server: harness.Server, case: Case) -> None:
     """One request like wrk's: 200 and the model's own predictions, or stop the run."""
     rows = load_rows(case.model)[3 : 3 + case.rows]
     body = harness.body_for(rows=rows, protocol=case.protocol)
-    status, headers, payload = harness.request(server.port, "POST", case.path, body=body, headers={"Content-Type": "application/json", **case.headers})
+    status, headers, payload = harness.request(
+        server.port, "POST", case.path, body=body, headers={"Content-Type": "application/json", **case.headers}
+    )
     if status != 200:
         raise SystemExit(f"{case.server} {case.model} {case.kind}: probe answered {status}: {payload[:500]!r}")
     if case.kind == "nopredict":
@@ -270,7 +293,11 @@ def modelhost_counts() -> dict[int, dict[str, float]]:
 
 def drain_records() -> int:
     out = subprocess.run(
-        [str(APP_VENV / "bin" / "python"), str(BENCH / "drain_records.py")], cwd=ROOT, env=harness.modelhost_env(), capture_output=True, text=True
+        [str(APP_VENV / "bin" / "python"), str(BENCH / "drain_records.py")],
+        cwd=ROOT,
+        env=harness.modelhost_env(),
+        capture_output=True,
+        text=True,
     )
     if out.returncode != 0:
         raise SystemExit(f"draining the prediction records failed:\n{out.stderr[-3000:]}")
@@ -287,8 +314,13 @@ def wrk_script(case: Case, phase: str) -> Path:
     script = RUN / f"{case.server}-{case.model}-{case.kind}-{phase}.lua"
     script.write_text(
         harness.lua_script(
-            path=case.path, headers={"Content-Type": "application/json", **case.headers}, rows=load_rows(case.model),
-            batch=case.rows, protocol=case.protocol, unique=case.kind in ("one", "batch"), start=_invocations * 10_000_000,
+            path=case.path,
+            headers={"Content-Type": "application/json", **case.headers},
+            rows=load_rows(case.model),
+            batch=case.rows,
+            protocol=case.protocol,
+            unique=case.kind in ("one", "batch"),
+            start=_invocations * 10_000_000,
         )
     )
     return script
@@ -313,7 +345,9 @@ def measure_round(server: harness.Server, case: Case, args, *, warm: bool) -> Ro
     elapsed = time.monotonic() - clock
     cpu = {pid: round(harness.cpu_seconds(pid) - cpu_before[pid], 2) for pid in pids}
     redis_cpu = round(harness.cpu_seconds(redis_pid) - redis_before, 2) if redis_pid else 0.0
-    others = (harness.busy_seconds() - busy_before) - (harness.children_cpu_seconds() - wrk_before) - sum(cpu.values()) - redis_cpu
+    others = (
+        (harness.busy_seconds() - busy_before) - (harness.children_cpu_seconds() - wrk_before) - sum(cpu.values()) - redis_cpu
+    )
     requests_by_pid, records, hits = {}, None, None
     if is_modelhost:
         after = modelhost_counts()
@@ -323,13 +357,25 @@ def measure_round(server: harness.Server, case: Case, args, *, warm: bool) -> Ro
         if not args.drain_during:
             records = drain_records()
     done = Round(
-        rps=result.rps, p50_ms=result.p50_ms, p99_ms=result.p99_ms, requests=result.requests, seconds=result.seconds, cpu_by_pid=cpu,
-        requests_by_pid=requests_by_pid, records=records, cache_hits=hits, others_cpu=round(max(others, 0.0) / elapsed, 2), redis_cpu=redis_cpu, rows=case.rows,
+        rps=result.rps,
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        requests=result.requests,
+        seconds=result.seconds,
+        cpu_by_pid=cpu,
+        requests_by_pid=requests_by_pid,
+        records=records,
+        cache_hits=hits,
+        others_cpu=round(max(others, 0.0) / elapsed, 2),
+        redis_cpu=redis_cpu,
+        rows=case.rows,
     )
     report_line(case, done)
     where = f"{case.server} {case.model} {case.label}"
     if result.failed:
-        raise SystemExit(f"{where}: wrk saw {result.errors_status} 4xx/5xx answers, socket errors {result.errors_socket}:\n{result.raw}")
+        raise SystemExit(
+            f"{where}: wrk saw {result.errors_status} 4xx/5xx answers, socket errors {result.errors_socket}:\n{result.raw}"
+        )
     if is_modelhost:
         served = sum(requests_by_pid.values())
         if served < result.requests:
@@ -361,7 +407,8 @@ def report_line(case: Case, r: Round) -> None:
     extra = f" requests/worker {list(r.requests_by_pid.values())}" if r.requests_by_pid else ""
     print(
         f"  {case.server:<10} {case.model:<4} {case.label:<18} {r.rps:>8.0f} req/s {r.rps * case.rows:>9.0f} rows/s"
-        f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  cpu s [{spread}] redis {r.redis_cpu:.1f} s  others {r.others_cpu:.2f} cores{extra}",
+        f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms  cpu s [{spread}] redis {r.redis_cpu:.1f} s  others "
+        f"{r.others_cpu:.2f} cores{extra}",
         flush=True,
     )
 
@@ -409,7 +456,10 @@ def run(args) -> list[Outcome]:
         servers: dict[str, harness.Server] = {}
         if args.drain_during and "modelhost" in only:
             drainer = subprocess.Popen(
-                [str(APP_VENV / "bin" / "python"), str(BENCH / "drain_records.py"), "--loop"], cwd=ROOT, env=harness.modelhost_env(), start_new_session=True
+                [str(APP_VENV / "bin" / "python"), str(BENCH / "drain_records.py"), "--loop"],
+                cwd=ROOT,
+                env=harness.modelhost_env(),
+                start_new_session=True,
             )
             stack.callback(drain_records)
             stack.callback(lambda: (drainer.terminate(), drainer.wait(timeout=10)))
@@ -417,16 +467,26 @@ def run(args) -> list[Outcome]:
             runner_host = stack.enter_context(harness.runner_host())
             servers["modelhost"] = stack.enter_context(start_modelhost())
             servers["modelhost"].companions.append(runner_host)  # its runners' CPU is Modelhost's
-            print(f"Modelhost: granian (python -m platform_site.serve), {WORKERS} workers, pids {servers['modelhost'].pids()}", flush=True)
+            print(
+                f"Modelhost: granian (python -m platform_site.serve), {WORKERS} workers, pids {servers['modelhost'].pids()}",
+                flush=True,
+            )
             plan += [("modelhost", case) for case in modelhost_cases(key)]
         if "floor" in only:
             servers["floor"] = stack.enter_context(start_floor())
-            print(f"floor: granian (python -m platform_site.serve floor_app:app), {WORKERS} workers, pids {servers['floor'].pids()}", flush=True)
+            print(
+                f"floor: granian (python -m platform_site.serve floor_app:app), {WORKERS} workers, pids "
+                f"{servers['floor'].pids()}",
+                flush=True,
+            )
             plan += [("floor", case) for case in floor_cases()]
         if "mlserver" in only:
             servers["mlserver"] = stack.enter_context(start_mlserver(parallel_workers=args.mlserver_workers))
             print(f"MLServer: parallel_workers={args.mlserver_workers}, pids {servers['mlserver'].pids()}", flush=True)
-            plan += [("mlserver", Case("mlserver", model, kind, f"/v2/models/{model}/infer", "v2")) for model, kind in (("iris", "one"), ("rf", "one"), ("iris", "batch"))]
+            plan += [
+                ("mlserver", Case("mlserver", model, kind, f"/v2/models/{model}/infer", "v2"))
+                for model, kind in (("iris", "one"), ("rf", "one"), ("iris", "batch"))
+            ]
         if "mlflow" in only:
             for model, kinds in (("iris", ("one", "batch")), ("rf", ("one",))):
                 servers[f"mlflow-{model}"] = stack.enter_context(start_mlflow(model))
@@ -465,6 +525,7 @@ def ratios(outcomes: list[Outcome], subject: str = "modelhost") -> list[tuple]:
     machine (den's CPU per row / num's CPU per row, Redis counted for Modelhost): it does not
     depend on how busy the rest of the machine was, so it is the steadier of the two here.
     """
+
     def get(server, model, kind):
         return find(outcomes, server, model, kind)
 
@@ -477,7 +538,9 @@ def ratios(outcomes: list[Outcome], subject: str = "modelhost") -> list[tuple]:
         elif num and den:
             # Each round's ratio comes from two runs a few seconds apart; the median of those
             # is steadier than the ratio of the two medians when the machine's load moves.
-            per_round = [getattr(a, attr) / getattr(b, attr) for a, b in zip(num.rounds, den.rounds) if getattr(b, attr)]
+            per_round = [
+                getattr(a, attr) / getattr(b, attr) for a, b in zip(num.rounds, den.rounds, strict=True) if getattr(b, attr)
+            ]
             value = statistics.median(per_round) if per_round else None
         by_cpu = None
         if num and den and attr in ("rps", "rows_per_s") and _cost_ms(num):
@@ -487,37 +550,74 @@ def ratios(outcomes: list[Outcome], subject: str = "modelhost") -> list[tuple]:
     mh = lambda model, kind: get(subject, model, kind)  # noqa: E731
     # The targets with runners on (tenant isolation): iris >= 3x MLServer, p50 <= 0.35x, the
     # forest >= 1.0x the floor, a hit cheaper than a miss, a forest's hit >= 5x its miss.
-    add("iris req/s: Modelhost / MLServer", mh("iris", "one"), get("mlserver", "iris", "one"), "rps", ">= 3.0", lambda v: v >= 3.0)
+    add(
+        "iris req/s: Modelhost / MLServer", mh("iris", "one"), get("mlserver", "iris", "one"), "rps", ">= 3.0", lambda v: v >= 3.0
+    )
     add("iris req/s: Modelhost / mlflow", mh("iris", "one"), get("mlflow", "iris", "one"), "rps", ">= 2.0", lambda v: v >= 2.0)
-    add("iris p50: Modelhost / MLServer", mh("iris", "one"), get("mlserver", "iris", "one"), "p50_ms", "<= 0.35", lambda v: v <= 0.35)
+    add(
+        "iris p50: Modelhost / MLServer",
+        mh("iris", "one"),
+        get("mlserver", "iris", "one"),
+        "p50_ms",
+        "<= 0.35",
+        lambda v: v <= 0.35,
+    )
     add("rf req/s: Modelhost / floor predict", mh("rf", "one"), get("floor", "rf", "one"), "rps", ">= 1.0", lambda v: v >= 1.0)
     add("iris CPU per request: hit / miss", mh("iris", "hit"), mh("iris", "one"), "cpu", "< 1.0", lambda v: v < 1.0)
     add("rf req/s: cache hit / miss", mh("rf", "hit"), mh("rf", "one"), "rps", ">= 5.0", lambda v: v >= 5.0)
-    add("cache hit req/s: Modelhost / floor no-predict", mh("iris", "hit"), get("floor", "iris", "nopredict"), "rps", ">= 0.6", lambda v: v >= 0.6)
-    add("100-row rows/s: Modelhost / MLServer", mh("iris", "batch"), get("mlserver", "iris", "batch"), "rows_per_s", ">= 2.0", lambda v: v >= 2.0)
-    add("iris req/s: Modelhost / floor predict (info)", mh("iris", "one"), get("floor", "iris", "one"), "rps", "-", lambda v: None)
+    add(
+        "cache hit req/s: Modelhost / floor no-predict",
+        mh("iris", "hit"),
+        get("floor", "iris", "nopredict"),
+        "rps",
+        ">= 0.6",
+        lambda v: v >= 0.6,
+    )
+    add(
+        "100-row rows/s: Modelhost / MLServer",
+        mh("iris", "batch"),
+        get("mlserver", "iris", "batch"),
+        "rows_per_s",
+        ">= 2.0",
+        lambda v: v >= 2.0,
+    )
+    add(
+        "iris req/s: Modelhost / floor predict (info)", mh("iris", "one"), get("floor", "iris", "one"), "rps", "-", lambda v: None
+    )
     add("rf req/s: Modelhost / MLServer (info)", mh("rf", "one"), get("mlserver", "rf", "one"), "rps", "-", lambda v: None)
     add("rf req/s: Modelhost / mlflow (info)", mh("rf", "one"), get("mlflow", "rf", "one"), "rps", "-", lambda v: None)
-    add("100-row rows/s: Modelhost / mlflow (info)", mh("iris", "batch"), get("mlflow", "iris", "batch"), "rows_per_s", "-", lambda v: None)
+    add(
+        "100-row rows/s: Modelhost / mlflow (info)",
+        mh("iris", "batch"),
+        get("mlflow", "iris", "batch"),
+        "rows_per_s",
+        "-",
+        lambda v: None,
+    )
     return rows
 
 
 def table(outcomes: list[Outcome]) -> str:
     lines = [
-        "| server | model | request | req/s | rows/s | p50 ms | p99 ms | server CPU ms/request | Redis CPU ms/request | requests | CPU s per process (master, workers...) | others, cores |",
+        "| server | model | request | req/s | rows/s | p50 ms | p99 ms | server CPU ms/request | Redis CPU ms/request | "
+        "requests | CPU s per process (master, workers...) | others, cores |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for o in outcomes:
         cpu = ", ".join(f"{v:.1f}" for v in o.cpu_by_pid.values())
         lines.append(
-            f"| {o.case.server} | {o.case.model} | {o.case.label} | {o.rps:,.0f} | {o.rows_per_s:,.0f} | {o.p50_ms:.2f} | {o.p99_ms:.2f} "
+            f"| {o.case.server} | {o.case.model} | {o.case.label} | {o.rps:,.0f} | {o.rows_per_s:,.0f} | {o.p50_ms:.2f} "
+            f"| {o.p99_ms:.2f} "
             f"| {o.cpu_ms_per_request:.2f} | {o.redis_ms_per_request:.2f} | {o.requests:,} | {cpu} | {o.others_cpu:.2f} |"
         )
     return "\n".join(lines)
 
 
 def ratio_table(rows) -> str:
-    lines = ["| ratio | measured (median of per-round ratios) | target | met | predicted from CPU per request |", "| --- | ---: | --- | --- | ---: |"]
+    lines = [
+        "| ratio | measured (median of per-round ratios) | target | met | predicted from CPU per request |",
+        "| --- | ---: | --- | --- | ---: |",
+    ]
     for what, value, target, met, by_cpu in rows:
         shown = f"{value:.2f}" if value is not None else "n/a"
         verdict = "-" if met is None else ("yes" if met else "**no**")
@@ -533,7 +633,10 @@ def spread_notes(outcomes: list[Outcome]) -> str:
             shares = ", ".join(f"{100 * n / total:.0f}%" for n in o.requests_by_pid.values())
             records = sum(r.records or 0 for r in o.rounds)
             hits = sum(r.cache_hits or 0 for r in o.rounds)
-            lines.append(f"- {o.case.server} {o.case.model} {o.case.label}: requests per worker {list(o.requests_by_pid.values())} ({shares}); records drained {records}; cache hits {hits}")
+            lines.append(
+                f"- {o.case.server} {o.case.model} {o.case.label}: requests per worker "
+                f"{list(o.requests_by_pid.values())} ({shares}); records drained {records}; cache hits {hits}"
+            )
     return "\n".join(lines)
 
 
@@ -541,17 +644,22 @@ def main() -> None:
     harness.ensure_peers_python()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=4, help="length of one wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="runs per case, interleaved across servers; the table shows medians")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs per case, interleaved across servers; the table shows medians"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--mlserver-workers", type=int, default=2, help="MLServer parallel_workers (inference processes)")
-    parser.add_argument("--quiet-wait", type=float, default=3.0, help="seconds to wait at most for the machine to be quiet before a run")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=3.0, help="seconds to wait at most for the machine to be quiet before a run"
+    )
     parser.add_argument("--drain-during", action="store_true", help="drain the record stream in a side process during the runs")
     parser.add_argument("--only", default="", help="comma-separated subset of modelhost,floor,mlserver,mlflow")
     args = parser.parse_args()
     started = time.monotonic()
     print(
-        f"wrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} interleaved rounds (after a {args.warmup}s warm-up) per case; "
+        f"wrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} interleaved rounds (after a {args.warmup}s "
+        "warm-up) per case; "
         f"{WORKERS} workers per server; {os.cpu_count()} cores",
         flush=True,
     )
@@ -564,7 +672,7 @@ def main() -> None:
     if notes:
         print()
         print(notes)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RUN / f"inference-{stamp}.json"
     out.write_text(json.dumps({"args": vars(args), "outcomes": [o.as_dict() for o in outcomes]}, indent=1, default=str))
     print(f"\n{len(outcomes)} runs in {time.monotonic() - started:.0f}s; raw figures in {out.relative_to(ROOT)}")

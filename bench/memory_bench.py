@@ -17,6 +17,7 @@ worker and measures:
 
 Targets (issue 5): RSS < 300 MB after touching all 100; cold first request on iris < 100 ms.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,13 @@ def wait_for_worker(server: harness.Server, timeout: float = 60) -> int:
 def predict(port: int, key: str, org: str, model: str, row: list[float]) -> tuple[float, dict, dict]:
     body = json.dumps({"inputs": [row]}).encode()
     started = time.perf_counter()
-    status, headers, payload = harness.request(port, "POST", f"/api/v1/models/{org}/{model}/predict", body=body, headers={"X-API-Key": key, "Content-Type": "application/json"})
+    status, headers, payload = harness.request(
+        port,
+        "POST",
+        f"/api/v1/models/{org}/{model}/predict",
+        body=body,
+        headers={"X-API-Key": key, "Content-Type": "application/json"},
+    )
     elapsed_ms = (time.perf_counter() - started) * 1000
     if status != 200:
         raise SystemExit(f"{org}/{model}: {status} {payload[:300]!r}")
@@ -71,7 +78,10 @@ def main() -> None:
     started = time.monotonic()
     bench_org = harness.seed("inference")["orgs"]["bench"]
     memory_orgs = harness.seed("memory")["orgs"]
-    print(f"seeded 1 + {sum(len(o['models']) for o in memory_orgs.values())} models in {len(memory_orgs)} + 1 organizations ({time.monotonic() - started:.0f}s)")
+    print(
+        f"seeded 1 + {sum(len(o['models']) for o in memory_orgs.values())} models in {len(memory_orgs)} + 1 "
+        f"organizations ({time.monotonic() - started:.0f}s)"
+    )
     harness.redis_flush_bench_db()
 
     report: dict = {}
@@ -132,15 +142,50 @@ def main() -> None:
     rows = [
         ("worker RSS after boot", f"{report['rss_boot_mb']:.0f} MB", "", ""),
         ("worker RSS after the first iris request", f"{report['rss_after_first_mb']:.0f} MB", "", ""),
-        (f"worker RSS after one predict on each of {report['touched']} models", f"{report['rss_after_all_mb']:.0f} MB", f"< {RSS_TARGET_MB} MB", report["rss_after_all_mb"] < RSS_TARGET_MB),
-        (f"runner host + {report['runners']} runners after that (PSS: their own pages plus their share of the host's)", f"{report['runner_host_pss_mb'] + report['runners_pss_mb']:.0f} MB", "", ""),
+        (
+            f"worker RSS after one predict on each of {report['touched']} models",
+            f"{report['rss_after_all_mb']:.0f} MB",
+            f"< {RSS_TARGET_MB} MB",
+            report["rss_after_all_mb"] < RSS_TARGET_MB,
+        ),
+        (
+            f"runner host + {report['runners']} runners after that (PSS: their own pages plus their share of the host's)",
+            f"{report['runner_host_pss_mb'] + report['runners_pss_mb']:.0f} MB",
+            "",
+            "",
+        ),
         ("the same runners' RSS added up (counts shared pages once per runner)", f"{report['runners_rss_mb']:.0f} MB", "", ""),
-        ("a runner started and a forest loaded in it, first request", f"{report['runner_start_and_load_ms']:.0f} ms", "< 300 ms", report["runner_start_and_load_ms"] < 300),
-        ("another forest, first request on that warm runner", f"{report['cold_model_on_warm_runner_ms']:.0f} ms", f"< {COLD_TARGET_MS} ms", report["cold_model_on_warm_runner_ms"] < COLD_TARGET_MS),
+        (
+            "a runner started and a forest loaded in it, first request",
+            f"{report['runner_start_and_load_ms']:.0f} ms",
+            "< 300 ms",
+            report["runner_start_and_load_ms"] < 300,
+        ),
+        (
+            "another forest, first request on that warm runner",
+            f"{report['cold_model_on_warm_runner_ms']:.0f} ms",
+            f"< {COLD_TARGET_MS} ms",
+            report["cold_model_on_warm_runner_ms"] < COLD_TARGET_MS,
+        ),
         ("that forest again", f"{report['warm_forest_ms']:.1f} ms", "", ""),
-        ("first request the worker serves (iris; URLconf, key, route, model all cold)", f"{report['first_request_ms']:.0f} ms", f"< {COLD_TARGET_MS} ms", report["first_request_ms"] < COLD_TARGET_MS),
-        ("first iris predict after a /healthz (model cold, process warm)", f"{report['cold_model_ms']:.0f} ms", f"< {COLD_TARGET_MS} ms", report["cold_model_ms"] < COLD_TARGET_MS),
-        ("slowest first touch among the 100", f"{report['slowest_first_touch'][0]:.0f} ms ({report['slowest_first_touch'][1]})", "", ""),
+        (
+            "first request the worker serves (iris; URLconf, key, route, model all cold)",
+            f"{report['first_request_ms']:.0f} ms",
+            f"< {COLD_TARGET_MS} ms",
+            report["first_request_ms"] < COLD_TARGET_MS,
+        ),
+        (
+            "first iris predict after a /healthz (model cold, process warm)",
+            f"{report['cold_model_ms']:.0f} ms",
+            f"< {COLD_TARGET_MS} ms",
+            report["cold_model_ms"] < COLD_TARGET_MS,
+        ),
+        (
+            "slowest first touch among the 100",
+            f"{report['slowest_first_touch'][0]:.0f} ms ({report['slowest_first_touch'][1]})",
+            "",
+            "",
+        ),
         ("iris again after the 100", f"{report['warm_iris_ms']:.1f} ms", "", ""),
     ]
     for what, value, target, met in rows:

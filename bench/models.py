@@ -14,6 +14,7 @@ Written to bench/.artifacts/ (ignored by git):
 Run with the peers' venv (it has mlflow): bench/.venv-peers/bin/python bench/models.py.
 Idempotent: does nothing when the files exist and were made from the same scikit-learn.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,14 +68,20 @@ def build(*, force: bool = False) -> Path:
         mlserver_dir.mkdir(parents=True)
         shutil.copy(joblib_path, mlserver_dir / "model.joblib")
         (mlserver_dir / "model-settings.json").write_text(
-            json.dumps({"name": name, "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"}}, indent=2)
+            json.dumps(
+                {"name": name, "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"}},
+                indent=2,
+            )
         )
 
         mlflow_dir = ARTIFACTS / "mlflow" / name
         shutil.rmtree(mlflow_dir, ignore_errors=True)
         # mlflow 3 saves with skops by default; the tree node storage is a type we made ourselves.
         mlflow.sklearn.save_model(
-            model, str(mlflow_dir), signature=infer_signature(x[:5], model.predict(x[:5])), skops_trusted_types=["sklearn.tree._tree.Tree"]
+            model,
+            str(mlflow_dir),
+            signature=infer_signature(x[:5], model.predict(x[:5])),
+            skops_trusted_types=["sklearn.tree._tree.Tree"],
         )
     stamp.write_text(json.dumps(want))
     return ARTIFACTS

@@ -19,6 +19,7 @@ floor's cost in bench/inference_bench.py.
 
 Re-executes itself under the project's .venv with the bench environment.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -136,8 +137,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--model", default="iris")
-    parser.add_argument("--repeat", type=int, default=3, help="passes of the uninstrumented loop; the one with the least CPU is shown")
-    parser.add_argument("--loop-only", action="store_true", help="only the uninstrumented loop (for comparing two versions of the code)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="passes of the uninstrumented loop; the one with the least CPU is shown"
+    )
+    parser.add_argument(
+        "--loop-only", action="store_true", help="only the uninstrumented loop (for comparing two versions of the code)"
+    )
     args = parser.parse_args()
 
     import django
@@ -200,14 +205,19 @@ def main() -> None:
 
     # The entry point: the dispatcher (production) against Django's full handler, misses.
     entries = []
-    for name, entry in (("platform_site.wsgi.application (dispatcher, production)", application), ("Django's WSGIHandler: 12 middleware + URL resolver", WSGIHandler())):
+    for name, entry in (
+        ("platform_site.wsgi.application (dispatcher, production)", application),
+        ("Django's WSGIHandler: 12 middleware + URL resolver", WSGIHandler()),
+    ):
         handler = entry
         for i in range(100):
             one(offset + i, True)
         cpu, wall = time.thread_time(), time.perf_counter()
         for i in range(args.requests):
             one(offset + 1000 + i, True)
-        entries.append((name, (time.thread_time() - cpu) / args.requests * 1e6, (time.perf_counter() - wall) / args.requests * 1e6))
+        entries.append(
+            (name, (time.thread_time() - cpu) / args.requests * 1e6, (time.perf_counter() - wall) / args.requests * 1e6)
+        )
         offset += 5_000_000
     handler = application
 
@@ -234,9 +244,13 @@ def main() -> None:
         ping.ping()
     rtt = (time.perf_counter() - started) / 2000 * 1e6
 
-    print(f"Modelhost predict on {args.model}: {args.requests} requests per pass, in one process (no HTTP server), microseconds per request")
     print(
-        f"Uninstrumented loop, least CPU of {args.repeat} passes: miss {plain['miss'][0]:.0f} us CPU / {plain['miss'][1]:.0f} us wall; "
+        f"Modelhost predict on {args.model}: {args.requests} requests per pass, in one process (no HTTP server), "
+        "microseconds per request"
+    )
+    print(
+        f"Uninstrumented loop, least CPU of {args.repeat} passes: miss {plain['miss'][0]:.0f} us CPU / "
+        f"{plain['miss'][1]:.0f} us wall; "
         f"hit {plain['hit'][0]:.0f} us CPU / {plain['hit'][1]:.0f} us wall. Redis PING round trip: {rtt:.0f} us wall."
     )
     print()

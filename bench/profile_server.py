@@ -9,6 +9,7 @@ script (8 connections, cache misses by default), and samples one worker with py-
 by their own samples and by inclusive samples, and writes the raw py-spy output next to the
 benchmark's runs (bench/.run/profile-<time>.txt, speedscope JSON beside it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,7 +40,7 @@ def main() -> None:
     key = seeded["orgs"]["bench"]["key"]
     case = next(c for c in bench.modelhost_cases(key) if c.model == args.model and c.kind == args.kind)
     RUN.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     raw = RUN / f"profile-{stamp}.txt"
     with bench.start_modelhost() as server:
         bench.probe(server, case)
@@ -47,20 +48,40 @@ def main() -> None:
         workers = harness.descendants(server.process.pid)
         worker = max(workers, key=harness.cpu_seconds)
         load = threading.Thread(
-            target=harness.run_wrk, kwargs={"port": server.port, "script": bench.wrk_script(case, "run"), "seconds": args.seconds + 2}
+            target=harness.run_wrk,
+            kwargs={"port": server.port, "script": bench.wrk_script(case, "run"), "seconds": args.seconds + 2},
         )
         load.start()
         time.sleep(1)
         subprocess.run(
-            [str(PEERS_VENV / "bin" / "py-spy"), "record", "--pid", str(worker), "--duration", str(args.seconds),
-             "--rate", "1000", "--format", "raw", "--output", str(raw), "--nonblocking", *(["--gil"] if args.gil else [])],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(PEERS_VENV / "bin" / "py-spy"),
+                "record",
+                "--pid",
+                str(worker),
+                "--duration",
+                str(args.seconds),
+                "--rate",
+                "1000",
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--nonblocking",
+                *(["--gil"] if args.gil else []),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         load.join()
     own, inclusive, total = collections.Counter(), collections.Counter(), 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in f else f for f in stack.split(";")]
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in f else f
+            for f in stack.split(";")
+        ]
         n = int(count)
         total += n
         own[frames[-1]] += n

@@ -12,6 +12,7 @@ stored) and revokes the previous bench keys. Rate limits are set to a very high 
 than 0, so the limit script runs and the X-RateLimit headers are computed as in production,
 but a bench never meets a 429.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -77,7 +78,12 @@ def _production_model(caller: Caller, org: Organization, name: str, artifact: Pa
         registry_services.set_stage(caller=caller, version=version, stage="production")
         model.refresh_from_db()
         current = model.production_version
-    return {"version": current.number, "version_id": current.id, "cache_ttl": model.prediction_cache_ttl, "size_bytes": current.size_bytes}
+    return {
+        "version": current.number,
+        "version_id": current.id,
+        "cache_ttl": model.prediction_cache_ttl,
+        "size_bytes": current.size_bytes,
+    }
 
 
 def seed_inference() -> dict:

@@ -17,6 +17,7 @@ as bench/inference_bench.py (same checks, same distinct-input miss and repeated-
 All from bench/.venv-servers (requirements.txt + gunicorn + uvicorn[standard]'s parts), so the
 application code and libraries are the same in every candidate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,20 +58,55 @@ def start(candidate: str, app: str):
     env["PATH"] = f"{SERVERS_VENV / 'bin'}:{os.environ['PATH']}"
     if candidate in ("sync", "gthread"):
         argv = [
-            _bin("gunicorn"), wsgi, "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--worker-class", candidate,
-            "--threads", str(GTHREADS if candidate == "gthread" else 1), "--keep-alive", "5", "--log-level", "warning",
+            _bin("gunicorn"),
+            wsgi,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(WORKERS),
+            "--worker-class",
+            candidate,
+            "--threads",
+            str(GTHREADS if candidate == "gthread" else 1),
+            "--keep-alive",
+            "5",
+            "--log-level",
+            "warning",
         ]
     elif candidate == "uvicorn":
         argv = [
-            _bin("uvicorn"), asgi if app == "modelhost" else wsgi, "--host", "127.0.0.1", "--port", str(port), "--workers", str(WORKERS),
-            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+            _bin("uvicorn"),
+            asgi if app == "modelhost" else wsgi,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(WORKERS),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
         ]
         if app == "floor":
             argv += ["--interface", "wsgi"]
     elif candidate == "granian":
         argv = [
-            _bin("granian"), "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port), "--workers", str(WORKERS),
-            "--log-level", "warning", wsgi,
+            _bin("granian"),
+            "--interface",
+            "wsgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(WORKERS),
+            "--log-level",
+            "warning",
+            wsgi,
         ]
     else:
         raise SystemExit(f"unknown server {candidate!r}")
@@ -103,11 +139,17 @@ def main() -> None:
     seeded = ib.prepare()
     key = seeded["orgs"]["bench"]["key"]
     outcomes: list[ib.Outcome] = []
-    print(f"wrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} rounds per case; {WORKERS} workers per server", flush=True)
+    print(
+        f"wrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} rounds per case; {WORKERS} workers per server",
+        flush=True,
+    )
     for candidate in args.servers.split(","):
         plan = cases(candidate, key)
         with contextlib.ExitStack() as stack:
-            servers = {"modelhost": stack.enter_context(start(candidate, "modelhost")), "floor": stack.enter_context(start(candidate, "floor"))}
+            servers = {
+                "modelhost": stack.enter_context(start(candidate, "modelhost")),
+                "floor": stack.enter_context(start(candidate, "floor")),
+            }
             print(f"{candidate}: modelhost pids {servers['modelhost'].pids()}, floor pids {servers['floor'].pids()}", flush=True)
             rounds: dict[int, list[ib.Round]] = {i: [] for i in range(len(plan))}
             for number in range(args.rounds):
@@ -117,13 +159,19 @@ def main() -> None:
     print()
     print(ib.table(outcomes))
     print()
-    print("| server | Modelhost miss req/s | Modelhost hit req/s | floor predict req/s | floor no-predict req/s | miss / floor predict | hit / floor no-predict |")
+    print(
+        "| server | Modelhost miss req/s | Modelhost hit req/s | floor predict req/s | floor no-predict req/s | miss / "
+        "floor predict | hit / floor no-predict |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for candidate in args.servers.split(","):
-        get = lambda server, kind: ib.find(outcomes, f"{server}-{candidate}", "iris", kind)  # noqa: E731
-        miss, hit, floor, bare = get("modelhost", "one"), get("modelhost", "hit"), get("floor", "one"), get("floor", "nopredict")
+        miss, hit, floor, bare = (
+            ib.find(outcomes, f"{server}-{candidate}", "iris", kind)
+            for server, kind in (("modelhost", "one"), ("modelhost", "hit"), ("floor", "one"), ("floor", "nopredict"))
+        )
         print(
-            f"| {candidate} | {miss.rps:,.0f} | {hit.rps:,.0f} | {floor.rps:,.0f} | {bare.rps:,.0f} | {miss.rps / floor.rps:.2f} | {hit.rps / bare.rps:.2f} |"
+            f"| {candidate} | {miss.rps:,.0f} | {hit.rps:,.0f} | {floor.rps:,.0f} | {bare.rps:,.0f} | "
+            f"{miss.rps / floor.rps:.2f} | {hit.rps / bare.rps:.2f} |"
         )
     notes = ib.spread_notes(outcomes)
     if notes:

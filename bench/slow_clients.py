@@ -12,6 +12,7 @@ native thread) and sends `--requests` iris predictions (distinct rows: cache mis
 per server, the web workers' CPU per request (user + system, from /proc) and requests per
 second, median over the rounds. Writes bench/.run/slow-clients-<time>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,25 @@ PYTHON = str(APP_VENV / "bin" / "python")
 SERVERS = {
     "rsgi (platform_site.serve)": [PYTHON, "-m", "platform_site.serve", "platform_site.wsgi:application"],
     "wsgi (granian --interface wsgi)": [
-        PYTHON, "-m", "granian", "--interface", "wsgi", "--workers", "2", "--blocking-threads", "2", "--http", "1", "--no-ws",
-        "--http1-header-read-timeout", "10000", "--host", "127.0.0.1", "--port", "{port}", "platform_site.wsgi:application",
+        PYTHON,
+        "-m",
+        "granian",
+        "--interface",
+        "wsgi",
+        "--workers",
+        "2",
+        "--blocking-threads",
+        "2",
+        "--http",
+        "1",
+        "--no-ws",
+        "--http1-header-read-timeout",
+        "10000",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "platform_site.wsgi:application",
     ],
 }
 
@@ -80,8 +98,14 @@ def floor(rounds: int) -> dict:
             argv = [*argv[:-1], "floor_app:app"]
             port = harness.free_port()
             env = harness.modelhost_web_env(
-                HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="2", WEB_THREADS="2", PYTHONPATH=f"{harness.BENCH}:{harness.ROOT}",
-                OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                HOST="127.0.0.1",
+                PORT=str(port),
+                WEB_CONCURRENCY="2",
+                WEB_THREADS="2",
+                PYTHONPATH=f"{harness.BENCH}:{harness.ROOT}",
+                OPENBLAS_NUM_THREADS="1",
+                OMP_NUM_THREADS="1",
+                MKL_NUM_THREADS="1",
             )
             with harness.running("slow-clients-floor", argv, env=env, port=port) as web:
                 workers = harness.descendants(web.process.pid)
@@ -116,8 +140,13 @@ def main() -> None:
             for name, argv in SERVERS.items():
                 port = harness.free_port()
                 env = harness.modelhost_web_env(
-                    HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="2", WEB_THREADS="2",
-                    OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                    HOST="127.0.0.1",
+                    PORT=str(port),
+                    WEB_CONCURRENCY="2",
+                    WEB_THREADS="2",
+                    OPENBLAS_NUM_THREADS="1",
+                    OMP_NUM_THREADS="1",
+                    MKL_NUM_THREADS="1",
                 )
                 with harness.running("slow-clients-web", argv, env=env, port=port) as web:
                     load(port, key, requests=200, clients=args.clients, offset=offset)  # warm up

@@ -11,7 +11,8 @@ iris LogisticRegression, predicted in the web, and a RandomForest, predicted in 
 and sends requests for `--minutes` at about `--rate` per second from `--threads` threads:
 native JSON, Open Inference Protocol V2 and MLflow `/invocations` in turn, to iris three times
 in four and to the forest once, one in ten with a string where a number belongs (a 400 the
-platform must record), and feedback on a quarter of the answered native iris predictions. The request loop is bounded in count and time and stops by itself.
+platform must record), and feedback on a quarter of the answered native iris predictions.
+The request loop is bounded in count and time and stops by itself.
 
 Prints, at the end: requests by protocol and status, errors that should not happen (any 5xx,
 any transport error), prediction records sent (every prediction request that reached its
@@ -19,6 +20,7 @@ model: 200s and 400s) against records stored in PostgreSQL after the drain (must
 feedback accepted, and the web workers' and the runners' memory at the start and the end.
 Writes bench/.run/soak-<time>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,16 +62,29 @@ def memory(web: harness.Server, runners: harness.Server) -> dict:
 def stored_records(since: float) -> int:
     code = (
         "from inference.models import PredictionRecord; from datetime import datetime, timezone; "
-        f"print(PredictionRecord.objects.filter(organization__slug='bench', created_at__gte=datetime.fromtimestamp({since}, tz=timezone.utc)).count())"
+        "print(PredictionRecord.objects.filter(organization__slug='bench', "
+        f"created_at__gte=datetime.fromtimestamp({since}, tz=timezone.utc)).count())"
     )
-    out = subprocess.run([str(APP_VENV / "bin" / "python"), "manage.py", "shell", "-c", code], cwd=ROOT, env=harness.modelhost_env(), capture_output=True, text=True)
+    out = subprocess.run(
+        [str(APP_VENV / "bin" / "python"), "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=harness.modelhost_env(),
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise SystemExit(f"counting the stored records failed:\n{out.stderr[-3000:]}")
     return int(out.stdout.strip().splitlines()[-1])
 
 
 def drain() -> int:
-    out = subprocess.run([str(APP_VENV / "bin" / "python"), str(BENCH / "drain_records.py")], cwd=ROOT, env=harness.modelhost_env(), capture_output=True, text=True)
+    out = subprocess.run(
+        [str(APP_VENV / "bin" / "python"), str(BENCH / "drain_records.py")],
+        cwd=ROOT,
+        env=harness.modelhost_env(),
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise SystemExit(f"draining the prediction records failed:\n{out.stderr[-3000:]}")
     return int(out.stdout.strip().splitlines()[-1])
@@ -177,12 +192,28 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         runner_host = stack.enter_context(harness.runner_host())
         # The ingest worker's part: records reach PostgreSQL while the soak runs (feedback needs them).
-        stack.enter_context(harness.running("soak-drain", [str(APP_VENV / "bin" / "python"), str(BENCH / "drain_records.py"), "--loop"], env=harness.modelhost_env(), port=0, ready_path=None))
+        stack.enter_context(
+            harness.running(
+                "soak-drain",
+                [str(APP_VENV / "bin" / "python"), str(BENCH / "drain_records.py"), "--loop"],
+                env=harness.modelhost_env(),
+                port=0,
+                ready_path=None,
+            )
+        )
         port = harness.free_port()
         env = harness.modelhost_web_env(HOST="127.0.0.1", PORT=str(port), WEB_CONCURRENCY="2")
-        web = stack.enter_context(harness.running("modelhost-soak", [str(APP_VENV / "bin" / "python"), "-m", "platform_site.serve"], env=env, port=port))
+        web = stack.enter_context(
+            harness.running("modelhost-soak", [str(APP_VENV / "bin" / "python"), "-m", "platform_site.serve"], env=env, port=port)
+        )
         started_at = time.time()
-        soak = Soak(port=port, key=key, rate=args.rate, deadline=time.monotonic() + args.minutes * 60, max_requests=int(args.rate * args.minutes * 60 * 1.1) + 10)
+        soak = Soak(
+            port=port,
+            key=key,
+            rate=args.rate,
+            deadline=time.monotonic() + args.minutes * 60,
+            max_requests=int(args.rate * args.minutes * 60 * 1.1) + 10,
+        )
         soak.one(1, random.Random(0))  # warm both paths before the first memory reading
         soak.one(3, random.Random(0))
         report["memory_start"] = memory(web, runner_host)
@@ -207,7 +238,10 @@ def main() -> None:
     )
     print(json.dumps(report, indent=1))
     verdict = "equal" if stored == soak.records_expected else "**NOT equal**"
-    print(f"\n{soak.sent} requests in {args.minutes:g} min; unexpected answers: {len(soak.unexpected)}; records sent {soak.records_expected}, stored {stored} ({verdict})")
+    print(
+        f"\n{soak.sent} requests in {args.minutes:g} min; unexpected answers: {len(soak.unexpected)}; records sent "
+        f"{soak.records_expected}, stored {stored} ({verdict})"
+    )
     out = RUN / f"soak-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=1))
     print(f"raw figures in {out.relative_to(harness.ROOT)}")

@@ -7,10 +7,11 @@ bench/.run/start-var, emptied first (--keep: not emptied, so every start is a la
 free port, with DATABASE_URL and REDIS_URL unset (the embedded default: SQLite and the
 embedded Redis). Each start is timed until the login page answers 200, and until every process
 has said it is ready (both web workers, the three Celery workers, beat, the runner host); its
-output is kept with the second each line appeared, so a slow step shows. Then Ctrl-C (SIGINT to the process group, as a terminal sends it) and a wait
-for everything to stop. The virtualenv's own install (the first `make run` on a fresh machine)
-is not included: see `make install`.
+output is kept with the second each line appeared, so a slow step shows. Then Ctrl-C (SIGINT
+to the process group, as a terminal sends it) and a wait for everything to stop. The
+virtualenv's own install (the first `make run` on a fresh machine) is not included: see `make install`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,15 @@ from harness import ROOT, RUN, free_port
 
 VAR = RUN / "start-var"
 # A line each process prints once it serves (the web's workers: both).
-READY = ("ingest@", "analytics@", "batch@", "runner host: ready", "beat: Starting", "Started worker-1 runtime", "Started worker-2 runtime")
+READY = (
+    "ingest@",
+    "analytics@",
+    "batch@",
+    "runner host: ready",
+    "beat: Starting",
+    "Started worker-1 runtime",
+    "Started worker-2 runtime",
+)
 
 
 def all_ready_at(lines: list[tuple[float, str]]) -> float | None:
@@ -61,7 +70,9 @@ def start_once(port: int) -> dict:
     try:
         while time.monotonic() - started < 600:
             if process.poll() is not None:
-                raise SystemExit(f"scripts/run.sh exited with {process.returncode}:\n" + "\n".join(text for _, text in lines[-40:]))
+                raise SystemExit(
+                    f"scripts/run.sh exited with {process.returncode}:\n" + "\n".join(text for _, text in lines[-40:])
+                )
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/login/", timeout=2) as response:
                     if response.status == 200:
@@ -84,7 +95,12 @@ def start_once(port: int) -> dict:
             process.wait()
         reader.join(timeout=5)
     stopped = time.monotonic() - interrupted
-    return {"login_page_seconds": round(login, 2), "all_ready_seconds": all_ready_at(lines), "stop_seconds": round(stopped, 2), "output": lines}
+    return {
+        "login_page_seconds": round(login, 2),
+        "all_ready_seconds": all_ready_at(lines),
+        "stop_seconds": round(stopped, 2),
+        "output": lines,
+    }
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ step and the total, BENCH_REPEAT times per model (3; each a new model of the sam
 organization), then the median total. Models: iris LogisticRegression and a
 RandomForestClassifier with 500 trees on 20 features.
 """
+
 from __future__ import annotations
 
 import io
@@ -74,7 +75,9 @@ Organization.objects.filter(id=org.id).update(rate_limit_per_minute=0)
 _, key = services.create_api_key(caller=caller, organization=org, name="bench", scopes=["admin"])
 print(slug, key)
 """
-    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    )
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -112,7 +115,9 @@ def main() -> int:
 def start_runner_host(env: dict, *, socket_path: Path) -> subprocess.Popen:
     """The Procfile's runner host, once it accepts connections (it imports scikit-learn first)."""
     # Not to a file: a runner may not write files (RLIMIT_FSIZE 0), its warnings included.
-    host = subprocess.Popen([sys.executable, "-m", "inference.runners.host"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    host = subprocess.Popen(
+        [sys.executable, "-m", "inference.runners.host"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while True:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
@@ -128,7 +133,9 @@ def start_runner_host(env: dict, *, socket_path: Path) -> subprocess.Popen:
 def measure(env: dict, *, port: int, slug: str, key: str) -> int:
     print(f"log: {env['VAR_DIR']}/web.log")
     with open(Path(env["VAR_DIR"]) / "web.log", "wb") as log:
-        web = subprocess.Popen([sys.executable, "-m", "platform_site.serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        web = subprocess.Popen(
+            [sys.executable, "-m", "platform_site.serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     headers = {"X-API-Key": key}
     try:
@@ -143,16 +150,28 @@ def measure(env: dict, *, port: int, slug: str, key: str) -> int:
         for index, (label, (content, row)) in enumerate(models().items()):
             for run in range(REPEAT):
                 name = f"m{index}-{run}"
-                requests.post(f"{base}/api/v1/models", json={"org": slug, "name": name}, headers=headers, timeout=10).raise_for_status()
+                requests.post(
+                    f"{base}/api/v1/models", json={"org": slug, "name": name}, headers=headers, timeout=10
+                ).raise_for_status()
                 started = time.perf_counter()
                 upload = requests.post(
-                    f"{base}/api/v1/models/{slug}/{name}/versions", files={"file": ("model.joblib", content)}, headers=headers, timeout=120
+                    f"{base}/api/v1/models/{slug}/{name}/versions",
+                    files={"file": ("model.joblib", content)},
+                    headers=headers,
+                    timeout=120,
                 )
                 upload.raise_for_status()
                 uploaded = time.perf_counter()
-                requests.post(f"{base}/api/v1/models/{slug}/{name}/versions/1/stage", json={"stage": "production"}, headers=headers, timeout=60).raise_for_status()
+                requests.post(
+                    f"{base}/api/v1/models/{slug}/{name}/versions/1/stage",
+                    json={"stage": "production"},
+                    headers=headers,
+                    timeout=60,
+                ).raise_for_status()
                 promoted = time.perf_counter()
-                answer = requests.post(f"{base}/api/v1/models/{slug}/{name}/predict", json={"inputs": [row]}, headers=headers, timeout=60)
+                answer = requests.post(
+                    f"{base}/api/v1/models/{slug}/{name}/predict", json={"inputs": [row]}, headers=headers, timeout=60
+                )
                 if not answer.ok:
                     raise SystemExit(f"{label}: the first prediction failed: {answer.status_code} {answer.text}")
                 done = time.perf_counter()

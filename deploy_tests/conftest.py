@@ -1,4 +1,5 @@
 """The deploy tests read files and run command-line checkers: no database, no cache."""
+
 import pytest
 
 

@@ -9,6 +9,7 @@ server's pruning would silently drop them, so a misspelt field (`minReplicas` fo
 `minReplicaCount`) would pass. `unknown_fields` closes that gap by walking the document
 along the packages' TypeScript declarations, which list every field of every type.
 """
+
 from __future__ import annotations
 
 import functools
@@ -160,7 +161,7 @@ def _declarations() -> dict[str, _Declaration]:
 
 def _element_type(type_name: str) -> str:
     while type_name.startswith("Array<") and type_name.endswith(">"):
-        type_name = type_name[len("Array<"):-1]
+        type_name = type_name[len("Array<") : -1]
     return type_name
 
 

@@ -5,6 +5,7 @@ compose Prometheus); the Prometheus Operator needs them wrapped in a PrometheusR
 `python -m deploy_tests.prometheus_rule > kubernetes/monitoring/prometheusrule.yaml`
 regenerates the file; test_monitoring.py checks that it is up to date.
 """
+
 from __future__ import annotations
 
 from typing import Any

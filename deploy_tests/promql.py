@@ -9,6 +9,7 @@ sample names Prometheus sees (a counter `x` is scraped as `x_total`, a histogram
 Queries are checked for syntax by promtool (see test_monitoring.py); this module only
 needs to find the metric names in a query that already parses, which a small lexer does.
 """
+
 from __future__ import annotations
 
 import ast
@@ -117,8 +118,19 @@ def family_of_sample(sample: str) -> MetricFamily | None:
 
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 _KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
-    "and", "or", "unless", "offset", "inf", "nan",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
 }
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")

@@ -1,4 +1,5 @@
 """docker-compose.yml: valid Compose, the Procfile's processes, healthy ordering, shared storage."""
+
 from __future__ import annotations
 
 import copy
@@ -177,7 +178,9 @@ def test_runner_service_environment_holds_no_secret(compose):
     "mistake",
     [
         lambda compose: compose["services"]["runner"]["environment"].update(SECRET_KEY="x" * 50),
-        lambda compose: compose["services"]["runner"]["environment"].update(RUNNER_TOKEN=compose["x-app"]["environment"]["SECRET_KEY"]),
+        lambda compose: compose["services"]["runner"]["environment"].update(
+            RUNNER_TOKEN=compose["x-app"]["environment"]["SECRET_KEY"]
+        ),
         lambda compose: compose["services"]["runner"].update(env_file=[".env"]),
         lambda compose: compose["services"]["runner"].update(volumes=["model-storage:/app/var/models"]),
     ],
@@ -192,7 +195,10 @@ def test_runner_check_catches_a_secret_in_its_environment(compose, mistake):
 def test_the_merged_app_settings_would_be_caught(compose):
     """A runner written as `<<: *app` would inherit every secret: the check sees it."""
     broken = copy.deepcopy(compose)
-    broken["services"]["runner"]["environment"] = {**compose["x-app"]["environment"], **compose["services"]["runner"]["environment"]}
+    broken["services"]["runner"]["environment"] = {
+        **compose["x-app"]["environment"],
+        **compose["services"]["runner"]["environment"],
+    }
     assert "the runner's environment holds SECRET_KEY" in runner_environment_problems(broken)
 
 

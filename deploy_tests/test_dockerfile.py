@@ -1,4 +1,5 @@
 """The Dockerfile: multi-stage, pinned, non-root, healthy, and running the Procfile's web."""
+
 from __future__ import annotations
 
 import re
@@ -77,7 +78,12 @@ def test_static_files_are_collected_at_build_without_keeping_a_secret(instructio
 
 def test_writable_var_directories_exist_for_the_app_user(instructions):
     stage = final_stage(instructions)
-    env = {name: value for command in stage if command.cmd == "ENV" for name, value in zip(command.value[::2], command.value[1::2])}
+    env = {
+        name: value
+        for command in stage
+        if command.cmd == "ENV"
+        for name, value in zip(command.value[::2], command.value[1::2], strict=True)
+    }
     assert env["PROMETHEUS_MULTIPROC_DIR"] == "/app/var/prometheus"
     assert env["PORT"] == "8000"
     assert only(stage, "WORKDIR").value[0] == "/app"
@@ -105,7 +111,9 @@ def test_default_command_is_the_procfile_web_process(instructions):
 
 
 def test_dockerignore_keeps_secrets_and_local_state_out():
-    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")
+    }
     for pattern in (".git", ".env", ".env.*", ".venv", "var", "staticfiles", "**/__pycache__"):
         assert pattern in ignored, pattern
     for needed in ("platform_site", "requirements.txt", "manage.py", "Procfile", "static", "templates"):

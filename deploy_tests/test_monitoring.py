@@ -4,6 +4,7 @@ promtool and amtool (scripts/install_ops_tools.sh) check the files as Prometheus
 Alertmanager would load them; the dashboard's and the rules' queries may only read
 metrics the platform exposes (deploy_tests/promql.py lists them).
 """
+
 from __future__ import annotations
 
 import ast
@@ -51,7 +52,11 @@ def dashboard_queries() -> list[str]:
 def promtool_accepts(expressions: list[str], tmp_path: Path) -> None:
     """promtool parses each expression as a recording rule; fails with its message if not."""
     promtool = require_debian_tool("promtool")
-    rules = {"groups": [{"name": "syntax", "rules": [{"record": f"check:expression_{i}", "expr": e} for i, e in enumerate(expressions)]}]}
+    rules = {
+        "groups": [
+            {"name": "syntax", "rules": [{"record": f"check:expression_{i}", "expr": e} for i, e in enumerate(expressions)]}
+        ]
+    }
     path = tmp_path / "expressions.yml"
     path.write_text(yaml.safe_dump(rules))
     result = run_tool([promtool, "check", "rules", str(path)])
@@ -65,7 +70,11 @@ def test_prometheus_configuration_and_its_rule_files_load():
 
 
 def test_prometheus_scrapes_the_web_with_the_metrics_bearer_token():
-    (job,) = [job for job in yaml.safe_load((MONITORING / "prometheus.yml").read_text())["scrape_configs"] if job["job_name"] == "modelhost-web"]
+    (job,) = [
+        job
+        for job in yaml.safe_load((MONITORING / "prometheus.yml").read_text())["scrape_configs"]
+        if job["job_name"] == "modelhost-web"
+    ]
     assert job["authorization"] == {"type": "Bearer", "credentials_file": "metrics-token"}
     assert (MONITORING / job["authorization"]["credentials_file"]).read_text().strip()
 
@@ -115,7 +124,9 @@ def test_alerts_match_error_codes_that_exist():
     codes = {
         node.value.elts[1].value
         for node in ast.walk(tree)
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple) and len(node.value.elts) == 3
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Tuple)
+        and len(node.value.elts) == 3
         and isinstance(node.value.elts[1], ast.Constant)
     }
     codes |= {

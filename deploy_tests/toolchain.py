@@ -3,6 +3,7 @@
 A missing tool is a failed test that names the install step, never a skip: a validation
 that silently stops running is worse than none.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """REST API for inference outside the hot path: feedback on predictions, webhook deliveries."""
+
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -62,7 +63,9 @@ class WebhookDeliveryListApi(APIView):
 
     @extend_schema(
         responses={200: WebhookDeliveryOutputSerializer(many=True)},
-        parameters=[OpenApiParameter("subject", str, description="Only attempts about this, e.g. batch_job:12 or drift_report:5.")],
+        parameters=[
+            OpenApiParameter("subject", str, description="Only attempts about this, e.g. batch_job:12 or drift_report:5.")
+        ],
     )
     def get(self, request, org: str):
         organization = organization_for_caller(caller=caller_from_request(request), slug=org)

@@ -13,12 +13,14 @@ feeds Server-Timing and the Prometheus metrics. A live mirror costs the request 
 against the fraction its cached route holds: a sampled request's record carries the mirror's
 id, and the analytics worker predicts it with the candidate later (docs/mirroring.md).
 """
+
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -27,7 +29,13 @@ from django.http import HttpRequest
 from accounts.authentication import ApiKeyError, authenticate_api_key, credential_from_headers
 from inference import limits, prediction_cache, predictors, records, routing
 from platform_site.errors import ModelhostError, NotFound, PermissionDenied, Unauthenticated
-from platform_site.metrics import PREDICTION_CACHE_HITS, PREDICTION_ERRORS, PREDICTION_LATENCY, PREDICTION_REQUESTS, PREDICTION_ROWS
+from platform_site.metrics import (
+    PREDICTION_CACHE_HITS,
+    PREDICTION_ERRORS,
+    PREDICTION_LATENCY,
+    PREDICTION_REQUESTS,
+    PREDICTION_ROWS,
+)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -96,7 +104,7 @@ class PredictionCall:
 
     unit_id: str | None
     want_proba: bool
-    validate: Callable[["routing.VersionTarget"], ModelInput]
+    validate: Callable[[routing.VersionTarget], ModelInput]
     extra: dict = field(default_factory=dict)
 
 
@@ -139,7 +147,10 @@ def authenticate(request: HttpRequest) -> CallerIdentity:
         )
     user = _user_from_jwt_or_session(request)
     if user is None:
-        raise Unauthenticated("Send an API key (Authorization: Bearer mh_… or X-API-Key), a JWT, or log in.", headers={"WWW-Authenticate": 'Bearer realm="api"'})
+        raise Unauthenticated(
+            "Send an API key (Authorization: Bearer mh_… or X-API-Key), a JWT, or log in.",
+            headers={"WWW-Authenticate": 'Bearer realm="api"'},
+        )
     return CallerIdentity(org_slug=None, subject=f"u{user.pk}", api_key_id=None)
 
 
@@ -178,11 +189,21 @@ def _route_for(identity: CallerIdentity, org_slug: str, model_name: str) -> tupl
         return routing.resolve_route(org_slug, model_name), identity
     from accounts.models import Membership
 
-    membership = Membership.objects.select_related("organization").filter(user_id=int(identity.subject[1:]), organization__slug=org_slug).first()
+    membership = (
+        Membership.objects.select_related("organization")
+        .filter(user_id=int(identity.subject[1:]), organization__slug=org_slug)
+        .first()
+    )
     if membership is None:
         raise NotFound()
     org = membership.organization
-    identity = CallerIdentity(org_slug=org_slug, subject=identity.subject, api_key_id=None, org_limit=org.rate_limit_per_minute, org_quota=org.monthly_quota)
+    identity = CallerIdentity(
+        org_slug=org_slug,
+        subject=identity.subject,
+        api_key_id=None,
+        org_limit=org.rate_limit_per_minute,
+        org_quota=org.monthly_quota,
+    )
     return routing.resolve_route(org_slug, model_name), identity
 
 
@@ -239,10 +260,21 @@ def run_prediction(
         if cached is not None:
             predictions, probabilities = cached["p"], cached.get("q")
         else:
-            predictions, probabilities = predictors.predict(target=target, x=model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing)
+            predictions, probabilities = predictors.predict(
+                target=target, x=model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing
+            )
         timings.mark("predict")
     except ModelhostError as exc:
-        _record_failure(identity=identity, route=route, target=target, variant=variant, protocol=protocol, call=call, timings=timings, error=exc)
+        _record_failure(
+            identity=identity,
+            route=route,
+            target=target,
+            variant=variant,
+            protocol=protocol,
+            call=call,
+            timings=timings,
+            error=exc,
+        )
         raise
     outcome = Outcome(
         prediction_id=new_prediction_id(),
@@ -283,13 +315,17 @@ def _validate(call: PredictionCall, target: routing.VersionTarget) -> tuple[Mode
         return None, exc
 
 
-def _cache_key(route: routing.Route, target: routing.VersionTarget, model_input: ModelInput | None, call: PredictionCall) -> str | None:
+def _cache_key(
+    route: routing.Route, target: routing.VersionTarget, model_input: ModelInput | None, call: PredictionCall
+) -> str | None:
     if model_input is None or route.cache_ttl <= 0:
         return None
     return prediction_cache.cache_key(version_id=target.id, canonical_input=model_input.canonical, want_proba=call.want_proba)
 
 
-def _choose_target(route: routing.Route, version_number: int | None, unit_id: str | None) -> tuple[routing.VersionTarget, str | None]:
+def _choose_target(
+    route: routing.Route, version_number: int | None, unit_id: str | None
+) -> tuple[routing.VersionTarget, str | None]:
     if version_number is not None:
         return routing.resolve_version(route, version_number), None
     if route.experiment is not None:

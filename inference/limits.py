@@ -16,6 +16,7 @@ a request needs one Redis call before predicting, not two, and a refused request
 Redis down: limits fail OPEN (the request is served and not counted) so an outage of the
 cache never becomes an outage of predictions; `modelhost_cache_up` and /readyz show it.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -23,7 +24,7 @@ import functools
 import hashlib
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from platform_site.errors import QuotaExceeded, RateLimited
 from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success, run_script
@@ -127,7 +128,7 @@ def _month_end_seconds(now: datetime) -> int:
 @functools.lru_cache(maxsize=4)
 def _month_of(minute: int) -> tuple[str, int]:
     """The UTC month ("YYYYMM") of an epoch minute and the epoch second it ends: computed once a minute."""
-    start = datetime.fromtimestamp(minute * 60, tz=timezone.utc)
+    start = datetime.fromtimestamp(minute * 60, tz=UTC)
     return f"{start.year}{start.month:02d}", minute * 60 + _month_end_seconds(start)
 
 

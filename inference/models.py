@@ -1,4 +1,5 @@
 """Prediction records, feedback, experiments (traffic splits)."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -44,7 +45,9 @@ class PredictionRecord(models.Model):
             models.Index(fields=["version", "created_at"]),
             models.Index(fields=["organization", "created_at"]),
             # Only the sampled records are indexed: the mirror worker's scan stays as small as its sample.
-            models.Index(fields=["mirror_id", "id"], condition=models.Q(mirror_id__isnull=False), name="prediction_record_mirrored"),
+            models.Index(
+                fields=["mirror_id", "id"], condition=models.Q(mirror_id__isnull=False), name="prediction_record_mirrored"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -138,7 +141,9 @@ class Mirror(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            models.UniqueConstraint(fields=["registered_model"], condition=models.Q(status="running"), name="one_running_mirror_per_model"),
+            models.UniqueConstraint(
+                fields=["registered_model"], condition=models.Q(status="running"), name="one_running_mirror_per_model"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,9 +1,11 @@
 """The Redis prediction cache: key = version id + hash of the canonical input and options.
 
 The hot path reads it in the rate limit's round trip (inference.limits) and stores answers
-with the prediction record (inference.records), on the next round trip. The key names the version, so a promotion or rollback can never serve another version's
-answer. Redis down: every lookup is a miss and nothing is stored (served uncached).
+with the prediction record (inference.records), on the next round trip. The key names the
+version, so a promotion or rollback can never serve another version's answer. Redis down:
+every lookup is a miss and nothing is stored (served uncached).
 """
+
 from __future__ import annotations
 
 import hashlib

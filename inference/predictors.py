@@ -8,6 +8,7 @@ the round trip to a runner. Everything else, and any request that path does not 
 (missing values allowed, a DataFrame, probabilities the spec cannot reproduce), goes to the
 organization's runner (inference.runners.client).
 """
+
 from __future__ import annotations
 
 import functools

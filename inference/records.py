@@ -30,6 +30,7 @@ web then writes them to the database itself, in bulk, while the ingestion worker
 lost, and counted (modelhost_records_dropped_total). The backlog is the gauge
 modelhost_record_backlog; the ModelhostRecordBacklog alert fires long before the bound.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,7 +39,7 @@ import socket
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 from django.conf import settings
@@ -100,7 +101,9 @@ def _settled(record: dict, outcome: list | BaseException) -> None:
 def _mark_stream_full(length: int) -> None:
     global _stream_full_until
     if time.monotonic() >= _stream_full_until:
-        logger.warning("the record stream holds %d records (bound %d): spilling to the process buffer", length, settings.RECORD_STREAM_MAXLEN)
+        logger.warning(
+            "the record stream holds %d records (bound %d): spilling to the process buffer", length, settings.RECORD_STREAM_MAXLEN
+        )
     _stream_full_until = time.monotonic() + settings.RECORD_STREAM_FULL_SECONDS
 
 
@@ -188,7 +191,7 @@ def ingest_records(records: list[dict]) -> int:
     objects = [
         PredictionRecord(
             prediction_id=r["id"],
-            created_at=datetime.fromtimestamp(r["ts"], tz=timezone.utc),
+            created_at=datetime.fromtimestamp(r["ts"], tz=UTC),
             organization_id=r["org"],
             registered_model_id=r["model"],
             version_id=r["version"],
@@ -229,7 +232,9 @@ def drain_stream(*, batch_size: int = 5000, max_batches: int = 50) -> int:
     consumer = _consumer_name()
     done = 0
     # First take over what a crashed consumer read but never acknowledged.
-    _, claimed, _ = client.xautoclaim(STREAM, GROUP, consumer, min_idle_time=int(settings.RECORD_CLAIM_IDLE_SECONDS * 1000), start_id="0-0", count=batch_size)
+    _, claimed, _ = client.xautoclaim(
+        STREAM, GROUP, consumer, min_idle_time=int(settings.RECORD_CLAIM_IDLE_SECONDS * 1000), start_id="0-0", count=batch_size
+    )
     if claimed:
         done += _store_and_ack(client, claimed)
     for _ in range(max_batches):

@@ -6,14 +6,16 @@ A promotion bumps a generation counter in Redis; the rate-limit round trip reads
 every process drops its routes on its next request after a promotion (and the process that
 promoted drops them at once). Without Redis the bound is ROUTE_CACHE_SECONDS.
 """
+
 from __future__ import annotations
 
 import hashlib
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from django.conf import settings
 
@@ -106,7 +108,9 @@ def target_for(version, *, org_id: int | None = None) -> VersionTarget:
         id=version.id,
         number=version.number,
         model_id=version.registered_model_id,
-        spec=InputSpec.from_signature(version.signature, wants_frame=version.fitted_with_feature_names, max_rows=settings.MAX_ROWS_PER_REQUEST),
+        spec=InputSpec.from_signature(
+            version.signature, wants_frame=version.fitted_with_feature_names, max_rows=settings.MAX_ROWS_PER_REQUEST
+        ),
         task=version.task,
         classes=version.classes,
         has_proba=version.has_predict_proba,
@@ -181,11 +185,19 @@ def _build_route(org_slug: str, model_name: str) -> Route | None:
             id=running.id,
             name=running.name,
             variants=tuple(
-                Variant(name=v.get("name") or f"v{v['version']}", weight=int(v["weight"]), target=target_for(versions[v["version_id"]], org_id=model.organization_id))
+                Variant(
+                    name=v.get("name") or f"v{v['version']}",
+                    weight=int(v["weight"]),
+                    target=target_for(versions[v["version_id"]], org_id=model.organization_id),
+                )
                 for v in running.variants
             ),
         )
-    running_mirror = Mirror.objects.filter(registered_model=model, status=Mirror.Status.RUNNING).values_list("id", "fraction", "baseline_version_id").first()
+    running_mirror = (
+        Mirror.objects.filter(registered_model=model, status=Mirror.Status.RUNNING)
+        .values_list("id", "fraction", "baseline_version_id")
+        .first()
+    )
     mirror = None
     if running_mirror is not None and running_mirror[2] == model.production_version_id:
         mirror = MirrorRoute(id=running_mirror[0], fraction=running_mirror[1])

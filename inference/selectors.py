@@ -1,4 +1,5 @@
 """Reads for inference outside the hot path."""
+
 from __future__ import annotations
 
 from django.db.models import QuerySet

@@ -1,4 +1,5 @@
 """React to the registry: a promotion makes every process re-resolve routes and warms here."""
+
 from __future__ import annotations
 
 import logging

@@ -7,4 +7,5 @@ from inference import records
 def drain_prediction_records() -> int:
     return records.drain_stream()
 
+
 from inference.batch.tasks import *  # noqa

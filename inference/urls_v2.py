@@ -1,4 +1,5 @@
 """Open Inference Protocol (KServe V2) paths, mounted at /v2."""
+
 from django.urls import path
 
 from inference import views_protocols as views

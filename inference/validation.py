@@ -10,6 +10,7 @@ missing value (NaN) only where the signature allows missing values. Strings are 
 turned into numbers, booleans are never turned into numbers, and NaN or infinity is
 refused unless the column allows missing values.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,7 +56,7 @@ class InputSpec:
         return all(c.type in NUMERIC for c in self.columns)
 
     @classmethod
-    def from_signature(cls, signature: dict, *, wants_frame: bool, max_rows: int) -> "InputSpec":
+    def from_signature(cls, signature: dict, *, wants_frame: bool, max_rows: int) -> InputSpec:
         columns = tuple(
             Column(name=c["name"], type=c.get("type", "double"), allow_missing=bool(c.get("allow_missing", False)))
             for c in signature.get("inputs", [])
@@ -76,7 +77,10 @@ def normalise_rows(inputs: Any, spec: InputSpec) -> list[list[Any]]:
     if isinstance(inputs, dict):
         inputs = [inputs]
     if not isinstance(inputs, list):
-        raise InvalidInput("inputs must be a list of rows (lists or objects) or one object.", errors=[{"field": "inputs", "message": "expected a list of rows"}])
+        raise InvalidInput(
+            "inputs must be a list of rows (lists or objects) or one object.",
+            errors=[{"field": "inputs", "message": "expected a list of rows"}],
+        )
     if not inputs:
         raise InvalidInput("inputs is empty: send at least one row.", errors=[{"field": "inputs", "message": "empty batch"}])
     if len(inputs) > spec.max_rows:
@@ -141,7 +145,14 @@ def _check_cell(value: Any, column: Column, row: int) -> None:
 
 
 def _expected(kind: str) -> str:
-    return {"long": "an integer", "integer": "an integer", "double": "a number", "float": "a number", "boolean": "true or false", "string": "a string"}.get(kind, kind)
+    return {
+        "long": "an integer",
+        "integer": "an integer",
+        "double": "a number",
+        "float": "a number",
+        "boolean": "true or false",
+        "string": "a string",
+    }.get(kind, kind)
 
 
 def _describe(value: Any) -> str:
@@ -175,7 +186,7 @@ def check_rows(rows: list[list[Any]], spec: InputSpec) -> None:
         if fine and not any(c.type in INTEGER for c in columns):
             return
     for index, row in enumerate(rows):
-        for value, column in zip(row, columns):
+        for value, column in zip(row, columns, strict=True):
             _check_cell(value, column, index)
 
 
@@ -211,7 +222,9 @@ def validate_array(array: np.ndarray, spec: InputSpec) -> np.ndarray:
     if array.shape[0] == 0:
         raise InvalidInput("The input is empty: send at least one row.", errors=[{"field": "inputs", "message": "empty batch"}])
     if array.shape[0] > spec.max_rows:
-        raise PayloadTooLarge(f"{array.shape[0]} rows is more than the limit of {spec.max_rows} per request; use a batch job for more.")
+        raise PayloadTooLarge(
+            f"{array.shape[0]} rows is more than the limit of {spec.max_rows} per request; use a batch job for more."
+        )
     if array.dtype.kind == "f":
         finite = np.isfinite(array)
         if not finite.all():

@@ -7,6 +7,7 @@ path programs use; this view only renders the form and the snippets. The snippet
 values in the form: the form's values come back here as a query string (htmx asks for the
 snippets alone as the user types; without JavaScript, the form's submit reloads the page).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,7 @@ def _example_row(version, columns: list[dict]) -> list[Any]:
     if not rows:
         return [None] * len(columns)
     if names:
-        by_name = dict(zip(names, rows[0]))
+        by_name = dict(zip(names, rows[0], strict=True))
         return [by_name.get(column["name"]) for column in columns]
     return list(rows[0])[: len(columns)] + [None] * max(0, len(columns) - len(rows[0]))
 
@@ -80,12 +81,23 @@ def _field(index: int, column: dict, value: Any) -> dict:
 
 
 def _snippets(
-    *, base: str, org: str, model: str, number: int, columns: list[dict], row: list[Any], want_proba: bool, fill_missing: bool = True
+    *,
+    base: str,
+    org: str,
+    model: str,
+    number: int,
+    columns: list[dict],
+    row: list[Any],
+    want_proba: bool,
+    fill_missing: bool = True,
 ) -> dict[str, str]:
     """The request for `row` in four clients; with `fill_missing`, a value the example leaves out is 0 or ""."""
     names = [column["name"] for column in columns]
     if fill_missing:
-        values = [(0 if column.get("type", "double") in NUMERIC else "") if value is None else value for column, value in zip(columns, row)]
+        values = [
+            (0 if column.get("type", "double") in NUMERIC else "") if value is None else value
+            for column, value in zip(columns, row, strict=True)
+        ]
     else:
         values = list(row)
     native_body = {"inputs": [values]}
@@ -98,7 +110,7 @@ def _snippets(
     else:
         v2_inputs = [
             {"name": name, "shape": [1], "datatype": V2_DATATYPES.get(column.get("type", "double"), "BYTES"), "data": [value]}
-            for name, column, value in zip(names, columns, values)
+            for name, column, value in zip(names, columns, values, strict=True)
         ]
     v2_body = {"inputs": v2_inputs}
     mlflow_body = {"dataframe_split": {"columns": names, "data": [values]}}
@@ -142,14 +154,29 @@ def try_version(request: HttpRequest, org: str, model: str, number: int) -> Http
     typed = _typed_row(request.GET, columns)
     row = typed if typed is not None else _example_row(version, columns)
     base = request.build_absolute_uri("/").rstrip("/")
-    snippets = _snippets(base=base, org=org, model=model, number=number, columns=columns, row=row, want_proba=version.has_predict_proba, fill_missing=typed is None)
-    context = {"organization": registered.organization, "model": registered, "version": version, "snippets": snippets, "is_typed": typed is not None}
+    snippets = _snippets(
+        base=base,
+        org=org,
+        model=model,
+        number=number,
+        columns=columns,
+        row=row,
+        want_proba=version.has_predict_proba,
+        fill_missing=typed is None,
+    )
+    context = {
+        "organization": registered.organization,
+        "model": registered,
+        "version": version,
+        "snippets": snippets,
+        "is_typed": typed is not None,
+    }
     if request.htmx and not request.htmx.history_restore_request:
         response = render_page(request, "inference/_snippets.html", context)
     else:
         context.update(
             {
-                "fields": [_field(i, column, value) for i, (column, value) in enumerate(zip(columns, row))],
+                "fields": [_field(i, column, value) for i, (column, value) in enumerate(zip(columns, row, strict=True))],
                 "columns_data": [{"name": c["name"], "type": c.get("type", "double")} for c in columns],
                 "predict_url": reverse("predict-version", args=[org, model, number]),
                 "want_proba": version.has_predict_proba,

@@ -3,12 +3,14 @@
 Plain Django views rather than DRF: on the hot path a serializer per request is measurable
 cost and buys nothing (the body is checked against the version's signature anyway).
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import secrets
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from django.conf import settings
@@ -48,10 +50,16 @@ def parse_native(raw: bytes) -> PredictionCall:
     except orjson.JSONDecodeError as exc:
         raise MalformedBody(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
-        raise InvalidInput('The body must be a JSON object like {"inputs": [[...]]}.', errors=[{"field": "body", "message": "expected an object"}])
+        raise InvalidInput(
+            'The body must be a JSON object like {"inputs": [[...]]}.',
+            errors=[{"field": "body", "message": "expected an object"}],
+        )
     unknown = sorted(set(body) - ALLOWED_KEYS)
     if unknown:
-        raise InvalidInput(f"Unknown field(s): {', '.join(unknown)}; expected inputs, parameters, unit_id.", errors=[{"field": name, "message": "Unknown field."} for name in unknown])
+        raise InvalidInput(
+            f"Unknown field(s): {', '.join(unknown)}; expected inputs, parameters, unit_id.",
+            errors=[{"field": name, "message": "Unknown field."} for name in unknown],
+        )
     if "inputs" not in body:
         raise InvalidInput("The body has no inputs.", errors=[{"field": "inputs", "message": "required"}])
     parameters = body.get("parameters") or {}
@@ -59,10 +67,16 @@ def parse_native(raw: bytes) -> PredictionCall:
         raise InvalidInput("parameters must be an object.", errors=[{"field": "parameters", "message": "expected an object"}])
     unknown = sorted(set(parameters) - ALLOWED_PARAMETERS)
     if unknown:
-        raise InvalidInput(f"Unknown parameter(s): {', '.join(unknown)}.", errors=[{"field": f"parameters.{name}", "message": "Unknown parameter."} for name in unknown])
+        raise InvalidInput(
+            f"Unknown parameter(s): {', '.join(unknown)}.",
+            errors=[{"field": f"parameters.{name}", "message": "Unknown parameter."} for name in unknown],
+        )
     want_proba = parameters.get("probabilities", False)
     if not isinstance(want_proba, bool):
-        raise InvalidInput("parameters.probabilities must be true or false.", errors=[{"field": "parameters.probabilities", "message": "expected a boolean"}])
+        raise InvalidInput(
+            "parameters.probabilities must be true or false.",
+            errors=[{"field": "parameters.probabilities", "message": "expected a boolean"}],
+        )
     unit_id = body.get("unit_id")
     if unit_id is not None and not isinstance(unit_id, (str, int)) or isinstance(unit_id, bool):
         raise InvalidInput("unit_id must be a string.", errors=[{"field": "unit_id", "message": "expected a string"}])
@@ -92,7 +106,12 @@ def _predict(request: HttpRequest, org: str, model: str, number: int | None) -> 
     try:
         raw = read_body(request)
         outcome = run_prediction(
-            request=request, org_slug=org, model_name=model, version_number=number, protocol="native", parse=lambda: parse_native(raw)
+            request=request,
+            org_slug=org,
+            model_name=model,
+            version_number=number,
+            protocol="native",
+            parse=lambda: parse_native(raw),
         )
     except ModelhostError as exc:
         return problem_response(exc)

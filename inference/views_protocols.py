@@ -4,6 +4,7 @@ Both run the same hot path as the native endpoint; they differ only in how a bod
 and an answer or an error is written. V2 model names resolve inside the organization of
 the API key that calls (V2 paths carry no organization).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -107,7 +108,9 @@ def v2_infer(request: HttpRequest, model: str, number: int | None = None) -> Htt
             call = PredictionCall(unit_id=request.META.get(UNIT_HEADER), want_proba=False, validate=None)
 
             def validate(target) -> ModelInput:
-                parsed = v2.parse_infer_request(raw, content_type=content_type, inference_header_length=header_length, spec=target.spec)
+                parsed = v2.parse_infer_request(
+                    raw, content_type=content_type, inference_header_length=header_length, spec=target.spec
+                )
                 v2.check_requested_outputs(parsed.outputs, has_proba=target.has_proba)
                 call.want_proba = any(output.name == v2.PREDICT_PROBA for output in parsed.outputs)
                 parsed_holder["request"] = parsed
@@ -125,7 +128,9 @@ def v2_infer(request: HttpRequest, model: str, number: int | None = None) -> Htt
             call.validate = validate
             return call
 
-        outcome = run_prediction(request=request, org_slug=None, model_name=model, version_number=number, protocol="v2", parse=parse)
+        outcome = run_prediction(
+            request=request, org_slug=None, model_name=model, version_number=number, protocol="v2", parse=parse
+        )
         parsed = parsed_holder["request"]
         body, content_type, headers = v2.render_infer_response(
             model_name=outcome.route.model_name,
@@ -163,11 +168,18 @@ def invocations(request: HttpRequest, org: str, model: str, number: int | None =
         def parse() -> PredictionCall:
             def validate(target) -> ModelInput:
                 parsed = mlflow_protocol.parse_invocations(raw, content_type=content_type, spec=target.spec)
-                return ModelInput(x=to_model_input(parsed.rows, target.spec), n_rows=parsed.n_rows, canonical=orjson.dumps(parsed.rows), recorded=parsed.rows)
+                return ModelInput(
+                    x=to_model_input(parsed.rows, target.spec),
+                    n_rows=parsed.n_rows,
+                    canonical=orjson.dumps(parsed.rows),
+                    recorded=parsed.rows,
+                )
 
             return PredictionCall(unit_id=request.META.get(UNIT_HEADER), want_proba=False, validate=validate)
 
-        outcome = run_prediction(request=request, org_slug=org, model_name=model, version_number=number, protocol="mlflow", parse=parse)
+        outcome = run_prediction(
+            request=request, org_slug=org, model_name=model, version_number=number, protocol="mlflow", parse=parse
+        )
     except ModelhostError as exc:
         return _mlflow_error(exc)
     response = HttpResponse(mlflow_protocol.render_predictions(outcome.predictions), content_type="application/json")

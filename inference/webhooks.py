@@ -18,6 +18,7 @@ Built on urllib3 (already installed with requests, pinned in requirements.txt): 
 connection pools take the address to connect to and the name to verify separately
 (`server_hostname`, `assert_hostname`), which is what pinning the checked address needs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -165,6 +166,8 @@ def _post(*, url: str, body: bytes, secret: str, event: str, delivery_id: str, a
         raise DeliveryFailed(f"Could not reach the endpoint: {exc}.") from None
     if not 200 <= response.status < 300:
         if 300 <= response.status < 400:
-            raise DeliveryFailed(f"The endpoint answered {response.status}; redirects are not followed.", status_code=response.status)
+            raise DeliveryFailed(
+                f"The endpoint answered {response.status}; redirects are not followed.", status_code=response.status
+            )
         raise DeliveryFailed(f"The endpoint answered {response.status}.", status_code=response.status)
     return response.status

@@ -1,4 +1,5 @@
 """The Celery application shared by the worker and beat processes."""
+
 import logging
 import os
 

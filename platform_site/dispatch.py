@@ -33,6 +33,7 @@ replaces it or why it does not apply; an unlisted one stops the application from
 tests/test_dispatch.py checks that every fast path resolves to the same view and name in the
 URL configuration, and that the security headers and host checks are the Django pages' own.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,25 +62,50 @@ FAST_PATHS = re.compile(
 # numbered steps of the module docstring. A middleware missing here stops PredictionApp.
 MIDDLEWARE_ON_PREDICTIONS = {
     "django_prometheus.middleware.PrometheusBeforeMiddleware": "replicated: the request counter (step 7)",
-    "django.middleware.security.SecurityMiddleware": "replicated: its headers (step 5); its HTTPS redirect by handing plain http to Django (step 2)",
-    "whitenoise.middleware.WhiteNoiseMiddleware": "not applicable: serves GET and HEAD under STATIC_URL; predictions are POSTs elsewhere",
-    "platform_site.middleware.BackingServiceErrorMiddleware": "replicated: a database outage answers database_unavailable (step 4)",
-    "django.contrib.sessions.middleware.SessionMiddleware": "not applicable: a request with the session cookie goes to Django; predictions authenticate by API key",
-    "django.middleware.common.CommonMiddleware": "replicated: Content-Length (step 6); APPEND_SLASH and PREPEND_WWW do not apply to a POST on a prediction path; DISALLOWED_USER_AGENTS is unset (tested)",
-    "django.middleware.csrf.CsrfViewMiddleware": "not applicable: the prediction views are csrf_exempt; a browser's session cookie sends the request to Django",
-    "django.contrib.auth.middleware.AuthenticationMiddleware": "not applicable: the prediction views authenticate the API key and never read request.user",
+    "django.middleware.security.SecurityMiddleware": (
+        "replicated: its headers (step 5); its HTTPS redirect by handing plain http to Django (step 2)"
+    ),
+    "whitenoise.middleware.WhiteNoiseMiddleware": (
+        "not applicable: serves GET and HEAD under STATIC_URL; predictions are POSTs elsewhere"
+    ),
+    "platform_site.middleware.BackingServiceErrorMiddleware": (
+        "replicated: a database outage answers database_unavailable (step 4)"
+    ),
+    "django.contrib.sessions.middleware.SessionMiddleware": (
+        "not applicable: a request with the session cookie goes to Django; predictions authenticate by API key"
+    ),
+    "django.middleware.common.CommonMiddleware": (
+        "replicated: Content-Length (step 6); APPEND_SLASH and PREPEND_WWW do not apply to a POST on a prediction path; "
+        "DISALLOWED_USER_AGENTS is unset (tested)"
+    ),
+    "django.middleware.csrf.CsrfViewMiddleware": (
+        "not applicable: the prediction views are csrf_exempt; a browser's session cookie sends the request to Django"
+    ),
+    "django.contrib.auth.middleware.AuthenticationMiddleware": (
+        "not applicable: the prediction views authenticate the API key and never read request.user"
+    ),
     "django.contrib.messages.middleware.MessageMiddleware": "not applicable: the prediction views send no messages",
     "django.middleware.clickjacking.XFrameOptionsMiddleware": "replicated: X-Frame-Options (step 5)",
     "django_htmx.middleware.HtmxMiddleware": "not applicable: the prediction views never read request.htmx",
-    "django_prometheus.middleware.PrometheusAfterMiddleware": "replicated: requests and latency by view, responses by status (step 7)",
-    "axes.middleware.AxesMiddleware": "not applicable: it answers sign-in lockouts raised by django.contrib.auth.authenticate(); predictions check an API key or a JWT and never sign in",
+    "django_prometheus.middleware.PrometheusAfterMiddleware": (
+        "replicated: requests and latency by view, responses by status (step 7)"
+    ),
+    "axes.middleware.AxesMiddleware": (
+        "not applicable: it answers sign-in lockouts raised by django.contrib.auth.authenticate(); predictions check an "
+        "API "
+        "key or a JWT and never sign in"
+    ),
 }
 
 # Reviewed: the receivers of the request signals, whose work step 3 does. The test suite
 # fails when another is connected (tests/test_dispatch.py).
 REQUEST_SIGNAL_RECEIVERS = {
     "request_started": {"django.db.reset_queries", "django.db.close_old_connections"},
-    "request_finished": {"django.db.close_old_connections", "django.core.cache.close_caches", "django.core.handlers.base.reset_urlconf"},
+    "request_finished": {
+        "django.db.close_old_connections",
+        "django.core.cache.close_caches",
+        "django.core.handlers.base.reset_urlconf",
+    },
 }
 # close_caches: the configured backends' close() does nothing for Redis and file caches
 # (checked at start: _check_caches); reset_urlconf: nothing on this path sets a URLconf.

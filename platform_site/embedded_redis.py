@@ -20,6 +20,7 @@ queued batch chunks and undrained prediction records survive a restart of `make 
 beat first; scripts/run.sh stops it (SIGTERM) after they have stopped, and it stops by
 itself if scripts/run.sh dies without doing so.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Services raise these; they never build responses. The REST exception handler ren
 as application/problem+json (RFC 9457); the Open Inference Protocol and MLflow paths render
 the same exceptions in their own protocol shapes. Hand-written because the shape is ours.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,8 +1,9 @@
 """Liveness and readiness: /healthz says the process is up; /readyz checks each backing service."""
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from django.conf import settings
 from django.core.cache import cache
@@ -24,7 +25,11 @@ def _timed(check: Callable[[], str | None]) -> dict:
     try:
         note = check()
     except Exception as exc:  # any failure of a backing service is a "down", reported, not raised
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300], "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+        return {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}"[:300],
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
     result = {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
     if note:
         result["backend"] = note
@@ -48,7 +53,9 @@ def _check_cache() -> str:
 def _check_broker() -> str:
     from kombu import Connection
 
-    with Connection(settings.CELERY_BROKER_URL, transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS, connect_timeout=1) as conn:
+    with Connection(
+        settings.CELERY_BROKER_URL, transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS, connect_timeout=1
+    ) as conn:
         conn.ensure_connection(max_retries=1, timeout=1)
     return settings.CELERY_BROKER_URL.split(":", 1)[0]
 

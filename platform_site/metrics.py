@@ -4,10 +4,11 @@ Dashboards and alert rules in monitoring/ are written against these names; a tes
 a live /metrics and checks every name a dashboard queries exists. With several web
 processes, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR) aggregates them.
 """
+
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -143,7 +144,9 @@ class PlatformCollector:
         workers.add_metric([], float(len(workers_online())))
         yield workers
         drift = GaugeMetricFamily(
-            "modelhost_drift_detected", "1 when the latest drift report of a production version says drift.", labels=["org", "model", "version"]
+            "modelhost_drift_detected",
+            "1 when the latest drift report of a production version says drift.",
+            labels=["org", "model", "version"],
         )
         hook = SCRAPE_HOOKS.get("drift")
         if hook is not None:
@@ -152,7 +155,8 @@ class PlatformCollector:
         yield drift
         yield from runner_families(SCRAPE_HOOKS.get("runners"))
         backlog = GaugeMetricFamily(
-            "modelhost_record_backlog", "Prediction records waiting in the Redis stream for the ingestion worker (NaN when unknown)."
+            "modelhost_record_backlog",
+            "Prediction records waiting in the Redis stream for the ingestion worker (NaN when unknown).",
         )
         hook = SCRAPE_HOOKS.get("record_backlog")
         backlog.add_metric([], hook() if hook is not None else float("nan"))
@@ -168,11 +172,20 @@ RUNNER_FAMILIES = {
     "modelhost_runner_host_up": ("gauge", "1 when the runner host answered its status within a second, else 0."),
     "modelhost_runners": ("gauge", "Runner processes the host holds (at most RUNNER_PROCESSES_PER_ORG per organization)."),
     "modelhost_models_loaded": ("gauge", "Model versions loaded in the host's runners, summed over runners."),
-    "modelhost_runner_memory_bytes": ("gauge", "Memory of the host's runners (their proportional set sizes), the figure its RUNNER_MEMORY_BUDGET_MB bounds."),
+    "modelhost_runner_memory_bytes": (
+        "gauge",
+        "Memory of the host's runners (their proportional set sizes), the figure its RUNNER_MEMORY_BUDGET_MB bounds.",
+    ),
     "modelhost_runner_organizations": ("gauge", "Organizations that have at least one runner on the host."),
-    "modelhost_runner_organizations_backing_off": ("gauge", "Organizations whose runner crashed and waits out its restart backoff."),
+    "modelhost_runner_organizations_backing_off": (
+        "gauge",
+        "Organizations whose runner crashed and waits out its restart backoff.",
+    ),
     "modelhost_runners_started": ("counter", "Runners the host has started since it started."),
-    "modelhost_runners_crashed": ("counter", "Runners that ended by a signal or an unexpected exit (a model crashing its runner) since the host started."),
+    "modelhost_runners_crashed": (
+        "counter",
+        "Runners that ended by a signal or an unexpected exit (a model crashing its runner) since the host started.",
+    ),
 }
 
 
@@ -196,7 +209,9 @@ def queue_depths() -> dict[str, float]:
 
     depths = {queue: float("nan") for queue in QUEUES}
     try:
-        with Connection(settings.CELERY_BROKER_URL, transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS, connect_timeout=1) as conn:
+        with Connection(
+            settings.CELERY_BROKER_URL, transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS, connect_timeout=1
+        ) as conn:
             channel = conn.default_channel
             for queue in QUEUES:
                 try:
@@ -286,7 +301,9 @@ def metrics_refusal(request):
     scheme, _, presented = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode()):
         return None
-    response = HttpResponse("/metrics needs the bearer token METRICS_TOKEN.\n", status=401, content_type="text/plain; charset=utf-8")
+    response = HttpResponse(
+        "/metrics needs the bearer token METRICS_TOKEN.\n", status=401, content_type="text/plain; charset=utf-8"
+    )
     response["WWW-Authenticate"] = 'Bearer realm="metrics"'
     return response
 

@@ -1,4 +1,5 @@
 """Middleware that keeps backing-service failures from ever becoming a stack trace."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """OpenAPI descriptions of the platform's own authentication schemes (drf-spectacular)."""
+
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
@@ -43,7 +44,10 @@ _PREDICT_REQUEST = {
     "properties": {
         "inputs": {
             "description": "Rows: lists in signature order, or objects keyed by feature name; one object alone is one row.",
-            "oneOf": [{"type": "array", "items": {"oneOf": [{"type": "array", "items": {}}, {"type": "object"}]}}, {"type": "object"}],
+            "oneOf": [
+                {"type": "array", "items": {"oneOf": [{"type": "array", "items": {}}, {"type": "object"}]}},
+                {"type": "object"},
+            ],
         },
         "parameters": {"type": "object", "properties": {"probabilities": {"type": "boolean", "default": False}}},
         "unit_id": {"type": "string", "description": "Sticky experiment assignment key (a user id, say)."},
@@ -78,13 +82,30 @@ def add_inference_paths(result, generator, request, public):
             "status": {"type": "integer"},
             "detail": {"type": "string"},
             "code": {"type": "string"},
-            "errors": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": "string"}, "row": {"type": "integer"}, "column": {"type": "string"}, "message": {"type": "string"}}}},
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "field": {"type": "string"},
+                        "row": {"type": "integer"},
+                        "column": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                },
+            },
         },
     }
     security = [{"ApiKey": []}, {"jwtAuth": []}]
     errors = {
         str(code): {"description": text, "content": {"application/problem+json": {"schema": _PROBLEM}}}
-        for code, text in [(400, "Bad input, naming the row and column"), (401, "No or bad credentials"), (404, "No such model (or another organization's)"), (413, "Too large"), (429, "Rate limit or quota")]
+        for code, text in [
+            (400, "Bad input, naming the row and column"),
+            (401, "No or bad credentials"),
+            (404, "No such model (or another organization's)"),
+            (413, "Too large"),
+            (429, "Rate limit or quota"),
+        ]
     }
     org_model = [
         {"name": "org", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -95,20 +116,56 @@ def add_inference_paths(result, generator, request, public):
         "tags": ["inference"],
         "security": security,
         "requestBody": _json_body(_PREDICT_REQUEST, {"inputs": [[5.1, 3.5, 1.4, 0.2]], "parameters": {"probabilities": True}}),
-        "responses": {"200": {"description": "Predictions; headers X-Cache and Server-Timing", "content": {"application/json": {"schema": _PREDICT_RESPONSE}}}, **errors},
+        "responses": {
+            "200": {
+                "description": "Predictions; headers X-Cache and Server-Timing",
+                "content": {"application/json": {"schema": _PREDICT_RESPONSE}},
+            },
+            **errors,
+        },
     }
     invocations = {
         "tags": ["inference"],
         "security": security,
-        "description": "MLflow scoring protocol: one of dataframe_split, dataframe_records, instances, inputs (JSON), or text/csv. Errors are {error_code, message}.",
+        "description": (
+            "MLflow scoring protocol: one of dataframe_split, dataframe_records, instances, inputs (JSON), or text/csv. "
+            "Errors are {error_code, message}."
+        ),
         "requestBody": _json_body({"type": "object"}, {"dataframe_split": {"columns": ["a", "b"], "data": [[1, 2]]}}),
-        "responses": {"200": {"description": "{\"predictions\": [...]}", "content": {"application/json": {"schema": {"type": "object", "properties": {"predictions": {"type": "array", "items": {}}}}}}}},
+        "responses": {
+            "200": {
+                "description": '{"predictions": [...]}',
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "object", "properties": {"predictions": {"type": "array", "items": {}}}}
+                    }
+                },
+            }
+        },
     }
     paths = result.setdefault("paths", {})
-    paths["/api/v1/models/{org}/{model}/predict"] = {"post": {**predict, "operationId": "predict", "summary": "Predict with the production version or an experiment variant", "parameters": org_model}}
-    paths["/api/v1/models/{org}/{model}/versions/{number}/predict"] = {"post": {**predict, "operationId": "predict_version", "summary": "Predict with one version", "parameters": [*org_model, number]}}
-    paths["/api/v1/models/{org}/{model}/invocations"] = {"post": {**invocations, "operationId": "invocations", "parameters": org_model}}
-    paths["/api/v1/models/{org}/{model}/versions/{number}/invocations"] = {"post": {**invocations, "operationId": "invocations_version", "parameters": [*org_model, number]}}
+    paths["/api/v1/models/{org}/{model}/predict"] = {
+        "post": {
+            **predict,
+            "operationId": "predict",
+            "summary": "Predict with the production version or an experiment variant",
+            "parameters": org_model,
+        }
+    }
+    paths["/api/v1/models/{org}/{model}/versions/{number}/predict"] = {
+        "post": {
+            **predict,
+            "operationId": "predict_version",
+            "summary": "Predict with one version",
+            "parameters": [*org_model, number],
+        }
+    }
+    paths["/api/v1/models/{org}/{model}/invocations"] = {
+        "post": {**invocations, "operationId": "invocations", "parameters": org_model}
+    }
+    paths["/api/v1/models/{org}/{model}/versions/{number}/invocations"] = {
+        "post": {**invocations, "operationId": "invocations_version", "parameters": [*org_model, number]}
+    }
     paths["/v2/models/{model}/infer"] = {
         "post": {
             "tags": ["inference"],
@@ -116,7 +173,10 @@ def add_inference_paths(result, generator, request, public):
             "operationId": "v2_infer",
             "summary": "Open Inference Protocol (KServe V2) infer; JSON tensors or the binary tensor data extension",
             "parameters": [org_model[1]],
-            "requestBody": _json_body({"type": "object"}, {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}),
+            "requestBody": _json_body(
+                {"type": "object"},
+                {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]},
+            ),
             "responses": {"200": {"description": "V2 infer response"}},
         }
     }

@@ -1,4 +1,5 @@
 """orjson parsing for the REST API; a malformed body is a problem naming the position."""
+
 from __future__ import annotations
 
 from typing import Any

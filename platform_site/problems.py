@@ -3,6 +3,7 @@
 Hand-written: the shape (`type, title, status, detail, code, errors[]`) is ours, and DRF's
 own exceptions must land in the same shape as the platform's.
 """
+
 from __future__ import annotations
 
 from typing import Any

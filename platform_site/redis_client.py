@@ -5,6 +5,7 @@ for REDIS_RETRY_SECONDS: callers get None at once and take their documented fall
 (no prediction cache, rate limits fail open, records buffered in-process), instead of each
 request paying the timeout. `modelhost_cache_up` says which state a process is in.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 import hiredis
 import redis

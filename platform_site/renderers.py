@@ -1,4 +1,5 @@
 """orjson rendering for the REST API: faster than the json module, numpy-aware."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -24,6 +24,7 @@ event loop and a request thread take about 0.2 ms of CPU a request more than gra
 interface, on a machine this loaded; WEB_INTERFACE=wsgi (platform_site.serve) goes back to it
 where an ingress in front buffers the bodies.
 """
+
 from __future__ import annotations
 
 import asyncio

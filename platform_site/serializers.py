@@ -1,4 +1,5 @@
 """Serializer base classes shared by every app's API."""
+
 from __future__ import annotations
 
 from rest_framework import serializers

@@ -45,6 +45,7 @@ are dropped by the survivors (platform_site.metrics.forget_dead_processes). gran
 per-request timeout; a model's predict runs in its organization's runner, which the web waits
 for at most RUNNER_REQUEST_TIMEOUT_SECONDS (inference.runners.client).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -141,7 +142,9 @@ def refuse_taken_port() -> None:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-    raise SystemExit(f"Port {port} is already in use by {port_holder(port)}. Stop it, or start this one with PORT=<another port>.")
+    raise SystemExit(
+        f"Port {port} is already in use by {port_holder(port)}. Stop it, or start this one with PORT=<another port>."
+    )
 
 
 def port_holder(port: int) -> str:
@@ -207,7 +210,17 @@ def preload_libraries() -> None:
     connection and, with one native thread (limit_native_threads, first), starts no thread."""
     from platform_site.startup import COMMON_SKLEARN_MODULES
 
-    for name in ("numpy", "pandas", "scipy.stats", *COMMON_SKLEARN_MODULES, "redis", "celery", "psycopg", "django.http", "django.db.models"):
+    for name in (
+        "numpy",
+        "pandas",
+        "scipy.stats",
+        *COMMON_SKLEARN_MODULES,
+        "redis",
+        "celery",
+        "psycopg",
+        "django.http",
+        "django.db.models",
+    ):
         importlib.import_module(name)
 
 

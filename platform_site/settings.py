@@ -6,6 +6,7 @@ wheel's server), used for the cache, rate limits, prediction records and the Cel
 as in production. Production sets DATABASE_URL and REDIS_URL; a production value that is
 missing fails at start with ImproperlyConfigured.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -162,13 +163,28 @@ CELERY_TASK_ROUTES = {
     "analytics.*": {"queue": "analytics"},
 }
 CELERY_BEAT_SCHEDULE = {
-    "drain-prediction-records": {"task": "inference.drain_prediction_records", "schedule": env.float("RECORD_DRAIN_SECONDS", default=2.0)},
+    "drain-prediction-records": {
+        "task": "inference.drain_prediction_records",
+        "schedule": env.float("RECORD_DRAIN_SECONDS", default=2.0),
+    },
     "roll-up-usage": {"task": "analytics.roll_up_usage", "schedule": env.float("ANALYTICS_ROLLUP_SECONDS", default=300.0)},
     "roll-up-quality": {"task": "analytics.roll_up_quality", "schedule": env.float("ANALYTICS_QUALITY_SECONDS", default=900.0)},
-    "schedule-drift-reports": {"task": "analytics.schedule_drift_reports", "schedule": env.float("ANALYTICS_DRIFT_SCHEDULE_SECONDS", default=3600.0)},
-    "prune-prediction-records": {"task": "analytics.prune_prediction_records", "schedule": env.float("ANALYTICS_PRUNE_SECONDS", default=3600.0)},
-    "requeue-stalled-batch-jobs": {"task": "inference.batch_requeue_stalled", "schedule": env.float("BATCH_REQUEUE_SECONDS", default=60.0)},
-    "mirror-predictions": {"task": "analytics.mirror_predictions", "schedule": env.float("ANALYTICS_MIRROR_SECONDS", default=5.0)},
+    "schedule-drift-reports": {
+        "task": "analytics.schedule_drift_reports",
+        "schedule": env.float("ANALYTICS_DRIFT_SCHEDULE_SECONDS", default=3600.0),
+    },
+    "prune-prediction-records": {
+        "task": "analytics.prune_prediction_records",
+        "schedule": env.float("ANALYTICS_PRUNE_SECONDS", default=3600.0),
+    },
+    "requeue-stalled-batch-jobs": {
+        "task": "inference.batch_requeue_stalled",
+        "schedule": env.float("BATCH_REQUEUE_SECONDS", default=60.0),
+    },
+    "mirror-predictions": {
+        "task": "analytics.mirror_predictions",
+        "schedule": env.float("ANALYTICS_MIRROR_SECONDS", default=5.0),
+    },
 }
 
 # --- Model storage ----------------------------------------------------------------------
@@ -305,7 +321,9 @@ MODEL_CACHE_MAX_MODELS = env.int("MODEL_CACHE_MAX_MODELS", default=64)
 # Runners (inference.runners): the processes that load and run tenants' models. Each entry is
 # a runner host, "unix:/path" or "host:port"; an organization goes to one by rendezvous hash.
 RUNNER_ADDRESSES = env.list("RUNNER_ADDRESSES", default=[f"unix:{VAR_DIR / 'run' / 'runner.sock'}"])
-RUNNER_PROCESSES_PER_ORG = env.int("RUNNER_PROCESSES_PER_ORG", default=2)  # the runner host's own setting: warm-ups load into each
+RUNNER_PROCESSES_PER_ORG = env.int(
+    "RUNNER_PROCESSES_PER_ORG", default=2
+)  # the runner host's own setting: warm-ups load into each
 RUNNER_CONNECT_TIMEOUT_SECONDS = env.float("RUNNER_CONNECT_TIMEOUT_SECONDS", default=5.0)
 RUNNER_REQUEST_TIMEOUT_SECONDS = env.float("RUNNER_REQUEST_TIMEOUT_SECONDS", default=60.0)
 RUNNER_LOAD_TIMEOUT_SECONDS = env.float("RUNNER_LOAD_TIMEOUT_SECONDS", default=120.0)
@@ -375,7 +393,9 @@ BATCH_FILE_TIME_LIMIT_SECONDS = env.int("BATCH_FILE_TIME_LIMIT_SECONDS", default
 # its worker and is sent again (inference.batch.heartbeat).
 BATCH_HEARTBEAT_SECONDS = env.float("BATCH_HEARTBEAT_SECONDS", default=10.0)
 BATCH_CHUNK_STALL_SECONDS = env.float("BATCH_CHUNK_STALL_SECONDS", default=60.0)
-BATCH_STALL_SECONDS = env.int("BATCH_STALL_SECONDS", default=max(BATCH_CHUNK_TIME_LIMIT_SECONDS, BATCH_FILE_TIME_LIMIT_SECONDS) + 60)
+BATCH_STALL_SECONDS = env.int(
+    "BATCH_STALL_SECONDS", default=max(BATCH_CHUNK_TIME_LIMIT_SECONDS, BATCH_FILE_TIME_LIMIT_SECONDS) + 60
+)
 BATCH_WEBHOOK_MAX_RETRIES = env.int("BATCH_WEBHOOK_MAX_RETRIES", default=6)
 BATCH_WEBHOOK_BACKOFF_SECONDS = env.float("BATCH_WEBHOOK_BACKOFF_SECONDS", default=10.0)
 BATCH_WEBHOOK_BACKOFF_MAX_SECONDS = env.float("BATCH_WEBHOOK_BACKOFF_MAX_SECONDS", default=600.0)

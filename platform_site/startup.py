@@ -4,6 +4,7 @@ Without this the first request imports the URL configuration (and through it pan
 scikit-learn) and the first model load imports the estimator's module: ~0.75 s measured by
 bench/memory_bench.py. Imported here, before the worker takes traffic.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -34,11 +35,12 @@ def warm_up() -> None:
 
     forget_dead_processes()  # a worker started in place of one that died
 
-    get_resolver().url_patterns  # imports every app's views
+    _ = get_resolver().url_patterns  # reading it imports every app's views
     for name in COMMON_SKLEARN_MODULES:
         importlib.import_module(name)
     import registry.loaders.allowlist  # noqa: F401  (the safe loader's checks)
     import registry.loaders.formats  # noqa: F401
+
     try:
         connection.ensure_connection()
     except Exception:  # the database may be down at start; /readyz says so, requests answer 503

@@ -26,7 +26,16 @@ class RegisteredModelAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "stage", "format", "estimator_class", "task", "sklearn_version", "serving_sklearn_version", "created_at"]
+    list_display = [
+        "__str__",
+        "stage",
+        "format",
+        "estimator_class",
+        "task",
+        "sklearn_version",
+        "serving_sklearn_version",
+        "created_at",
+    ]
     list_filter = ["stage", "format", "task", "sklearn_version"]
     search_fields = ["registered_model__name", "registered_model__organization__slug", "sha256", "estimator_class"]
     # Versions are immutable: operators read them here and change stages through releases.

@@ -1,4 +1,5 @@
 """REST API for the registry: models, versions (upload, MLflow import), stages, releases."""
+
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -15,7 +16,6 @@ from platform_site.pagination import Pagination, paginated
 from platform_site.parsers import OrjsonParser
 from platform_site.serializers import StrictSerializer
 from registry import selectors, services, signatures
-
 
 
 class ModelOutputSerializer(serializers.Serializer):
@@ -42,10 +42,14 @@ class ServingOutputSerializer(serializers.Serializer):
 class CompiledOutputSerializer(serializers.Serializer):
     """The owner's choice about the compiled form, and what its verification found."""
 
-    enabled = serializers.BooleanField(source="use_compiled", help_text="false: the owner keeps the version on scikit-learn (PATCH the version with {\"compiled\": ...} to change it).")
+    enabled = serializers.BooleanField(
+        source="use_compiled",
+        help_text='false: the owner keeps the version on scikit-learn (PATCH the version with {"compiled": ...} to change it).',
+    )
     check = serializers.JSONField(
         source="compiled_figures",
-        help_text="The verification against scikit-learn: rows_compared, label_disagreements, max_abs_diff, max_rel_diff, tolerance, passed ({} when nothing was compiled).",
+        help_text="The verification against scikit-learn: rows_compared, label_disagreements, max_abs_diff, max_rel_diff, "
+        "tolerance, passed ({} when nothing was compiled).",
     )
 
 
@@ -78,10 +82,15 @@ class VersionOutputSerializer(serializers.Serializer):
     serving = ServingOutputSerializer(source="*")
     runtime = serializers.ChoiceField(
         choices=["onnx", "sklearn"],
-        help_text='What computes predictions in the runner: "onnx", the tree ensemble\'s compiled form, verified at upload to give '
-        'scikit-learn\'s answers bit for bit; "sklearn", scikit-learn itself.',
+        help_text=(
+            'What computes predictions in the runner: "onnx", the tree ensemble\'s compiled form, verified at upload to '
+            "give "
+            'scikit-learn\'s answers bit for bit; "sklearn", scikit-learn itself.'
+        ),
     )
-    runtime_reason = serializers.CharField(help_text="Why this runtime: the verification's result, or why the version has no compiled form.")
+    runtime_reason = serializers.CharField(
+        help_text="Why this runtime: the verification's result, or why the version has no compiled form."
+    )
     compiled = CompiledOutputSerializer(source="*")
     created_by = serializers.EmailField(source="created_by.email", default=None)
     created_at = serializers.DateTimeField()
@@ -116,7 +125,10 @@ class ModelListApi(APIView):
     @extend_schema(
         responses={200: ModelOutputSerializer(many=True)},
         operation_id="v1_models_list",
-        parameters=[OpenApiParameter("q", str, description="Name contains"), OpenApiParameter("org", str, description="Only this organization")],
+        parameters=[
+            OpenApiParameter("q", str, description="Name contains"),
+            OpenApiParameter("org", str, description="Only this organization"),
+        ],
     )
     def get(self, request):
         models = selectors.models_for_caller(caller=caller_from_request(request))
@@ -163,7 +175,10 @@ class ModelDetailApi(APIView):
         services.update_model(caller=caller, model=registered, **data.validated_data)
         return Response(ModelOutputSerializer(registered).data)
 
-    @extend_schema(responses={204: None}, description="Soft delete: the model stops serving and its name is freed; versions are kept for audit.")
+    @extend_schema(
+        responses={204: None},
+        description="Soft delete: the model stops serving and its name is freed; versions are kept for audit.",
+    )
     def delete(self, request, org: str, model: str):
         caller, registered = resolve_model(request, org, model, min_role=Role.ADMIN)
         services.delete_model(caller=caller, model=registered)
@@ -194,7 +209,10 @@ class VersionListApi(APIView):
                     "compiled": {
                         "type": "boolean",
                         "default": True,
-                        "description": "false: serve this version with scikit-learn even when it is a tree ensemble with a verified compiled form",
+                        "description": (
+                            "false: serve this version with scikit-learn even when it is a tree ensemble with a verified "
+                            "compiled form"
+                        ),
                     },
                 },
                 "required": ["file"],
@@ -211,16 +229,23 @@ class VersionListApi(APIView):
         known = {"file", "reference_data", "input_example", "metrics", "params", "description", "compiled"}
         unknown = sorted((set(request.data.keys()) | set(request.FILES.keys())) - known)
         if unknown:
-            raise InvalidInput(f"Unknown field(s): {', '.join(unknown)}.", errors=[{"field": name, "message": "Unknown field."} for name in unknown])
+            raise InvalidInput(
+                f"Unknown field(s): {', '.join(unknown)}.",
+                errors=[{"field": name, "message": "Unknown field."} for name in unknown],
+            )
         file = request.FILES.get("file")
         if file is None:
-            raise InvalidInput("Send the model as a multipart field named 'file'.", errors=[{"field": "file", "message": "required"}])
+            raise InvalidInput(
+                "Send the model as a multipart field named 'file'.", errors=[{"field": "file", "message": "required"}]
+            )
         version = services.upload_version(
             caller=caller,
             model=registered,
             file=file,
             reference_data=request.FILES.get("reference_data"),
-            input_example=signatures.parse_json_field(request.data.get("input_example") or request.FILES.get("input_example"), field="input_example"),
+            input_example=signatures.parse_json_field(
+                request.data.get("input_example") or request.FILES.get("input_example"), field="input_example"
+            ),
             metrics=signatures.parse_json_field(request.data.get("metrics"), field="metrics"),
             params=signatures.parse_json_field(request.data.get("params"), field="params"),
             description=request.data.get("description", ""),
@@ -237,7 +262,9 @@ def _form_boolean(value, *, field: str, default: bool) -> bool:
         return True
     if text in ("false", "0"):
         return False
-    raise InvalidInput(f"{field} must be true or false, not {str(value)[:40]!r}.", errors=[{"field": field, "message": "expected true or false"}])
+    raise InvalidInput(
+        f"{field} must be true or false, not {str(value)[:40]!r}.", errors=[{"field": field, "message": "expected true or false"}]
+    )
 
 
 class VersionImportMlflowApi(APIView):
@@ -269,7 +296,11 @@ class VersionDetailApi(APIView):
         _, registered = resolve_model(request, org, model)
         return Response(VersionOutputSerializer(selectors.version_of(model=registered, number=number)).data)
 
-    @extend_schema(request=InputSerializer, responses={200: VersionOutputSerializer}, description="Turn the version's compiled form off or on.")
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: VersionOutputSerializer},
+        description="Turn the version's compiled form off or on.",
+    )
     def patch(self, request, org: str, model: str, number: int):
         caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
         version = selectors.version_of(model=registered, number=number)
@@ -283,7 +314,9 @@ class RequireReplaySerializer(StrictSerializer):
     """The condition a promotion may carry: the newest replay or live mirror of the version
     against the current production version agrees on at least this share of its rows."""
 
-    min_agreement = serializers.FloatField(min_value=0.0, max_value=1.0, help_text="Share of rows answered alike; rows the version failed on count as disagreeing.")
+    min_agreement = serializers.FloatField(
+        min_value=0.0, max_value=1.0, help_text="Share of rows answered alike; rows the version failed on count as disagreeing."
+    )
     min_rows = serializers.IntegerField(min_value=1, required=False, help_text="Rows the replay must have compared (default 1).")
 
 
@@ -296,9 +329,9 @@ class VersionStageApi(APIView):
     @extend_schema(
         request=InputSerializer,
         responses={200: VersionOutputSerializer},
-        description="With `require_replay`, a promotion happens only when the newest replay (or live mirror) of this version against "
-        "the current production version agrees on at least `min_agreement` of its rows; otherwise 409, quoting that replay (`replay`) "
-        "or saying none exists.",
+        description="With `require_replay`, a promotion happens only when the newest replay (or live mirror) of this version "
+        "against the current production version agrees on at least `min_agreement` of its rows; otherwise 409, quoting that "
+        "replay (`replay`) or saying none exists.",
     )
     def post(self, request, org: str, model: str, number: int):
         caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
@@ -329,4 +362,3 @@ class ReleaseListApi(APIView):
     def get(self, request, org: str, model: str):
         _, registered = resolve_model(request, org, model)
         return paginated(request, self, selectors.releases_of(model=registered), ReleaseOutputSerializer)
-

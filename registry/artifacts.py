@@ -8,6 +8,7 @@ the runner host's fork server, else a new process), so a model that explodes on 
 the child, never the web process. The sandbox also writes the serving artifact
 (registry.loaders.serving); nothing here loads a tenant's model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +18,10 @@ import shutil
 import tempfile
 import threading
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from django.conf import settings
 from django.core.files import File
@@ -91,7 +93,14 @@ def staged_upload(file: UploadedFile) -> Iterator[StagedArtifact]:
             head = handle.read(512)
         fmt = loaders.detect_format(filename=getattr(file, "name", "") or "", first_bytes=head)
         staged = StagedArtifact(
-            path=raw, sha256=sha256, size=size, format=fmt, extension=EXTENSIONS[fmt], model_path=raw, inner_format=fmt, workdir=workdir
+            path=raw,
+            sha256=sha256,
+            size=size,
+            format=fmt,
+            extension=EXTENSIONS[fmt],
+            model_path=raw,
+            inner_format=fmt,
+            workdir=workdir,
         )
         if fmt == "mlflow":
             info = loaders.extract_mlflow_archive(archive_path=raw, destination=workdir / "mlflow")
@@ -151,7 +160,7 @@ def inspect_in_sandbox(staged: StagedArtifact, *, input_example: Any) -> dict:
         from registry.signatures import example_rows
 
         names, values = example_rows(input_example)
-        rows = [dict(zip(names, row)) for row in values] if names else values
+        rows = [dict(zip(names, row, strict=True)) for row in values] if names else values
     report = loaders.inspect_artifact(
         str(staged.model_path),
         fmt=staged.format,
@@ -240,7 +249,8 @@ def download_mlflow_model(model_uri: str) -> Iterator[UploadedFile]:
         )
     if not (model_uri.startswith("models:/") or model_uri.startswith("runs:/")):
         raise InvalidInput(
-            f"'{model_uri}' is not an MLflow model URI; use models:/<name>/<version>, models:/<name>@<alias> or runs:/<run_id>/<path>.",
+            f"'{model_uri}' is not an MLflow model URI; use models:/<name>/<version>, models:/<name>@<alias> or "
+            "runs:/<run_id>/<path>.",
             errors=[{"field": "model_uri", "message": "expected models:/… or runs:/…"}],
         )
     import mlflow
@@ -282,12 +292,16 @@ def store_bytes(data: bytes, name: str) -> str:
     return model_storage().save(name, ContentFile(data, name=Path(name).name))
 
 
+def _version_folder(version) -> str:
+    return f"orgs/{version.registered_model.organization_id}/models/{version.registered_model_id}/versions/{version.number}"
+
+
 def serving_artifact_name(version) -> str:
-    return f"orgs/{version.registered_model.organization_id}/models/{version.registered_model_id}/versions/{version.number}/serving-{version.sha256[:16]}.pkl"
+    return f"{_version_folder(version)}/serving-{version.sha256[:16]}.pkl"
 
 
 def compiled_artifact_name(version) -> str:
-    return f"orgs/{version.registered_model.organization_id}/models/{version.registered_model_id}/versions/{version.number}/compiled-{version.sha256[:16]}.onnx"
+    return f"{_version_folder(version)}/compiled-{version.sha256[:16]}.onnx"
 
 
 def compiled_fields(version, *, data: bytes | None, reason: str, figures: dict) -> dict:

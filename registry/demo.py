@@ -1,4 +1,5 @@
 """The demo model `make run` gives the demo organization: iris, uploaded like any other."""
+
 from __future__ import annotations
 
 import io
@@ -30,13 +31,16 @@ def seed_demo_model(*, caller: Caller, organization: Organization) -> Registered
     buffer = io.BytesIO()
     joblib.dump(estimator, buffer)
     model = existing or services.create_model(
-        caller=caller, organization=organization, name=DEMO_MODEL, description="Iris species from flower measurements (LogisticRegression)."
+        caller=caller,
+        organization=organization,
+        name=DEMO_MODEL,
+        description="Iris species from flower measurements (LogisticRegression).",
     )
     version = services.upload_version(
         caller=caller,
         model=model,
         file=SimpleUploadedFile("iris.joblib", buffer.getvalue()),
-        input_example=[dict(zip(FEATURES, row)) for row in data.data[:2].tolist()],
+        input_example=[dict(zip(FEATURES, row, strict=True)) for row in data.data[:2].tolist()],
         metrics={"train_accuracy": round(float(estimator.score(frame, data.target)), 4)},
         params={"max_iter": 500},
         description="Demo version, trained on the iris data set shipped with scikit-learn.",

@@ -1,4 +1,5 @@
 """Registered models, their immutable versions, and the numbered releases of production."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -40,9 +41,7 @@ class RegisteredModel(models.Model):
     name = models.SlugField(max_length=100)
     description = models.TextField(blank=True)
     task = models.CharField(max_length=20, choices=Task.choices, blank=True)
-    production_version = models.ForeignKey(
-        "ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    production_version = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # Seconds a cached prediction of this model stays valid; 0 turns the cache off.
     prediction_cache_ttl = models.PositiveIntegerField(default=300)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")

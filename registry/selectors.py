@@ -1,4 +1,5 @@
 """Reads for the registry; every tenant query goes through accounts' for_organization."""
+
 from __future__ import annotations
 
 from django.db.models import QuerySet
@@ -26,7 +27,9 @@ def model_in(*, organization: Organization, name: str) -> RegisteredModel:
 
 
 def versions_of(*, model: RegisteredModel) -> QuerySet:
-    return ModelVersion.objects.filter(registered_model=model).select_related("registered_model__organization").order_by("-number")
+    return (
+        ModelVersion.objects.filter(registered_model=model).select_related("registered_model__organization").order_by("-number")
+    )
 
 
 def version_of(*, model: RegisteredModel, number: int) -> ModelVersion:
@@ -37,4 +40,6 @@ def version_of(*, model: RegisteredModel, number: int) -> ModelVersion:
 
 
 def releases_of(*, model: RegisteredModel) -> QuerySet:
-    return Release.objects.filter(registered_model=model).select_related("from_version", "to_version", "actor").order_by("-number")
+    return (
+        Release.objects.filter(registered_model=model).select_related("from_version", "to_version", "actor").order_by("-number")
+    )

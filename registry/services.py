@@ -1,4 +1,5 @@
 """Writes and rules for the registry: models, version uploads, stages, releases, rollback."""
+
 from __future__ import annotations
 
 import hashlib
@@ -44,14 +45,22 @@ def _check_name(name: str) -> str:
 
 
 @transaction.atomic
-def create_model(*, caller: Caller, organization: Organization, name: str, description: str = "", task: str = "") -> RegisteredModel:
+def create_model(
+    *, caller: Caller, organization: Organization, name: str, description: str = "", task: str = ""
+) -> RegisteredModel:
     _check_name(name)
     if task and task not in Task.values:
         choices = ", ".join(Task.values)
-        raise InvalidInput(f"'{task}' is not a task; choose one of {choices}.", errors=[{"field": "task", "message": f"choose one of {choices}"}])
+        raise InvalidInput(
+            f"'{task}' is not a task; choose one of {choices}.", errors=[{"field": "task", "message": f"choose one of {choices}"}]
+        )
     if RegisteredModel.objects.filter(organization=organization, name=name, deleted_at__isnull=True).exists():
-        raise Conflict(f"A model named {organization.slug}/{name} already exists.", errors=[{"field": "name", "message": "already exists"}])
-    model = RegisteredModel.objects.create(organization=organization, name=name, description=description, task=task, created_by=caller.person)
+        raise Conflict(
+            f"A model named {organization.slug}/{name} already exists.", errors=[{"field": "name", "message": "already exists"}]
+        )
+    model = RegisteredModel.objects.create(
+        organization=organization, name=name, description=description, task=task, created_by=caller.person
+    )
     record_audit_event(organization=organization, caller=caller, action="model.created", target=model, data={"name": name})
     return model
 
@@ -73,7 +82,9 @@ def delete_model(*, caller: Caller, model: RegisteredModel) -> None:
     """Soft delete: the name is freed and the model stops serving; versions stay for audit."""
     model.deleted_at = timezone.now()
     model.save(update_fields=["deleted_at", "updated_at"])
-    record_audit_event(organization=model.organization, caller=caller, action="model.deleted", target=model, data={"name": model.name})
+    record_audit_event(
+        organization=model.organization, caller=caller, action="model.deleted", target=model, data={"name": model.name}
+    )
 
 
 def _parse_metrics(value: Any, *, field: str, numbers_only: bool) -> dict:
@@ -82,10 +93,16 @@ def _parse_metrics(value: Any, *, field: str, numbers_only: bool) -> dict:
     if not isinstance(value, dict):
         raise InvalidInput(f"{field} must be a JSON object.", errors=[{"field": field, "message": "expected a JSON object"}])
     for key, item in value.items():
-        ok = isinstance(item, (int, float)) and not isinstance(item, bool) if numbers_only else isinstance(item, (str, int, float, bool)) or item is None
+        ok = (
+            isinstance(item, (int, float)) and not isinstance(item, bool)
+            if numbers_only
+            else isinstance(item, (str, int, float, bool)) or item is None
+        )
         if not ok:
             kind = "a number" if numbers_only else "a string, number or boolean"
-            raise InvalidInput(f"{field}.{key} must be {kind}.", errors=[{"field": f"{field}.{key}", "message": f"expected {kind}"}])
+            raise InvalidInput(
+                f"{field}.{key} must be {kind}.", errors=[{"field": f"{field}.{key}", "message": f"expected {kind}"}]
+            )
     return value
 
 
@@ -145,7 +162,9 @@ def upload_version(
                     fitted_with_feature_names=bool(report.get("feature_names")),
                     signature=signature,
                     input_example=signatures.without_nan(
-                        input_example if input_example is not None else (staged.input_example or (reference.head_records if reference else None))
+                        input_example
+                        if input_example is not None
+                        else (staged.input_example or (reference.head_records if reference else None))
                     ),
                     reference_rows=reference.rows if reference else 0,
                     metrics=metrics,
@@ -170,7 +189,10 @@ def upload_version(
                 version.linear_spec = report.get("linear_spec")
                 version.use_compiled = use_compiled
                 compiled = artifacts.compiled_fields(
-                    version, data=report.get("compiled_artifact"), reason=report.get("compiled_reason", ""), figures=report.get("compiled_figures", {})
+                    version,
+                    data=report.get("compiled_artifact"),
+                    reason=report.get("compiled_reason", ""),
+                    figures=report.get("compiled_figures", {}),
                 )
                 for name, value in compiled.items():
                     setattr(version, name, value)
@@ -185,7 +207,13 @@ def upload_version(
                     caller=caller,
                     action="version.created",
                     target=version,
-                    data={"model": locked.name, "number": number, "sha256": staged.sha256, "format": staged.format, "source": source},
+                    data={
+                        "model": locked.name,
+                        "number": number,
+                        "sha256": staged.sha256,
+                        "format": staged.format,
+                        "source": source,
+                    },
                 )
         except BaseException:
             for name in stored_paths:
@@ -204,15 +232,25 @@ def _warnings(report: dict) -> list[dict]:
         found.append(
             {
                 "code": "sklearn_version_mismatch",
-                "message": f"Saved with scikit-learn {saved}, served by {serving}; predictions may differ. Retrain or re-save with {serving} to silence this.",
+                "message": (
+                    f"Saved with scikit-learn {saved}, served by {serving}; predictions may differ. Retrain or re-save with "
+                    f"{serving} to silence this."
+                ),
             }
         )
     if not saved:
-        found.append({"code": "sklearn_version_unknown", "message": "The artifact does not record the scikit-learn version it was saved with."})
+        found.append(
+            {
+                "code": "sklearn_version_unknown",
+                "message": "The artifact does not record the scikit-learn version it was saved with.",
+            }
+        )
     return found
 
 
-def _choose_signature(*, staged: artifacts.StagedArtifact, input_example: Any, reference: artifacts.ReferenceData | None, report: dict) -> dict:
+def _choose_signature(
+    *, staged: artifacts.StagedArtifact, input_example: Any, reference: artifacts.ReferenceData | None, report: dict
+) -> dict:
     signature: dict = {}
     if staged.mlflow_signature:
         signature = signatures.from_mlflow(staged.mlflow_signature)
@@ -241,8 +279,10 @@ def _choose_signature(*, staged: artifacts.StagedArtifact, input_example: Any, r
         missing = sorted(set(names) - set(signatures.column_names(signature)))
         extra = sorted(set(signatures.column_names(signature)) - set(names))
         raise InvalidInput(
-            f"The signature's columns do not match the model's features (missing: {', '.join(missing) or '-'}; unexpected: {', '.join(extra) or '-'}).",
-            errors=[{"field": "signature", "message": f"missing {m}"} for m in missing] + [{"field": "signature", "message": f"unexpected {e}"} for e in extra],
+            f"The signature's columns do not match the model's features (missing: {', '.join(missing) or '-'}; "
+            f"unexpected: {', '.join(extra) or '-'}).",
+            errors=[{"field": "signature", "message": f"missing {m}"} for m in missing]
+            + [{"field": "signature", "message": f"unexpected {e}"} for e in extra],
         )
     if names and signature["named"]:
         # Keep the model's own column order, which is what it was fitted on.
@@ -276,7 +316,8 @@ def _check_guessed_types(*, staged: artifacts.StagedArtifact, signature: dict, r
             failure = exc.detail
     if failure is not None:
         raise InvalidArtifact(
-            f"The model's column types are unknown, so they were taken as numbers, and the model fails on a row of zeros ({failure}). "
+            "The model's column types are unknown, so they were taken as numbers, and the model fails on a row of zeros "
+            f"({failure}). "
             "Send an input_example or reference_data with the upload so that its string or boolean columns are known.",
             errors=[{"field": "input_example", "message": "required: the model does not take numbers in every column"}],
         )
@@ -324,12 +365,16 @@ def _make_production(*, caller: Caller, model: RegisteredModel, version: ModelVe
     model.production_version = version
     model.save(update_fields=["production_version", "updated_at"])
     release = _record_release(caller=caller, model=model, kind=kind, from_version=previous, to_version=version, reason=reason)
-    transaction.on_commit(lambda: production_changed.send(sender=RegisteredModel, model_id=model.pk, version_id=getattr(version, "pk", None)))
+    transaction.on_commit(
+        lambda: production_changed.send(sender=RegisteredModel, model_id=model.pk, version_id=getattr(version, "pk", None))
+    )
     return release
 
 
 @transaction.atomic
-def set_stage(*, caller: Caller, version: ModelVersion, stage: str, reason: str = "", require_replay: dict | None = None) -> ModelVersion:
+def set_stage(
+    *, caller: Caller, version: ModelVersion, stage: str, reason: str = "", require_replay: dict | None = None
+) -> ModelVersion:
     """Move a version to `stage`; production switches as a new release.
 
     `require_replay` ({"min_agreement": 0.98, "min_rows": 100}) makes a promotion conditional on
@@ -346,7 +391,11 @@ def set_stage(*, caller: Caller, version: ModelVersion, stage: str, reason: str 
             "require_replay is a condition of a promotion; send it with stage production only.",
             errors=[{"field": "require_replay", "message": "only with stage production"}],
         )
-    model = RegisteredModel.objects.select_for_update(of=("self",)).select_related("organization", "production_version").get(pk=version.registered_model_id)
+    model = (
+        RegisteredModel.objects.select_for_update(of=("self",))
+        .select_related("organization", "production_version")
+        .get(pk=version.registered_model_id)
+    )
     version = ModelVersion.objects.get(pk=version.pk)
     if stage == Stage.PRODUCTION:
         if model.production_version_id == version.pk:
@@ -354,7 +403,9 @@ def set_stage(*, caller: Caller, version: ModelVersion, stage: str, reason: str 
         if require_replay is not None:
             check = promotion_checks.get("require_replay")
             if check is None:
-                raise InvalidInput("This installation cannot check replays.", errors=[{"field": "require_replay", "message": "not available"}])
+                raise InvalidInput(
+                    "This installation cannot check replays.", errors=[{"field": "require_replay", "message": "not available"}]
+                )
             check(version=version, production=model.production_version, **require_replay)
         _make_production(caller=caller, model=model, version=version, kind=Release.Kind.PROMOTE, reason=reason)
     else:
@@ -362,10 +413,18 @@ def set_stage(*, caller: Caller, version: ModelVersion, stage: str, reason: str 
         version.stage = stage
         version.save(update_fields=["stage"])
         if model.production_version_id == version.pk:
-            _make_production(caller=caller, model=model, version=None, kind=Release.Kind.RETIRE, reason=reason or f"moved to {stage}")
+            _make_production(
+                caller=caller, model=model, version=None, kind=Release.Kind.RETIRE, reason=reason or f"moved to {stage}"
+            )
             version.stage = stage
             ModelVersion.objects.filter(pk=version.pk).update(stage=stage)
-        record_audit_event(organization=model.organization, caller=caller, action="version.stage_changed", target=version, data={"model": model.name, "number": version.number, "from": old, "to": stage})
+        record_audit_event(
+            organization=model.organization,
+            caller=caller,
+            action="version.stage_changed",
+            target=version,
+            data={"model": model.name, "number": version.number, "from": old, "to": stage},
+        )
     version.refresh_from_db()
     return version
 
@@ -373,7 +432,11 @@ def set_stage(*, caller: Caller, version: ModelVersion, stage: str, reason: str 
 @transaction.atomic
 def rollback(*, caller: Caller, model: RegisteredModel, reason: str = "") -> Release:
     """Production goes back to the version before the current one, as a new release."""
-    model = RegisteredModel.objects.select_for_update(of=("self",)).select_related("organization", "production_version").get(pk=model.pk)
+    model = (
+        RegisteredModel.objects.select_for_update(of=("self",))
+        .select_related("organization", "production_version")
+        .get(pk=model.pk)
+    )
     latest = model.releases.order_by("-number").select_related("from_version").first()
     if latest is None or latest.from_version is None:
         raise Conflict("There is no previous production version to roll back to.")

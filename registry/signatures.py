@@ -8,6 +8,7 @@ are f0..fN-1 and callers send rows as lists.
 Sources, first that applies wins: the MLflow signature, the input example, the reference
 data's columns, the estimator's `feature_names_in_`, its `n_features_in_`.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,14 @@ def example_rows(example: Any) -> tuple[list[str] | None, list[list[Any]]]:
         example = example["inputs"]
     if isinstance(example, dict) and "columns" in example and "data" in example:
         names = [str(c) for c in example["columns"]]
-        return names, [list(row) for row in example["data"]]
+        rows = [list(row) for row in example["data"]]
+        widths = sorted({len(row) for row in rows} - {len(names)})
+        if widths:
+            raise InvalidInput(
+                f"The input example names {len(names)} columns but has rows of {', '.join(map(str, widths))} values.",
+                errors=[{"field": "input_example", "message": f"expected {len(names)} values a row, got {widths[0]}"}],
+            )
+        return names, rows
     if isinstance(example, dict):
         example = [example]
     if not isinstance(example, list) or not example:
@@ -86,7 +94,10 @@ def example_rows(example: Any) -> tuple[list[str] | None, list[list[Any]]]:
 
 
 def without_nan(example: Any) -> Any:
-    """The example with NaN and infinity as null: MLflow writes them into input_example.json, JSON (and PostgreSQL's jsonb) has none."""
+    """The example with NaN and infinity as null.
+
+    MLflow writes them into input_example.json; JSON (and PostgreSQL's jsonb) has none.
+    """
     if isinstance(example, float) and not math.isfinite(example):
         return None
     if isinstance(example, list):
@@ -130,7 +141,7 @@ def from_mlflow(inputs: list[dict]) -> dict:
         types.append(kind if kind in KNOWN_TYPES else "string")
     has_names = any("name" in column for column in inputs)
     # MLflow marks a column the example left empty `"required": false`.
-    optional = {name for name, column in zip(names, inputs) if column.get("required") is False}
+    optional = {name for name, column in zip(names, inputs, strict=True) if column.get("required") is False}
     return _signature(names, types, "mlflow", has_names, optional=optional)
 
 
@@ -155,7 +166,9 @@ def _signature(names: list[str], types: list[str], source: str, named: bool, *, 
             f"The signature repeats column names: {', '.join(duplicates)}.",
             errors=[{"field": "signature", "message": f"duplicate column {n}"} for n in duplicates],
         )
-    inputs = [{"name": n, "type": t, **({"allow_missing": True} if n in optional else {})} for n, t in zip(names, types)]
+    inputs = [
+        {"name": n, "type": t, **({"allow_missing": True} if n in optional else {})} for n, t in zip(names, types, strict=True)
+    ]
     return {"inputs": inputs, "source": source, "named": named}
 
 

@@ -5,6 +5,7 @@ Uploads have two paths. With JavaScript, the page sends the form to the REST end
 which reports upload progress; without it, the same form posts to `version_upload` here.
 Both call `services.upload_version`.
 """
+
 from __future__ import annotations
 
 from django import forms
@@ -37,21 +38,40 @@ class ModelForm(forms.Form):
 class VersionUploadForm(forms.Form):
     file = forms.FileField(
         label="Model file",
-        help_text="joblib, pickle, skops, or an MLflow model folder as .zip. Checked in a sandbox: only scikit-learn classes load.",
+        help_text=(
+            "joblib, pickle, skops, or an MLflow model folder as .zip. Checked in a sandbox: only scikit-learn classes load."
+        ),
         widget=forms.ClearableFileInput(attrs={"accept": ".joblib,.pkl,.pickle,.skops,.zip"}),
     )
-    reference_data = forms.FileField(required=False, label="Reference data (CSV)", help_text="Optional: training-like rows, for the signature and drift.")
+    reference_data = forms.FileField(
+        required=False, label="Reference data (CSV)", help_text="Optional: training-like rows, for the signature and drift."
+    )
     input_example = forms.CharField(
-        required=False, label="Input example (JSON)", widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+        required=False,
+        label="Input example (JSON)",
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
         help_text='Optional, e.g. [{"sepal_length": 5.1, …}] or [[5.1, 3.5, 1.4, 0.2]]; names the columns.',
     )
-    metrics = forms.CharField(required=False, label="Metrics (JSON)", widget=forms.TextInput(attrs={"spellcheck": "false"}), help_text='Optional, e.g. {"accuracy": 0.97}.')
-    params = forms.CharField(required=False, label="Parameters (JSON)", widget=forms.TextInput(attrs={"spellcheck": "false"}), help_text='Optional, e.g. {"C": 1.0}.')
+    metrics = forms.CharField(
+        required=False,
+        label="Metrics (JSON)",
+        widget=forms.TextInput(attrs={"spellcheck": "false"}),
+        help_text='Optional, e.g. {"accuracy": 0.97}.',
+    )
+    params = forms.CharField(
+        required=False,
+        label="Parameters (JSON)",
+        widget=forms.TextInput(attrs={"spellcheck": "false"}),
+        help_text='Optional, e.g. {"C": 1.0}.',
+    )
     description = forms.CharField(required=False, max_length=2000, widget=forms.TextInput())
 
 
 STAGE_ACTIONS = {
-    Stage.PRODUCTION: ("Promote to production", "Promote version {n} of {model} to production? It starts serving every request to {model} at once."),
+    Stage.PRODUCTION: (
+        "Promote to production",
+        "Promote version {n} of {model} to production? It starts serving every request to {model} at once.",
+    ),
     Stage.STAGING: ("Move to staging", "Move version {n} of {model} to staging?"),
     Stage.ARCHIVED: ("Archive", "Archive version {n} of {model}?"),
 }
@@ -84,14 +104,18 @@ def _version_rows(model: RegisteredModel) -> list[dict]:
                 "sklearn_mismatch": bool(version.sklearn_version) and version.sklearn_version != version.serving_sklearn_version,
                 "columns": version.signature.get("inputs", []),
                 "actions": [
-                    (stage, label) for stage, (label, _) in STAGE_ACTIONS.items() if stage != version.stage and not (stage == Stage.STAGING and version.stage == Stage.PRODUCTION)
+                    (stage, label)
+                    for stage, (label, _) in STAGE_ACTIONS.items()
+                    if stage != version.stage and not (stage == Stage.STAGING and version.stage == Stage.PRODUCTION)
                 ],
             }
         )
     return rows
 
 
-def _model_page(request: HttpRequest, model: RegisteredModel, *, upload_form: VersionUploadForm | None = None, status: int = 200) -> HttpResponse:
+def _model_page(
+    request: HttpRequest, model: RegisteredModel, *, upload_form: VersionUploadForm | None = None, status: int = 200
+) -> HttpResponse:
     releases = list(selectors.releases_of(model=model))
     latest = releases[0] if releases else None
     return render_page(
@@ -147,7 +171,14 @@ def model_create(request: HttpRequest, org: str) -> HttpResponse:
         else:
             messages.success(request, f"Model {model.full_name} created: upload its first version.")
             return redirect("model-detail", org=organization.slug, model=model.name)
-    context = {"organization": organization, "models": _models_of(organization, ""), "query": "", "form": form, "can_write": True, "tab": "models"}
+    context = {
+        "organization": organization,
+        "models": _models_of(organization, ""),
+        "query": "",
+        "form": form,
+        "can_write": True,
+        "tab": "models",
+    }
     return render_page(request, "registry/model_list.html", context, status=400)
 
 
@@ -201,7 +232,12 @@ def version_stage(request: HttpRequest, org: str, model: str, number: int) -> Ht
         if version.pk == registered.production_version_id:
             message += " It is the production version: the model stops serving until another version is promoted."
         return confirmation_page(
-            request, title=label, message=message, confirm_label=label, cancel_url=reverse("model-detail", args=[org, model]), with_reason=True
+            request,
+            title=label,
+            message=message,
+            confirm_label=label,
+            cancel_url=reverse("model-detail", args=[org, model]),
+            with_reason=True,
         )
     require_replay = None
     if request.POST.get("min_agreement"):
@@ -214,11 +250,19 @@ def version_stage(request: HttpRequest, org: str, model: str, number: int) -> Ht
             messages.error(request, "The agreement to require is a share from 0 to 1.")
             return redirect("model-detail", org=org, model=model)
     try:
-        services.set_stage(caller=caller_of(request), version=version, stage=stage, reason=request.POST.get("reason", "")[:500], require_replay=require_replay)
+        services.set_stage(
+            caller=caller_of(request),
+            version=version,
+            stage=stage,
+            reason=request.POST.get("reason", "")[:500],
+            require_replay=require_replay,
+        )
     except ModelhostError as exc:
         messages.error(request, exc.detail)
         back = request.POST.get("back", "")
-        if back.startswith(f"/models/{org}/{model}/compare/"):  # back to the replay the refusal quotes (a path of this model only)
+        if back.startswith(
+            f"/models/{org}/{model}/compare/"
+        ):  # back to the replay the refusal quotes (a path of this model only)
             return redirect(back)
     else:
         messages.success(request, f"Version {number} is now {Stage(stage).label.lower()}.")
@@ -243,7 +287,9 @@ def model_rollback(request: HttpRequest, org: str, model: str) -> HttpResponse:
     except ModelhostError as exc:
         messages.error(request, exc.detail)
     else:
-        messages.success(request, f"Rolled back: release {release.number} puts version {release.to_version.number} in production.")
+        messages.success(
+            request, f"Rolled back: release {release.number} puts version {release.to_version.number} in production."
+        )
     return redirect("model-detail", org=org, model=model)
 
 
@@ -256,7 +302,8 @@ def model_delete(request: HttpRequest, org: str, model: str) -> HttpResponse:
         return confirmation_page(
             request,
             title="Delete model",
-            message=f"Delete {registered.full_name}? It stops serving at once and its name becomes free; its versions are kept for the audit log.",
+            message=f"Delete {registered.full_name}? It stops serving at once and its name becomes free; its versions are kept "
+            "for the audit log.",
             confirm_label="Delete model",
             cancel_url=reverse("model-detail", args=[org, model]),
         )

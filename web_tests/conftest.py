@@ -1,4 +1,5 @@
 """Fixtures for the web pages: signed-in Django test clients and a model with versions."""
+
 from __future__ import annotations
 
 import os
@@ -46,7 +47,9 @@ def iris(tenant_a):
     from registry import services
     from registry.tests.factories import create_version
 
-    model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="iris", description="Iris flowers")
+    model = services.create_model(
+        caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="iris", description="Iris flowers"
+    )
     create_version(model)
     create_version(model)
     model.refresh_from_db()

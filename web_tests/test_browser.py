@@ -4,6 +4,7 @@ input, then drag-and-drop), try it, promote, roll back; then, with a real Celery
 beat, see the usage chart count the tries and score a file as a batch job. Every page passes
 axe-core with no serious or critical violation, fits a phone's width, and is saved as a
 screenshot."""
+
 from __future__ import annotations
 
 import base64
@@ -30,7 +31,8 @@ DESKTOP = {"width": 1280, "height": 900}
 _axe = Axe()
 # The outermost elements that stick out of the window on the right, for the failure message.
 WIDEST = """[...document.querySelectorAll("body *")]
-  .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 && !(e.parentElement.getBoundingClientRect().right > window.innerWidth + 1))
+  .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1
+    && !(e.parentElement.getBoundingClientRect().right > window.innerWidth + 1))
   .slice(0, 5).map(e => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + (e.className ? "." + e.className : ""))"""
 
 
@@ -56,7 +58,7 @@ def confirm_dialog(page: Page, reason: str | None = None) -> None:
 def test_sign_up_upload_try_promote_and_roll_back(browser, web, screenshots_dir, tmp_path):
     model_file = tmp_path / "iris.joblib"
     model_file.write_bytes(joblib_bytes(iris_model()))
-    example = json.dumps([dict(zip(IRIS_FEATURES, IRIS_ROW))])
+    example = json.dumps([dict(zip(IRIS_FEATURES, IRIS_ROW, strict=True))])
     context = browser.new_context(viewport=DESKTOP, base_url=web.url)
     page = context.new_page()
 
@@ -262,7 +264,11 @@ def test_try_it_answers_a_string_label_model_with_its_labels(browser, web, tenan
     client = tenant_a.jwt_client()
     assert client.post("/api/v1/models", {"org": "acme", "name": "churn"}, format="json").status_code == 201
     example = json.dumps([{"plan": "basic", "visits": 3}])
-    uploaded = client.post("/api/v1/models/acme/churn/versions", {"file": upload_file(joblib_bytes(model), "churn.joblib"), "input_example": example}, format="multipart")
+    uploaded = client.post(
+        "/api/v1/models/acme/churn/versions",
+        {"file": upload_file(joblib_bytes(model), "churn.joblib"), "input_example": example},
+        format="multipart",
+    )
     assert uploaded.status_code == 201, uploaded.content
 
     context = browser.new_context(viewport=DESKTOP, base_url=web.url)
@@ -338,11 +344,13 @@ def reload_until(page: Page, locator: str, text: str, *, timeout: float = 20) ->
         page.reload()
 
 
-def test_usage_counts_the_tries_and_a_batch_job_runs_on_a_worker(browser, web, screenshots_dir, tenant_a, iris_in_production, workers, settings, tmp_path):
+def test_usage_counts_the_tries_and_a_batch_job_runs_on_a_worker(
+    browser, web, screenshots_dir, tenant_a, iris_in_production, workers, settings, tmp_path
+):
     from accounts.tests.factories import PASSWORD as OWNER_PASSWORD
 
     settings.BATCH_CHUNK_ROWS = 40  # five chunks for the 200 rows below
-    ingest_and_rollup, = workers.start("analytics", queues="default,analytics,ingest")
+    (ingest_and_rollup,) = workers.start("analytics", queues="default,analytics,ingest")
     workers.start_beat()
     rows = np.round(iris_data()[0][::3][:50].repeat(4, axis=0), 2)  # 200 rows
     rows_file = tmp_path / "flowers.csv"

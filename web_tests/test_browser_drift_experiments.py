@@ -2,6 +2,7 @@
 A/B test through the form, read its results, promote the winner, run a drift report and read
 its bars and histograms, follow the typed values in Try it's snippets, delete the model.
 Each new page passes axe-core, fits a 375 px phone, and is saved as a screenshot."""
+
 from __future__ import annotations
 
 import re

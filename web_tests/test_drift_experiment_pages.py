@@ -1,5 +1,6 @@
 """A model's drift and experiment pages through Django's test client, on real reports and
 experiments made by the services from ingested prediction records and feedback."""
+
 from __future__ import annotations
 
 import html
@@ -25,7 +26,12 @@ pytestmark = pytest.mark.django_db
 
 
 def serve(version, rows, *, at, **fields) -> list[dict]:
-    return af.ingest([af.record(version, at=at + timedelta(seconds=i), **{"in": [list(map(float, row))]}, **fields) for i, row in enumerate(rows)])
+    return af.ingest(
+        [
+            af.record(version, at=at + timedelta(seconds=i), **{"in": [list(map(float, row))]}, **fields)
+            for i, row in enumerate(rows)
+        ]
+    )
 
 
 def served_with_drift(version) -> None:
@@ -43,7 +49,9 @@ def served_with_drift(version) -> None:
 def report(tenant_a, iris) -> DriftReport:
     version = iris.versions.get(number=1)
     served_with_drift(version)
-    queued = drift_services.request_report(caller=Caller(user=tenant_a.user), model=iris, version_number=1, window_hours=2, trigger=DriftReport.Trigger.API)
+    queued = drift_services.request_report(
+        caller=Caller(user=tenant_a.user), model=iris, version_number=1, window_hours=2, trigger=DriftReport.Trigger.API
+    )
     return drift_services.compute_report(report_id=queued.id)  # the worker's side
 
 
@@ -96,7 +104,9 @@ def test_drift_report_page_shows_per_feature_bars_and_histograms(owner_client, r
         pytest.param({"version": "1", "window_hours": "0"}, "window_hours", "greater than or equal to 1", id="zero-window"),
         pytest.param({"version": "1", "window_hours": "abc"}, "window_hours", "Enter a whole number", id="not-a-number"),
         pytest.param({"version": "9", "window_hours": "2"}, "version", "Select a valid choice", id="no-such-version"),
-        pytest.param({"version": "", "window_hours": "2"}, "version", "required when no version is in production", id="no-production"),
+        pytest.param(
+            {"version": "", "window_hours": "2"}, "version", "required when no version is in production", id="no-production"
+        ),
         pytest.param({"version": "2", "window_hours": "2"}, "window_hours", "no traffic in the window", id="no-traffic"),
     ],
 )
@@ -112,7 +122,13 @@ def test_run_now_queues_a_report_and_its_page_shows_it_pending_until_the_worker_
     response = owner_client.post("/models/acme/iris/drift/", {"version": "1", "window_hours": "2"})
     report = DriftReport.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/models/acme/iris/drift/{report.id}/"
-    assert (report.version.number, report.trigger, report.created_by, report.status, report.current_rows) == (1, "api", tenant_a.user, "pending", None)
+    assert (report.version.number, report.trigger, report.created_by, report.status, report.current_rows) == (
+        1,
+        "api",
+        tenant_a.user,
+        "pending",
+        None,
+    )
     assert report.window_end - report.window_start == timedelta(hours=2)
 
     pending = owner_client.get(response["Location"]).content.decode()
@@ -170,7 +186,17 @@ def served_in(experiment, version, variant: str, *, units: int, right: int, feed
     """`units` requests of one unit each; feedback for the first `feedback`, `right` of them correct (label 0)."""
     at = experiment.created_at + timedelta(seconds=1)
     records = af.ingest(
-        [af.record(version, at=at + timedelta(milliseconds=i), exp=experiment.id, variant=variant, unit=f"{variant}-{i}", lat=2.0 + i % 3) for i in range(units)]
+        [
+            af.record(
+                version,
+                at=at + timedelta(milliseconds=i),
+                exp=experiment.id,
+                variant=variant,
+                unit=f"{variant}-{i}",
+                lat=2.0 + i % 3,
+            )
+            for i in range(units)
+        ]
     )
     for i, record in enumerate(records[:feedback]):
         af.feedback(version, record["id"], label=0 if i < right else 1)
@@ -200,7 +226,7 @@ def test_experiment_page_shows_results_with_intervals_and_difference(owner_clien
     text = html.unescape(page.content.decode())
     control = re.search(r'<tr id="variant-1">(.*?)</tr>', text, re.S).group(1)
     challenger = re.search(r'<tr id="variant-2">(.*?)</tr>', text, re.S).group(1)
-    low, high = (stats.binomtest(46, 50).proportion_ci(0.95, method="wilson"))
+    low, high = stats.binomtest(46, 50).proportion_ci(0.95, method="wilson")
     assert "v1 (control)" in control and "60.0%" in control and ">60<" in control.replace(" ", "")
     assert "92.0%" in challenger and f"{low * 100:.1f}% to {high * 100:.1f}%" in challenger
     assert "+32.0%" in challenger and "significant" in challenger and "Leader" in challenger
@@ -222,18 +248,30 @@ def test_a_regression_experiment_page_shows_mae_and_rmse_and_the_smaller_error_l
     v1 = rf.create_version(model, rf.regression_model(), promote=True)
     v2 = rf.create_version(model, rf.regression_model())
     experiment = experiment_services.create_experiment(
-        caller=Caller(user=tenant_a.user), model=model, name="v2 vs v1", metric="rmse", min_samples=20,
+        caller=Caller(user=tenant_a.user),
+        model=model,
+        name="v2 vs v1",
+        metric="rmse",
+        min_samples=20,
         variants=[{"version": 1, "weight": 50}, {"version": 2, "weight": 50}],
     )
     at = experiment.created_at + timedelta(seconds=1)
-    for version, variant, misses in ((v1, "v1", (2.0, -2.0)), (v2, "v2", (0.5, -0.5))):  # errors of +-2 (RMSE 2), +-0.5 (RMSE 0.5)
-        records = af.ingest([af.record(version, at=at + timedelta(milliseconds=i), exp=experiment.id, variant=variant, out=[10.0]) for i in range(40)])
+    for version, variant, misses in (
+        (v1, "v1", (2.0, -2.0)),
+        (v2, "v2", (0.5, -0.5)),
+    ):  # errors of +-2 (RMSE 2), +-0.5 (RMSE 0.5)
+        records = af.ingest(
+            [
+                af.record(version, at=at + timedelta(milliseconds=i), exp=experiment.id, variant=variant, out=[10.0])
+                for i in range(40)
+            ]
+        )
         for i, record in enumerate(records):
             af.feedback(version, record["id"], value=10.0 - misses[i % 2])
 
     text = html.unescape(owner_client.get(f"/models/acme/reg/experiments/{experiment.id}/").content.decode())
 
-    assert "<dd>Root mean squared error <small class=\"help\">(lower is better)</small></dd>" in text
+    assert '<dd>Root mean squared error <small class="help">(lower is better)</small></dd>' in text
     control = re.search(r'<tr id="variant-1">(.*?)</tr>', text, re.S).group(1)
     challenger = re.search(r'<tr id="variant-2">(.*?)</tr>', text, re.S).group(1)
     assert "<td>2 / 2</td>" in control and "<td>0.5 / 0.5</td>" in challenger  # MAE / RMSE
@@ -253,7 +291,14 @@ def test_starved_variant_raises_the_sample_ratio_alarm(owner_client, tenant_a, i
 def test_start_experiment_through_the_form(owner_client, iris):
     page = owner_client.get("/models/acme/iris/experiments/")
     assert 'id="id_variant_0_version"' in page.content.decode() and b"Variant 1 (control)" in page.content
-    data = {"name": "bigger C", "metric": "accuracy", "variant_0_version": "2", "variant_0_weight": "70", "variant_1_version": "1", "variant_1_weight": "30"}
+    data = {
+        "name": "bigger C",
+        "metric": "accuracy",
+        "variant_0_version": "2",
+        "variant_0_weight": "70",
+        "variant_1_version": "1",
+        "variant_1_weight": "30",
+    }
     response = owner_client.post("/models/acme/iris/experiments/", data)
     experiment = Experiment.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/models/acme/iris/experiments/{experiment.id}/"
@@ -261,7 +306,14 @@ def test_start_experiment_through_the_form(owner_client, iris):
     assert (experiment.name, experiment.metric, experiment.min_samples) == ("bigger C", "accuracy", 100)
 
 
-VALID = {"name": "ab", "metric": "accuracy", "variant_0_version": "1", "variant_0_weight": "50", "variant_1_version": "2", "variant_1_weight": "50"}
+VALID = {
+    "name": "ab",
+    "metric": "accuracy",
+    "variant_0_version": "1",
+    "variant_0_weight": "50",
+    "variant_1_version": "2",
+    "variant_1_weight": "50",
+}
 
 
 @pytest.mark.parametrize(
@@ -300,7 +352,9 @@ def test_rows_after_the_second_are_optional_but_complete(owner_client, tenant_a,
 def test_experiment_form_names_a_weight_sum_other_than_100(owner_client, iris):
     response = owner_client.post("/models/acme/iris/experiments/", {**VALID, "variant_1_weight": "40"})
     assert response.status_code == 400
-    errors = re.search(r'<div class="errors" role="alert" id="error-variants">(.*?)</div>', response.content.decode(), re.S).group(1)
+    errors = re.search(
+        r'<div class="errors" role="alert" id="error-variants">(.*?)</div>', response.content.decode(), re.S
+    ).group(1)
     assert "weights sum to 90; they must sum to 100" in errors
     assert not Experiment.objects.exists()
 
@@ -337,7 +391,9 @@ def test_promote_asks_first_with_a_reason_then_makes_a_release(owner_client, iri
 
 
 def test_promote_refuses_a_version_outside_the_experiment(owner_client, iris, experiment):
-    response = owner_client.post(f"/models/acme/iris/experiments/{experiment.id}/promote/", {"version": "7", "confirmed": "yes"}, follow=True)
+    response = owner_client.post(
+        f"/models/acme/iris/experiments/{experiment.id}/promote/", {"version": "7", "confirmed": "yes"}, follow=True
+    )
     assert b"Version 7 is not a variant of this experiment" in response.content
     iris.refresh_from_db()
     assert iris.production_version is None
@@ -349,7 +405,12 @@ def test_viewer_reads_experiments_but_cannot_change_them(viewer_client, experime
     listing = viewer_client.get("/models/acme/iris/experiments/")
     assert listing.status_code == 200 and b"Start an experiment" not in listing.content and b"is running" not in listing.content
     assert viewer_client.post(f"/models/acme/iris/experiments/{experiment.id}/stop/", {"confirmed": "yes"}).status_code == 403
-    assert viewer_client.post(f"/models/acme/iris/experiments/{experiment.id}/promote/", {"version": "2", "confirmed": "yes"}).status_code == 403
+    assert (
+        viewer_client.post(
+            f"/models/acme/iris/experiments/{experiment.id}/promote/", {"version": "2", "confirmed": "yes"}
+        ).status_code
+        == 403
+    )
     assert viewer_client.post("/models/acme/iris/experiments/", VALID).status_code == 403
     experiment.refresh_from_db()
     assert experiment.status == "running"
@@ -407,6 +468,11 @@ def test_a_report_or_experiment_of_another_organization_is_not_found_under_ones_
 
 
 def test_drift_and_experiment_pages_need_login(client, report, experiment):
-    for path in ["/models/acme/iris/drift/", f"/models/acme/iris/drift/{report.id}/", "/models/acme/iris/experiments/", f"/models/acme/iris/experiments/{experiment.id}/"]:
+    for path in [
+        "/models/acme/iris/drift/",
+        f"/models/acme/iris/drift/{report.id}/",
+        "/models/acme/iris/experiments/",
+        f"/models/acme/iris/experiments/{experiment.id}/",
+    ]:
         response = client.get(path)
         assert response.status_code == 302 and response["Location"].startswith("/login/?next="), path

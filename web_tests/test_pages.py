@@ -1,5 +1,6 @@
 """Every web page through Django's test client: status, key content, errors next to fields,
 confirmation before destructive actions, roles, and tenant isolation (404 like missing)."""
+
 from __future__ import annotations
 
 import html
@@ -37,7 +38,9 @@ def without_csrf(content: bytes) -> bytes:
 
 def test_signup_emails_a_link_that_creates_account_and_organization_then_opens_it(client, mailoutbox):
     assert client.get("/signup/").status_code == 200
-    response = client.post("/signup/", {"email": "Ada@Example.com", "name": "Ada", "organization": "Analytical Engines", "password": PASSWORD})
+    response = client.post(
+        "/signup/", {"email": "Ada@Example.com", "name": "Ada", "organization": "Analytical Engines", "password": PASSWORD}
+    )
     assert response.status_code == 200
     assert b"Check your inbox: we sent a message to ada@example.com." in response.content
     assert not User.objects.exists() and not client.session.get("_auth_user_id")
@@ -61,7 +64,9 @@ def test_signup_with_a_taken_email_answers_as_a_new_one_does(client, tenant_a, m
     taken = client.post("/signup/", {"email": "owner@acme.example", "password": PASSWORD})
     new = client.post("/signup/", {"email": "other@acme.example", "password": PASSWORD})
     assert taken.status_code == new.status_code == 200
-    assert without_csrf(taken.content).replace(b"owner@acme.example", b"X") == without_csrf(new.content).replace(b"other@acme.example", b"X")
+    assert without_csrf(taken.content).replace(b"owner@acme.example", b"X") == without_csrf(new.content).replace(
+        b"other@acme.example", b"X"
+    )
     assert [m.subject for m in mailoutbox] == ["You already have a Modelhost account", "Confirm your Modelhost account"]
     assert not client.session.get("_auth_user_id")
 
@@ -95,9 +100,13 @@ def test_login_and_logout(client, tenant_a):
 
 def test_password_change(owner_client, tenant_a):
     assert owner_client.get("/password/").status_code == 200
-    wrong = owner_client.post("/password/", {"old_password": "nope", "new_password1": "a-new-long-secret-9", "new_password2": "a-new-long-secret-9"})
+    wrong = owner_client.post(
+        "/password/", {"old_password": "nope", "new_password1": "a-new-long-secret-9", "new_password2": "a-new-long-secret-9"}
+    )
     assert "incorrectly" in error_next_to(wrong, "old_password")
-    response = owner_client.post("/password/", {"old_password": PASSWORD, "new_password1": "a-new-long-secret-9", "new_password2": "a-new-long-secret-9"})
+    response = owner_client.post(
+        "/password/", {"old_password": PASSWORD, "new_password1": "a-new-long-secret-9", "new_password2": "a-new-long-secret-9"}
+    )
     assert response.status_code == 302
     tenant_a.user.refresh_from_db()
     assert tenant_a.user.check_password("a-new-long-secret-9")
@@ -181,7 +190,12 @@ def test_api_key_secret_is_shown_once_and_works(owner_client, tenant_a, api_clie
     "data, field, message",
     [
         pytest.param({"name": "k", "scopes": []}, "scopes", "required", id="no-scope"),
-        pytest.param({"name": "k", "scopes": ["predict"], "expires_on": "2001-01-01"}, "expires_on", "must be in the future", id="past-expiry"),
+        pytest.param(
+            {"name": "k", "scopes": ["predict"], "expires_on": "2001-01-01"},
+            "expires_on",
+            "must be in the future",
+            id="past-expiry",
+        ),
         pytest.param({"name": "", "scopes": ["predict"]}, "name", "required", id="no-name"),
     ],
 )
@@ -267,7 +281,9 @@ def test_viewer_sees_no_promote_button_and_cannot_post(viewer_client, iris):
     page = viewer_client.get("/models/acme/iris/")
     assert page.status_code == 200
     assert b"Promote<span" not in page.content and b'id="upload-form"' not in page.content
-    assert viewer_client.post("/models/acme/iris/versions/1/stage/", {"stage": "production", "confirmed": "yes"}).status_code == 403
+    assert (
+        viewer_client.post("/models/acme/iris/versions/1/stage/", {"stage": "production", "confirmed": "yes"}).status_code == 403
+    )
     assert viewer_client.post("/models/acme/iris/rollback/", {"confirmed": "yes"}).status_code == 403
     assert viewer_client.post("/models/acme/iris/versions/new/", {}).status_code == 403
     assert ModelVersion.objects.filter(registered_model=iris, stage=Stage.PRODUCTION).count() == 0
@@ -308,13 +324,19 @@ def test_upload_form_without_javascript(owner_client, tenant_a):
     from registry import services
 
     services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="flowers")
-    bad = owner_client.post("/models/acme/flowers/versions/new/", {"file": upload_file(joblib_bytes(iris_model())), "metrics": "{not json"})
+    bad = owner_client.post(
+        "/models/acme/flowers/versions/new/", {"file": upload_file(joblib_bytes(iris_model())), "metrics": "{not json"}
+    )
     assert bad.status_code == 400 and error_next_to(bad, "metrics") == "not valid JSON"
     missing = owner_client.post("/models/acme/flowers/versions/new/", {"description": "no file"})
     assert missing.status_code == 400 and error_next_to(missing, "file")
     response = owner_client.post(
         "/models/acme/flowers/versions/new/",
-        {"file": upload_file(joblib_bytes(iris_model())), "metrics": '{"accuracy": 0.97}', "input_example": orjson.dumps([IRIS_ROW]).decode()},
+        {
+            "file": upload_file(joblib_bytes(iris_model())),
+            "metrics": '{"accuracy": 0.97}',
+            "input_example": orjson.dumps([IRIS_ROW]).decode(),
+        },
     )
     assert response.status_code == 302
     version = ModelVersion.objects.get(registered_model__name="flowers")
@@ -386,7 +408,9 @@ def test_try_page_posts_with_session_and_csrf(tenant_a, iris):
     body = orjson.dumps({"inputs": [IRIS_ROW], "parameters": {"probabilities": True}})
     refused = client.post("/api/v1/models/acme/iris/versions/1/predict", body, content_type="application/json")
     assert refused.status_code == 403
-    answer = client.post("/api/v1/models/acme/iris/versions/1/predict", body, content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    answer = client.post(
+        "/api/v1/models/acme/iris/versions/1/predict", body, content_type="application/json", HTTP_X_CSRFTOKEN=token
+    )
     assert answer.status_code == 200
     assert answer.json()["predictions"] == [0] and len(answer.json()["probabilities"][0]) == 3
 

@@ -1,6 +1,7 @@
 """The usage and batch job pages through Django's test client: figures from the rollups,
 the submit form's errors next to its fields, the job page and its htmx status block, cancel
 after a confirmation, roles as in the API, and tenant isolation (404 like missing)."""
+
 from __future__ import annotations
 
 import io
@@ -104,10 +105,21 @@ def test_usage_page_names_a_bad_choice_next_to_its_field(owner_client, iris, que
 
 
 def test_model_pages_link_to_usage_and_batch_jobs_and_the_org_to_its_jobs(owner_client, iris):
-    for path, current in [("/models/acme/iris/", "Versions"), ("/models/acme/iris/usage/", "Usage"), ("/models/acme/iris/batch-jobs/", "Batch jobs")]:
+    for path, current in [
+        ("/models/acme/iris/", "Versions"),
+        ("/models/acme/iris/usage/", "Usage"),
+        ("/models/acme/iris/batch-jobs/", "Batch jobs"),
+    ]:
         html = owner_client.get(path).content.decode()
         tabs = re.search(r'<nav aria-label="Model" class="tabs subtabs">(.*?)</nav>', html, re.S).group(1)
-        assert re.findall(r'href="([^"]+)"', tabs) == ["/models/acme/iris/", "/models/acme/iris/usage/", "/models/acme/iris/batch-jobs/", "/models/acme/iris/drift/", "/models/acme/iris/compare/", "/models/acme/iris/experiments/"]
+        assert re.findall(r'href="([^"]+)"', tabs) == [
+            "/models/acme/iris/",
+            "/models/acme/iris/usage/",
+            "/models/acme/iris/batch-jobs/",
+            "/models/acme/iris/drift/",
+            "/models/acme/iris/compare/",
+            "/models/acme/iris/experiments/",
+        ]
         assert re.search(r'aria-current="page">([^<]+)</a>', tabs).group(1) == current, path
         assert 'href="/orgs/acme/batch-jobs/"' in html
 
@@ -120,15 +132,22 @@ def test_submit_a_job_through_the_page_then_follow_it_to_the_result(owner_client
     page = owner_client.get("/models/acme/iris/batch-jobs/")
     assert page.status_code == 200 and b'id="batch-form"' in page.content and b"No batch jobs yet." in page.content
     assert b"The production version (v1)" in page.content and b'<option value="2">v2 \xc2\xb7 none</option>' in page.content
-    response = owner_client.post("/models/acme/iris/batch-jobs/", {"file": csv_upload(csv_bytes(rows)), "version": "2", "on_error": "fail", "probabilities": "on"})
+    response = owner_client.post(
+        "/models/acme/iris/batch-jobs/",
+        {"file": csv_upload(csv_bytes(rows)), "version": "2", "on_error": "fail", "probabilities": "on"},
+    )
     job = BatchJob.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/models/acme/iris/batch-jobs/{job.id}/"
     assert (job.version.number, job.want_proba, job.status) == (2, True, "queued")
 
     queued = owner_client.get(response["Location"]).content.decode()
     assert "is queued: rows.csv against v2" in queued
-    assert 'hx-get="/models/acme/iris/batch-jobs/%d/" hx-trigger="every 1s"' % job.id in queued
-    assert '<progress id="job-progress" max="100" value="0">' in queued and "Cancel job" in queued and "Download result" not in queued
+    assert f'hx-get="/models/acme/iris/batch-jobs/{job.id}/" hx-trigger="every 1s"' in queued
+    assert (
+        '<progress id="job-progress" max="100" value="0">' in queued
+        and "Cancel job" in queued
+        and "Download result" not in queued
+    )
     partial = owner_client.get(response["Location"], HTTP_HX_REQUEST="true")
     assert partial.content.lstrip().startswith(b'<div id="job-status"') and b"<html" not in partial.content
     assert "HX-Request" in partial["Vary"]
@@ -152,10 +171,14 @@ def test_submit_a_job_through_the_page_then_follow_it_to_the_result(owner_client
     [
         pytest.param({}, "file", "This field is required.", id="no-file"),
         pytest.param({"file": b""}, "file", "The submitted file is empty.", id="empty-file"),
-        pytest.param({"file": b"a,b,c,d,e\n1,2,3,4,5\n"}, "file", "unexpected e. The model expects f0, f1, f2, f3.", id="wrong-columns"),
+        pytest.param(
+            {"file": b"a,b,c,d,e\n1,2,3,4,5\n"}, "file", "unexpected e. The model expects f0, f1, f2, f3.", id="wrong-columns"
+        ),
         pytest.param({"file": b"a,b,c,d\n"}, "file", "header but no rows", id="header-only"),
         pytest.param({"file": b"a,b,c,d\n1,2,3,4\n", "version": "9"}, "version", "Select a valid choice", id="unknown-version"),
-        pytest.param({"file": b"a,b,c,d\n1,2,3,4\n", "on_error": "retry"}, "on_error", "Select a valid choice", id="bad-on-error"),
+        pytest.param(
+            {"file": b"a,b,c,d\n1,2,3,4\n", "on_error": "retry"}, "on_error", "Select a valid choice", id="bad-on-error"
+        ),
     ],
 )
 def test_submit_form_names_the_problem_next_to_its_field(owner_client, iris, data, field, message):
@@ -170,7 +193,9 @@ def test_submit_form_names_the_problem_next_to_its_field(owner_client, iris, dat
 def test_submit_without_a_production_version_asks_for_one_next_to_version(owner_client, iris):
     iris.production_version = None
     iris.save()
-    response = owner_client.post("/models/acme/iris/batch-jobs/", {"file": csv_upload(csv_bytes(iris_rows(2))), "on_error": "fail"})
+    response = owner_client.post(
+        "/models/acme/iris/batch-jobs/", {"file": csv_upload(csv_bytes(iris_rows(2))), "on_error": "fail"}
+    )
     assert response.status_code == 400 and error_next_to(response, "version") == "no production version"
     assert b"The production version (none yet: choose one)" in response.content
 
@@ -192,7 +217,9 @@ def test_cancel_asks_first_then_cancels_once(owner_client, job):
 
 def test_viewer_reads_jobs_but_cannot_submit_or_cancel(viewer_client, job):
     page = viewer_client.get("/models/acme/iris/batch-jobs/")
-    assert page.status_code == 200 and f'<tr id="job-{job.id}">'.encode() in page.content and b'id="batch-form"' not in page.content
+    assert (
+        page.status_code == 200 and f'<tr id="job-{job.id}">'.encode() in page.content and b'id="batch-form"' not in page.content
+    )
     detail = viewer_client.get(f"/models/acme/iris/batch-jobs/{job.id}/")
     assert detail.status_code == 200 and b"Queued" in detail.content and b"Cancel job" not in detail.content
     assert viewer_client.post("/models/acme/iris/batch-jobs/", {"file": csv_upload(csv_bytes(iris_rows(2)))}).status_code == 403
@@ -202,7 +229,12 @@ def test_viewer_reads_jobs_but_cannot_submit_or_cancel(viewer_client, job):
 
 
 def test_member_may_submit_and_cancel(member_client, job):
-    assert member_client.post("/models/acme/iris/batch-jobs/", {"file": csv_upload(csv_bytes(iris_rows(2))), "on_error": "skip"}).status_code == 302
+    assert (
+        member_client.post(
+            "/models/acme/iris/batch-jobs/", {"file": csv_upload(csv_bytes(iris_rows(2))), "on_error": "skip"}
+        ).status_code
+        == 302
+    )
     assert member_client.post(f"/models/acme/iris/batch-jobs/{job.id}/cancel/", {"confirmed": "yes"}).status_code == 302
     assert sorted(BatchJob.objects.values_list("status", "on_error")) == [("cancelled", "fail"), ("queued", "skip")]
 
@@ -211,7 +243,9 @@ def test_failed_job_shows_its_error(owner_client, tenant_a, iris):
     failed = submitted(tenant_a, iris, b"a,b,c,d\n1,2,3,4\n5,oops,7,8\n")
     run_job(failed.id)
     html = owner_client.get(f"/models/acme/iris/batch-jobs/{failed.id}/").content.decode()
-    assert "Failed" in html and 'id="job-error" role="alert"' in html and "Row 1, column &#x27;f1&#x27;: expected a number" in html
+    assert (
+        "Failed" in html and 'id="job-error" role="alert"' in html and "Row 1, column &#x27;f1&#x27;: expected a number" in html
+    )
     assert "hx-trigger" not in html and "Download result" not in html
 
 
@@ -232,7 +266,12 @@ def test_organization_list_shows_every_model_of_that_organization_only(tenant_a,
 
 # ---------------------------------------------------------------------------- isolation
 
-OTHER_ORG_PAGES = ["/orgs/acme/batch-jobs/", "/models/acme/iris/usage/", "/models/acme/iris/batch-jobs/", "/models/acme/iris/batch-jobs/{job}/"]
+OTHER_ORG_PAGES = [
+    "/orgs/acme/batch-jobs/",
+    "/models/acme/iris/usage/",
+    "/models/acme/iris/batch-jobs/",
+    "/models/acme/iris/batch-jobs/{job}/",
+]
 
 
 @pytest.mark.parametrize("path", OTHER_ORG_PAGES)
@@ -263,7 +302,12 @@ def test_another_organizations_job_answers_404_through_any_url(tenant_a, tenant_
 
 
 def test_pages_need_login(client, job):
-    for path in ["/orgs/acme/batch-jobs/", "/models/acme/iris/usage/", "/models/acme/iris/batch-jobs/", f"/models/acme/iris/batch-jobs/{job.id}/"]:
+    for path in [
+        "/orgs/acme/batch-jobs/",
+        "/models/acme/iris/usage/",
+        "/models/acme/iris/batch-jobs/",
+        f"/models/acme/iris/batch-jobs/{job.id}/",
+    ]:
         response = client.get(path)
         assert response.status_code == 302 and response["Location"].startswith("/login/?next="), path
     assert client.post(f"/models/acme/iris/batch-jobs/{job.id}/cancel/", {"confirmed": "yes"}).status_code == 302

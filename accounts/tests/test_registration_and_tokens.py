@@ -28,7 +28,10 @@ def sign_up(api_client, mailoutbox, **body):
 def test_register_emails_a_link_that_creates_user_and_owned_organization(api_client, mailoutbox):
     response = register(api_client, email="Ada@Example.com", password=STRONG, name="Ada", organization="Analytical Engines")
     assert response.status_code == 202
-    assert response.json() == {"email": "ada@example.com", "detail": "Check your inbox: we sent a message to ada@example.com. Open its link to finish signing up."}
+    assert response.json() == {
+        "email": "ada@example.com",
+        "detail": "Check your inbox: we sent a message to ada@example.com. Open its link to finish signing up.",
+    }
     assert User.objects.count() == 0 and Organization.objects.count() == 0  # nothing until the inbox answers
     (message,) = mailoutbox
     assert (message.to, message.subject) == (["ada@example.com"], "Confirm your Modelhost account")
@@ -84,7 +87,9 @@ def test_one_address_gets_one_message_a_minute_and_the_same_answer(api_client, m
 
 def test_an_expired_link_makes_no_account(api_client, mailoutbox, settings):
     register(api_client, email="ada@example.com", password=STRONG)
-    PendingRegistration.objects.update(created_at=timezone.now() - timedelta(hours=settings.REGISTRATION_CONFIRM_HOURS, seconds=1))
+    PendingRegistration.objects.update(
+        created_at=timezone.now() - timedelta(hours=settings.REGISTRATION_CONFIRM_HOURS, seconds=1)
+    )
     response = api_client.post("/api/v1/auth/register/confirm", {"token": emailed_token(mailoutbox[0])}, format="json")
     assert response.status_code == 400 and "expired" in response.json()["detail"]
     assert User.objects.count() == 0
@@ -109,7 +114,9 @@ def test_the_second_of_two_links_to_one_address_is_refused(api_client, mailoutbo
         pytest.param({"email": "x@example.com", "password": STRONG, "plan": "gold"}, "plan", "Unknown field", id="unknown-field"),
         pytest.param({"email": "x@example.com", "password": "short"}, "password", "too short", id="short-password"),
         pytest.param({"email": "x@example.com", "password": "password123"}, "password", "too common", id="common-password"),
-        pytest.param({"email": "x@example.com", "password": "8675309123456"}, "password", "entirely numeric", id="numeric-password"),
+        pytest.param(
+            {"email": "x@example.com", "password": "8675309123456"}, "password", "entirely numeric", id="numeric-password"
+        ),
     ],
 )
 def test_register_rejects_bad_input_naming_the_field_and_writes_nothing(api_client, body, field, fragment):

@@ -1,4 +1,5 @@
 """Failed sign-ins are counted by account and by address, on the web and the API."""
+
 import pytest
 from django.test import Client
 

@@ -1,4 +1,5 @@
 """Refresh tokens end: on refresh (rotation), on logout, on a password change (API and web)."""
+
 import pytest
 from django.test import Client
 
@@ -99,7 +100,9 @@ def test_password_change_through_the_api_ends_every_token(ada, api_client):
 
 
 def test_api_keys_have_no_password_to_change(tenant_a):
-    response = tenant_a.key_client().post("/api/v1/me/password", {"old_password": "x", "new_password": NEW_PASSWORD}, format="json")
+    response = tenant_a.key_client().post(
+        "/api/v1/me/password", {"old_password": "x", "new_password": NEW_PASSWORD}, format="json"
+    )
     assert response.status_code == 403
 
 
@@ -107,7 +110,9 @@ def test_password_change_on_the_web_ends_every_refresh_token(ada, api_client):
     tokens = sign_in(api_client)
     browser = Client()
     browser.force_login(ada)
-    response = browser.post("/password/", {"old_password": PASSWORD, "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD})
+    response = browser.post(
+        "/password/", {"old_password": PASSWORD, "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD}
+    )
     assert response.status_code == 302
     assert refresh(api_client, tokens["refresh"]).status_code == 401
     assert me_with(api_client, tokens["access"]).status_code == 401

@@ -7,147 +7,215 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('registry', '0001_initial'),
+        ("accounts", "0001_initial"),
+        ("registry", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='RollupCursor',
+            name="RollupCursor",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=40, unique=True)),
-                ('last_record_id', models.BigIntegerField(default=0)),
-                ('settled_record_id', models.BigIntegerField(default=0)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=40, unique=True)),
+                ("last_record_id", models.BigIntegerField(default=0)),
+                ("settled_record_id", models.BigIntegerField(default=0)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
             ],
         ),
         migrations.CreateModel(
-            name='AlertSettings',
+            name="AlertSettings",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('drift_webhook_url', models.URLField(blank=True, max_length=500)),
-                ('drift_webhook_secret', models.CharField(blank=True, max_length=80)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('organization', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("drift_webhook_url", models.URLField(blank=True, max_length=500)),
+                ("drift_webhook_secret", models.CharField(blank=True, max_length=80)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "organization",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="accounts.organization"
+                    ),
+                ),
             ],
             options={
-                'verbose_name_plural': 'alert settings',
+                "verbose_name_plural": "alert settings",
             },
         ),
         migrations.CreateModel(
-            name='UsageRollup',
+            name="UsageRollup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('granularity', models.CharField(choices=[('hour', 'Hour'), ('day', 'Day')], max_length=4)),
-                ('bucket_start', models.DateTimeField()),
-                ('variant', models.CharField(blank=True, max_length=64)),
-                ('api_key_id', models.BigIntegerField(default=0)),
-                ('requests', models.BigIntegerField(default=0)),
-                ('rows', models.BigIntegerField(default=0)),
-                ('errors', models.BigIntegerField(default=0)),
-                ('cache_hits', models.BigIntegerField(default=0)),
-                ('latency_sum_ms', models.FloatField(default=0.0)),
-                ('latency_max_ms', models.FloatField(default=0.0)),
-                ('latency_p50_ms', models.FloatField(blank=True, null=True)),
-                ('latency_p95_ms', models.FloatField(blank=True, null=True)),
-                ('latency_p99_ms', models.FloatField(blank=True, null=True)),
-                ('latency_quantiles', models.JSONField(blank=True, default=list)),
-                ('outputs', models.JSONField(blank=True, default=dict)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.organization')),
-                ('registered_model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.registeredmodel')),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("granularity", models.CharField(choices=[("hour", "Hour"), ("day", "Day")], max_length=4)),
+                ("bucket_start", models.DateTimeField()),
+                ("variant", models.CharField(blank=True, max_length=64)),
+                ("api_key_id", models.BigIntegerField(default=0)),
+                ("requests", models.BigIntegerField(default=0)),
+                ("rows", models.BigIntegerField(default=0)),
+                ("errors", models.BigIntegerField(default=0)),
+                ("cache_hits", models.BigIntegerField(default=0)),
+                ("latency_sum_ms", models.FloatField(default=0.0)),
+                ("latency_max_ms", models.FloatField(default=0.0)),
+                ("latency_p50_ms", models.FloatField(blank=True, null=True)),
+                ("latency_p95_ms", models.FloatField(blank=True, null=True)),
+                ("latency_p99_ms", models.FloatField(blank=True, null=True)),
+                ("latency_quantiles", models.JSONField(blank=True, default=list)),
+                ("outputs", models.JSONField(blank=True, default=dict)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "organization",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="accounts.organization"),
+                ),
+                (
+                    "registered_model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.registeredmodel"
+                    ),
+                ),
+                (
+                    "version",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.modelversion"),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='PlatformDashboard',
-            fields=[
-            ],
+            name="PlatformDashboard",
+            fields=[],
             options={
-                'verbose_name': 'platform dashboard',
-                'verbose_name_plural': 'platform dashboard',
-                'proxy': True,
-                'indexes': [],
-                'constraints': [],
+                "verbose_name": "platform dashboard",
+                "verbose_name_plural": "platform dashboard",
+                "proxy": True,
+                "indexes": [],
+                "constraints": [],
             },
-            bases=('analytics.usagerollup',),
+            bases=("analytics.usagerollup",),
         ),
         migrations.CreateModel(
-            name='DriftReport',
+            name="DriftReport",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('trigger', models.CharField(choices=[('api', 'API'), ('admin', 'Admin'), ('schedule', 'Schedule')], max_length=10)),
-                ('window_start', models.DateTimeField()),
-                ('window_end', models.DateTimeField()),
-                ('reference_source', models.CharField(choices=[('reference_data', 'Uploaded reference data'), ('first_days', "Inputs of the version's first days")], max_length=20)),
-                ('reference_start', models.DateTimeField(blank=True, null=True)),
-                ('reference_end', models.DateTimeField(blank=True, null=True)),
-                ('reference_rows', models.PositiveIntegerField()),
-                ('current_rows', models.PositiveIntegerField()),
-                ('drift_share_threshold', models.FloatField()),
-                ('n_features', models.PositiveIntegerField()),
-                ('drifted_features', models.PositiveIntegerField()),
-                ('share_drifted', models.FloatField()),
-                ('is_drift', models.BooleanField()),
-                ('features', models.JSONField(default=list)),
-                ('prediction', models.JSONField(blank=True, default=dict)),
-                ('seconds', models.FloatField(default=0.0)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('alerted_at', models.DateTimeField(blank=True, null=True)),
-                ('webhook_delivered_at', models.DateTimeField(blank=True, null=True)),
-                ('webhook_attempts', models.PositiveIntegerField(default=0)),
-                ('webhook_error', models.CharField(blank=True, max_length=500)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.organization')),
-                ('registered_model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.registeredmodel')),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "trigger",
+                    models.CharField(choices=[("api", "API"), ("admin", "Admin"), ("schedule", "Schedule")], max_length=10),
+                ),
+                ("window_start", models.DateTimeField()),
+                ("window_end", models.DateTimeField()),
+                (
+                    "reference_source",
+                    models.CharField(
+                        choices=[
+                            ("reference_data", "Uploaded reference data"),
+                            ("first_days", "Inputs of the version's first days"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("reference_start", models.DateTimeField(blank=True, null=True)),
+                ("reference_end", models.DateTimeField(blank=True, null=True)),
+                ("reference_rows", models.PositiveIntegerField()),
+                ("current_rows", models.PositiveIntegerField()),
+                ("drift_share_threshold", models.FloatField()),
+                ("n_features", models.PositiveIntegerField()),
+                ("drifted_features", models.PositiveIntegerField()),
+                ("share_drifted", models.FloatField()),
+                ("is_drift", models.BooleanField()),
+                ("features", models.JSONField(default=list)),
+                ("prediction", models.JSONField(blank=True, default=dict)),
+                ("seconds", models.FloatField(default=0.0)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("alerted_at", models.DateTimeField(blank=True, null=True)),
+                ("webhook_delivered_at", models.DateTimeField(blank=True, null=True)),
+                ("webhook_attempts", models.PositiveIntegerField(default=0)),
+                ("webhook_error", models.CharField(blank=True, max_length=500)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="accounts.organization"),
+                ),
+                (
+                    "registered_model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.registeredmodel"
+                    ),
+                ),
+                (
+                    "version",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.modelversion"),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['version', '-created_at'], name='analytics_d_version_3d62b2_idx'), models.Index(fields=['registered_model', '-created_at'], name='analytics_d_registe_e37113_idx')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('trigger', 'schedule')), fields=('version', 'window_start', 'window_end'), name='one_scheduled_drift_report_per_window')],
+                "ordering": ["-created_at", "-id"],
+                "indexes": [
+                    models.Index(fields=["version", "-created_at"], name="analytics_d_version_3d62b2_idx"),
+                    models.Index(fields=["registered_model", "-created_at"], name="analytics_d_registe_e37113_idx"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("trigger", "schedule")),
+                        fields=("version", "window_start", "window_end"),
+                        name="one_scheduled_drift_report_per_window",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='QualityRollup',
+            name="QualityRollup",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('day', models.DateField()),
-                ('task', models.CharField(max_length=20)),
-                ('feedback', models.IntegerField(default=0)),
-                ('correct', models.IntegerField(default=0)),
-                ('abs_error_sum', models.FloatField(default=0.0)),
-                ('squared_error_sum', models.FloatField(default=0.0)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.organization')),
-                ('registered_model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.registeredmodel')),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("day", models.DateField()),
+                ("task", models.CharField(max_length=20)),
+                ("feedback", models.IntegerField(default=0)),
+                ("correct", models.IntegerField(default=0)),
+                ("abs_error_sum", models.FloatField(default=0.0)),
+                ("squared_error_sum", models.FloatField(default=0.0)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "organization",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="accounts.organization"),
+                ),
+                (
+                    "registered_model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.registeredmodel"
+                    ),
+                ),
+                (
+                    "version",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.modelversion"),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['registered_model', 'day'], name='analytics_q_registe_5ff932_idx')],
-                'constraints': [models.UniqueConstraint(fields=('version', 'day'), name='one_quality_rollup_per_version_day')],
+                "indexes": [models.Index(fields=["registered_model", "day"], name="analytics_q_registe_5ff932_idx")],
+                "constraints": [models.UniqueConstraint(fields=("version", "day"), name="one_quality_rollup_per_version_day")],
             },
         ),
         migrations.AddIndex(
-            model_name='usagerollup',
-            index=models.Index(fields=['registered_model', 'granularity', 'bucket_start'], name='analytics_u_registe_f297fb_idx'),
+            model_name="usagerollup",
+            index=models.Index(fields=["registered_model", "granularity", "bucket_start"], name="analytics_u_registe_f297fb_idx"),
         ),
         migrations.AddIndex(
-            model_name='usagerollup',
-            index=models.Index(fields=['organization', 'granularity', 'bucket_start'], name='analytics_u_organiz_915849_idx'),
+            model_name="usagerollup",
+            index=models.Index(fields=["organization", "granularity", "bucket_start"], name="analytics_u_organiz_915849_idx"),
         ),
         migrations.AddIndex(
-            model_name='usagerollup',
-            index=models.Index(fields=['granularity', 'bucket_start'], name='analytics_u_granula_e8ff10_idx'),
+            model_name="usagerollup",
+            index=models.Index(fields=["granularity", "bucket_start"], name="analytics_u_granula_e8ff10_idx"),
         ),
         migrations.AddConstraint(
-            model_name='usagerollup',
-            constraint=models.UniqueConstraint(fields=('granularity', 'bucket_start', 'version', 'variant', 'api_key_id'), name='one_usage_rollup_per_bucket'),
+            model_name="usagerollup",
+            constraint=models.UniqueConstraint(
+                fields=("granularity", "bucket_start", "version", "variant", "api_key_id"), name="one_usage_rollup_per_bucket"
+            ),
         ),
     ]

@@ -5,76 +5,87 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('analytics', '0001_initial'),
-        ('registry', '0001_initial'),
+        ("accounts", "0001_initial"),
+        ("analytics", "0001_initial"),
+        ("registry", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='driftreport',
-            name='error',
+            model_name="driftreport",
+            name="error",
             field=models.CharField(blank=True, max_length=500),
         ),
         migrations.AddField(
-            model_name='driftreport',
-            name='finished_at',
+            model_name="driftreport",
+            name="finished_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='driftreport',
-            name='started_at',
+            model_name="driftreport",
+            name="started_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='driftreport',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('done', 'Done'), ('failed', 'Failed')], default='done', max_length=10),
+            model_name="driftreport",
+            name="status",
+            field=models.CharField(
+                choices=[("pending", "Pending"), ("running", "Running"), ("done", "Done"), ("failed", "Failed")],
+                default="done",
+                max_length=10,
+            ),
         ),
         migrations.AlterField(
-            model_name='driftreport',
-            name='current_rows',
+            model_name="driftreport",
+            name="current_rows",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AlterField(
-            model_name='driftreport',
-            name='drifted_features',
+            model_name="driftreport",
+            name="drifted_features",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AlterField(
-            model_name='driftreport',
-            name='is_drift',
+            model_name="driftreport",
+            name="is_drift",
             field=models.BooleanField(blank=True, null=True),
         ),
         migrations.AlterField(
-            model_name='driftreport',
-            name='n_features',
+            model_name="driftreport",
+            name="n_features",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AlterField(
-            model_name='driftreport',
-            name='reference_rows',
+            model_name="driftreport",
+            name="reference_rows",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AlterField(
-            model_name='driftreport',
-            name='reference_source',
-            field=models.CharField(blank=True, choices=[('reference_data', 'Uploaded reference data'), ('first_days', "Inputs of the version's first days")], max_length=20),
+            model_name="driftreport",
+            name="reference_source",
+            field=models.CharField(
+                blank=True,
+                choices=[("reference_data", "Uploaded reference data"), ("first_days", "Inputs of the version's first days")],
+                max_length=20,
+            ),
         ),
         migrations.AlterField(
-            model_name='driftreport',
-            name='share_drifted',
+            model_name="driftreport",
+            name="share_drifted",
             field=models.FloatField(blank=True, null=True),
         ),
         migrations.AddIndex(
-            model_name='driftreport',
-            index=models.Index(fields=['organization', '-created_at'], name='analytics_d_organiz_ed31c5_idx'),
+            model_name="driftreport",
+            index=models.Index(fields=["organization", "-created_at"], name="analytics_d_organiz_ed31c5_idx"),
         ),
         migrations.AddConstraint(
-            model_name='driftreport',
-            constraint=models.UniqueConstraint(condition=models.Q(('status__in', ['pending', 'running'])), fields=('registered_model',), name='one_unfinished_drift_report_per_model'),
+            model_name="driftreport",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status__in", ["pending", "running"])),
+                fields=("registered_model",),
+                name="one_unfinished_drift_report_per_model",
+            ),
         ),
     ]

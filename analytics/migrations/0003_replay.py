@@ -7,43 +7,81 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0002_pending_registration'),
-        ('analytics', '0002_drift_report_status'),
-        ('registry', '0002_serving_artifact'),
+        ("accounts", "0002_pending_registration"),
+        ("analytics", "0002_drift_report_status"),
+        ("registry", "0002_serving_artifact"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Replay',
+            name="Replay",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('done', 'Done'), ('failed', 'Failed')], default='pending', max_length=10)),
-                ('error', models.CharField(blank=True, max_length=500)),
-                ('rows_requested', models.PositiveIntegerField()),
-                ('window_start', models.DateTimeField(blank=True, null=True)),
-                ('window_end', models.DateTimeField(blank=True, null=True)),
-                ('rows_total', models.PositiveIntegerField(blank=True, null=True)),
-                ('rows_done', models.PositiveIntegerField(default=0)),
-                ('rows_compared', models.PositiveIntegerField(blank=True, null=True)),
-                ('agreement', models.FloatField(blank=True, null=True)),
-                ('report', models.JSONField(blank=True, default=dict)),
-                ('seconds', models.FloatField(default=0.0)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('baseline_version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.modelversion')),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.organization')),
-                ('registered_model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.registeredmodel')),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("pending", "Pending"), ("running", "Running"), ("done", "Done"), ("failed", "Failed")],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("error", models.CharField(blank=True, max_length=500)),
+                ("rows_requested", models.PositiveIntegerField()),
+                ("window_start", models.DateTimeField(blank=True, null=True)),
+                ("window_end", models.DateTimeField(blank=True, null=True)),
+                ("rows_total", models.PositiveIntegerField(blank=True, null=True)),
+                ("rows_done", models.PositiveIntegerField(default=0)),
+                ("rows_compared", models.PositiveIntegerField(blank=True, null=True)),
+                ("agreement", models.FloatField(blank=True, null=True)),
+                ("report", models.JSONField(blank=True, default=dict)),
+                ("seconds", models.FloatField(default=0.0)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "baseline_version",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.modelversion"),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="accounts.organization"),
+                ),
+                (
+                    "registered_model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.registeredmodel"
+                    ),
+                ),
+                (
+                    "version",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.modelversion"),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['version', '-created_at'], name='analytics_r_version_f68747_idx'), models.Index(fields=['registered_model', '-created_at'], name='analytics_r_registe_a4c9d7_idx')],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('status__in', ['pending', 'running'])), fields=('registered_model',), name='one_unfinished_replay_per_model')],
+                "ordering": ["-created_at", "-id"],
+                "indexes": [
+                    models.Index(fields=["version", "-created_at"], name="analytics_r_version_f68747_idx"),
+                    models.Index(fields=["registered_model", "-created_at"], name="analytics_r_registe_a4c9d7_idx"),
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("status__in", ["pending", "running"])),
+                        fields=("registered_model",),
+                        name="one_unfinished_replay_per_model",
+                    )
+                ],
             },
         ),
     ]

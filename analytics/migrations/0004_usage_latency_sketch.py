@@ -5,8 +5,9 @@ weighted by its share of the row's requests (as close as the grid was). The usag
 starts over, so the next rollup run computes every hour whose records are still kept, and
 its day, from the records themselves.
 """
-from django.db import migrations, models
+
 from ddsketch import LogarithmicMapping
+from django.db import migrations, models
 
 RELATIVE_ACCURACY = 0.01
 OLD_GRID = tuple(i / 100 for i in range(100)) + tuple(0.99 + i / 1000 for i in range(1, 10)) + (1.0,)
@@ -46,7 +47,6 @@ def grids_to_sketches(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("analytics", "0003_replay"),
     ]

@@ -6,52 +6,70 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0002_pending_registration'),
-        ('analytics', '0004_usage_latency_sketch'),
-        ('inference', '0008_mirror'),
-        ('registry', '0004_compiled_form'),
+        ("accounts", "0002_pending_registration"),
+        ("analytics", "0004_usage_latency_sketch"),
+        ("inference", "0008_mirror"),
+        ("registry", "0004_compiled_form"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='MirrorReport',
+            name="MirrorReport",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('last_record_id', models.BigIntegerField(default=0)),
-                ('settled_record_id', models.BigIntegerField(default=0)),
-                ('rows_mirrored', models.PositiveBigIntegerField(default=0)),
-                ('rows_over_cap', models.PositiveBigIntegerField(default=0)),
-                ('rows_compared', models.PositiveIntegerField(blank=True, null=True)),
-                ('agreement', models.FloatField(blank=True, null=True)),
-                ('report', models.JSONField(blank=True, default=dict)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('mirror', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='inference.mirror')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.organization')),
-                ('registered_model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.registeredmodel')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("last_record_id", models.BigIntegerField(default=0)),
+                ("settled_record_id", models.BigIntegerField(default=0)),
+                ("rows_mirrored", models.PositiveBigIntegerField(default=0)),
+                ("rows_over_cap", models.PositiveBigIntegerField(default=0)),
+                ("rows_compared", models.PositiveIntegerField(blank=True, null=True)),
+                ("agreement", models.FloatField(blank=True, null=True)),
+                ("report", models.JSONField(blank=True, default=dict)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "mirror",
+                    models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="inference.mirror"),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="accounts.organization"),
+                ),
+                (
+                    "registered_model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.registeredmodel"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='MirroredPrediction',
+            name="MirroredPrediction",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('prediction_id', models.CharField(max_length=40)),
-                ('served_at', models.DateTimeField()),
-                ('mirrored_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('rows', models.PositiveIntegerField()),
-                ('production', models.JSONField()),
-                ('candidate', models.JSONField(blank=True, null=True)),
-                ('error_code', models.CharField(blank=True, max_length=40)),
-                ('error_message', models.CharField(blank=True, max_length=300)),
-                ('candidate_ms', models.FloatField(blank=True, null=True)),
-                ('production_ms', models.FloatField(blank=True, null=True)),
-                ('mirror', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='inference.mirror')),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("prediction_id", models.CharField(max_length=40)),
+                ("served_at", models.DateTimeField()),
+                ("mirrored_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("rows", models.PositiveIntegerField()),
+                ("production", models.JSONField()),
+                ("candidate", models.JSONField(blank=True, null=True)),
+                ("error_code", models.CharField(blank=True, max_length=40)),
+                ("error_message", models.CharField(blank=True, max_length=300)),
+                ("candidate_ms", models.FloatField(blank=True, null=True)),
+                ("production_ms", models.FloatField(blank=True, null=True)),
+                (
+                    "mirror",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="inference.mirror"),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="accounts.organization"),
+                ),
             ],
             options={
-                'indexes': [models.Index(fields=['mirror', 'mirrored_at'], name='analytics_m_mirror__eec8c7_idx')],
-                'constraints': [models.UniqueConstraint(fields=('mirror', 'prediction_id'), name='one_mirrored_prediction_per_record')],
+                "indexes": [models.Index(fields=["mirror", "mirrored_at"], name="analytics_m_mirror__eec8c7_idx")],
+                "constraints": [
+                    models.UniqueConstraint(fields=("mirror", "prediction_id"), name="one_mirrored_prediction_per_record")
+                ],
             },
         ),
     ]

@@ -1,4 +1,5 @@
 """The operators' dashboard: platform-wide figures from the rollups, and what needs attention."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """Drift reports: a model's list, one report of a model or for a caller, and the latest per production version."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -14,8 +15,10 @@ from registry.models import RegisteredModel
 
 
 def reports_of(*, model: RegisteredModel) -> QuerySet:
-    return for_organization(DriftReport.objects, model.organization).filter(registered_model=model).select_related(
-        "registered_model__organization", "version", "created_by"
+    return (
+        for_organization(DriftReport.objects, model.organization)
+        .filter(registered_model=model)
+        .select_related("registered_model__organization", "version", "created_by")
     )
 
 
@@ -29,7 +32,11 @@ def report_of(*, model: RegisteredModel, report_id: int) -> DriftReport:
 def report_for_caller(*, caller: Caller, report_id: int) -> DriftReport:
     report = (
         DriftReport.objects.select_related("registered_model__organization", "version", "created_by")
-        .filter(id=report_id, organization__in=organizations_for_caller(caller=caller, min_role=Role.VIEWER), registered_model__deleted_at__isnull=True)
+        .filter(
+            id=report_id,
+            organization__in=organizations_for_caller(caller=caller, min_role=Role.VIEWER),
+            registered_model__deleted_at__isnull=True,
+        )
         .first()
     )
     if report is None:
@@ -47,7 +54,9 @@ def latest_production_reports() -> list[DriftReport]:
         .values_list("last", flat=True)
     )
     return list(
-        DriftReport.objects.filter(id__in=list(latest)).select_related("registered_model__organization", "version").order_by("-created_at")
+        DriftReport.objects.filter(id__in=list(latest))
+        .select_related("registered_model__organization", "version")
+        .order_by("-created_at")
     )
 
 

@@ -9,6 +9,7 @@ predicted labels with the labels sent as feedback (higher is better); MAE and RM
 a regressor's predictions with the true values sent as feedback (lower is better), and a
 regression experiment reports both whichever of them it compares on.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -55,7 +56,8 @@ def _latency_percentiles(records) -> dict[str, tuple[float | None, float | None]
         sql, params = records.values_list("variant", "latency_ms").query.sql_with_params()
         with connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT variant, percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms) FROM ({sql}) AS r GROUP BY variant",
+                f"SELECT variant, percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY latency_ms) FROM ({sql}) AS r "
+                "GROUP BY variant",
                 params,
             )
             return {variant: (values[0], values[1]) for variant, values in cursor.fetchall()}
@@ -67,10 +69,14 @@ def _latency_percentiles(records) -> dict[str, tuple[float | None, float | None]
 
 def _feedback_by_variant(experiment: Experiment, records) -> dict[str, list]:
     """Per variant: correctness (accuracy) or the error, prediction minus true value (mae, rmse), of each prediction."""
-    feedback = Feedback.objects.filter(organization_id=experiment.registered_model.organization_id, prediction_id__in=records.values("prediction_id"))
+    feedback = Feedback.objects.filter(
+        organization_id=experiment.registered_model.organization_id, prediction_id__in=records.values("prediction_id")
+    )
     truths = {pid: (label, value) for pid, label, value in feedback.values_list("prediction_id", "label", "value")}
     outcomes: dict[str, list] = defaultdict(list)
-    scored = records.filter(status__lt=400, rows=1, prediction_id__in=feedback.values("prediction_id")).values_list("prediction_id", "variant", "outputs")
+    scored = records.filter(status__lt=400, rows=1, prediction_id__in=feedback.values("prediction_id")).values_list(
+        "prediction_id", "variant", "outputs"
+    )
     for prediction_id, variant, outputs in scored.iterator(chunk_size=5000):
         label, value = truths.get(prediction_id, (None, None))
         if experiment.metric == Experiment.Metric.ACCURACY:
@@ -106,7 +112,7 @@ def experiment_results(*, experiment: Experiment) -> dict:
     summaries = [_summary(outcomes.get(v["name"], []), metric=metric) for v in variants]
     control = summaries[0]
     results = []
-    for index, (variant, summary) in enumerate(zip(variants, summaries)):
+    for index, (variant, summary) in enumerate(zip(variants, summaries, strict=True)):
         row = traffic.get(variant["name"], {})
         requests = row.get("requests", 0)
         p50, p95 = latencies.get(variant["name"], (None, None))
@@ -143,7 +149,9 @@ def experiment_results(*, experiment: Experiment) -> dict:
             }
         results.append(entry)
     sign = -1 if metric in LOWER_IS_BETTER else 1
-    better = [r for r in results[1:] if r["difference"] and r["difference"]["is_significant"] and sign * r["difference"]["value"] > 0]
+    better = [
+        r for r in results[1:] if r["difference"] and r["difference"]["is_significant"] and sign * r["difference"]["value"] > 0
+    ]
     leader = max(better, key=lambda r: sign * r["metric"]["value"])["version"] if better else None
     return {
         "experiment": experiment.id,

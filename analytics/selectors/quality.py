@@ -1,4 +1,5 @@
 """Live quality of a model's versions per day, from the quality rollups."""
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,9 @@ def quality_of(*, model: RegisteredModel, start: date, end: date) -> dict:
         .order_by("day", "version_id")
         .values("day", "version_id", "task", "feedback", "correct", "abs_error_sum", "squared_error_sum")
     )
-    numbers = dict(for_organization(ModelVersion.objects, model.organization).filter(registered_model=model).values_list("id", "number"))
+    numbers = dict(
+        for_organization(ModelVersion.objects, model.organization).filter(registered_model=model).values_list("id", "number")
+    )
     requests = defaultdict(int)
     usage = (
         for_organization(UsageRollup.objects, model.organization)
@@ -39,11 +42,22 @@ def quality_of(*, model: RegisteredModel, start: date, end: date) -> dict:
     days = []
     for row in rows:
         n = row["feedback"]
-        entry = {"day": row["day"], "version": numbers.get(row["version_id"]), "requests": requests.get((row["day"], row["version_id"]), 0), "feedback": n}
+        entry = {
+            "day": row["day"],
+            "version": numbers.get(row["version_id"]),
+            "requests": requests.get((row["day"], row["version_id"]), 0),
+            "feedback": n,
+        }
         if row["task"] == "regression":
             entry.update(metric="mae_rmse", mae=row["abs_error_sum"] / n, rmse=math.sqrt(row["squared_error_sum"] / n))
         else:
             estimate = wilson_interval(row["correct"], n)
-            entry.update(metric="accuracy", correct=row["correct"], accuracy=estimate.value, accuracy_low=estimate.low, accuracy_high=estimate.high)
+            entry.update(
+                metric="accuracy",
+                correct=row["correct"],
+                accuracy=estimate.value,
+                accuracy_low=estimate.low,
+                accuracy_high=estimate.high,
+            )
         days.append(entry)
     return {"model": model.full_name, "task": model.task, "start": start, "end": end, "days": days}

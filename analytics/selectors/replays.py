@@ -1,4 +1,5 @@
 """Replays: a model's or a version's list, and one replay of a model."""
+
 from __future__ import annotations
 
 from django.db.models import QuerySet

@@ -1,4 +1,5 @@
 """Usage of a model over time, read from the rollups only (never from the raw records)."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -15,13 +16,34 @@ from analytics.services.usage import day_floor, hour_floor, merge_rollups
 from registry.models import ModelVersion, RegisteredModel
 
 _FIELDS = (
-    "bucket_start", "version_id", "variant", "api_key_id", "requests", "rows", "errors", "cache_hits",
-    "latency_sum_ms", "latency_max_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_sketch", "outputs",
+    "bucket_start",
+    "version_id",
+    "variant",
+    "api_key_id",
+    "requests",
+    "rows",
+    "errors",
+    "cache_hits",
+    "latency_sum_ms",
+    "latency_max_ms",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "latency_sketch",
+    "outputs",
 )
 
 _EMPTY = {
-    "requests": 0, "rows": 0, "errors": 0, "cache_hits": 0, "latency_sum_ms": 0.0,
-    "latency_max_ms": None, "latency_p50_ms": None, "latency_p95_ms": None, "latency_p99_ms": None, "outputs": {},
+    "requests": 0,
+    "rows": 0,
+    "errors": 0,
+    "cache_hits": 0,
+    "latency_sum_ms": 0.0,
+    "latency_max_ms": None,
+    "latency_p50_ms": None,
+    "latency_p95_ms": None,
+    "latency_p99_ms": None,
+    "outputs": {},
 }
 
 
@@ -53,9 +75,15 @@ def usage_of(*, model: RegisteredModel, start: datetime, end: datetime, granular
         .order_by("bucket_start", "version_id", "variant", "api_key_id")
         .values(*_FIELDS)
     )
-    numbers = dict(for_organization(ModelVersion.objects, model.organization).filter(registered_model=model).values_list("id", "number"))
+    numbers = dict(
+        for_organization(ModelVersion.objects, model.organization).filter(registered_model=model).values_list("id", "number")
+    )
     key_ids = {row["api_key_id"] for row in rows if row["api_key_id"]}
-    prefixes = dict(for_organization(ApiKey.objects, model.organization).filter(id__in=key_ids).values_list("id", "prefix")) if key_ids else {}
+    prefixes = (
+        dict(for_organization(ApiKey.objects, model.organization).filter(id__in=key_ids).values_list("id", "prefix"))
+        if key_ids
+        else {}
+    )
     by_bucket: dict[datetime, list[dict]] = defaultdict(list)
     series = []
     for row in rows:
@@ -87,7 +115,11 @@ def usage_of(*, model: RegisteredModel, start: datetime, end: datetime, granular
 
 def platform_usage(*, start: datetime, end: datetime, granularity: str = Granularity.DAY) -> list[dict]:
     """Platform-wide totals per bucket, for the operators' dashboard."""
-    rows = UsageRollup.objects.filter(granularity=granularity, bucket_start__gte=start, bucket_start__lt=end).order_by("bucket_start").values(*_FIELDS)
+    rows = (
+        UsageRollup.objects.filter(granularity=granularity, bucket_start__gte=start, bucket_start__lt=end)
+        .order_by("bucket_start")
+        .values(*_FIELDS)
+    )
     by_bucket: dict[datetime, list[dict]] = defaultdict(list)
     for row in rows:
         by_bucket[row["bucket_start"]].append(row)
@@ -113,7 +145,9 @@ def recent_usage(*, model: RegisteredModel, span: timedelta, granularity: str, n
         moment += step
     usage["timeline"] = timeline
     usage["updated_at"] = (
-        for_organization(UsageRollup.objects, model.organization).filter(registered_model=model).aggregate(at=Max("updated_at"))["at"]
+        for_organization(UsageRollup.objects, model.organization)
+        .filter(registered_model=model)
+        .aggregate(at=Max("updated_at"))["at"]
     )
     return usage
 

@@ -9,6 +9,7 @@ the report id (`X-Modelhost-Delivery`) for the receiver to ignore a repeat.
 Sending, signing (docs/webhooks.md) and the address checks are the platform's one webhook
 sender's (inference.webhooks), keyed with the organization's webhook secret.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -113,16 +114,22 @@ def check_webhook_url(url: str) -> None:
     allow_private = settings.ANALYTICS_WEBHOOK_ALLOW_PRIVATE
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname or (parts.scheme == "http" and not allow_private):
-        raise InvalidInput("The webhook URL must be an https:// URL.", errors=[{"field": "drift_webhook_url", "message": "must be https"}])
+        raise InvalidInput(
+            "The webhook URL must be an https:// URL.", errors=[{"field": "drift_webhook_url", "message": "must be https"}]
+        )
     try:
         webhooks.resolve_destination(url, allow_private=allow_private)
     except webhooks.DeliveryFailed as exc:
         message = "private or reserved address" if exc.is_permanent else "host does not resolve"
-        raise InvalidInput(f"The webhook URL is refused: {exc}", errors=[{"field": "drift_webhook_url", "message": message}]) from None
+        raise InvalidInput(
+            f"The webhook URL is refused: {exc}", errors=[{"field": "drift_webhook_url", "message": message}]
+        ) from None
 
 
 @transaction.atomic
-def update_alert_settings(*, caller: Caller, organization: Organization, drift_webhook_url: str | None = None, rotate_secret: bool = False) -> tuple[AlertSettings, str | None]:
+def update_alert_settings(
+    *, caller: Caller, organization: Organization, drift_webhook_url: str | None = None, rotate_secret: bool = False
+) -> tuple[AlertSettings, str | None]:
     """Set the webhook URL; returns the settings and the new secret when one was made (shown once)."""
     row, _ = AlertSettings.objects.select_for_update().get_or_create(organization=organization)
     new_secret = None

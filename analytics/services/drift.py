@@ -7,6 +7,7 @@ rows. Output drift compares the predictions served in the window with the model'
 predictions on the reference data (or the predictions of the reference days), which needs
 no labels.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,7 +68,9 @@ class Sample:
 
 def feature_spec(version: ModelVersion) -> list[tuple[str, str]]:
     """(name, "num" | "cat") per input column, in signature order."""
-    return [(column["name"], stattests.feature_kind(column.get("type", "double"))) for column in version.signature.get("inputs", [])]
+    return [
+        (column["name"], stattests.feature_kind(column.get("type", "double"))) for column in version.signature.get("inputs", [])
+    ]
 
 
 def _served(version: ModelVersion, start: datetime, end: datetime):
@@ -100,7 +103,9 @@ def _recorded_sample(queryset, spec: list[tuple[str, str]], *, limit: int) -> Sa
         nonlocal rows
         if not pending_in:
             return
-        block = [row for chunk in orjson.loads(("[" + ",".join(pending_in) + "]").encode()) if isinstance(chunk, list) for row in chunk]
+        block = [
+            row for chunk in orjson.loads(("[" + ",".join(pending_in) + "]").encode()) if isinstance(chunk, list) for row in chunk
+        ]
         block = block[: limit - rows]
         blocks.append(_columns(block, spec))
         rows += len(block)
@@ -217,7 +222,9 @@ def _most_drifted(outputs: list[stattests.FeatureDrift]) -> stattests.FeatureDri
     return min(tested, key=lambda o: (not o.drifted, o.p_value if o.p_value is not None else -(o.statistic or 0.0)))
 
 
-def compare(*, version: ModelVersion, reference: Sample, current: Sample) -> tuple[list[stattests.FeatureDrift], stattests.FeatureDrift | None]:
+def compare(
+    *, version: ModelVersion, reference: Sample, current: Sample
+) -> tuple[list[stattests.FeatureDrift], stattests.FeatureDrift | None]:
     """Each feature's drift, and the prediction's when both samples have predictions.
 
     A multi-output model's outputs are compared one by one (`prediction[0]`, ...); the
@@ -231,7 +238,9 @@ def compare(*, version: ModelVersion, reference: Sample, current: Sample) -> tup
         if len(reference_outputs) == len(current_outputs) == 1:
             jobs.append(("prediction", kind, reference_outputs[0], current_outputs[0]))
         else:
-            for i, (ref, cur) in enumerate(zip(reference_outputs, current_outputs)):
+            # Records of one version have one width; should a sample hold a wider output, the
+            # outputs both samples have are compared.
+            for i, (ref, cur) in enumerate(zip(reference_outputs, current_outputs, strict=False)):
                 jobs.append((f"prediction[{i}]", kind, ref, cur))
     # numpy and scipy sort without the GIL: features are compared on every core.
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
@@ -247,12 +256,20 @@ def compare(*, version: ModelVersion, reference: Sample, current: Sample) -> tup
 def _check_can_report(*, version: ModelVersion, window_start: datetime, window_end: datetime) -> None:
     """The cheap checks (indexed lookups, no rows read): a request that cannot make a report is a 400 at once."""
     if window_end <= window_start:
-        raise InvalidInput("The window must end after it starts.", errors=[{"field": "window_hours", "message": "must be positive"}])
+        raise InvalidInput(
+            "The window must end after it starts.", errors=[{"field": "window_hours", "message": "must be positive"}]
+        )
     if not version.signature.get("inputs"):
-        raise InvalidInput(f"Version {version.number} has no input signature to compare.", errors=[{"field": "version", "message": "no signature"}])
+        raise InvalidInput(
+            f"Version {version.number} has no input signature to compare.",
+            errors=[{"field": "version", "message": "no signature"}],
+        )
     if not _served(version, window_start, window_end).exclude(inputs=None).exists():
         raise _no_traffic(version, window_start, window_end)
-    if not version.reference_data and not PredictionRecord.objects.filter(version=version, status__lt=400, created_at__lt=window_start).exists():
+    if (
+        not version.reference_data
+        and not PredictionRecord.objects.filter(version=version, status__lt=400, created_at__lt=window_start).exists()
+    ):
         raise _no_reference(version)
 
 
@@ -337,7 +354,9 @@ def reports_per_hour() -> int:
     return int(settings.ANALYTICS_DRIFT_REPORTS_PER_HOUR)
 
 
-def request_report(*, caller: Caller | None, model: RegisteredModel, version_number: int | None, window_hours: int | None, trigger: str) -> DriftReport:
+def request_report(
+    *, caller: Caller | None, model: RegisteredModel, version_number: int | None, window_hours: int | None, trigger: str
+) -> DriftReport:
     """A report asked for by a person or program, stored `pending` and computed by the worker.
 
     The named version (the production one by default) over the last `window_hours`
@@ -432,13 +451,17 @@ def compute_report(*, report_id: int) -> DriftReport | None:
     )
     if not claimed:
         return None
-    report = DriftReport.objects.select_related("organization", "registered_model__organization", "version", "created_by").get(pk=report_id)
+    report = DriftReport.objects.select_related("organization", "registered_model__organization", "version", "created_by").get(
+        pk=report_id
+    )
     try:
         result = measure_drift(version=report.version, window_start=report.window_start, window_end=report.window_end)
     except InvalidInput as exc:
         return _finish_failed(report, exc.detail)
     except SoftTimeLimitExceeded:
-        return _finish_failed(report, f"The report took longer than {settings.ANALYTICS_DRIFT_TIME_LIMIT_SECONDS:g} s; ask for a shorter window.")
+        return _finish_failed(
+            report, f"The report took longer than {settings.ANALYTICS_DRIFT_TIME_LIMIT_SECONDS:g} s; ask for a shorter window."
+        )
     except Exception:
         logger.exception("drift report %s failed", report_id)
         _finish_failed(report, "The report could not be computed; the operators have the details.")
@@ -454,7 +477,9 @@ def compute_report(*, report_id: int) -> DriftReport | None:
 
 
 def _finish_failed(report: DriftReport, message: str) -> DriftReport:
-    DriftReport.objects.filter(pk=report.pk).update(status=DriftReport.Status.FAILED, error=message[:500], finished_at=timezone.now())
+    DriftReport.objects.filter(pk=report.pk).update(
+        status=DriftReport.Status.FAILED, error=message[:500], finished_at=timezone.now()
+    )
     report.refresh_from_db()
     return report
 
@@ -464,10 +489,14 @@ def run_scheduled_report(*, version_id: int, window_start: datetime, window_end:
     version = ModelVersion.objects.select_related("registered_model__organization").filter(id=version_id).first()
     if version is None:
         return None
-    if DriftReport.objects.filter(version=version, window_start=window_start, window_end=window_end, trigger=DriftReport.Trigger.SCHEDULE).exists():
+    if DriftReport.objects.filter(
+        version=version, window_start=window_start, window_end=window_end, trigger=DriftReport.Trigger.SCHEDULE
+    ).exists():
         return None
     try:
-        return run_drift_report(version=version, window_start=window_start, window_end=window_end, trigger=DriftReport.Trigger.SCHEDULE)
+        return run_drift_report(
+            version=version, window_start=window_start, window_end=window_end, trigger=DriftReport.Trigger.SCHEDULE
+        )
     except InvalidInput as exc:
         logger.info("no scheduled drift report for version %s: %s", version_id, exc.detail)
     except IntegrityError:  # the same window, stored by a twin of this task
@@ -479,9 +508,13 @@ def scheduled_windows(*, now: datetime | None = None) -> list[tuple[int, datetim
     """(version id, start, end) for every production version that served traffic in the last window."""
     end = hour_floor(now or timezone.now())
     start = end - timedelta(hours=default_window_hours())
-    versions = RegisteredModel.objects.filter(deleted_at__isnull=True, production_version__isnull=False).values_list("production_version_id", flat=True)
+    versions = RegisteredModel.objects.filter(deleted_at__isnull=True, production_version__isnull=False).values_list(
+        "production_version_id", flat=True
+    )
     done = set(
-        DriftReport.objects.filter(trigger=DriftReport.Trigger.SCHEDULE, window_start=start, window_end=end).values_list("version_id", flat=True)
+        DriftReport.objects.filter(trigger=DriftReport.Trigger.SCHEDULE, window_start=start, window_end=end).values_list(
+            "version_id", flat=True
+        )
     )
     # One indexed EXISTS per version (version, created_at), rather than a scan of the window.
     return [

@@ -164,7 +164,7 @@ def _predict_and_store(mirror: Mirror, chosen: list[tuple[Recorded, tuple]]) -> 
             end += 1
         batch = chosen[start:end]
         answers = answer_batch(target, [recorded for recorded, _ in batch], want_proba=False)
-        for index, ((recorded, record), result) in enumerate(zip(batch, answers.results)):
+        for index, ((recorded, record), result) in enumerate(zip(batch, answers.results, strict=True)):
             _, prediction_id, served_at, _, outputs, latency_ms = record
             row = MirroredPrediction(
                 mirror=mirror,

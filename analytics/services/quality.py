@@ -6,6 +6,7 @@ keep their rows. Feedback names one prediction id and carries one truth, so it i
 with single-row predictions only: for a request of several rows it is not clear which row
 the truth is about, and such feedback is not counted.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -31,7 +32,12 @@ def roll_up_quality(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     start = day_floor(now - timedelta(days=lookback_days()))
     recent_feedback = Feedback.objects.filter(created_at__gte=start)
-    truths = {(org_id, prediction_id): (label, value) for prediction_id, org_id, label, value in recent_feedback.values_list("prediction_id", "organization_id", "label", "value")}
+    truths = {
+        (org_id, prediction_id): (label, value)
+        for prediction_id, org_id, label, value in recent_feedback.values_list(
+            "prediction_id", "organization_id", "label", "value"
+        )
+    }
     predictions = PredictionRecord.objects.filter(
         created_at__gte=start, status__lt=400, rows=1, prediction_id__in=recent_feedback.values("prediction_id")
     ).values_list("prediction_id", "organization_id", "version_id", "created_at", "outputs")

@@ -16,13 +16,15 @@ runner stopped) is counted as a failure of that version, with the first few mess
 a batch that fails is predicted again record by record so that the failure is pinned to the
 records that cause it. Feedback is matched to single-row records only, as live quality does.
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
@@ -103,7 +105,9 @@ def max_rows() -> int:
     return settings.ANALYTICS_REPLAY_MAX_ROWS
 
 
-def _check_can_replay(*, model: RegisteredModel, version: ModelVersion, window_start: datetime | None, window_end: datetime | None) -> ModelVersion:
+def _check_can_replay(
+    *, model: RegisteredModel, version: ModelVersion, window_start: datetime | None, window_end: datetime | None
+) -> ModelVersion:
     """The production version to compare with; a request that cannot make a replay is a 400 at once."""
     production = model.production_version
     if production is None:
@@ -118,7 +122,8 @@ def _check_can_replay(*, model: RegisteredModel, version: ModelVersion, window_s
         )
     if production.task != version.task:
         raise InvalidInput(
-            f"Version {version.number} is a {version.task} model and production (version {production.number}) a {production.task} one; "
+            f"Version {version.number} is a {version.task} model and production (version {production.number}) a "
+            f"{production.task} one; "
             "their answers cannot be compared.",
             errors=[{"field": "version", "message": "task differs from production's"}],
         )
@@ -131,7 +136,9 @@ def _check_can_replay(*, model: RegisteredModel, version: ModelVersion, window_s
     return production
 
 
-def request_replay(*, caller: Caller | None, model: RegisteredModel, version_number: int, rows: int | None, window_hours: int | None) -> Replay:
+def request_replay(
+    *, caller: Caller | None, model: RegisteredModel, version_number: int, rows: int | None, window_hours: int | None
+) -> Replay:
     """A replay of production's newest recorded inputs against version `version_number`, stored
     `pending` and computed by the worker.
 
@@ -143,7 +150,9 @@ def request_replay(*, caller: Caller | None, model: RegisteredModel, version_num
     limit = settings.ANALYTICS_REPLAY_MAX_ROWS
     rows = rows or settings.ANALYTICS_REPLAY_DEFAULT_ROWS
     if rows > limit:
-        raise InvalidInput(f"A replay reads at most {limit} rows; ask for fewer.", errors=[{"field": "rows", "message": f"more than {limit}"}])
+        raise InvalidInput(
+            f"A replay reads at most {limit} rows; ask for fewer.", errors=[{"field": "rows", "message": f"more than {limit}"}]
+        )
     window_end = timezone.now() if window_hours else None
     window_start = window_end - timedelta(hours=window_hours) if window_end else None
     production = _check_can_replay(model=model, version=version, window_start=window_start, window_end=window_end)
@@ -155,7 +164,8 @@ def request_replay(*, caller: Caller | None, model: RegisteredModel, version_num
         if unfinished is not None:
             raise Conflict(
                 f"Replay {unfinished.pk} of {model.full_name} is still {unfinished.status}; one replay runs at a time per model. "
-                f"Poll /api/v1/models/{model.full_name}/versions/{unfinished.version.number}/replays/{unfinished.pk} and ask again when it is done.",
+                f"Poll /api/v1/models/{model.full_name}/versions/{unfinished.version.number}/replays/{unfinished.pk} and "
+                "ask again when it is done.",
                 replay_id=unfinished.pk,
                 replay_status=unfinished.status,
             )
@@ -216,7 +226,9 @@ def compute_replay(*, replay_id: int) -> Replay | None:
     except ModelhostError as exc:  # a version that cannot be loaded at all (its runner refuses it, none is up)
         return _finish_failed(replay, f"{exc.title}: {exc.detail}")
     except SoftTimeLimitExceeded:
-        return _finish_failed(replay, f"The replay took longer than {settings.ANALYTICS_REPLAY_TIME_LIMIT_SECONDS:g} s; ask for fewer rows.")
+        return _finish_failed(
+            replay, f"The replay took longer than {settings.ANALYTICS_REPLAY_TIME_LIMIT_SECONDS:g} s; ask for fewer rows."
+        )
     except Exception:
         logger.exception("replay %s failed", replay_id)
         _finish_failed(replay, "The replay could not be computed; the operators have the details.")
@@ -254,7 +266,12 @@ def _records(*, model: RegisteredModel, baseline: ModelVersion, window_start: da
 def recorded_rows(*, replay: Replay) -> list[Recorded]:
     """The newest records of the baseline, up to `rows_requested` rows, with their feedback."""
     texts = (
-        _records(model=replay.registered_model, baseline=replay.baseline_version, window_start=replay.window_start, window_end=replay.window_end)
+        _records(
+            model=replay.registered_model,
+            baseline=replay.baseline_version,
+            window_start=replay.window_start,
+            window_end=replay.window_end,
+        )
         .order_by("-created_at", "-id")
         .values_list("prediction_id", "inputs")
     )
@@ -301,7 +318,9 @@ def _as_list(values: Any) -> list:
 
 def _predict_records(target: VersionTarget, rows_per_record: list[list], *, want_proba: bool) -> tuple[list, list | None]:
     rows = [row for record_rows in rows_per_record for row in record_rows]
-    predictions, probabilities = predictors.predict(target=target, x=to_model_input(rows, target.spec), want_proba=want_proba, finite=target.spec.forbids_missing)
+    predictions, probabilities = predictors.predict(
+        target=target, x=to_model_input(rows, target.spec), want_proba=want_proba, finite=target.spec.forbids_missing
+    )
     return _as_list(predictions), (_as_list(probabilities) if probabilities is not None else None)
 
 
@@ -349,12 +368,18 @@ def _note_failure(tally: Tally, kind: str, record: Recorded, error: ModelhostErr
     tally.failures[kind] += record.rows
     if kind in tally.first_failures and len(tally.first_failures[kind]) < FIRST_FAILURES:
         tally.first_failures[kind].append(
-            {"prediction_id": record.prediction_id, "rows": record.rows, "code": error.code, "message": str(error.detail)[:300], "errors": error.errors[:3]}
+            {
+                "prediction_id": record.prediction_id,
+                "rows": record.rows,
+                "code": error.code,
+                "message": str(error.detail)[:300],
+                "errors": error.errors[:3],
+            }
         )
 
 
 def _tally_batch(tally: Tally, batch: list[Recorded], production: Answers, candidate: Answers) -> None:
-    for record, answer_p, answer_c in zip(batch, production.results, candidate.results):
+    for record, answer_p, answer_c in zip(batch, production.results, candidate.results, strict=True):
         failed_p, failed_c = isinstance(answer_p, ModelhostError), isinstance(answer_c, ModelhostError)
         if failed_p and failed_c:
             tally.failures["both"] += record.rows
@@ -398,7 +423,9 @@ def measure_replay(*, replay: Replay, on_progress: Callable[[int, int], None] | 
     recorded = recorded_rows(replay=replay)
     total = sum(record.rows for record in recorded)
     if total == 0:
-        raise InvalidInput(f"Production (version {replay.baseline_version.number}) of {model.full_name} has no recorded inputs left to replay.")
+        raise InvalidInput(
+            f"Production (version {replay.baseline_version.number}) of {model.full_name} has no recorded inputs left to replay."
+        )
     production_target = target_for(replay.baseline_version, org_id=model.organization_id)
     candidate_target = target_for(replay.version, org_id=model.organization_id)
     is_classifier = replay.version.task == "classification"
@@ -420,11 +447,18 @@ def measure_replay(*, replay: Replay, on_progress: Callable[[int, int], None] | 
         if on_progress is not None:
             on_progress(done, total)
     return build_report(
-        version=replay.version, baseline=replay.baseline_version, tally=tally, total=total, is_classifier=is_classifier, seconds=time.perf_counter() - started
+        version=replay.version,
+        baseline=replay.baseline_version,
+        tally=tally,
+        total=total,
+        is_classifier=is_classifier,
+        seconds=time.perf_counter() - started,
     )
 
 
-def build_report(*, version: ModelVersion, baseline: ModelVersion, tally: Tally, total: int, is_classifier: bool, seconds: float) -> dict:
+def build_report(
+    *, version: ModelVersion, baseline: ModelVersion, tally: Tally, total: int, is_classifier: bool, seconds: float
+) -> dict:
     """A replay's report (measure_replay says what it holds) from what a Tally saw; live mirrors build theirs here too."""
     compared = len(tally.production_labels)
     if is_classifier:

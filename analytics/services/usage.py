@@ -11,9 +11,11 @@ than one run interval (ingest commits batches in well under a second) would be m
 On PostgreSQL an hour is one INSERT ... SELECT ... ON CONFLICT DO UPDATE with
 percentile_cont (exact percentiles), the latency sketch's bin counts and the output
 distribution; nothing per record passes through Python. A day's percentiles come from the
-sum of its hours' sketches (analytics.statistics.sketches): within 1 % of the exact ones. Other databases (SQLite under `make run`) take the same
-rows through numpy; a test checks both give the same rows.
+sum of its hours' sketches (analytics.statistics.sketches): within 1 % of the exact ones.
+Other databases (SQLite under `make run`) take the same rows through numpy; a test checks
+both give the same rows.
 """
+
 from __future__ import annotations
 
 import logging
@@ -208,7 +210,8 @@ def roll_up_hour(hour: datetime) -> None:
 # their whole output array first, which hashes the stored jsonb without unpacking it, and
 # only the few distinct arrays unpacked); the distribution of regressors' predictions
 # (numeric, only when regressors exist). Each part reads the hour by the created_at index.
-_AGG_SQL = """
+_AGG_SQL = (
+    """
 agg AS (
     SELECT g.*, pq.q, sk.sketch FROM (
         SELECT r.version_id, r.variant COLLATE "C" AS variant, COALESCE(r.api_key_id, 0) AS api_key_id,
@@ -220,14 +223,18 @@ agg AS (
         WHERE r.created_at >= %(start)s AND r.created_at < %(end)s
         GROUP BY r.version_id, r.variant COLLATE "C", COALESCE(r.api_key_id, 0)
     ) g
-    CROSS JOIN LATERAL (SELECT percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY x) FROM unnest(g.latencies) AS x) AS pq(q)
+    CROSS JOIN LATERAL (
+        SELECT percentile_cont(%(percentiles)s::float8[]) WITHIN GROUP (ORDER BY x) FROM unnest(g.latencies) AS x
+    ) AS pq(q)
     CROSS JOIN LATERAL (
         SELECT jsonb_build_object(
             'bins', COALESCE(jsonb_object_agg(b.k, b.n) FILTER (WHERE b.k IS NOT NULL), '{}'::jsonb),
             'zero_count', COALESCE(sum(b.n) FILTER (WHERE b.k IS NULL), 0)
         )
         FROM (
-            SELECT CASE WHEN x > %(sketch_min_positive)s THEN """ + sketches.bin_key_sql("x") + """ END AS k, count(*) AS n
+            SELECT CASE WHEN x > %(sketch_min_positive)s THEN """
+    + sketches.bin_key_sql("x")
+    + """ END AS k, count(*) AS n
             FROM unnest(g.latencies) AS x GROUP BY 1
         ) b
     ) AS sk(sketch)
@@ -237,24 +244,29 @@ classes AS (
     FROM (
         SELECT g.version_id, g.variant, g.api_key_id, o.value #>> '{}' AS value, sum(g.n) AS n
         FROM (
-            SELECT r.version_id, r.variant COLLATE "C" AS variant, COALESCE(r.api_key_id, 0) AS api_key_id, r.outputs, count(*) AS n
+            SELECT r.version_id, r.variant COLLATE "C" AS variant, COALESCE(r.api_key_id, 0) AS api_key_id, r.outputs,
+                   count(*) AS n
             FROM inference_predictionrecord r
             WHERE r.created_at >= %(start)s AND r.created_at < %(end)s AND r.status < 400
               AND r.version_id NOT IN (SELECT id FROM registry_modelversion WHERE task = 'regression')
             GROUP BY 1, 2, 3, 4
         ) g
-        CROSS JOIN LATERAL jsonb_array_elements(CASE WHEN jsonb_typeof(g.outputs) = 'array' THEN g.outputs ELSE '[]'::jsonb END) AS o(value)
+        CROSS JOIN LATERAL jsonb_array_elements(
+            CASE WHEN jsonb_typeof(g.outputs) = 'array' THEN g.outputs ELSE '[]'::jsonb END
+        ) AS o(value)
         WHERE jsonb_typeof(o.value) IN ('string', 'number', 'boolean')
         GROUP BY 1, 2, 3, 4
     ) c
     GROUP BY 1, 2, 3
 )"""
+)
 
 _NUMERIC_SQL = """,
 numeric AS (
     SELECT r.version_id, r.variant COLLATE "C" AS variant, COALESCE(r.api_key_id, 0) AS api_key_id,
            jsonb_build_object(
-               'kind', 'numeric', 'count', count(*), 'sum', sum(o.value::float8), 'min', min(o.value::float8), 'max', max(o.value::float8),
+               'kind', 'numeric', 'count', count(*), 'sum', sum(o.value::float8),
+               'min', min(o.value::float8), 'max', max(o.value::float8),
                'deciles', to_jsonb(percentile_cont(%(deciles)s::float8[]) WITHIN GROUP (ORDER BY o.value::float8))
            ) AS outputs
     FROM inference_predictionrecord r
@@ -296,7 +308,9 @@ def hour_sql(*, with_regressors: bool) -> str:
         + _NUMERIC_SQL
         + _INSERT_SQL.format(
             numeric_outputs="n.outputs,",
-            numeric_join="LEFT JOIN numeric n ON n.version_id = a.version_id AND n.variant = a.variant AND n.api_key_id = a.api_key_id",
+            numeric_join=(
+                "LEFT JOIN numeric n ON n.version_id = a.version_id AND n.variant = a.variant AND n.api_key_id = a.api_key_id"
+            ),
         )
     )
 
@@ -325,7 +339,9 @@ def roll_up_hour_in_python(hour: datetime) -> None:
     records = PredictionRecord.objects.filter(created_at__gte=hour, created_at__lt=hour + HOUR).values_list(
         "version_id", "variant", "api_key_id", "rows", "status", "cache_hit", "latency_ms", "outputs"
     )
-    groups: dict[tuple, dict] = defaultdict(lambda: {"requests": 0, "rows": 0, "errors": 0, "cache_hits": 0, "latency": [], "outputs": []})
+    groups: dict[tuple, dict] = defaultdict(
+        lambda: {"requests": 0, "rows": 0, "errors": 0, "cache_hits": 0, "latency": [], "outputs": []}
+    )
     for version_id, variant, api_key_id, rows, status, cache_hit, latency_ms, outputs in records.iterator(chunk_size=10_000):
         group = groups[(version_id, variant, api_key_id or 0)]
         group["requests"] += 1
@@ -335,7 +351,9 @@ def roll_up_hour_in_python(hour: datetime) -> None:
         group["latency"].append(latency_ms)
         if status < 400 and isinstance(outputs, list):
             group["outputs"].extend(outputs)
-    versions = {v.id: v for v in ModelVersion.objects.filter(id__in={key[0] for key in groups}).select_related("registered_model")}
+    versions = {
+        v.id: v for v in ModelVersion.objects.filter(id__in={key[0] for key in groups}).select_related("registered_model")
+    }
     now = timezone.now()
     rollups = []
     for (version_id, variant, api_key_id), group in groups.items():
@@ -443,8 +461,16 @@ def roll_up_day(day: datetime) -> None:
         UsageRollup.objects.filter(granularity=Granularity.HOUR, bucket_start__gte=day, bucket_start__lt=day + DAY)
         .annotate(sketch_text=Cast("latency_sketch", TextField()), outputs_text=Cast("outputs", TextField()))
         .values(
-            "organization_id", "registered_model_id", "version_id", "variant", "api_key_id", *_COUNTS,
-            "latency_sum_ms", "latency_max_ms", "sketch_text", "outputs_text",
+            "organization_id",
+            "registered_model_id",
+            "version_id",
+            "variant",
+            "api_key_id",
+            *_COUNTS,
+            "latency_sum_ms",
+            "latency_max_ms",
+            "sketch_text",
+            "outputs_text",
         )
     )
     groups: dict[tuple, list[dict]] = defaultdict(list)

@@ -15,6 +15,7 @@ categorical features), with the usual bands: < 0.1 none, 0.1–0.25 moderate, >=
 significant. Written here on scipy.stats rather than depending on Evidently itself: the
 five tests are a few lines each, and Evidently would pull in a large dependency tree.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,7 +76,9 @@ def clean(values: Sequence, kind: str) -> np.ndarray:
         except (TypeError, ValueError):  # a stray string or list: take what parses
             array = np.asarray([_as_float(v) for v in values], dtype=np.float64)
         return array[np.isfinite(array)]
-    return np.asarray([_category(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))], dtype=object)
+    return np.asarray(
+        [_category(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))], dtype=object
+    )
 
 
 def _as_float(value) -> float:
@@ -120,6 +123,7 @@ def choose_test(reference: np.ndarray, current: np.ndarray, kind: str) -> str:
 
 def ks_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
     from scipy import stats
+
     result = stats.ks_2samp(reference, current)
     return float(result.statistic), float(result.pvalue)
 
@@ -127,6 +131,7 @@ def ks_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
 def chisquare_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
     """Current counts against the reference shares scaled to the current size (as Evidently)."""
     from scipy import stats
+
     _keys, ref_counts, cur_counts = _counts(reference, current)
     expected = ref_counts * (len(current) / len(reference))
     if np.any((expected == 0) & (cur_counts > 0)):
@@ -139,6 +144,7 @@ def chisquare_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, f
 def z_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
     """Two-proportion z-test on the share of the first (sorted) value, pooled variance."""
     from scipy import stats
+
     keys = sorted(set(reference.tolist()) | set(current.tolist()))
     if len(keys) <= 1:
         return 0.0, 1.0
@@ -155,6 +161,7 @@ def z_test(reference: np.ndarray, current: np.ndarray) -> tuple[float, float]:
 
 def wasserstein_normed(reference: np.ndarray, current: np.ndarray) -> float:
     from scipy import stats
+
     return float(stats.wasserstein_distance(reference, current) / max(float(np.std(reference)), 0.001))
 
 
@@ -212,7 +219,11 @@ def psi(reference: np.ndarray, current: np.ndarray, kind: str, *, bins: int = PS
 def _category_histogram(keys: np.ndarray, ref_share: np.ndarray, cur_share: np.ndarray) -> dict:
     order = np.argsort(-(ref_share + cur_share), kind="stable")
     shown = order[:MAX_CATEGORIES_SHOWN]
-    histogram = {"categories": [str(keys[i]) for i in shown], "reference": ref_share[shown].tolist(), "current": cur_share[shown].tolist()}
+    histogram = {
+        "categories": [str(keys[i]) for i in shown],
+        "reference": ref_share[shown].tolist(),
+        "current": cur_share[shown].tolist(),
+    }
     if len(order) > MAX_CATEGORIES_SHOWN:
         rest = order[MAX_CATEGORIES_SHOWN:]
         histogram["categories"].append("(other)")
@@ -235,8 +246,18 @@ def compare_feature(name: str, kind: str, reference_values: Sequence, current_va
         reference, current = np.sort(reference), np.sort(current)
     if len(reference) == 0 or len(current) == 0:
         return FeatureDrift(
-            name=name, type=kind, test=None, statistic=None, p_value=None, threshold=None, drifted=False, psi=None, psi_band=None,
-            reference_rows=len(reference), current_rows=len(current), note="no values to compare",
+            name=name,
+            type=kind,
+            test=None,
+            statistic=None,
+            p_value=None,
+            threshold=None,
+            drifted=False,
+            psi=None,
+            psi_band=None,
+            reference_rows=len(reference),
+            current_rows=len(current),
+            note="no values to compare",
         )
     test = choose_test(reference, current, kind)
     p_value = None
@@ -256,8 +277,18 @@ def compare_feature(name: str, kind: str, reference_values: Sequence, current_va
         threshold, drifted = DISTANCE_THRESHOLD, statistic >= DISTANCE_THRESHOLD
     psi_value, histogram = psi(reference, current, kind)
     return FeatureDrift(
-        name=name, type=kind, test=test, statistic=statistic, p_value=p_value, threshold=threshold, drifted=bool(drifted),
-        psi=psi_value, psi_band=psi_band(psi_value), reference_rows=len(reference), current_rows=len(current), histogram=histogram,
+        name=name,
+        type=kind,
+        test=test,
+        statistic=statistic,
+        p_value=p_value,
+        threshold=threshold,
+        drifted=bool(drifted),
+        psi=psi_value,
+        psi_band=psi_band(psi_value),
+        reference_rows=len(reference),
+        current_rows=len(current),
+        histogram=histogram,
     )
 
 

@@ -9,6 +9,7 @@ for the difference the delta method (se of RMSE = se of MSE / (2 RMSE)) with Wel
 of freedom. Sample-ratio mismatch: chi-squared goodness of fit of assignment counts to the
 configured weights.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,12 +43,14 @@ NO_COMPARISON = Comparison(None, None, None, None)
 
 def _z(confidence: float) -> float:
     from scipy import stats
+
     return float(stats.norm.ppf(0.5 + confidence / 2))
 
 
 def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> Estimate:
     """The proportion and its Wilson score interval (scipy's binomtest, method 'wilson')."""
     from scipy import stats
+
     if n <= 0:
         return NOTHING
     ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
@@ -57,6 +60,7 @@ def wilson_interval(successes: int, n: int, *, confidence: float = 0.95) -> Esti
 def t_interval(*, mean: float, std: float, n: int, confidence: float = 0.95) -> Estimate:
     """The mean and its Student t interval, from the sample mean, sample std (ddof=1) and n."""
     from scipy import stats
+
     if n <= 0:
         return NOTHING
     if n == 1 or not math.isfinite(std):
@@ -68,14 +72,20 @@ def t_interval(*, mean: float, std: float, n: int, confidence: float = 0.95) -> 
     return Estimate(mean, float(low), float(high))
 
 
-def compare_proportions(successes: int, n: int, control_successes: int, control_n: int, *, confidence: float = 0.95) -> Comparison:
+def compare_proportions(
+    successes: int, n: int, control_successes: int, control_n: int, *, confidence: float = 0.95
+) -> Comparison:
     """Variant minus control: Newcombe's interval and the pooled two-proportion z-test p-value."""
     from scipy import stats
+
     if n <= 0 or control_n <= 0:
         return NO_COMPARISON
     p1, p0 = successes / n, control_successes / control_n
     difference = p1 - p0
-    w1, w0 = wilson_interval(successes, n, confidence=confidence), wilson_interval(control_successes, control_n, confidence=confidence)
+    w1, w0 = (
+        wilson_interval(successes, n, confidence=confidence),
+        wilson_interval(control_successes, control_n, confidence=confidence),
+    )
     low = difference - math.sqrt((p1 - w1.low) ** 2 + (w0.high - p0) ** 2)
     high = difference + math.sqrt((w1.high - p1) ** 2 + (p0 - w0.low) ** 2)
     pooled = (successes + control_successes) / (n + control_n)
@@ -93,6 +103,7 @@ def compare_means(
 ) -> Comparison:
     """Variant minus control: Welch's t-test p-value and the Welch–Satterthwaite interval."""
     from scipy import stats
+
     if n < 2 or control_n < 2:
         return NO_COMPARISON
     difference = mean - control_mean
@@ -112,7 +123,9 @@ def mae_estimate(errors: np.ndarray, *, confidence: float = 0.95) -> Estimate:
     n = len(absolute)
     if n == 0:
         return NOTHING
-    return t_interval(mean=float(absolute.mean()), std=float(absolute.std(ddof=1)) if n > 1 else math.nan, n=n, confidence=confidence)
+    return t_interval(
+        mean=float(absolute.mean()), std=float(absolute.std(ddof=1)) if n > 1 else math.nan, n=n, confidence=confidence
+    )
 
 
 def rmse_estimate(errors: np.ndarray, *, confidence: float = 0.95) -> Estimate:
@@ -121,7 +134,9 @@ def rmse_estimate(errors: np.ndarray, *, confidence: float = 0.95) -> Estimate:
     n = len(squared)
     if n == 0:
         return NOTHING
-    mse = t_interval(mean=float(squared.mean()), std=float(squared.std(ddof=1)) if n > 1 else math.nan, n=n, confidence=confidence)
+    mse = t_interval(
+        mean=float(squared.mean()), std=float(squared.std(ddof=1)) if n > 1 else math.nan, n=n, confidence=confidence
+    )
     low = None if mse.low is None else math.sqrt(max(mse.low, 0.0))
     high = None if mse.high is None else math.sqrt(mse.high)
     return Estimate(math.sqrt(mse.value), low, high)
@@ -133,8 +148,13 @@ def compare_mae(errors: np.ndarray, control_errors: np.ndarray, *, confidence: f
     if len(absolute) < 2 or len(control) < 2:
         return NO_COMPARISON
     return compare_means(
-        mean=float(absolute.mean()), std=float(absolute.std(ddof=1)), n=len(absolute),
-        control_mean=float(control.mean()), control_std=float(control.std(ddof=1)), control_n=len(control), confidence=confidence,
+        mean=float(absolute.mean()),
+        std=float(absolute.std(ddof=1)),
+        n=len(absolute),
+        control_mean=float(control.mean()),
+        control_std=float(control.std(ddof=1)),
+        control_n=len(control),
+        confidence=confidence,
     )
 
 
@@ -175,6 +195,7 @@ class SampleRatioCheck:
 def sample_ratio_mismatch(observed: Sequence[int], weights: Sequence[float], *, alarm_p_value: float = 0.001) -> SampleRatioCheck:
     """Chi-squared goodness of fit of assignment counts to the weights; alarm below `alarm_p_value`."""
     from scipy import stats
+
     observed_array = np.asarray(observed, dtype=np.float64)
     weights_array = np.asarray(weights, dtype=np.float64)
     total = observed_array.sum()

@@ -1,4 +1,5 @@
 """How a truth from feedback is compared with the prediction it is about."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -6,6 +6,7 @@ piecewise-linear CDFs; inverting it gives the day's quantile with a rank error n
 than the grid step. One part alone is returned exactly. (Latency percentiles, which must
 hold in the tail, merge exactly through sketches instead: analytics.statistics.sketches.)
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -57,7 +58,9 @@ def _cdfs_at(points: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.nda
     shift = (np.arange(n_parts, dtype=np.float64) * gap)[:, None]
     flat = (values - low + shift).ravel()
     queries = points[None, :] - low + shift
-    upper = np.searchsorted(flat, queries.ravel(), side="right").reshape(n_parts, len(points)) - (np.arange(n_parts) * width)[:, None]
+    upper = (
+        np.searchsorted(flat, queries.ravel(), side="right").reshape(n_parts, len(points)) - (np.arange(n_parts) * width)[:, None]
+    )
     i = np.clip(upper - 1, 0, width - 2)  # values[i] <= point < values[i + 1] where inside
     left = np.take_along_axis(values, i, axis=1)
     right = np.take_along_axis(values, i + 1, axis=1)

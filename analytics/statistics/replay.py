@@ -8,6 +8,7 @@ without another dependency), with the Wald interval of the paired difference. Re
 error on feedback: each version's mean absolute error with its t interval, and the paired
 t-test of the absolute errors (scipy's ttest_rel) with its interval.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,12 @@ def agreement_of_labels(production: Sequence, candidate: Sequence) -> dict:
     np.add.at(counts, ([index[k] for k in keys_p], [index[k] for k in keys_c]), 1)
     same = int(np.trace(counts))
     n = len(keys_p)
-    return {"rows": n, "agreeing": same, "agreement": same / n if n else None, "confusion": {"labels": labels, "counts": counts.tolist()}}
+    return {
+        "rows": n,
+        "agreeing": same,
+        "agreement": same / n if n else None,
+        "confusion": {"labels": labels, "counts": counts.tolist()},
+    }
 
 
 def differences_of_values(production: np.ndarray, candidate: np.ndarray, *, rtol: float) -> dict:
@@ -70,7 +76,13 @@ def differences_of_values(production: np.ndarray, candidate: np.ndarray, *, rtol
         if len(values) == 0:
             return {"mean": None, "p50": None, "p95": None, "p99": None, "max": None}
         p50, p95, p99 = np.quantile(values, [0.5, 0.95, 0.99])
-        return {"mean": _finite(values.mean()), "p50": _finite(p50), "p95": _finite(p95), "p99": _finite(p99), "max": _finite(values.max())}
+        return {
+            "mean": _finite(values.mean()),
+            "p50": _finite(p50),
+            "p95": _finite(p95),
+            "p99": _finite(p99),
+            "max": _finite(values.max()),
+        }
 
     return {
         "rows": n,
@@ -119,8 +131,9 @@ def _estimate(estimate) -> dict:
 def paired_accuracy(truth: Sequence, production: Sequence, candidate: Sequence, *, confidence: float = 0.95) -> dict:
     """Each version's accuracy on the labelled rows, and McNemar's exact test of the difference."""
     from scipy import stats
-    right_p = np.array([labels_match(t, p) for t, p in zip(truth, production)], dtype=bool)
-    right_c = np.array([labels_match(t, c) for t, c in zip(truth, candidate)], dtype=bool)
+
+    right_p = np.array([labels_match(t, p) for t, p in zip(truth, production, strict=True)], dtype=bool)
+    right_c = np.array([labels_match(t, c) for t, c in zip(truth, candidate, strict=True)], dtype=bool)
     n = len(right_p)
     only_candidate = int(np.count_nonzero(right_c & ~right_p))
     only_production = int(np.count_nonzero(right_p & ~right_c))
@@ -129,7 +142,11 @@ def paired_accuracy(truth: Sequence, production: Sequence, candidate: Sequence, 
         return {"metric": "accuracy", "rows": 0}
     difference = (only_candidate - only_production) / n
     # Wald interval of a paired difference of proportions (Agresti, Categorical Data Analysis, 10.1).
-    half = float(stats.norm.ppf(0.5 + confidence / 2)) * math.sqrt(max(discordant - (only_candidate - only_production) ** 2 / n, 0.0)) / n
+    half = (
+        float(stats.norm.ppf(0.5 + confidence / 2))
+        * math.sqrt(max(discordant - (only_candidate - only_production) ** 2 / n, 0.0))
+        / n
+    )
     p_value = float(stats.binomtest(only_candidate, discordant, 0.5).pvalue) if discordant else 1.0
     return {
         "metric": "accuracy",
@@ -143,10 +160,13 @@ def paired_accuracy(truth: Sequence, production: Sequence, candidate: Sequence, 
     }
 
 
-def paired_errors(truth: Sequence[float], production: Sequence[float], candidate: Sequence[float], *, confidence: float = 0.95) -> dict:
+def paired_errors(
+    truth: Sequence[float], production: Sequence[float], candidate: Sequence[float], *, confidence: float = 0.95
+) -> dict:
     """Each version's MAE (t interval) and RMSE on the rows with a true value, and the paired
     t-test of the absolute errors (candidate minus production)."""
     from scipy import stats
+
     truth_array = np.asarray(truth, dtype=np.float64)
     error_p = np.abs(np.asarray(production, dtype=np.float64) - truth_array)
     error_c = np.abs(np.asarray(candidate, dtype=np.float64) - truth_array)
@@ -156,7 +176,10 @@ def paired_errors(truth: Sequence[float], production: Sequence[float], candidate
 
     def mae(errors: np.ndarray) -> dict:
         std = float(errors.std(ddof=1)) if n > 1 else math.nan
-        return {**_estimate(t_interval(mean=float(errors.mean()), std=std, n=n, confidence=confidence)), "rmse": float(np.sqrt(np.mean(errors**2)))}
+        return {
+            **_estimate(t_interval(mean=float(errors.mean()), std=std, n=n, confidence=confidence)),
+            "rmse": float(np.sqrt(np.mean(errors**2))),
+        }
 
     gap = error_c - error_p
     difference: dict = {"value": float(gap.mean()), "low": None, "high": None, "p_value": None}
@@ -167,7 +190,14 @@ def paired_errors(truth: Sequence[float], production: Sequence[float], candidate
         else:
             interval = t_interval(mean=difference["value"], std=spread, n=n, confidence=confidence)
             difference.update(low=interval.low, high=interval.high, p_value=float(stats.ttest_rel(error_c, error_p).pvalue))
-    return {"metric": "mae", "rows": n, "production": mae(error_p), "candidate": mae(error_c), "difference": difference, "test": "paired_t"}
+    return {
+        "metric": "mae",
+        "rows": n,
+        "production": mae(error_p),
+        "candidate": mae(error_c),
+        "difference": difference,
+        "test": "paired_t",
+    }
 
 
 def latency_summary(production_ms: Sequence[float], candidate_ms: Sequence[float], *, rows: int) -> dict:

@@ -15,6 +15,7 @@ PostgreSQL bins an hour's latencies itself (`bin_key_sql`), with the same arithm
 `LogarithmicMapping.key`: ln(x) / ln(2) times MULTIPLIER, rounded up; a test holds the two
 to the same keys.
 """
+
 from __future__ import annotations
 
 import math

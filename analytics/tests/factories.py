@@ -1,4 +1,5 @@
 """Prediction records and feedback for analytics tests, written through the real ingestion path."""
+
 from __future__ import annotations
 
 import itertools
@@ -53,5 +54,9 @@ def ingest(records: list[dict]) -> list[dict]:
 
 def feedback(version, prediction_id: str, *, label=None, value=None) -> Feedback:
     return Feedback.objects.create(
-        organization_id=version.registered_model.organization_id, prediction_id=prediction_id, version=version, label=label, value=value
+        organization_id=version.registered_model.organization_id,
+        prediction_id=prediction_id,
+        version=version,
+        label=label,
+        value=value,
     )

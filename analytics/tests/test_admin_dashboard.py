@@ -1,4 +1,5 @@
 """The operators' dashboard in the Django admin: charts from rollups, drift, experiments."""
+
 from datetime import timedelta
 
 import numpy as np
@@ -29,13 +30,18 @@ def busy_platform(tenant_a):
     model, (v1, _v2) = af.iris_model(tenant_a, versions=2)
     x, _ = rf.iris_data()
     now = timezone.now()
-    af.ingest([af.record(v1, at=now - timedelta(hours=h, minutes=1), lat=1.0 + h, **{"in": [x[h % 150].tolist()]}) for h in range(30)])
+    af.ingest(
+        [af.record(v1, at=now - timedelta(hours=h, minutes=1), lat=1.0 + h, **{"in": [x[h % 150].tolist()]}) for h in range(30)]
+    )
     af.ingest([af.record(v1, at=now - timedelta(days=d, hours=1), lat=2.0) for d in range(2, 6)])
     usage.roll_up_usage()
     af.ingest([af.record(v1, at=now - timedelta(minutes=5), **{"in": [(x[i] + 5).tolist()]}) for i in range(60)])
     drift.run_drift_report(version=v1, window_start=now - timedelta(minutes=10), window_end=now, trigger="api")
     experiment_services.create_experiment(
-        caller=Caller(user=tenant_a.user), model=model, name="blue-green", variants=[{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]
+        caller=Caller(user=tenant_a.user),
+        model=model,
+        name="blue-green",
+        variants=[{"version": 1, "weight": 50}, {"version": 2, "weight": 50}],
     )
     return model, v1
 
@@ -54,7 +60,9 @@ def test_dashboard_draws_charts_and_lists_what_needs_attention(operator, busy_pl
 
 def test_operator_runs_a_drift_report_from_the_dashboard(operator, busy_platform):
     _, version = busy_platform
-    response = operator.post("/admin/analytics/platformdashboard/run-drift-report/", {"version_id": version.pk, "window_hours": 1})
+    response = operator.post(
+        "/admin/analytics/platformdashboard/run-drift-report/", {"version_id": version.pk, "window_hours": 1}
+    )
     report = DriftReport.objects.filter(trigger="admin").get()
     assert response.status_code == 302
     assert response["Location"] == f"/admin/analytics/driftreport/{report.pk}/change/"
@@ -66,7 +74,9 @@ def test_operator_runs_a_drift_report_from_the_dashboard(operator, busy_platform
 
 def test_a_drift_report_without_traffic_is_a_message_not_an_error(operator, tenant_a):
     _, (version,) = af.iris_model(tenant_a)
-    response = operator.post("/admin/analytics/platformdashboard/run-drift-report/", {"version_id": version.pk, "window_hours": 1}, follow=True)
+    response = operator.post(
+        "/admin/analytics/platformdashboard/run-drift-report/", {"version_id": version.pk, "window_hours": 1}, follow=True
+    )
     assert response.status_code == 200
     assert "served no recorded predictions" in response.content.decode()
 
@@ -94,8 +104,15 @@ def test_dashboard_counts_batch_jobs_by_state(operator, busy_platform):
     model, version = busy_platform
     for status in ("queued", "running", "running", "failed"):
         BatchJob.objects.create(
-            organization=model.organization, registered_model=model, version=version, status=status, input_format="csv",
-            input_name="in.csv", storage_prefix="batch/x", chunk_rows=100, chunk_max_bytes=1000,
+            organization=model.organization,
+            registered_model=model,
+            version=version,
+            status=status,
+            input_format="csv",
+            input_name="in.csv",
+            storage_prefix="batch/x",
+            chunk_rows=100,
+            chunk_max_bytes=1000,
         )
     page = operator.get("/admin/analytics/platformdashboard/").content.decode()
     assert "Batch jobs by state" in page
@@ -110,7 +127,10 @@ def test_lines_chart_names_each_series_and_describes_itself():
     start = datetime(2025, 3, 1, 10)
     hours = [start + timedelta(hours=i) for i in range(3)]
     svg = charts.lines_chart(
-        [charts.Series("Requests", list(zip(hours, [4, None, 2]))), charts.Series("p<95>", list(zip(hours, [1, 1, 1])), "#7a4b00", "6 3")],
+        [
+            charts.Series("Requests", list(zip(hours, [4, None, 2], strict=True))),
+            charts.Series("p<95>", list(zip(hours, [1, 1, 1], strict=True)), "#7a4b00", "6 3"),
+        ],
         title="Requests & latency",
         description="3 hours: <6> requests",
         y_max=8,

@@ -1,4 +1,5 @@
 """Drift reports through the API and the beat: tests, verdicts, alerts, webhooks, the gauge."""
+
 import hashlib
 import hmac
 import json
@@ -46,7 +47,14 @@ def iris(tenant_a):
 
 def serve(version, rows, *, at=None, outputs=None):
     at = at or timezone.now() - timedelta(minutes=30)
-    af.ingest([af.record(version, at=at + timedelta(seconds=i), **{"in": [list(map(float, row))], "out": [outputs[i] if outputs else 0]}) for i, row in enumerate(rows)])
+    af.ingest(
+        [
+            af.record(
+                version, at=at + timedelta(seconds=i), **{"in": [list(map(float, row))], "out": [outputs[i] if outputs else 0]}
+            )
+            for i, row in enumerate(rows)
+        ]
+    )
 
 
 def test_an_unshifted_window_is_not_drift_and_each_statistic_is_scipys(tenant_a, iris):
@@ -77,7 +85,9 @@ def test_an_unshifted_window_is_not_drift_and_each_statistic_is_scipys(tenant_a,
     assert [(r["id"], r["status"]) for r in listed] == [(report["id"], "done")]
 
 
-def test_the_post_only_queues_the_report_for_the_worker(tenant_a, iris, django_capture_on_commit_callbacks, django_assert_max_num_queries):
+def test_the_post_only_queues_the_report_for_the_worker(
+    tenant_a, iris, django_capture_on_commit_callbacks, django_assert_max_num_queries
+):
     _, version = iris
     serve(version, rf.iris_data()[0][:100])
 
@@ -88,7 +98,13 @@ def test_the_post_only_queues_the_report_for_the_worker(tenant_a, iris, django_c
     queued = response.json()
     assert response["Location"] == f"/api/v1/drift-reports/{queued['id']}"
     assert (queued["status"], queued["version"], queued["trigger"]) == ("pending", 1, "api")
-    assert (queued["is_drift"], queued["n_features"], queued["current_rows"], queued["features"], queued["started_at"]) == (None, None, None, [], None)
+    assert (queued["is_drift"], queued["n_features"], queued["current_rows"], queued["features"], queued["started_at"]) == (
+        None,
+        None,
+        None,
+        [],
+        None,
+    )
     assert len(callbacks) == 1  # the task, sent once the report is committed
     stored = DriftReport.objects.get(id=queued["id"])
     assert (stored.status, stored.features, stored.is_drift) == ("pending", [], None)
@@ -137,7 +153,9 @@ def test_a_report_stuck_unfinished_is_failed_and_frees_the_model(settings, tenan
     serve(version, rf.iris_data()[0][:50])
     client = tenant_a.key_client()
     stuck = client.post(URL, {}, format="json").json()
-    DriftReport.objects.filter(id=stuck["id"]).update(created_at=timezone.now() - timedelta(seconds=settings.ANALYTICS_DRIFT_STALE_SECONDS + 1))
+    DriftReport.objects.filter(id=stuck["id"]).update(
+        created_at=timezone.now() - timedelta(seconds=settings.ANALYTICS_DRIFT_STALE_SECONDS + 1)
+    )
 
     assert client.post(URL, {}, format="json").status_code == 202
     failed = client.get(f"/api/v1/drift-reports/{stuck['id']}").json()
@@ -192,7 +210,9 @@ def test_a_shifted_window_is_drift_and_alerts_once(tenant_a, iris, django_captur
     x, _ = rf.iris_data()
     shifted = x[:100] + np.array([1.5, 0.8, 2.0, 0.9])
     serve(version, shifted, outputs=[2] * 100)
-    AlertSettings.objects.create(organization=tenant_a.organization, drift_webhook_url="https://hooks.example.com/drift", drift_webhook_secret="whsec_test")
+    AlertSettings.objects.create(
+        organization=tenant_a.organization, drift_webhook_url="https://hooks.example.com/drift", drift_webhook_secret="whsec_test"
+    )
     queued = tenant_a.jwt_client().post(URL, {}, format="json").json()
 
     with django_capture_on_commit_callbacks() as callbacks:
@@ -230,7 +250,10 @@ def test_a_version_without_reference_data_uses_its_first_days(tenant_a):
     serve(version, x[:80] + 3.0)
 
     report = drift.run_drift_report(
-        version=version, window_start=timezone.now() - timedelta(hours=24), window_end=timezone.now(), trigger=DriftReport.Trigger.API
+        version=version,
+        window_start=timezone.now() - timedelta(hours=24),
+        window_end=timezone.now(),
+        trigger=DriftReport.Trigger.API,
     )
 
     assert report.reference_source == DriftReport.ReferenceSource.FIRST_DAYS
@@ -279,7 +302,9 @@ def test_the_drift_gauge_reads_the_latest_report_of_each_production_version(tena
     drift.run_drift_report(version=version, **window)
     assert list(drift_gauge_samples()) == [(["acme", "iris", "1"], 0.0)]
     serve(version, x[:60] + 5.0, at=timezone.now() - timedelta(seconds=100))
-    drift.run_drift_report(version=version, window_start=timezone.now() - timedelta(minutes=5), window_end=timezone.now(), trigger="api")
+    drift.run_drift_report(
+        version=version, window_start=timezone.now() - timedelta(minutes=5), window_end=timezone.now(), trigger="api"
+    )
     assert list(drift_gauge_samples()) == [(["acme", "iris", "1"], 1.0)]
 
 
@@ -305,10 +330,14 @@ def test_the_webhook_is_delivered_signed_and_only_once(settings, tenant_a, iris)
     thread.start()
     try:
         AlertSettings.objects.create(
-            organization=tenant_a.organization, drift_webhook_url=f"http://127.0.0.1:{server.server_port}/hook", drift_webhook_secret="whsec_abc"
+            organization=tenant_a.organization,
+            drift_webhook_url=f"http://127.0.0.1:{server.server_port}/hook",
+            drift_webhook_secret="whsec_abc",
         )
         serve(version, rf.iris_data()[0][:100] + 4.0)
-        report = drift.run_drift_report(version=version, window_start=timezone.now() - timedelta(hours=1), window_end=timezone.now(), trigger="api")
+        report = drift.run_drift_report(
+            version=version, window_start=timezone.now() - timedelta(hours=1), window_end=timezone.now(), trigger="api"
+        )
 
         assert alerts.deliver_drift_webhook(report_id=report.id) is True
         assert alerts.deliver_drift_webhook(report_id=report.id) is True  # already delivered: not sent again
@@ -320,7 +349,12 @@ def test_the_webhook_is_delivered_signed_and_only_once(settings, tenant_a, iris)
     assert signature == hmac.new(b"whsec_abc", f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     assert headers["X-Modelhost-Delivery"] == f"drift-report-{report.id}"
     payload = json.loads(body)
-    assert (payload["event"], payload["model"], payload["version"], payload["report_id"]) == ("drift.detected", "iris", 1, report.id)
+    assert (payload["event"], payload["model"], payload["version"], payload["report_id"]) == (
+        "drift.detected",
+        "iris",
+        1,
+        report.id,
+    )
     report.refresh_from_db()
     assert report.webhook_delivered_at is not None and report.webhook_attempts == 1
 
@@ -328,9 +362,13 @@ def test_the_webhook_is_delivered_signed_and_only_once(settings, tenant_a, iris)
 def test_a_failing_webhook_is_retried_not_marked_delivered(settings, tenant_a, iris):
     settings.ANALYTICS_WEBHOOK_ALLOW_PRIVATE = True
     _, version = iris
-    AlertSettings.objects.create(organization=tenant_a.organization, drift_webhook_url="http://127.0.0.1:9/nothing-listens", drift_webhook_secret="s")
+    AlertSettings.objects.create(
+        organization=tenant_a.organization, drift_webhook_url="http://127.0.0.1:9/nothing-listens", drift_webhook_secret="s"
+    )
     serve(version, rf.iris_data()[0][:100] + 4.0)
-    report = drift.run_drift_report(version=version, window_start=timezone.now() - timedelta(hours=1), window_end=timezone.now(), trigger="api")
+    report = drift.run_drift_report(
+        version=version, window_start=timezone.now() - timedelta(hours=1), window_end=timezone.now(), trigger="api"
+    )
     with pytest.raises(alerts.WebhookDeliveryFailed):
         alerts.deliver_drift_webhook(report_id=report.id)
     report.refresh_from_db()
@@ -354,7 +392,9 @@ def test_webhook_urls_to_private_networks_are_refused(tenant_a, url, message):
 
 def test_alert_settings_show_the_secret_once(tenant_a):
     client = tenant_a.jwt_client()
-    response = client.patch("/api/v1/orgs/acme/alert-settings", {"drift_webhook_url": "https://93.184.215.14/hook"}, format="json")
+    response = client.patch(
+        "/api/v1/orgs/acme/alert-settings", {"drift_webhook_url": "https://93.184.215.14/hook"}, format="json"
+    )
     assert response.status_code == 200, response.content
     secret = response.json()["secret"]
     assert secret.startswith("whsec_")
@@ -371,9 +411,13 @@ def test_a_webhook_that_redirects_to_a_loopback_address_is_not_followed(settings
     inner = LocalServer("127.0.0.1", status=204)
     redirector = LocalServer("127.0.0.2", status=302, location=f"http://127.0.0.1:{inner.port}/internal")
     try:
-        AlertSettings.objects.create(organization=tenant_a.organization, drift_webhook_url=f"{redirector.url}/hook", drift_webhook_secret="whsec_abc")
+        AlertSettings.objects.create(
+            organization=tenant_a.organization, drift_webhook_url=f"{redirector.url}/hook", drift_webhook_secret="whsec_abc"
+        )
         serve(version, rf.iris_data()[0][:100] + 4.0)
-        report = drift.run_drift_report(version=version, window_start=timezone.now() - timedelta(hours=1), window_end=timezone.now(), trigger="api")
+        report = drift.run_drift_report(
+            version=version, window_start=timezone.now() - timedelta(hours=1), window_end=timezone.now(), trigger="api"
+        )
         with pytest.raises(alerts.WebhookDeliveryFailed, match="302"):
             alerts.deliver_drift_webhook(report_id=report.id)
     finally:

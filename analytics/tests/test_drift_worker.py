@@ -5,6 +5,7 @@ process on the `analytics` queue, with the suite's Redis (database TEST_BROKER_R
 broker and DATABASE_URL pointing at this session's test database; the test commits its data
 (transaction=True) so the worker sees it. Nothing is faked.
 """
+
 from __future__ import annotations
 
 import time
@@ -53,7 +54,12 @@ def test_the_worker_computes_a_report_the_api_queued(tenant_a, analytics_worker)
         assert time.monotonic() < deadline, analytics_worker.logs()
         time.sleep(0.2)
     assert (report["status"], report["error"]) == ("done", ""), analytics_worker.logs()
-    assert (report["is_drift"], report["drifted_features"], report["current_rows"], report["reference_rows"]) == (True, 4, 100, 150)
+    assert (report["is_drift"], report["drifted_features"], report["current_rows"], report["reference_rows"]) == (
+        True,
+        4,
+        100,
+        150,
+    )
     assert report["started_at"] and report["finished_at"] >= report["started_at"]
     assert "analytics.compute_drift_report[" in analytics_worker.logs()
     stored = DriftReport.objects.get(id=report_id)

@@ -1,4 +1,5 @@
 """GET /api/v1/experiments/{id}/results against scipy on fixed records and feedback."""
+
 from datetime import timedelta
 
 import numpy as np
@@ -32,7 +33,10 @@ def served(experiment, version, variant, *, units, anonymous=0, latencies=None, 
     for i in range(units + anonymous):
         records.append(
             af.record(
-                version, at=at + timedelta(milliseconds=i), exp=experiment.id, variant=variant,
+                version,
+                at=at + timedelta(milliseconds=i),
+                exp=experiment.id,
+                variant=variant,
                 unit=f"{variant}-unit-{i}" if i < units else None,
                 lat=float(latencies[i]) if latencies is not None else 1.0,
                 out=[outputs[i] if outputs is not None else 0],
@@ -107,7 +111,7 @@ def served_with_truth(experiment, version, variant, *, seed, n, error_scale):
     rng = np.random.default_rng(seed)
     predicted = rng.normal(20.0, 5.0, size=n)
     truth = predicted - rng.normal(0.0, error_scale, size=n)
-    for record, value in zip(served(experiment, version, variant, units=n, outputs=predicted.tolist()), truth):
+    for record, value in zip(served(experiment, version, variant, units=n, outputs=predicted.tolist()), truth, strict=True):
         af.feedback(version, record["id"], value=float(value))
     return predicted, truth
 
@@ -123,9 +127,15 @@ def test_regression_results_are_sklearns_errors_of_the_predictions(tenant_a, reg
 
     control, variant = body["variants"]
     expected = {"mae": mean_absolute_error(truth, predicted), "rmse": root_mean_squared_error(truth, predicted)}
-    expected_control = {"mae": mean_absolute_error(control_truth, control_predicted), "rmse": root_mean_squared_error(control_truth, control_predicted)}
+    expected_control = {
+        "mae": mean_absolute_error(control_truth, control_predicted),
+        "rmse": root_mean_squared_error(control_truth, control_predicted),
+    }
     assert variant["error_metrics"] == {"mae": pytest.approx(expected["mae"]), "rmse": pytest.approx(expected["rmse"])}
-    assert control["error_metrics"] == {"mae": pytest.approx(expected_control["mae"]), "rmse": pytest.approx(expected_control["rmse"])}
+    assert control["error_metrics"] == {
+        "mae": pytest.approx(expected_control["mae"]),
+        "rmse": pytest.approx(expected_control["rmse"]),
+    }
     # `errors` stays the count of failed requests beside the error metrics.
     assert variant["errors"] == 0 and control["errors"] == 0
     assert variant["metric"]["value"] == pytest.approx(expected[metric])
@@ -146,7 +156,10 @@ def test_mae_results_use_welch_on_the_absolute_errors(tenant_a, regressors):
     welch = stats.ttest_ind(np.abs(predicted - truth), np.abs(control_predicted - control_truth), equal_var=False)
     interval = welch.confidence_interval(0.95)
     assert variant["difference"]["p_value"] == pytest.approx(welch.pvalue)
-    assert (variant["difference"]["low"], variant["difference"]["high"]) == (pytest.approx(interval.low), pytest.approx(interval.high))
+    assert (variant["difference"]["low"], variant["difference"]["high"]) == (
+        pytest.approx(interval.low),
+        pytest.approx(interval.high),
+    )
 
 
 def test_the_mean_of_the_true_values_is_no_longer_a_metric(tenant_a, regressors):

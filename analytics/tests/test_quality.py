@@ -1,4 +1,5 @@
 """Live accuracy and MAE/RMSE per version per day, from feedback joined to predictions."""
+
 from datetime import timedelta
 
 import numpy as np
@@ -24,16 +25,16 @@ def test_accuracy_from_feedback_sent_through_the_api(tenant_a):
     for row in x[::10]:
         ids.append(client.post("/api/v1/models/acme/iris/predict", {"inputs": [row.tolist()]}, format="json").json())
     truths = y[::10]
-    for answer, truth in zip(ids, truths):
+    for answer, truth in zip(ids, truths, strict=True):
         response = client.post(f"/api/v1/predictions/{answer['id']}/feedback", {"label": int(truth)}, format="json")
         assert response.status_code == 201, response.content
-    correct = sum(answer["predictions"][0] == truth for answer, truth in zip(ids, truths))
+    correct = sum(answer["predictions"][0] == truth for answer, truth in zip(ids, truths, strict=True))
     usage.roll_up_usage()
     quality.roll_up_quality()
 
     body = client.get("/api/v1/models/acme/iris/quality").json()
 
-    day, = body["days"]
+    (day,) = body["days"]
     assert day["day"] == timezone.now().date().isoformat()
     assert (day["version"], day["feedback"], day["correct"], day["requests"]) == (1, 15, correct, 15)
     wilson = stats.binomtest(int(correct), 15).proportion_ci(0.95, method="wilson")
@@ -73,11 +74,11 @@ def test_regression_quality_is_mae_and_rmse(tenant_a):
     predicted, truth = rng.normal(5, 2, size=40), rng.normal(5, 2, size=40)
     at = timezone.now() - timedelta(minutes=5)
     records = af.ingest([af.record(version, at=at, out=[float(p)], **{"in": [[0.1, 0.2, 0.3]]}) for p in predicted])
-    for record, value in zip(records, truth):
+    for record, value in zip(records, truth, strict=True):
         af.feedback(version, record["id"], value=float(value))
     quality.roll_up_quality()
 
-    day, = tenant_a.key_client().get("/api/v1/models/acme/reg/quality").json()["days"]
+    (day,) = tenant_a.key_client().get("/api/v1/models/acme/reg/quality").json()["days"]
 
     assert day["metric"] == "mae_rmse"
     assert day["mae"] == pytest.approx(np.mean(np.abs(predicted - truth)))

@@ -1,5 +1,6 @@
 """The Compare tab and the model page's Replay button, through Django's test client, on replays
 computed by the service from ingested records."""
+
 from __future__ import annotations
 
 import re
@@ -77,11 +78,11 @@ def test_another_organizations_replay_page_is_404(tenant_a, tenant_b, iris_pair)
 
 
 def test_a_regression_replay_page_shows_the_differences_with_their_chart(tenant_a):
-    from accounts.principals import Caller
-    from registry import services as registry_services
     from sklearn.linear_model import Ridge
 
+    from accounts.principals import Caller
     from analytics.tests.test_replays import serve
+    from registry import services as registry_services
 
     model = registry_services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="prices")
     production = rf.create_version(model, rf.regression_model(), promote=True)

@@ -6,6 +6,7 @@ at this session's test database and the suite's runner host for the candidate (a
 in the organization's runner); the test commits its data (transaction=True) so the worker sees
 it. Nothing is faked.
 """
+
 from __future__ import annotations
 
 import time

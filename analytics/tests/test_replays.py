@@ -1,5 +1,6 @@
 """Replays through the API and the service: real versions, real records, figures checked against
 scikit-learn, numpy and scipy computed here on the same rows."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -39,7 +40,10 @@ def serve(version, rows, *, outputs, at=None) -> list[dict]:
     """One single-row prediction record per row, as the hot path publishes them."""
     at = at or timezone.now() - timedelta(minutes=30)
     return af.ingest(
-        [af.record(version, at=at + timedelta(seconds=i), **{"in": [list(map(float, row))], "out": [outputs[i]]}) for i, row in enumerate(rows)]
+        [
+            af.record(version, at=at + timedelta(seconds=i), **{"in": [list(map(float, row))], "out": [outputs[i]]})
+            for i, row in enumerate(rows)
+        ]
     )
 
 
@@ -71,7 +75,12 @@ def test_a_classifier_replay_reports_agreement_confusion_shift_and_accuracy_on_f
     report_row = run(tenant_a.key_client(), url(2), {"rows": 500})
 
     assert (report_row["status"], report_row["error"]) == ("done", ""), report_row
-    assert (report_row["version"], report_row["baseline_version"], report_row["rows_total"], report_row["rows_compared"]) == (2, 1, 150, 150)
+    assert (report_row["version"], report_row["baseline_version"], report_row["rows_total"], report_row["rows_compared"]) == (
+        2,
+        1,
+        150,
+        150,
+    )
     assert report_row["progress"] == 1.0
     old, new = rf.iris_model().predict(x), stump().predict(x)
     assert report_row["agreement"] == pytest.approx(np.mean(old == new))
@@ -80,8 +89,15 @@ def test_a_classifier_replay_reports_agreement_confusion_shift_and_accuracy_on_f
     assert confusion["labels"] == ["0", "1", "2"]
     assert confusion["counts"] == confusion_matrix(old, new, labels=[0, 1, 2]).tolist()
     shift = np.mean(np.abs(stump().predict_proba(x) - rf.iris_model().predict_proba(x)), axis=0)
-    assert report["probability_shift"] == {label: pytest.approx(value) for label, value in zip(["0", "1", "2"], shift)}
-    assert report["failures"] == {"candidate_only": 0, "production_only": 0, "both": 0, "first": {"candidate_only": [], "production_only": []}}
+    assert report["probability_shift"] == {
+        label: pytest.approx(value) for label, value in zip(["0", "1", "2"], shift, strict=True)
+    }
+    assert report["failures"] == {
+        "candidate_only": 0,
+        "production_only": 0,
+        "both": 0,
+        "first": {"candidate_only": [], "production_only": []},
+    }
     latency = report["latency"]
     assert latency["rows"] == 150 and latency["batches"] >= 1
     assert latency["production"]["total_ms"] > 0 and latency["candidate"]["total_ms"] > 0
@@ -94,7 +110,10 @@ def test_a_classifier_replay_reports_agreement_confusion_shift_and_accuracy_on_f
     assert feedback["production"]["value"] == pytest.approx(right_old.mean())
     assert feedback["candidate"]["value"] == pytest.approx(right_new.mean())
     wilson = stats.binomtest(int(right_new.sum()), 75).proportion_ci(method="wilson")
-    assert (feedback["candidate"]["low"], feedback["candidate"]["high"]) == (pytest.approx(wilson.low), pytest.approx(wilson.high))
+    assert (feedback["candidate"]["low"], feedback["candidate"]["high"]) == (
+        pytest.approx(wilson.low),
+        pytest.approx(wilson.high),
+    )
     assert (feedback["only_candidate_right"], feedback["only_production_right"]) == (only_new, only_old)
     assert feedback["difference"]["value"] == pytest.approx((only_new - only_old) / 75)
     assert feedback["difference"]["p_value"] == pytest.approx(stats.binomtest(only_new, only_new + only_old, 0.5).pvalue)
@@ -121,7 +140,11 @@ def test_a_regression_replay_reports_the_differences_and_the_paired_test_of_erro
     difference = new - old
     assert detail["mean"] == pytest.approx(difference.mean())
     p50, p95, p99 = np.quantile(np.abs(difference), [0.5, 0.95, 0.99])
-    assert (detail["absolute"]["p50"], detail["absolute"]["p95"], detail["absolute"]["p99"]) == (pytest.approx(p50), pytest.approx(p95), pytest.approx(p99))
+    assert (detail["absolute"]["p50"], detail["absolute"]["p95"], detail["absolute"]["p99"]) == (
+        pytest.approx(p50),
+        pytest.approx(p95),
+        pytest.approx(p99),
+    )
     relative = np.abs(difference) / np.abs(old)
     assert detail["relative"]["p95"] == pytest.approx(np.quantile(relative, 0.95))
     assert row["agreement"] == pytest.approx(np.mean(np.abs(difference) <= 0.01 * np.abs(old)))
@@ -167,7 +190,9 @@ def test_a_replay_counts_no_limit_and_touches_no_cache_usage_or_record(tenant_a,
     assert not UsageRollup.objects.exists()
 
 
-def test_the_post_only_queues_the_replay_and_a_second_delivery_changes_nothing(tenant_a, iris_pair, django_capture_on_commit_callbacks):
+def test_the_post_only_queues_the_replay_and_a_second_delivery_changes_nothing(
+    tenant_a, iris_pair, django_capture_on_commit_callbacks
+):
     client = tenant_a.key_client()
 
     with django_capture_on_commit_callbacks() as callbacks:
@@ -176,7 +201,13 @@ def test_the_post_only_queues_the_replay_and_a_second_delivery_changes_nothing(t
     assert response.status_code == 202, response.content
     queued = response.json()
     assert response["Location"] == f"/api/v1/models/acme/iris/versions/2/replays/{queued['id']}"
-    assert (queued["status"], queued["rows_requested"], queued["agreement"], queued["report"], queued["progress"]) == ("pending", 100, None, {}, None)
+    assert (queued["status"], queued["rows_requested"], queued["agreement"], queued["report"], queued["progress"]) == (
+        "pending",
+        100,
+        None,
+        {},
+        None,
+    )
     assert len(callbacks) == 1
     finished = replays.compute_replay(replay_id=queued["id"])
     assert (finished.status, finished.rows_total, finished.rows_done) == ("done", 100, 100)
@@ -236,7 +267,9 @@ def test_a_model_without_production_or_traffic_cannot_replay(tenant_a):
 
     assert client.post(url(2), {}, format="json").json()["errors"] == [{"field": "version", "message": "no production version"}]
     registry_services.set_stage(caller=Caller(user=tenant_a.user), version=versions[0], stage="production")
-    assert client.post(url(2), {}, format="json").json()["errors"] == [{"field": "version", "message": "no recorded traffic to replay"}]
+    assert client.post(url(2), {}, format="json").json()["errors"] == [
+        {"field": "version", "message": "no recorded traffic to replay"}
+    ]
 
 
 def test_a_candidate_of_another_task_is_400(tenant_a, iris_pair):

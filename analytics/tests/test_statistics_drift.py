@@ -1,4 +1,5 @@
 """Drift tests against direct scipy/numpy computations, and the test choice table."""
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -22,11 +23,25 @@ def categories(seed, size, p):
         pytest.param(normal(1, 500), normal(2, 300), "num", "ks", id="small-numeric-ks"),
         pytest.param(np.arange(500) % 4 * 1.0, np.arange(300) % 4 * 1.0, "num", "chisquare", id="small-numeric-few-values-chi2"),
         pytest.param(np.arange(500) % 2 * 1.0, np.arange(300) % 2 * 1.0, "num", "z", id="small-numeric-binary-z"),
-        pytest.param(categories(1, 500, [0.5, 0.3, 0.2]), categories(2, 300, [0.5, 0.3, 0.2]), "cat", "chisquare", id="small-categorical-chi2"),
+        pytest.param(
+            categories(1, 500, [0.5, 0.3, 0.2]),
+            categories(2, 300, [0.5, 0.3, 0.2]),
+            "cat",
+            "chisquare",
+            id="small-categorical-chi2",
+        ),
         pytest.param(categories(1, 500, [0.5, 0.5]), categories(2, 300, [0.5, 0.5]), "cat", "z", id="small-binary-z"),
         pytest.param(normal(1, 1001), normal(2, 300), "num", "wasserstein", id="large-numeric-wasserstein"),
-        pytest.param(np.arange(2000) % 5 * 1.0, np.arange(300) % 5 * 1.0, "num", "jensenshannon", id="large-numeric-few-values-js"),
-        pytest.param(categories(1, 2000, [0.5, 0.3, 0.2]), categories(2, 300, [0.5, 0.3, 0.2]), "cat", "jensenshannon", id="large-categorical-js"),
+        pytest.param(
+            np.arange(2000) % 5 * 1.0, np.arange(300) % 5 * 1.0, "num", "jensenshannon", id="large-numeric-few-values-js"
+        ),
+        pytest.param(
+            categories(1, 2000, [0.5, 0.3, 0.2]),
+            categories(2, 300, [0.5, 0.3, 0.2]),
+            "cat",
+            "jensenshannon",
+            id="large-categorical-js",
+        ),
     ],
 )
 def test_the_test_is_chosen_as_evidentlys_defaults(reference, current, kind, test):
@@ -84,17 +99,32 @@ EVEN_RANKS = (np.arange(5000) + 0.5) / 5000
 # evidently.legacy.calculations.stattests.jensenshannon_stat_test.func(ref, cur, column_type, 0.1),
 # and for the last case Report([DataDriftPreset()]) on the three columns together.
 EVIDENTLY_JENSENSHANNON = [
-    pytest.param(split({"a": 2500, "b": 2500}), split({"a": 3150, "b": 1850}), "cat", 0.09285357687949544, False, id="50/50-to-63/37-n5000"),
     pytest.param(
-        split({"a": 1000, "b": 600, "c": 400}), split({"a": 400, "b": 300, "c": 300}), "cat", 0.08841606285541162, False, id="three-categories"
+        split({"a": 2500, "b": 2500}), split({"a": 3150, "b": 1850}), "cat", 0.09285357687949544, False, id="50/50-to-63/37-n5000"
     ),
     pytest.param(
-        np.arange(2000) % 5 * 1.0, np.repeat([0.0, 1.0, 2.0, 3.0, 4.0], [300, 250, 200, 150, 100]), "num", 0.12927656165925797, True,
+        split({"a": 1000, "b": 600, "c": 400}),
+        split({"a": 400, "b": 300, "c": 300}),
+        "cat",
+        0.08841606285541162,
+        False,
+        id="three-categories",
+    ),
+    pytest.param(
+        np.arange(2000) % 5 * 1.0,
+        np.repeat([0.0, 1.0, 2.0, 3.0, 4.0], [300, 250, 200, 150, 100]),
+        "num",
+        0.12927656165925797,
+        True,
         id="numeric-five-values",
     ),
     pytest.param(
-        stats.norm.ppf((np.arange(3000) + 0.5) / 3000), stats.norm.ppf((np.arange(800) + 0.5) / 800) * 1.1 + 0.3, "num",
-        0.10860495215688992, True, id="numeric-sturges-bins",
+        stats.norm.ppf((np.arange(3000) + 0.5) / 3000),
+        stats.norm.ppf((np.arange(800) + 0.5) / 800) * 1.1 + 0.3,
+        "num",
+        0.10860495215688992,
+        True,
+        id="numeric-sturges-bins",
     ),
 ]
 
@@ -107,7 +137,9 @@ def test_jensenshannon_matches_evidently(reference, current, kind, distance_valu
 
 
 @pytest.mark.parametrize("reference, current, kind, distance_value, drifted", EVIDENTLY_JENSENSHANNON[:3])
-def test_a_large_reference_with_few_values_gets_evidentlys_jensenshannon_verdict(reference, current, kind, distance_value, drifted):
+def test_a_large_reference_with_few_values_gets_evidentlys_jensenshannon_verdict(
+    reference, current, kind, distance_value, drifted
+):
     result = drift.compare_feature("f", kind, reference, current)
     assert (result.test, result.statistic, result.drifted) == ("jensenshannon", pytest.approx(distance_value, rel=1e-12), drifted)
 
@@ -116,11 +148,15 @@ def test_a_three_feature_dataset_verdict_matches_evidently():
     """Evidently: amount drifts (Wasserstein 0.3000), plan (JS 0.0929) and region (JS 0.0884) do not; 1 of 3, no drift."""
     features = [
         drift.compare_feature("plan", "cat", split({"a": 2500, "b": 2500}), split({"a": 3150, "b": 1850})),
-        drift.compare_feature("region", "cat", split({"n": 2500, "s": 1500, "w": 1000}), split({"n": 2000, "s": 1500, "w": 1500})),
+        drift.compare_feature(
+            "region", "cat", split({"n": 2500, "s": 1500, "w": 1000}), split({"n": 2000, "s": 1500, "w": 1500})
+        ),
         drift.compare_feature("amount", "num", stats.norm.ppf(EVEN_RANKS), stats.norm.ppf(EVEN_RANKS) + 0.3),
     ]
     assert [(f.test, f.drifted) for f in features] == [("jensenshannon", False), ("jensenshannon", False), ("wasserstein", True)]
-    assert [f.statistic for f in features] == pytest.approx([0.09285357687949544, 0.08841606285541162, 0.3000394409905721], rel=1e-9)
+    assert [f.statistic for f in features] == pytest.approx(
+        [0.09285357687949544, 0.08841606285541162, 0.3000394409905721], rel=1e-9
+    )
     assert drift.dataset_verdict(features, share_threshold=0.5) == (3, 1, pytest.approx(1 / 3), False)
 
 
@@ -189,7 +225,9 @@ GRID = tuple(i / 100 for i in range(101))
 
 def test_one_part_merges_to_itself():
     values = normal(5, 300, loc=10)
-    assert merge_quantiles([(300, quantiles_of(values, GRID))], GRID, [0.5, 0.95]) == pytest.approx(np.quantile(values, [0.5, 0.95]).tolist())
+    assert merge_quantiles([(300, quantiles_of(values, GRID))], GRID, [0.5, 0.95]) == pytest.approx(
+        np.quantile(values, [0.5, 0.95]).tolist()
+    )
 
 
 def test_merged_quantiles_are_within_the_grid_rank_error():
@@ -197,7 +235,7 @@ def test_merged_quantiles_are_within_the_grid_rank_error():
     parts = [rng.lognormal(mu, 0.4, size=n) for mu, n in ((0, 5000), (1, 2000), (2, 300), (0.5, 10))]
     merged = merge_quantiles([(len(p), quantiles_of(p, GRID)) for p in parts], GRID, [0.1, 0.5, 0.9, 0.95])
     union = np.concatenate(parts)
-    for target, value in zip([0.1, 0.5, 0.9, 0.95], merged):
+    for target, value in zip([0.1, 0.5, 0.9, 0.95], merged, strict=True):
         assert abs(np.mean(union <= value) - target) <= 0.01
 
 
@@ -207,5 +245,5 @@ def test_many_parts_are_merged_at_sampled_points_within_the_grid_rank_error():
     targets = [0.5, 0.9, 0.95, 0.99]
     merged = merge_quantiles([(len(p), quantiles_of(p, GRID)) for p in parts], GRID, targets)
     union = np.concatenate(parts)
-    for target, value in zip(targets, merged):
+    for target, value in zip(targets, merged, strict=True):
         assert abs(np.mean(union <= value) - target) <= 0.01

@@ -1,10 +1,10 @@
 """Each statistic against a direct scipy/numpy computation on fixed data."""
+
 import math
 
 import numpy as np
 import pytest
 from scipy import stats
-
 from sklearn.metrics import mean_absolute_error, root_mean_squared_error
 
 from analytics.statistics.experiments import (
@@ -71,8 +71,12 @@ def test_welch_matches_scipy_ttest_ind_and_its_interval():
     rng = np.random.default_rng(42)
     variant, control = rng.normal(10.4, 2.0, size=40), rng.normal(10.0, 3.5, size=55)
     comparison = compare_means(
-        mean=variant.mean(), std=variant.std(ddof=1), n=len(variant),
-        control_mean=control.mean(), control_std=control.std(ddof=1), control_n=len(control),
+        mean=variant.mean(),
+        std=variant.std(ddof=1),
+        n=len(variant),
+        control_mean=control.mean(),
+        control_std=control.std(ddof=1),
+        control_n=len(control),
     )
     result = stats.ttest_ind(variant, control, equal_var=False)
     interval = result.confidence_interval(0.95)
@@ -163,7 +167,10 @@ def test_rmse_difference_uses_the_delta_method_with_welchs_degrees_of_freedom():
     assert comparison.difference == pytest.approx(rmse - control_rmse, rel=1e-12)
     assert comparison.p_value == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
     half = stats.t.ppf(0.975, df) * math.sqrt(v1 + v0)
-    assert (comparison.low, comparison.high) == (pytest.approx(rmse - control_rmse - half), pytest.approx(rmse - control_rmse + half))
+    assert (comparison.low, comparison.high) == (
+        pytest.approx(rmse - control_rmse - half),
+        pytest.approx(rmse - control_rmse + half),
+    )
 
 
 def test_the_rmse_tests_false_alarm_rate_is_its_level():

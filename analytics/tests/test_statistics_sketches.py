@@ -1,4 +1,5 @@
 """Latency sketches: exact merges, and percentiles within the stated accuracy of numpy's."""
+
 import math
 
 import numpy as np
@@ -19,7 +20,7 @@ def day_of_hours(seed: int, low: int, high: int, hours: int = 24) -> list[np.nda
 
 
 def within_accuracy(estimates, exact) -> bool:
-    return all(abs(e - x) <= ALPHA * x * (1 + 1e-9) for e, x in zip(estimates, exact))
+    return all(abs(e - x) <= ALPHA * x * (1 + 1e-9) for e, x in zip(estimates, exact, strict=True))
 
 
 @pytest.mark.parametrize(
@@ -71,7 +72,7 @@ def test_the_keys_are_the_librarys_at_the_stated_accuracy():
     mapping = LogarithmicMapping(ALPHA)
     values = np.random.default_rng(1).lognormal(2, 2, size=2000)
     assert sketches.sketch_of(values.tolist())["bins"] == {
-        str(k): n for k, n in zip(*np.unique([mapping.key(v) for v in values], return_counts=True))
+        str(k): n for k, n in zip(*np.unique([mapping.key(v) for v in values], return_counts=True), strict=True)
     }
     assert all(abs(mapping.value(mapping.key(v)) - v) <= ALPHA * v * (1 + 1e-12) for v in values)
 
@@ -83,7 +84,9 @@ def test_postgresql_bins_values_as_the_library_does_even_at_bin_edges():
     values = [v for edge in edges for v in (np.nextafter(edge, 0), edge, np.nextafter(edge, math.inf))]
     values += np.random.default_rng(3).lognormal(1, 3, size=3000).tolist()
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {sketches.bin_key_sql('x')} FROM unnest(%(values)s::float8[]) WITH ORDINALITY AS u(x, i) ORDER BY i",
-                       {"values": [float(v) for v in values], **sketches.sql_params()})
+        cursor.execute(
+            f"SELECT {sketches.bin_key_sql('x')} FROM unnest(%(values)s::float8[]) WITH ORDINALITY AS u(x, i) ORDER BY i",
+            {"values": [float(v) for v in values], **sketches.sql_params()},
+        )
         from_sql = [row[0] for row in cursor.fetchall()]
     assert from_sql == [mapping.key(float(v)) for v in values]

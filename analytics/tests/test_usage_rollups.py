@@ -16,13 +16,33 @@ from registry.tests import factories as rf
 pytestmark = pytest.mark.django_db
 
 ROLLUP_FIELDS = [
-    "granularity", "bucket_start", "organization_id", "registered_model_id", "version_id", "variant", "api_key_id", "requests", "rows",
-    "errors", "cache_hits", "latency_sum_ms", "latency_max_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_sketch", "outputs",
+    "granularity",
+    "bucket_start",
+    "organization_id",
+    "registered_model_id",
+    "version_id",
+    "variant",
+    "api_key_id",
+    "requests",
+    "rows",
+    "errors",
+    "cache_hits",
+    "latency_sum_ms",
+    "latency_max_ms",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "latency_sketch",
+    "outputs",
 ]
 
 
 def rollups(granularity=Granularity.HOUR):
-    return list(UsageRollup.objects.filter(granularity=granularity).order_by("bucket_start", "version_id", "variant", "api_key_id").values(*ROLLUP_FIELDS))
+    return list(
+        UsageRollup.objects.filter(granularity=granularity)
+        .order_by("bucket_start", "version_id", "variant", "api_key_id")
+        .values(*ROLLUP_FIELDS)
+    )
 
 
 @pytest.fixture
@@ -41,8 +61,16 @@ def test_hourly_rollup_counts_and_exact_percentiles(tenant_a, iris, hour):
     rng = np.random.default_rng(7)
     latencies = rng.gamma(2.0, 3.0, size=301)
     records = [
-        af.record(v1, at=hour + timedelta(seconds=i * 10), lat=float(lat), key=tenant_a.api_key_id, out=[i % 3], rows=1 + i % 2,
-                  hit=i % 4 == 0, status=500 if i % 50 == 0 else 200)
+        af.record(
+            v1,
+            at=hour + timedelta(seconds=i * 10),
+            lat=float(lat),
+            key=tenant_a.api_key_id,
+            out=[i % 3],
+            rows=1 + i % 2,
+            hit=i % 4 == 0,
+            status=500 if i % 50 == 0 else 200,
+        )
         for i, lat in enumerate(latencies)
     ]
     records += [af.record(v2, at=hour + timedelta(minutes=5), lat=2.0, variant="v2", out=[1, 1, 2], rows=3)]
@@ -95,7 +123,7 @@ def test_a_late_record_corrects_its_own_hour(iris, hour):
     late_hour, later_hour = rollups()
     assert (late_hour["requests"], late_hour["latency_max_ms"]) == (2, 9.0)
     assert later_hour["requests"] == 1
-    day, = rollups(Granularity.DAY)
+    (day,) = rollups(Granularity.DAY)
     assert day["requests"] == 3
 
 
@@ -121,11 +149,17 @@ def test_a_days_percentiles_are_within_the_sketchs_accuracy_of_numpys(iris, hour
     day = usage.day_floor(hour)
     rng = np.random.default_rng(18)
     samples = [rng.lognormal(mean=3.0 + 0.3 * (h % 4), sigma=0.35, size=rng.integers(low, high + 1)) for h in range(hours)]
-    af.ingest([af.record(v1, at=day + timedelta(hours=h, seconds=i), lat=float(lat)) for h, sample in enumerate(samples) for i, lat in enumerate(sample)])
+    af.ingest(
+        [
+            af.record(v1, at=day + timedelta(hours=h, seconds=i), lat=float(lat))
+            for h, sample in enumerate(samples)
+            for i, lat in enumerate(sample)
+        ]
+    )
 
     usage.roll_up_usage()
 
-    row, = rollups(Granularity.DAY)
+    (row,) = rollups(Granularity.DAY)
     union = np.concatenate(samples)
     assert (row["bucket_start"], row["requests"]) == (day, len(union))
     assert row["latency_sum_ms"] == pytest.approx(union.sum())
@@ -141,7 +175,9 @@ def test_python_rollup_gives_the_same_rows_as_the_sql_rollup(tenant_a, iris, hou
     from accounts.principals import Caller
     from registry import services as registry_services
 
-    regressor_model = registry_services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="reg")
+    regressor_model = registry_services.create_model(
+        caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="reg"
+    )
     regressor = rf.create_version(regressor_model, rf.regression_model(), promote=True)
     rng = np.random.default_rng(11)
     records = []
@@ -149,8 +185,17 @@ def test_python_rollup_gives_the_same_rows_as_the_sql_rollup(tenant_a, iris, hou
         version = (v1, v2, regressor)[i % 3]
         out = [float(x) for x in rng.normal(size=2)] if version is regressor else [int(i % 3), "setosa"]
         records.append(
-            af.record(version, at=hour + timedelta(seconds=i * 7), lat=float(rng.exponential(4)), key=tenant_a.api_key_id if i % 2 else None,
-                      variant="v1" if i % 5 == 0 else None, out=out, rows=2, status=200 if i % 9 else 422, hit=i % 6 == 0)
+            af.record(
+                version,
+                at=hour + timedelta(seconds=i * 7),
+                lat=float(rng.exponential(4)),
+                key=tenant_a.api_key_id if i % 2 else None,
+                variant="v1" if i % 5 == 0 else None,
+                out=out,
+                rows=2,
+                status=200 if i % 9 else 422,
+                hit=i % 6 == 0,
+            )
         )
     af.ingest(records)
 
@@ -161,7 +206,7 @@ def test_python_rollup_gives_the_same_rows_as_the_sql_rollup(tenant_a, iris, hou
     from_python = rollups()
 
     assert len(from_sql) == len(from_python) > 6
-    for sql_row, python_row in zip(from_sql, from_python):
+    for sql_row, python_row in zip(from_sql, from_python, strict=True):
         for name in ROLLUP_FIELDS:
             if name == "outputs" and sql_row[name].get("kind") == "numeric":
                 assert sql_row[name]["count"] == python_row[name]["count"]
@@ -295,8 +340,13 @@ def test_the_migration_turns_stored_grids_into_sketches_and_rolls_up_kept_hours_
     executor.migrate([("analytics", "0003_replay")])
     old_apps = executor.loader.project_state([("analytics", "0003_replay")]).apps
     old_apps.get_model("analytics", "UsageRollup").objects.create(
-        granularity="hour", bucket_start=hour, organization_id=tenant_a.organization.id, registered_model_id=v1.registered_model_id,
-        version_id=v1.id, requests=1000, latency_quantiles=np.quantile(latencies, grid).tolist(),
+        granularity="hour",
+        bucket_start=hour,
+        organization_id=tenant_a.organization.id,
+        registered_model_id=v1.registered_model_id,
+        version_id=v1.id,
+        requests=1000,
+        latency_quantiles=np.quantile(latencies, grid).tolist(),
     )
     old_apps.get_model("analytics", "RollupCursor").objects.create(name="usage", last_record_id=500, settled_record_id=400)
 

@@ -5,6 +5,7 @@ their data: transaction=True) and the suite's runner host (RUNNER_ADDRESSES); th
 the web process share the suite's Redis as broker. The `modelhost` command is the console
 script installed from ./client, run as a child process as a user would run it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -49,7 +50,9 @@ def live_platform(django_db_setup, tmp_path_factory):
     workers.start(WORKER, queues=WORKER_QUEUES)
     log = folder / "web.log"
     with log.open("wb") as out:
-        web = subprocess.Popen([sys.executable, "-m", "platform_site.serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        web = subprocess.Popen(
+            [sys.executable, "-m", "platform_site.serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/healthz", web, timeout=90, log=lambda: log.read_text()[-3000:])

@@ -1,4 +1,5 @@
 """`modelhost` against a live platform: login, deploy, predict, promote and roll back, batch, errors."""
+
 from __future__ import annotations
 
 import json
@@ -25,12 +26,17 @@ def iris_file(tmp_path, estimator=None, name="model.joblib"):
     return path
 
 
-def stored_model(tenant, name="iris", estimators=(f.iris_frame_model(),), promote_first=True):
-    """A model with versions stored directly (no upload check): for tests about what comes after an upload."""
+def stored_model(tenant, name="iris", estimators=None, promote_first=True):
+    """A model with versions stored directly (no upload check): for tests about what comes after an upload.
+
+    Without estimators, one iris model fitted on a DataFrame.
+    """
     from accounts.principals import Caller
     from registry import services
 
     model = services.create_model(caller=Caller(user=tenant.user), organization=tenant.organization, name=name)
+    if estimators is None:
+        estimators = (f.iris_frame_model(),)
     for index, estimator in enumerate(estimators):
         f.create_version(model, estimator, promote=promote_first and index == 0)
     return model
@@ -115,7 +121,11 @@ def test_deploy_with_promote_creates_the_model_and_prints_a_working_curl_line(ru
     assert answer["endpoint"] == f"{url}/api/v1/models/{slug}/iris/predict"
 
     curl = subprocess.run(
-        ["bash", "-c", answer["curl"]], env={"MODELHOST_API_KEY": logged_in.api_key, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30
+        ["bash", "-c", answer["curl"]],
+        env={"MODELHOST_API_KEY": logged_in.api_key, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert json.loads(curl.stdout)["predictions"] == f.iris_model().predict(np.array([f.IRIS_ROW])).tolist()
 
@@ -123,10 +133,13 @@ def test_deploy_with_promote_creates_the_model_and_prints_a_working_curl_line(ru
     again = run("deploy", iris_file(tmp_path), "--name", "iris", "--promote")
     assert again.code == 0, again.stderr
     assert "Uploading model.joblib" in again.stderr and "Created the model" not in again.stderr
-    assert f"Version 2 of {slug}/iris: LogisticRegression (classification, 4 features, joblib), checked and accepted." in again.stdout
+    assert (
+        f"Version 2 of {slug}/iris: LogisticRegression (classification, 4 features, joblib), checked and accepted."
+        in again.stdout
+    )
     assert "Version 2 is production." in again.stdout
     assert f"Endpoint: {url}/api/v1/models/{slug}/iris/predict" in again.stdout
-    assert f"curl -s {url}/api/v1/models/{slug}/iris/predict -H \"Authorization: Bearer $MODELHOST_API_KEY\"" in again.stdout
+    assert f'curl -s {url}/api/v1/models/{slug}/iris/predict -H "Authorization: Bearer $MODELHOST_API_KEY"' in again.stdout
     assert [(v["number"], v["stage"]) for v in run("versions", "iris", "--json").json()] == [(2, "production"), (1, "archived")]
 
 
@@ -169,11 +182,21 @@ def test_predict_inline_rows_and_a_small_csv_file(run, logged_in, tmp_path):
     "args, code, says",
     [
         pytest.param(["predict", "no-such-model", "--data", "[[1,2,3,4]]"], 4, "(404 not_found)", id="unknown-model"),
-        pytest.param(["predict", "iris", "--data", '[[5.1, "wide", 1.4, 0.2]]'], 5, "row 0, column sepal_width: expected a number, got the string 'wide'", id="bad-row"),
+        pytest.param(
+            ["predict", "iris", "--data", '[[5.1, "wide", 1.4, 0.2]]'],
+            5,
+            "row 0, column sepal_width: expected a number, got the string 'wide'",
+            id="bad-row",
+        ),
         pytest.param(["predict", "iris", "--data", "[[5.1"], 2, "--data is not valid JSON", id="bad-json"),
         pytest.param(["predict", "iris"], 2, "exactly one of --data and --file", id="no-rows"),
         pytest.param(["promote", "iris", "7"], 4, "(404 not_found)", id="unknown-version"),
-        pytest.param(["rollback", "iris"], 5, "no previous production version to roll back to. (409 conflict)", id="nothing-to-roll-back-to"),
+        pytest.param(
+            ["rollback", "iris"],
+            5,
+            "no previous production version to roll back to. (409 conflict)",
+            id="nothing-to-roll-back-to",
+        ),
     ],
 )
 def test_errors_end_with_their_documented_exit_code(run, logged_in, args, code, says):
@@ -233,7 +256,9 @@ def test_a_batch_file_waits_with_progress_and_downloads_the_result(run, logged_i
     live_platform.ensure_worker()
     stored_model(logged_in)
     rng = np.random.default_rng(0)
-    rows = pd.DataFrame(np.round(rng.uniform([4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5], size=(3000, 4)), 2), columns=f.IRIS_FEATURES)
+    rows = pd.DataFrame(
+        np.round(rng.uniform([4.3, 2.0, 1.0, 0.1], [7.9, 4.4, 6.9, 2.5], size=(3000, 4)), 2), columns=f.IRIS_FEATURES
+    )
     csv_file = tmp_path / "rows.csv"
     rows.to_csv(csv_file, index=False)
     output = tmp_path / "scored.csv"
@@ -253,7 +278,11 @@ def test_usage_and_drift_answer_in_json(run, logged_in):
     stored_model(logged_in)
     usage = run("usage", "iris", "--granularity", "day", "--json")
     assert usage.code == 0, usage.stderr
-    assert (usage.json()["model"], usage.json()["granularity"], usage.json()["buckets"]) == (f"{logged_in.organization.slug}/iris", "day", [])
+    assert (usage.json()["model"], usage.json()["granularity"], usage.json()["buckets"]) == (
+        f"{logged_in.organization.slug}/iris",
+        "day",
+        [],
+    )
     drift = run("drift", "iris", "--json")
     assert drift.code == 0, drift.stderr
     assert drift.json() == []
@@ -274,15 +303,28 @@ def test_drift_run_waits_for_the_workers_verdict_and_shows_each_feature(run, log
 
     assert result.code == 0, result.stderr + live_platform.workers.logs()
     report = result.json()
-    assert (report["status"], report["is_drift"], report["drifted_features"], report["current_rows"], report["reference_rows"]) == ("done", True, 4, 100, 150)
-    assert [(feature["name"], feature["test"], feature["drifted"]) for feature in report["features"]] == [(f"f{i}", "ks", True) for i in range(4)]
+    assert (
+        report["status"],
+        report["is_drift"],
+        report["drifted_features"],
+        report["current_rows"],
+        report["reference_rows"],
+    ) == ("done", True, 4, 100, 150)
+    assert [(feature["name"], feature["test"], feature["drifted"]) for feature in report["features"]] == [
+        (f"f{i}", "ks", True) for i in range(4)
+    ]
 
     people = run("drift", "iris", "--run", "--window-hours", "2")
     assert people.code == 0, people.stderr
     assert f"Drift report {report['id'] + 1}: DRIFT (4/4 features drifted; 100 rows served vs 150 reference)" in people.stdout
-    assert [line.split()[:2] for line in people.stdout.splitlines() if re.match(r"f\d ", line)] == [[f"f{i}", "ks"] for i in range(4)]
+    assert [line.split()[:2] for line in people.stdout.splitlines() if re.match(r"f\d ", line)] == [
+        [f"f{i}", "ks"] for i in range(4)
+    ]
     listed = run("drift", "iris", "--json").json()
-    assert [(r["id"], r["status"], r["is_drift"]) for r in listed] == [(report["id"] + 1, "done", True), (report["id"], "done", True)]
+    assert [(r["id"], r["status"], r["is_drift"]) for r in listed] == [
+        (report["id"] + 1, "done", True),
+        (report["id"], "done", True),
+    ]
 
 
 # --- replay ------------------------------------------------------------------------------
@@ -316,7 +358,13 @@ def test_replay_waits_with_progress_and_reports_the_agreement(run, served_iris, 
 
     assert result.code == 0, result.stderr + live_platform.workers.logs()
     replay = result.json()
-    assert (replay["status"], replay["version"], replay["baseline_version"], replay["rows_total"], replay["rows_done"]) == ("done", 2, 1, 100, 100)
+    assert (replay["status"], replay["version"], replay["baseline_version"], replay["rows_total"], replay["rows_done"]) == (
+        "done",
+        2,
+        1,
+        100,
+        100,
+    )
     assert replay["agreement"] == pytest.approx(expected)
     report = replay["report"]
     assert (report["task"], report["rows_compared"], report["failures"]["candidate_only"]) == ("classification", 100, 0)
@@ -325,7 +373,7 @@ def test_replay_waits_with_progress_and_reports_the_agreement(run, served_iris, 
     people = run("replay", "iris", "2", "--last", "100", "--wait")
     assert people.code == 0, people.stderr
     assert "Replay" in people.stderr and "100/100 rows" in people.stderr  # the progress bar
-    assert f"version 2 against production (version 1) on 100 rows served, 100 compared." in people.stdout
+    assert "version 2 against production (version 1) on 100 rows served, 100 compared." in people.stdout
     assert f"Agreement: {expected * 100:.1f}% ({round(expected * 100)} rows give the same label)." in people.stdout
     assert "Failed rows: 0 on version 2 only, 0 on production only, 0 on both." in people.stdout
 
@@ -364,4 +412,3 @@ def test_replay_errors_end_with_their_documented_exit_code(run, served_iris, arg
     result = run(*args)
     assert result.code == code, result.stderr
     assert says in result.stderr
-

@@ -1,4 +1,5 @@
 """The `modelhost` MLflow deployments target: a real MLflow registry (a SQLite store) to a live platform."""
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,11 @@ def registry(tmp_path, monkeypatch):
     for _ in range(2):
         with mlflow.start_run(experiment_id=experiment):
             mlflow.sklearn.log_model(
-                f.iris_frame_model(), name="model", registered_model_name="iris", input_example=example, serialization_format="skops",
+                f.iris_frame_model(),
+                name="model",
+                registered_model_name="iris",
+                input_example=example,
+                serialization_format="skops",
                 pip_requirements=["scikit-learn"],
             )
     yield uri
@@ -44,7 +49,10 @@ def test_mlflow_deployments_create_get_update_predict_and_delete(registry, live_
     env = {**os.environ}
     created = subprocess.run(
         [str(MLFLOW), "deployments", "create", "-t", "modelhost", "-m", "models:/iris/1", "--name", "iris"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert created.returncode == 0, created.stderr[-3000:]
     assert "iris" in created.stdout

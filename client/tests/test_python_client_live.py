@@ -1,4 +1,5 @@
 """`from modelhost import Client` against a live platform: the notebook path."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,9 @@ def test_deploy_an_in_memory_estimator_and_predict_a_dataframe(live_platform, te
     frame = pd.DataFrame([f.IRIS_ROW, [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]], columns=f.IRIS_FEATURES)
     estimator = f.iris_frame_model()
     with Client(live_platform.url, api_key=tenant.api_key) as client:
-        version = client.deploy(estimator, name="iris", promote=True, example=frame.head(1), metrics={"accuracy": np.float64(0.97)})
+        version = client.deploy(
+            estimator, name="iris", promote=True, example=frame.head(1), metrics={"accuracy": np.float64(0.97)}
+        )
         assert (version["number"], version["stage"], version["format"]) == (1, "production", "joblib")
         assert version["feature_names"] == f.IRIS_FEATURES
         assert version["metrics"] == {"accuracy": 0.97}

@@ -121,7 +121,9 @@ class ModelBatchJobListApi(APIView):
                     "probabilities": {
                         "type": "boolean",
                         "default": False,
-                        "description": "add a probability_<class> column per class (a classifier with predict_proba and one output)",
+                        "description": (
+                            "add a probability_<class> column per class (a classifier with predict_proba and one output)"
+                        ),
                     },
                     "on_error": {"type": "string", "enum": BatchJob.OnError.values, "default": "fail"},
                     "webhook": {"type": "string", "format": "uri"},

@@ -6,6 +6,7 @@ hands its unacknowledged task to another worker only after the broker's visibili
 (however long it takes) from one whose worker is gone: a chunk whose heartbeat is older than
 BATCH_CHUNK_STALL_SECONDS is sent again, so a killed worker's chunk resumes within minutes.
 """
+
 from __future__ import annotations
 
 import logging

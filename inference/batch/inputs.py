@@ -20,8 +20,9 @@ import csv
 import gzip
 import io
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import orjson

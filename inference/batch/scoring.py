@@ -25,8 +25,9 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -137,7 +138,13 @@ def _predict(predict: Predictor, x) -> tuple[np.ndarray, np.ndarray | None]:
     predictions = np.asarray(predictions)
     if predictions.ndim == 2 and predictions.shape[1] == 1:
         predictions = predictions.reshape(len(predictions))
-    return predictions, None if probabilities is None else np.asarray(probabilities)
+    probabilities = None if probabilities is None else np.asarray(probabilities)
+    # Each row's answer is written beside it: a short answer would drop rows from the result file.
+    answered = {len(a) if a.ndim else 1 for a in (predictions, probabilities) if a is not None}
+    if answered != {len(x)}:
+        lengths = " and ".join(map(str, sorted(answered)))
+        raise ModelFailed(f"The model's output has a length of {lengths}; its input has {len(x)} rows.")
+    return predictions, probabilities
 
 
 def _sample(x, rows: int) -> list:
@@ -188,7 +195,7 @@ def _prediction_cells(predictions: np.ndarray, probabilities: np.ndarray | None,
             blank = ",".join([""] * len(layout.classes))
             cells = [f"{p},{blank}" for p in cells]
         else:
-            cells = [p + "," + ",".join(map(repr, q)) for p, q in zip(cells, probabilities.tolist())]
+            cells = [p + "," + ",".join(map(repr, q)) for p, q in zip(cells, probabilities.tolist(), strict=True)]
     return cells
 
 
@@ -207,7 +214,7 @@ def _prediction_values(predictions: np.ndarray, probabilities: np.ndarray | None
     """Per row, the appended cells as plain text, for csv.writer."""
     values = [[p] for p in _value_texts(predictions, escape=False)]
     if layout.want_proba and layout.classes is not None:
-        values = [p + q for p, q in zip(values, _probability_texts(probabilities, len(values), layout))]
+        values = [p + q for p, q in zip(values, _probability_texts(probabilities, len(values), layout), strict=True)]
     return values
 
 
@@ -242,7 +249,7 @@ def _score_csv(data: bytes, *, layout: ChunkLayout, first_row: int, predict: Pre
             suffixes = _line_suffixes(predictions, probabilities, layout)
             if b"\r" in data:
                 lines = [line.rstrip(b"\r") for line in lines]
-            body = b"".join(itertools.chain.from_iterable(zip(lines, suffixes)))
+            body = b"".join(itertools.chain.from_iterable(zip(lines, suffixes, strict=True)))
             return ScoredChunk(
                 body=body,
                 rows=len(lines),
@@ -268,11 +275,11 @@ def _score_csv_rows(data: bytes, *, layout: ChunkLayout, first_row: int, predict
             continue
         if len(record) < width:
             record.extend([""] * (width - len(record)))  # pandas pads short lines with missing values
-        rows.append([None if p is None else _csv_cell(record[p], kind) for p, kind in zip(positions, kinds)])
+        rows.append([None if p is None else _csv_cell(record[p], kind) for p, kind in zip(positions, kinds, strict=True)])
     good = _check_each(rows, spec, failures)
     _raise_first_failure(failures, first_row=first_row, layout=layout)
     predictions, probabilities = _predict_good(rows, good, layout=layout, predict=predict)
-    appended = dict(zip(good, _prediction_values(predictions, probabilities, layout))) if good else {}
+    appended = dict(zip(good, _prediction_values(predictions, probabilities, layout), strict=True)) if good else {}
     blank = [""] * (len(layout.output_columns()) - (1 if layout.skip_bad_rows else 0))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -316,7 +323,7 @@ def _score_jsonl(data: bytes, *, layout: ChunkLayout, first_row: int, predict: P
     rows: list[list[Any]] = [[] for _ in objects]
     valid = [i for i in range(len(objects)) if i not in failures]
     try:
-        for i, row in zip(valid, normalise_rows([objects[i] for i in valid], spec) if valid else []):
+        for i, row in zip(valid, normalise_rows([objects[i] for i in valid], spec) if valid else [], strict=True):
             rows[i] = row
     except InvalidInput:
         for i in valid:  # one row at a time, to name each bad one
@@ -348,7 +355,7 @@ def _score_jsonl(data: bytes, *, layout: ChunkLayout, first_row: int, predict: P
         if isinstance(value, dict):
             value = dict(value)
             value["prediction"] = appended[0]
-            for label, p in zip(labels, appended[1:]):
+            for label, p in zip(labels, appended[1:], strict=True):
                 value[label] = p
             if layout.skip_bad_rows:
                 value["error"] = error

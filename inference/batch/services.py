@@ -163,7 +163,9 @@ def submit_job(
         if stored is not None:
             storage.delete(stored)
         if reserved.enforced:
-            quota_limits.release_rows(subject=_quota_subject(caller), org_id=organization.id, month=reserved.month, rows=shape.lines)
+            quota_limits.release_rows(
+                subject=_quota_subject(caller), org_id=organization.id, month=reserved.month, rows=shape.lines
+            )
         raise
     return Submission(job=job, webhook_secret=secret)
 
@@ -193,7 +195,9 @@ def settle_quota(*, job_id: int) -> int:
     succeeded; rows that failed validation are not delivered either). Once per job; returns
     the rows given back."""
     job = BatchJob.objects.filter(id=job_id).exclude(status__in=ACTIVE).first()
-    if job is None or not BatchJob.objects.filter(id=job_id, quota_settled_at__isnull=True).update(quota_settled_at=timezone.now()):
+    if job is None or not BatchJob.objects.filter(id=job_id, quota_settled_at__isnull=True).update(
+        quota_settled_at=timezone.now()
+    ):
         return 0
     delivered = job.rows_done - job.rows_failed if job.status == Status.SUCCEEDED else 0
     unused = max(job.quota_rows_reserved - delivered, 0)

@@ -16,8 +16,9 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO
 
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, Storage

@@ -45,7 +45,8 @@ class BatchTask(Task):
         if job_id is not None:
             services.fail_job(
                 job_id=job_id,
-                error=f"The batch worker failed ({type(exc).__name__}: {exc}). Submit the job again; operators see the task {task_id} in the logs.",
+                error=f"The batch worker failed ({type(exc).__name__}: {exc}). Submit the job again; operators see the task "
+                f"{task_id} in the logs.",
             )
 
 

@@ -5,6 +5,7 @@ The same services and selectors as the REST API, with the same rules: any member
 member role submits and cancels, another organization's job is missing. The result is
 downloaded from the API's own endpoint (`GET /api/v1/batch-jobs/{id}/result`) with the session.
 """
+
 from __future__ import annotations
 
 from django import forms
@@ -33,7 +34,8 @@ JOBS_PAGE_SIZE = 50
 class BatchJobForm(forms.Form):
     file = forms.FileField(
         label="Rows file",
-        help_text="CSV with a header row, or JSON lines (one object or list per line); gzip accepted. Columns as in the model's signature.",
+        help_text="CSV with a header row, or JSON lines (one object or list per line); gzip accepted. Columns as in the model's "
+        "signature.",
         widget=forms.ClearableFileInput(attrs={"accept": ".csv,.jsonl,.ndjson,.json,.txt,.gz"}),
     )
     version = forms.TypedChoiceField(coerce=int, empty_value=None, required=False, label="Version")
@@ -43,7 +45,9 @@ class BatchJobForm(forms.Form):
     def __init__(self, *args, model: RegisteredModel, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         production = model.production_version
-        default = f"The production version (v{production.number})" if production else "The production version (none yet: choose one)"
+        default = (
+            f"The production version (v{production.number})" if production else "The production version (none yet: choose one)"
+        )
         self.fields["version"].choices = [("", default)] + [
             (v.number, f"v{v.number} · {v.get_stage_display().lower()}") for v in registry_selectors.versions_of(model=model)
         ]
@@ -87,7 +91,9 @@ def model_batch_jobs(request: HttpRequest, org: str, model: str) -> HttpResponse
                 show_errors(form, exc, default_field="file")
             else:
                 job = submission.job
-                messages.success(request, f"Batch job {job.id} is queued: {job.input_filename or 'the file'} against v{job.version.number}.")
+                messages.success(
+                    request, f"Batch job {job.id} is queued: {job.input_filename or 'the file'} against v{job.version.number}."
+                )
                 return redirect("batch-job", org=org, model=model, job_id=job.id)
     return render_page(
         request,
@@ -148,7 +154,8 @@ def batch_job_cancel(request: HttpRequest, org: str, model: str, job_id: int) ->
         return confirmation_page(
             request,
             title="Cancel batch job",
-            message=f"Cancel batch job {job.id} of {job.registered_model.full_name}? Rows not scored yet are dropped and there will be no result. This cannot be undone.",
+            message=f"Cancel batch job {job.id} of {job.registered_model.full_name}? Rows not scored yet are dropped and there "
+            "will be no result. This cannot be undone.",
             confirm_label="Cancel job",
             cancel_url=back,
             dismiss_label="Keep it running",

@@ -9,7 +9,7 @@ are the platform's one webhook sender's (inference.webhooks, described in docs/w
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from django.conf import settings
 
@@ -24,7 +24,9 @@ def backoff_seconds(retries: int) -> int:
     """Seconds before retry number `retries + 1`: base, 2x, 4x, ... capped at BATCH_WEBHOOK_BACKOFF_MAX_SECONDS."""
     from inference import webhooks
 
-    return webhooks.backoff_seconds(retries=retries, base=settings.BATCH_WEBHOOK_BACKOFF_SECONDS, cap=settings.BATCH_WEBHOOK_BACKOFF_MAX_SECONDS)
+    return webhooks.backoff_seconds(
+        retries=retries, base=settings.BATCH_WEBHOOK_BACKOFF_SECONDS, cap=settings.BATCH_WEBHOOK_BACKOFF_MAX_SECONDS
+    )
 
 
 def event_document(job, *, result_path: str) -> dict:
@@ -45,7 +47,7 @@ def event_document(job, *, result_path: str) -> dict:
             "started_at": _iso(job.started_at),
             "finished_at": _iso(job.finished_at),
         },
-        "sent_at": _iso(datetime.now(timezone.utc)),
+        "sent_at": _iso(datetime.now(UTC)),
     }
 
 

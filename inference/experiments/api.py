@@ -1,4 +1,5 @@
 """REST API for experiments: list and start them on a model, read, stop and promote by id."""
+
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
@@ -10,8 +11,8 @@ from accounts.models import Role
 from accounts.principals import caller_from_request
 from inference.experiments import selectors, services
 from inference.models import Experiment
-from platform_site.serializers import StrictSerializer
 from platform_site.pagination import paginated
+from platform_site.serializers import StrictSerializer
 from registry.api import RequireReplaySerializer, resolve_model
 
 
@@ -60,8 +61,10 @@ class ExperimentListApi(APIView):
         name = serializers.CharField(max_length=100)
         variants = VariantInputSerializer(many=True)
         metric = serializers.ChoiceField(
-            choices=Experiment.Metric.values, default="accuracy",
-            help_text="accuracy (classifiers, outlier detectors; higher is better), mae or rmse (regressors' predictions against the "
+            choices=Experiment.Metric.values,
+            default="accuracy",
+            help_text="accuracy (classifiers, outlier detectors; higher is better), mae or rmse (regressors' predictions against "
+            "the "
             "true values sent as feedback; lower is better).",
         )
         min_samples = serializers.IntegerField(min_value=1, max_value=10_000_000, required=False)

@@ -1,4 +1,5 @@
 """Reads for experiments; another organization's experiment is NotFound, like a missing one."""
+
 from __future__ import annotations
 
 from django.db.models import QuerySet
@@ -12,8 +13,10 @@ from registry.models import RegisteredModel
 
 
 def experiments_of(*, model: RegisteredModel) -> QuerySet:
-    return for_organization(Experiment.objects, model.organization).filter(registered_model=model).select_related(
-        "registered_model__organization", "created_by", "winner_version"
+    return (
+        for_organization(Experiment.objects, model.organization)
+        .filter(registered_model=model)
+        .select_related("registered_model__organization", "created_by", "winner_version")
     )
 
 

@@ -4,6 +4,7 @@ Routes are cached in every web process; after a change, the routes here are drop
 the Redis generation counter is bumped exactly as a promotion does (inference.signals), so
 other processes re-resolve on their next request.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,7 +43,9 @@ def _check_variants(*, model: RegisteredModel, variants: list[dict]) -> list[dic
             f"An experiment needs 2 to {MAX_VARIANTS} variants; the first is the control.",
             errors=[{"field": "variants", "message": f"expected 2 to {MAX_VARIANTS} variants"}],
         )
-    versions = {v.number: v for v in ModelVersion.objects.filter(registered_model=model, number__in=[v.get("version") for v in variants])}
+    versions = {
+        v.number: v for v in ModelVersion.objects.filter(registered_model=model, number__in=[v.get("version") for v in variants])
+    }
     errors, seen, stored = [], set(), []
     for index, variant in enumerate(variants):
         number, weight = variant.get("version"), variant.get("weight")
@@ -54,7 +57,15 @@ def _check_variants(*, model: RegisteredModel, variants: list[dict]) -> list[dic
         if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 99:
             errors.append({"field": f"variants[{index}].weight", "message": "expected a whole percent from 1 to 99"})
         if number in versions:
-            stored.append({"version": number, "version_id": versions[number].id, "weight": weight, "name": f"v{number}", "task": versions[number].task})
+            stored.append(
+                {
+                    "version": number,
+                    "version_id": versions[number].id,
+                    "weight": weight,
+                    "name": f"v{number}",
+                    "task": versions[number].task,
+                }
+            )
     if errors:
         raise InvalidInput("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
     total = sum(v["weight"] for v in stored)
@@ -68,7 +79,10 @@ def _check_variants(*, model: RegisteredModel, variants: list[dict]) -> list[dic
 
 def _check_metric(*, metric: str, variants: list[dict]) -> None:
     if metric not in Experiment.Metric.values:
-        raise InvalidInput(f"'{metric}' is not a metric; choose accuracy, mae or rmse.", errors=[{"field": "metric", "message": "choose accuracy, mae or rmse"}])
+        raise InvalidInput(
+            f"'{metric}' is not a metric; choose accuracy, mae or rmse.",
+            errors=[{"field": "metric", "message": "choose accuracy, mae or rmse"}],
+        )
     tasks = METRIC_TASKS[Experiment.Metric(metric)]
     needed = " or ".join(tasks)
     for variant in variants:
@@ -81,7 +95,13 @@ def _check_metric(*, metric: str, variants: list[dict]) -> None:
 
 @transaction.atomic
 def create_experiment(
-    *, caller: Caller, model: RegisteredModel, name: str, variants: list[dict], metric: str = Experiment.Metric.ACCURACY, min_samples: int | None = None
+    *,
+    caller: Caller,
+    model: RegisteredModel,
+    name: str,
+    variants: list[dict],
+    metric: str = Experiment.Metric.ACCURACY,
+    min_samples: int | None = None,
 ) -> Experiment:
     """Start a traffic split; at most one runs per model (Conflict otherwise)."""
     model = RegisteredModel.objects.select_for_update(of=("self",)).select_related("organization").get(pk=model.pk)
@@ -91,7 +111,13 @@ def create_experiment(
     running = selectors.running_experiment(model=model)
     if running is not None:
         raise Conflict(f"{model.full_name} already runs experiment '{running.name}' (id {running.id}); stop it first.")
-    fields: dict[str, Any] = {"registered_model": model, "name": name, "metric": metric, "variants": stored, "created_by": caller.person}
+    fields: dict[str, Any] = {
+        "registered_model": model,
+        "name": name,
+        "metric": metric,
+        "variants": stored,
+        "created_by": caller.person,
+    }
     if min_samples is not None:
         fields["min_samples"] = min_samples
     try:
@@ -104,14 +130,21 @@ def create_experiment(
         caller=caller,
         action="experiment.started",
         target=experiment,
-        data={"model": model.name, "name": name, "metric": metric, "variants": [{"version": v["version"], "weight": v["weight"]} for v in stored]},
+        data={
+            "model": model.name,
+            "name": name,
+            "metric": metric,
+            "variants": [{"version": v["version"], "weight": v["weight"]} for v in stored],
+        },
     )
     _reroute(model.pk)
     return experiment
 
 
 def _locked(experiment: Experiment) -> Experiment:
-    return Experiment.objects.select_for_update(of=("self",)).select_related("registered_model__organization").get(pk=experiment.pk)
+    return (
+        Experiment.objects.select_for_update(of=("self",)).select_related("registered_model__organization").get(pk=experiment.pk)
+    )
 
 
 @transaction.atomic
@@ -128,7 +161,13 @@ def _stop(*, caller: Caller, experiment: Experiment) -> None:
     experiment.stopped_at = timezone.now()
     experiment.save(update_fields=["status", "stopped_at"])
     model = experiment.registered_model
-    record_audit_event(organization=model.organization, caller=caller, action="experiment.stopped", target=experiment, data={"model": model.name, "name": experiment.name})
+    record_audit_event(
+        organization=model.organization,
+        caller=caller,
+        action="experiment.stopped",
+        target=experiment,
+        data={"model": model.name, "name": experiment.name},
+    )
     _reroute(model.pk)
 
 
@@ -175,6 +214,11 @@ def promote_winner(
         caller=caller,
         action="experiment.promoted",
         target=experiment,
-        data={"model": model.name, "name": experiment.name, "version": version_number, "release": release.number if release else None},
+        data={
+            "model": model.name,
+            "name": experiment.name,
+            "version": version_number,
+            "release": release.number if release else None,
+        },
     )
     return experiment, release

@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,50 +15,67 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Feedback',
+            name="Feedback",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('prediction_id', models.CharField(max_length=40)),
-                ('label', models.JSONField(blank=True, null=True)),
-                ('value', models.FloatField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("prediction_id", models.CharField(max_length=40)),
+                ("label", models.JSONField(blank=True, null=True)),
+                ("value", models.FloatField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
             ],
         ),
         migrations.CreateModel(
-            name='PredictionRecord',
+            name="PredictionRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('prediction_id', models.CharField(max_length=40, unique=True)),
-                ('created_at', models.DateTimeField(db_index=True)),
-                ('experiment_id', models.BigIntegerField(blank=True, null=True)),
-                ('variant', models.CharField(blank=True, max_length=64)),
-                ('api_key_id', models.BigIntegerField(blank=True, null=True)),
-                ('unit_id', models.CharField(blank=True, max_length=200)),
-                ('protocol', models.CharField(max_length=10)),
-                ('rows', models.PositiveIntegerField()),
-                ('latency_ms', models.FloatField()),
-                ('cache_hit', models.BooleanField(default=False)),
-                ('status', models.PositiveSmallIntegerField(default=200)),
-                ('error_code', models.CharField(blank=True, max_length=40)),
-                ('inputs', models.JSONField(blank=True, null=True)),
-                ('outputs', models.JSONField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("prediction_id", models.CharField(max_length=40, unique=True)),
+                ("created_at", models.DateTimeField(db_index=True)),
+                ("experiment_id", models.BigIntegerField(blank=True, null=True)),
+                ("variant", models.CharField(blank=True, max_length=64)),
+                ("api_key_id", models.BigIntegerField(blank=True, null=True)),
+                ("unit_id", models.CharField(blank=True, max_length=200)),
+                ("protocol", models.CharField(max_length=10)),
+                ("rows", models.PositiveIntegerField()),
+                ("latency_ms", models.FloatField()),
+                ("cache_hit", models.BooleanField(default=False)),
+                ("status", models.PositiveSmallIntegerField(default=200)),
+                ("error_code", models.CharField(blank=True, max_length=40)),
+                ("inputs", models.JSONField(blank=True, null=True)),
+                ("outputs", models.JSONField(blank=True, null=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Experiment',
+            name="Experiment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('status', models.CharField(choices=[('running', 'Running'), ('stopped', 'Stopped')], default='running', max_length=10)),
-                ('metric', models.CharField(choices=[('accuracy', 'Accuracy'), ('mean_value', 'Mean value')], default='accuracy', max_length=12)),
-                ('min_samples', models.PositiveIntegerField(default=100)),
-                ('variants', models.JSONField()),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('stopped_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "status",
+                    models.CharField(choices=[("running", "Running"), ("stopped", "Stopped")], default="running", max_length=10),
+                ),
+                (
+                    "metric",
+                    models.CharField(
+                        choices=[("accuracy", "Accuracy"), ("mean_value", "Mean value")], default="accuracy", max_length=12
+                    ),
+                ),
+                ("min_samples", models.PositiveIntegerField(default=100)),
+                ("variants", models.JSONField()),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("stopped_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
     ]

@@ -5,65 +5,76 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('inference', '0001_initial'),
-        ('registry', '0001_initial'),
+        ("accounts", "0001_initial"),
+        ("inference", "0001_initial"),
+        ("registry", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='experiment',
-            name='registered_model',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='experiments', to='registry.registeredmodel'),
+            model_name="experiment",
+            name="registered_model",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="experiments", to="registry.registeredmodel"
+            ),
         ),
         migrations.AddField(
-            model_name='experiment',
-            name='winner_version',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='registry.modelversion'),
+            model_name="experiment",
+            name="winner_version",
+            field=models.ForeignKey(
+                blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="+", to="registry.modelversion"
+            ),
         ),
         migrations.AddField(
-            model_name='feedback',
-            name='organization',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.organization'),
+            model_name="feedback",
+            name="organization",
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="accounts.organization"),
         ),
         migrations.AddField(
-            model_name='feedback',
-            name='version',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.modelversion'),
+            model_name="feedback",
+            name="version",
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.modelversion"),
         ),
         migrations.AddField(
-            model_name='predictionrecord',
-            name='organization',
-            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='accounts.organization'),
+            model_name="predictionrecord",
+            name="organization",
+            field=models.ForeignKey(
+                db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name="+", to="accounts.organization"
+            ),
         ),
         migrations.AddField(
-            model_name='predictionrecord',
-            name='registered_model',
-            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.registeredmodel'),
+            model_name="predictionrecord",
+            name="registered_model",
+            field=models.ForeignKey(
+                db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.registeredmodel"
+            ),
         ),
         migrations.AddField(
-            model_name='predictionrecord',
-            name='version',
-            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.modelversion'),
+            model_name="predictionrecord",
+            name="version",
+            field=models.ForeignKey(
+                db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.modelversion"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='experiment',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'running')), fields=('registered_model',), name='one_running_experiment_per_model'),
+            model_name="experiment",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "running")), fields=("registered_model",), name="one_running_experiment_per_model"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='feedback',
-            constraint=models.UniqueConstraint(fields=('organization', 'prediction_id'), name='one_feedback_per_prediction'),
+            model_name="feedback",
+            constraint=models.UniqueConstraint(fields=("organization", "prediction_id"), name="one_feedback_per_prediction"),
         ),
         migrations.AddIndex(
-            model_name='predictionrecord',
-            index=models.Index(fields=['version', 'created_at'], name='inference_p_version_4bf644_idx'),
+            model_name="predictionrecord",
+            index=models.Index(fields=["version", "created_at"], name="inference_p_version_4bf644_idx"),
         ),
         migrations.AddIndex(
-            model_name='predictionrecord',
-            index=models.Index(fields=['organization', 'created_at'], name='inference_p_organiz_78acd0_idx'),
+            model_name="predictionrecord",
+            index=models.Index(fields=["organization", "created_at"], name="inference_p_organiz_78acd0_idx"),
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inference', '0003_batchjob_batchchunk_batchlimits_and_more'),
+        ("inference", "0003_batchjob_batchchunk_batchlimits_and_more"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='batchchunk',
-            name='heartbeat_at',
+            model_name="batchchunk",
+            name="heartbeat_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]

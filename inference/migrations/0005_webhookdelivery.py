@@ -6,31 +6,38 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('inference', '0004_batchchunk_heartbeat_at'),
+        ("accounts", "0001_initial"),
+        ("inference", "0004_batchchunk_heartbeat_at"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='WebhookDelivery',
+            name="WebhookDelivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('subject', models.CharField(max_length=100)),
-                ('event', models.CharField(max_length=60)),
-                ('delivery_id', models.CharField(max_length=100)),
-                ('url', models.URLField(max_length=2000)),
-                ('status_code', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('is_delivered', models.BooleanField(default=False)),
-                ('error', models.CharField(blank=True, max_length=500)),
-                ('duration_ms', models.FloatField(default=0.0)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='webhook_deliveries', to='accounts.organization')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("subject", models.CharField(max_length=100)),
+                ("event", models.CharField(max_length=60)),
+                ("delivery_id", models.CharField(max_length=100)),
+                ("url", models.URLField(max_length=2000)),
+                ("status_code", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("is_delivered", models.BooleanField(default=False)),
+                ("error", models.CharField(blank=True, max_length=500)),
+                ("duration_ms", models.FloatField(default=0.0)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="webhook_deliveries", to="accounts.organization"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['organization', '-created_at'], name='inference_w_organiz_2742cf_idx'), models.Index(fields=['subject'], name='inference_w_subject_ff2d4c_idx')],
+                "ordering": ["-created_at", "-id"],
+                "indexes": [
+                    models.Index(fields=["organization", "-created_at"], name="inference_w_organiz_2742cf_idx"),
+                    models.Index(fields=["subject"], name="inference_w_subject_ff2d4c_idx"),
+                ],
             },
         ),
     ]

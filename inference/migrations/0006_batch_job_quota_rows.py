@@ -4,25 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inference', '0005_webhookdelivery'),
+        ("inference", "0005_webhookdelivery"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='batchjob',
-            name='quota_month',
+            model_name="batchjob",
+            name="quota_month",
             field=models.CharField(blank=True, max_length=6),
         ),
         migrations.AddField(
-            model_name='batchjob',
-            name='quota_rows_reserved',
+            model_name="batchjob",
+            name="quota_rows_reserved",
             field=models.PositiveBigIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='batchjob',
-            name='quota_settled_at',
+            model_name="batchjob",
+            name="quota_settled_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]

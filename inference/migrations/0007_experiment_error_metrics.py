@@ -3,6 +3,7 @@
 `mean_value` averaged the true values sent as feedback, which says nothing about the
 predictions; its experiments become `mae` experiments.
 """
+
 from django.db import migrations, models
 
 
@@ -15,7 +16,6 @@ def mae_to_mean_value(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("inference", "0006_batch_job_quota_rows"),
     ]

@@ -7,61 +7,71 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0002_pending_registration'),
-        ('inference', '0007_experiment_error_metrics'),
-        ('registry', '0004_compiled_form'),
+        ("accounts", "0002_pending_registration"),
+        ("inference", "0007_experiment_error_metrics"),
+        ("registry", "0004_compiled_form"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Mirror',
+            name="Mirror",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('fraction', models.FloatField()),
-                ('max_rows_per_hour', models.PositiveIntegerField()),
-                ('status', models.CharField(choices=[('running', 'Running'), ('stopped', 'Stopped')], default='running', max_length=10)),
-                ('stop_reason', models.CharField(blank=True, max_length=200)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('stopped_at', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("fraction", models.FloatField()),
+                ("max_rows_per_hour", models.PositiveIntegerField()),
+                (
+                    "status",
+                    models.CharField(choices=[("running", "Running"), ("stopped", "Stopped")], default="running", max_length=10),
+                ),
+                ("stop_reason", models.CharField(blank=True, max_length=200)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("stopped_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.AddField(
-            model_name='predictionrecord',
-            name='mirror_id',
+            model_name="predictionrecord",
+            name="mirror_id",
             field=models.BigIntegerField(blank=True, null=True),
         ),
         migrations.AddIndex(
-            model_name='predictionrecord',
-            index=models.Index(condition=models.Q(('mirror_id__isnull', False)), fields=['mirror_id', 'id'], name='prediction_record_mirrored'),
+            model_name="predictionrecord",
+            index=models.Index(
+                condition=models.Q(("mirror_id__isnull", False)), fields=["mirror_id", "id"], name="prediction_record_mirrored"
+            ),
         ),
         migrations.AddField(
-            model_name='mirror',
-            name='baseline_version',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.modelversion'),
+            model_name="mirror",
+            name="baseline_version",
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.modelversion"),
         ),
         migrations.AddField(
-            model_name='mirror',
-            name='created_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="mirror",
+            name="created_by",
+            field=models.ForeignKey(
+                blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="+", to=settings.AUTH_USER_MODEL
+            ),
         ),
         migrations.AddField(
-            model_name='mirror',
-            name='registered_model',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='mirrors', to='registry.registeredmodel'),
+            model_name="mirror",
+            name="registered_model",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="mirrors", to="registry.registeredmodel"
+            ),
         ),
         migrations.AddField(
-            model_name='mirror',
-            name='version',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='registry.modelversion'),
+            model_name="mirror",
+            name="version",
+            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name="+", to="registry.modelversion"),
         ),
         migrations.AddConstraint(
-            model_name='mirror',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'running')), fields=('registered_model',), name='one_running_mirror_per_model'),
+            model_name="mirror",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "running")), fields=("registered_model",), name="one_running_mirror_per_model"
+            ),
         ),
     ]

@@ -77,15 +77,15 @@ def start_mirror(
         )
     if production.task != version.task:
         raise InvalidInput(
-            f"Version {version.number} is a {version.task} model and production (version {production.number}) a {production.task} one; "
-            "their answers cannot be compared.",
+            f"Version {version.number} is a {version.task} model and production (version {production.number}) "
+            f"a {production.task} one; their answers cannot be compared.",
             errors=[{"field": "version", "message": "task differs from production's"}],
         )
     running = selectors.running_mirror(model=model)
     if running is not None:
         raise Conflict(
-            f"{model.full_name} already mirrors {running.fraction:.0%} of production to version {running.version.number} (mirror {running.id}); "
-            "stop it first.",
+            f"{model.full_name} already mirrors {running.fraction:.0%} of production to version {running.version.number} "
+            f"(mirror {running.id}); stop it first.",
             mirror_id=running.id,
         )
     try:

@@ -122,7 +122,8 @@ def _media_type(content_type: str | None) -> str:
     if unexpected:
         raise UnsupportedMediaType(
             f"Unrecognized content type parameters: {', '.join(unexpected)}. Since MLflow 2.0 the format is a key of the "
-            f"JSON body (dataframe_split, dataframe_records, instances, inputs), not a content type parameter. {PROTOCOL_CHANGE_HINT}"
+            "JSON body (dataframe_split, dataframe_records, instances, inputs), not a content type parameter. "
+            f"{PROTOCOL_CHANGE_HINT}"
         )
     if mime not in CONTENT_TYPES:
         raise UnsupportedMediaType(
@@ -200,7 +201,7 @@ def _rows_from_tensor_input(key: str, data: Any, spec: InputSpec) -> list[list[A
             )
         columns = list(data)
         check_row_count(lengths.pop(), spec)
-        rows = [list(row) for row in zip(*data.values())]
+        rows = [list(row) for row in zip(*data.values(), strict=True)]
         return normalise_rows(_reorder(columns, rows, spec), spec)
     return normalise_rows(data, spec)  # raises the usual "inputs must be a list" error
 
@@ -212,7 +213,8 @@ def _rows_from_split(data: Any, spec: InputSpec) -> list[list[Any]]:
     keys = set(data)
     if "data" not in keys or keys - {"columns", "data", "index"}:
         raise MalformedBody(
-            f"Invalid input. Dataframe split format must have 'data' field and optionally 'columns' and 'index' fields. Got {sorted(keys)}."
+            "Invalid input. Dataframe split format must have 'data' field and optionally 'columns' and 'index' fields. "
+            f"Got {sorted(keys)}."
         )
     rows = data["data"]
     if not isinstance(rows, list):
@@ -319,7 +321,8 @@ def _parse_csv(body: bytes, spec: InputSpec) -> list[list[Any]]:
             if len(record) > width:
                 row = len(lines)
                 raise MalformedBody(
-                    f"Failed to parse input as CSV: line {reader.line_num} (row {row}) has {len(record)} fields; the header has {width}.",
+                    f"Failed to parse input as CSV: line {reader.line_num} (row {row}) has {len(record)} fields; the "
+                    f"header has {width}.",
                     errors=[{"row": row, "column": "*", "message": f"expected {width} fields, got {len(record)}"}],
                 )
             lines.append(record)
@@ -331,7 +334,7 @@ def _parse_csv(body: bytes, spec: InputSpec) -> list[list[Any]]:
     padded = [record + [""] * (width - len(record)) if len(record) < width else record for record in lines]
     ordered = _reorder(header, padded, spec)
     kinds = [column.type for column in spec.columns]
-    rows = [[None if cell is None else _csv_cell(cell, kind) for cell, kind in zip(row, kinds)] for row in ordered]
+    rows = [[None if cell is None else _csv_cell(cell, kind) for cell, kind in zip(row, kinds, strict=True)] for row in ordered]
     return normalise_rows(rows, spec)
 
 
@@ -349,7 +352,7 @@ def _parse_parquet(body: bytes, spec: InputSpec) -> list[list[Any]]:
     check_row_count(table.num_rows, spec)
     columns = [str(name) for name in table.column_names]
     values = [_parquet_column(table.column(i).to_pylist()) for i in range(table.num_columns)]
-    rows = [list(row) for row in zip(*values)]
+    rows = [list(row) for row in zip(*values, strict=True)]
     return normalise_rows(_reorder(columns, rows, spec), spec)
 
 
@@ -370,8 +373,6 @@ def render_predictions(predictions: np.ndarray | list, probabilities: np.ndarray
     if probabilities is not None:
         body["probabilities"] = json_values(probabilities)
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
 
 
 def error_code(exc: BaseException) -> str:

@@ -138,7 +138,8 @@ def _check_media_type(content_type: str | None) -> None:
     if mime in _ACCEPTED_MEDIA or mime.endswith("+json"):
         return
     raise UnsupportedMediaType(
-        f"Open Inference Protocol requests are JSON (application/json), optionally followed by binary tensor data; got '{content_type}'."
+        "Open Inference Protocol requests are JSON (application/json), optionally followed by binary tensor data; got "
+        f"'{content_type}'."
     )
 
 
@@ -265,7 +266,8 @@ def _attach_binary(tensors: list[_Tensor], binary: memoryview) -> None:
         end = offset + tensor.binary_size
         if end > len(binary):
             raise MalformedBody(
-                f"Input '{tensor.name}' declares {tensor.binary_size} bytes of binary data but only {len(binary) - offset} remain in the body."
+                f"Input '{tensor.name}' declares {tensor.binary_size} bytes of binary data but only "
+                f"{len(binary) - offset} remain in the body."
             )
         tensor.data = binary[offset:end]
         offset = end
@@ -493,7 +495,7 @@ def _per_column_inputs(tensors: list[_Tensor], spec: InputSpec) -> tuple[Any, in
             matrix[:, index] = math.nan if values is None else values
         return validate_array(matrix, spec), n_rows
     lists = [[None] * n_rows if c is None else (c.tolist() if isinstance(c, np.ndarray) else c) for c in columns]
-    rows = [list(row) for row in zip(*lists)]
+    rows = [list(row) for row in zip(*lists, strict=True)]
     check_rows(rows, spec)
     return (rows if spec.wants_frame else np.array(rows, dtype=np.float64)), n_rows
 
@@ -507,7 +509,8 @@ def check_requested_outputs(outputs: list[RequestedOutput], *, has_proba: bool) 
     for output in outputs:
         if output.name == PREDICT_PROBA and not has_proba:
             raise InvalidInput(
-                "Output 'predict_proba' is not available: this model gives no probabilities (a regressor, or a classifier without predict_proba).",
+                "Output 'predict_proba' is not available: this model gives no probabilities (a regressor, or a "
+                "classifier without predict_proba).",
                 errors=[{"field": "outputs.predict_proba", "message": "not available for this model"}],
             )
         if output.name not in available:

@@ -16,6 +16,7 @@ What can go wrong, and what the caller sees:
   stopped and restarted, RunnerUnavailable;
 - the model's own code raises on the rows: ModelFailed (500, with the model's message).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,6 @@ from django.conf import settings
 from inference.runners import wire
 from platform_site.errors import ModelhostError, ServiceUnavailable
 from platform_site.metrics import MODEL_LOAD_SECONDS, RUNNER_PREDICTIONS
-
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,9 @@ def _open(org_id: int, *, runner: int | None = None) -> socket.socket:
     try:
         sock = _dial(address, settings.RUNNER_CONNECT_TIMEOUT_SECONDS)
     except OSError as exc:
-        raise RunnerUnavailable(f"No runner host answers at {address} ({exc.strerror or exc}); start one with `python -m inference.runners.host`.") from None
+        raise RunnerUnavailable(
+            f"No runner host answers at {address} ({exc.strerror or exc}); start one with `python -m inference.runners.host`."
+        ) from None
     try:
         wire.send(sock, {"org": org_id} if runner is None else {"org": org_id, "runner": runner})
         reply, _ = wire.receive(sock)
@@ -133,7 +135,10 @@ def _open(org_id: int, *, runner: int | None = None) -> socket.socket:
         raise RunnerUnavailable(f"The runner host at {address} did not hand over a runner: {exc}") from None
     if not reply.get("ok"):
         sock.close()
-        raise RunnerUnavailable(f"The organization's runner is unavailable: {reply.get('reason')}.", retry_after=float(reply.get("retry_after") or 1.0))
+        raise RunnerUnavailable(
+            f"The organization's runner is unavailable: {reply.get('reason')}.",
+            retry_after=float(reply.get("retry_after") or 1.0),
+        )
     return sock
 
 

@@ -37,6 +37,7 @@ Settings (environment, read here because the host runs without Django):
   RUNNER_UID_BASE              when started as root, each organization's runners run as
                                uid RUNNER_UID_BASE + org id (a user of their own) (200000)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,7 +84,7 @@ class HostSettings:
     uid_base: int = 200_000
 
     @classmethod
-    def from_environment(cls, environ: dict[str, str]) -> "HostSettings":
+    def from_environment(cls, environ: dict[str, str]) -> HostSettings:
         def number(name: str, default, kind=int):
             raw = environ.get(name, "").strip()
             if not raw:
@@ -196,7 +197,14 @@ class RunnerHost:
         now = time.monotonic()
         backing_off = state.retry_at > now
         if not state.runners and backing_off:
-            wire.send(conn, {"ok": False, "retry_after": round(state.retry_at - now, 3), "reason": "the organization's runner is restarting after a crash"})
+            wire.send(
+                conn,
+                {
+                    "ok": False,
+                    "retry_after": round(state.retry_at - now, 3),
+                    "reason": "the organization's runner is restarting after a crash",
+                },
+            )
             return
         wanted = hello.get("runner")  # a warm-up names each runner in turn; traffic names none
         if isinstance(wanted, int) and not isinstance(wanted, bool) and 0 <= wanted < self.settings.processes_per_org:
@@ -205,7 +213,9 @@ class RunnerHost:
             runner = state.runners[min(wanted, len(state.runners) - 1)]
         else:
             runner = min(state.runners, key=lambda r: r.connections) if state.runners else None
-            if runner is None or (runner.connections > 0 and len(state.runners) < self.settings.processes_per_org and not backing_off):
+            if runner is None or (
+                runner.connections > 0 and len(state.runners) < self.settings.processes_per_org and not backing_off
+            ):
                 runner = self._spawn(org_id)
         runner.connections += 1  # until the runner's next report says how many it holds
         runner.last_used = now
@@ -300,7 +310,9 @@ class RunnerHost:
         state.retry_at = now + delay
         self.crashed_runners += 1
         how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit status {os.WEXITSTATUS(status)}"
-        logger.warning("runner host: runner %s of organization %s died (%s); next start in %.2f s", runner.pid, runner.org_id, how, delay)
+        logger.warning(
+            "runner host: runner %s of organization %s died (%s); next start in %.2f s", runner.pid, runner.org_id, how, delay
+        )
 
     def stop_org(self, org_id: int, sig: int = signal.SIGTERM) -> None:
         for runner in list(self.orgs.get(org_id, _OrgState()).runners):
@@ -343,7 +355,12 @@ class RunnerHost:
         while len(runners) > 1 and total > self.settings.memory_budget_mb:
             oldest = runners.pop(0)
             total -= self._rss_mb(oldest.pid)
-            logger.info("runner host: over the %s MiB budget; stopping runner %s of organization %s", self.settings.memory_budget_mb, oldest.pid, oldest.org_id)
+            logger.info(
+                "runner host: over the %s MiB budget; stopping runner %s of organization %s",
+                self.settings.memory_budget_mb,
+                oldest.pid,
+                oldest.org_id,
+            )
             self._stop(oldest)
 
     def status(self) -> dict:
@@ -355,7 +372,14 @@ class RunnerHost:
             "crashed_runners": self.crashed_runners,
             "memory_budget_mb": self.settings.memory_budget_mb,
             "runners": [
-                {"org": r.org_id, "pid": r.pid, "rss_mb": round(self._rss_mb(r.pid), 1), "idle_seconds": round(now - r.last_used, 3), "connections": r.connections, "models": r.models}
+                {
+                    "org": r.org_id,
+                    "pid": r.pid,
+                    "rss_mb": round(self._rss_mb(r.pid), 1),
+                    "idle_seconds": round(now - r.last_used, 3),
+                    "connections": r.connections,
+                    "models": r.models,
+                }
                 for state in self.orgs.values()
                 for r in state.runners
             ],
@@ -370,13 +394,23 @@ def preload() -> None:
     interpreter's files: so every scikit-learn module (its estimators and what their predict
     imports lazily), the loader and what it imports are imported here, then shared by fork.
     """
-    import pkgutil
-    import pickletools  # noqa: F401
-    import bz2, gzip, lzma, zlib  # noqa: F401,E401 - joblib's decompressors
+    # Imported for their side effect: each module is loaded once here, before any fork.
+    import bz2  # noqa: F401 - joblib's decompressors
     import encodings.cp437  # noqa: F401 - zipfile's names (skops files), imported on first use
+    import gzip  # noqa: F401 - joblib's decompressors
+    import lzma  # noqa: F401 - joblib's decompressors
+    import pickletools  # noqa: F401
+    import pkgutil
+    import zlib  # noqa: F401 - joblib's decompressors
+
     import numpy  # noqa: F401
     import pandas  # noqa: F401
-    import scipy.linalg, scipy.optimize, scipy.sparse, scipy.sparse.linalg, scipy.special, scipy.stats  # noqa: F401,E401
+    import scipy.linalg  # noqa: F401
+    import scipy.optimize  # noqa: F401
+    import scipy.sparse  # noqa: F401
+    import scipy.sparse.linalg  # noqa: F401
+    import scipy.special  # noqa: F401
+    import scipy.stats  # noqa: F401
     import sklearn
     from joblib import compressor, numpy_pickle, numpy_pickle_utils  # noqa: F401
 
@@ -390,11 +424,21 @@ def preload() -> None:
             except ImportError:  # a module behind an optional dependency this machine lacks
                 pass
     import skops.io  # noqa: F401
+
     from inference.runners import runner, wire  # noqa: F401
-    from registry.loaders import serving  # noqa: F401
-    from registry.loaders import allowlist, pickle_audit, safe_pickle, structure  # noqa: F401
-    from registry.loaders import describe, formats, sandbox_child, sandbox_server, skops_format  # noqa: F401
-    from registry.loaders import compiled
+    from registry.loaders import (  # noqa: F401
+        allowlist,
+        compiled,
+        describe,
+        formats,
+        pickle_audit,
+        safe_pickle,
+        sandbox_child,
+        sandbox_server,
+        serving,
+        skops_format,
+        structure,
+    )
 
     compiled.warm_runtime()
 
@@ -491,7 +535,11 @@ def main(argv: list[str]) -> None:
     listeners = listen(unix_path=args.socket, address=args.listen)
     sandbox_listeners = listen(unix_path=args.sandbox_socket, address=None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    logger.info("runner host: ready in %.2f s on %s", time.perf_counter() - started, ", ".join(str(s.getsockname()) for s in listeners + sandbox_listeners))
+    logger.info(
+        "runner host: ready in %.2f s on %s",
+        time.perf_counter() - started,
+        ", ".join(str(s.getsockname()) for s in listeners + sandbox_listeners),
+    )
     host = RunnerHost(listeners=listeners, settings=settings)
     if sandbox_listeners:
         host.sandbox = _sandbox_service(host, sandbox_listeners)

@@ -20,6 +20,7 @@ Models live in an LRU bounded by ``memory_mb`` of artifact bytes. Each request m
 each predict, so a runaway model is killed by the kernel (SIGXCPU) and the host restarts the
 runner. The runner reports to the host, at most once a second, when it was last used.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -50,10 +51,30 @@ _SECCOMP_MODE_FILTER = 2
 # fail with EPERM; everything else is allowed (a deny-list: an allow-list would break on each
 # numeric library's new system call). x86-64 numbers; elsewhere this layer is not applied.
 _DENIED_X86_64 = {
-    "socket": 41, "connect": 42, "accept": 43, "bind": 49, "listen": 50, "socketpair": 53, "accept4": 288,
-    "execve": 59, "execveat": 322, "kill": 62, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
-    "chroot": 161, "mount": 165, "umount2": 166, "pivot_root": 155, "unshare": 272, "setns": 308,
-    "keyctl": 250, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "open_by_handle_at": 304,
+    "socket": 41,
+    "connect": 42,
+    "accept": 43,
+    "bind": 49,
+    "listen": 50,
+    "socketpair": 53,
+    "accept4": 288,
+    "execve": 59,
+    "execveat": 322,
+    "kill": 62,
+    "ptrace": 101,
+    "process_vm_readv": 310,
+    "process_vm_writev": 311,
+    "chroot": 161,
+    "mount": 165,
+    "umount2": 166,
+    "pivot_root": 155,
+    "unshare": 272,
+    "setns": 308,
+    "keyctl": 250,
+    "bpf": 321,
+    "perf_event_open": 298,
+    "userfaultfd": 323,
+    "open_by_handle_at": 304,
 }
 _AUDIT_ARCH_X86_64 = 0xC000003E
 _X32_SYSCALL_BIT = 0x40000000
@@ -124,7 +145,12 @@ def seccomp_program() -> list[tuple[int, int, int, int]]:
     """The classic-BPF filter: another architecture, an x32 call or a denied call -> EPERM."""
     load_word, jump_eq, jump_ge, ret = 0x20, 0x15, 0x35, 0x06
     checks = [(jump_ge, _X32_SYSCALL_BIT), *((jump_eq, number) for number in sorted(_DENIED_X86_64.values()))]
-    program = [(load_word, 0, 0, 4), (jump_eq, 1, 0, _AUDIT_ARCH_X86_64), (ret, 0, 0, _SECCOMP_RET_ERRNO_EPERM), (load_word, 0, 0, 0)]
+    program = [
+        (load_word, 0, 0, 4),
+        (jump_eq, 1, 0, _AUDIT_ARCH_X86_64),
+        (ret, 0, 0, _SECCOMP_RET_ERRNO_EPERM),
+        (load_word, 0, 0, 0),
+    ]
     deny = len(program) + len(checks) + 1  # after the checks and the allow
     for code, value in checks:
         program.append((code, deny - (len(program) + 1), 0, value))  # a match jumps to the deny
@@ -237,7 +263,10 @@ class Runner:
             }
             return reply, out
         except MemoryError:
-            return {"ok": False, "error": {"kind": "memory", "message": f"the model needed more than the runner's {self.limits.memory_mb} MiB"}}, []
+            return {
+                "ok": False,
+                "error": {"kind": "memory", "message": f"the model needed more than the runner's {self.limits.memory_mb} MiB"},
+            }, []
         except wire.WireError as exc:
             return {"ok": False, "error": {"kind": "protocol", "message": str(exc)}}, []
         except Exception as exc:  # the model's own code failed on these rows: its message is the tenant's to read
@@ -266,7 +295,10 @@ class Runner:
 
                 compiled = CompiledPredictor(data=compiled_data, estimator=estimator)
         except MemoryError:
-            return {"ok": False, "error": {"kind": "memory", "message": f"loading needed more than the runner's {self.limits.memory_mb} MiB"}}
+            return {
+                "ok": False,
+                "error": {"kind": "memory", "message": f"loading needed more than the runner's {self.limits.memory_mb} MiB"},
+            }
         except Exception as exc:  # refused or unreadable: the client says so, the runner lives on
             return {"ok": False, "error": {"kind": "load", "message": f"{type(exc).__name__}: {exc}"[:2000]}}
         self.models[version_id] = _Loaded(

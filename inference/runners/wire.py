@@ -10,6 +10,7 @@ subverted by a tenant's file, and the web must not trust what it says back.
 Hand-written rather than pickle (which runs code on load), Arrow or msgpack-numpy (another
 dependency for two array kinds) because the format is this small and its safety is the point.
 """
+
 from __future__ import annotations
 
 import socket
@@ -93,7 +94,7 @@ def decode_input(entry: dict, buffers: list[memoryview]) -> Any:
     import pandas as pd
 
     frame = entry["frame"]
-    data = {name: decode_array(column, buffers) for name, column in zip(frame["columns"], frame["data"])}
+    data = {name: decode_array(column, buffers) for name, column in zip(frame["columns"], frame["data"], strict=True)}
     return pd.DataFrame(data, columns=frame["columns"])
 
 

@@ -146,7 +146,7 @@ def test_probabilities_are_appended_one_column_per_class(tenant_a, named):
 
 def test_json_lines_in_json_lines_out(tenant_a, named):
     rows = iris_rows(150)
-    content = b"".join(orjson.dumps(dict(zip(FEATURES, row.tolist()))) + b"\n" for row in rows)
+    content = b"".join(orjson.dumps(dict(zip(FEATURES, row.tolist(), strict=True))) + b"\n" for row in rows)
     job = run_job(submitted_job(tenant_a, content, name="rows.jsonl", probabilities="true").id)
     assert job.input_format == "jsonl"
     response = tenant_a.key_client().get(f"/api/v1/batch-jobs/{job.id}/result")
@@ -315,7 +315,7 @@ def test_bad_value_fails_the_job_naming_row_and_column(tenant_a, named, cell, co
     ids=["string", "missing-key", "null", "not-json", "short-list"],
 )
 def test_bad_json_line_fails_the_job_naming_row_and_column(tenant_a, named, line, column, message):
-    good = [orjson.dumps(dict(zip(FEATURES, row.tolist()))) for row in iris_rows(150)]
+    good = [orjson.dumps(dict(zip(FEATURES, row.tolist(), strict=True))) for row in iris_rows(150)]
     good[120] = line
     job = run_job(submitted_job(tenant_a, b"\n".join(good) + b"\n", name="x.jsonl").id)
     assert job.status == "failed"

@@ -4,6 +4,7 @@ Real Celery workers (platform_site/tests/workers.py) on Redis database 14 as bro
 production's one-hour visibility timeout (batch_heartbeat_worker_settings.py): nothing but
 the heartbeat rule can bring the killed worker's chunk back within the test.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,7 +15,7 @@ from django.utils import timezone
 
 from inference.batch import services
 from inference.models import BatchChunk, BatchJob
-from inference.tests.test_batch_workers import big_csv, slow_forest, submit, wait_for  # noqa: F401 (slow_forest is a fixture)
+from inference.tests.test_batch_workers import big_csv, slow_forest, submit, wait_for  # noqa: F401 - slow_forest is a fixture
 from platform_site.tests.workers import WorkerPool, publishing_to
 
 BROKER = "redis://127.0.0.1:6379/14"
@@ -31,7 +32,8 @@ def pool(django_db_setup):
     redis.Redis.from_url(BROKER).flushdb()
 
 
-def test_a_chunk_with_a_fresh_heartbeat_is_left_running(tenant_a, slow_forest, settings):
+@pytest.mark.usefixtures("slow_forest")
+def test_a_chunk_with_a_fresh_heartbeat_is_left_running(tenant_a, settings):
     # Runs before the module's workers start: nothing else scores this job's chunk.
     from inference.batch import heartbeat
 
@@ -47,7 +49,8 @@ def test_a_chunk_with_a_fresh_heartbeat_is_left_running(tenant_a, slow_forest, s
         assert services.requeue_stalled_jobs() == 0  # sent once, not at every run while it waits
 
 
-def test_a_killed_workers_chunk_is_sent_again_once_its_heartbeat_is_stale(tenant_a, slow_forest, pool, settings):
+@pytest.mark.usefixtures("slow_forest")
+def test_a_killed_workers_chunk_is_sent_again_once_its_heartbeat_is_stale(tenant_a, pool, settings):
     settings.BATCH_CHUNK_ROWS = 8000  # about a second per chunk for this forest
     settings.BATCH_CHUNK_STALL_SECONDS = 3
     w1, w2 = pool.ensure("w1", "w2")
@@ -56,7 +59,9 @@ def test_a_killed_workers_chunk_is_sent_again_once_its_heartbeat_is_stale(tenant
 
         def w1_just_started_a_chunk():
             recent = timezone.now() - timezone.timedelta(seconds=0.3)
-            return BatchChunk.objects.filter(job_id=job_id, worker__startswith="w1@", is_done=False, started_at__gte=recent, job__chunks_done__gte=1).first()
+            return BatchChunk.objects.filter(
+                job_id=job_id, worker__startswith="w1@", is_done=False, started_at__gte=recent, job__chunks_done__gte=1
+            ).first()
 
         in_flight = wait_for(w1_just_started_a_chunk, timeout=60, pool=pool)
         w1.kill()
@@ -74,5 +79,8 @@ def test_a_killed_workers_chunk_is_sent_again_once_its_heartbeat_is_stale(tenant
     redone = BatchChunk.objects.get(job_id=job_id, index=in_flight.index)
     assert redone.is_done and redone.attempts == 2 and redone.worker.startswith("w2@")
     # Chunks whose workers kept beating were never sent twice.
-    assert sorted(BatchChunk.objects.filter(job_id=job_id).exclude(index=in_flight.index).values_list("attempts", flat=True)) == [1] * 7
+    assert (
+        sorted(BatchChunk.objects.filter(job_id=job_id).exclude(index=in_flight.index).values_list("attempts", flat=True))
+        == [1] * 7
+    )
     assert job.rows_done == job.rows_total == 64_000

@@ -116,13 +116,26 @@ def test_a_model_that_raises_fails_without_retry():
         scoring.score_records(b"1,2,3,4\n", layout=layout(), first_row=0, predict=broken)
 
 
+@pytest.mark.parametrize("want_proba", [False, True], ids=["labels", "probabilities"])
+@pytest.mark.parametrize("data", [b"1,2,3,4\n5,6,7,8\n", b'1,2,3,4\n5,6,"7",8\n'], ids=["fast", "row-by-row"])
+def test_a_model_answering_for_fewer_rows_than_it_was_given_fails_without_retry(model, data, want_proba):
+    # Each answer is written beside its row: a short answer must not silently drop rows from the result.
+    def short(x):
+        return model.predict(x)[: 1 if not want_proba else None], model.predict_proba(x)[:1] if want_proba else None
+
+    with pytest.raises(scoring.ModelFailed, match=r"The model's output has a length of (1|1 and 2); its input has 2 rows\."):
+        scoring.score_records(data, layout=layout(want_proba=want_proba), first_row=0, predict=short)
+
+
 @pytest.mark.parametrize("input_format", ["csv", "jsonl"])
 def test_a_multi_output_models_prediction_is_the_list_of_its_outputs(input_format):
     """CSV keeps one prediction cell, holding the outputs as a JSON array; JSON lines keeps the list."""
     from sklearn.neighbors import KNeighborsClassifier
 
     x = np.random.default_rng(2).normal(size=(40, 4))
-    model = KNeighborsClassifier(n_neighbors=3).fit(x, np.column_stack([np.where(x[:, 0] > 0, "yes", "no"), np.where(x[:, 1] > 0, "hi", "lo")]))
+    model = KNeighborsClassifier(n_neighbors=3).fit(
+        x, np.column_stack([np.where(x[:, 0] > 0, "yes", "no"), np.where(x[:, 1] > 0, "hi", "lo")])
+    )
     rows = np.round(x[:6], 4)
     shape = layout(input_format=input_format, columns=["a", "b", "c", "d"])
     want = model.predict(rows).tolist()

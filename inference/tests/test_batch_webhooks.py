@@ -11,7 +11,7 @@ from django.test import Client
 
 from inference.batch import tasks, webhooks
 from inference.models import BatchJob
-from inference.tests.test_batch_api import csv_bytes, iris_rows, named, run_job, submit  # noqa: F401  (fixture)
+from inference.tests.test_batch_api import csv_bytes, iris_rows, named, run_job, submit  # noqa: F401 - named is a fixture
 
 pytestmark = pytest.mark.django_db
 
@@ -85,7 +85,8 @@ def test_backoff_doubles_up_to_the_cap(settings):
     assert [webhooks.backoff_seconds(n) for n in range(6)] == [10, 20, 40, 80, 100, 100]
 
 
-def test_completion_webhook_is_signed_and_retried_until_delivered(tenant_a, named, allow_local, receiver_factory):  # noqa: F811
+@pytest.mark.usefixtures("named")
+def test_completion_webhook_is_signed_and_retried_until_delivered(tenant_a, allow_local, receiver_factory):
     receiver = receiver_factory([500, 503, 204])
     job, secret = finished_job_with_webhook(tenant_a, receiver.url)
     tasks.send_batch_webhook.apply(args=(job.id,))
@@ -114,7 +115,8 @@ def test_completion_webhook_is_signed_and_retried_until_delivered(tenant_a, name
     assert len(receiver.received) == 3
 
 
-def test_webhook_gives_up_after_the_last_retry(tenant_a, named, allow_local, receiver_factory, settings):  # noqa: F811
+@pytest.mark.usefixtures("named")
+def test_webhook_gives_up_after_the_last_retry(tenant_a, allow_local, receiver_factory, settings):
     settings.BATCH_WEBHOOK_MAX_RETRIES = 2
     receiver = receiver_factory([500])
     job, _ = finished_job_with_webhook(tenant_a, receiver.url)
@@ -125,7 +127,8 @@ def test_webhook_gives_up_after_the_last_retry(tenant_a, named, allow_local, rec
     assert job.webhook_last_error == "The endpoint answered 500."
 
 
-def test_redirects_are_not_followed(tenant_a, named, allow_local, receiver_factory, settings):  # noqa: F811
+@pytest.mark.usefixtures("named")
+def test_redirects_are_not_followed(tenant_a, allow_local, receiver_factory, settings):
     settings.BATCH_WEBHOOK_MAX_RETRIES = 0
     target = receiver_factory([200])
     redirector = receiver_factory([302], headers={"Location": target.url})
@@ -136,7 +139,8 @@ def test_redirects_are_not_followed(tenant_a, named, allow_local, receiver_facto
     assert (job.webhook_status, job.webhook_response_code) == ("failed", 302)
 
 
-def test_private_addresses_are_refused_without_a_retry(tenant_a, named, receiver_factory, settings):  # noqa: F811
+@pytest.mark.usefixtures("named")
+def test_private_addresses_are_refused_without_a_retry(tenant_a, receiver_factory, settings):
     settings.BATCH_WEBHOOK_ALLOW_PRIVATE_HOSTS = False
     receiver = receiver_factory([200])
     job, _ = finished_job_with_webhook(tenant_a, receiver.url)
@@ -147,7 +151,8 @@ def test_private_addresses_are_refused_without_a_retry(tenant_a, named, receiver
     assert job.webhook_last_error == "127.0.0.1 resolves to 127.0.0.1, which is not a public address."
 
 
-def test_cancelled_and_failed_jobs_notify_too(tenant_a, named, allow_local, receiver_factory):  # noqa: F811
+@pytest.mark.usefixtures("named")
+def test_cancelled_and_failed_jobs_notify_too(tenant_a, allow_local, receiver_factory):
     receiver = receiver_factory([200])
     response = submit(tenant_a, csv_bytes(iris_rows(5)), webhook=receiver.url)
     job_id = response.json()["id"]
@@ -167,7 +172,8 @@ def test_cancelled_and_failed_jobs_notify_too(tenant_a, named, allow_local, rece
     assert events[1]["job"]["result"] is None
 
 
-def test_no_webhook_no_delivery(tenant_a, named):  # noqa: F811
+@pytest.mark.usefixtures("named")
+def test_no_webhook_no_delivery(tenant_a):
     job = run_job(submit(tenant_a, csv_bytes(iris_rows(5))).json()["id"])
     assert job.webhook_status == ""
     tasks.send_batch_webhook.apply(args=(job.id,))
@@ -175,7 +181,10 @@ def test_no_webhook_no_delivery(tenant_a, named):  # noqa: F811
     assert job.webhook_attempts == 0
 
 
-def test_each_attempt_is_in_the_organizations_delivery_log_and_on_the_job_page(tenant_a, tenant_b, named, allow_local, receiver_factory, settings):  # noqa: F811
+@pytest.mark.usefixtures("named")
+def test_each_attempt_is_in_the_organizations_delivery_log_and_on_the_job_page(
+    tenant_a, tenant_b, allow_local, receiver_factory, settings
+):
     settings.BATCH_WEBHOOK_MAX_RETRIES = 1
     target = receiver_factory([200])
     redirector = receiver_factory([302], headers={"Location": target.url})

@@ -1,4 +1,5 @@
 """Many clients at once against the real web process (granian, 2 workers x 2 threads)."""
+
 import subprocess
 import sys
 import threading
@@ -55,10 +56,14 @@ def test_concurrent_predictions_are_right_and_each_recorded_once(tenant_a, tmp_p
         wait_for_http(f"{base}/healthz", web, timeout=60)
         with ThreadPoolExecutor(max_workers=16) as pool:
             answers = list(pool.map(call, rows))
-        assert [status for _, status, _ in answers] == [200] * len(rows), [body for _, status, body in answers if status != 200][:3]
+        assert [status for _, status, _ in answers] == [200] * len(rows), [body for _, status, body in answers if status != 200][
+            :3
+        ]
         got = [body["predictions"][0] for _, _, body in answers]
         assert got == estimator.predict(np.array(rows)).tolist()
-        np.testing.assert_allclose([body["probabilities"][0] for _, _, body in answers], estimator.predict_proba(np.array(rows)), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            [body["probabilities"][0] for _, _, body in answers], estimator.predict_proba(np.array(rows)), rtol=0, atol=1e-12
+        )
         ids = {body["id"] for _, _, body in answers}
         assert len(ids) == len(rows)
 
@@ -71,7 +76,7 @@ def test_concurrent_predictions_are_right_and_each_recorded_once(tenant_a, tmp_p
         for row, _, body in answers[:50]:
             assert by_id[body["id"]]["in"] == [row] and by_id[body["id"]]["out"] == body["predictions"]
         text = requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=10).text
-        line = next(l for l in text.splitlines() if l.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in l)
+        line = next(s for s in text.splitlines() if s.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in s)
         assert float(line.rsplit(" ", 1)[1]) == len(rows)
     finally:
         web.terminate()

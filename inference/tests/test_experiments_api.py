@@ -1,4 +1,5 @@
 """Experiments: start (validated), route by unit, stop, promote the winner as a release."""
+
 import pytest
 from sklearn.dummy import DummyClassifier
 
@@ -26,7 +27,11 @@ def iris(tenant_a):
 
 
 def start(client, body=None, **changes):
-    body = body or {"name": "v2-vs-v1", "variants": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}], "metric": "accuracy"}
+    body = body or {
+        "name": "v2-vs-v1",
+        "variants": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}],
+        "metric": "accuracy",
+    }
     return client.post(URL, {**body, **changes}, format="json")
 
 
@@ -52,15 +57,45 @@ def test_start_an_experiment_and_list_it(tenant_a, iris, django_capture_on_commi
 @pytest.mark.parametrize(
     "changes, field, fragment",
     [
-        pytest.param({"variants": [{"version": 1, "weight": 50}, {"version": 9, "weight": 50}]}, "variants[1].version", "no version 9", id="unknown-version"),
-        pytest.param({"variants": [{"version": 1, "weight": 50}, {"version": 2, "weight": 40}]}, "variants", "sum to 90", id="weights-under-100"),
-        pytest.param({"variants": [{"version": 1, "weight": 70}, {"version": 2, "weight": 40}]}, "variants", "sum to 110", id="weights-over-100"),
-        pytest.param({"variants": [{"version": 1, "weight": 50}, {"version": 1, "weight": 50}]}, "variants[1].version", "appears twice", id="same-version-twice"),
+        pytest.param(
+            {"variants": [{"version": 1, "weight": 50}, {"version": 9, "weight": 50}]},
+            "variants[1].version",
+            "no version 9",
+            id="unknown-version",
+        ),
+        pytest.param(
+            {"variants": [{"version": 1, "weight": 50}, {"version": 2, "weight": 40}]},
+            "variants",
+            "sum to 90",
+            id="weights-under-100",
+        ),
+        pytest.param(
+            {"variants": [{"version": 1, "weight": 70}, {"version": 2, "weight": 40}]},
+            "variants",
+            "sum to 110",
+            id="weights-over-100",
+        ),
+        pytest.param(
+            {"variants": [{"version": 1, "weight": 50}, {"version": 1, "weight": 50}]},
+            "variants[1].version",
+            "appears twice",
+            id="same-version-twice",
+        ),
         pytest.param({"variants": [{"version": 1, "weight": 100}]}, "variants", "2 to 10 variants", id="one-variant"),
-        pytest.param({"variants": [{"version": 1, "weight": 0}, {"version": 2, "weight": 100}]}, "variants[0].weight", "1 to 99", id="zero-weight"),
+        pytest.param(
+            {"variants": [{"version": 1, "weight": 0}, {"version": 2, "weight": 100}]},
+            "variants[0].weight",
+            "1 to 99",
+            id="zero-weight",
+        ),
         pytest.param({"metric": "mae"}, "metric", "needs a regression model", id="metric-for-another-task"),
         pytest.param({"metric": "auc"}, "metric", "valid choice", id="unknown-metric"),
-        pytest.param({"variants": [{"version": 1, "weight": 50, "colour": "red"}, {"version": 2, "weight": 50}]}, "variants.0.colour", "Unknown field", id="unknown-variant-field"),
+        pytest.param(
+            {"variants": [{"version": 1, "weight": 50, "colour": "red"}, {"version": 2, "weight": 50}]},
+            "variants.0.colour",
+            "Unknown field",
+            id="unknown-variant-field",
+        ),
     ],
 )
 def test_bad_experiments_name_the_field(tenant_a, iris, changes, field, fragment):
@@ -85,14 +120,19 @@ def test_only_one_experiment_runs_per_model(tenant_a, iris):
 def test_a_viewer_key_cannot_start_an_experiment(tenant_a, iris):
     from accounts import services
 
-    _, plaintext = services.create_api_key(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="ro", scopes=["read"])
+    _, plaintext = services.create_api_key(
+        caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="ro", scopes=["read"]
+    )
     response = start(tenant_a.key_client(plaintext))
     assert response.status_code == 403
 
 
 def test_requests_follow_the_experiment_and_stick_to_their_variant(tenant_a, iris, django_capture_on_commit_callbacks):
     client = tenant_a.key_client()
-    predict = lambda unit: client.post("/api/v1/models/acme/iris/predict", {"inputs": [ROW], "unit_id": unit}, format="json").json()
+
+    def predict(unit):
+        return client.post("/api/v1/models/acme/iris/predict", {"inputs": [ROW], "unit_id": unit}, format="json").json()
+
     assert predict("user-1")["variant"] is None  # the route is cached before the experiment
     with django_capture_on_commit_callbacks(execute=True):
         experiment_id = start(client).json()["id"]

@@ -1,4 +1,5 @@
 """Sticky assignment by a stable hash of (experiment, unit), in proportion to the weights."""
+
 from collections import Counter
 
 import pytest
@@ -9,7 +10,11 @@ UNITS = [f"user-{i}" for i in range(100_000)]
 
 
 def route(weights, experiment_id=42):
-    return ExperimentRoute(id=experiment_id, name="test", variants=tuple(Variant(name=f"v{i + 1}", weight=w, target=None) for i, w in enumerate(weights)))
+    return ExperimentRoute(
+        id=experiment_id,
+        name="test",
+        variants=tuple(Variant(name=f"v{i + 1}", weight=w, target=None) for i, w in enumerate(weights)),
+    )
 
 
 @pytest.mark.parametrize("weights", [(50, 50), (90, 10), (20, 30, 50)], ids=["50-50", "90-10", "20-30-50"])

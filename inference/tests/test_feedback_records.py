@@ -1,4 +1,5 @@
 """Feedback drains the record stream to find a fresh prediction; a refused feedback loses no record."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,7 +24,10 @@ def _iris(tenant, *, name: str = "iris"):
 def _queued_predictions(tenant, *, count: int) -> list[str]:
     """Predict `count` times; the records stay in the Redis stream (nothing drained yet)."""
     client = tenant.key_client()
-    ids = [client.post(f"/api/v1/models/{tenant.organization.slug}/iris/predict", {"inputs": [ROW]}, format="json").json()["id"] for _ in range(count)]
+    ids = [
+        client.post(f"/api/v1/models/{tenant.organization.slug}/iris/predict", {"inputs": [ROW]}, format="json").json()["id"]
+        for _ in range(count)
+    ]
     settle_pending()
     return ids
 
@@ -43,7 +47,9 @@ def empty_stream():
         pytest.param("own", {"value": 0.5}, 400, id="value-for-a-classifier"),
     ],
 )
-def test_refused_feedback_keeps_every_tenants_queued_records(transactional_db, tenant_a, tenant_b, empty_stream, prediction, body, status):
+def test_refused_feedback_keeps_every_tenants_queued_records(
+    transactional_db, tenant_a, tenant_b, empty_stream, prediction, body, status
+):
     _iris(tenant_a)
     _iris(tenant_b)
     others = _queued_predictions(tenant_b, count=30)
@@ -100,15 +106,27 @@ def test_ingestion_refuses_to_run_inside_another_transaction(transactional_db, t
 
 # --- the stream's bound ------------------------------------------------------------------
 
+
 def _record(tenant, model, n: int) -> dict:
     version = model.versions.get()
     return {
-        "id": f"prd_bound_{n:06d}", "ts": 1_700_000_000 + n, "org": tenant.organization.id, "model": model.id, "version": version.id,
-        "proto": "native", "rows": 1, "lat": 0.5, "hit": False, "in": [ROW], "out": [0],
+        "id": f"prd_bound_{n:06d}",
+        "ts": 1_700_000_000 + n,
+        "org": tenant.organization.id,
+        "model": model.id,
+        "version": version.id,
+        "proto": "native",
+        "rows": 1,
+        "lat": 0.5,
+        "hit": False,
+        "in": [ROW],
+        "out": [0],
     }
 
 
-def test_records_past_the_stream_bound_are_spilled_and_stored_not_trimmed(transactional_db, tenant_a, empty_stream, settings, client):
+def test_records_past_the_stream_bound_are_spilled_and_stored_not_trimmed(
+    transactional_db, tenant_a, empty_stream, settings, client
+):
     from prometheus_client import REGISTRY
 
     from platform_site.redis_client import MAX_PENDING_SENDS

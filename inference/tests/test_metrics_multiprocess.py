@@ -1,4 +1,5 @@
 """/metrics aggregates every web worker (prometheus_client multiprocess mode), under the real server."""
+
 import os
 import re
 import signal
@@ -29,7 +30,10 @@ def test_counters_add_up_across_two_web_processes(tenant_a, tmp_path, settings):
     log = (tmp_path / "web.log").open("wb")
     web = subprocess.Popen(
         [sys.executable, "-m", "platform_site.serve"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -45,7 +49,7 @@ def test_counters_add_up_across_two_web_processes(tenant_a, tmp_path, settings):
                 )
             assert response.status_code == 200, response.text
         text = requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=10).text
-        line = next(l for l in text.splitlines() if l.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in l)
+        line = next(s for s in text.splitlines() if s.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in s)
         assert float(line.rsplit(" ", 1)[1]) == 40.0
         # Each worker writes its own file; the scrape above summed whichever served.
         assert len(list((tmp_path / "prometheus").glob("counter_*.db"))) >= 1
@@ -67,10 +71,17 @@ def test_counters_add_up_across_two_web_processes(tenant_a, tmp_path, settings):
             time.sleep(0.2)
         assert workers[0] not in _live_gauge_pids(tmp_path / "prometheus")
         answered = requests.post(
-            f"{base}/api/v1/models/acme/iris/predict", json={"inputs": [[5.0, 3.4, 1.5, 0.2]]}, headers={"X-API-Key": tenant_a.api_key}, timeout=30
+            f"{base}/api/v1/models/acme/iris/predict",
+            json={"inputs": [[5.0, 3.4, 1.5, 0.2]]},
+            headers={"X-API-Key": tenant_a.api_key},
+            timeout=30,
         )
         assert answered.status_code == 200
-        total = next(l for l in requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=10).text.splitlines() if l.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in l)
+        total = next(
+            line
+            for line in requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=10).text.splitlines()
+            if line.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in line
+        )
         assert float(total.rsplit(" ", 1)[1]) == 41.0  # counters keep what the dead worker counted
         # Let the replacement finish starting: a worker still importing ignores the stop signal.
         deadline = time.monotonic() + 30
@@ -117,11 +128,14 @@ def test_cache_up_is_the_webs_alone_when_worker_and_beat_share_its_metrics_folde
         pool.workers["ingest"].wait_ready()
         beat.wait_ready()
         answered = requests.post(
-            f"{base}/api/v1/models/acme/iris/predict", json={"inputs": [[5.0, 3.4, 1.5, 0.2]]}, headers={"X-API-Key": tenant_a.api_key}, timeout=30
+            f"{base}/api/v1/models/acme/iris/predict",
+            json={"inputs": [[5.0, 3.4, 1.5, 0.2]]},
+            headers={"X-API-Key": tenant_a.api_key},
+            timeout=30,
         )
         assert answered.status_code == 200, answered.text
         text = requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=10).text
-        assert "modelhost_cache_up 1.0" in text.splitlines(), [l for l in text.splitlines() if "cache_up" in l]
+        assert "modelhost_cache_up 1.0" in text.splitlines(), [line for line in text.splitlines() if "cache_up" in line]
         writers = {pid for pid in _live_gauge_pids(folder)}
         assert writers and all(_parent(pid) == web.pid for pid in writers), pool.logs()
     finally:

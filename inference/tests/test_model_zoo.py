@@ -125,7 +125,9 @@ def churn(frame: pd.DataFrame) -> np.ndarray:
 
 
 def spend(frame: pd.DataFrame) -> np.ndarray:
-    return frame["visits"].to_numpy() * 3.0 + (frame["plan"] == "pro") * 20.0 + frame["city"].map({"paris": 5, "lyon": 1, "nice": 3})
+    return (
+        frame["visits"].to_numpy() * 3.0 + (frame["plan"] == "pro") * 20.0 + frame["city"].map({"paris": 5, "lyon": 1, "nice": 3})
+    )
 
 
 def numeric_pipeline() -> Pipeline:
@@ -237,7 +239,9 @@ ZOO: dict[str, Kind] = {
     "logistic-string-binary": Kind(on_numeric(LogisticRegression(), "string-binary")),
     "logistic-int-multiclass-pickle2": Kind(on_numeric(LogisticRegression(max_iter=500), "int-multiclass"), fmt="pickle2"),
     "logistic-bool-pickle3": Kind(on_numeric(LogisticRegression(), "bool"), fmt="pickle3"),
-    "logistic-mixed-width-strings-pickle4": Kind(on_numeric(LogisticRegression(max_iter=500), "mixed-width-strings"), fmt="pickle4"),
+    "logistic-mixed-width-strings-pickle4": Kind(
+        on_numeric(LogisticRegression(max_iter=500), "mixed-width-strings"), fmt="pickle4"
+    ),
     "logistic-object-strings-pickle5": Kind(on_numeric(LogisticRegression(), "object-strings"), fmt="pickle5"),
     "svc-without-proba-string-skops": Kind(on_numeric(SVC(), "string-multiclass"), fmt="skops"),
     "svc-with-proba-int": Kind(on_numeric(SVC(probability=True, random_state=0), "int-multiclass")),
@@ -245,9 +249,13 @@ ZOO: dict[str, Kind] = {
     "ridge-classifier-string": Kind(on_numeric(RidgeClassifier(), "string-multiclass")),
     "perceptron-int": Kind(on_numeric(Perceptron(random_state=0), "int-multiclass")),
     "decision-tree-bool": Kind(on_numeric(DecisionTreeClassifier(max_depth=4, random_state=0), "bool")),
-    "random-forest-string-multiclass": Kind(on_numeric(RandomForestClassifier(n_estimators=20, random_state=0), "string-multiclass")),
+    "random-forest-string-multiclass": Kind(
+        on_numeric(RandomForestClassifier(n_estimators=20, random_state=0), "string-multiclass")
+    ),
     "extra-trees-bool-skops": Kind(on_numeric(ExtraTreesClassifier(n_estimators=20, random_state=0), "bool"), fmt="skops"),
-    "gradient-boosting-string-binary": Kind(on_numeric(GradientBoostingClassifier(n_estimators=20, random_state=0), "string-binary")),
+    "gradient-boosting-string-binary": Kind(
+        on_numeric(GradientBoostingClassifier(n_estimators=20, random_state=0), "string-binary")
+    ),
     "knn-mixed-width-strings": Kind(on_numeric(KNeighborsClassifier(), "mixed-width-strings")),
     "gaussian-nb-string-pickle5": Kind(on_numeric(GaussianNB(), "string-multiclass"), fmt="pickle5"),
     "mlp-string": Kind(on_numeric(MLPClassifier(hidden_layer_sizes=(8,), max_iter=300, random_state=0), "string-binary")),
@@ -261,7 +269,9 @@ ZOO: dict[str, Kind] = {
     "svr": Kind(on_numeric_regression(SVR())),
     "knn-regressor-skops": Kind(on_numeric_regression(KNeighborsRegressor()), fmt="skops"),
     "gradient-boosting-regressor": Kind(on_numeric_regression(GradientBoostingRegressor(n_estimators=20, random_state=0))),
-    "random-forest-regressor-2-targets": Kind(on_numeric_regression(RandomForestRegressor(n_estimators=10, random_state=0), outputs=2)),
+    "random-forest-regressor-2-targets": Kind(
+        on_numeric_regression(RandomForestRegressor(n_estimators=10, random_state=0), outputs=2)
+    ),
     "multi-output-regressor": Kind(on_numeric_regression(MultiOutputRegressor(Ridge()), outputs=2)),
     # pipelines on DataFrames with string categories and missing values
     "pipeline-onehot-impute-scale-logistic": Kind(on_customers(onehot_logistic), example=True),
@@ -279,15 +289,21 @@ ZOO: dict[str, Kind] = {
     "isolation-forest": Kind(on_numeric_unsupervised(IsolationForest(n_estimators=10, random_state=0))),
     "local-outlier-factor-novelty-pickle4": Kind(on_numeric_unsupervised(LocalOutlierFactor(novelty=True)), fmt="pickle4"),
     "kmeans": Kind(on_numeric_unsupervised(KMeans(n_clusters=3, n_init=2, random_state=0))),
-    "pipeline-scale-kmeans-skops": Kind(on_numeric_unsupervised(make_pipeline(StandardScaler(), KMeans(n_clusters=4, n_init=2, random_state=0))), fmt="skops"),
+    "pipeline-scale-kmeans-skops": Kind(
+        on_numeric_unsupervised(make_pipeline(StandardScaler(), KMeans(n_clusters=4, n_init=2, random_state=0))), fmt="skops"
+    ),
     # MLflow model folders as zip
     "mlflow-pipeline-string-columns": Kind(on_customers(onehot_logistic), fmt="mlflow"),
     "mlflow-logistic-string-labels": Kind(on_numeric(LogisticRegression(), "string-binary"), fmt="mlflow"),
     # kinds the platform refuses at upload
     "function-transformer-sin": Kind(sin_pipeline, refused="numpy.sin"),
     # skops would hand out the real functools.partial, so its trusted types leave it out: save such a model with joblib.
-    "hist-gradient-boosting-native-categories-skops": Kind(hist_gradient_boosting_native_categories, fmt="skops", example=True, refused="functools.partial"),
-    "local-outlier-factor-without-novelty": Kind(on_numeric_unsupervised(LocalOutlierFactor()), refused="fit it with LocalOutlierFactor(novelty=True)"),
+    "hist-gradient-boosting-native-categories-skops": Kind(
+        hist_gradient_boosting_native_categories, fmt="skops", example=True, refused="functools.partial"
+    ),
+    "local-outlier-factor-without-novelty": Kind(
+        on_numeric_unsupervised(LocalOutlierFactor()), refused="fit it with LocalOutlierFactor(novelty=True)"
+    ),
     "dbscan-without-predict": Kind(on_numeric_unsupervised(DBSCAN()), refused="has no predict for new rows"),
 }
 SERVED = [name for name, kind in ZOO.items() if kind.refused is None]
@@ -306,7 +322,13 @@ def records_of(x, rows: int) -> list:
     """Rows as JSON: records (null for a missing value) for a frame, lists of floats for an array."""
     if isinstance(x, pd.DataFrame):
         head = x.iloc[:rows].astype(object)
-        return [{k: (None if isinstance(v, float) and np.isnan(v) else (v.item() if hasattr(v, "item") else v)) for k, v in row.items()} for row in head.to_dict("records")]
+        return [
+            {
+                k: (None if isinstance(v, float) and np.isnan(v) else (v.item() if hasattr(v, "item") else v))
+                for k, v in row.items()
+            }
+            for row in head.to_dict("records")
+        ]
     return x[:rows].tolist()
 
 
@@ -409,7 +431,12 @@ def v2_values(tensor: dict, want: list) -> list:
 
 
 def is_multi_output(probabilities: list) -> bool:
-    return bool(probabilities) and isinstance(probabilities[0], list) and bool(probabilities[0]) and isinstance(probabilities[0][0], list)
+    return (
+        bool(probabilities)
+        and isinstance(probabilities[0], list)
+        and bool(probabilities[0])
+        and isinstance(probabilities[0][0], list)
+    )
 
 
 # ----------------------------------------------------------------------- the uploaded zoo
@@ -455,7 +482,9 @@ def zoo(django_db_setup, django_db_blocker, tmp_path_factory):
             for name, kind in ZOO.items():
                 fields = {}
                 if kind.refused is None:
-                    fields["reference_data"] = f.upload_file(reference_frame(fitted(name)[1]).to_csv(index=False).encode(), "reference.csv")
+                    fields["reference_data"] = f.upload_file(
+                        reference_frame(fitted(name)[1]).to_csv(index=False).encode(), "reference.csv"
+                    )
                 (folder / name).mkdir()
                 uploads[name] = upload(tenant, name, folder / name, **fields)
             yield Zoo(tenant=tenant, uploads=uploads)
@@ -503,7 +532,9 @@ def test_zoo_model_serves_every_protocol_as_it_predicts(name, zoo, client):
     v2_proba = has_proba and (not is_multi_output(probabilities) or len({np.shape(part) for part in probabilities}) == 1)
     v2_request = v2_body(signature, rows, want_proba=v2_proba)
     for attempt in ("either", "HIT"):  # rows sent as a frame share the native request's cache entry
-        answer = client.post(f"/v2/models/{name}/versions/1/infer", orjson.dumps(v2_request), content_type="application/json", **headers)
+        answer = client.post(
+            f"/v2/models/{name}/versions/1/infer", orjson.dumps(v2_request), content_type="application/json", **headers
+        )
         assert answer.status_code == 200, answer.content
         assert answer["X-Cache"] == attempt or attempt == "either"
         outputs = {output["name"]: output for output in answer.json()["outputs"]}
@@ -515,7 +546,9 @@ def test_zoo_model_serves_every_protocol_as_it_predicts(name, zoo, client):
             assert_same_probabilities(v2_values(outputs["predict_proba"], probabilities), probabilities)
 
     names = [c["name"] for c in signature["inputs"]]
-    split = {"dataframe_split": {"columns": names, "data": [[row[n] for n in names] if isinstance(row, dict) else row for row in rows]}}
+    split = {
+        "dataframe_split": {"columns": names, "data": [[row[n] for n in names] if isinstance(row, dict) else row for row in rows]}
+    }
     for attempt in ("either", "HIT"):  # rows without probabilities share the native request's cache entry
         answer = client.post(zoo_url(name, "invocations"), orjson.dumps(split), content_type="application/json", **headers)
         assert answer.status_code == 200, answer.content
@@ -532,9 +565,14 @@ def test_zoo_model_that_cannot_serve_is_refused_at_upload_naming_why(name, zoo):
 
 
 def test_multi_output_probabilities_of_different_widths_are_a_v2_400_naming_them(zoo, client):
-    body = v2_body({"inputs": [{"name": f"f{i}", "type": "double"} for i in range(4)]}, records_of(numeric_x(), 2), want_proba=True)
+    body = v2_body(
+        {"inputs": [{"name": f"f{i}", "type": "double"} for i in range(4)]}, records_of(numeric_x(), 2), want_proba=True
+    )
     answer = client.post(
-        "/v2/models/multi-output-logistic-strings/versions/1/infer", orjson.dumps(body), content_type="application/json", HTTP_X_API_KEY=zoo.tenant.api_key
+        "/v2/models/multi-output-logistic-strings/versions/1/infer",
+        orjson.dumps(body),
+        content_type="application/json",
+        HTTP_X_API_KEY=zoo.tenant.api_key,
     )
     assert answer.status_code == 400
     assert "different numbers of classes (2, 3)" in answer.json()["error"]
@@ -613,7 +651,10 @@ def test_zoo_model_try_page_renders_its_form_and_answers_what_it_submits(name, z
     widgets = {"double": "number", "long": "number", "string": "text", "boolean": "select"}
     assert [form.kinds[c["name"]] for c in columns] == [widgets[c["type"]] for c in columns]
     assert 'id="try-result"' in html
-    meaning = {"outlier_detection": "-1 for an outlier and 1 for an inlier", "clustering": "the id of the cluster the row falls in"}
+    meaning = {
+        "outlier_detection": "-1 for an outlier and 1 for an inlier",
+        "clustering": "the id of the cluster the row falls in",
+    }
     if version["task"] in meaning:
         assert meaning[version["task"]] in html
     else:
@@ -621,11 +662,13 @@ def test_zoo_model_try_page_renders_its_form_and_answers_what_it_submits(name, z
 
     # The person fills in what the form leaves empty with the first training row, and presses Predict.
     first = records_of(x, 1)[0]
-    first = first if isinstance(first, dict) else dict(zip((c["name"] for c in columns), first))
+    first = first if isinstance(first, dict) else dict(zip((c["name"] for c in columns), first, strict=True))
     texts = {c["name"]: form.values[c["name"]] or as_typed_text(first[c["name"]]) for c in columns}
     row = [typed_as_the_page_sends(c["type"], texts[c["name"]]) for c in columns]
     body = {"inputs": [row]} | ({"parameters": {"probabilities": True}} if version["has_predict_proba"] else {})
-    answer = browser.post(zoo_url(name, "predict"), orjson.dumps(body), content_type="application/json", HTTP_X_CSRFTOKEN=form.csrf_token)
+    answer = browser.post(
+        zoo_url(name, "predict"), orjson.dumps(body), content_type="application/json", HTTP_X_CSRFTOKEN=form.csrf_token
+    )
     assert answer.status_code == 200, answer.content
     assert not getattr(answer, "served_by_dispatcher", False)  # a session's request takes Django's full path
 
@@ -654,7 +697,12 @@ def feature_kinds(x) -> list[str]:
 def test_zoo_model_drift_report_compares_each_feature_and_the_predictions(name, zoo, client):
     estimator, x = fitted(name)
     version = zoo.version(name)
-    answer = client.post(zoo_url(name, "predict"), orjson.dumps({"inputs": records_of(x, 40)}), content_type="application/json", HTTP_X_API_KEY=zoo.tenant.api_key)
+    answer = client.post(
+        zoo_url(name, "predict"),
+        orjson.dumps({"inputs": records_of(x, 40)}),
+        content_type="application/json",
+        HTTP_X_API_KEY=zoo.tenant.api_key,
+    )
     assert answer.status_code == 200, answer.content
     settle_pending()  # the record leaves with the connection's next round trip
     assert records.drain_stream() == 1
@@ -807,7 +855,12 @@ def result_predictions(outcome: BatchOutcome, fmt: str, outputs: int, width: int
 def test_zoo_batch_job_of_1000_rows_equals_the_estimator(name, fmt, zoo_batch):
     estimator, x = fitted(name)
     outcome = zoo_batch[(name, fmt)]
-    assert outcome.job.get("status") == "succeeded", (outcome.job.get("error"), outcome.job.get("errors"), outcome.job, outcome.logs)
+    assert outcome.job.get("status") == "succeeded", (
+        outcome.job.get("error"),
+        outcome.job.get("errors"),
+        outcome.job,
+        outcome.logs,
+    )
     assert (outcome.job["rows_total"], outcome.job["rows_failed"]) == (1000, 0)
     source = batch_rows(x)
     model_input = source if isinstance(x, pd.DataFrame) else source.to_numpy()
@@ -833,7 +886,9 @@ def test_a_batch_job_asking_a_multi_output_classifier_for_probabilities_is_a_400
         format="multipart",
     )
     assert refused.status_code == 400, refused.content
-    assert refused.json()["errors"] == [{"field": "probabilities", "message": "not available for a multi-output model's batch job"}]
+    assert refused.json()["errors"] == [
+        {"field": "probabilities", "message": "not available for a multi-output model's batch job"}
+    ]
     assert "multi-output classifier" in refused.json()["detail"]
 
 
@@ -890,11 +945,29 @@ MLFLOW_ROW = {"dataframe_split": {"columns": ["f0", "f1", "f2", "f3"], "data": [
 @pytest.mark.parametrize(
     "path, body, content_type, error_key, session",
     [
-        pytest.param("/api/v1/models/acme/lost/versions/1/predict", NATIVE_ROW, "application/problem+json", "detail", False, id="native"),
-        pytest.param("/api/v1/models/acme/lost/versions/1/predict", NATIVE_ROW, "application/problem+json", "detail", True, id="native-session"),
+        pytest.param(
+            "/api/v1/models/acme/lost/versions/1/predict", NATIVE_ROW, "application/problem+json", "detail", False, id="native"
+        ),
+        pytest.param(
+            "/api/v1/models/acme/lost/versions/1/predict",
+            NATIVE_ROW,
+            "application/problem+json",
+            "detail",
+            True,
+            id="native-session",
+        ),
         pytest.param("/v2/models/lost/versions/1/infer", V2_ROW, "application/json", "error", False, id="v2"),
-        pytest.param("/api/v1/models/acme/lost/versions/1/invocations", MLFLOW_ROW, "application/json", "message", False, id="mlflow"),
-        pytest.param("/api/v1/models/acme/lost/versions/1/invocations", MLFLOW_ROW, "application/json", "message", True, id="mlflow-session"),
+        pytest.param(
+            "/api/v1/models/acme/lost/versions/1/invocations", MLFLOW_ROW, "application/json", "message", False, id="mlflow"
+        ),
+        pytest.param(
+            "/api/v1/models/acme/lost/versions/1/invocations",
+            MLFLOW_ROW,
+            "application/json",
+            "message",
+            True,
+            id="mlflow-session",
+        ),
     ],
 )
 def test_an_unexpected_failure_of_the_platform_is_a_500_with_a_request_id_never_the_debug_page(
@@ -908,7 +981,9 @@ def test_an_unexpected_failure_of_the_platform_is_a_500_with_a_request_id_never_
 
     settings.DEBUG = True
     model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="lost")
-    version = f.create_version(model, RandomForestClassifier(n_estimators=5, random_state=0).fit(numeric_x(), labels("string-binary")))
+    version = f.create_version(
+        model, RandomForestClassifier(n_estimators=5, random_state=0).fit(numeric_x(), labels("string-binary"))
+    )
     for stored in (version.artifact, version.serving_artifact):  # the model store lost the files: no code path expects it
         stored.storage.delete(stored.name)
     client = Client()
@@ -930,7 +1005,11 @@ def test_an_unexpected_failure_of_the_platform_is_a_500_with_a_request_id_never_
 
 
 def upload_frame_model(tenant, name: str, estimator, frame: pd.DataFrame, **fields):
-    data = {"file": f.upload_file(f.joblib_bytes(estimator), "model.joblib"), "input_example": orjson.dumps(records_of(frame, 5)).decode(), **fields}
+    data = {
+        "file": f.upload_file(f.joblib_bytes(estimator), "model.joblib"),
+        "input_example": orjson.dumps(records_of(frame, 5)).decode(),
+        **fields,
+    }
     return tenant.jwt_client().post(f"/api/v1/models/acme/{name}/versions", data, format="multipart")
 
 
@@ -954,7 +1033,7 @@ def test_outlier_feedback_is_minus_one_or_one_and_counts_in_accuracy_and_a_clust
     truth = client.post(f"/api/v1/predictions/{outlier['id']}/feedback", {"label": outlier["predictions"][0]}, format="json")
     assert truth.status_code == 201, truth.content
     quality.roll_up_quality()
-    day, = client.get(f"/api/v1/models/{ZOO_ORG}/isolation-forest/quality").json()["days"]
+    (day,) = client.get(f"/api/v1/models/{ZOO_ORG}/isolation-forest/quality").json()["days"]
     assert (day["metric"], day["feedback"], day["correct"]) == ("accuracy", 1, 1)
 
     cluster = client.post(zoo_url("kmeans", "predict"), row, format="json").json()

@@ -66,7 +66,7 @@ def test_rows_as_objects_and_a_single_object(tenant_a):
     model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="named")
     f.create_version(model, f.iris_frame_model(), promote=True)
     client = tenant_a.key_client()
-    record = dict(zip(reversed(f.IRIS_FEATURES), reversed(ROW)))  # order does not matter
+    record = dict(zip(reversed(f.IRIS_FEATURES), reversed(ROW), strict=True))  # order does not matter
     many = predict(client, {"inputs": [record, record]}, "/api/v1/models/acme/named/predict")
     assert many.status_code == 200, many.content
     assert many.json()["predictions"] == [0, 0]
@@ -85,11 +85,22 @@ def test_explicit_version_predict(tenant_a, iris):
     "body, status, row, column, fragment",
     [
         pytest.param({"inputs": [ROW, [1.0, 2.0]]}, 400, 1, "*", "expected 4 values, got 2", id="short-row"),
-        pytest.param({"inputs": [[5.1, "wide", 1.4, 0.2]]}, 400, 0, "f1", "expected a number, got the string 'wide'", id="string-for-number"),
-        pytest.param({"inputs": [[5.1, True, 1.4, 0.2]]}, 400, 0, "f1", "expected a number, got the boolean true", id="boolean-for-number"),
+        pytest.param(
+            {"inputs": [[5.1, "wide", 1.4, 0.2]]},
+            400,
+            0,
+            "f1",
+            "expected a number, got the string 'wide'",
+            id="string-for-number",
+        ),
+        pytest.param(
+            {"inputs": [[5.1, True, 1.4, 0.2]]}, 400, 0, "f1", "expected a number, got the boolean true", id="boolean-for-number"
+        ),
         pytest.param({"inputs": [ROW, [5.1, None, 1.4, 0.2]]}, 400, 1, "f1", "missing value", id="null-not-allowed"),
         pytest.param({"inputs": [{"f0": 1, "f1": 2, "f2": 3}]}, 400, 0, "f3", "missing feature", id="missing-named-feature"),
-        pytest.param({"inputs": [{"f0": 1, "f1": 2, "f2": 3, "f3": 4, "f9": 5}]}, 400, 0, "f9", "unknown feature", id="unknown-feature"),
+        pytest.param(
+            {"inputs": [{"f0": 1, "f1": 2, "f2": 3, "f3": 4, "f9": 5}]}, 400, 0, "f9", "unknown feature", id="unknown-feature"
+        ),
         pytest.param({"inputs": [[5.1, [3.5], 1.4, 0.2]]}, 400, 0, "f1", "nested list", id="nested-value"),
     ],
 )
@@ -109,8 +120,15 @@ def test_bad_rows_name_row_and_column(tenant_a, iris, body, status, row, column,
         pytest.param({"inputs": []}, "invalid_input", "inputs", id="empty-batch"),
         pytest.param({}, "invalid_input", "inputs", id="no-inputs"),
         pytest.param({"inputs": [ROW], "colour": 1}, "invalid_input", "colour", id="unknown-field"),
-        pytest.param({"inputs": [ROW], "parameters": {"explain": True}}, "invalid_input", "parameters.explain", id="unknown-parameter"),
-        pytest.param({"inputs": [ROW], "parameters": {"probabilities": "yes"}}, "invalid_input", "parameters.probabilities", id="probabilities-not-boolean"),
+        pytest.param(
+            {"inputs": [ROW], "parameters": {"explain": True}}, "invalid_input", "parameters.explain", id="unknown-parameter"
+        ),
+        pytest.param(
+            {"inputs": [ROW], "parameters": {"probabilities": "yes"}},
+            "invalid_input",
+            "parameters.probabilities",
+            id="probabilities-not-boolean",
+        ),
         pytest.param([ROW], "invalid_input", "body", id="body-not-object"),
     ],
 )
@@ -147,7 +165,11 @@ def test_integer_columns_accept_whole_floats_only(tenant_a):
 
     model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="counts")
     version = f.create_version(model, f.regression_model(), promote=True)
-    version.signature = {"inputs": [{"name": n, "type": "long"} for n in ("a", "b", "c")], "source": "input_example", "named": True}
+    version.signature = {
+        "inputs": [{"name": n, "type": "long"} for n in ("a", "b", "c")],
+        "source": "input_example",
+        "named": True,
+    }
     version.save(update_fields=["signature"])
     client = tenant_a.key_client()
     ok = predict(client, {"inputs": [[1.0, 2, 3.0]]}, "/api/v1/models/acme/counts/predict")
@@ -186,6 +208,7 @@ def test_unauthenticated_is_401(api_client, iris):
 
 
 # --- cache correctness across releases ---------------------------------------------------
+
 
 def test_promotion_and_rollback_never_serve_another_versions_answer(tenant_a, iris, django_capture_on_commit_callbacks):
     from accounts.principals import Caller
@@ -231,6 +254,7 @@ def test_promotion_in_another_process_is_seen_on_the_next_request(tenant_a, iris
 
 # --- the hot path's budget ---------------------------------------------------------------
 
+
 def test_warm_predict_makes_no_database_query(tenant_a, iris, django_assert_num_queries, settings):
     settings.API_KEY_LAST_USED_WRITE_SECONDS = 3600
     client = tenant_a.key_client()
@@ -241,6 +265,7 @@ def test_warm_predict_makes_no_database_query(tenant_a, iris, django_assert_num_
 
 
 # --- prediction records ------------------------------------------------------------------
+
 
 def test_record_is_in_the_stream_before_the_response_and_drained_once(tenant_a, iris):
     from platform_site.redis_client import get_redis
@@ -270,7 +295,21 @@ def test_records_read_by_a_crashed_worker_are_claimed_and_stored_once(tenant_a, 
     assert len(taken[0][1]) == 2  # read, never acknowledged: the worker died
     assert records.drain_stream() == 3
     assert PredictionRecord.objects.count() == 3
-    records.ingest_records([{**{"id": PredictionRecord.objects.first().prediction_id}, "ts": 0, "org": 1, "model": 1, "version": 1, "proto": "native", "rows": 1, "lat": 1.0, "hit": False}])
+    records.ingest_records(
+        [
+            {
+                **{"id": PredictionRecord.objects.first().prediction_id},
+                "ts": 0,
+                "org": 1,
+                "model": 1,
+                "version": 1,
+                "proto": "native",
+                "rows": 1,
+                "lat": 1.0,
+                "hit": False,
+            }
+        ]
+    )
     assert PredictionRecord.objects.count() == 3  # a batch inserted twice is stored once
 
 
@@ -282,6 +321,7 @@ def test_failed_predictions_are_recorded_with_their_code(tenant_a, iris):
 
 
 # --- Redis down --------------------------------------------------------------------------
+
 
 @pytest.fixture
 def redis_down(settings):
@@ -307,6 +347,7 @@ def test_predictions_are_served_uncached_when_redis_is_down(tenant_a, iris, redi
 
 
 # --- limits ------------------------------------------------------------------------------
+
 
 def test_rate_limit_per_key_answers_429_with_headers(tenant_a, iris):
     ApiKey.objects.filter(id=tenant_a.api_key_id).update(rate_limit_per_minute=2)
@@ -357,7 +398,13 @@ def test_a_prediction_waits_for_one_redis_round_trip(tenant_a, iris, monkeypatch
     hot = redis_client._HotConnection
     for name in ("send", "send_more", "read"):
         original = getattr(hot, name)
-        monkeypatch.setattr(hot, name, lambda self, arg, _name=name, _original=original: calls.append((_name, arg if _name == "read" else arg[0][0])) or _original(self, arg))
+        monkeypatch.setattr(
+            hot,
+            name,
+            lambda self, arg, _name=name, _original=original: (
+                calls.append((_name, arg if _name == "read" else arg[0][0])) or _original(self, arg)
+            ),
+        )
 
     hit = predict(client, {"inputs": [ROW]})
     assert hit["X-Cache"] == "HIT"
@@ -411,8 +458,12 @@ def test_a_record_whose_reply_is_lost_is_kept_in_process_and_stored_once(tenant_
     assert ids == sorted([first.json()["id"], second.json()["id"]])
 
 
-@pytest.mark.parametrize("settled", [False, True, "read"], ids=["record-still-queued", "record-delivered-then-dropped", "nothing-owed"])
-def test_a_connection_redis_dropped_while_idle_is_replaced_not_failed_open(tenant_a, iris, monkeypatch, replies_with_next_request, settled):
+@pytest.mark.parametrize(
+    "settled", [False, True, "read"], ids=["record-still-queued", "record-delivered-then-dropped", "nothing-owed"]
+)
+def test_a_connection_redis_dropped_while_idle_is_replaced_not_failed_open(
+    tenant_a, iris, monkeypatch, replies_with_next_request, settled
+):
     """Replies owed by an idle connection are read before it is used again: if Redis dropped it
     (a restart, a failover, an idle timeout), the request goes on over a new connection and is
     counted, instead of failing open and opening the breaker. Either the queued record never
@@ -518,7 +569,11 @@ def test_a_batch_the_database_refuses_stays_buffered_for_the_next_flush(tenant_a
 
 def test_organization_limit_applies_across_keys(tenant_a, iris):
     Organization.objects.filter(id=tenant_a.organization.id).update(rate_limit_per_minute=1)
-    other = tenant_a.jwt_client().post("/api/v1/orgs/acme/api-keys", {"name": "b", "scopes": ["predict"]}, format="json").json()["key"]
+    other = (
+        tenant_a.jwt_client()
+        .post("/api/v1/orgs/acme/api-keys", {"name": "b", "scopes": ["predict"]}, format="json")
+        .json()["key"]
+    )
     assert predict(tenant_a.key_client(), {"inputs": [ROW]}).status_code == 200
     refused = predict(tenant_a.key_client(other), {"inputs": [ROW]})
     assert refused.status_code == 429
@@ -539,6 +594,7 @@ def test_monthly_quota_refuses_without_counting(tenant_a, iris):
 
 
 # --- feedback ----------------------------------------------------------------------------
+
 
 def test_feedback_is_recorded_for_a_prediction(tenant_a, iris):
     from inference.models import Feedback
@@ -589,15 +645,32 @@ def test_metrics_count_predictions(tenant_a, iris, client, settings):
 
 # --- database down -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "path, body, content_type, shape",
     [
-        pytest.param("/api/v1/models/acme/iris/predict", {"inputs": [ROW]}, "application/problem+json", {"type", "title", "status", "detail", "code", "service"}, id="native"),
-        pytest.param("/api/v1/models/acme/iris/invocations", {"inputs": [ROW]}, "application/json", {"error_code", "message"}, id="mlflow"),
-        pytest.param("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": ROW}]}, "application/json", {"error"}, id="v2"),
+        pytest.param(
+            "/api/v1/models/acme/iris/predict",
+            {"inputs": [ROW]},
+            "application/problem+json",
+            {"type", "title", "status", "detail", "code", "service"},
+            id="native",
+        ),
+        pytest.param(
+            "/api/v1/models/acme/iris/invocations", {"inputs": [ROW]}, "application/json", {"error_code", "message"}, id="mlflow"
+        ),
+        pytest.param(
+            "/v2/models/iris/infer",
+            {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": ROW}]},
+            "application/json",
+            {"error"},
+            id="v2",
+        ),
     ],
 )
-def test_database_down_on_a_cold_route_is_503_in_each_protocols_shape(tenant_a, iris, monkeypatch, path, body, content_type, shape):
+def test_database_down_on_a_cold_route_is_503_in_each_protocols_shape(
+    tenant_a, iris, monkeypatch, path, body, content_type, shape
+):
     from django.db import OperationalError
 
     from inference import routing
@@ -617,8 +690,8 @@ def test_database_down_on_a_cold_route_is_503_in_each_protocols_shape(tenant_a, 
 
 def test_warm_predictions_survive_a_database_outage(tenant_a, iris, monkeypatch):
     """Keys, routes and models are in process memory: a warm path needs no database."""
-    from django.db.backends.utils import CursorWrapper
     from django.db import OperationalError
+    from django.db.backends.utils import CursorWrapper
 
     client = tenant_a.key_client()
     assert predict(client, {"inputs": [ROW]}).status_code == 200

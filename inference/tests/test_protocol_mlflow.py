@@ -47,7 +47,10 @@ MIXED = InputSpec(
 
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
-    """Two real MLflow models, fitted on a DataFrame and on an ndarray, with the input examples MLflow turns into serving examples."""
+    """Two real MLflow models, fitted on a DataFrame and on an ndarray.
+
+    Each with the input example MLflow turns into its serving example.
+    """
     import mlflow.sklearn
     from mlflow.models import Model
     from sklearn.datasets import load_iris
@@ -78,7 +81,7 @@ def mlflow_rows(body: str, names: list[str], schema=None) -> list[list]:
     if isinstance(parsed, pd.DataFrame):
         return parsed[names].to_numpy().tolist()
     if isinstance(parsed, dict):
-        return [list(row) for row in zip(*(np.asarray(parsed[name]).tolist() for name in names))]
+        return [list(row) for row in zip(*(np.asarray(parsed[name]).tolist() for name in names), strict=True)]
     return np.asarray(parsed).tolist()
 
 
@@ -121,11 +124,12 @@ FORMATS = [
         {"dataframe_split": {"columns": REORDERED, "index": [7, 8, 9], "data": [[r[2], r[0], r[3], r[1]] for r in ROWS]}},
         id="split-columns-reordered",
     ),
-    pytest.param({"dataframe_records": [dict(zip(IRIS, row)) for row in ROWS]}, id="records"),
+    pytest.param({"dataframe_records": [dict(zip(IRIS, row, strict=True)) for row in ROWS]}, id="records"),
     pytest.param(
-        {"dataframe_records": [dict(zip(REORDERED, (r[2], r[0], r[3], r[1]))) for r in ROWS]}, id="records-keys-reordered"
+        {"dataframe_records": [dict(zip(REORDERED, (r[2], r[0], r[3], r[1]), strict=True)) for r in ROWS]},
+        id="records-keys-reordered",
     ),
-    pytest.param({"instances": [dict(zip(IRIS, row)) for row in ROWS]}, id="instances-records"),
+    pytest.param({"instances": [dict(zip(IRIS, row, strict=True)) for row in ROWS]}, id="instances-records"),
     pytest.param({"instances": {name: [row[i] for row in ROWS] for i, name in enumerate(IRIS)}}, id="instances-columns"),
     pytest.param({"inputs": ROWS}, id="inputs-rows"),
     pytest.param({"inputs": {name: [row[i] for row in ROWS] for i, name in enumerate(IRIS)}}, id="inputs-columns"),
@@ -149,7 +153,7 @@ def test_parses_each_json_format_like_mlflow(payload, saved_models):
 
 
 def test_parses_one_record_as_one_row():
-    assert parse(json.dumps({"inputs": dict(zip(IRIS, ROWS[0]))}), iris_spec()).rows == [ROWS[0]]
+    assert parse(json.dumps({"inputs": dict(zip(IRIS, ROWS[0], strict=True))}), iris_spec()).rows == [ROWS[0]]
 
 
 def test_returns_params_and_accepts_a_utf8_charset():
@@ -226,7 +230,7 @@ BAD_INPUTS = [
     pytest.param(JSON, '{"inputs": [[5.1, 3.5,', MalformedBody, "BAD_REQUEST", None, "valid JSON", id="malformed-json"),
     pytest.param(
         JSON,
-        json.dumps({"dataframe_records": dict(zip(IRIS, ROWS[0]))}),
+        json.dumps({"dataframe_records": dict(zip(IRIS, ROWS[0], strict=True))}),
         MalformedBody,
         "BAD_REQUEST",
         None,
@@ -262,7 +266,7 @@ BAD_INPUTS = [
     ),
     pytest.param(
         JSON,
-        json.dumps({"dataframe_records": [dict(zip(IRIS[:3], ROWS[0]))]}),
+        json.dumps({"dataframe_records": [dict(zip(IRIS[:3], ROWS[0][:3], strict=True))]}),
         InvalidInput,
         "INVALID_PARAMETER_VALUE",
         {"row": 0, "column": IRIS[3]},

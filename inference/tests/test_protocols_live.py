@@ -1,4 +1,5 @@
 """The V2 and MLflow endpoints, driven by their real clients and files."""
+
 import json
 
 import numpy as np
@@ -20,6 +21,7 @@ def make_iris(tenant, estimator=None, name="iris"):
 
 # --- Open Inference Protocol with tritonclient -------------------------------------------
 
+
 @pytest.fixture
 def triton(live_server, tenant_a):
     import tritonclient.http as httpclient
@@ -39,7 +41,10 @@ def test_tritonclient_infer(triton, binary):
     rows = np.array([ROW, [6.7, 3.0, 5.2, 2.3]], dtype=np.float64)
     tensor = httpclient.InferInput("input-0", list(rows.shape), "FP64")
     tensor.set_data_from_numpy(rows, binary_data=binary)
-    outputs = [httpclient.InferRequestedOutput("predict", binary_data=binary), httpclient.InferRequestedOutput("predict_proba", binary_data=binary)]
+    outputs = [
+        httpclient.InferRequestedOutput("predict", binary_data=binary),
+        httpclient.InferRequestedOutput("predict_proba", binary_data=binary),
+    ]
     result = client.infer("iris", [tensor], outputs=outputs, headers=headers)
     expected = f.iris_model()
     assert result.as_numpy("predict").tolist() == expected.predict(rows).tolist()
@@ -91,6 +96,7 @@ def test_v2_model_names_resolve_inside_the_keys_organization(tenant_a, tenant_b,
 
 # --- MLflow scoring protocol -------------------------------------------------------------
 
+
 @pytest.fixture
 def mlflow_example(tmp_path):
     import mlflow.sklearn
@@ -105,7 +111,9 @@ def mlflow_example(tmp_path):
 @pytest.mark.django_db
 def test_mlflow_serving_input_example_is_accepted(tenant_a, client, mlflow_example):
     make_iris(tenant_a, f.iris_frame_model())
-    response = client.post("/api/v1/models/acme/iris/invocations", mlflow_example, content_type="application/json", HTTP_X_API_KEY=tenant_a.api_key)
+    response = client.post(
+        "/api/v1/models/acme/iris/invocations", mlflow_example, content_type="application/json", HTTP_X_API_KEY=tenant_a.api_key
+    )
     assert response.status_code == 200, response.content
     assert response.json() == {"predictions": [0, 2]}
     assert response["X-Cache"] == "MISS"
@@ -115,7 +123,7 @@ def test_mlflow_serving_input_example_is_accepted(tenant_a, client, mlflow_examp
 @pytest.mark.parametrize(
     "body, content_type",
     [
-        pytest.param({"dataframe_records": [dict(zip(f.IRIS_FEATURES, ROW))]}, "application/json", id="records"),
+        pytest.param({"dataframe_records": [dict(zip(f.IRIS_FEATURES, ROW, strict=True))]}, "application/json", id="records"),
         pytest.param({"instances": [ROW]}, "application/json", id="instances"),
         pytest.param({"inputs": [ROW]}, "application/json", id="inputs"),
         pytest.param(",".join(f.IRIS_FEATURES) + "\n" + ",".join(map(str, ROW)) + "\n", "text/csv", id="csv"),
@@ -124,7 +132,9 @@ def test_mlflow_serving_input_example_is_accepted(tenant_a, client, mlflow_examp
 def test_mlflow_formats(tenant_a, client, body, content_type):
     make_iris(tenant_a, f.iris_frame_model())
     payload = json.dumps(body) if content_type == "application/json" else body
-    response = client.post("/api/v1/models/acme/iris/invocations", payload, content_type=content_type, HTTP_X_API_KEY=tenant_a.api_key)
+    response = client.post(
+        "/api/v1/models/acme/iris/invocations", payload, content_type=content_type, HTTP_X_API_KEY=tenant_a.api_key
+    )
     assert response.status_code == 200, response.content
     assert response.json() == {"predictions": [0]}
 
@@ -133,14 +143,20 @@ def test_mlflow_formats(tenant_a, client, body, content_type):
 @pytest.mark.parametrize(
     "body, content_type, status, code",
     [
-        pytest.param(json.dumps({"instances": [ROW], "inputs": [ROW]}), "application/json", 400, "BAD_REQUEST", id="two-format-keys"),
-        pytest.param(json.dumps({"instances": [[1, "x", 3, 4]]}), "application/json", 400, "INVALID_PARAMETER_VALUE", id="string-cell"),
+        pytest.param(
+            json.dumps({"instances": [ROW], "inputs": [ROW]}), "application/json", 400, "BAD_REQUEST", id="two-format-keys"
+        ),
+        pytest.param(
+            json.dumps({"instances": [[1, "x", 3, 4]]}), "application/json", 400, "INVALID_PARAMETER_VALUE", id="string-cell"
+        ),
         pytest.param("a;b", "application/xml", 415, "BAD_REQUEST", id="unsupported-type"),
     ],
 )
 def test_mlflow_errors_use_mlflow_shape(tenant_a, client, body, content_type, status, code):
     make_iris(tenant_a, f.iris_frame_model())
-    response = client.post("/api/v1/models/acme/iris/invocations", body, content_type=content_type, HTTP_X_API_KEY=tenant_a.api_key)
+    response = client.post(
+        "/api/v1/models/acme/iris/invocations", body, content_type=content_type, HTTP_X_API_KEY=tenant_a.api_key
+    )
     assert response.status_code == status
     assert response.json()["error_code"] == code
     assert set(response.json()) == {"error_code", "message"}

@@ -1,5 +1,6 @@
 """Monthly quotas count predicted rows on every path that predicts: native, V2, /invocations,
 the try-it form (a person's session) and batch jobs (reserved at submission, settled at the end)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -85,7 +86,11 @@ def test_a_request_rate_limit_still_counts_requests(tenant_a, iris):
     "path, body",
     [
         pytest.param(PREDICT, {"inputs": rows(3)}, id="native"),
-        pytest.param("/v2/models/iris/infer", {"inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP64", "data": sum(rows(3), [])}]}, id="v2"),
+        pytest.param(
+            "/v2/models/iris/infer",
+            {"inputs": [{"name": "input-0", "shape": [3, 4], "datatype": "FP64", "data": sum(rows(3), [])}]},
+            id="v2",
+        ),
         pytest.param("/api/v1/models/acme/iris/invocations", {"instances": rows(3)}, id="mlflow"),
     ],
 )
@@ -130,7 +135,14 @@ def submit(tenant, content: bytes, **fields):
 def test_a_batch_job_after_the_quota_is_used_up_is_429_with_the_quotas_headers(tenant_a, named):
     set_org_quota(tenant_a, 10_000)
     client = tenant_a.key_client()
-    assert client.post("/api/v1/models/acme/named/predict", {"inputs": [dict(zip(f.IRIS_FEATURES, r)) for r in rows(10_000)]}, format="json").status_code == 200
+    assert (
+        client.post(
+            "/api/v1/models/acme/named/predict",
+            {"inputs": [dict(zip(f.IRIS_FEATURES, r, strict=True)) for r in rows(10_000)]},
+            format="json",
+        ).status_code
+        == 200
+    )
 
     refused = submit(tenant_a, csv_bytes(iris_rows(5_000)))
 

@@ -3,6 +3,7 @@
 Every test here talks to the suite's real runner host (conftest.py `_runner_host`) and the
 real runner processes it forks; crashes are real signals sent to those processes.
 """
+
 from __future__ import annotations
 
 import gc
@@ -71,7 +72,9 @@ def test_a_runner_holds_no_secrets_and_runs_confined(tenant_a):
     (pid,) = runner_pids(tenant_a.organization.id)
     environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
     names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
-    assert names.isdisjoint({"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "API_KEY_PEPPER", "AWS_SECRET_ACCESS_KEY", "METRICS_TOKEN"})
+    assert names.isdisjoint(
+        {"SECRET_KEY", "DATABASE_URL", "REDIS_URL", "API_KEY_PEPPER", "AWS_SECRET_ACCESS_KEY", "METRICS_TOKEN"}
+    )
     assert os.environ["SECRET_KEY"].encode() not in b"\0".join(environ)
     status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
     assert status["NoNewPrivs"].strip() == "1"
@@ -114,7 +117,9 @@ def test_a_runner_crashing_in_a_loop_hurts_only_its_organization(tenant_a, tenan
             response = predict(client_a, tenant_a, "forest", fresh)
             answers_a.append((response.status_code, response.json().get("code"), response.headers.get("Retry-After")))
             response = predict(client_b, tenant_b, "forest", rows)
-            answers_b.append((response.status_code, response.json()["predictions"] if response.status_code == 200 else response.content))
+            answers_b.append(
+                (response.status_code, response.json()["predictions"] if response.status_code == 200 else response.content)
+            )
     finally:
         stop.set()
         killer.join()
@@ -186,7 +191,10 @@ def test_a_version_that_keeps_stopping_its_runner_is_marked_failing(tenant_a, se
 
 
 def test_the_host_refuses_a_hello_without_an_organization():
-    assert runners.ask_host(settings.RUNNER_ADDRESSES[0], {"org": "acme"}) == {"ok": False, "reason": "a hello names an organization id"}
+    assert runners.ask_host(settings.RUNNER_ADDRESSES[0], {"org": "acme"}) == {
+        "ok": False,
+        "reason": "a hello names an organization id",
+    }
 
 
 @pytest.mark.parametrize("dtype", ["O", "V8", "M8[s]"], ids=["object", "void", "datetime"])
@@ -213,7 +221,11 @@ def test_a_list_of_probability_arrays_crosses_the_wire_as_a_list():
 def scraped(client, settings) -> dict[str, float]:
     settings.METRICS_TOKEN = "metrics-token-of-this-test"
     text = client.get("/metrics", HTTP_AUTHORIZATION="Bearer metrics-token-of-this-test").content.decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("modelhost_runner") or line.startswith("modelhost_models_loaded")}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("modelhost_runner") or line.startswith("modelhost_models_loaded")
+    }
 
 
 def test_metrics_report_each_runner_host_its_runners_and_the_models_they_hold(tenant_a, client, settings):
@@ -258,7 +270,11 @@ def test_a_promotion_warms_every_runner_of_the_organization(tenant_a, settings, 
                 deploy(tenant_a, "forest", forest())  # promoted: warmed on commit
             deadline = time.monotonic() + 10
             while True:  # each runner reports what it holds about once a second
-                held = [r["models"] for r in runners.ask_host(address, {"op": "status"})["runners"] if r["org"] == tenant_a.organization.id]
+                held = [
+                    r["models"]
+                    for r in runners.ask_host(address, {"op": "status"})["runners"]
+                    if r["org"] == tenant_a.organization.id
+                ]
                 if held == [1, 1] or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)

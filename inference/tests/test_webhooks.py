@@ -1,4 +1,5 @@
 """The one webhook sender against real local HTTP servers: redirects, pinned addresses, signatures."""
+
 from __future__ import annotations
 
 import hashlib
@@ -68,7 +69,14 @@ def send(url: str, **kwargs) -> int:
 
     organization = OrganizationFactory()
     return webhooks.deliver(
-        url=url, body=b'{"event":"test"}', secret="whsec_k", event="test", delivery_id="d-1", organization_id=organization.id, subject="test:1", **kwargs
+        url=url,
+        body=b'{"event":"test"}',
+        secret="whsec_k",
+        event="test",
+        delivery_id="d-1",
+        organization_id=organization.id,
+        subject="test:1",
+        **kwargs,
     )
 
 
@@ -133,5 +141,7 @@ def test_the_signature_is_the_hmac_of_timestamp_dot_body(servers):
     assert fields["v1"] == hmac.new(b"whsec_k", fields["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
     assert webhooks.is_signed_by(body=body, secret="whsec_k", signature=headers["x-modelhost-signature"])
     assert not webhooks.is_signed_by(body=body + b" ", secret="whsec_k", signature=headers["x-modelhost-signature"])
-    assert not webhooks.is_signed_by(body=body, secret="whsec_k", signature=headers["x-modelhost-signature"], now=time.time() + 600)
+    assert not webhooks.is_signed_by(
+        body=body, secret="whsec_k", signature=headers["x-modelhost-signature"], now=time.time() + 600
+    )
     assert (headers["x-modelhost-event"], headers["x-modelhost-delivery"]) == ("test", "d-1")

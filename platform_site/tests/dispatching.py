@@ -10,6 +10,7 @@ transaction; and the request's prediction record is sent to
 Redis before the client returns (redis_client.settle_pending) rather than with the next
 request, so a test can read the stream at once.
 """
+
 from __future__ import annotations
 
 from django.core.handlers.wsgi import WSGIRequest

@@ -3,6 +3,7 @@
 The CLI imports this module (SCHEMATHESIS_HOOKS); the test passes the credentials in
 MODELHOST_FUZZ_CREDENTIALS, a JSON object {"api_key": ..., "jwt": ...}.
 """
+
 from __future__ import annotations
 
 import itertools

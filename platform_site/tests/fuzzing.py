@@ -4,6 +4,7 @@ The `schemathesis run` CLI does the work (its examples, coverage, fuzzing and st
 this module gives it real identifiers to aim at, the tenant's credentials (fuzz_hooks.py), and
 counts the requests and the 5xx answers from its NDJSON report.
 """
+
 from __future__ import annotations
 
 import base64

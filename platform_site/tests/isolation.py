@@ -4,6 +4,7 @@
 Tenant B, with a JWT and with an API key, must get exactly the 404 a missing resource gets,
 and list endpoints must not mention anything of A's.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -65,7 +66,11 @@ TENANT_ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", "/api/v1/batch-jobs/{job}/cancel"),
     # experiments
     Endpoint("GET", "/api/v1/models/{org}/{model}/experiments"),
-    Endpoint("POST", "/api/v1/models/{org}/{model}/experiments", {"name": "x", "variants": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]}),
+    Endpoint(
+        "POST",
+        "/api/v1/models/{org}/{model}/experiments",
+        {"name": "x", "variants": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]},
+    ),
     Endpoint("GET", "/api/v1/experiments/{experiment}"),
     Endpoint("POST", "/api/v1/experiments/{experiment}/stop"),
     Endpoint("POST", "/api/v1/experiments/{experiment}/promote", {"version": 1}),

@@ -1,4 +1,5 @@
 """Helpers for tests that start real servers (the web server, mlflow, moto) as child processes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -74,8 +75,13 @@ def start_runner_host(
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "inference.runners.host", "--socket", str(path),
-                "--sandbox-socket", sandbox_socket_path or str(path.with_name(f"{path.stem}-sandbox.sock")),
+                sys.executable,
+                "-m",
+                "inference.runners.host",
+                "--socket",
+                str(path),
+                "--sandbox-socket",
+                sandbox_socket_path or str(path.with_name(f"{path.stem}-sandbox.sock")),
             ],
             cwd=Path(__file__).resolve().parents[2],
             env={**os.environ, **(extra_env or {})},
@@ -93,7 +99,9 @@ def start_runner_host(
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the runner host did not start (exit status {process.poll()}):\n{log.read_text()[-3000:]}") from None
+                    raise RuntimeError(
+                        f"the runner host did not start (exit status {process.poll()}):\n{log.read_text()[-3000:]}"
+                    ) from None
                 time.sleep(0.1)
             finally:
                 probe.close()

@@ -1,4 +1,5 @@
 """The README's five-minute tour, read from README.md: its shell blocks, as a newcomer runs them."""
+
 from __future__ import annotations
 
 import re
@@ -66,5 +67,3 @@ def run(command: str, *, env: dict[str, str], cwd: Path, with_headers: bool = Fa
     result = subprocess.run(["bash", "-c", command], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
     return result.stdout
-
-

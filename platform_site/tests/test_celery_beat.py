@@ -1,4 +1,5 @@
 """Celery beat's output under `make run`: routine scheduling is DEBUG, not INFO."""
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,18 @@ def beat_output(*, loglevel: str, tmp_path, until: str, then_seconds: float = 0.
 
     Stops `then_seconds` after `until` appears in its output (60 s at most)."""
     env = {**os.environ, "RECORD_DRAIN_SECONDS": "0.3"}
-    command = [sys.executable, "-m", "celery", "--app", "platform_site", "beat", "--loglevel", loglevel, "--schedule", str(tmp_path / "schedule")]
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "--app",
+        "platform_site",
+        "beat",
+        "--loglevel",
+        loglevel,
+        "--schedule",
+        str(tmp_path / "schedule"),
+    ]
     log_path = tmp_path / "beat.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -1,4 +1,5 @@
 """platform_site.wsgi: prediction paths straight to their views, everything else through Django."""
+
 from __future__ import annotations
 
 import io
@@ -114,7 +115,9 @@ def test_a_prediction_through_the_wsgi_entry_point(tenant_a, iris):
     by_status = metrics.responses_by_status.labels(status="200")
     before = by_view._value.get(), by_status._value.get()
 
-    status, headers, body = call(environ("/api/v1/models/acme/iris/predict", body=orjson.dumps({"inputs": [ROW]}), X_API_KEY=tenant_a.api_key))
+    status, headers, body = call(
+        environ("/api/v1/models/acme/iris/predict", body=orjson.dumps({"inputs": [ROW]}), X_API_KEY=tenant_a.api_key)
+    )
 
     assert status == 200, body
     assert orjson.loads(body)["predictions"] == [0]
@@ -167,7 +170,9 @@ def test_an_unexpected_exception_is_djangos_500(tenant_a, iris, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(views_native, "run_prediction", broken)
-    status, _, body = call(environ("/api/v1/models/acme/iris/predict", body=orjson.dumps({"inputs": [ROW]}), X_API_KEY=tenant_a.api_key))
+    status, _, body = call(
+        environ("/api/v1/models/acme/iris/predict", body=orjson.dumps({"inputs": [ROW]}), X_API_KEY=tenant_a.api_key)
+    )
     assert status == 500
     assert b"boom" not in body
 
@@ -254,7 +259,9 @@ def test_a_receiver_connected_later_is_seen_by_the_signal_check():
 
     request_finished.connect(audit)
     try:
-        assert _receiver_names(request_finished) - REQUEST_SIGNAL_RECEIVERS["request_finished"] == {f"{__name__}.{audit.__qualname__}"}
+        assert _receiver_names(request_finished) - REQUEST_SIGNAL_RECEIVERS["request_finished"] == {
+            f"{__name__}.{audit.__qualname__}"
+        }
     finally:
         request_finished.disconnect(audit)
 
@@ -273,7 +280,9 @@ def test_an_unreviewed_middleware_stops_the_prediction_app_from_starting(setting
 
 
 def test_a_cache_backend_that_closes_something_stops_the_prediction_app_from_starting(settings):
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache", "LOCATION": "127.0.0.1:11211"}}
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache", "LOCATION": "127.0.0.1:11211"}
+    }
     with pytest.raises(ImproperlyConfigured, match="closes connections at the end of a request"):
         PredictionDispatcher(django_app=None)
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -288,7 +297,9 @@ ANSWER_HEADERS = {"Content-Type", "Content-Length", "Vary", "Allow", "Location"}
 def _page_and_prediction(tenant_a, app, *, host: str, https: bool) -> tuple[tuple[int, dict], tuple[int, dict]]:
     extra = {"HTTP_HOST": host, "wsgi.url_scheme": "https" if https else "http", "SERVER_PORT": "443" if https else "80"}
     page = environ("/api/v1/me", method="GET", AUTHORIZATION=f"Bearer {tenant_a.api_key}")
-    prediction = environ("/api/v1/models/acme/iris/predict", body=orjson.dumps({"inputs": [ROW]}), AUTHORIZATION=f"Bearer {tenant_a.api_key}")
+    prediction = environ(
+        "/api/v1/models/acme/iris/predict", body=orjson.dumps({"inputs": [ROW]}), AUTHORIZATION=f"Bearer {tenant_a.api_key}"
+    )
     page_status, page_headers, _ = call({**page, **extra}, app)
     prediction_status, prediction_headers, _ = call({**prediction, **extra}, app)
     return (page_status, page_headers), (prediction_status, prediction_headers)
@@ -307,13 +318,17 @@ def _page_and_prediction(tenant_a, app, *, host: str, https: bool) -> tuple[tupl
         pytest.param(True, False, "evil.example", (400, 400), id="refused-host-over-http"),
     ],
 )
-def test_a_prediction_answers_with_the_security_headers_and_host_checks_of_the_django_pages(tenant_a, iris, settings, redirect, https, host, statuses):
+def test_a_prediction_answers_with_the_security_headers_and_host_checks_of_the_django_pages(
+    tenant_a, iris, settings, redirect, https, host, statuses
+):
     from django.core.handlers.wsgi import WSGIHandler
 
     settings.SECURE_SSL_REDIRECT = redirect
     settings.SECURE_HSTS_SECONDS = 3600
     app = PredictionDispatcher(WSGIHandler())  # middleware read their settings when loaded
-    (page_status, page_headers), (prediction_status, prediction_headers) = _page_and_prediction(tenant_a, app, host=host, https=https)
+    (page_status, page_headers), (prediction_status, prediction_headers) = _page_and_prediction(
+        tenant_a, app, host=host, https=https
+    )
 
     assert (page_status, prediction_status) == statuses
     security = {name: value for name, value in page_headers.items() if name not in ANSWER_HEADERS}
@@ -333,5 +348,9 @@ def test_the_prediction_app_itself_adds_the_security_headers(tenant_a, iris, set
     env = environ("/api/v1/models/acme/iris/predict", body=orjson.dumps({"inputs": [ROW]}), X_API_KEY=tenant_a.api_key)
     status, headers, _ = call(env, PredictionApp(django_app=None))
     assert status == 200
-    assert (headers["X-Frame-Options"], headers["X-Content-Type-Options"], headers["Referrer-Policy"]) == ("DENY", "nosniff", "same-origin")
+    assert (headers["X-Frame-Options"], headers["X-Content-Type-Options"], headers["Referrer-Policy"]) == (
+        "DENY",
+        "nosniff",
+        "same-origin",
+    )
     assert headers["Cross-Origin-Opener-Policy"] == "same-origin"

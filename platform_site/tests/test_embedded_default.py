@@ -3,6 +3,7 @@
 One platform, started by scripts/run.sh as `make run` starts it (a SQLite file and the embedded
 Redis, in a fresh VAR_DIR), serves this module's tests; the tour runs first, on the fresh database.
 """
+
 from __future__ import annotations
 
 import csv
@@ -49,7 +50,7 @@ def test_readme_tour_runs_as_written_under_make_run(platform, tmp_path):
     def tour(block_index: int):
         for command, shown in commands(blocks[block_index]):
             answers.append((command, shown, run(command, env=env, cwd=tmp_path)))
-        return answers[-len(commands(blocks[block_index])):]
+        return answers[-len(commands(blocks[block_index])) :]
 
     # Predict with the demo model: the answer the README shows, probabilities to two places.
     [(predict, shown, output)] = tour(1)
@@ -67,7 +68,10 @@ def test_readme_tour_runs_as_written_under_make_run(platform, tmp_path):
 
     # A bad row: the README's answer, with the message it elides.
     [(_, shown, output)] = tour(2)
-    problem, shown_problem = json.loads(output), json.loads(shown.replace('"type":...,', "").replace('"message":"..."', '"message":"M"'))
+    problem, shown_problem = (
+        json.loads(output),
+        json.loads(shown.replace('"type":...,', "").replace('"message":"..."', '"message":"M"')),
+    )
     assert {k: problem[k] for k in ("status", "detail", "code")} == {k: shown_problem[k] for k in ("status", "detail", "code")}
     assert [{k: e[k] for k in ("row", "column")} for e in problem["errors"]] == [{"row": 0, "column": "sepal_width"}]
 
@@ -76,7 +80,16 @@ def test_readme_tour_runs_as_written_under_make_run(platform, tmp_path):
     assert created["full_name"] == "demo/diabetes"
     # "The upload answers with the version: sha256, format, the scikit-learn version it was saved
     # with and the one serving it, estimator class, task, ... features and the signature."
-    assert {"sha256", "format", "sklearn_version", "serving_sklearn_version", "sklearn_version_mismatch", "estimator_class", "task", "signature"} <= set(uploaded)
+    assert {
+        "sha256",
+        "format",
+        "sklearn_version",
+        "serving_sklearn_version",
+        "sklearn_version_mismatch",
+        "estimator_class",
+        "task",
+        "signature",
+    } <= set(uploaded)
     assert (uploaded["number"], uploaded["format"], uploaded["metrics"]) == (1, "joblib", {"r2": 0.44})
     assert staged["stage"] == "production"
     assert predicted["model"] == "demo/diabetes" and len(predicted["predictions"]) == 1
@@ -129,7 +142,9 @@ def call(platform, method: str, path: str, body: dict | None = None, token: str 
 
 def test_sqlite_takes_concurrent_writes_from_every_process_without_a_503(platform):
     """The web's threads in two processes write while the worker drains records and beat schedules."""
-    status, tokens = call(platform, "POST", "/api/v1/auth/token", {"email": "demo@modelhost.local", "password": "modelhost-demo-password"})
+    status, tokens = call(
+        platform, "POST", "/api/v1/auth/token", {"email": "demo@modelhost.local", "password": "modelhost-demo-password"}
+    )
     assert status == 200, tokens
     token = tokens["access"]
 
@@ -139,10 +154,22 @@ def test_sqlite_takes_concurrent_writes_from_every_process_without_a_503(platfor
         seen.append(("create org", status))
         for i in range(3):
             seen.append(("rename org", call(platform, "PATCH", f"/api/v1/orgs/load-{n}", {"name": f"Load {n}.{i}"}, token)[0]))
-            seen.append(("predict", call(platform, "POST", "/api/v1/models/demo/iris/predict", {"inputs": [[n, i, 1.4, 0.2]]})[0]))
-            seen.append(("api key", call(platform, "POST", f"/api/v1/orgs/load-{n}/api-keys", {"name": f"k{i}", "scopes": ["read"]}, token)[0]))
+            seen.append(
+                ("predict", call(platform, "POST", "/api/v1/models/demo/iris/predict", {"inputs": [[n, i, 1.4, 0.2]]})[0])
+            )
+            seen.append(
+                (
+                    "api key",
+                    call(platform, "POST", f"/api/v1/orgs/load-{n}/api-keys", {"name": f"k{i}", "scopes": ["read"]}, token)[0],
+                )
+            )
         return seen
 
     with ThreadPoolExecutor(max_workers=12) as pool:
         outcomes = [outcome for batch in pool.map(writes, range(24)) for outcome in batch]
-    assert sorted({outcome for outcome in outcomes}) == [("api key", 201), ("create org", 201), ("predict", 200), ("rename org", 200)]
+    assert sorted({outcome for outcome in outcomes}) == [
+        ("api key", 201),
+        ("create org", 201),
+        ("predict", 200),
+        ("rename org", 200),
+    ]

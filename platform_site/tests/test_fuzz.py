@@ -5,6 +5,7 @@ runs schemathesis (fixed seed, bounded cases per operation; fuzzing.py) with the
 API key and its owner's JWT in turn, then runs the deletions last, so the first run keeps its
 credentials and resources. About two minutes of requests each, after the platform starts.
 """
+
 from __future__ import annotations
 
 import subprocess

@@ -19,7 +19,9 @@ def test_readyz_reports_each_backing_service(client):
     assert all(check["ok"] for check in body["checks"].values())
 
 
-@pytest.mark.parametrize(("tracking_uri", "features_off"), [("", ["mlflow_import"]), ("http://127.0.0.1:5000", [])], ids=["unset", "set"])
+@pytest.mark.parametrize(
+    ("tracking_uri", "features_off"), [("", ["mlflow_import"]), ("http://127.0.0.1:5000", [])], ids=["unset", "set"]
+)
 def test_readyz_lists_the_features_that_are_off_and_how_to_turn_them_on(client, settings, tracking_uri, features_off):
     settings.MLFLOW_TRACKING_URI = tracking_uri
     body = client.get("/readyz").json()
@@ -112,7 +114,12 @@ def test_web_signup_shows_field_errors(client):
 def test_admin_lists_keys_and_audit_events(client, tenant_a, django_user_model):
     admin = django_user_model.objects.create_superuser(email="ops@example.com", password="ops-password-123")
     client.force_login(admin)
-    for path in ["/admin/accounts/apikey/", "/admin/accounts/auditevent/?action=api_key.created", "/admin/accounts/organization/?q=acme", "/admin/accounts/user/?q=owner"]:
+    for path in [
+        "/admin/accounts/apikey/",
+        "/admin/accounts/auditevent/?action=api_key.created",
+        "/admin/accounts/organization/?q=acme",
+        "/admin/accounts/user/?q=owner",
+    ]:
         response = client.get(path)
         assert response.status_code == 200, path
     assert tenant_a.api_key.split("_")[1].encode() in client.get("/admin/accounts/apikey/").content

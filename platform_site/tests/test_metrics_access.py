@@ -1,4 +1,5 @@
 """/metrics names every organization and model: only a caller with METRICS_TOKEN reads it."""
+
 import pytest
 
 from registry.tests import factories as f

@@ -1,4 +1,5 @@
 """platform_site.redis_client's own connection: the settings of the client's URL, redis-py's errors."""
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ find every model answering the same predictions, every user able to log in, ever
 Real processes throughout: pg_dump and pg_restore, and the restored platform served by
 `python -m platform_site.serve` against the new database and storage folder.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -36,7 +37,8 @@ def fresh_database():
     options = ["--host", connection.settings_dict["HOST"] or "127.0.0.1", "--username", connection.settings_dict["USER"]]
     subprocess.run(["dropdb", "--if-exists", *options, name], check=True)
     subprocess.run(["createdb", *options, name], check=True)
-    yield name, f"postgres://{connection.settings_dict['USER']}@{connection.settings_dict['HOST'] or '127.0.0.1'}:{connection.settings_dict['PORT'] or 5432}/{name}"
+    db = connection.settings_dict
+    yield name, f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{name}"
     subprocess.run(["dropdb", "--if-exists", "--force", *options, name], check=True)
 
 
@@ -45,7 +47,10 @@ def test_a_restored_platform_answers_as_the_original(tenant_a, tenant_b, setting
     from registry import services as registry_services
 
     # The platform under test keeps its models in a folder of its own (the suite's is shared).
-    settings.STORAGES = {**settings.STORAGES, "models": {**settings.STORAGES["models"], "OPTIONS": {"location": str(tmp_path / "models")}}}
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "models": {**settings.STORAGES["models"], "OPTIONS": {"location": str(tmp_path / "models")}},
+    }
     # Users log in with the production hasher in the restored web process.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.PBKDF2PasswordHasher"]
     for tenant in (tenant_a, tenant_b):
@@ -55,13 +60,19 @@ def test_a_restored_platform_answers_as_the_original(tenant_a, tenant_b, setting
     f.create_version(iris, promote=True)
     linear = registry_services.create_model(caller=Caller(user=tenant_b.user), organization=tenant_b.organization, name="linear")
     f.create_version(linear, LogisticRegression(max_iter=500).fit(*f.iris_data()), promote=True)
-    _, predict_only = accounts_services.create_api_key(caller=Caller(user=tenant_b.user), organization=tenant_b.organization, name="predict only", scopes=["predict"])
-    revoked, revoked_plaintext = accounts_services.create_api_key(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="old", scopes=["predict"])
+    _, predict_only = accounts_services.create_api_key(
+        caller=Caller(user=tenant_b.user), organization=tenant_b.organization, name="predict only", scopes=["predict"]
+    )
+    revoked, revoked_plaintext = accounts_services.create_api_key(
+        caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="old", scopes=["predict"]
+    )
     accounts_services.revoke_api_key(caller=Caller(user=tenant_a.user), key=revoked)
     endpoints = {("acme", "iris"): [tenant_a.api_key], ("globex", "linear"): [tenant_b.api_key, predict_only]}
     before = {}
     for (org, model), keys in endpoints.items():
-        response = tenant_a.key_client(keys[0]).post(f"/api/v1/models/{org}/{model}/predict", {"inputs": ROWS, "parameters": {"probabilities": True}}, format="json")
+        response = tenant_a.key_client(keys[0]).post(
+            f"/api/v1/models/{org}/{model}/predict", {"inputs": ROWS, "parameters": {"probabilities": True}}, format="json"
+        )
         assert response.status_code == 200, response.content
         before[(org, model)] = (response.json()["predictions"], response.json()["probabilities"])
 
@@ -80,25 +91,34 @@ def test_a_restored_platform_answers_as_the_original(tenant_a, tenant_b, setting
     env = web_process_env(port=port, metrics_dir=tmp_path / "prometheus", settings=settings)
     env.update({"DATABASE_URL": url, "MODEL_STORAGE_ROOT": str(restored_storage)})
     log = tmp_path / "web.log"
-    web = subprocess.Popen([sys.executable, "-m", "platform_site.serve"], cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    web = subprocess.Popen(
+        [sys.executable, "-m", "platform_site.serve"], cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/healthz", web, timeout=60, log=log.read_text)
         for (org, model), keys in endpoints.items():
             for n, key in enumerate(keys):
                 response = requests.post(
-                    f"{base}/api/v1/models/{org}/{model}/predict", json={"inputs": ROWS, "parameters": {"probabilities": True}}, headers={"X-API-Key": key}, timeout=30
+                    f"{base}/api/v1/models/{org}/{model}/predict",
+                    json={"inputs": ROWS, "parameters": {"probabilities": True}},
+                    headers={"X-API-Key": key},
+                    timeout=30,
                 )
                 assert response.status_code == 200, response.text
                 assert (response.json()["predictions"], response.json()["probabilities"]) == before[(org, model)]
                 if n == 0:
                     assert response.json()["cache_hit"] is False  # answered by the restored model, not a cache
         for tenant in (tenant_a, tenant_b):
-            token = requests.post(f"{base}/api/v1/auth/token", json={"email": tenant.user.email, "password": PASSWORD}, timeout=30)
+            token = requests.post(
+                f"{base}/api/v1/auth/token", json={"email": tenant.user.email, "password": PASSWORD}, timeout=30
+            )
             assert token.status_code == 200, token.text
             me = requests.get(f"{base}/api/v1/me", headers={"Authorization": f"Bearer {token.json()['access']}"}, timeout=30)
             assert me.status_code == 200 and me.json()["user"]["email"] == tenant.user.email
-        refused = requests.post(f"{base}/api/v1/models/acme/iris/predict", json={"inputs": ROWS}, headers={"X-API-Key": revoked_plaintext}, timeout=30)
+        refused = requests.post(
+            f"{base}/api/v1/models/acme/iris/predict", json={"inputs": ROWS}, headers={"X-API-Key": revoked_plaintext}, timeout=30
+        )
         assert refused.status_code == 401  # a revoked key stays revoked
     finally:
         web.terminate()

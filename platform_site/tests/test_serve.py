@@ -1,4 +1,5 @@
 """platform_site.serve: the web server's settings come from the environment, checked."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,18 @@ from platform_site import serve
 
 
 def test_defaults_serve_the_wsgi_application_on_two_workers(monkeypatch):
-    for name in ("HOST", "PORT", "WEB_CONCURRENCY", "WEB_THREADS", "WEB_HEADER_TIMEOUT_SECONDS", "WEB_BODY_TIMEOUT_SECONDS", "WEB_INTERFACE",
-                 "WEB_WORKERS_LIFETIME", "WEB_WORKERS_MAX_RSS_MB", "WEB_ACCESS_LOG"):
+    for name in (
+        "HOST",
+        "PORT",
+        "WEB_CONCURRENCY",
+        "WEB_THREADS",
+        "WEB_HEADER_TIMEOUT_SECONDS",
+        "WEB_BODY_TIMEOUT_SECONDS",
+        "WEB_INTERFACE",
+        "WEB_WORKERS_LIFETIME",
+        "WEB_WORKERS_MAX_RSS_MB",
+        "WEB_ACCESS_LOG",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WEB_WSGI_TARGET", "")  # server() names the WSGI target there; restored after
     server = serve.server()
@@ -138,7 +149,8 @@ def test_the_server_process_loads_the_numeric_libraries_before_the_workers_fork(
         "import sys; from platform_site import serve\n"
         "class Server:\n"
         "    def serve(self):\n"
-        "        print(sorted(name for name in ('numpy', 'pandas', 'scipy.stats', 'sklearn.linear_model', 'sklearn.ensemble') if name in sys.modules))\n"
+        "        print(sorted(name for name in ('numpy', 'pandas', 'scipy.stats', 'sklearn.linear_model', "
+        "'sklearn.ensemble') if name in sys.modules))\n"
         "serve.server = lambda target: Server(); serve.refuse_taken_port = lambda: None\n"
         "serve.main([])\n"
     )

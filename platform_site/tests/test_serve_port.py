@@ -1,4 +1,5 @@
 """A second platform on a taken port refuses to start and names the process that holds it."""
+
 from __future__ import annotations
 
 import os

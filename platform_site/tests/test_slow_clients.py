@@ -1,6 +1,7 @@
 """Slow clients against the web started as production starts it (`python -m platform_site.serve`:
 granian, 2 workers x 2 threads): stalled request bodies neither hold the request threads nor
 stay open past WEB_BODY_TIMEOUT_SECONDS."""
+
 import http.client
 import socket
 import subprocess
@@ -25,10 +26,7 @@ STALLED = 8  # twice the request threads (2 workers x 2 threads)
 def stalled_request(port: int, path: str, *, declared: int = 5000, sent: int = 100) -> socket.socket:
     """A POST that announces `declared` bytes of body and sends `sent`, then nothing."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {declared}\r\n\r\n"
-    )
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
     sock.sendall(head.encode() + b"{" + b" " * (sent - 1))
     return sock
 
@@ -45,7 +43,7 @@ def slow_post(port: int, path: str, body: bytes, *, pieces: int, pause: float, a
         for start in range(0, len(body), size):
             if start:
                 time.sleep(pause)
-            connection.send(body[start:start + size])
+            connection.send(body[start : start + size])
         response = connection.getresponse()
         return response.status, orjson.loads(response.read())
     finally:
@@ -80,7 +78,9 @@ def test_stalled_bodies_do_not_stop_predictions_and_are_closed(tenant_a, tmp_pat
     env["WEB_BODY_TIMEOUT_SECONDS"] = str(BODY_TIMEOUT)
     log_path = tmp_path / "web.log"
     with log_path.open("wb") as log:
-        web = subprocess.Popen([sys.executable, "-m", "platform_site.serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        web = subprocess.Popen(
+            [sys.executable, "-m", "platform_site.serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     predict = "/api/v1/models/acme/iris/predict"
     stalled: list[socket.socket] = []
@@ -99,7 +99,10 @@ def test_stalled_bodies_do_not_stop_predictions_and_are_closed(tenant_a, tmp_pat
                 response = requests.get(f"{base}/healthz", timeout=BODY_TIMEOUT)
             else:
                 response = requests.post(
-                    f"{base}{predict}", json={"inputs": [[5.1, 3.5, 1.4, 0.2]]}, headers={"X-API-Key": tenant_a.api_key}, timeout=BODY_TIMEOUT
+                    f"{base}{predict}",
+                    json={"inputs": [[5.1, 3.5, 1.4, 0.2]]},
+                    headers={"X-API-Key": tenant_a.api_key},
+                    timeout=BODY_TIMEOUT,
                 )
             return response.status_code, time.monotonic() - started
 
@@ -129,7 +132,9 @@ def test_stalled_bodies_do_not_stop_predictions_and_are_closed(tenant_a, tmp_pat
 
         # A chunked body (no Content-Length) arrives whole.
         response = requests.post(
-            f"{base}{predict}", data=iter([body[:1000], body[1000:]]), timeout=30,
+            f"{base}{predict}",
+            data=iter([body[:1000], body[1000:]]),
+            timeout=30,
             headers={"X-API-Key": tenant_a.api_key, "Content-Type": "application/json"},
         )
         assert response.status_code == 200 and len(response.json()["predictions"]) == len(rows)

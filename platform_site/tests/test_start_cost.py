@@ -1,4 +1,5 @@
 """What a process imports when it starts: `make run` starts eight at once on a small machine."""
+
 from __future__ import annotations
 
 import io

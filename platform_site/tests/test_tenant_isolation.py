@@ -1,4 +1,5 @@
 """Every tenant URL: another organization's resource is indistinguishable from a missing one."""
+
 import pytest
 
 from platform_site.tests.isolation import MISSING, TENANT_ENDPOINTS, Endpoint
@@ -24,28 +25,55 @@ def world(tenant_a) -> dict:
     caller = Caller(user=tenant_a.user)
     model = registry_services.create_model(caller=caller, organization=tenant_a.organization, name="secret-model")
     version = factories.create_version(model, promote=True)
-    prediction = tenant_a.key_client().post(
-        "/api/v1/models/acme/secret-model/predict", {"inputs": [factories.IRIS_ROW]}, format="json"
-    ).json()["id"]
+    prediction = (
+        tenant_a.key_client()
+        .post("/api/v1/models/acme/secret-model/predict", {"inputs": [factories.IRIS_ROW]}, format="json")
+        .json()["id"]
+    )
     factories.create_version(model)
     experiment = experiment_services.create_experiment(
-        caller=caller, model=model, name="secret-experiment", variants=[{"version": 1, "weight": 50}, {"version": 2, "weight": 50}]
+        caller=caller,
+        model=model,
+        name="secret-experiment",
+        variants=[{"version": 1, "weight": 50}, {"version": 2, "weight": 50}],
     )
     drift_report = DriftReport.objects.create(
-        organization=tenant_a.organization, registered_model=model, version=version, trigger="api",
-        window_start=timezone.now() - timedelta(hours=1), window_end=timezone.now(), reference_source="reference_data",
-        reference_rows=1, current_rows=1, drift_share_threshold=0.5, n_features=0, drifted_features=0, share_drifted=0.0, is_drift=False,
+        organization=tenant_a.organization,
+        registered_model=model,
+        version=version,
+        trigger="api",
+        window_start=timezone.now() - timedelta(hours=1),
+        window_end=timezone.now(),
+        reference_source="reference_data",
+        reference_rows=1,
+        current_rows=1,
+        drift_share_threshold=0.5,
+        n_features=0,
+        drifted_features=0,
+        share_drifted=0.0,
+        is_drift=False,
     )
     replay = Replay.objects.create(
-        organization=tenant_a.organization, registered_model=model, version=version, baseline_version=version, rows_requested=10, status="done",
+        organization=tenant_a.organization,
+        registered_model=model,
+        version=version,
+        baseline_version=version,
+        rows_requested=10,
+        status="done",
     )
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from inference.tests.test_batch_api import run_job
 
-    job = tenant_a.key_client().post(
-        "/api/v1/models/acme/secret-model/batch-jobs", {"file": SimpleUploadedFile("rows.csv", b"a,b,c,d\n5.1,3.5,1.4,0.2\n")}, format="multipart"
-    ).json()["id"]
+    job = (
+        tenant_a.key_client()
+        .post(
+            "/api/v1/models/acme/secret-model/batch-jobs",
+            {"file": SimpleUploadedFile("rows.csv", b"a,b,c,d\n5.1,3.5,1.4,0.2\n")},
+            format="multipart",
+        )
+        .json()["id"]
+    )
     run_job(job)
     return {
         "org": tenant_a.organization.slug,
@@ -90,7 +118,9 @@ def test_other_tenant_sees_nothing(endpoint, credential, world, tenant_a, tenant
         assert response["Content-Type"] == "application/problem+json"
 
 
-@pytest.mark.parametrize("endpoint", [e for e in TENANT_ENDPOINTS if not e.is_list and (e.method == "GET" or "predict" in e.path)], ids=str)
+@pytest.mark.parametrize(
+    "endpoint", [e for e in TENANT_ENDPOINTS if not e.is_list and (e.method == "GET" or "predict" in e.path)], ids=str
+)
 def test_owner_reaches_their_own_resources(endpoint, world, tenant_a):
     """The harness is only meaningful if the same URL works for its owner."""
     response = call(tenant_a.key_client(), endpoint, world)

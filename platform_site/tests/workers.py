@@ -4,6 +4,7 @@ The processes run `celery --app platform_site worker|beat` with a broker of the 
 choosing (a Redis database of its own) and DATABASE_URL pointing at the test database; the
 tests commit their data (transaction=True) so the processes see it. Nothing is faked.
 """
+
 from __future__ import annotations
 
 import os

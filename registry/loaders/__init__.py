@@ -10,6 +10,7 @@ can prepare its imports before anything here pulls in the platform):
 - ``describe_estimator``: what a loaded model is and serves;
 - ``audit_pickle_globals`` / ``audit_skops_types``: the allow-list audits on their own.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -56,6 +56,7 @@ Deliberately refused although they look harmless:
 Denial of service (a file asking for a 100 GB array) is not this module's concern: the
 upload-time check runs in a child process with memory and CPU limits (``sandbox.py``).
 """
+
 from __future__ import annotations
 
 import _compat_pickle
@@ -78,9 +79,33 @@ _STDLIB = {
 _NUMPY_SCALAR_TYPES = {
     ("numpy", name)
     for name in (
-        "bool", "bool_", "int8", "int16", "int32", "int64", "longlong", "uint8", "uint16", "uint32", "uint64",
-        "ulonglong", "intp", "uintp", "float16", "float32", "float64", "longdouble", "complex64", "complex128",
-        "clongdouble", "str_", "bytes_", "void", "object_", "datetime64", "timedelta64",
+        "bool",
+        "bool_",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "longlong",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "ulonglong",
+        "intp",
+        "uintp",
+        "float16",
+        "float32",
+        "float64",
+        "longdouble",
+        "complex64",
+        "complex128",
+        "clongdouble",
+        "str_",
+        "bytes_",
+        "void",
+        "object_",
+        "datetime64",
+        "timedelta64",
     )
 }
 _NUMPY = {
@@ -130,16 +155,36 @@ _SKLEARN_INTERNALS = {
     *(
         ("sklearn.model_selection._split", name)
         for name in (
-            "KFold", "StratifiedKFold", "GroupKFold", "StratifiedGroupKFold", "ShuffleSplit", "StratifiedShuffleSplit",
-            "GroupShuffleSplit", "TimeSeriesSplit", "RepeatedKFold", "RepeatedStratifiedKFold", "LeaveOneOut",
-            "LeavePOut", "PredefinedSplit", "_CVIterableWrapper",
+            "KFold",
+            "StratifiedKFold",
+            "GroupKFold",
+            "StratifiedGroupKFold",
+            "ShuffleSplit",
+            "StratifiedShuffleSplit",
+            "GroupShuffleSplit",
+            "TimeSeriesSplit",
+            "RepeatedKFold",
+            "RepeatedStratifiedKFold",
+            "LeaveOneOut",
+            "LeavePOut",
+            "PredefinedSplit",
+            "_CVIterableWrapper",
         )
     ),
     *(
         ("sklearn._loss.loss", name)
         for name in (
-            "HalfSquaredError", "AbsoluteError", "PinballLoss", "HuberLoss", "HalfPoissonLoss", "HalfGammaLoss",
-            "HalfTweedieLoss", "HalfTweedieLossIdentity", "HalfBinomialLoss", "HalfMultinomialLoss", "ExponentialLoss",
+            "HalfSquaredError",
+            "AbsoluteError",
+            "PinballLoss",
+            "HuberLoss",
+            "HalfPoissonLoss",
+            "HalfGammaLoss",
+            "HalfTweedieLoss",
+            "HalfTweedieLossIdentity",
+            "HalfBinomialLoss",
+            "HalfMultinomialLoss",
+            "ExponentialLoss",
         )
     ),
     *(
@@ -149,16 +194,30 @@ _SKLEARN_INTERNALS = {
     *(
         ("sklearn._loss._loss", name)
         for name in (
-            "CyHalfSquaredError", "CyAbsoluteError", "CyPinballLoss", "CyHuberLoss", "CyHalfPoissonLoss",
-            "CyHalfGammaLoss", "CyHalfTweedieLoss", "CyHalfTweedieLossIdentity", "CyHalfBinomialLoss",
-            "CyExponentialLoss", "CyHalfMultinomialLoss", "__pyx_unpickle_CyHalfMultinomialLoss",
+            "CyHalfSquaredError",
+            "CyAbsoluteError",
+            "CyPinballLoss",
+            "CyHuberLoss",
+            "CyHalfPoissonLoss",
+            "CyHalfGammaLoss",
+            "CyHalfTweedieLoss",
+            "CyHalfTweedieLossIdentity",
+            "CyHalfBinomialLoss",
+            "CyExponentialLoss",
+            "CyHalfMultinomialLoss",
+            "__pyx_unpickle_CyHalfMultinomialLoss",
         )
     ),
     *(
         ("sklearn.linear_model._sgd_fast", name)
         for name in (
-            "Hinge", "SquaredHinge", "ModifiedHuber", "EpsilonInsensitive", "SquaredEpsilonInsensitive",
-            "__pyx_unpickle_Regression", "__pyx_unpickle_Classification",
+            "Hinge",
+            "SquaredHinge",
+            "ModifiedHuber",
+            "EpsilonInsensitive",
+            "SquaredEpsilonInsensitive",
+            "__pyx_unpickle_Regression",
+            "__pyx_unpickle_Classification",
         )
     ),
     # KDTree/BallTree pickle through newObj(cls) == cls.__new__(cls), cls itself allow-listed.
@@ -167,9 +226,24 @@ _SKLEARN_INTERNALS = {
     *(
         ("sklearn.metrics._dist_metrics", f"{metric}{bits}")
         for metric in (
-            "Euclidean", "SEuclidean", "Manhattan", "Chebyshev", "Minkowski", "Mahalanobis", "Hamming", "Canberra",
-            "BrayCurtis", "Jaccard", "Matching", "Dice", "Kulsinski", "RogersTanimoto", "RussellRao",
-            "SokalMichener", "SokalSneath", "Haversine",
+            "Euclidean",
+            "SEuclidean",
+            "Manhattan",
+            "Chebyshev",
+            "Minkowski",
+            "Mahalanobis",
+            "Hamming",
+            "Canberra",
+            "BrayCurtis",
+            "Jaccard",
+            "Matching",
+            "Dice",
+            "Kulsinski",
+            "RogersTanimoto",
+            "RussellRao",
+            "SokalMichener",
+            "SokalSneath",
+            "Haversine",
         )
         for bits in ("Distance64", "Distance32")
     ),
@@ -194,8 +268,7 @@ UFUNC_HOLDERS: dict[str, tuple[str, ...]] = {
 
 # Allowed only because the unpickler hands out a restricted stand-in (see module docstring).
 SUBSTITUTED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
-    {("_codecs", "encode"), ("joblib.numpy_pickle", "NumpyArrayWrapper"), FUNCTOOLS_PARTIAL, CHECK_ARRAY}
-    | TRANSFORMER_UFUNCS
+    {("_codecs", "encode"), ("joblib.numpy_pickle", "NumpyArrayWrapper"), FUNCTOOLS_PARTIAL, CHECK_ARRAY} | TRANSFORMER_UFUNCS
 )
 JOBLIB_ARRAY_WRAPPER = ("joblib.numpy_pickle", "NumpyArrayWrapper")
 # joblib < 0.10 wrote arrays to companion .npy files next to the pickle.

@@ -7,6 +7,7 @@ directory, then again while streaming, in case the directory lies). The MLmodel 
 is parsed with ``yaml.safe_load``; any list of "trusted types" it carries is ignored:
 types are trusted by our allow-list, never by the upload.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,9 +72,7 @@ def check_zip_members(archive: zipfile.ZipFile, *, limits: ZipLimits = ZipLimits
     """
     members = archive.infolist()
     if len(members) > limits.max_members:
-        raise PayloadTooLarge(
-            f"The archive has {len(members)} members; the limit is {limits.max_members}.", limit="max_members"
-        )
+        raise PayloadTooLarge(f"The archive has {len(members)} members; the limit is {limits.max_members}.", limit="max_members")
     seen: set[str] = set()
     total_size = 0
     total_compressed = 0
@@ -102,9 +101,7 @@ def check_zip_members(archive: zipfile.ZipFile, *, limits: ZipLimits = ZipLimits
     return members
 
 
-def extract_zip_safely(
-    *, archive_path: str | Path, destination: str | Path, limits: ZipLimits = ZipLimits()
-) -> Path:
+def extract_zip_safely(*, archive_path: str | Path, destination: str | Path, limits: ZipLimits = ZipLimits()) -> Path:
     """Check every member, then extract the archive into ``destination`` (created if missing).
 
     Returns the destination. Files are written with fresh permissions (no modes from the
@@ -135,9 +132,7 @@ def extract_zip_safely(
     return destination
 
 
-def extract_mlflow_archive(
-    *, archive_path: str | Path, destination: str | Path, limits: ZipLimits = ZipLimits()
-) -> MlflowModel:
+def extract_mlflow_archive(*, archive_path: str | Path, destination: str | Path, limits: ZipLimits = ZipLimits()) -> MlflowModel:
     """Extract an MLflow model zip safely into ``destination`` and return its MLmodel's content."""
     extract_zip_safely(archive_path=archive_path, destination=destination, limits=limits)
     return read_mlflow_model(folder=destination)
@@ -211,9 +206,7 @@ def _check_member_type(info: zipfile.ZipInfo) -> None:
     raise UnsafeArtifact(f"Archive member {info.filename!r} is {what}.")
 
 
-def _copy_member(
-    archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, *, written: int, limits: ZipLimits
-) -> int:
+def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, *, written: int, limits: ZipLimits) -> int:
     member_written = 0
     with archive.open(info) as source, open(target, "xb") as sink:
         while chunk := source.read(_COPY_CHUNK):

@@ -47,6 +47,7 @@ the conversion fails or its verification does, and the model is served by scikit
 
 Importable without Django, like ``serving``.
 """
+
 from __future__ import annotations
 
 import json
@@ -258,8 +259,12 @@ def _sklearn_tree(tree: Any, weights: np.ndarray, targets: tuple[int, ...]) -> _
 def _constant_tree(values: np.ndarray) -> _Tree:
     """A one-leaf tree adding `values` (one per target): a boosted model's starting value."""
     return _Tree(
-        left=np.array([-1]), right=np.array([-1]), feature=np.array([-2]), threshold=np.array([-2.0]),
-        weights=np.asarray(values, dtype=np.float64).reshape(1, -1), targets=tuple(range(len(values))),
+        left=np.array([-1]),
+        right=np.array([-1]),
+        feature=np.array([-2]),
+        threshold=np.array([-2.0]),
+        weights=np.asarray(values, dtype=np.float64).reshape(1, -1),
+        targets=tuple(range(len(values))),
     )
 
 
@@ -396,7 +401,9 @@ def onnx_bytes(plan: _Plan) -> bytes:
         producer_name="modelhost",
     )
     model.ir_version = 8
-    helper.set_model_props(model, {METADATA_KEY: json.dumps({**plan.post, "n_features": plan.n_features, "n_targets": plan.n_targets})})
+    helper.set_model_props(
+        model, {METADATA_KEY: json.dumps({**plan.post, "n_features": plan.n_features, "n_targets": plan.n_targets})}
+    )
     return model.SerializeToString()
 
 
@@ -439,7 +446,9 @@ def _tree_ensemble_attributes(plan: _Plan) -> dict[str, Any]:
             splits.extend(tree.threshold[splits_here].tolist())
             for children, ids, leaf_flags in ((left, true_ids, true_leaf), (right, false_ids, false_leaf)):
                 child_is_split = is_split[children]
-                ids.extend(np.where(child_is_split, split_base + split_index[children], leaf_base + leaf_index[children]).tolist())
+                ids.extend(
+                    np.where(child_is_split, split_base + split_index[children], leaf_base + leaf_index[children]).tolist()
+                )
                 leaf_flags.extend((~child_is_split).astype(int).tolist())
             leaves = np.flatnonzero(~is_split)
             leaf_targets.extend([target] * len(leaves))
@@ -654,7 +663,13 @@ def _around(thresholds: np.ndarray) -> np.ndarray:
     below32 = np.where(as32.astype(np.float64) <= thresholds, as32, np.nextafter(as32, np.float32(-np.inf)))
     above32 = np.where(as32.astype(np.float64) > thresholds, as32, np.nextafter(as32, np.float32(np.inf)))
     return np.stack(
-        [thresholds, np.nextafter(thresholds, -np.inf), np.nextafter(thresholds, np.inf), below32.astype(np.float64), above32.astype(np.float64)],
+        [
+            thresholds,
+            np.nextafter(thresholds, -np.inf),
+            np.nextafter(thresholds, np.inf),
+            below32.astype(np.float64),
+            above32.astype(np.float64),
+        ],
         axis=1,
     )
 
@@ -722,7 +737,11 @@ def compare(*, estimator: Any, predictor: CompiledPredictor, rows: np.ndarray) -
     answer = predictor.predict(x, want_proba=want_proba)
     figures: dict[str, Any] = {"rows_compared": int(len(rows)), "skipped": 0}
     if answer is None:  # some row is not finite after the steps: compare row by row on the rest
-        keep = [i for i in range(len(rows)) if predictor.predict(x[i : i + 1] if not hasattr(x, "iloc") else x.iloc[i : i + 1], want_proba=False) is not None]
+        keep = [
+            i
+            for i in range(len(rows))
+            if predictor.predict(x[i : i + 1] if not hasattr(x, "iloc") else x.iloc[i : i + 1], want_proba=False) is not None
+        ]
         figures["skipped"] = len(rows) - len(keep)
         if not keep:
             figures.update(label_disagreements=0, max_abs_diff=0.0, max_rel_diff=0.0, dtype_or_shape_differs=False)
@@ -735,7 +754,12 @@ def compare(*, estimator: Any, predictor: CompiledPredictor, rows: np.ndarray) -
     predictions, probabilities = answer
     differs = predictions.dtype != expected.dtype or predictions.shape != expected.shape
     if expected_proba is not None:
-        differs = differs or probabilities is None or probabilities.dtype != expected_proba.dtype or probabilities.shape != expected_proba.shape
+        differs = (
+            differs
+            or probabilities is None
+            or probabilities.dtype != expected_proba.dtype
+            or probabilities.shape != expected_proba.shape
+        )
     figures["dtype_or_shape_differs"] = bool(differs)
     if differs:
         figures.update(label_disagreements=int(len(rows)), max_abs_diff=float("inf"), max_rel_diff=float("inf"))

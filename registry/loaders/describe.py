@@ -1,4 +1,5 @@
 """Describe a loaded scikit-learn model: what it is, what it predicts, what it expects."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

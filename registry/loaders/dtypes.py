@@ -7,6 +7,7 @@ cleared no longer says ``hasobject``, so an array of it accepts raw bytes that n
 dereferences as object pointers. A dtype is therefore accepted only when it is exactly what
 numpy builds from its own descriptor, flags included.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -86,9 +87,7 @@ def array_problem(array: np.ndarray) -> str | None:
     from sklearn.base import BaseEstimator
 
     for value in np.asarray(array).ravel():  # a MaskedArray yields its data, not `masked`
-        if not is_plain_value(value) and not (
-            isinstance(value, BaseEstimator) and type(value).__module__.startswith("sklearn.")
-        ):
+        if not is_plain_value(value) and not (isinstance(value, BaseEstimator) and type(value).__module__.startswith("sklearn.")):
             return f"an object array holds a {type(value).__module__}.{type(value).__qualname__}"
     return None
 

@@ -1,4 +1,5 @@
 """One entry point per job: which format a file is, and loading it through its safe loader."""
+
 from __future__ import annotations
 
 import io
@@ -102,9 +103,7 @@ def _load_skops(path: str | Path | bytes, *, fallback_version: str | None) -> Lo
 
     loaded = load_skops(path=path)
     versions = loaded.sklearn_versions
-    return LoadedArtifact(
-        estimator=loaded.obj, fmt="skops", saved_sklearn_version=versions[0] if versions else fallback_version
-    )
+    return LoadedArtifact(estimator=loaded.obj, fmt="skops", saved_sklearn_version=versions[0] if versions else fallback_version)
 
 
 def detect_format(*, filename: str, first_bytes: bytes) -> str:

@@ -41,6 +41,7 @@ re-checks the result after loading (``structure.check_model_structures``: every 
 canonical, object arrays of plain values; ``safe_pickle``: no allowed class or function
 changed).
 """
+
 from __future__ import annotations
 
 import copyreg
@@ -99,9 +100,26 @@ _LITERAL_TYPES = (str, bytes, bytearray, int, float, bool, type(None))
 # Opcodes whose whole effect is to push their argument.
 _LITERAL_OPCODES = frozenset(
     {
-        "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT", "NONE",
-        "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8",
-        "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8",
+        "BININT",
+        "BININT1",
+        "BININT2",
+        "LONG",
+        "LONG1",
+        "LONG4",
+        "FLOAT",
+        "BINFLOAT",
+        "NONE",
+        "STRING",
+        "BINSTRING",
+        "SHORT_BINSTRING",
+        "UNICODE",
+        "SHORT_BINUNICODE",
+        "BINUNICODE",
+        "BINUNICODE8",
+        "BINBYTES",
+        "SHORT_BINBYTES",
+        "BINBYTES8",
+        "BYTEARRAY8",
     }
 )
 
@@ -569,7 +587,9 @@ class _Walker:
                 f"it calls {name} while loading; it may only be a FunctionTransformer's func or inverse_func", None
             )
         elif name == PARTIAL_FUNCTION:
-            self.findings.reasons.setdefault(f"it calls {name} while loading; it may only be the function of a functools.partial", None)
+            self.findings.reasons.setdefault(
+                f"it calls {name} while loading; it may only be the function of a functools.partial", None
+            )
         elif name in _NEVER_CALLED:
             self.findings.reasons.setdefault(
                 f"it calls {name} directly, which numpy never writes (a buffer argument views any object's memory)", None
@@ -775,7 +795,9 @@ class JoblibArrayLayout:
     nbytes: int
 
 
-def joblib_array_layout(state: dict[str, Any], *, checked_dtypes: dict[int, tuple[Any, str | None]] | None = None) -> JoblibArrayLayout:
+def joblib_array_layout(
+    state: dict[str, Any], *, checked_dtypes: dict[int, tuple[Any, str | None]] | None = None
+) -> JoblibArrayLayout:
     """Validate a NumpyArrayWrapper's state (plain values) and return its layout.
 
     Shared by the walk and by the unpickler, so both read the same bytes the same way.

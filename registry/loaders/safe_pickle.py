@@ -33,6 +33,7 @@ nested pickles with our restricted unpickler. Compressed files are opened with j
 own decompressors. We never call ``pickle.load``/``joblib.load``/``cloudpickle.load`` on
 tenant bytes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -150,7 +151,8 @@ class _SharedGlobals:
                     delattr(target, attribute)
         if changed:
             raise UnsafeArtifact(
-                "The model file is refused: loading it changed " + ", ".join(sorted(changed))
+                "The model file is refused: loading it changed "
+                + ", ".join(sorted(changed))
                 + ", which every model in the process shares."
             )
 
@@ -181,9 +183,7 @@ def open_pickle_stream(*, source: PickleSource) -> Iterator[tuple[BinaryIO, str 
         raw.seek(0)
         compressor = _detect_compressor(raw)
         if compressor == "compat":
-            raise InvalidArtifact(
-                "The file was written by joblib older than 0.9.3; load it with that joblib and save it again."
-            )
+            raise InvalidArtifact("The file was written by joblib older than 0.9.3; load it with that joblib and save it again.")
         if compressor == "not-compressed":
             yield raw, None
             return
@@ -311,7 +311,8 @@ class CheckedPartial(functools.partial):
 def check_array_while_loading(*args: Any, **keywords: Any) -> Any:
     """Stand-in for ``check_array`` as the unpickler hands it out: only a partial may hold it, never call it."""
     raise UnsafeArtifact(
-        f"The model file is refused: it calls {PARTIAL_FUNCTION} while loading; it may only be the function of a functools.partial.",
+        f"The model file is refused: it calls {PARTIAL_FUNCTION} while loading; it may only be the function of a "
+        "functools.partial.",
         refused_globals=[PARTIAL_FUNCTION],
     )
 
@@ -369,7 +370,8 @@ class UfuncReference:
 
     def __call__(self, *args: Any, **keywords: Any) -> Any:
         raise UnsafeArtifact(
-            f"The model file is refused: it calls {self.name} where only a FunctionTransformer's func or inverse_func may hold it.",
+            f"The model file is refused: it calls {self.name} where only a FunctionTransformer's func or inverse_func "
+            "may hold it.",
             refused_globals=[self.name],
         )
 

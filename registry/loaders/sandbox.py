@@ -18,6 +18,7 @@ either into the same result or error. On the fork server's path the web opens th
 file (for an MLflow folder, the file its MLmodel names) and hands over the open descriptor,
 so the child, running as a user of its own, reads nothing else of this machine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,24 +84,24 @@ def inspect_artifact(
 ) -> dict[str, Any]:
     """Load, describe and smoke-test a model file in a limited child; return the child's report.
 
-    The report has ``description`` (``describe.ModelDescription`` as a dict), ``sample``
-    (the prediction on the input example, or on one synthesized row: ``source``
-    "synthesized", a failure there noted with ``ok`` False), ``serving_artifact`` (bytes:
-    the checked estimator, pickled by the platform; read it with
-    ``serving.load_serving_artifact``), ``compiled_artifact`` (bytes of the verified compiled form
-of a tree ensemble, or None) and ``compiled`` (``reason``: why it is or is not compiled, and the
-verification's ``figures``; see ``compiled.compile_estimator``), ``linear_spec`` (a dict for plain linear models,
-    else None; see ``serving.linear_spec_for``), ``load_seconds``, ``predict_seconds`` and
-    ``artifact_seconds``. ``timeout_s`` covers
-    the whole child, including about a second of interpreter and library start-up;
-    ``memory_mb`` is its whole address space (the libraries alone take about 600 MiB).
-    Raises UnsafeArtifact with the refused globals, InvalidArtifact for a timeout, the
-    memory limit, or a failed prediction on the model's own input example (with its
-    message), PayloadTooLarge for a zip bomb.
+        The report has ``description`` (``describe.ModelDescription`` as a dict), ``sample``
+        (the prediction on the input example, or on one synthesized row: ``source``
+        "synthesized", a failure there noted with ``ok`` False), ``serving_artifact`` (bytes:
+        the checked estimator, pickled by the platform; read it with
+        ``serving.load_serving_artifact``), ``compiled_artifact`` (bytes of the verified compiled form
+    of a tree ensemble, or None) and ``compiled`` (``reason``: why it is or is not compiled, and the
+    verification's ``figures``; see ``compiled.compile_estimator``), ``linear_spec`` (a dict for plain linear models,
+        else None; see ``serving.linear_spec_for``), ``load_seconds``, ``predict_seconds`` and
+        ``artifact_seconds``. ``timeout_s`` covers
+        the whole child, including about a second of interpreter and library start-up;
+        ``memory_mb`` is its whole address space (the libraries alone take about 600 MiB).
+        Raises UnsafeArtifact with the refused globals, InvalidArtifact for a timeout, the
+        memory limit, or a failed prediction on the model's own input example (with its
+        message), PayloadTooLarge for a zip bomb.
 
-    ``check_socket`` is the fork server's Unix socket (settings.MODEL_CHECK_SOCKET; empty:
-    always the subprocess); a fork server that is not there or does not answer within two
-    seconds means the subprocess, with the same limits and the same outcome.
+        ``check_socket`` is the fork server's Unix socket (settings.MODEL_CHECK_SOCKET; empty:
+        always the subprocess); a fork server that is not there or does not answer within two
+        seconds means the subprocess, with the same limits and the same outcome.
     """
     if fmt not in FORMATS:
         raise InvalidArtifact(f"Unknown model format {fmt!r}; expected one of {', '.join(FORMATS)}.")
@@ -175,7 +176,11 @@ def _run_on_fork_server(
                 os.close(fd)  # the child holds the copies; EOF on the pipes means it is done
         answer = _read_line(conn, deadline=time.monotonic() + _FORK_SERVER_ANSWER_SECONDS)
         if not answer.get("ok"):
-            logger.warning("model check: the fork server at %s did not start the check (%s); starting a subprocess", check_socket, answer.get("reason"))
+            logger.warning(
+                "model check: the fork server at %s did not start the check (%s); starting a subprocess",
+                check_socket,
+                answer.get("reason"),
+            )
             return None
         outcome = _collect(conn, report_read=report_read, stderr_read=stderr_read, deadline=started + timeout_s)
         if outcome is None:
@@ -223,7 +228,9 @@ def _read_line(conn: socket.socket, *, deadline: float) -> dict[str, Any]:
     return message if isinstance(message, dict) else {}
 
 
-def _collect(conn: socket.socket, *, report_read: int, stderr_read: int, deadline: float) -> tuple[int | None, bytes, bytes] | None:
+def _collect(
+    conn: socket.socket, *, report_read: int, stderr_read: int, deadline: float
+) -> tuple[int | None, bytes, bytes] | None:
     """Read both pipes to their end and the exit status; None when the deadline passes first.
 
     An exit status of None: the fork server went away before saying it (the report, if whole,
@@ -287,7 +294,12 @@ def _report_or_raise(returncode: int, stdout: bytes, stderr: bytes, *, timeout_s
     if report.get("ok"):
         report.pop("ok")
         serving_bytes, compiled_bytes = report.pop("serving_artifact_bytes", None), report.pop("compiled_artifact_bytes", None)
-        if not isinstance(serving_bytes, int) or not isinstance(compiled_bytes, int) or serving_bytes + compiled_bytes != len(artifact) or returncode != 0:
+        if (
+            not isinstance(serving_bytes, int)
+            or not isinstance(compiled_bytes, int)
+            or serving_bytes + compiled_bytes != len(artifact)
+            or returncode != 0
+        ):
             raise InvalidArtifact(f"the model check stopped unexpectedly (exit status {returncode}) while writing its result")
         report["serving_artifact"] = artifact[:serving_bytes]
         report["compiled_artifact"] = artifact[serving_bytes:] or None

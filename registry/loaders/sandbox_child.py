@@ -22,6 +22,7 @@ It never imports Django or Celery: ``platform_site/__init__.py`` starts the Cele
 (which imports Django), so ``platform_site`` is registered as a bare package first and
 only the plain ``platform_site.errors`` module is imported from it.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,9 @@ def inspect_request(request: dict[str, Any], *, model_fd: int | None = None) -> 
     if model_fd is None:
         loaded = load_artifact(request["path"], fmt=request["fmt"])
     else:
-        loaded = load_artifact_from_fd(model_fd, fmt=request["fmt"], fallback_sklearn_version=request.get("saved_sklearn_version"))
+        loaded = load_artifact_from_fd(
+            model_fd, fmt=request["fmt"], fallback_sklearn_version=request.get("saved_sklearn_version")
+        )
     description = describe_estimator(estimator=loaded.estimator, saved_sklearn_version=loaded.saved_sklearn_version)
     single_threaded(loaded.estimator)
     loaded_at = time.monotonic()
@@ -185,7 +188,7 @@ def _known_categories(estimator: Any, keys: list[Any]) -> dict[Any, Any]:
         else:
             categories = getattr(step, "categories_", None)
             if isinstance(categories, list) and len(categories) == len(columns):
-                for key, values in zip(columns, categories):
+                for key, values in zip(columns, categories, strict=True):
                     value = _first_plain_category(values)
                     if value is not None:
                         found.setdefault(key, value)
@@ -206,7 +209,8 @@ def _selected_columns(selection: Any, columns: list[Any]) -> list[Any]:
     except TypeError:
         return []
     if items and all(isinstance(item, (bool, np.bool_)) for item in items):
-        return [column for column, keep in zip(columns, items) if keep]
+        # The mask comes from the uploaded model: a length that does not match is not ours to refuse here.
+        return [column for column, keep in zip(columns, items, strict=False) if keep]
     if all(isinstance(item, (int, np.integer)) for item in items):
         return [columns[int(i)] for i in items if -len(columns) <= int(i) < len(columns)]
     return [item for item in items if item in columns]

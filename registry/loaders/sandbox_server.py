@@ -34,6 +34,7 @@ the host's one thread, so a pid is never signalled after it was reaped (and reus
 Hand-written framing rather than the runners' ``wire`` module: registry may not import
 inference, and one length-prefixed JSON frame is all a request is.
 """
+
 from __future__ import annotations
 
 import functools
@@ -118,7 +119,9 @@ class SandboxService:
     and returns the names of the layers it applied.
     """
 
-    def __init__(self, *, listeners: list[socket.socket], selector: selectors.BaseSelector, confine: Callable[[int], list[str]]) -> None:
+    def __init__(
+        self, *, listeners: list[socket.socket], selector: selectors.BaseSelector, confine: Callable[[int], list[str]]
+    ) -> None:
         self.selector = selector
         self.confine = confine
         self.checks: dict[int, _Check] = {}
@@ -235,7 +238,11 @@ class SandboxService:
         # else: kept until reaped, so kill_overdue and reaped() still know the pid.
 
     def status(self) -> dict[str, Any]:
-        return {"ok": True, "started_checks": self.started_checks, "running": sorted(pid for pid, c in self.checks.items() if not c.reaped)}
+        return {
+            "ok": True,
+            "started_checks": self.started_checks,
+            "running": sorted(pid for pid, c in self.checks.items() if not c.reaped),
+        }
 
     @staticmethod
     def _reply(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -263,7 +270,9 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _run_child(*, request: dict[str, Any], fds: list[int], confine: Callable[[int], list[str]], memory_mb: int, cpu_seconds: int) -> None:
+def _run_child(
+    *, request: dict[str, Any], fds: list[int], confine: Callable[[int], list[str]], memory_mb: int, cpu_seconds: int
+) -> None:
     """The check's whole life, in the forked child; never returns."""
     status = 1
     try:

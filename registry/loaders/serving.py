@@ -16,6 +16,7 @@ writes two things (``sandbox_child``):
 Importable without Django (runners have none): ``platform_site`` is registered as a bare
 package, as ``sandbox_child`` does, when nothing imported it yet.
 """
+
 from __future__ import annotations
 
 import sys
@@ -105,8 +106,9 @@ def probabilities_from_scores(scores: np.ndarray, *, proba: str) -> np.ndarray:
 def linear_spec_for(estimator: Any) -> dict[str, Any] | None:
     """The ``linear_spec`` of ``estimator``, or None when it is not a plain linear model.
 
-    Only for plain linear models (``_is_plain_linear``), with int64 or float64 classes; the spec (after a JSON round trip) must give bitwise the estimator's
-    predictions on probe rows, and ``proba`` is set only when ``probabilities_from_scores``
+    Only for plain linear models (``_is_plain_linear``), with int64 or float64 classes; the
+    spec (after a JSON round trip) must give bitwise the estimator's predictions on probe rows,
+    and ``proba`` is set only when ``probabilities_from_scores``
     gives bitwise its predict_proba too.
     """
     import json
@@ -180,7 +182,10 @@ def _is_plain_linear(estimator: Any) -> bool:
     if cls.predict is LinearClassifierMixin.predict and cls.decision_function is LinearClassifierMixin.decision_function:
         classes = getattr(estimator, "classes_", None)
         return type(classes) is np.ndarray and classes.ndim == 1
-    return cls.predict in (LinearModel.predict, MultiOutputLinearModel.predict) and cls._decision_function is LinearModel._decision_function
+    return (
+        cls.predict in (LinearModel.predict, MultiOutputLinearModel.predict)
+        and cls._decision_function is LinearModel._decision_function
+    )
 
 
 def probe_rows(width: int) -> np.ndarray:

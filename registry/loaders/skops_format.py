@@ -7,6 +7,7 @@ file naming any that fail, and trust exactly the audited rest. The list of trust
 types always comes from this audit, never from the upload (e.g. MLflow's MLmodel
 ``skops_trusted_types``).
 """
+
 from __future__ import annotations
 
 import io

@@ -23,6 +23,7 @@ TransformedTargetRegressor hold (``allowlist.TRANSFORMER_UFUNCS``): the unpickle
 an inert ``UfuncReference``; the walk puts the real ufunc in those estimators' ``func`` and
 ``inverse_func`` and refuses a model with a reference anywhere else.
 """
+
 from __future__ import annotations
 
 import sys

@@ -2,111 +2,232 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import registry.storage
 from django.conf import settings
 from django.db import migrations, models
 
+import registry.storage
+
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
+        ("accounts", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ModelVersion',
+            name="ModelVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('artifact', models.FileField(max_length=300, storage=registry.storage.model_storage, upload_to='')),
-                ('sha256', models.CharField(max_length=64)),
-                ('size_bytes', models.PositiveBigIntegerField()),
-                ('format', models.CharField(choices=[('joblib', 'joblib'), ('pickle', 'pickle'), ('skops', 'skops'), ('mlflow', 'MLflow model (zip)')], max_length=10)),
-                ('inner_path', models.CharField(blank=True, max_length=300)),
-                ('inner_format', models.CharField(blank=True, max_length=16)),
-                ('sklearn_version', models.CharField(blank=True, help_text='The version the artifact was saved with.', max_length=32)),
-                ('serving_sklearn_version', models.CharField(help_text='The version that checked and serves it.', max_length=32)),
-                ('estimator_class', models.CharField(max_length=200)),
-                ('final_estimator_class', models.CharField(blank=True, max_length=200)),
-                ('task', models.CharField(choices=[('classification', 'Classification'), ('regression', 'Regression')], max_length=20)),
-                ('classes', models.JSONField(blank=True, null=True)),
-                ('has_predict_proba', models.BooleanField(default=False)),
-                ('n_features', models.PositiveIntegerField(blank=True, null=True)),
-                ('fitted_with_feature_names', models.BooleanField(default=False)),
-                ('signature', models.JSONField(default=dict)),
-                ('input_example', models.JSONField(blank=True, null=True)),
-                ('reference_data', models.FileField(blank=True, max_length=300, storage=registry.storage.model_storage, upload_to='')),
-                ('reference_rows', models.PositiveIntegerField(default=0)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('params', models.JSONField(blank=True, default=dict)),
-                ('description', models.TextField(blank=True)),
-                ('warnings', models.JSONField(blank=True, default=list)),
-                ('stage', models.CharField(choices=[('none', 'None'), ('staging', 'Staging'), ('production', 'Production'), ('archived', 'Archived')], default='none', max_length=12)),
-                ('source', models.CharField(blank=True, help_text='upload, or the MLflow model URI it came from.', max_length=500)),
-                ('load_seconds', models.FloatField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("number", models.PositiveIntegerField()),
+                ("artifact", models.FileField(max_length=300, storage=registry.storage.model_storage, upload_to="")),
+                ("sha256", models.CharField(max_length=64)),
+                ("size_bytes", models.PositiveBigIntegerField()),
+                (
+                    "format",
+                    models.CharField(
+                        choices=[
+                            ("joblib", "joblib"),
+                            ("pickle", "pickle"),
+                            ("skops", "skops"),
+                            ("mlflow", "MLflow model (zip)"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("inner_path", models.CharField(blank=True, max_length=300)),
+                ("inner_format", models.CharField(blank=True, max_length=16)),
+                (
+                    "sklearn_version",
+                    models.CharField(blank=True, help_text="The version the artifact was saved with.", max_length=32),
+                ),
+                ("serving_sklearn_version", models.CharField(help_text="The version that checked and serves it.", max_length=32)),
+                ("estimator_class", models.CharField(max_length=200)),
+                ("final_estimator_class", models.CharField(blank=True, max_length=200)),
+                (
+                    "task",
+                    models.CharField(choices=[("classification", "Classification"), ("regression", "Regression")], max_length=20),
+                ),
+                ("classes", models.JSONField(blank=True, null=True)),
+                ("has_predict_proba", models.BooleanField(default=False)),
+                ("n_features", models.PositiveIntegerField(blank=True, null=True)),
+                ("fitted_with_feature_names", models.BooleanField(default=False)),
+                ("signature", models.JSONField(default=dict)),
+                ("input_example", models.JSONField(blank=True, null=True)),
+                (
+                    "reference_data",
+                    models.FileField(blank=True, max_length=300, storage=registry.storage.model_storage, upload_to=""),
+                ),
+                ("reference_rows", models.PositiveIntegerField(default=0)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("params", models.JSONField(blank=True, default=dict)),
+                ("description", models.TextField(blank=True)),
+                ("warnings", models.JSONField(blank=True, default=list)),
+                (
+                    "stage",
+                    models.CharField(
+                        choices=[
+                            ("none", "None"),
+                            ("staging", "Staging"),
+                            ("production", "Production"),
+                            ("archived", "Archived"),
+                        ],
+                        default="none",
+                        max_length=12,
+                    ),
+                ),
+                (
+                    "source",
+                    models.CharField(blank=True, help_text="upload, or the MLflow model URI it came from.", max_length=500),
+                ),
+                ("load_seconds", models.FloatField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['registered_model', '-number'],
+                "ordering": ["registered_model", "-number"],
             },
         ),
         migrations.CreateModel(
-            name='RegisteredModel',
+            name="RegisteredModel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.SlugField(max_length=100)),
-                ('description', models.TextField(blank=True)),
-                ('task', models.CharField(blank=True, choices=[('classification', 'Classification'), ('regression', 'Regression')], max_length=20)),
-                ('prediction_cache_ttl', models.PositiveIntegerField(default=300)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('deleted_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('organization', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='registered_models', to='accounts.organization')),
-                ('production_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.SlugField(max_length=100)),
+                ("description", models.TextField(blank=True)),
+                (
+                    "task",
+                    models.CharField(
+                        blank=True, choices=[("classification", "Classification"), ("regression", "Regression")], max_length=20
+                    ),
+                ),
+                ("prediction_cache_ttl", models.PositiveIntegerField(default=300)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("deleted_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "organization",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="registered_models", to="accounts.organization"
+                    ),
+                ),
+                (
+                    "production_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['organization__slug', 'name'],
+                "ordering": ["organization__slug", "name"],
             },
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='registered_model',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='versions', to='registry.registeredmodel'),
+            model_name="modelversion",
+            name="registered_model",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="versions", to="registry.registeredmodel"
+            ),
         ),
         migrations.CreateModel(
-            name='Release',
+            name="Release",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('kind', models.CharField(choices=[('promote', 'Promote'), ('rollback', 'Rollback'), ('retire', 'Retire'), ('experiment', 'Experiment winner')], max_length=12)),
-                ('reason', models.CharField(blank=True, max_length=500)),
-                ('actor_api_key_prefix', models.CharField(blank=True, max_length=16)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('from_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='registry.modelversion')),
-                ('registered_model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='releases', to='registry.registeredmodel')),
-                ('to_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='registry.modelversion')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("number", models.PositiveIntegerField()),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("promote", "Promote"),
+                            ("rollback", "Rollback"),
+                            ("retire", "Retire"),
+                            ("experiment", "Experiment winner"),
+                        ],
+                        max_length=12,
+                    ),
+                ),
+                ("reason", models.CharField(blank=True, max_length=500)),
+                ("actor_api_key_prefix", models.CharField(blank=True, max_length=16)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "from_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="registry.modelversion",
+                    ),
+                ),
+                (
+                    "registered_model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="releases", to="registry.registeredmodel"
+                    ),
+                ),
+                (
+                    "to_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['registered_model', '-number'],
+                "ordering": ["registered_model", "-number"],
             },
         ),
         migrations.AddConstraint(
-            model_name='registeredmodel',
-            constraint=models.UniqueConstraint(condition=models.Q(('deleted_at__isnull', True)), fields=('organization', 'name'), name='unique_live_model_name_per_org'),
+            model_name="registeredmodel",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("deleted_at__isnull", True)),
+                fields=("organization", "name"),
+                name="unique_live_model_name_per_org",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.UniqueConstraint(fields=('registered_model', 'number'), name='unique_version_number'),
+            model_name="modelversion",
+            constraint=models.UniqueConstraint(fields=("registered_model", "number"), name="unique_version_number"),
         ),
         migrations.AddConstraint(
-            model_name='release',
-            constraint=models.UniqueConstraint(fields=('registered_model', 'number'), name='unique_release_number'),
+            model_name="release",
+            constraint=models.UniqueConstraint(fields=("registered_model", "number"), name="unique_release_number"),
         ),
     ]

@@ -4,20 +4,36 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('registry', '0002_serving_artifact'),
+        ("registry", "0002_serving_artifact"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='modelversion',
-            name='task',
-            field=models.CharField(choices=[('classification', 'Classification'), ('regression', 'Regression'), ('outlier_detection', 'Outlier detection'), ('clustering', 'Clustering')], max_length=20),
+            model_name="modelversion",
+            name="task",
+            field=models.CharField(
+                choices=[
+                    ("classification", "Classification"),
+                    ("regression", "Regression"),
+                    ("outlier_detection", "Outlier detection"),
+                    ("clustering", "Clustering"),
+                ],
+                max_length=20,
+            ),
         ),
         migrations.AlterField(
-            model_name='registeredmodel',
-            name='task',
-            field=models.CharField(blank=True, choices=[('classification', 'Classification'), ('regression', 'Regression'), ('outlier_detection', 'Outlier detection'), ('clustering', 'Clustering')], max_length=20),
+            model_name="registeredmodel",
+            name="task",
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ("classification", "Classification"),
+                    ("regression", "Regression"),
+                    ("outlier_detection", "Outlier detection"),
+                    ("clustering", "Clustering"),
+                ],
+                max_length=20,
+            ),
         ),
     ]

@@ -1,4 +1,5 @@
 """Tiny real scikit-learn models as upload-ready bytes, built once per test session."""
+
 from __future__ import annotations
 
 import functools
@@ -113,7 +114,9 @@ def create_version(model, estimator=None, *, promote: bool = False):
     with tempfile.NamedTemporaryFile(suffix=".joblib") as handle:
         handle.write(content)
         handle.flush()
-        name = artifacts.store(Path(handle.name), f"orgs/{model.organization_id}/models/{model.pk}/versions/{number}/model.joblib")
+        name = artifacts.store(
+            Path(handle.name), f"orgs/{model.organization_id}/models/{model.pk}/versions/{number}/model.joblib"
+        )
     version = ModelVersion.objects.create(
         registered_model=model,
         number=number,

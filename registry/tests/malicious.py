@@ -5,6 +5,7 @@ test's tmp_path): the tests prove that first, so "the marker never exists" after
 loaders refuse a case is a claim that can fail. Each case names the exact globals our
 audit must refuse.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -142,22 +143,46 @@ def stack_global_memoized(marker: Path) -> bytes:
     A scanner that takes "the last two strings pushed" reads sklearn.pipeline.Pipeline.
     """
     return (
-        pickle.PROTO + b"\x04"
-        + _unicode("os") + pickle.MEMOIZE + pickle.POP
-        + _unicode("system") + pickle.MEMOIZE + pickle.POP
-        + _unicode("sklearn.pipeline") + _unicode("Pipeline") + pickle.POP + pickle.POP
-        + pickle.BINGET + b"\x00" + pickle.BINGET + b"\x01" + pickle.STACK_GLOBAL
-        + _unicode(touch_command(marker)) + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP
+        pickle.PROTO
+        + b"\x04"
+        + _unicode("os")
+        + pickle.MEMOIZE
+        + pickle.POP
+        + _unicode("system")
+        + pickle.MEMOIZE
+        + pickle.POP
+        + _unicode("sklearn.pipeline")
+        + _unicode("Pipeline")
+        + pickle.POP
+        + pickle.POP
+        + pickle.BINGET
+        + b"\x00"
+        + pickle.BINGET
+        + b"\x01"
+        + pickle.STACK_GLOBAL
+        + _unicode(touch_command(marker))
+        + pickle.TUPLE1
+        + pickle.REDUCE
+        + pickle.STOP
     )
 
 
 def stack_global_computed_name(marker: Path) -> bytes:
     """STACK_GLOBAL whose module name is built by a call: nothing static can name it."""
     return (
-        pickle.PROTO + b"\x04"
-        + pickle.GLOBAL + b"numpy\nstr_\n" + _unicode("os") + pickle.TUPLE1 + pickle.REDUCE
-        + _unicode("system") + pickle.STACK_GLOBAL
-        + _unicode(touch_command(marker)) + pickle.TUPLE1 + pickle.REDUCE + pickle.STOP
+        pickle.PROTO
+        + b"\x04"
+        + pickle.GLOBAL
+        + b"numpy\nstr_\n"
+        + _unicode("os")
+        + pickle.TUPLE1
+        + pickle.REDUCE
+        + _unicode("system")
+        + pickle.STACK_GLOBAL
+        + _unicode(touch_command(marker))
+        + pickle.TUPLE1
+        + pickle.REDUCE
+        + pickle.STOP
     )
 
 
@@ -238,9 +263,7 @@ def corpus() -> list[Case]:
         ),
         Case(
             "joblib_object_array_eval_gzip",
-            lambda marker: joblib_bytes(
-                np.array([eval_payload(marker)], dtype=object), compress=("gzip", 3)
-            ),
+            lambda marker: joblib_bytes(np.array([eval_payload(marker)], dtype=object), compress=("gzip", 3)),
             ("builtins.eval",),
             is_joblib=True,
         ),
@@ -397,10 +420,17 @@ def _class_build(
     """
     memo = pickle.BINPUT + b"\xf0" + pickle.POP + pickle.BINGET + b"\xf0" if through_memo else b""
     return (
-        pickle.GLOBAL + f"{module}\n{name}\n".encode() + memo
-        + pickle.NONE + pickle.EMPTY_DICT + _unicode(attribute)
-        + pickle.GLOBAL + f"{value_module}\n{value_name}\n".encode() + pickle.SETITEM
-        + pickle.TUPLE2 + pickle.BUILD
+        pickle.GLOBAL
+        + f"{module}\n{name}\n".encode()
+        + memo
+        + pickle.NONE
+        + pickle.EMPTY_DICT
+        + _unicode(attribute)
+        + pickle.GLOBAL
+        + f"{value_module}\n{value_name}\n".encode()
+        + pickle.SETITEM
+        + pickle.TUPLE2
+        + pickle.BUILD
     )
 
 
@@ -451,9 +481,7 @@ def state_corpus() -> list[StateCase]:
         StateCase("bytes_of_object_array_in_str", bytes_of_object_array_as_classes, "leak", "builtins.bytes"),
         StateCase("numpy_bytes_of_object_array", numpy_bytes_of_object_array_as_classes, "leak", "numpy.bytes_"),
         StateCase("bytearray_of_object_array", bytearray_of_object_array_as_classes, "leak", "builtins.bytearray"),
-        StateCase(
-            "frombuffer_of_object_array", frombuffer_of_object_array_as_classes, "leak", "numpy._core.numeric._frombuffer"
-        ),
+        StateCase("frombuffer_of_object_array", frombuffer_of_object_array_as_classes, "leak", "numpy._core.numeric._frombuffer"),
         StateCase("ndarray_over_object_buffer", ndarray_over_object_buffer_as_classes, "leak", "numpy.ndarray"),
         StateCase("class_build_identity_link", class_build_on_identity_link, "tamper", "sklearn._loss.link.IdentityLink"),
         StateCase(
@@ -616,8 +644,14 @@ UFUNC_CASES = [
     (
         "ufunc_called_while_loading",
         ufunc_called_while_loading,
-        "The model file is refused: it calls numpy.sqrt while loading; it may only be a FunctionTransformer's func or inverse_func.",
+        "The model file is refused: it calls numpy.sqrt while loading; it may only be a FunctionTransformer's func or "
+        "inverse_func.",
         [],
     ),
-    ("ufunc_off_the_list", ufunc_off_the_list, "The model file refers to globals outside the allow-list: numpy.sin", ["numpy.sin"]),
+    (
+        "ufunc_off_the_list",
+        ufunc_off_the_list,
+        "The model file refers to globals outside the allow-list: numpy.sin",
+        ["numpy.sin"],
+    ),
 ]

@@ -1,11 +1,12 @@
 """Tree ensembles served by their compiled form through the whole path: upload sandbox, runner, HTTP API."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from django.core.management import call_command
-from django.test import Client
 from django.core.management.base import CommandError
+from django.test import Client
 from prometheus_client import REGISTRY
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -39,7 +40,11 @@ def served_by(runtime: str) -> float:
 
 
 def predict(client, rows, number=1):
-    return client.post(f"/api/v1/models/acme/iris/versions/{number}/predict", {"inputs": rows, "parameters": {"probabilities": True}}, format="json")
+    return client.post(
+        f"/api/v1/models/acme/iris/versions/{number}/predict",
+        {"inputs": rows, "parameters": {"probabilities": True}},
+        format="json",
+    )
 
 
 def test_a_forest_is_served_by_its_compiled_form_with_scikit_learns_answers(owner, tenant_a, forest):
@@ -64,7 +69,9 @@ def test_a_forest_is_served_by_its_compiled_form_with_scikit_learns_answers(owne
     assert b"runtime: compiled (ONNX Runtime, verified exact)" in page.content
 
 
-def test_an_owner_can_turn_the_compiled_form_off_at_upload_and_back_on_later(owner, tenant_a, forest, django_capture_on_commit_callbacks):
+def test_an_owner_can_turn_the_compiled_form_off_at_upload_and_back_on_later(
+    owner, tenant_a, forest, django_capture_on_commit_callbacks
+):
     response = upload(owner, f.joblib_bytes(forest), compiled="false")
     assert response.status_code == 201, response.content
     assert response.json()["runtime"] == "sklearn"

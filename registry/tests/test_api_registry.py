@@ -42,6 +42,7 @@ def stored_files(settings, model_name: str = "iris") -> list[str]:
 
 # --- models ------------------------------------------------------------------------------
 
+
 def test_create_list_update_and_soft_delete_model(tenant_a):
     client = tenant_a.jwt_client()
     created = create_model(client, description="flowers")
@@ -90,6 +91,7 @@ def test_viewer_cannot_upload(tenant_a, owner):
 
 
 # --- uploads -----------------------------------------------------------------------------
+
 
 def test_upload_joblib_describes_the_model(owner):
     content = f.joblib_bytes(f.iris_model())
@@ -148,7 +150,7 @@ def test_upload_mlflow_zip_uses_its_signature(owner, tmp_path, serialization):
 
 
 def test_signature_from_input_example_names_columns(owner):
-    example = [dict(zip(f.IRIS_FEATURES, f.IRIS_ROW))]
+    example = [dict(zip(f.IRIS_FEATURES, f.IRIS_ROW, strict=True))]
     response = upload(owner, f.joblib_bytes(f.iris_model()), input_example=example)
     assert response.status_code == 201, response.content
     assert response.json()["signature"] == {
@@ -164,7 +166,11 @@ def test_signature_from_reference_data(owner):
     assert response.status_code == 201, response.content
     version = response.json()
     assert version["signature"]["source"] == "reference_data"
-    assert version["signature"]["inputs"] == [{"name": "a", "type": "double"}, {"name": "b", "type": "long"}, {"name": "c", "type": "double"}]
+    assert version["signature"]["inputs"] == [
+        {"name": "a", "type": "double"},
+        {"name": "b", "type": "long"},
+        {"name": "c", "type": "double"},
+    ]
     assert version["reference_rows"] == 3
     assert version["task"] == "regression"
 
@@ -240,6 +246,9 @@ def test_upload_over_the_size_limit_is_413(owner, settings):
         pytest.param({"metrics": {"accuracy": "high"}}, "metrics.accuracy", id="metric-not-a-number"),
         pytest.param({"params": [1, 2]}, "params", id="params-not-object"),
         pytest.param({"input_example": "[[1,2],[3]]"}, "input_example", id="ragged-example"),
+        pytest.param(
+            {"input_example": '{"columns": ["a", "b"], "data": [[1, 2], [3]]}'}, "input_example", id="split-example-short-row"
+        ),
         pytest.param({"colour": "red"}, "colour", id="unknown-field"),
     ],
 )
@@ -264,6 +273,7 @@ def test_garbage_file_is_refused(owner):
 
 
 # --- stages, releases, rollback ----------------------------------------------------------
+
 
 def stage(client, number, value, reason=""):
     return client.post(f"/api/v1/models/acme/iris/versions/{number}/stage", {"stage": value, "reason": reason}, format="json")

@@ -1,4 +1,5 @@
 """MLflow model zips: real folders written by mlflow.sklearn.save_model, and hostile zips."""
+
 from __future__ import annotations
 
 import stat
@@ -25,9 +26,7 @@ from registry.loaders.formats import load_model
 
 MiB = 1024 * 1024
 RNG = np.random.RandomState(1)
-FRAME = pd.DataFrame(
-    {"age": RNG.rand(40) * 60, "income": RNG.rand(40) * 900, "city": RNG.choice(["paris", "lima", "oslo"], 40)}
-)
+FRAME = pd.DataFrame({"age": RNG.rand(40) * 60, "income": RNG.rand(40) * 900, "city": RNG.choice(["paris", "lima", "oslo"], 40)})
 LABELS = np.where(FRAME["age"] > 30, "senior", "junior")
 X = RNG.rand(40, 4)
 Y = (X[:, 0] > 0.5).astype(int)
@@ -59,9 +58,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         [
             (
                 "columns",
-                ColumnTransformer(
-                    [("numbers", StandardScaler(), ["age", "income"]), ("city", OneHotEncoder(), ["city"])]
-                ),
+                ColumnTransformer([("numbers", StandardScaler(), ["age", "income"]), ("city", OneHotEncoder(), ["city"])]),
             ),
             ("model", LogisticRegression()),
         ]
@@ -206,9 +203,7 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize(("name", "error", "detail"), HOSTILE)
-def test_path_tricks_are_refused_naming_the_member(
-    tmp_path: Path, name: str, error: type[Exception], detail: str
-) -> None:
+def test_path_tricks_are_refused_naming_the_member(tmp_path: Path, name: str, error: type[Exception], detail: str) -> None:
     members = [(zipfile.ZipInfo("MLmodel"), b"flavors: {}"), (zipfile.ZipInfo(name), b"x")]
     archive = _zip_with_infos(tmp_path / "evil.zip", members)
     with pytest.raises(error) as raised:
@@ -414,7 +409,6 @@ def test_read_mlflow_model_reads_a_records_input_example(tmp_path: Path) -> None
     (folder / "model.pkl").write_bytes(b"x")
     (folder / "example.json").write_text('[{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]')
     (folder / "MLmodel").write_text(
-        GOOD_FLAVOR
-        + "saved_input_example_info:\n  artifact_path: example.json\n  type: dataframe\n  pandas_orient: records\n"
+        GOOD_FLAVOR + "saved_input_example_info:\n  artifact_path: example.json\n  type: dataframe\n  pandas_orient: records\n"
     )
     assert read_mlflow_model(folder=folder).input_example == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]

@@ -2,12 +2,14 @@
 
 No database: these build models, convert and verify them, and compare with scikit-learn.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.datasets import make_classification, make_regression
+from sklearn.decomposition import PCA
 from sklearn.ensemble import (
     ExtraTreesClassifier,
     ExtraTreesRegressor,
@@ -18,7 +20,6 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
-from sklearn.decomposition import PCA
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -47,8 +48,12 @@ SUPPORTED = {
     "hist_gradient_boosting_binary": lambda: HistGradientBoostingClassifier(max_iter=15, random_state=0).fit(X_CLASS, Y_BINARY),
     "hist_gradient_boosting_multiclass": lambda: HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(X_CLASS, LABELS),
     "hist_gradient_boosting_regressor": lambda: HistGradientBoostingRegressor(max_iter=15, random_state=0).fit(X_REG, Y_REG),
-    "hist_gradient_boosting_poisson": lambda: HistGradientBoostingRegressor(loss="poisson", max_iter=10, random_state=0).fit(X_REG, np.abs(Y_REG)),
-    "pipeline_scaler_forest": lambda: make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=10, random_state=0)).fit(X_CLASS, LABELS),
+    "hist_gradient_boosting_poisson": lambda: HistGradientBoostingRegressor(loss="poisson", max_iter=10, random_state=0).fit(
+        X_REG, np.abs(Y_REG)
+    ),
+    "pipeline_scaler_forest": lambda: make_pipeline(
+        StandardScaler(), RandomForestClassifier(n_estimators=10, random_state=0)
+    ).fit(X_CLASS, LABELS),
     "pipeline_imputer_minmax_boosting": lambda: make_pipeline(
         SimpleImputer(), MinMaxScaler(), GradientBoostingRegressor(n_estimators=10, random_state=0)
     ).fit(X_REG, Y_REG),
@@ -105,9 +110,15 @@ def test_rows_exactly_at_each_threshold_and_one_step_either_side_get_scikit_lear
     predictor = compiled.CompiledPredictor(data=compiled.onnx_bytes(compiled.plan_for(tree)), estimator=tree)
     splits = tree.tree_.feature >= 0
     rows = []
-    for feature, threshold in zip(tree.tree_.feature[splits], tree.tree_.threshold[splits]):
+    for feature, threshold in zip(tree.tree_.feature[splits], tree.tree_.threshold[splits], strict=True):
         as32 = np.float32(threshold)
-        for value in (threshold, np.nextafter(threshold, -np.inf), np.nextafter(threshold, np.inf), as32, np.nextafter(as32, np.float32(np.inf))):
+        for value in (
+            threshold,
+            np.nextafter(threshold, -np.inf),
+            np.nextafter(threshold, np.inf),
+            as32,
+            np.nextafter(as32, np.float32(np.inf)),
+        ):
             row = X_CLASS[0].copy()
             row[feature] = value
             rows.append(row)
@@ -152,26 +163,41 @@ def test_a_tampered_tree_is_refused(monkeypatch):
     figures = compiled.verify_compiled(estimator=forest, data=data, examples=X_REG[:20])
     assert figures["passed"] is False
     assert figures["matches_estimator"] is False  # one ulp of one leaf rows may not reach
-    assert compiled.failure_reason(figures) == "verification failed: the compiled bytes are not the conversion of the estimator's trees"
+    assert (
+        compiled.failure_reason(figures)
+        == "verification failed: the compiled bytes are not the conversion of the estimator's trees"
+    )
 
 
 @pytest.mark.parametrize(
     ("build", "reason"),
     [
-        pytest.param(lambda: LogisticRegression().fit(X_CLASS, Y_CLASS), "LogisticRegression is not a tree ensemble", id="linear"),
         pytest.param(
-            lambda: GradientBoostingClassifier(loss="exponential", n_estimators=5).fit(X_CLASS, Y_BINARY), "loss='exponential'", id="exponential-loss"
+            lambda: LogisticRegression().fit(X_CLASS, Y_CLASS), "LogisticRegression is not a tree ensemble", id="linear"
         ),
         pytest.param(
-            lambda: HistGradientBoostingClassifier(max_iter=5, categorical_features=[0]).fit(np.abs(X_CLASS).astype(int), Y_CLASS),
+            lambda: GradientBoostingClassifier(loss="exponential", n_estimators=5).fit(X_CLASS, Y_BINARY),
+            "loss='exponential'",
+            id="exponential-loss",
+        ),
+        pytest.param(
+            lambda: HistGradientBoostingClassifier(max_iter=5, categorical_features=[0]).fit(
+                np.abs(X_CLASS).astype(int), Y_CLASS
+            ),
             "categorical features",
             id="categorical",
         ),
-        pytest.param(lambda: make_pipeline(PCA(2), RandomForestClassifier(n_estimators=5)).fit(X_CLASS, Y_CLASS), "PCA", id="pca-step"),
+        pytest.param(
+            lambda: make_pipeline(PCA(2), RandomForestClassifier(n_estimators=5)).fit(X_CLASS, Y_CLASS), "PCA", id="pca-step"
+        ),
         pytest.param(
             lambda: RandomForestRegressor(n_estimators=5).fit(X_REG, np.c_[Y_REG, Y_REG]), "with 2 outputs", id="multi-output"
         ),
-        pytest.param(lambda: make_pipeline(MinMaxScaler(clip=True), DecisionTreeRegressor()).fit(X_REG, Y_REG), "clip=True", id="clipping-scaler"),
+        pytest.param(
+            lambda: make_pipeline(MinMaxScaler(clip=True), DecisionTreeRegressor()).fit(X_REG, Y_REG),
+            "clip=True",
+            id="clipping-scaler",
+        ),
     ],
 )
 def test_a_model_without_an_exact_compiled_form_stays_on_scikit_learn_with_the_reason(build, reason):

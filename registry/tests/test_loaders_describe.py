@@ -1,4 +1,5 @@
 """What a loaded model is, serves and expects; fitted classifiers, regressors, outlier detectors and clusterers pass."""
+
 from __future__ import annotations
 
 import json
@@ -141,7 +142,11 @@ def test_meta_estimator_classifier_is_described() -> None:
         pytest.param(IsolationForest(n_estimators=5, random_state=0), "outlier_detection", id="isolation_forest"),
         pytest.param(LocalOutlierFactor(n_neighbors=5, novelty=True), "outlier_detection", id="local_outlier_factor_novelty"),
         pytest.param(KMeans(n_clusters=2, n_init=1, random_state=0), "clustering", id="kmeans"),
-        pytest.param(Pipeline([("scale", StandardScaler()), ("kmeans", KMeans(n_clusters=2, n_init=1))]), "clustering", id="kmeans_pipeline"),
+        pytest.param(
+            Pipeline([("scale", StandardScaler()), ("kmeans", KMeans(n_clusters=2, n_init=1))]),
+            "clustering",
+            id="kmeans_pipeline",
+        ),
     ],
 )
 def test_outlier_detectors_and_clusterers_with_predict_are_described_without_classes(estimator, task: str) -> None:

@@ -1,4 +1,5 @@
 """Which loader a file needs, and the one in-process entry point for every format."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """Hostile pickles and joblib files: refused, named, and never run."""
+
 from __future__ import annotations
 
 import ast
@@ -65,9 +66,7 @@ def test_load_refuses_and_names_every_refused_global(case: malicious.Case, marke
         with pytest.raises(UnsafeArtifact) as raised:
             load_pickle(source=path)
     assert raised.value.refused_globals == sorted(case.refused)
-    assert raised.value.detail == "The model file refers to globals outside the allow-list: " + ", ".join(
-        sorted(case.refused)
-    )
+    assert raised.value.detail == "The model file refers to globals outside the allow-list: " + ", ".join(sorted(case.refused))
     assert raised.value.status == 422
     assert not marker.exists()
 
@@ -82,9 +81,7 @@ def test_audit_alone_refuses_from_bytes(case: malicious.Case, marker: Path) -> N
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(
-    "case", [case for case in CASES if case.is_live and not case.is_joblib], ids=lambda case: case.id
-)
+@pytest.mark.parametrize("case", [case for case in CASES if case.is_live and not case.is_joblib], ids=lambda case: case.id)
 def test_enforcing_unpickler_refuses_without_the_audit(case: malicious.Case, marker: Path) -> None:
     """The second line of defence: find_class alone stops the first refused global it meets."""
     with case.context():
@@ -173,9 +170,18 @@ def test_old_multi_file_joblib_pickle_is_invalid() -> None:
 def test_joblib_wrapper_built_by_a_call_is_invalid() -> None:
     # joblib writes its wrapper with NEWOBJ + state; a REDUCE call could pick any attributes.
     data = (
-        pickle.PROTO + b"\x02" + pickle.GLOBAL + b"joblib.numpy_pickle\nNumpyArrayWrapper\n"
-        + pickle.GLOBAL + b"numpy\nndarray\n" + pickle.EMPTY_TUPLE + pickle.TUPLE2 + pickle.REDUCE
-        + pickle.EMPTY_DICT + pickle.BUILD + pickle.STOP
+        pickle.PROTO
+        + b"\x02"
+        + pickle.GLOBAL
+        + b"joblib.numpy_pickle\nNumpyArrayWrapper\n"
+        + pickle.GLOBAL
+        + b"numpy\nndarray\n"
+        + pickle.EMPTY_TUPLE
+        + pickle.TUPLE2
+        + pickle.REDUCE
+        + pickle.EMPTY_DICT
+        + pickle.BUILD
+        + pickle.STOP
     )
     with pytest.raises(InvalidArtifact, match="a joblib array wrapper built by calling it"):
         audit_pickle_globals(source=data)
@@ -359,9 +365,7 @@ def test_the_three_reproductions_are_refused_with_their_reason(case_id: str, det
     assert raised.value.detail == detail
 
 
-@pytest.mark.parametrize(
-    "case", [case for case in STATE_CASES if case.harm != "tamper"], ids=lambda case: case.id
-)
+@pytest.mark.parametrize("case", [case for case in STATE_CASES if case.harm != "tamper"], ids=lambda case: case.id)
 def test_enforcing_unpickler_and_structure_check_refuse_hostile_state_without_the_audit(
     case: malicious.StateCase,
 ) -> None:

@@ -3,6 +3,7 @@
 This is also how the allow-list was found: any global a common model needs and the
 list lacks fails here with the global's name.
 """
+
 from __future__ import annotations
 
 import io
@@ -168,9 +169,7 @@ MODEL_NAMES = [*ESTIMATORS, "Pipeline_ColumnTransformer_DataFrame", "RandomFores
 
 @pytest.mark.parametrize("serializer", list(SERIALIZERS))
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_model_loads_through_the_safe_path_and_predicts_identically(
-    fitted: dict[str, Any], name: str, serializer: str
-) -> None:
+def test_model_loads_through_the_safe_path_and_predicts_identically(fitted: dict[str, Any], name: str, serializer: str) -> None:
     original = fitted[name]
     loaded = load_pickle(source=SERIALIZERS[serializer](original))
     _assert_same_predictions(original, loaded.obj, _inputs(name))
@@ -264,12 +263,20 @@ def test_transformers_of_the_allowed_numpy_ufuncs_load_bound_to_the_real_ufunc(s
 
     x = np.abs(X) + 1.0
     inverse = {"log1p": np.expm1, "log": np.exp, "sqrt": None, "absolute": None}[ufunc]
-    models = [Pipeline([("f", FunctionTransformer(getattr(np, ufunc), inverse_func=inverse)), ("m", LinearRegression())]).fit(x, Y_REG)]
+    models = [
+        Pipeline([("f", FunctionTransformer(getattr(np, ufunc), inverse_func=inverse)), ("m", LinearRegression())]).fit(x, Y_REG)
+    ]
     if inverse is not None:  # a TransformedTargetRegressor needs both
-        models.append(TransformedTargetRegressor(LinearRegression(), func=getattr(np, ufunc), inverse_func=inverse).fit(x, np.abs(Y_REG) + 1))
+        models.append(
+            TransformedTargetRegressor(LinearRegression(), func=getattr(np, ufunc), inverse_func=inverse).fit(
+                x, np.abs(Y_REG) + 1
+            )
+        )
     for original in models:
         loaded = load_pickle(source=SERIALIZERS[serializer](original)).obj
         check_model_structures(model=loaded)  # binds the ufuncs
         np.testing.assert_array_equal(loaded.predict(x), original.predict(x))
         # The serving artifact the sandbox writes from it loads the same way.
-        np.testing.assert_array_equal(load_serving_artifact(data=pickle.dumps(loaded, protocol=5)).predict(x), original.predict(x))
+        np.testing.assert_array_equal(
+            load_serving_artifact(data=pickle.dumps(loaded, protocol=5)).predict(x), original.predict(x)
+        )

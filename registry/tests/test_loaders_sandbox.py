@@ -3,6 +3,7 @@
 Every behaviour holds on both paths: a child forked by the runner host's fork server (the
 suite's host, at MODEL_CHECK_SOCKET) and a new Python process (no fork server).
 """
+
 from __future__ import annotations
 
 import io
@@ -329,7 +330,8 @@ def test_a_model_that_cannot_predict_new_rows_is_invalid(inspect: Inspect, tmp_p
     with pytest.raises(InvalidArtifact) as raised:
         inspect(_dump(tmp_path, DBSCAN().fit(X)), fmt="joblib", input_example=None, **LIMITS)
     assert raised.value.detail == (
-        "sklearn.cluster._dbscan.DBSCAN has no predict for new rows (it only labels the rows it was fitted on), so it cannot be served."
+        "sklearn.cluster._dbscan.DBSCAN has no predict for new rows (it only labels the rows it was fitted on), so it "
+        "cannot be served."
     )
 
 
@@ -352,7 +354,9 @@ def test_the_fork_server_kills_a_check_whose_client_timed_out(tmp_path: Path) ->
     path = tmp_path / "huge"
     _huge_joblib_array(path, n_bytes=1536 * 1024 * 1024)
     with pytest.raises(InvalidArtifact):
-        inspect_artifact(str(path), fmt="joblib", input_example=None, timeout_s=0.1, memory_mb=4096, check_socket=_fork_server_socket())
+        inspect_artifact(
+            str(path), fmt="joblib", input_example=None, timeout_s=0.1, memory_mb=4096, check_socket=_fork_server_socket()
+        )
     assert _running_checks(until=lambda running: not running, timeout=2.0) == []
 
 
@@ -372,7 +376,9 @@ def test_a_forked_check_has_no_secret_in_its_environment_and_its_own_user(tmp_pa
 
     def check() -> None:
         try:
-            inspect_artifact(str(path), fmt="joblib", input_example=None, timeout_s=60, memory_mb=4096, check_socket=_fork_server_socket())
+            inspect_artifact(
+                str(path), fmt="joblib", input_example=None, timeout_s=60, memory_mb=4096, check_socket=_fork_server_socket()
+            )
         except BaseException as exc:  # noqa: BLE001 - inspected below
             outcome.append(exc)
 

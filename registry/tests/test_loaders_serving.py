@@ -1,4 +1,5 @@
 """The serving artifact and the linear spec: bitwise scikit-learn's answers, tampering refused."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """skops files: skops' audit of untrusted types, judged by the same allow-list as pickles."""
+
 from __future__ import annotations
 
 import builtins

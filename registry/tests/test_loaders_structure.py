@@ -3,6 +3,7 @@
 None of these tests calls predict on a corrupt model: that would read memory outside
 the model in this very process.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -133,8 +134,7 @@ def test_corrupt_gradient_boosting_predictor_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArtifact) as raised:
         _load_checked(_save(tmp_path, model))
     assert raised.value.detail == (
-        "The model's gradient-boosting tree is corrupt: "
-        "a right child index points outside the node array or back up the tree."
+        "The model's gradient-boosting tree is corrupt: a right child index points outside the node array or back up the tree."
     )
 
 

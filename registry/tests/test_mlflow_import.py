@@ -1,4 +1,5 @@
 """Import versions from a real MLflow tracking server, started by the tests."""
+
 import subprocess
 import sys
 
@@ -17,10 +18,20 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
         ],
         stdout=subprocess.DEVNULL,
         stderr=open(root / "server.log", "wb"),
@@ -44,7 +55,11 @@ def logged(mlflow_server):
     example = pd.DataFrame([f.IRIS_ROW], columns=f.IRIS_FEATURES)
     with mlflow.start_run() as run:
         mlflow.sklearn.log_model(
-            f.iris_frame_model(), name="model", registered_model_name="iris-mlflow", input_example=example, pip_requirements=["scikit-learn"]
+            f.iris_frame_model(),
+            name="model",
+            registered_model_name="iris-mlflow",
+            input_example=example,
+            pip_requirements=["scikit-learn"],
         )
     MlflowClient(mlflow_server).set_registered_model_alias("iris-mlflow", "champion", "1")
     with mlflow.start_run():
@@ -55,7 +70,11 @@ def logged(mlflow_server):
 
         hostile = Pipeline([("run", FunctionTransformer(func=os.system))])
         mlflow.sklearn.log_model(
-            hostile, name="model", registered_model_name="hostile", pip_requirements=["scikit-learn"], serialization_format="cloudpickle"
+            hostile,
+            name="model",
+            registered_model_name="hostile",
+            pip_requirements=["scikit-learn"],
+            serialization_format="cloudpickle",
         )
     return {"run_id": run.info.run_id}
 

@@ -3,6 +3,7 @@
 The object store is moto's S3 server (a real HTTP S3 API on 127.0.0.1), since no S3 runs
 here. Settings pick the storage at start, so the platform side runs in a child process.
 """
+
 import json
 import os
 import subprocess
@@ -23,9 +24,15 @@ def s3(tmp_path):
     import boto3
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -55,7 +62,8 @@ model = services.create_model(caller=caller, organization=org, name="iris")
 version = services.upload_version(caller=caller, model=model, file=SimpleUploadedFile("m.joblib", f.joblib_bytes(f.iris_model())))
 from registry.loaders.serving import load_serving_artifact
 estimator = load_serving_artifact(data=artifacts.read_serving_artifact(version_id=version.id)[0])
-print(json.dumps({"name": version.artifact.name, "serving": version.serving_artifact.name.rsplit("/", 1)[1], "storage": type(version.artifact.storage).__name__,
+print(json.dumps({"name": version.artifact.name, "serving": version.serving_artifact.name.rsplit("/", 1)[1],
+                  "storage": type(version.artifact.storage).__name__,
                   "prediction": int(estimator.predict([f.IRIS_ROW])[0]), "local": str(artifacts.local_copy(version))}))
 """
 
@@ -74,7 +82,9 @@ def test_versions_are_stored_in_and_served_from_s3(s3, tmp_path):
         "AWS_S3_REGION_NAME": "us-east-1",
         "ARTIFACT_CACHE_DIR": str(tmp_path / "artifact-cache"),
     }
-    result = subprocess.run([sys.executable, "manage.py", "shell", "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["storage"] == "S3Storage"

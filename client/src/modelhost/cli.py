@@ -3,6 +3,7 @@
 Every command takes `--json` (also accepted before the command name) to print the platform's
 answer as JSON on stdout; progress and messages go to stderr. Exit codes: modelhost.errors.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,15 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from modelhost import config
@@ -78,7 +87,14 @@ def _ask_for_json(ctx: click.Context, param, value: bool) -> None:
 
 def json_option(function):
     """--json on a command: the same as before the command's name."""
-    return click.option("--json", is_flag=True, expose_value=False, is_eager=True, callback=_ask_for_json, help="Print the platform's answer as JSON.")(function)
+    return click.option(
+        "--json",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_ask_for_json,
+        help="Print the platform's answer as JSON.",
+    )(function)
 
 
 def org_option(function):
@@ -109,7 +125,13 @@ def upload_wrapper(ctx: click.Context):
 
     @contextlib.contextmanager
     def wrap(handle, size: int, name: str):
-        columns = (TextColumn("Uploading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+        columns = (
+            TextColumn("Uploading {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
         with _progress(ctx, *columns) as progress:
             with progress.wrap_file(handle, total=size, description=name) as reader:
                 yield reader
@@ -225,7 +247,10 @@ def whoami(ctx) -> None:
                 out.print(f"  {o['slug']}  {o.get('role') or ''}")
         else:
             key = me["api_key"]
-            out.print(f"API key {key['prefix']} ({key['name']}) of {me['organizations'][0]['slug']} on {client.url}; scopes: {', '.join(key['scopes'])}")
+            out.print(
+                f"API key {key['prefix']} ({key['name']}) of {me['organizations'][0]['slug']} on {client.url}; scopes: "
+                f"{', '.join(key['scopes'])}"
+            )
 
     emit(ctx, {"url": client.url, **me}, human)
 
@@ -256,10 +281,18 @@ def _curl_line(client: Client, name: str, version: dict) -> str:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="The model's name; created when it does not exist.")
 @org_option
-@click.option("--reference", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Training rows (CSV) for drift reports and the signature.")
-@click.option("--example", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="An input example (JSON): the rows the upload check predicts.")
+@click.option(
+    "--reference",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Training rows (CSV) for drift reports and the signature.",
+)
+@click.option(
+    "--example",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An input example (JSON): the rows the upload check predicts.",
+)
 @click.option("--description", default="", help="What this version is.")
-@click.option("--metrics", help='Offline metrics as JSON, e.g. \'{"accuracy": 0.97}\'.')
+@click.option("--metrics", help="Offline metrics as JSON, e.g. '{\"accuracy\": 0.97}'.")
 @click.option("--promote", is_flag=True, help="Make the new version production.")
 @json_option
 @click.pass_context
@@ -276,7 +309,13 @@ def deploy(ctx, file, name, org, reference, example, description, metrics, promo
     if created and not _json_wanted(ctx):
         err.print(f"Created the model {full}.")
     version = client.upload_version(
-        full, file, reference=reference, example=example, description=description, metrics=metrics_value, wrap_upload=upload_wrapper(ctx)
+        full,
+        file,
+        reference=reference,
+        example=example,
+        description=description,
+        metrics=metrics_value,
+        wrap_upload=upload_wrapper(ctx),
     )
     if promote:
         version = client.promote(full, version["number"], reason="deployed with modelhost deploy --promote")
@@ -285,7 +324,8 @@ def deploy(ctx, file, name, org, reference, example, description, metrics, promo
 
     def human():
         out.print(
-            f"Version {version['number']} of {full}: {version['estimator_class'].rsplit('.', 1)[-1]} ({version['task'] or 'task unknown'}, "
+            f"Version {version['number']} of {full}: {version['estimator_class'].rsplit('.', 1)[-1]} "
+            f"({version['task'] or 'task unknown'}, "
             f"{version['n_features']} features, {version['format']}), checked and accepted."
         )
         for warning in version.get("warnings") or []:
@@ -297,7 +337,11 @@ def deploy(ctx, file, name, org, reference, example, description, metrics, promo
         else:
             out.print(f"Stage: {version['stage']}. Make it production with: modelhost promote {full} {version['number']}")
 
-    emit(ctx, {"model": full, "created": created, "promoted": promote, "version": version, "endpoint": endpoint, "curl": curl}, human)
+    emit(
+        ctx,
+        {"model": full, "created": created, "promoted": promote, "version": version, "endpoint": endpoint, "curl": curl},
+        human,
+    )
 
 
 def _table(*headers: str) -> Table:
@@ -331,7 +375,15 @@ def versions(ctx, model, org) -> None:
     found = client_for(ctx).versions(model)
     table = _table("version", "stage", "estimator", "format", "sklearn", "created", "by")
     for v in found:
-        table.add_row(str(v["number"]), v["stage"], v["estimator_class"], v["format"], v["sklearn_version"], v["created_at"][:19], v["created_by"] or "")
+        table.add_row(
+            str(v["number"]),
+            v["stage"],
+            v["estimator_class"],
+            v["format"],
+            v["sklearn_version"],
+            v["created_at"][:19],
+            v["created_by"] or "",
+        )
     emit(ctx, found, lambda: out.print(table))
 
 
@@ -347,8 +399,13 @@ def releases(ctx, model, org) -> None:
     table = _table("release", "kind", "from", "to", "by", "when", "reason")
     for r in found:
         table.add_row(
-            str(r["number"]), r["kind"], str(r["from_version"] or "-"), str(r["to_version"] or "-"),
-            r["actor"] or r["actor_api_key"] or "", r["created_at"][:19], r["reason"],
+            str(r["number"]),
+            r["kind"],
+            str(r["from_version"] or "-"),
+            str(r["to_version"] or "-"),
+            r["actor"] or r["actor_api_key"] or "",
+            r["created_at"][:19],
+            r["reason"],
         )
     emit(ctx, found, lambda: out.print(table))
 
@@ -358,7 +415,9 @@ def releases(ctx, model, org) -> None:
 @click.argument("version", type=click.IntRange(min=1))
 @click.option("--reason", default="", help="Why, for the release log.")
 @click.option(
-    "--min-agreement", type=click.FloatRange(0, 1), default=None,
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    default=None,
     help="Promote only if the newest replay or live mirror of VERSION against production agrees on at least this share of rows.",
 )
 @org_option
@@ -370,7 +429,11 @@ def promote(ctx, model, version, reason, min_agreement, org) -> None:
     client = client_for(ctx)
     require_replay = {"min_agreement": min_agreement} if min_agreement is not None else None
     answer = client.promote(model, version, reason=reason, require_replay=require_replay)
-    emit(ctx, answer, lambda: out.print(f"Version {answer['number']} of {answer['model']} is production. Endpoint: {client.endpoint(model)}"))
+    emit(
+        ctx,
+        answer,
+        lambda: out.print(f"Version {answer['number']} of {answer['model']} is production. Endpoint: {client.endpoint(model)}"),
+    )
 
 
 @cli.command()
@@ -383,7 +446,13 @@ def rollback(ctx, model, reason, org) -> None:
     """Put MODEL's previous production version back in production (a new release)."""
     _subcommand_org(ctx, org)
     release = client_for(ctx).rollback(model, reason=reason)
-    emit(ctx, release, lambda: out.print(f"Release {release['number']}: production is version {release['to_version']} again (was {release['from_version']})."))
+    emit(
+        ctx,
+        release,
+        lambda: out.print(
+            f"Release {release['number']}: production is version {release['to_version']} again (was {release['from_version']})."
+        ),
+    )
 
 
 # --- predictions -------------------------------------------------------------------------
@@ -412,26 +481,42 @@ def _rows_from_file(path: Path) -> list:
 
 
 def _show_predictions(answer: dict) -> None:
-    out.print(f"{answer['model']} version {answer['version']}{' (' + answer['variant'] + ')' if answer.get('variant') else ''}, "
-              f"{answer['latency_ms']} ms{', cached' if answer.get('cache_hit') else ''}; id {answer['id']}")
+    out.print(
+        f"{answer['model']} version {answer['version']}{' (' + answer['variant'] + ')' if answer.get('variant') else ''}, "
+        f"{answer['latency_ms']} ms{', cached' if answer.get('cache_hit') else ''}; id {answer['id']}"
+    )
     probabilities = answer.get("probabilities")
     classes = answer.get("classes")
     table = _table("row", "prediction", *([f"p({c})" for c in classes] if probabilities and classes else []))
     for index, prediction in enumerate(answer["predictions"]):
-        extra = [f"{p:.4f}" for p in probabilities[index]] if probabilities and classes and isinstance(probabilities[index], list) else []
+        extra = (
+            [f"{p:.4f}" for p in probabilities[index]]
+            if probabilities and classes and isinstance(probabilities[index], list)
+            else []
+        )
         table.add_row(str(index), json.dumps(prediction), *extra)
     out.print(table)
 
 
 def _follow_job(ctx: click.Context, client: Client, job: dict) -> dict:
     """Wait for a batch job with a row progress bar; answers it, or raises JobFailed."""
-    columns = (TextColumn("Batch job {task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.completed:.0f}/{task.total} rows"), TimeRemainingColumn())
+    columns = (
+        TextColumn("Batch job {task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.completed:.0f}/{task.total} rows"),
+        TimeRemainingColumn(),
+    )
     with _progress(ctx, *columns) as progress:
         task = progress.add_task(f"{job['id']}", total=job.get("rows_total") or None)
 
         def update(current: dict) -> None:
-            progress.update(task, total=current.get("rows_total") or None, completed=current.get("rows_done") or 0,
-                            description=f"{current['id']} {current['status']}")
+            progress.update(
+                task,
+                total=current.get("rows_total") or None,
+                completed=current.get("rows_done") or 0,
+                description=f"{current['id']} {current['status']}",
+            )
 
         return client.wait_for_job(job["id"], on_progress=update)
 
@@ -439,12 +524,26 @@ def _follow_job(ctx: click.Context, client: Client, job: dict) -> dict:
 @cli.command()
 @click.argument("model")
 @click.option("--data", help="Rows as JSON: [[5.1, 3.5, 1.4, 0.2]], or objects keyed by feature name.")
-@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A CSV with a header (or JSON lines) of rows.")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A CSV with a header (or JSON lines) of rows.",
+)
 @click.option("--version", type=click.IntRange(min=1), help="This version rather than production.")
 @click.option("--probabilities", is_flag=True, help="Class probabilities too.")
-@click.option("--batch", "force_batch", is_flag=True, help=f"Score --file as a batch job even when small (files over {INLINE_FILE_BYTES // 1024} KiB always are).")
+@click.option(
+    "--batch",
+    "force_batch",
+    is_flag=True,
+    help=f"Score --file as a batch job even when small (files over {INLINE_FILE_BYTES // 1024} KiB always are).",
+)
 @click.option("--wait", is_flag=True, help="Wait for the batch job and download its result.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Where --wait writes the result (default: FILE's name + .predictions).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where --wait writes the result (default: FILE's name + .predictions).",
+)
 @org_option
 @json_option
 @click.pass_context
@@ -457,13 +556,23 @@ def predict(ctx, model, data, file, version, probabilities, force_batch, wait, o
     if file is not None and (force_batch or file.stat().st_size > INLINE_FILE_BYTES):
         job = client.submit_batch(model, file, version=version, probabilities=probabilities, wrap_upload=upload_wrapper(ctx))
         if not wait:
-            emit(ctx, job, lambda: out.print(f"Batch job {job['id']} {job['status']} ({job['rows_total'] or '?'} rows). "
-                                             f"Follow it with: modelhost job {job['id']} --wait"))
+            emit(
+                ctx,
+                job,
+                lambda: out.print(
+                    f"Batch job {job['id']} {job['status']} ({job['rows_total'] or '?'} rows). "
+                    f"Follow it with: modelhost job {job['id']} --wait"
+                ),
+            )
             return
         job = _follow_job(ctx, client, job)
         target = output or file.with_name(f"{file.stem}.predictions{file.suffix or '.csv'}")
         client.download_result(job["id"], target)
-        emit(ctx, {**job, "output": str(target)}, lambda: out.print(f"Batch job {job['id']} succeeded: {job['rows_done']} rows written to {target}"))
+        emit(
+            ctx,
+            {**job, "output": str(target)},
+            lambda: out.print(f"Batch job {job['id']} succeeded: {job['rows_done']} rows written to {target}"),
+        )
         return
     try:
         rows = json.loads(data) if data is not None else _rows_from_file(file)
@@ -476,7 +585,11 @@ def predict(ctx, model, data, file, version, probabilities, force_batch, wait, o
 @cli.command()
 @click.argument("job_id", type=int)
 @click.option("--wait", is_flag=True, help="Wait until it ends (with a progress bar) and download the result.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the result (default: batch-job-ID-result.csv).")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the result (default: batch-job-ID-result.csv).",
+)
 @json_option
 @click.pass_context
 def job(ctx, job_id, wait, output) -> None:
@@ -489,11 +602,15 @@ def job(ctx, job_id, wait, output) -> None:
         target = output or Path(f"batch-job-{job_id}-result.{current['format']}")
         client.download_result(job_id, target)
         current = {**current, "output": str(target)}
-    emit(ctx, current, lambda: out.print(
-        f"Batch job {job_id}: {current['status']}, {current['rows_done']}/{current['rows_total'] or '?'} rows"
-        + (f"; result in {current['output']}" if "output" in current else "")
-        + (f"; {current['error']}" if current.get("error") else "")
-    ))
+    emit(
+        ctx,
+        current,
+        lambda: out.print(
+            f"Batch job {job_id}: {current['status']}, {current['rows_done']}/{current['rows_total'] or '?'} rows"
+            + (f"; result in {current['output']}" if "output" in current else "")
+            + (f"; {current['error']}" if current.get("error") else "")
+        ),
+    )
 
 
 # --- monitoring --------------------------------------------------------------------------
@@ -520,8 +637,14 @@ def usage(ctx, model, granularity, start, end, org) -> None:
         table = _table("start", "requests", "rows", "errors", "cache hits", "p50 ms", "p95 ms", "p99 ms")
         for b in report["buckets"]:
             lat = b["latency_ms"]
-            table.add_row(str(b["start"])[:19], str(b["requests"]), str(b["rows"]), str(b["errors"]), str(b["cache_hits"]),
-                          *(f"{lat[p]:.1f}" if lat[p] is not None else "-" for p in ("p50", "p95", "p99")))
+            table.add_row(
+                str(b["start"])[:19],
+                str(b["requests"]),
+                str(b["rows"]),
+                str(b["errors"]),
+                str(b["cache_hits"]),
+                *(f"{lat[p]:.1f}" if lat[p] is not None else "-" for p in ("p50", "p95", "p99")),
+            )
         out.print(table)
 
     emit(ctx, report, human)
@@ -545,20 +668,39 @@ def drift(ctx, model, run_now, version, window_hours, timeout, org) -> None:
         table = _table("report", "version", "status", "drift", "drifted features", "window end", "trigger")
         for r in reports:
             verdict = "-" if r["is_drift"] is None else ("yes" if r["is_drift"] else "no")
-            table.add_row(str(r["id"]), str(r["version"]), r["status"], verdict, f"{r['drifted_features'] if r['drifted_features'] is not None else '-'}/{r['n_features'] or '-'}",
-                          str(r["window_end"])[:19], r["trigger"])
-        emit(ctx, reports, lambda: out.print(table) if reports else out.print("No drift reports yet: modelhost drift MODEL --run"))
+            table.add_row(
+                str(r["id"]),
+                str(r["version"]),
+                r["status"],
+                verdict,
+                f"{r['drifted_features'] if r['drifted_features'] is not None else '-'}/{r['n_features'] or '-'}",
+                str(r["window_end"])[:19],
+                r["trigger"],
+            )
+        emit(
+            ctx, reports, lambda: out.print(table) if reports else out.print("No drift reports yet: modelhost drift MODEL --run")
+        )
         return
     report = client.request_drift_report(model, version=version, window_hours=window_hours)
     with err.status(f"Drift report {report['id']} {report['status']}...") if not _json_wanted(ctx) else contextlib.nullcontext():
         report = client.wait_for_drift_report(report["id"], timeout=timeout)
 
     def human():
-        out.print(f"Drift report {report['id']}: {'DRIFT' if report['is_drift'] else 'no drift'} "
-                  f"({report['drifted_features']}/{report['n_features']} features drifted; {report['current_rows']} rows served vs {report['reference_rows']} reference)")
+        out.print(
+            f"Drift report {report['id']}: {'DRIFT' if report['is_drift'] else 'no drift'} "
+            f"({report['drifted_features']}/{report['n_features']} features drifted; {report['current_rows']} rows "
+            f"served vs {report['reference_rows']} reference)"
+        )
         table = _table("feature", "test", "statistic", "p-value", "PSI", "drifted")
         for feature in report.get("features") or []:
-            table.add_row(feature["name"], feature["test"] or "-", _fmt(feature["statistic"]), _fmt(feature["p_value"]), _fmt(feature["psi"]), "yes" if feature["drifted"] else "no")
+            table.add_row(
+                feature["name"],
+                feature["test"] or "-",
+                _fmt(feature["statistic"]),
+                _fmt(feature["p_value"]),
+                _fmt(feature["psi"]),
+                "yes" if feature["drifted"] else "no",
+            )
         out.print(table)
 
     emit(ctx, report, human)
@@ -585,11 +727,15 @@ def _show_replay(replay: dict) -> None:
     else:
         absolute = detail.get("absolute") or {}
         out.print(
-            f"Agreement: {_share(report['agreement'])} (within {detail['rtol']:g} of production); differences: mean {_fmt(detail.get('mean'))}, "
+            f"Agreement: {_share(report['agreement'])} (within {detail['rtol']:g} of production); differences: mean "
+            f"{_fmt(detail.get('mean'))}, "
             f"absolute p50 {_fmt(absolute.get('p50'))}, p95 {_fmt(absolute.get('p95'))}, p99 {_fmt(absolute.get('p99'))}."
         )
     failures = report["failures"]
-    out.print(f"Failed rows: {failures['candidate_only']} on {candidate} only, {failures['production_only']} on production only, {failures['both']} on both.")
+    out.print(
+        f"Failed rows: {failures['candidate_only']} on {candidate} only, {failures['production_only']} on production "
+        f"only, {failures['both']} on both."
+    )
     for error in failures["first"].get("candidate_only") or []:
         out.print(f"  {error['prediction_id']}: {error['message']} ({error['code']})", markup=False)
     latency = report["latency"]
@@ -604,8 +750,10 @@ def _show_replay(replay: dict) -> None:
         shown = _share if metric == "accuracy" else _fmt
         difference = feedback["difference"]
         out.print(
-            f"On {feedback['rows']} rows with feedback, {metric}: production {shown(feedback['production']['value'])}, {candidate} "
-            f"{shown(feedback['candidate']['value'])}; difference {shown(difference['value'])} (p = {_fmt(difference['p_value'])})."
+            f"On {feedback['rows']} rows with feedback, {metric}: production {shown(feedback['production']['value'])}, "
+            f"{candidate} "
+            f"{shown(feedback['candidate']['value'])}; difference {shown(difference['value'])} (p = "
+            f"{_fmt(difference['p_value'])})."
         )
 
 
@@ -625,18 +773,32 @@ def replay(ctx, model, version, last, window_hours, wait, timeout, org) -> None:
     client = client_for(ctx)
     started = client.replay(model, version, last=last, window_hours=window_hours)
     if not wait:
-        emit(ctx, started, lambda: out.print(
-            f"Replay {started['id']} of {started['model']} version {started['version']} {started['status']}. "
-            f"Follow it with: modelhost replay-status {started['model']} {started['version']} {started['id']}"
-        ))
+        emit(
+            ctx,
+            started,
+            lambda: out.print(
+                f"Replay {started['id']} of {started['model']} version {started['version']} {started['status']}. "
+                f"Follow it with: modelhost replay-status {started['model']} {started['version']} {started['id']}"
+            ),
+        )
         return
-    columns = (TextColumn("Replay {task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.completed:.0f}/{task.total} rows"), TimeRemainingColumn())
+    columns = (
+        TextColumn("Replay {task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.completed:.0f}/{task.total} rows"),
+        TimeRemainingColumn(),
+    )
     with _progress(ctx, *columns) as progress:
         task = progress.add_task(f"{started['id']}", total=started.get("rows_total") or None)
 
         def update(current: dict) -> None:
-            progress.update(task, total=current.get("rows_total") or None, completed=current.get("rows_done") or 0,
-                            description=f"{current['id']} {current['status']}")
+            progress.update(
+                task,
+                total=current.get("rows_total") or None,
+                completed=current.get("rows_done") or 0,
+                description=f"{current['id']} {current['status']}",
+            )
 
         finished = client.wait_for_replay(model, version, started["id"], timeout=timeout, on_progress=update)
     emit(ctx, finished, lambda: _show_replay(finished))
@@ -655,14 +817,20 @@ def replay_status(ctx, model, version, replay_id, wait, timeout, org) -> None:
     """A replay's state and progress, and its report once done."""
     _subcommand_org(ctx, org)
     client = client_for(ctx)
-    current = client.wait_for_replay(model, version, replay_id, timeout=timeout) if wait else client.replay_of(model, version, replay_id)
+    current = (
+        client.wait_for_replay(model, version, replay_id, timeout=timeout)
+        if wait
+        else client.replay_of(model, version, replay_id)
+    )
 
     def human():
         if current["status"] == "done":
             _show_replay(current)
         else:
-            out.print(f"Replay {replay_id}: {current['status']}, {current['rows_done']}/{current['rows_total'] or '?'} rows"
-                      + (f"; {current['error']}" if current.get("error") else ""))
+            out.print(
+                f"Replay {replay_id}: {current['status']}, {current['rows_done']}/{current['rows_total'] or '?'} rows"
+                + (f"; {current['error']}" if current.get("error") else "")
+            )
 
     emit(ctx, current, human)
     if current["status"] == "failed":

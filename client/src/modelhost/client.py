@@ -4,6 +4,7 @@ Credentials come from, in order: the arguments, MODELHOST_URL / MODELHOST_API_KE
 `modelhost login` stored. Stored credentials are only ever sent to the URL they were stored
 for. Errors are `ApiError`s carrying the platform's problem+json body.
 """
+
 from __future__ import annotations
 
 import base64
@@ -13,8 +14,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -107,7 +109,7 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -216,7 +218,9 @@ class Client:
             return organizations[0]
         if not organizations:
             raise UsageError("You belong to no organization yet: create one in the web UI or with POST /api/v1/orgs.")
-        raise UsageError(f"You belong to several organizations ({', '.join(organizations)}): name one with --org, or the model as org/name.")
+        raise UsageError(
+            f"You belong to several organizations ({', '.join(organizations)}): name one with --org, or the model as org/name."
+        )
 
     def _model_path(self, name: str, org: str | None = None) -> str:
         if "/" in name:
@@ -258,14 +262,18 @@ class Client:
     def releases(self, name: str, *, org: str | None = None) -> list[dict]:
         return self._all_pages(f"{self._model_path(name, org)}/releases")
 
-    def set_stage(self, name: str, number: int, stage: str, *, org: str | None = None, reason: str = "", require_replay: dict | None = None) -> dict:
+    def set_stage(
+        self, name: str, number: int, stage: str, *, org: str | None = None, reason: str = "", require_replay: dict | None = None
+    ) -> dict:
         path = f"{self._model_path(name, org)}/versions/{int(number)}/stage"
         body: dict = {"stage": stage, "reason": reason}
         if require_replay is not None:
             body["require_replay"] = require_replay
         return self._json("POST", path, json=body)
 
-    def promote(self, name: str, number: int, *, org: str | None = None, reason: str = "", require_replay: dict | None = None) -> dict:
+    def promote(
+        self, name: str, number: int, *, org: str | None = None, reason: str = "", require_replay: dict | None = None
+    ) -> dict:
         """Make version `number` production (a new release); answers the version.
 
         `require_replay={"min_agreement": 0.98}` (optionally "min_rows") promotes only when the newest
@@ -304,7 +312,9 @@ class Client:
         if params:
             data["params"] = json.dumps(_plain(params))
         if example is not None:
-            data["input_example"] = Path(example).read_text() if isinstance(example, (str, os.PathLike)) else json.dumps(rows_of(example))
+            data["input_example"] = (
+                Path(example).read_text() if isinstance(example, (str, os.PathLike)) else json.dumps(rows_of(example))
+            )
         with contextlib.ExitStack() as stack:
             handle = stack.enter_context(path.open("rb"))
             if wrap_upload is not None:
@@ -340,8 +350,15 @@ class Client:
         self.ensure_model(name, org=org)
         with _model_file(model, serializer=serializer) as path:
             version = self.upload_version(
-                name, path, org=org, reference=reference, example=example, description=description,
-                metrics=metrics, params=params, wrap_upload=wrap_upload,
+                name,
+                path,
+                org=org,
+                reference=reference,
+                example=example,
+                description=description,
+                metrics=metrics,
+                params=params,
+                wrap_upload=wrap_upload,
             )
         if promote:
             version = self.promote(name, version["number"], org=org, reason="deployed with modelhost deploy --promote")
@@ -349,7 +366,9 @@ class Client:
 
     # --- predictions ---------------------------------------------------------------------
 
-    def predict_raw(self, name: str, data: Any, *, org: str | None = None, version: int | None = None, probabilities: bool = False) -> dict:
+    def predict_raw(
+        self, name: str, data: Any, *, org: str | None = None, version: int | None = None, probabilities: bool = False
+    ) -> dict:
         """The platform's whole answer: predictions, probabilities, version, prediction id, cache flag."""
         path = self._model_path(name, org) + (f"/versions/{int(version)}" if version else "") + "/predict"
         body: dict[str, Any] = {"inputs": rows_of(data)}
@@ -399,7 +418,12 @@ class Client:
         return self._json("GET", f"{API}/batch-jobs/{int(job_id)}")
 
     def wait_for_job(
-        self, job_id: int, *, poll_seconds: float = 0.5, timeout: float | None = None, on_progress: Callable[[dict], None] | None = None
+        self,
+        job_id: int,
+        *,
+        poll_seconds: float = 0.5,
+        timeout: float | None = None,
+        on_progress: Callable[[dict], None] | None = None,
     ) -> dict:
         """Poll the job until it ends; answers it when it succeeded, raises JobFailed otherwise."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -431,7 +455,9 @@ class Client:
 
     # --- monitoring ----------------------------------------------------------------------
 
-    def usage(self, name: str, *, org: str | None = None, start: str | None = None, end: str | None = None, granularity: str = "hour") -> dict:
+    def usage(
+        self, name: str, *, org: str | None = None, start: str | None = None, end: str | None = None, granularity: str = "hour"
+    ) -> dict:
         params = {"granularity": granularity, **({"start": start} if start else {}), **({"end": end} if end else {})}
         return self._json("GET", f"{self._model_path(name, org)}/usage", params=params)
 
@@ -441,7 +467,9 @@ class Client:
     def drift_report(self, report_id: int) -> dict:
         return self._json("GET", f"{API}/drift-reports/{int(report_id)}")
 
-    def request_drift_report(self, name: str, *, org: str | None = None, version: int | None = None, window_hours: int | None = None) -> dict:
+    def request_drift_report(
+        self, name: str, *, org: str | None = None, version: int | None = None, window_hours: int | None = None
+    ) -> dict:
         """Queue a drift report; answers it `pending` (poll `drift_report(id)` until `done` or `failed`)."""
         body = {key: value for key, value in (("version", version), ("window_hours", window_hours)) if value is not None}
         return self._json("POST", f"{self._model_path(name, org)}/drift-reports", json=body)
@@ -477,7 +505,9 @@ class Client:
         replay = self._json("POST", f"{self._model_path(name, org)}/versions/{int(version)}/replays", json=body)
         if not wait:
             return replay
-        return self.wait_for_replay(name, version, replay["id"], org=org, poll_seconds=poll_seconds, timeout=timeout, on_progress=on_progress)
+        return self.wait_for_replay(
+            name, version, replay["id"], org=org, poll_seconds=poll_seconds, timeout=timeout, on_progress=on_progress
+        )
 
     def replay_of(self, name: str, version: int, replay_id: int, *, org: str | None = None) -> dict:
         """One replay of `version`: its status and progress, and its report once done."""
@@ -502,12 +532,20 @@ class Client:
         """Poll the replay until it is done; answers it, or raises JobFailed when it failed or `timeout` passed."""
         return _poll(
             lambda: self.replay_of(name, version, replay_id, org=org),
-            what=f"Replay {replay_id}", poll_seconds=poll_seconds, timeout=timeout, on_progress=on_progress,
+            what=f"Replay {replay_id}",
+            poll_seconds=poll_seconds,
+            timeout=timeout,
+            on_progress=on_progress,
         )
 
 
 def _poll(
-    fetch: Callable[[], dict], *, what: str, poll_seconds: float, timeout: float | None, on_progress: Callable[[dict], None] | None = None
+    fetch: Callable[[], dict],
+    *,
+    what: str,
+    poll_seconds: float,
+    timeout: float | None,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Fetch a worker's task (a replay, a drift report) until its status is done or failed."""
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -3,6 +3,7 @@
 The folder is the user's configuration folder for the application as Click names it
 (`~/.config/modelhost` on Linux, honouring XDG_CONFIG_HOME); MODELHOST_CONFIG_DIR moves it.
 """
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 A platform error carries the problem+json body (RFC 9457) the platform answered with, so a
 script or a notebook sees the same `code`, `detail` and per-field `errors` as curl would.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,7 +43,10 @@ class ConnectionFailed(ModelhostError):
 
 
 class JobFailed(ModelhostError):
-    """Work on the platform's workers (a batch job, a replay, a drift report) failed or did not end in time; `job` is its last state."""
+    """Work on the platform's workers (a batch job, a replay, a drift report) failed or did not end in time.
+
+    `job` is its last state.
+    """
 
     exit_code = EXIT_JOB_FAILED
 
@@ -51,8 +55,20 @@ class JobFailed(ModelhostError):
         self.job = job
 
 
-_EXIT_BY_STATUS = {401: EXIT_AUTH, 403: EXIT_AUTH, 404: EXIT_NOT_FOUND, 400: EXIT_INVALID, 409: EXIT_INVALID, 413: EXIT_INVALID, 415: EXIT_INVALID,
-                   422: EXIT_REFUSED_MODEL, 429: EXIT_LIMITED, 502: EXIT_UNAVAILABLE, 503: EXIT_UNAVAILABLE, 504: EXIT_UNAVAILABLE}
+_EXIT_BY_STATUS = {
+    401: EXIT_AUTH,
+    403: EXIT_AUTH,
+    404: EXIT_NOT_FOUND,
+    400: EXIT_INVALID,
+    409: EXIT_INVALID,
+    413: EXIT_INVALID,
+    415: EXIT_INVALID,
+    422: EXIT_REFUSED_MODEL,
+    429: EXIT_LIMITED,
+    502: EXIT_UNAVAILABLE,
+    503: EXIT_UNAVAILABLE,
+    504: EXIT_UNAVAILABLE,
+}
 
 
 class ApiError(ModelhostError):
@@ -66,7 +82,9 @@ class ApiError(ModelhostError):
         # problem+json on /api/; the MLflow path's {error_code, message}; the V2 path's {error}.
         self.code: str = problem.get("code") or problem.get("error_code") or f"http_{status}"
         self.title: str = problem.get("title") or ""
-        self.detail: str = problem.get("detail") or problem.get("message") or problem.get("error") or self.title or f"HTTP {status}"
+        self.detail: str = (
+            problem.get("detail") or problem.get("message") or problem.get("error") or self.title or f"HTTP {status}"
+        )
         self.errors: list[dict[str, Any]] = list(problem.get("errors") or [])
         self.refused_globals: list[str] = list(problem.get("refused_globals") or [])
         self.retry_after = retry_after

@@ -9,6 +9,7 @@ organization; its production version serves it. The model is fetched from MLflow
 the caller's side (so any registry the caller can read works, not only one the platform is
 configured for), zipped as MLflow model folders are, and uploaded as a new version.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -95,7 +96,10 @@ class ModelhostDeploymentClient(BaseDeploymentClient):
         config = dict(config or {})
         unknown = sorted(set(config) - CONFIG_KEYS)
         if unknown:
-            raise MlflowException(f"Unknown config: {', '.join(unknown)}; the modelhost target takes {', '.join(sorted(CONFIG_KEYS))}.", INVALID_PARAMETER_VALUE)
+            raise MlflowException(
+                f"Unknown config: {', '.join(unknown)}; the modelhost target takes {', '.join(sorted(CONFIG_KEYS))}.",
+                INVALID_PARAMETER_VALUE,
+            )
         return config
 
     def _upload(self, name: str, model_uri: str, config: dict) -> dict:

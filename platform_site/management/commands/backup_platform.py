@@ -10,6 +10,7 @@ Redis. With MODEL_STORAGE=s3 the bucket is backed up by the object store itself 
 and replication, docs/operations.md), and this command refuses rather than copy it partly.
 Restore with `restore_platform`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,12 @@ def sha256_of(path: Path) -> str:
 
 def libpq_environment(database: dict) -> dict[str, str]:
     """pg_dump / pg_restore reach the database through libpq's variables (no password on the command line)."""
-    environment = {**os.environ, "PGHOST": database["HOST"] or "127.0.0.1", "PGPORT": str(database["PORT"] or 5432), "PGUSER": database["USER"]}
+    environment = {
+        **os.environ,
+        "PGHOST": database["HOST"] or "127.0.0.1",
+        "PGPORT": str(database["PORT"] or 5432),
+        "PGUSER": database["USER"],
+    }
     if database.get("PASSWORD"):
         environment["PGPASSWORD"] = database["PASSWORD"]
     return environment
@@ -56,9 +62,13 @@ class Command(BaseCommand):
         from inference.records import drain_stream, flush_local_buffer
 
         if settings.MODEL_STORAGE != "local":
-            raise CommandError("MODEL_STORAGE is not local: back up the bucket with the object store's versioning or replication.")
+            raise CommandError(
+                "MODEL_STORAGE is not local: back up the bucket with the object store's versioning or replication."
+            )
         if connection.vendor != "postgresql":
-            raise CommandError("The backup needs PostgreSQL (DATABASE_URL); SQLite is a file to copy while the platform is stopped.")
+            raise CommandError(
+                "The backup needs PostgreSQL (DATABASE_URL); SQLite is a file to copy while the platform is stopped."
+            )
         folder = Path(to)
         folder.mkdir(parents=True, exist_ok=True)
         if any(folder.iterdir()):
@@ -91,4 +101,7 @@ class Command(BaseCommand):
             "files": {name: sha256_of(folder / name) for name in (DATABASE_FILE, STORAGE_FILE)},
         }
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        self.stdout.write(f"backed up {database['NAME']} and {storage_root} to {folder} in {time.monotonic() - started:.1f} s ({drained} records drained first)")
+        self.stdout.write(
+            f"backed up {database['NAME']} and {storage_root} to {folder} in {time.monotonic() - started:.1f} s "
+            f"({drained} records drained first)"
+        )

@@ -4,6 +4,7 @@ The database must exist and be empty (`createdb`); the storage folder must be em
 The files are checked against the backup's manifest first. Redis starts empty: caches fill on
 use (see backup_platform for what that loses).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,13 @@ from pathlib import Path
 import environ
 from django.core.management.base import BaseCommand, CommandError
 
-from platform_site.management.commands.backup_platform import DATABASE_FILE, MANIFEST_FILE, STORAGE_FILE, libpq_environment, sha256_of
+from platform_site.management.commands.backup_platform import (
+    DATABASE_FILE,
+    MANIFEST_FILE,
+    STORAGE_FILE,
+    libpq_environment,
+    sha256_of,
+)
 
 
 class Command(BaseCommand):
@@ -39,7 +46,15 @@ class Command(BaseCommand):
             raise CommandError(f"{root} is not empty.")
         database = environ.Env.db_url_config(database_url)
         subprocess.run(
-            ["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "--dbname", database["NAME"], str(folder / DATABASE_FILE)],
+            [
+                "pg_restore",
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                "--dbname",
+                database["NAME"],
+                str(folder / DATABASE_FILE),
+            ],
             env=libpq_environment(database),
             check=True,
         )

@@ -1,4 +1,5 @@
 """Create (or refresh) the demo account `make run` prints, so a newcomer can click around."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -40,7 +41,9 @@ class Command(BaseCommand):
     def _seed(self, *, quiet: bool) -> None:
         user = User.objects.filter(email=DEMO_EMAIL).first()
         if user is None:
-            user = User.objects.create_user(email=DEMO_EMAIL, password=DEMO_PASSWORD, name="Demo User", is_staff=True, is_superuser=True)
+            user = User.objects.create_user(
+                email=DEMO_EMAIL, password=DEMO_PASSWORD, name="Demo User", is_staff=True, is_superuser=True
+            )
         caller = Caller(user=user, ip_address="127.0.0.1")
         org = Organization.objects.filter(slug=DEMO_ORG).first()
         if org is None:
@@ -48,7 +51,9 @@ class Command(BaseCommand):
         Membership.objects.get_or_create(user=user, organization=org, defaults={"role": Role.OWNER})
         # Only a hash is stored, so each run makes a fresh key and retires the last one.
         ApiKey.objects.filter(organization=org, name=DEMO_KEY_NAME, revoked_at__isnull=True).update(revoked_at=timezone.now())
-        _, plaintext = services.create_api_key(caller=caller, organization=org, name=DEMO_KEY_NAME, scopes=["predict", "read", "write", "admin"])
+        _, plaintext = services.create_api_key(
+            caller=caller, organization=org, name=DEMO_KEY_NAME, scopes=["predict", "read", "write", "admin"]
+        )
         extra = self._seed_models(caller=caller, organization=org)
         if quiet:
             self.stdout.write(plaintext)
@@ -58,7 +63,7 @@ class Command(BaseCommand):
                 [
                     "",
                     "Demo account",
-                    f"  web UI:        http://127.0.0.1:8000/login/  (also the Django admin at /admin/)",
+                    "  web UI:        http://127.0.0.1:8000/login/  (also the Django admin at /admin/)",
                     f"  email:         {DEMO_EMAIL}",
                     f"  password:      {DEMO_PASSWORD}",
                     f"  organization:  {org.slug}",

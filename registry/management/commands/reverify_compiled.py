@@ -6,6 +6,7 @@ Run at each deploy (the Procfile's release phase and kubernetes/base/migrate-job
 version it broke is served by scikit-learn from then on, instead of users getting wrong answers.
 Each check runs in the upload sandbox, never in this process: it loads tenants' files.
 """
+
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
@@ -19,7 +20,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         failed = []
-        versions = ModelVersion.objects.exclude(compiled_sha256="").select_related("registered_model__organization").order_by("id")
+        versions = (
+            ModelVersion.objects.exclude(compiled_sha256="").select_related("registered_model__organization").order_by("id")
+        )
         count = 0
         for version in versions.iterator():
             count += 1
@@ -31,6 +34,7 @@ class Command(BaseCommand):
                 failed.append(str(version))
         if failed:
             raise CommandError(
-                f"{len(failed)} of {count} compiled versions no longer match scikit-learn and are now served by it: {', '.join(failed)}"
+                f"{len(failed)} of {count} compiled versions no longer match scikit-learn and are now served by it: "
+                f"{', '.join(failed)}"
             )
         self.stdout.write(f"{count} compiled versions re-verified.")
