@@ -356,3 +356,16 @@ def test_a_promotion_stops_the_mirror_and_keeps_its_report(tenant_a, iris_pair, 
     body = client.get(URL).json()
     assert (body["status"], body["stop_reason"]) == ("stopped", "production changed")
     assert start(client, {"version": 1, "fraction": 0.1}).status_code == 201  # the old production, mirrored against the new
+
+
+def test_an_operator_stops_a_mirror_from_the_admin(tenant_a, iris_pair, admin_client, django_capture_on_commit_callbacks):
+    start(tenant_a.key_client())
+    mirror = Mirror.objects.get()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post("/admin/inference/mirror/", {"action": "stop_mirrors", "_selected_action": [mirror.id]})
+
+    assert response.status_code == 302
+    mirror.refresh_from_db()
+    assert (mirror.status, mirror.stop_reason) == ("stopped", "stopped by an operator")
+    assert admin_client.get(f"/admin/inference/mirror/{mirror.id}/change/").status_code == 200
