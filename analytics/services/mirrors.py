@@ -2,8 +2,8 @@
 
 The hot path only draws (a mirror's `fraction`, read from the cached route) and flags the
 request's prediction record with the mirror's id; nothing else happens before the answer
-leaves. Beat sends `analytics.mirror_predictions` every ANALYTICS_MIRROR_SECONDS; for each
-running mirror it reads the flagged records the worker has not mirrored yet (only those the
+leaves. Beat sends `analytics.mirror_predictions` every ANALYTICS_MIRROR_SECONDS, which sends
+one `analytics.mirror_one` task per running mirror; each reads the flagged records the worker has not mirrored yet (only those the
 mirror's organization owns, of its model, served by its baseline version), predicts their
 inputs with the candidate through `analytics.services.replays.answer_batch` (the replay's path:
 the candidate's signature check, then `inference.predictors.predict`, no limit, cache, usage or
@@ -47,15 +47,9 @@ logger = logging.getLogger(__name__)
 REPORT_REFRESH_SECONDS = 60
 
 
-def mirror_running() -> int:
-    """One run over every running mirror (the beat task); returns the rows predicted."""
-    done = 0
-    for mirror_id in Mirror.objects.filter(status=Mirror.Status.RUNNING).values_list("id", flat=True):
-        try:
-            done += mirror_once(mirror_id=mirror_id)
-        except Exception:  # one tenant's mirror must not stop the others'
-            logger.exception("mirror %s failed", mirror_id)
-    return done
+def running_mirror_ids() -> list[int]:
+    """The mirrors beat sends the worker to: one task each, so that a slow candidate delays only its own."""
+    return list(Mirror.objects.filter(status=Mirror.Status.RUNNING).values_list("id", flat=True))
 
 
 def _report_row(mirror: Mirror) -> MirrorReport:

@@ -60,5 +60,6 @@ def test_the_worker_accumulates_the_report_from_real_predictions(tenant_a, candi
     assert (body["rows_mirrored"], body["rows_compared"], body["report"]["failures"]["candidate_only"]) == (90, 60, 30)
     assert body["agreement"] == pytest.approx(np.mean(old == new))
     assert body["report"]["latency"]["candidate_predict"]["records"] == 60
-    assert "analytics.mirror_predictions[" in analytics_worker.logs()
+    output = analytics_worker.workers["analytics"].output()
+    assert "Task analytics.mirror_predictions[" in output and "Task analytics.mirror_one[" in output
     assert client.post(PREDICT, {"inputs": [rows[0]]}, format="json").status_code == 200  # production still answers
