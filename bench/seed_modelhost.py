@@ -83,6 +83,11 @@ def _production_model(caller: Caller, org: Organization, name: str, artifact: Pa
         "version_id": current.id,
         "cache_ttl": model.prediction_cache_ttl,
         "size_bytes": current.size_bytes,
+        # What serves it in the runner ("onnx": the verified compiled form) and the figures of
+        # the check that compared the compiled form with scikit-learn.
+        "runtime": current.runtime,
+        "runtime_reason": current.runtime_reason,
+        "compiled_figures": current.compiled_figures,
     }
 
 

@@ -7,9 +7,10 @@ the API key that calls (V2 paths carry no organization).
 
 from __future__ import annotations
 
+from importlib.metadata import version as distribution_version
+
 import numpy as np
 import orjson
-import sklearn
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -21,6 +22,10 @@ from inference.protocols import v2
 from inference.validation import to_model_input
 from inference.views_native import answers_unexpected_errors, read_body
 from platform_site.errors import ModelhostError, NotFound
+
+# The runners' scikit-learn (the same environment), read from its metadata: the web itself never
+# imports scikit-learn.
+SKLEARN_VERSION = distribution_version("scikit-learn")
 
 SERVER_NAME = "modelhost"
 SERVER_VERSION = getattr(platform_site, "__version__", "1.0.0")
@@ -75,7 +80,7 @@ def v2_model_metadata(request: HttpRequest, model: str, number: int | None = Non
     body = v2.model_metadata(
         name=route.model_name,
         versions=[str(target.number)],
-        platform=f"sklearn-{sklearn.__version__}",
+        platform=f"sklearn-{SKLEARN_VERSION}",
         spec=target.spec,
         has_proba=target.has_proba,
         n_classes=len(classes) if classes is not None else None,

@@ -205,16 +205,14 @@ def preload_libraries() -> None:
     once, in the server process, before granian forks the workers.
 
     Each worker then starts with them loaded (their pages shared with the server process) instead
-    of importing them itself, which was most of a worker's start: two workers importing scikit-learn,
-    pandas and scipy at once on a busy machine took tens of seconds. Importing them opens no
-    connection and, with one native thread (limit_native_threads, first), starts no thread."""
-    from platform_site.startup import COMMON_SKLEARN_MODULES
-
+    of importing them itself, which was most of a worker's start: two workers importing pandas and
+    scipy at once on a busy machine took tens of seconds. Importing them opens no connection and,
+    with one native thread (limit_native_threads, first), starts no thread. scikit-learn is not
+    among them: the web never imports it (tenants' models run in runners)."""
     for name in (
         "numpy",
         "pandas",
         "scipy.stats",
-        *COMMON_SKLEARN_MODULES,
         "redis",
         "celery",
         "psycopg",
@@ -224,12 +222,32 @@ def preload_libraries() -> None:
         importlib.import_module(name)
 
 
+def preload_platform(target: str) -> None:
+    """Django's set-up and every app's views, imported once in the server process before the
+    workers fork, when it serves the platform's own application.
+
+    Each worker would otherwise spend about a second of CPU on them itself (on a busy machine,
+    several seconds before it answers). Only imports: no database or Redis connection is opened
+    here, so none is shared across the fork; each worker opens its own (startup.warm_up)."""
+    if target != DEFAULT_TARGET:
+        return
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "platform_site.settings")
+    import django
+
+    django.setup()
+    from django.urls import get_resolver
+
+    _ = get_resolver().url_patterns  # reading it imports every app's views
+
+
 def main(argv: list[str]) -> None:
+    target = argv[0] if argv else DEFAULT_TARGET
     refuse_taken_port()
     prepare_metrics_folder()
     limit_native_threads()
     preload_libraries()
-    server(argv[0] if argv else DEFAULT_TARGET).serve()
+    preload_platform(target)
+    server(target).serve()
 
 
 if __name__ == "__main__":

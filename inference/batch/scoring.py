@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import pandas as pd
 
 from inference.batch.inputs import CSV
 from inference.protocols.mlflow import _csv_cell
@@ -150,7 +149,7 @@ def _predict(predict: Predictor, x) -> tuple[np.ndarray, np.ndarray | None]:
 def _sample(x, rows: int) -> list:
     if rows <= 0:
         return []
-    if isinstance(x, pd.DataFrame):
+    if hasattr(x, "iloc"):  # a DataFrame
         return x.iloc[:rows].to_numpy().tolist()
     if isinstance(x, np.ndarray):
         return x[:rows].tolist()
@@ -220,6 +219,8 @@ def _prediction_values(predictions: np.ndarray, probabilities: np.ndarray | None
 
 def _fast_numeric_array(data: bytes, *, layout: ChunkLayout, lines: int) -> np.ndarray | None:
     """The chunk as a checked float array in signature order, or None to take the row path."""
+    import pandas as pd  # here: the web imports this module (batch submission) and never needs pandas
+
     try:
         frame = pd.read_csv(io.BytesIO(data), header=None, dtype=np.float64, engine="c")
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):

@@ -16,9 +16,9 @@ from django.utils import timezone
 from inference.batch import services
 from inference.models import BatchChunk, BatchJob
 from inference.tests.test_batch_workers import big_csv, slow_forest, submit, wait_for  # noqa: F401 - slow_forest is a fixture
-from platform_site.tests.workers import WorkerPool, publishing_to
+from platform_site.tests.workers import WorkerPool, publishing_to, worker_broker_url
 
-BROKER = "redis://127.0.0.1:6379/14"
+BROKER = worker_broker_url("TEST_HEARTBEAT_BROKER_REDIS_DB", 14)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 

@@ -22,10 +22,10 @@ from inference import webhooks
 from inference.batch import storage
 from inference.models import BatchChunk, BatchJob, PredictionRecord
 from inference.tests.test_batch_webhooks import Receiver
-from platform_site.tests.workers import WorkerPool, publishing_to
+from platform_site.tests.workers import WorkerPool, publishing_to, worker_broker_url
 from registry.tests import factories as f
 
-BROKER = "redis://127.0.0.1:6379/11"
+BROKER = worker_broker_url("TEST_BATCH_BROKER_REDIS_DB", 11)
 FEATURES = f.IRIS_FEATURES
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]

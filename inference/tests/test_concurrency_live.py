@@ -1,4 +1,5 @@
-"""Many clients at once against the real web process (granian, 2 workers x 2 threads)."""
+"""Many clients at once against the real web process (granian, 2 workers x 2 threads), which never
+loads scikit-learn: tenants' models run in their organizations' runners."""
 
 import subprocess
 import sys
@@ -9,8 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import psutil
 import pytest
 import requests
+from sklearn.datasets import load_iris
+from sklearn.ensemble import RandomForestClassifier
 
 from platform_site.tests.processes import METRICS_HEADERS, free_port, wait_for_http, web_process_env
 from registry.tests import factories as f
@@ -30,6 +34,9 @@ def test_concurrent_predictions_are_right_and_each_recorded_once(tenant_a, tmp_p
 
     model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="iris")
     f.create_version(model, promote=True)
+    forest_model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="forest")
+    forest = RandomForestClassifier(n_estimators=10, random_state=0).fit(*load_iris(return_X_y=True))
+    f.create_version(forest_model, forest, promote=True)
     estimator = f.iris_model()
     port = free_port()
     env = web_process_env(port=port, metrics_dir=tmp_path / "prometheus", settings=settings)
@@ -78,6 +85,23 @@ def test_concurrent_predictions_are_right_and_each_recorded_once(tenant_a, tmp_p
         text = requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=10).text
         line = next(s for s in text.splitlines() if s.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in s)
         assert float(line.rsplit(" ", 1)[1]) == len(rows)
+
+        # A forest is predicted in the organization's runner; the web's processes never map
+        # scikit-learn's code at all, whatever they answered.
+        answer = requests.post(
+            f"{base}/api/v1/models/acme/forest/predict",
+            json={"inputs": rows[:5]},
+            headers={"X-API-Key": tenant_a.api_key},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == forest.predict(np.array(rows[:5])).tolist()
+        web_processes = [psutil.Process(web.pid), *psutil.Process(web.pid).children(recursive=True)]
+        assert len(web_processes) >= 3  # the server process and its two workers
+        for process in web_processes:
+            mapped = {m.path for m in process.memory_maps()}
+            assert not [path for path in mapped if "/sklearn/" in path], process.cmdline()
+            assert [path for path in mapped if "/numpy/" in path], "the check reads the right maps"
     finally:
         web.terminate()
         web.wait(timeout=30)

@@ -28,12 +28,16 @@ def current_database_url() -> str:
     return f"postgres://{s['USER']}{password}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
-def worker_broker_url() -> str:
-    """Redis database TEST_BROKER_REDIS_DB (12 unless set) of the suite's Redis: the workers' own broker."""
+def worker_broker_url(variable: str = "TEST_BROKER_REDIS_DB", default: int = 12) -> str:
+    """Redis database `variable` (`default` unless set) of the suite's Redis: the workers' own broker.
+
+    Each module that empties its broker has its own variable, so two suites on one Redis (two
+    checkouts) can be given databases that do not meet.
+    """
     from django.conf import settings
 
     parts = urlsplit(settings.REDIS_URL or "redis://127.0.0.1:6379/0")
-    return urlunsplit(parts._replace(path=f"/{os.environ.get('TEST_BROKER_REDIS_DB', '12')}"))
+    return urlunsplit(parts._replace(path=f"/{os.environ.get(variable, str(default))}"))
 
 
 class CeleryProcess:
