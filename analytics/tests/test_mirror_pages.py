@@ -101,3 +101,16 @@ def test_the_promote_button_refuses_through_the_gate_and_quotes_the_replay(tenan
     assert passed.status_code == 302 and passed["Location"] == "/models/acme/iris/"
     iris_pair[0].refresh_from_db()
     assert iris_pair[0].production_version.number == 2
+
+
+@pytest.mark.parametrize("value", ["lots", "1.5", "-0.1", "nan"])
+def test_a_promote_button_with_a_bad_agreement_changes_nothing(tenant_a, iris_pair, value):
+    client = signed_in(tenant_a.user)
+
+    response = client.post(
+        "/models/acme/iris/versions/2/stage/", {"stage": "production", "min_agreement": value, "confirmed": "yes"}, follow=True
+    )
+
+    assert "The agreement to require is a share from 0 to 1." in response.content.decode()
+    iris_pair[0].refresh_from_db()
+    assert iris_pair[0].production_version.number == 1
