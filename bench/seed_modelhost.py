@@ -3,6 +3,7 @@
 Run with the project's venv and the benchmark's environment (bench/harness.py does both):
     .venv/bin/python bench/seed_modelhost.py inference   # org "bench": iris + rf, one API key
     .venv/bin/python bench/seed_modelhost.py memory      # 10 orgs x 10 models, one key per org
+    .venv/bin/python bench/seed_modelhost.py explain     # org "bench-explain": rf, linear, svc with reference data
 Prints one JSON object on stdout: {"orgs": {slug: {"key": plaintext, "models": {name: {...}}}}}.
 
 Models are uploaded through `registry.services.upload_version` (the real safe-upload path with
@@ -65,7 +66,9 @@ def _fresh_key(caller: Caller, org: Organization) -> str:
     return plaintext
 
 
-def _production_model(caller: Caller, org: Organization, name: str, artifact: Path, example: list) -> dict:
+def _production_model(
+    caller: Caller, org: Organization, name: str, artifact: Path, example: list, reference: bytes | None = None
+) -> dict:
     data = artifact.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     model = RegisteredModel.objects.filter(organization=org, name=name, deleted_at__isnull=True).first()
@@ -74,7 +77,12 @@ def _production_model(caller: Caller, org: Organization, name: str, artifact: Pa
     current = model.production_version
     if current is None or current.sha256 != sha:
         upload = SimpleUploadedFile(f"{name}.joblib", data, content_type="application/octet-stream")
-        version = registry_services.upload_version(caller=caller, model=model, file=upload, input_example=example)
+        reference_file = (
+            SimpleUploadedFile("reference.csv", reference, content_type="text/csv") if reference is not None else None
+        )
+        version = registry_services.upload_version(
+            caller=caller, model=model, file=upload, input_example=example, reference_data=reference_file
+        )
         registry_services.set_stage(caller=caller, version=version, stage="production")
         model.refresh_from_db()
         current = model.production_version
@@ -138,7 +146,44 @@ def seed_memory(*, orgs: int = 10, per_org: int = 10) -> dict:
     return out
 
 
+def seed_explain() -> dict:
+    """Org "bench-explain": the inference bench's forest (100 trees, 20 features), a plain
+    LogisticRegression (predicted in the web) and a scaled SVC pipeline (the sampling
+    explainer), each with 500 rows of its training data as reference data."""
+    import io
+
+    import joblib
+    import pandas as pd
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    caller = Caller(user=_person(), ip_address="127.0.0.1")
+    org = _organization(caller, "bench-explain")
+    x, y = make_classification(n_samples=2000, n_features=20, n_informative=10, random_state=0)
+    makers = {
+        "rf": lambda: RandomForestClassifier(n_estimators=100, random_state=0),
+        "linear": lambda: LogisticRegression(max_iter=1000),
+        "svc": lambda: make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)),
+    }
+    reference = pd.DataFrame(x[:500], columns=[f"f{i}" for i in range(x.shape[1])]).to_csv(index=False).encode()
+    models = {}
+    for name, make in makers.items():
+        path = ARTIFACTS / "explain" / f"{name}.joblib"
+        if not path.exists():
+            buffer = io.BytesIO()
+            joblib.dump(make().fit(x, y), buffer)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(buffer.getvalue())
+        models[name] = _production_model(caller, org, name, path, x[:2].tolist(), reference=reference)
+    rows = [[round(float(v), 4) for v in row] for row in x[500:1500]]
+    return {"orgs": {org.slug: {"key": _fresh_key(caller, org), "models": models, "rows": rows}}}
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "inference"
-    result = seed_inference() if which == "inference" else seed_memory()
+    result = {"inference": seed_inference, "memory": seed_memory, "explain": seed_explain}[which]()
     sys.stdout.write(json.dumps(result) + "\n")

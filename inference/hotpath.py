@@ -27,7 +27,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from accounts.authentication import ApiKeyError, authenticate_api_key, credential_from_headers
-from inference import limits, prediction_cache, predictors, records, routing
+from inference import explanations, limits, prediction_cache, predictors, records, routing
 from platform_site.errors import ModelhostError, NotFound, PermissionDenied, Unauthenticated
 from platform_site.metrics import (
     PREDICTION_CACHE_HITS,
@@ -106,6 +106,8 @@ class PredictionCall:
     want_proba: bool
     validate: Callable[[routing.VersionTarget], ModelInput]
     extra: dict = field(default_factory=dict)
+    # Per-row feature contributions asked for (parameters.explain; inference.explanations).
+    explain: bool = False
 
 
 @dataclass
@@ -121,6 +123,8 @@ class Outcome:
     timings: Timings
     limit_headers: dict[str, str]
     call: PredictionCall
+    # {"method", "output", "values": (rows, features), "base": (rows,)} when the call asked to explain.
+    explanation: dict | None = None
 
     def headers(self) -> dict[str, str]:
         return {"X-Cache": "HIT" if self.cache_hit else "MISS", "Server-Timing": self.timings.header(), **self.limit_headers}
@@ -256,9 +260,17 @@ def run_prediction(
         if invalid is not None:
             raise invalid
         cached = prediction_cache.decode(cached_raw) if cached_raw is not None else None
+        if cached is not None and call.explain and not isinstance(cached.get("e"), dict):
+            cached = None  # an entry without its explanation (never written under an explain key; not trusted blindly)
         timings.mark("cache")
+        explanation = None
         if cached is not None:
             predictions, probabilities = cached["p"], cached.get("q")
+            explanation = explanations.from_cache(cached["e"]) if call.explain else None
+        elif call.explain:
+            predictions, probabilities, explanation = predictors.predict_explained(
+                target=target, x=model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing
+            )
         else:
             predictions, probabilities = predictors.predict(
                 target=target, x=model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing
@@ -288,10 +300,15 @@ def run_prediction(
         timings=timings,
         limit_headers=limit_state.headers(),
         call=call,
+        explanation=explanation,
     )
     cache_value = None
     if key is not None and cached is None:
-        cache_value = prediction_cache.encode(predictions=predictions, probabilities=probabilities)
+        cache_value = prediction_cache.encode(
+            predictions=predictions,
+            probabilities=probabilities,
+            explanation=explanations.to_cache(explanation) if explanation is not None else None,
+        )
     outcome.latency_ms = timings.total_ms()
     record = _record(identity=identity, outcome=outcome, protocol=protocol, rows=model_input.n_rows, inputs=model_input.recorded)
     if route.mirror is not None and variant is None and version_number is None and route.mirror.draws():
@@ -320,7 +337,9 @@ def _cache_key(
 ) -> str | None:
     if model_input is None or route.cache_ttl <= 0:
         return None
-    return prediction_cache.cache_key(version_id=target.id, canonical_input=model_input.canonical, want_proba=call.want_proba)
+    return prediction_cache.cache_key(
+        version_id=target.id, canonical_input=model_input.canonical, want_proba=call.want_proba, explain=call.explain
+    )
 
 
 def _choose_target(

@@ -16,15 +16,21 @@ from inference.protocols.outputs import json_values
 from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure, report_success
 
 
-def cache_key(*, version_id: int, canonical_input: bytes, want_proba: bool) -> str:
+def cache_key(*, version_id: int, canonical_input: bytes, want_proba: bool, explain: bool = False) -> str:
     digest = hashlib.blake2b(canonical_input, digest_size=16)
     digest.update(b"p" if want_proba else b"-")
+    if explain:
+        digest.update(b"e")
     return f"mh:pc:{version_id}:{digest.hexdigest()}"
 
 
-def encode(*, predictions, probabilities) -> bytes:
-    """The cached answer: labels keep their JSON type (string, bool, number), as the protocols send them."""
-    return orjson.dumps({"p": json_values(predictions), "q": json_values(probabilities)}, option=orjson.OPT_SERIALIZE_NUMPY)
+def encode(*, predictions, probabilities, explanation: dict | None = None) -> bytes:
+    """The cached answer: labels keep their JSON type (string, bool, number), as the protocols send them;
+    an explained answer carries its explanation under "e"."""
+    value = {"p": json_values(predictions), "q": json_values(probabilities)}
+    if explanation is not None:
+        value["e"] = explanation
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def decode(raw: bytes) -> dict:

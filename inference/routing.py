@@ -39,6 +39,8 @@ class VersionTarget:
     serving_sha256: str = ""
     # The verified compiled form the runner serves beside the serving artifact ("" : scikit-learn).
     compiled_sha256: str = ""
+    # The reference data's name in model storage ("" : none), for explanations (inference.explanations).
+    reference_name: str = ""
     # The platform's own predict for a model reduced to plain numbers (inference.predictors).
     linear: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 
@@ -118,6 +120,7 @@ def target_for(version, *, org_id: int | None = None) -> VersionTarget:
         org_id=org_id,
         serving_sha256=version.serving_sha256,
         compiled_sha256=version.compiled_sha256 if version.runtime == "onnx" else "",
+        reference_name=version.reference_data.name or "",
         linear=linear_predictor(version.linear_spec),
     )
 

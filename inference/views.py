@@ -143,6 +143,21 @@ def _snippets(
     }
 
 
+def _explain_offer(version) -> dict | None:
+    """Whether Try it offers an explanation: None where no explainer applies (outliers,
+    clusters); unchecked, with the reason, where one would need reference data the version lacks."""
+    from inference.runners.explainers import explains_without_reference
+
+    if version.task not in ("classification", "regression"):
+        return None
+    if version.reference_data or explains_without_reference(version.estimator_class):
+        return {"available": True}
+    return {
+        "available": False,
+        "reason": "This version has no reference data to compare with: upload one with reference_data to explain it.",
+    }
+
+
 @login_required
 def try_version(request: HttpRequest, org: str, model: str, number: int) -> HttpResponse:
     registered = model_or_404(request, org, model)
@@ -180,10 +195,39 @@ def try_version(request: HttpRequest, org: str, model: str, number: int) -> Http
                 "columns_data": [{"name": c["name"], "type": c.get("type", "double")} for c in columns],
                 "predict_url": reverse("predict-version", args=[org, model, number]),
                 "want_proba": version.has_predict_proba,
+                "explain": _explain_offer(version),
                 "tab": "models",
             }
         )
         response = render_page(request, "inference/try.html", context)
     # The same URL answers the snippets alone to htmx and the page otherwise.
+    patch_vary_headers(response, ("HX-Request",))
+    return response
+
+
+@login_required
+def version_importance(request: HttpRequest, org: str, model: str, number: int) -> HttpResponse:
+    """The version's global feature importance (mean |contribution| over its reference data):
+    a fragment the model page loads with htmx, or a page of its own without JavaScript."""
+    from inference.explanations import global_importance
+    from platform_site.errors import ModelhostError
+
+    registered = model_or_404(request, org, model)
+    try:
+        version = selectors.version_of(model=registered, number=number)
+    except NotFound:
+        raise Http404("No such version.") from None
+    context: dict[str, Any] = {"organization": registered.organization, "model": registered, "version": version, "tab": "models"}
+    try:
+        importance = global_importance(version=version)
+    except ModelhostError as exc:
+        context["unavailable"] = exc.detail
+    else:
+        largest = max((item["importance"] for item in importance["features"]), default=0.0) or 1.0
+        context["importance"] = importance
+        context["method_label"] = importance["method"].replace("_", " ")
+        context["bars"] = [{**item, "percent": round(100 * item["importance"] / largest, 1)} for item in importance["features"]]
+    template = "inference/_importance.html" if request.htmx else "inference/importance.html"
+    response = render_page(request, template, context)
     patch_vary_headers(response, ("HX-Request",))
     return response

@@ -19,6 +19,7 @@ from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from inference.explanations import response_body
 from inference.hotpath import ModelInput, PredictionCall, run_prediction
 from inference.protocols.outputs import json_values
 from inference.validation import check_rows, normalise_rows, to_model_input
@@ -29,7 +30,7 @@ from platform_site.renderers import ORJSON_OPTIONS
 logger = logging.getLogger(__name__)
 
 ALLOWED_KEYS = {"inputs", "parameters", "unit_id"}
-ALLOWED_PARAMETERS = {"probabilities"}
+ALLOWED_PARAMETERS = {"probabilities", "explain"}
 
 
 def read_body(request: HttpRequest) -> bytes:
@@ -77,6 +78,11 @@ def parse_native(raw: bytes) -> PredictionCall:
             "parameters.probabilities must be true or false.",
             errors=[{"field": "parameters.probabilities", "message": "expected a boolean"}],
         )
+    explain = parameters.get("explain", False)
+    if not isinstance(explain, bool):
+        raise InvalidInput(
+            "parameters.explain must be true or false.", errors=[{"field": "parameters.explain", "message": "expected a boolean"}]
+        )
     unit_id = body.get("unit_id")
     if unit_id is not None and not isinstance(unit_id, (str, int)) or isinstance(unit_id, bool):
         raise InvalidInput("unit_id must be a string.", errors=[{"field": "unit_id", "message": "expected a string"}])
@@ -85,10 +91,18 @@ def parse_native(raw: bytes) -> PredictionCall:
     def validate(target) -> ModelInput:
         spec = target.spec
         rows = normalise_rows(inputs, spec)
+        if explain and len(rows) > settings.EXPLAIN_MAX_ROWS:
+            raise PayloadTooLarge(
+                f"{len(rows)} rows is more than the {settings.EXPLAIN_MAX_ROWS} one request may ask to explain; "
+                "send fewer rows or leave parameters.explain out.",
+                errors=[{"field": "inputs", "message": f"more than {settings.EXPLAIN_MAX_ROWS} rows to explain"}],
+            )
         check_rows(rows, spec)
         return ModelInput(x=to_model_input(rows, spec), n_rows=len(rows), canonical=orjson.dumps(rows), recorded=rows)
 
-    return PredictionCall(unit_id=str(unit_id) if unit_id is not None else None, want_proba=want_proba, validate=validate)
+    return PredictionCall(
+        unit_id=str(unit_id) if unit_id is not None else None, want_proba=want_proba, validate=validate, explain=explain
+    )
 
 
 def _json(data: Any, status: int = 200, headers: dict | None = None) -> HttpResponse:
@@ -126,6 +140,13 @@ def _predict(request: HttpRequest, org: str, model: str, number: int | None) -> 
         body["probabilities"] = json_values(outcome.probabilities)
     if outcome.target.task == "classification":
         body["classes"] = outcome.target.classes
+    if outcome.explanation is not None:
+        body["explainer"], body["explanations"] = response_body(
+            explanation=outcome.explanation,
+            features=outcome.target.spec.names,
+            predictions=body["predictions"],
+            classifier=outcome.target.task == "classification",
+        )
     body["cache_hit"] = outcome.cache_hit
     body["latency_ms"] = round(outcome.latency_ms, 3)
     return _json(body, headers=outcome.headers())

@@ -11,6 +11,7 @@ from importlib.metadata import version as distribution_version
 
 import numpy as np
 import orjson
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -21,7 +22,7 @@ from inference.protocols import mlflow as mlflow_protocol
 from inference.protocols import v2
 from inference.validation import to_model_input
 from inference.views_native import answers_unexpected_errors, read_body
-from platform_site.errors import ModelhostError, NotFound
+from platform_site.errors import InvalidInput, ModelhostError, NotFound, PayloadTooLarge
 
 # The runners' scikit-learn (the same environment), read from its metadata: the web itself never
 # imports scikit-learn.
@@ -30,6 +31,8 @@ SKLEARN_VERSION = distribution_version("scikit-learn")
 SERVER_NAME = "modelhost"
 SERVER_VERSION = getattr(platform_site, "__version__", "1.0.0")
 UNIT_HEADER = "HTTP_X_UNIT_ID"
+# The tasks V2 lists the explanation outputs for (inference.runners.explainers explains these).
+EXPLAINED_TASKS = ("classification", "regression")
 
 
 def _v2_error(exc: ModelhostError) -> HttpResponse:
@@ -85,13 +88,14 @@ def v2_model_metadata(request: HttpRequest, model: str, number: int | None = Non
         has_proba=target.has_proba,
         n_classes=len(classes) if classes is not None else None,
         predict_datatype=v2.classes_datatype(classes) if classes else v2.TASK_DATATYPES.get(target.task),
+        can_explain=target.task in EXPLAINED_TASKS,
     )
     return JsonResponse(body)
 
 
 def v2_model_ready(request: HttpRequest, model: str, number: int | None = None) -> HttpResponse:
     try:
-        route, target = _v2_target(request, model, number)
+        route, _target = _v2_target(request, model, number)
     except ModelhostError as exc:
         return _v2_error(exc)
     return JsonResponse({"name": route.model_name, "ready": True})
@@ -116,8 +120,13 @@ def v2_infer(request: HttpRequest, model: str, number: int | None = None) -> Htt
                 parsed = v2.parse_infer_request(
                     raw, content_type=content_type, inference_header_length=header_length, spec=target.spec
                 )
-                v2.check_requested_outputs(parsed.outputs, has_proba=target.has_proba)
+                v2.check_requested_outputs(parsed.outputs, has_proba=target.has_proba, can_explain=target.task in EXPLAINED_TASKS)
                 call.want_proba = any(output.name == v2.PREDICT_PROBA for output in parsed.outputs)
+                call.explain = any(output.name in v2.EXPLANATION_OUTPUTS for output in parsed.outputs)
+                if call.explain and parsed.n_rows > settings.EXPLAIN_MAX_ROWS:
+                    raise PayloadTooLarge(
+                        f"{parsed.n_rows} rows is more than the {settings.EXPLAIN_MAX_ROWS} one request may ask to explain."
+                    )
                 parsed_holder["request"] = parsed
                 inputs = parsed.inputs
                 if isinstance(inputs, np.ndarray):
@@ -144,6 +153,7 @@ def v2_infer(request: HttpRequest, model: str, number: int | None = None) -> Htt
             outputs=parsed.outputs,
             predictions=outcome.predictions,
             probabilities=outcome.probabilities,
+            explanation=outcome.explanation,
         )
     except ModelhostError as exc:
         return _v2_error(exc)
@@ -173,6 +183,13 @@ def invocations(request: HttpRequest, org: str, model: str, number: int | None =
         def parse() -> PredictionCall:
             def validate(target) -> ModelInput:
                 parsed = mlflow_protocol.parse_invocations(raw, content_type=content_type, spec=target.spec)
+                if "explain" in parsed.params:
+                    # MLflow's clients read only "predictions": an explanation here would be lost on them.
+                    raise InvalidInput(
+                        "MLflow's scoring protocol has no place for explanations: ask the native /predict endpoint "
+                        '(parameters.explain) or V2 /infer (outputs "explanation" and "explanation_base").',
+                        errors=[{"field": "params.explain", "message": "not supported on /invocations"}],
+                    )
                 return ModelInput(
                     x=to_model_input(parsed.rows, target.spec),
                     n_rows=parsed.n_rows,

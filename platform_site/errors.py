@@ -103,6 +103,12 @@ class InvalidArtifact(ModelhostError):
     status, code, title = 422, "invalid_artifact", "The model file cannot be used"
 
 
+class ExplanationUnavailable(ModelhostError):
+    """`parameters.explain` asked of a model (or version) no explainer applies to; the detail says why."""
+
+    status, code, title = 422, "explanation_unavailable", "No explanation is available for this model"
+
+
 class RateLimited(ModelhostError):
     status, code, title = 429, "rate_limited", "Too many requests"
 

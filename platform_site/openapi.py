@@ -49,7 +49,18 @@ _PREDICT_REQUEST = {
                 {"type": "object"},
             ],
         },
-        "parameters": {"type": "object", "properties": {"probabilities": {"type": "boolean", "default": False}}},
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "probabilities": {"type": "boolean", "default": False},
+                "explain": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "Per-row feature contributions and their base value (docs/explanations.md); "
+                    "at most EXPLAIN_MAX_ROWS rows.",
+                },
+            },
+        },
         "unit_id": {"type": "string", "description": "Sticky experiment assignment key (a user id, say)."},
     },
 }
@@ -63,6 +74,24 @@ _PREDICT_RESPONSE = {
         "predictions": {"type": "array", "items": {}},
         "probabilities": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
         "classes": {"type": "array", "items": {}},
+        "explainer": {
+            "type": "object",
+            "description": "With parameters.explain: the method (tree_shap, linear, sampling) and what `value` is.",
+            "properties": {"method": {"type": "string"}, "output": {"type": "string"}},
+        },
+        "explanations": {
+            "type": "array",
+            "description": "With parameters.explain: one per row; base_value + sum(contributions) == value.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "class": {"description": "The predicted label whose output is explained (classifiers)"},
+                    "base_value": {"type": "number"},
+                    "value": {"type": "number"},
+                    "contributions": {"type": "object", "additionalProperties": {"type": "number"}},
+                },
+            },
+        },
         "cache_hit": {"type": "boolean"},
         "latency_ms": {"type": "number"},
     },
@@ -104,6 +133,7 @@ def add_inference_paths(result, generator, request, public):
             (401, "No or bad credentials"),
             (404, "No such model (or another organization's)"),
             (413, "Too large"),
+            (422, "explanation_unavailable: parameters.explain asked of a model no explainer applies to"),
             (429, "Rate limit or quota"),
         ]
     }

@@ -335,6 +335,17 @@ RUNNER_FAILING_AFTER_CRASHES = env.int("RUNNER_FAILING_AFTER_CRASHES", default=3
 # process is seen within this bound (at once in the process that made it).
 ROUTE_CACHE_SECONDS = env.float("ROUTE_CACHE_SECONDS", default=2.0)
 MAX_ROWS_PER_REQUEST = env.int("MAX_ROWS_PER_REQUEST", default=10_000)
+# Explanations (parameters.explain, inference.explanations): rows one request may ask to be
+# explained (413 past it), and fewer for the sampling explainer, which predicts each row
+# 2 x (features + 1) x 10 permutations x the background rows.
+EXPLAIN_MAX_ROWS = env.int("EXPLAIN_MAX_ROWS", default=100)
+EXPLAIN_SAMPLING_MAX_ROWS = env.int("EXPLAIN_SAMPLING_MAX_ROWS", default=10)
+# Reference rows the sampling explainer compares with; reference rows read for the means; versions kept per process.
+EXPLAIN_BACKGROUND_ROWS = env.int("EXPLAIN_BACKGROUND_ROWS", default=20)
+EXPLAIN_REFERENCE_MAX_ROWS = env.int("EXPLAIN_REFERENCE_MAX_ROWS", default=100_000)
+EXPLAIN_REFERENCE_CACHE = env.int("EXPLAIN_REFERENCE_CACHE", default=64)
+# The model page's global importance (mean |contribution| over reference rows), kept in the cache this long.
+EXPLAIN_IMPORTANCE_CACHE_SECONDS = env.int("EXPLAIN_IMPORTANCE_CACHE_SECONDS", default=86_400)
 
 # --- Analytics ----------------------------------------------------------------------------
 

@@ -291,6 +291,94 @@ def test_try_it_answers_a_string_label_model_with_its_labels(browser, web, tenan
     context.close()
 
 
+def test_try_it_shows_each_features_contribution_as_a_chart(browser, web, screenshots_dir, tenant_a):
+    """A forest's prediction explained by TreeSHAP in its runner; a linear model without
+    reference data still answers, and says why it has no explanation."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from accounts.principals import Caller
+    from accounts.tests.factories import PASSWORD as OWNER_PASSWORD
+    from registry import artifacts, services
+    from registry.models import ModelVersion
+    from registry.tests.factories import create_version
+
+    x, y = iris_data()
+    forest = RandomForestClassifier(n_estimators=10, random_state=0).fit(pd.DataFrame(x, columns=IRIS_FEATURES), y)
+    model = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="forest")
+    version = create_version(model, forest, promote=True)
+    reference = artifacts.store_bytes(
+        pd.DataFrame(x, columns=IRIS_FEATURES).to_csv(index=False).encode(), f"orgs/{model.organization_id}/reference-forest.csv"
+    )
+    ModelVersion.objects.filter(id=version.id).update(
+        input_example=[dict(zip(IRIS_FEATURES, [6.7, 3.0, 5.2, 2.3], strict=True))], reference_data=reference
+    )
+    linear = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="plain")
+    plain = create_version(linear, promote=True)
+    ModelVersion.objects.filter(id=plain.id).update(input_example=[IRIS_ROW])
+
+    context = browser.new_context(viewport=DESKTOP, base_url=web.url)
+    page = context.new_page()
+    page.goto("/login/")
+    page.fill("#id_username", "owner@acme.example")
+    page.fill("#id_password", OWNER_PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.locator("h1")).to_have_text("Your organizations")
+    page.goto("/models/acme/forest/versions/1/try/")
+    expect(page.locator("#try-explain")).to_be_checked()
+    page.click("button:has-text('Predict')")
+    expect(page.locator("#try-result .prediction")).to_have_text("Prediction: 2")
+    expect(page.locator("#explain-title")).to_have_text("Why: contributions to the probability of the predicted class")
+    bars = page.locator("#try-result .contrib li")
+    expect(bars).to_have_count(4)
+    labels = page.locator("#try-result .contrib .bar-label").all_inner_texts()
+    assert sorted(labels) == sorted(IRIS_FEATURES)
+    values = [float(text) for text in page.locator("#try-result .contrib .bar-value").all_inner_texts()]
+    assert [abs(v) for v in values] == sorted((abs(v) for v in values), reverse=True)  # largest first
+    assert page.locator("#try-result .contrib .fill.up").count() + page.locator("#try-result .contrib .fill.down").count() == 4
+    summary = page.locator("#explain-sum").inner_text()
+    match = re.fullmatch(r"Base value (-?[0-9.]+) \+ contributions = (-?[0-9.]+) \(tree shap\)\.", summary)
+    assert match, summary
+    probability = forest.predict_proba(pd.DataFrame([[6.7, 3.0, 5.2, 2.3]], columns=IRIS_FEATURES))[0, 2]
+    assert abs(float(match.group(2)) - probability) < 1e-3
+    assert abs(float(match.group(1)) + sum(values) - probability) < 5e-3  # the figures shown are rounded to 3 places
+    check_page(page, screenshots_dir, "try-it-explained")
+
+    page.goto("/models/acme/forest/")  # the model page loads the production version's global importance
+    expect(page.locator("#importance .importance li")).to_have_count(4)
+    expect(page.locator("#importance")).to_contain_text("over 100 rows of its reference data (tree shap explainer)")
+    assert page.locator("#importance .bar-label").first.inner_text() in ("petal_length", "petal_width")
+    check_page(page, screenshots_dir, "model-importance")
+
+    page.goto("/models/acme/plain/versions/1/try/")  # a linear model without reference data: not offered, and why
+    expect(page.locator("#try-explain")).to_be_disabled()
+    expect(page.locator("#try-explain")).not_to_be_checked()
+    expect(page.locator("#try-explain-why")).to_have_text(
+        "This version has no reference data to compare with: upload one with reference_data to explain it."
+    )
+    page.click("button:has-text('Predict')")
+    expect(page.locator("#try-result .prediction")).to_have_text("Prediction: 0")
+    expect(page.locator("#try-result .facts")).to_be_visible()
+    expect(page.locator("#try-result .contrib")).to_have_count(0)
+    expect(page.locator("#try-explain-note")).to_have_count(0)
+
+    # A model shap's TreeExplainer refuses (multiclass gradient boosting) and no reference data:
+    # offered, refused with 422, answered without it, and the reason shown.
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    boosted = services.create_model(caller=Caller(user=tenant_a.user), organization=tenant_a.organization, name="boosted")
+    version = create_version(boosted, GradientBoostingClassifier(n_estimators=5, random_state=0).fit(x, y), promote=True)
+    ModelVersion.objects.filter(id=version.id).update(input_example=[IRIS_ROW])
+    page.goto("/models/acme/boosted/versions/1/try/")
+    expect(page.locator("#try-explain")).to_be_checked()
+    page.click("button:has-text('Predict')")
+    expect(page.locator("#try-result .prediction")).to_have_text("Prediction: 0")
+    expect(page.locator("#try-explain-note")).to_have_text(
+        "No explanation: The sampling explainer compares each row with the version's reference data, and this version has none: "
+        "upload the version again with reference_data (a CSV of training-like rows)."
+    )
+    context.close()
+
+
 # ---------------------------------------------------------------------------- with real workers
 
 

@@ -425,6 +425,7 @@ OTHER_ORG_PAGES = [
     "/orgs/acme/settings/",
     "/models/acme/iris/",
     "/models/acme/iris/versions/1/try/",
+    "/models/acme/iris/versions/1/importance/",
 ]
 
 

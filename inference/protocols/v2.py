@@ -34,6 +34,11 @@ from platform_site.errors import InvalidInput, MalformedBody, UnsupportedMediaTy
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PREDICT = "predict"
 PREDICT_PROBA = "predict_proba"
+# Per-row feature contributions (inference.explanations): [rows, features] in the model's input
+# order, and the base value they add to, [rows]. Asking for either explains the rows.
+EXPLANATION = "explanation"
+EXPLANATION_BASE = "explanation_base"
+EXPLANATION_OUTPUTS = (EXPLANATION, EXPLANATION_BASE)
 WHOLE_INPUT_NAME = "input-0"
 
 # Little-endian wire dtypes of the binary extension. BOOL is one byte, 0 or 1.
@@ -503,9 +508,11 @@ def _per_column_inputs(tensors: list[_Tensor], spec: InputSpec) -> tuple[Any, in
 # ---------------------------------------------------------------------------- response
 
 
-def check_requested_outputs(outputs: list[RequestedOutput], *, has_proba: bool) -> None:
+def check_requested_outputs(outputs: list[RequestedOutput], *, has_proba: bool, can_explain: bool = False) -> None:
     """Raise InvalidInput naming the first output this model cannot give; call it before predicting."""
     available = [PREDICT, PREDICT_PROBA] if has_proba else [PREDICT]
+    if can_explain:
+        available += list(EXPLANATION_OUTPUTS)
     for output in outputs:
         if output.name == PREDICT_PROBA and not has_proba:
             raise InvalidInput(
@@ -594,19 +601,29 @@ def render_infer_response(
     predictions: np.ndarray | list,
     probabilities: np.ndarray | list | None,
     parameters: dict | None = None,
+    explanation: dict | None = None,
 ) -> tuple[bytes, str, dict[str, str]]:
-    """(body, content type, extra headers): JSON, or JSON header + raw tensors when any output is binary."""
-    check_requested_outputs(outputs, has_proba=probabilities is not None)
+    """(body, content type, extra headers): JSON, or JSON header + raw tensors when any output is binary.
+
+    With `explanation` (inference.explanations), the explanation outputs carry its values and
+    base values, and the response's parameters say which explainer and what it explains.
+    """
+    check_requested_outputs(outputs, has_proba=probabilities is not None, can_explain=explanation is not None)
     response: dict[str, Any] = {"model_name": model_name, "model_version": str(model_version)}
     if request_id is not None:
         response["id"] = request_id
+    if explanation is not None:
+        parameters = {**(parameters or {}), "explainer": explanation["method"], "explained_output": explanation["output"]}
     if parameters:
         response["parameters"] = parameters
+    by_name = {PREDICT: predictions, PREDICT_PROBA: probabilities}
+    if explanation is not None:
+        by_name.update({EXPLANATION: explanation["values"], EXPLANATION_BASE: explanation["base"]})
     rendered = []
     chunks: list[bytes] = []
     for output in outputs:
-        values = _output_array(predictions if output.name == PREDICT else probabilities, output.name)
-        datatype = "FP64" if output.name == PREDICT_PROBA else tensor_datatype(values)
+        values = _output_array(by_name[output.name], output.name)
+        datatype = "FP64" if output.name != PREDICT else tensor_datatype(values)
         wire = _wire_values(values, datatype)
         tensor: dict[str, Any] = {"name": output.name, "datatype": datatype, "shape": list(values.shape)}
         if output.binary:
@@ -644,6 +661,7 @@ def model_metadata(
     has_proba: bool,
     n_classes: int | None,
     predict_datatype: str | None = None,
+    can_explain: bool = False,
 ) -> dict:
     """`GET /v2/models/{model}`: one [-1, F] input tensor `input-0`, and the outputs.
 
@@ -669,6 +687,9 @@ def model_metadata(
     outputs = [{"name": PREDICT, "datatype": predict_datatype, "shape": [-1]}]
     if has_proba:
         outputs.append({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, n_classes if n_classes is not None else -1]})
+    if can_explain:
+        outputs.append({"name": EXPLANATION, "datatype": "FP64", "shape": [-1, len(spec.columns)]})
+        outputs.append({"name": EXPLANATION_BASE, "datatype": "FP64", "shape": [-1]})
     return {"name": name, "versions": [str(v) for v in versions], "platform": platform, "inputs": inputs, "outputs": outputs}
 
 

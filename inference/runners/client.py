@@ -33,7 +33,7 @@ import numpy as np
 from django.conf import settings
 
 from inference.runners import wire
-from platform_site.errors import ModelhostError, ServiceUnavailable
+from platform_site.errors import ExplanationUnavailable, ModelhostError, PayloadTooLarge, ServiceUnavailable
 from platform_site.metrics import MODEL_LOAD_SECONDS, RUNNER_PREDICTIONS
 
 logger = logging.getLogger(__name__)
@@ -222,6 +222,10 @@ def _failure(reply: dict, *, version_id: int) -> ModelhostError:
         )
     if error.get("kind") == "memory":
         return ModelFailed(message)
+    if error.get("kind") == "explain":
+        return ExplanationUnavailable(message)
+    if error.get("kind") == "explain_rows":
+        return PayloadTooLarge(message, errors=[{"field": "inputs", "message": message}])
     return RunnerUnavailable(f"The runner could not serve this version: {message}")
 
 
@@ -258,6 +262,87 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The predictions (and probabilities when asked and available) of a version on `x`; by
     its compiled form when `compiled_sha256` names one and the rows suit it."""
+    predictions, probabilities, _ = _predict(
+        org_id=org_id,
+        version_id=version_id,
+        serving_sha256=serving_sha256,
+        x=x,
+        want_proba=want_proba,
+        finite=finite,
+        compiled_sha256=compiled_sha256,
+    )
+    return predictions, probabilities
+
+
+def predict_explained(
+    *,
+    org_id: int,
+    version_id: int,
+    serving_sha256: str,
+    x: Any,
+    want_proba: bool,
+    finite: bool,
+    mean: np.ndarray | None,
+    background: Any,
+    sampling_max_rows: int,
+    compiled_sha256: str = "",
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """As `predict`, with each row's feature contributions (inference.runners.explainers):
+    ``{"method", "output", "values": (rows, features), "base": (rows,)}``.
+
+    `mean` (the reference data's column means) and `background` (a sample of its rows) are
+    what the linear and sampling explainers compare with; None when the version has none.
+    Raises ExplanationUnavailable (422) or PayloadTooLarge (413) as the runner says.
+    """
+    buffers: list[bytes] = []
+    request = {
+        "mean": wire.encode_array(mean, buffers) if mean is not None else None,
+        "background": wire.encode_input(background, buffers) if background is not None else None,
+        "sampling_max_rows": sampling_max_rows,
+    }
+    predictions, probabilities, explanation = _predict(
+        org_id=org_id,
+        version_id=version_id,
+        serving_sha256=serving_sha256,
+        x=x,
+        want_proba=want_proba,
+        finite=finite,
+        compiled_sha256=compiled_sha256,
+        explain=(request, buffers),
+    )
+    if explanation is None:
+        raise RunnerUnavailable("The runner answered a prediction without the explanation asked for.")
+    return predictions, probabilities, _checked_explanation(explanation, rows=len(predictions), width=x.shape[1])
+
+
+def _checked_explanation(explanation: dict, *, rows: int, width: int) -> dict:
+    """The runner's explanation, refused unless it has the promised shapes (a runner is not trusted)."""
+    values, base = explanation["values"], explanation["base"]
+    if (
+        not isinstance(values, np.ndarray)
+        or not isinstance(base, np.ndarray)
+        or values.dtype != np.float64
+        or base.dtype != np.float64
+        or values.shape != (rows, width)
+        or base.shape != (rows,)
+        or not isinstance(explanation.get("method"), str)
+        or not isinstance(explanation.get("output"), str)
+    ):
+        raise RunnerUnavailable("The runner answered an explanation of the wrong shape.")
+    return {"method": explanation["method"][:40], "output": explanation["output"][:200], "values": values, "base": base}
+
+
+def _predict(
+    *,
+    org_id: int,
+    version_id: int,
+    serving_sha256: str,
+    x: Any,
+    want_proba: bool,
+    finite: bool,
+    compiled_sha256: str = "",
+    explain: tuple[dict, list[bytes]] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
     buffers: list[bytes] = []
     header = {
         "op": "predict",
@@ -268,6 +353,11 @@ def predict(
         "finite": finite,
         "x": wire.encode_input(x, buffers),
     }
+    if explain is not None:
+        # The explain request's entries number its buffers from 0: they follow the input's.
+        request, extra = explain
+        header["explain"] = _shifted(request, len(buffers))
+        buffers.extend(extra)
     timeout = settings.RUNNER_REQUEST_TIMEOUT_SECONDS
     reply, out = _exchange(org_id, header, buffers, timeout=timeout, version_id=version_id)
     if reply.get("need") == "artifact":
@@ -275,14 +365,32 @@ def predict(
         reply, out = _exchange(org_id, header, buffers, timeout=timeout, version_id=version_id)
     if not reply.get("ok"):
         raise _failure(reply, version_id=version_id)
+    explanation = None
     try:
         predictions = wire.decode_array(reply["p"], out)
         probabilities = wire.decode_array(reply["q"], out) if reply.get("q") is not None else None
+        if explain is not None and reply.get("e") is not None:
+            entry = reply["e"]
+            explanation = {
+                "method": entry["method"],
+                "output": entry["output"],
+                "values": wire.decode_array(entry["values"], out),
+                "base": wire.decode_array(entry["base"], out),
+            }
     except (KeyError, TypeError, wire.WireError) as exc:
         _drop(org_id)
         raise RunnerUnavailable(f"The runner answered something that is not a prediction: {exc}") from None
     RUNNER_PREDICTIONS.labels(runtime="onnx" if reply.get("runtime") == "onnx" else "sklearn").inc()
-    return predictions, probabilities
+    return predictions, probabilities, explanation
+
+
+def _shifted(entry: Any, offset: int) -> Any:
+    """A header entry with every ``buffer`` index moved by `offset`."""
+    if isinstance(entry, dict):
+        return {key: (value + offset if key == "buffer" else _shifted(value, offset)) for key, value in entry.items()}
+    if isinstance(entry, list):
+        return [_shifted(item, offset) for item in entry]
+    return entry
 
 
 def warm(*, org_id: int, version_id: int, compiled_sha256: str = "") -> None:

@@ -423,9 +423,16 @@ def preload() -> None:
                 __import__(module.name)
             except ImportError:  # a module behind an optional dependency this machine lacks
                 pass
+    # shap (explanations) is imported by a runner only when asked to explain, for its memory
+    # (60-170 MB: README, "Explanations"); what it takes from the standard library, which a
+    # runner's own user may not read, is imported here.
+    import importlib.readers  # noqa: F401
+    import plistlib  # noqa: F401
+    import xml.parsers.expat  # noqa: F401
+
     import skops.io  # noqa: F401
 
-    from inference.runners import runner, wire  # noqa: F401
+    from inference.runners import explainers, runner, wire  # noqa: F401
     from registry.loaders import (  # noqa: F401
         allowlist,
         compiled,

@@ -33,12 +33,14 @@ import socket
 import time
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 from inference.runners import wire
+from inference.runners.explainers import ExplanationUnavailable, TooManyRowsToExplain
 
 _CLONE_NEWNET = 0x40000000
 _PR_SET_DUMPABLE = 4
@@ -106,6 +108,7 @@ class _Loaded:
     size: int
     compiled_sha256: str = ""
     compiled: Any = None  # registry.loaders.compiled.CompiledPredictor
+    explainers: dict = field(default_factory=dict)  # what inference.runners.explainers keeps for this model
 
 
 def confine(*, limits: RunnerLimits) -> list[str]:
@@ -253,6 +256,10 @@ class Runner:
                     probabilities = loaded.estimator.predict_proba(x) if want_proba else None
             else:
                 predictions, probabilities = answer
+            explanation = None
+            if header.get("explain"):
+                with sklearn.config_context(assume_finite=bool(header.get("finite"))):
+                    explanation = self._explain(loaded, x, predictions, header["explain"], buffers)
             seconds = time.perf_counter() - started
             reply = {
                 "ok": True,
@@ -261,16 +268,44 @@ class Runner:
                 "q": wire.encode_array(probabilities, out) if probabilities is not None else None,
                 "seconds": seconds,
             }
+            if explanation is not None:
+                reply["e"] = {
+                    "method": explanation["method"],
+                    "output": explanation["output"],
+                    "values": wire.encode_array(explanation["values"], out),
+                    "base": wire.encode_array(explanation["base"], out),
+                }
             return reply, out
         except MemoryError:
             return {
                 "ok": False,
                 "error": {"kind": "memory", "message": f"the model needed more than the runner's {self.limits.memory_mb} MiB"},
             }, []
+        except ExplanationUnavailable as exc:
+            return {"ok": False, "error": {"kind": "explain", "message": str(exc)[:2000]}}, []
+        except TooManyRowsToExplain as exc:
+            return {"ok": False, "error": {"kind": "explain_rows", "message": str(exc)[:2000]}}, []
         except wire.WireError as exc:
             return {"ok": False, "error": {"kind": "protocol", "message": str(exc)}}, []
         except Exception as exc:  # the model's own code failed on these rows: its message is the tenant's to read
             return {"ok": False, "error": {"kind": "predict", "message": f"{type(exc).__name__}: {exc}"[:2000]}}, []
+
+    @staticmethod
+    def _explain(loaded: _Loaded, x: Any, predictions: Any, request: dict, buffers: list) -> dict:
+        """Contributions for ``x`` (inference.runners.explainers), with the reference data the web sent."""
+        from inference.runners.explainers import explain
+
+        mean = wire.decode_array(request["mean"], buffers) if request.get("mean") else None
+        background = wire.decode_input(request["background"], buffers) if request.get("background") else None
+        return explain(
+            estimator=loaded.estimator,
+            kept=loaded.explainers,
+            x=x,
+            predictions=np.asarray(predictions),
+            mean=mean,
+            background=background,
+            sampling_max_rows=int(request.get("sampling_max_rows") or 1),
+        )
 
     def load(self, header: dict, buffers: list) -> dict:
         from registry.loaders.serving import load_serving_artifact

@@ -121,7 +121,10 @@ def test_bad_rows_name_row_and_column(tenant_a, iris, body, status, row, column,
         pytest.param({}, "invalid_input", "inputs", id="no-inputs"),
         pytest.param({"inputs": [ROW], "colour": 1}, "invalid_input", "colour", id="unknown-field"),
         pytest.param(
-            {"inputs": [ROW], "parameters": {"explain": True}}, "invalid_input", "parameters.explain", id="unknown-parameter"
+            {"inputs": [ROW], "parameters": {"threshold": 0.5}}, "invalid_input", "parameters.threshold", id="unknown-parameter"
+        ),
+        pytest.param(
+            {"inputs": [ROW], "parameters": {"explain": "yes"}}, "invalid_input", "parameters.explain", id="explain-not-boolean"
         ),
         pytest.param(
             {"inputs": [ROW], "parameters": {"probabilities": "yes"}},

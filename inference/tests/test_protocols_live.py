@@ -61,7 +61,7 @@ def test_tritonclient_health_and_metadata(triton):
     assert client.is_model_ready("iris", headers=headers)
     metadata = client.get_model_metadata("iris", headers=headers)
     assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]
-    assert [o["name"] for o in metadata["outputs"]] == ["predict", "predict_proba"]
+    assert [o["name"] for o in metadata["outputs"]] == ["predict", "predict_proba", "explanation", "explanation_base"]
     assert client.get_model_metadata("iris", model_version="1", headers=headers)["versions"] == ["1"]
 
 

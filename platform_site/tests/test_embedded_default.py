@@ -125,6 +125,24 @@ def test_readme_tour_runs_as_written_under_make_run(platform, tmp_path):
     feedback_answer = json.loads(run(feedback.replace("prd_01...", answer_id), env=env, cwd=tmp_path))
     assert (feedback_answer["prediction_id"], feedback_answer["label"]) == (answer_id, 0)
 
+    # Explanations: the forest's contributions add up to its prediction, as the README shows them;
+    # the demo iris, which has no reference data, says why it has none.
+    (explained, shown_explained, output), (_, shown_refused, refused) = tour(9)
+    answer = json.loads(output)
+    expected = json.loads(shown_explained.replace('"prd_01..."', '"an id"'))
+    assert set(answer) == set(expected)
+    assert {k: v for k, v in answer.items() if k not in ("id", "latency_ms", "explanations")} == {
+        k: v for k, v in expected.items() if k not in ("id", "latency_ms", "explanations")
+    }
+    [row], [shown_row] = answer["explanations"], expected["explanations"]
+    assert list(row["contributions"]) == list(shown_row["contributions"])
+    assert row["base_value"] + sum(row["contributions"].values()) == pytest.approx(answer["predictions"][0], abs=1e-6)
+    for name, value in shown_row["contributions"].items():
+        assert row["contributions"][name] == pytest.approx(value, abs=1e-6)
+    assert json.loads(refused) == json.loads(shown_refused)
+    status, headers, body = split_http(run(explained, env=env, cwd=tmp_path, with_headers=True))
+    assert (status, headers["x-cache"], json.loads(body)["explanations"]) == (200, "HIT", answer["explanations"])
+
 
 def call(platform, method: str, path: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
     request = urllib.request.Request(
@@ -150,7 +168,7 @@ def test_sqlite_takes_concurrent_writes_from_every_process_without_a_503(platfor
 
     def writes(n: int) -> list[tuple[str, int]]:
         seen = []
-        status, org = call(platform, "POST", "/api/v1/orgs", {"name": f"Load {n}", "slug": f"load-{n}"}, token)
+        status, _org = call(platform, "POST", "/api/v1/orgs", {"name": f"Load {n}", "slug": f"load-{n}"}, token)
         seen.append(("create org", status))
         for i in range(3):
             seen.append(("rename org", call(platform, "PATCH", f"/api/v1/orgs/load-{n}", {"name": f"Load {n}.{i}"}, token)[0]))

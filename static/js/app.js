@@ -234,7 +234,34 @@
 
     function fmt(n) { return typeof n === "number" ? (Math.round(n * 1000) / 1000).toString() : String(n); }
 
-    function render(body, cacheHeader, roundTrip) {
+    // A diverging bar per feature, largest first: right (positive) pushes the explained output
+    // up from the base value, left pulls it down; the figures are in the text too.
+    function renderExplanation(explainer, explanation) {
+      var names = Object.keys(explanation.contributions);
+      var largest = names.reduce(function (m, n) { return Math.max(m, Math.abs(explanation.contributions[n])); }, 0) || 1;
+      names.sort(function (a, b) { return Math.abs(explanation.contributions[b]) - Math.abs(explanation.contributions[a]); });
+      var section = el("section", { class: "explanation", "aria-labelledby": "explain-title" });
+      section.appendChild(el("h3", { id: "explain-title" }, "Why: contributions to the " + explainer.output));
+      var list = el("ul", { class: "contrib", "aria-label": "Contribution per feature" });
+      names.forEach(function (name) {
+        var v = explanation.contributions[name];
+        var item = el("li");
+        item.appendChild(el("span", { class: "bar-label" }, name));
+        var track = el("span", { class: "contrib-bar", "aria-hidden": "true" });
+        var fill = el("span", { class: "fill " + (v >= 0 ? "up" : "down") });
+        fill.style.width = (Math.abs(v) / largest) * 50 + "%";
+        track.appendChild(fill);
+        item.appendChild(track);
+        item.appendChild(el("span", { class: "bar-value" }, (v >= 0 ? "+" : "") + fmt(v)));
+        list.appendChild(item);
+      });
+      section.appendChild(list);
+      section.appendChild(el("p", { class: "help", id: "explain-sum" },
+        "Base value " + fmt(explanation.base_value) + " + contributions = " + fmt(explanation.value) + " (" + explainer.method.replace("_", " ") + ")."));
+      result.appendChild(section);
+    }
+
+    function render(body, cacheHeader, roundTrip, note) {
       result.textContent = "";
       var prediction = body.predictions[0];
       result.appendChild(el("p", { class: "prediction" }, "Prediction: " + fmt(prediction)));
@@ -254,6 +281,8 @@
         });
         result.appendChild(list);
       }
+      if (body.explanations) renderExplanation(body.explainer, body.explanations[0]);
+      else if (note) result.appendChild(el("p", { class: "help", id: "try-explain-note" }, note));
       var facts = el("dl", { class: "facts" });
       [
         ["Latency (server)", fmt(body.latency_ms) + " ms"],
@@ -270,12 +299,12 @@
       result.appendChild(facts);
     }
 
-    form.addEventListener("submit", function (event) {
-      event.preventDefault();
-      clearErrors(form);
-      var row = columns.map(value);
-      var body = { inputs: [row] };
-      if (wantProba) body.parameters = { probabilities: true };
+    var explainBox = form.querySelector("#try-explain");
+
+    function send(row, explain, note) {
+      var body = { inputs: [row], parameters: {} };
+      if (wantProba) body.parameters.probabilities = true;
+      if (explain) body.parameters.explain = true;
       var started = performance.now();
       result.setAttribute("aria-busy", "true");
       fetch(form.getAttribute("data-predict-url"), {
@@ -288,12 +317,18 @@
         return response.text().then(function (text) {
           result.removeAttribute("aria-busy");
           if (response.ok) {
-            render(JSON.parse(text), response.headers.get("X-Cache"), roundTrip);
+            render(JSON.parse(text), response.headers.get("X-Cache"), roundTrip, note);
+            return;
+          }
+          var problem = readProblem(text, response.status);
+          if (explain && problem.code === "explanation_unavailable") {
+            // The prediction without its explanation, and why there is none.
+            send(row, false, "No explanation: " + problem.detail);
             return;
           }
           result.textContent = "";
           result.appendChild(el("p", { class: "help" }, "No answer: see the message above the form."));
-          showProblem(form, readProblem(text, response.status), function (item) {
+          showProblem(form, problem, function (item) {
             var index = columns.findIndex(function (c) { return c.name === item.column; });
             return index >= 0 ? "col-" + index : null;
           });
@@ -303,6 +338,12 @@
         general.textContent = "The request failed: the connection was lost.";
         general.hidden = false;
       });
+    }
+
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      clearErrors(form);
+      send(columns.map(value), explainBox !== null && explainBox.checked, null);
     });
   }
 
