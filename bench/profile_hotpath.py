@@ -137,6 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--model", default="iris")
+    parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument(
         "--repeat", type=int, default=3, help="passes of the uninstrumented loop; the one with the least CPU is shown"
     )
@@ -166,10 +167,13 @@ def main() -> None:
         statuses.append(status)
 
     def body(i: int, unique: bool) -> bytes:
-        row = list(rows[i % len(rows)] if unique else rows[0])
-        if unique:
-            row[0] = float(f"{row[0]:.4f}{i:09d}")
-        return json.dumps({"inputs": [row]}).encode()
+        batch = []
+        for r in range(args.rows):
+            row = list(rows[(i + r) % len(rows)] if unique else rows[r % len(rows)])
+            if unique:
+                row[0] = float(f"{row[0]:.4f}{i:09d}")
+            batch.append(row)
+        return json.dumps({"inputs": batch}).encode()
 
     def one(i: int, unique: bool) -> None:
         result = handler(environ_for(path, body(i, unique), key), start_response)

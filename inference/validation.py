@@ -13,6 +13,7 @@ refused unless the column allows missing values.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -165,24 +166,43 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
+# Past this many cells, the types are read in one C-level pass and finiteness by numpy (a 100 x 20
+# request: about 60 us instead of 300); below it the plain loop is cheaper than making an array.
+_VECTOR_CELLS = 64
+_PLAIN_NUMBERS = frozenset((int, float))
+
+
+def _plain_finite_numbers_loop(rows: list[list[Any]]) -> bool:
+    for row in rows:
+        for value in row:
+            t = type(value)
+            if t is float:
+                if value != value or value in (math.inf, -math.inf):
+                    return False
+            elif t is not int:
+                return False
+    return True
+
+
+def _plain_finite_numbers(rows: list[list[Any]]) -> bool:
+    """Every cell an int or a finite float (never a bool, None or a string): as the loop, faster."""
+    kinds = set(map(type, itertools.chain.from_iterable(rows)))
+    if not kinds <= _PLAIN_NUMBERS:
+        return False
+    if float not in kinds:
+        return True
+    try:
+        return bool(np.isfinite(np.array(rows, dtype=np.float64)).all())
+    except (OverflowError, ValueError):  # an int past float64's range: the exact diagnosis says so
+        return False
+
+
 def check_rows(rows: list[list[Any]], spec: InputSpec) -> None:
     """Check every cell against its column; raises on the first bad one (row order)."""
     columns = spec.columns
     if spec.all_numeric and not any(c.allow_missing for c in columns):
-        # Fast path: one pass of type() checks, then exact diagnosis only on failure.
-        fine = True
-        for row in rows:
-            for value in row:
-                t = type(value)
-                if t is float:
-                    if value != value or value in (math.inf, -math.inf):
-                        fine = False
-                        break
-                elif t is not int:
-                    fine = False
-                    break
-            if not fine:
-                break
+        # Fast path: only ints and finite floats, then exact diagnosis only on failure.
+        fine = _plain_finite_numbers(rows) if len(rows) * len(columns) > _VECTOR_CELLS else _plain_finite_numbers_loop(rows)
         if fine and not any(c.type in INTEGER for c in columns):
             return
     for index, row in enumerate(rows):
