@@ -17,6 +17,7 @@ from accounts.principals import caller_from_request
 from accounts.selectors import organization_for_caller
 from analytics.models import AlertSettings, DriftReport, Granularity, Replay
 from analytics.selectors import drift as drift_selectors
+from analytics.selectors import mirrors as mirror_reports
 from analytics.selectors import replays as replay_selectors
 from analytics.selectors.experiments import experiment_results
 from analytics.selectors.quality import quality_of
@@ -26,7 +27,9 @@ from analytics.services import drift as drift_services
 from analytics.services import replays as replay_services
 from analytics.services.usage import day_floor, hour_floor
 from inference.experiments.selectors import experiment_for_caller
-from platform_site.errors import InvalidInput
+from inference.mirrors import selectors as mirror_selectors
+from inference.mirrors import services as mirror_services
+from platform_site.errors import InvalidInput, NotFound
 from platform_site.pagination import paginated
 from platform_site.serializers import StrictSerializer
 from registry import selectors as registry_selectors
@@ -301,6 +304,116 @@ class ReplayDetailApi(APIView):
         return Response(
             ReplayOutputSerializer(replay_selectors.replay_of(model=registered, version=version, replay_id=replay_id)).data
         )
+
+
+class MirrorOutputSerializer(serializers.Serializer):
+    """A live mirror and the report it has accumulated (empty until the worker compared a row)."""
+
+    id = serializers.IntegerField()
+    model = serializers.CharField(source="registered_model.full_name")
+    version = serializers.IntegerField(source="version.number")
+    baseline_version = serializers.IntegerField(source="baseline_version.number")
+    fraction = serializers.FloatField()
+    max_rows_per_hour = serializers.IntegerField()
+    status = serializers.CharField()
+    stop_reason = serializers.CharField()
+    created_by = serializers.EmailField(source="created_by.email", default=None)
+    created_at = serializers.DateTimeField()
+    stopped_at = serializers.DateTimeField()
+    rows_mirrored = serializers.SerializerMethodField()
+    rows_over_cap = serializers.SerializerMethodField()
+    rows_compared = serializers.SerializerMethodField()
+    agreement = serializers.SerializerMethodField()
+    report = serializers.SerializerMethodField()
+    report_updated_at = serializers.SerializerMethodField()
+
+    def _row(self, mirror):
+        return mirror_reports.report_of(mirror=mirror)
+
+    def get_rows_mirrored(self, mirror) -> int:
+        row = self._row(mirror)
+        return row.rows_mirrored if row else 0
+
+    def get_rows_over_cap(self, mirror) -> int:
+        row = self._row(mirror)
+        return row.rows_over_cap if row else 0
+
+    def get_rows_compared(self, mirror) -> int | None:
+        row = self._row(mirror)
+        return row.rows_compared if row else None
+
+    def get_agreement(self, mirror) -> float | None:
+        row = self._row(mirror)
+        return row.agreement if row else None
+
+    def get_report(self, mirror) -> dict:
+        row = self._row(mirror)
+        return row.report if row else {}
+
+    def get_report_updated_at(self, mirror) -> str | None:
+        row = self._row(mirror)
+        return row.updated_at.isoformat() if row and row.report else None
+
+
+class MirrorApi(APIView):
+    class InputSerializer(StrictSerializer):
+        version = serializers.IntegerField(
+            min_value=1, help_text="The candidate: the version that predicts the mirrored requests."
+        )
+        fraction = serializers.FloatField(help_text="Share of production's requests mirrored: above 0, at most 0.5.")
+        max_rows_per_hour = serializers.IntegerField(
+            required=False, help_text="Rows the candidate predicts in any hour (default MIRROR_DEFAULT_ROWS_PER_HOUR)."
+        )
+
+    @extend_schema(
+        responses={200: MirrorOutputSerializer},
+        description="The running mirror, or the newest stopped one, with its report; 404 when the model never had one.",
+    )
+    def get(self, request, org: str, model: str):
+        _, registered = resolve_model(request, org, model)
+        mirror = mirror_selectors.current_mirror(model=registered)
+        if mirror is None:
+            raise NotFound(
+                f"{registered.full_name} has no mirror; start one with POST /api/v1/models/{registered.full_name}/mirror."
+            )
+        return Response(MirrorOutputSerializer(mirror).data)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: MirrorOutputSerializer},
+        description="Start mirroring: `fraction` of production's requests (drawn on the hot path, nothing else done there) are "
+        "predicted again by `version` on the worker after their answer has left, within `max_rows_per_hour`, and compared with "
+        "production's recorded answers; GET shows the report as it accumulates. Owners and admins only; "
+        "one mirror per model (409).",
+    )
+    def post(self, request, org: str, model: str):
+        caller, registered = resolve_model(request, org, model, min_role=Role.ADMIN)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        mirror = mirror_services.start_mirror(
+            caller=caller,
+            model=registered,
+            version_number=data.validated_data["version"],
+            fraction=data.validated_data["fraction"],
+            max_rows_per_hour=data.validated_data.get("max_rows_per_hour"),
+        )
+        return Response(
+            MirrorOutputSerializer(mirror).data,
+            status=status.HTTP_201_CREATED,
+            headers={"Location": f"/api/v1/models/{registered.full_name}/mirror"},
+        )
+
+
+class MirrorStopApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={200: MirrorOutputSerializer},
+        description="Stop the running mirror (409 when none runs); its report stays.",
+    )
+    def post(self, request, org: str, model: str):
+        caller, registered = resolve_model(request, org, model, min_role=Role.ADMIN)
+        mirror = mirror_services.stop_mirror(caller=caller, model=registered)
+        return Response(MirrorOutputSerializer(mirror).data)
 
 
 class ExperimentResultsApi(APIView):

@@ -11,3 +11,8 @@ class AnalyticsConfig(AppConfig):
 
         # modelhost_drift_detected reads the latest report per production version at scrape time.
         SCRAPE_HOOKS["drift"] = drift_gauge_samples
+
+        from analytics.services.promotion_gate import require_replay
+        from registry.services import promotion_checks
+
+        promotion_checks["require_replay"] = require_replay

@@ -285,3 +285,61 @@ class Replay(models.Model):
 
     def __str__(self) -> str:
         return f"replay of v{self.version_id} against v{self.baseline_version_id}"
+
+
+class MirrorReport(models.Model):
+    """What a live mirror (inference.Mirror) has compared so far, and how far it has read.
+
+    The report has the replay's shape (analytics.services.replays.build_report) and is computed
+    again from the mirror's MirroredPrediction rows after each run that added some, so feedback
+    that arrives later still counts. `settled_record_id` trails `last_record_id` by one run, as
+    the usage rollup's cursor does: each run reads the flagged records above it again, so a
+    record whose insert committed late is still mirrored (once: the rows are unique per record).
+    """
+
+    TENANT_PATH = "organization"
+
+    mirror = models.OneToOneField("inference.Mirror", on_delete=models.CASCADE, related_name="+")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="+")
+    last_record_id = models.BigIntegerField(default=0)
+    settled_record_id = models.BigIntegerField(default=0)
+    # Rows the candidate predicted (or failed on), and rows left out because the hour's cap was reached.
+    rows_mirrored = models.PositiveBigIntegerField(default=0)
+    rows_over_cap = models.PositiveBigIntegerField(default=0)
+    rows_compared = models.PositiveIntegerField(null=True, blank=True)
+    agreement = models.FloatField(null=True, blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"report of mirror {self.mirror_id}"
+
+
+class MirroredPrediction(models.Model):
+    """One production record predicted again by a mirror's candidate: both answers, or the candidate's error."""
+
+    TENANT_PATH = "organization"
+
+    mirror = models.ForeignKey("inference.Mirror", on_delete=models.CASCADE, related_name="+")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    prediction_id = models.CharField(max_length=40)
+    served_at = models.DateTimeField()
+    mirrored_at = models.DateTimeField(default=timezone.now)
+    rows = models.PositiveIntegerField()
+    # Production's answers as recorded, and the candidate's (NULL when it failed: error_code says why).
+    production = models.JSONField()
+    candidate = models.JSONField(null=True, blank=True)
+    error_code = models.CharField(max_length=40, blank=True)
+    error_message = models.CharField(max_length=300, blank=True)
+    # The candidate's predict time for this record's rows (its share of the batch's call).
+    candidate_ms = models.FloatField(null=True, blank=True)
+    # The whole request as production served it (from its record), for comparison.
+    production_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["mirror", "prediction_id"], name="one_mirrored_prediction_per_record")]
+        indexes = [models.Index(fields=["mirror", "mirrored_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.prediction_id} mirrored by {self.mirror_id}"

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from celery import shared_task
 
-from analytics.services import alerts, drift, quality, replays, usage
+from analytics.services import alerts, drift, mirrors, quality, replays, usage
 
 
 @shared_task(name="analytics.roll_up_usage", acks_late=True, ignore_result=True)
@@ -62,3 +62,19 @@ def compute_drift_report(report_id: int) -> None:
 @shared_task(name="analytics.compute_replay", acks_late=True, ignore_result=True)
 def compute_replay(replay_id: int) -> None:
     replays.compute_replay(replay_id=replay_id)
+
+
+@shared_task(name="analytics.mirror_predictions", acks_late=True, ignore_result=True)
+def mirror_predictions() -> int:
+    """Fan out one task per running mirror (beat, every ANALYTICS_MIRROR_SECONDS)."""
+    ids = mirrors.running_mirror_ids()
+    for mirror_id in ids:
+        mirror_one.delay(mirror_id)
+    return len(ids)
+
+
+# A run predicts at most ANALYTICS_MIRROR_RUN_ROWS rows of its mirror; a candidate that hangs is
+# cut off by the runner's request timeout per batch, and the run as a whole by these limits.
+@shared_task(name="analytics.mirror_one", acks_late=True, ignore_result=True, soft_time_limit=300, time_limit=330)
+def mirror_one(mirror_id: int) -> int:
+    return mirrors.mirror_once(mirror_id=mirror_id)

@@ -14,6 +14,8 @@ urlpatterns = [
         api.ReplayDetailApi.as_view(),
         name="api-replay",
     ),
+    path("models/<slug:org>/<slug:model>/mirror", api.MirrorApi.as_view(), name="api-mirror"),
+    path("models/<slug:org>/<slug:model>/mirror/stop", api.MirrorStopApi.as_view(), name="api-mirror-stop"),
     path("experiments/<int:experiment_id>/results", api.ExperimentResultsApi.as_view(), name="api-experiment-results"),
     path("orgs/<slug:org>/alert-settings", api.AlertSettingsApi.as_view(), name="api-alert-settings"),
 ]

@@ -17,6 +17,7 @@ import itertools
 from datetime import timedelta
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -33,14 +34,18 @@ from analytics import charts
 from analytics.api import MAX_WINDOW_HOURS
 from analytics.models import DriftReport, Granularity, Replay
 from analytics.selectors import drift as drift_selectors
+from analytics.selectors import mirrors as mirror_reports
 from analytics.selectors import replays as replay_selectors
 from analytics.selectors.experiments import experiment_results
 from analytics.selectors.usage import recent_usage, rollup_interval_seconds
 from analytics.services import drift as drift_services
 from analytics.services import replays as replay_services
+from analytics.services.promotion_gate import gate_figures
 from analytics.statistics.drift import PSI_MODERATE, PSI_SIGNIFICANT
 from inference.experiments import selectors as experiment_selectors
 from inference.experiments import services as experiment_services
+from inference.mirrors import selectors as mirror_selectors
+from inference.mirrors import services as mirror_services
 from inference.models import Experiment
 from platform_site.errors import ModelhostError, NotFound
 from registry import selectors as registry_selectors
@@ -48,6 +53,8 @@ from registry.models import RegisteredModel
 from registry.views import model_or_404
 
 PAGE_SIZE = 25
+# What the Compare tab's promote buttons ask of the replay (or mirror) they promote from.
+DEFAULT_MIN_AGREEMENT = 0.98
 TEST_NAMES = {
     "ks": "Kolmogorov–Smirnov",
     "chisquare": "chi-squared",
@@ -366,11 +373,118 @@ class ReplayForm(forms.Form):
         self.fields["rows"].widget.attrs["placeholder"] = str(replay_services.default_rows())
 
 
-def _replays_page(request: HttpRequest, model: RegisteredModel, form: ReplayForm, *, status: int = 200) -> HttpResponse:
-    items = replay_selectors.replays_of(model=model)
-    return _model_list_page(
-        request, model, form, items=items, template="analytics/replays.html", model_tab="compare", status=status
+class MirrorForm(forms.Form):
+    version = forms.TypedChoiceField(coerce=int, help_text="The candidate that predicts the mirrored requests.")
+    percent = forms.FloatField(
+        label="Share of production's requests (%)",
+        min_value=0.01,
+        max_value=100 * mirror_services.MAX_FRACTION,
+        initial=10,
+        help_text=f"Above 0, at most {100 * mirror_services.MAX_FRACTION:g} %.",
     )
+    max_rows_per_hour = forms.IntegerField(
+        label="Rows per hour, at most", min_value=1, required=False, help_text="Empty: the default."
+    )
+
+    def __init__(self, *args, model: RegisteredModel, numbers: list[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        production = model.production_version.number if model.production_version else None
+        self.fields["version"].choices = [(n, f"v{n}") for n in numbers if n != production]
+        self.fields["max_rows_per_hour"].widget.attrs["placeholder"] = str(settings.MIRROR_DEFAULT_ROWS_PER_HOUR)
+        self.prefix = "mirror"
+
+
+def _mirror_view(model: RegisteredModel) -> dict:
+    """The Compare tab's mirror: the running (or newest) mirror, its report and what the gate reads from it."""
+    mirror = mirror_selectors.current_mirror(model=model)
+    if mirror is None:
+        return {"mirror": None}
+    row = mirror_reports.report_of(mirror=mirror)
+    report = row.report if row is not None and row.report else None
+    view = {
+        "mirror": mirror,
+        "mirror_row": row,
+        "mirror_report": report,
+        "mirror_is_current": mirror.baseline_version_id == model.production_version_id,
+    }
+    if report:
+        view["mirror_gate"] = gate_figures(report)
+        view["mirror_agreement_percent"] = _percent(report["agreement"])
+        detail = report["agreement_detail"]
+        view["mirror_confusion"] = _confusion_view(detail["confusion"]) if "confusion" in detail else None
+    return view
+
+
+def _replays_page(
+    request: HttpRequest, model: RegisteredModel, form: ReplayForm, *, status: int = 200, mirror_form: MirrorForm | None = None
+) -> HttpResponse:
+    page = Paginator(replay_selectors.replays_of(model=model), PAGE_SIZE).get_page(request.GET.get("page"))
+    return render_page(
+        request,
+        "analytics/replays.html",
+        {
+            "organization": model.organization,
+            "model": model,
+            "page": page,
+            "form": form,
+            "mirror_form": mirror_form or MirrorForm(model=model, numbers=_numbers(model)),
+            "can_write": may(model.organization, Role.MEMBER),
+            "can_mirror": may(model.organization, Role.ADMIN),
+            "default_min_agreement": DEFAULT_MIN_AGREEMENT,
+            **_mirror_view(model),
+            "tab": "models",
+            "model_tab": "compare",
+        },
+        status=status,
+    )
+
+
+@login_required
+@require_POST
+def mirror_start(request: HttpRequest, org: str, model: str) -> HttpResponse:
+    """Start mirroring production's requests to a version (owners and admins, as the API)."""
+    registered = model_or_404(request, org, model, min_role=Role.ADMIN)
+    form = MirrorForm(request.POST, model=registered, numbers=_numbers(registered))
+    if form.is_valid():
+        try:
+            mirror = mirror_services.start_mirror(
+                caller=caller_of(request),
+                model=registered,
+                version_number=form.cleaned_data["version"],
+                fraction=form.cleaned_data["percent"] / 100,
+                max_rows_per_hour=form.cleaned_data["max_rows_per_hour"],
+            )
+        except ModelhostError as exc:
+            show_errors(form, exc, field_map={"fraction": "percent"})
+            return _replays_page(
+                request,
+                registered,
+                ReplayForm(model=registered, numbers=_numbers(registered)),
+                status=exc.status,
+                mirror_form=form,
+            )
+        messages.success(
+            request,
+            f"Mirroring {mirror.fraction:.0%} of production's requests to version {mirror.version.number}; "
+            "the report below fills as the worker compares them.",
+        )
+        return redirect("replays", org=org, model=model)
+    return _replays_page(
+        request, registered, ReplayForm(model=registered, numbers=_numbers(registered)), status=400, mirror_form=form
+    )
+
+
+@login_required
+@require_POST
+def mirror_stop(request: HttpRequest, org: str, model: str) -> HttpResponse:
+    registered = model_or_404(request, org, model, min_role=Role.ADMIN)
+    try:
+        mirror = mirror_services.stop_mirror(caller=caller_of(request), model=registered)
+    except ModelhostError as exc:
+        messages.error(request, exc.detail)
+    else:
+        messages.success(request, f"Mirroring to version {mirror.version.number} stopped; its report stays here.")
+    return redirect("replays", org=org, model=model)
 
 
 @login_required
@@ -459,6 +573,7 @@ def replay(request: HttpRequest, org: str, model: str, replay_id: int) -> HttpRe
         "is_unfinished": found.status in Replay.UNFINISHED,
         "progress_percent": round(100 * found.rows_done / found.rows_total) if found.rows_total else 0,
         "can_promote": may(registered.organization, Role.MEMBER) and found.version_id != registered.production_version_id,
+        "default_min_agreement": DEFAULT_MIN_AGREEMENT,
         "tab": "models",
         "model_tab": "compare",
     }

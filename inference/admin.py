@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from accounts.principals import Caller
-from inference.models import BatchChunk, BatchJob, BatchLimits
+from inference.models import BatchChunk, BatchJob, BatchLimits, Mirror
 
 
 class BatchChunkInline(admin.TabularInline):
@@ -54,3 +54,38 @@ class BatchJobAdmin(admin.ModelAdmin):
 class BatchLimitsAdmin(admin.ModelAdmin):
     list_display = ["organization", "max_concurrent_jobs", "max_file_bytes", "max_rows"]
     search_fields = ["organization__slug"]
+
+
+@admin.register(Mirror)
+class MirrorAdmin(admin.ModelAdmin):
+    """Live mirrors, read-only (owners start and stop them); the stop action for an operator who
+    must free a runner from a candidate."""
+
+    list_display = [
+        "id",
+        "registered_model",
+        "version",
+        "baseline_version",
+        "fraction",
+        "max_rows_per_hour",
+        "status",
+        "created_at",
+        "stopped_at",
+    ]
+    list_filter = ["status"]
+    search_fields = ["registered_model__organization__slug", "registered_model__name"]
+    readonly_fields = [field.name for field in Mirror._meta.fields]
+    actions = ["stop_mirrors"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Stop the selected running mirrors")
+    def stop_mirrors(self, request, queryset) -> None:
+        from inference.mirrors import services
+
+        stopped = 0
+        for mirror in queryset.filter(status=Mirror.Status.RUNNING).select_related("registered_model"):
+            services.stop_mirror(caller=Caller(user=request.user), model=mirror.registered_model, reason="stopped by an operator")
+            stopped += 1
+        self.message_user(request, f"Stopped {stopped} mirror(s).", messages.SUCCESS)

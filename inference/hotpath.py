@@ -9,7 +9,9 @@ verdict still comes after the limit's); the record and the answer to cache are q
 the same connection and leave with the next round trip (inference.records). A plain linear
 model is predicted by the platform's own arithmetic, anything else by its organization's
 runner (inference.predictors). Each step
-feeds Server-Timing and the Prometheus metrics.
+feeds Server-Timing and the Prometheus metrics. A live mirror costs the request one draw
+against the fraction its cached route holds: a sampled request's record carries the mirror's
+id, and the analytics worker predicts it with the candidate later (docs/mirroring.md).
 """
 
 from __future__ import annotations
@@ -308,10 +310,12 @@ def run_prediction(
             explanation=explanations.to_cache(explanation) if explanation is not None else None,
         )
     outcome.latency_ms = timings.total_ms()
+    record = _record(identity=identity, outcome=outcome, protocol=protocol, rows=model_input.n_rows, inputs=model_input.recorded)
+    if route.mirror is not None and variant is None and version_number is None and route.mirror.draws():
+        # Only the draw happens here; the candidate predicts on the worker, after the answer left.
+        record["mirror"] = route.mirror.id
     records.publish(
-        record=_record(
-            identity=identity, outcome=outcome, protocol=protocol, rows=model_input.n_rows, inputs=model_input.recorded
-        ),
+        record=record,
         cache_key=key,
         cache_value=cache_value,
         ttl=route.cache_ttl,

@@ -36,11 +36,18 @@ class PredictionRecord(models.Model):
     error_code = models.CharField(max_length=40, blank=True)
     inputs = models.JSONField(null=True, blank=True)
     outputs = models.JSONField(null=True, blank=True)
+    # The Mirror whose sample this request fell in (the hot path's draw), read by the analytics
+    # worker, which predicts its inputs with the mirror's candidate; NULL for nearly every record.
+    mirror_id = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         indexes = [
             models.Index(fields=["version", "created_at"]),
             models.Index(fields=["organization", "created_at"]),
+            # Only the sampled records are indexed: the mirror worker's scan stays as small as its sample.
+            models.Index(
+                fields=["mirror_id", "id"], condition=models.Q(mirror_id__isnull=False), name="prediction_record_mirrored"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -102,6 +109,45 @@ class Experiment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.registered_model} experiment {self.name}"
+
+
+class Mirror(models.Model):
+    """Live mirroring: a sampled share of production's requests, predicted again by a candidate version.
+
+    The hot path only draws (with `fraction`, read from the cached route) and flags the request's
+    prediction record; the analytics worker predicts the flagged records' inputs with `version`
+    after the answer has left, at most `max_rows_per_hour` rows an hour, and compares them with the
+    answers production recorded (analytics.services.mirrors). One mirror runs per model.
+    """
+
+    TENANT_PATH = "registered_model__organization"
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        STOPPED = "stopped", "Stopped"
+
+    registered_model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="mirrors")
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    # Production when mirroring started: only its records are mirrored (a promotion stops the mirror).
+    baseline_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    fraction = models.FloatField()
+    max_rows_per_hour = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    stop_reason = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["registered_model"], condition=models.Q(status="running"), name="one_running_mirror_per_model"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"mirror of {self.registered_model} to v{self.version_id}"
 
 
 class BatchLimits(models.Model):

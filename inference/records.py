@@ -207,6 +207,7 @@ def ingest_records(records: list[dict]) -> int:
             error_code=r.get("err") or "",
             inputs=r.get("in"),
             outputs=r.get("out"),
+            mirror_id=r.get("mirror"),
         )
         for r in records
     ]

@@ -1,4 +1,5 @@
-"""Resolve `org/model` to the version that answers: production, or an experiment variant.
+"""Resolve `org/model` to the version that answers: production, or an experiment variant,
+and the running live mirror's fraction (the share of production's requests it samples).
 
 Routes are cached in-process (ROUTE_CACHE_SECONDS) so a warm request makes no query.
 A promotion bumps a generation counter in Redis; the rate-limit round trip reads it, so
@@ -74,6 +75,17 @@ class ExperimentRoute:
 
 
 @dataclass(frozen=True)
+class MirrorRoute:
+    """A running mirror: the share of production's requests whose records are flagged for it."""
+
+    id: int
+    fraction: float
+
+    def draws(self) -> bool:
+        return random.random() < self.fraction
+
+
+@dataclass(frozen=True)
 class Route:
     org_id: int
     org_slug: str
@@ -82,6 +94,7 @@ class Route:
     cache_ttl: int
     production: VersionTarget | None
     experiment: ExperimentRoute | None
+    mirror: MirrorRoute | None = None
 
     @property
     def full_name(self) -> str:
@@ -161,7 +174,7 @@ def _load_model(org_slug: str, model_name: str):
 
 
 def _build_route(org_slug: str, model_name: str) -> Route | None:
-    from inference.models import Experiment
+    from inference.models import Experiment, Mirror
     from registry.models import ModelVersion
 
     model = _load_model(org_slug, model_name)
@@ -183,6 +196,14 @@ def _build_route(org_slug: str, model_name: str) -> Route | None:
                 for v in running.variants
             ),
         )
+    running_mirror = (
+        Mirror.objects.filter(registered_model=model, status=Mirror.Status.RUNNING)
+        .values_list("id", "fraction", "baseline_version_id")
+        .first()
+    )
+    mirror = None
+    if running_mirror is not None and running_mirror[2] == model.production_version_id:
+        mirror = MirrorRoute(id=running_mirror[0], fraction=running_mirror[1])
     return Route(
         org_id=model.organization_id,
         org_slug=model.organization.slug,
@@ -191,6 +212,7 @@ def _build_route(org_slug: str, model_name: str) -> Route | None:
         cache_ttl=model.prediction_cache_ttl,
         production=target_for(model.production_version, org_id=model.organization_id) if model.production_version_id else None,
         experiment=experiment,
+        mirror=mirror,
     )
 
 

@@ -9,6 +9,7 @@ from django.dispatch import receiver
 from inference import routing
 from inference.limits import ROUTE_GENERATION_KEY
 from platform_site.redis_client import REDIS_ERRORS, get_redis, report_failure
+from registry.models import RegisteredModel
 from registry.services import production_changed, serving_changed
 
 logger = logging.getLogger(__name__)
@@ -16,6 +17,13 @@ logger = logging.getLogger(__name__)
 
 @receiver(production_changed)
 def on_production_changed(sender, *, model_id: int, version_id: int | None, **kwargs) -> None:
+    if sender is RegisteredModel:  # production itself changed (not an experiment's or a mirror's route)
+        from inference.mirrors.services import stop_mirrors_off_production
+
+        try:
+            stop_mirrors_off_production(model_id=model_id, production_id=version_id)
+        except Exception:  # the mirror worker skips records off its baseline anyway; the stop is tidiness
+            logger.exception("could not stop the mirrors of model %s", model_id)
     routing.clear_routes()
     client = get_redis()
     if client is not None:

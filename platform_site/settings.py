@@ -185,6 +185,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "inference.batch_requeue_stalled",
         "schedule": env.float("BATCH_REQUEUE_SECONDS", default=60.0),
     },
+    "mirror-predictions": {
+        "task": "analytics.mirror_predictions",
+        "schedule": env.float("ANALYTICS_MIRROR_SECONDS", default=5.0),
+    },
 }
 
 # --- Model storage ----------------------------------------------------------------------
@@ -377,6 +381,15 @@ ANALYTICS_REPLAY_REGRESSION_RTOL = env.float("ANALYTICS_REPLAY_REGRESSION_RTOL",
 # still unfinished is failed (its task was lost), freeing its model.
 ANALYTICS_REPLAY_TIME_LIMIT_SECONDS = env.int("ANALYTICS_REPLAY_TIME_LIMIT_SECONDS", default=900)
 ANALYTICS_REPLAY_STALE_SECONDS = env.int("ANALYTICS_REPLAY_STALE_SECONDS", default=1800)
+# Live mirrors (a sampled share of production's requests predicted again by a candidate on the
+# worker): rows mirrored an hour when the owner names none, and the most an owner may ask for ...
+MIRROR_DEFAULT_ROWS_PER_HOUR = env.int("MIRROR_DEFAULT_ROWS_PER_HOUR", default=1000)
+MIRROR_MAX_ROWS_PER_HOUR = env.int("MIRROR_MAX_ROWS_PER_HOUR", default=20_000)
+# ... how often beat sends the worker to the flagged records, the most rows one run predicts per
+# mirror, and the most rows a mirror's report keeps (the newest; the mirror stops there).
+ANALYTICS_MIRROR_SECONDS = env.float("ANALYTICS_MIRROR_SECONDS", default=5.0)
+ANALYTICS_MIRROR_RUN_ROWS = env.int("ANALYTICS_MIRROR_RUN_ROWS", default=2000)
+ANALYTICS_MIRROR_MAX_ROWS = env.int("ANALYTICS_MIRROR_MAX_ROWS", default=100_000)
 ANALYTICS_QUALITY_LOOKBACK_DAYS = env.int("ANALYTICS_QUALITY_LOOKBACK_DAYS", default=7)
 ANALYTICS_SRM_P_VALUE = env.float("ANALYTICS_SRM_P_VALUE", default=0.001)
 ANALYTICS_ROLLUP_WORK_MEM = env.str("ANALYTICS_ROLLUP_WORK_MEM", default="256MB")

@@ -318,12 +318,29 @@ class VersionDetailApi(APIView):
         return Response(VersionOutputSerializer(version).data)
 
 
+class RequireReplaySerializer(StrictSerializer):
+    """The condition a promotion may carry: the newest replay or live mirror of the version
+    against the current production version agrees on at least this share of its rows."""
+
+    min_agreement = serializers.FloatField(
+        min_value=0.0, max_value=1.0, help_text="Share of rows answered alike; rows the version failed on count as disagreeing."
+    )
+    min_rows = serializers.IntegerField(min_value=1, required=False, help_text="Rows the replay must have compared (default 1).")
+
+
 class VersionStageApi(APIView):
     class InputSerializer(StrictSerializer):
         stage = serializers.CharField()
         reason = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
+        require_replay = RequireReplaySerializer(required=False)
 
-    @extend_schema(request=InputSerializer, responses={200: VersionOutputSerializer})
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: VersionOutputSerializer},
+        description="With `require_replay`, a promotion happens only when the newest replay (or live mirror) of this version "
+        "against the current production version agrees on at least `min_agreement` of its rows; otherwise 409, quoting that "
+        "replay (`replay`) or saying none exists.",
+    )
     def post(self, request, org: str, model: str, number: int):
         caller, registered = resolve_model(request, org, model, min_role=Role.MEMBER)
         version = selectors.version_of(model=registered, number=number)

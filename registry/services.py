@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -27,6 +28,11 @@ logger = logging.getLogger(__name__)
 production_changed = Signal()
 # Sent after what serves a version changed (on commit): the inference layer re-resolves routes.
 serving_changed = Signal()
+# Conditions a promotion may ask for by name: each is called as check(version=, production=,
+# **options) under the model's row lock and raises (a Conflict quoting its evidence) when unmet.
+# The app that holds the evidence registers its check (analytics: "require_replay", in its
+# AppConfig.ready), so that the registry imports no app to its right.
+promotion_checks: dict[str, Callable[..., None]] = {}
 
 
 def _check_name(name: str) -> str:
@@ -365,11 +371,24 @@ def _make_production(*, caller: Caller, model: RegisteredModel, version: ModelVe
 
 
 @transaction.atomic
-def set_stage(*, caller: Caller, version: ModelVersion, stage: str, reason: str = "") -> ModelVersion:
+def set_stage(
+    *, caller: Caller, version: ModelVersion, stage: str, reason: str = "", require_replay: dict | None = None
+) -> ModelVersion:
+    """Move a version to `stage`; production switches as a new release.
+
+    `require_replay` ({"min_agreement": 0.98, "min_rows": 100}) makes a promotion conditional on
+    the newest replay or live mirror of the version against the current production version
+    (the "require_replay" promotion check): 409 quoting it when it falls short or none exists.
+    """
     if stage not in (Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED):
         raise InvalidInput(
             f"'{stage}' is not a stage; choose staging, production or archived.",
             errors=[{"field": "stage", "message": "choose staging, production or archived"}],
+        )
+    if require_replay is not None and stage != Stage.PRODUCTION:
+        raise InvalidInput(
+            "require_replay is a condition of a promotion; send it with stage production only.",
+            errors=[{"field": "require_replay", "message": "only with stage production"}],
         )
     model = (
         RegisteredModel.objects.select_for_update(of=("self",))
@@ -380,6 +399,13 @@ def set_stage(*, caller: Caller, version: ModelVersion, stage: str, reason: str 
     if stage == Stage.PRODUCTION:
         if model.production_version_id == version.pk:
             raise Conflict(f"Version {version.number} is already in production.")
+        if require_replay is not None:
+            check = promotion_checks.get("require_replay")
+            if check is None:
+                raise InvalidInput(
+                    "This installation cannot check replays.", errors=[{"field": "require_replay", "message": "not available"}]
+                )
+            check(version=version, production=model.production_version, **require_replay)
         _make_production(caller=caller, model=model, version=version, kind=Release.Kind.PROMOTE, reason=reason)
     else:
         old = version.stage

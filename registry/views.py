@@ -8,6 +8,8 @@ Both call `services.upload_version`.
 
 from __future__ import annotations
 
+import math
+
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -239,10 +241,31 @@ def version_stage(request: HttpRequest, org: str, model: str, number: int) -> Ht
             cancel_url=reverse("model-detail", args=[org, model]),
             with_reason=True,
         )
+    # The Compare tab's promote buttons send min_agreement: promote only if the newest replay or mirror agrees enough.
+    require_replay = None
+    if request.POST.get("min_agreement"):
+        try:
+            min_agreement = float(request.POST["min_agreement"])
+        except ValueError:
+            min_agreement = math.nan
+        if not 0 <= min_agreement <= 1:
+            messages.error(request, "The agreement to require is a share from 0 to 1.")
+            return redirect("model-detail", org=org, model=model)
+        require_replay = {"min_agreement": min_agreement}
     try:
-        services.set_stage(caller=caller_of(request), version=version, stage=stage, reason=request.POST.get("reason", "")[:500])
+        services.set_stage(
+            caller=caller_of(request),
+            version=version,
+            stage=stage,
+            reason=request.POST.get("reason", "")[:500],
+            require_replay=require_replay,
+        )
     except ModelhostError as exc:
         messages.error(request, exc.detail)
+        # Back to the replay or mirror the refusal quotes: a page of this model's Compare tab only.
+        back = request.POST.get("back", "")
+        if back.startswith(f"/models/{org}/{model}/compare/"):
+            return redirect(back)
     else:
         messages.success(request, f"Version {number} is now {Stage(stage).label.lower()}.")
     return redirect("model-detail", org=org, model=model)

@@ -71,6 +71,8 @@ class Answers:
     elapsed_ms: float | None
     # Indexes of the records in that call (the ones the signature accepted).
     predicted: tuple[int, ...]
+    # When the call had to be split: milliseconds of each record's own call (None where refused or failed).
+    each_ms: list[float | None] = field(default_factory=list)
 
 
 @dataclass
@@ -343,12 +345,16 @@ def answer_batch(target: VersionTarget, batch: list[Recorded], *, want_proba: bo
     try:
         predictions, probabilities = _predict_records(target, [rows_of[i] for i in accepted], want_proba=want_proba)
     except ModelhostError:
+        each_ms: list[float | None] = [None] * len(batch)
         for i in accepted:
+            started = time.perf_counter()
             try:
                 results[i] = _predict_records(target, [rows_of[i]], want_proba=want_proba)
             except ModelhostError as exc:
                 results[i] = exc
-        return Answers(results=results, elapsed_ms=None, predicted=())
+            else:
+                each_ms[i] = (time.perf_counter() - started) * 1000
+        return Answers(results=results, elapsed_ms=None, predicted=(), each_ms=each_ms)
     elapsed_ms = (time.perf_counter() - started) * 1000
     offset = 0
     for i in accepted:
@@ -440,10 +446,20 @@ def measure_replay(*, replay: Replay, on_progress: Callable[[int, int], None] | 
         done += sum(record.rows for record in batch)
         if on_progress is not None:
             on_progress(done, total)
-    return _report(replay=replay, tally=tally, total=total, is_classifier=is_classifier, seconds=time.perf_counter() - started)
+    return build_report(
+        version=replay.version,
+        baseline=replay.baseline_version,
+        tally=tally,
+        total=total,
+        is_classifier=is_classifier,
+        seconds=time.perf_counter() - started,
+    )
 
 
-def _report(*, replay: Replay, tally: Tally, total: int, is_classifier: bool, seconds: float) -> dict:
+def build_report(
+    *, version: ModelVersion, baseline: ModelVersion, tally: Tally, total: int, is_classifier: bool, seconds: float
+) -> dict:
+    """A replay's report (measure_replay says what it holds) from what a Tally saw; live mirrors build theirs here too."""
     compared = len(tally.production_labels)
     if is_classifier:
         detail = stats.agreement_of_labels(tally.production_labels, tally.candidate_labels)
@@ -456,10 +472,7 @@ def _report(*, replay: Replay, tally: Tally, total: int, is_classifier: bool, se
     shift = None
     if is_classifier and tally.has_proba and tally.production_proba:
         shift = stats.probability_shift(
-            np.asarray(tally.production_proba),
-            replay.baseline_version.classes or [],
-            np.asarray(tally.candidate_proba),
-            replay.version.classes or [],
+            np.asarray(tally.production_proba), baseline.classes or [], np.asarray(tally.candidate_proba), version.classes or []
         )
     feedback = None
     if tally.truths:
@@ -469,8 +482,8 @@ def _report(*, replay: Replay, tally: Tally, total: int, is_classifier: bool, se
             feedback = stats.paired_errors(tally.truths, tally.truth_production, tally.truth_candidate)
     return {
         "task": "classification" if is_classifier else "regression",
-        "version": replay.version.number,
-        "baseline_version": replay.baseline_version.number,
+        "version": version.number,
+        "baseline_version": baseline.number,
         "rows_total": total,
         "rows_compared": compared,
         "agreement": detail.get("agreement"),

@@ -235,6 +235,20 @@ def test_promote_then_rollback_moves_production_and_records_releases(run, logged
     assert "better recall" in run("releases", "iris").stdout
 
 
+def test_promote_with_min_agreement_needs_a_replay_that_agrees_enough(run, logged_in):
+    stored_model(logged_in, estimators=(f.iris_model(), f.iris_model()))
+
+    refused = run("promote", "iris", "2", "--min-agreement", "0.98", "--json")
+    out_of_range = run("promote", "iris", "2", "--min-agreement", "1.5")
+
+    assert refused.code == 5, refused.stderr
+    problem = refused.error_json()["problem"]
+    assert (problem["code"], problem["replay"]) == ("conflict", None)
+    assert problem["detail"].startswith("Version 2 has no replay against production (version 1) yet")
+    assert out_of_range.code == 2 and "1.5 is not in the range 0<=x<=1" in out_of_range.stderr
+    assert run("models", "--json").json()[0]["production_version"] == 1
+
+
 # --- batch -------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from inference.experiments import selectors, services
 from inference.models import Experiment
 from platform_site.pagination import paginated
 from platform_site.serializers import StrictSerializer
-from registry.api import resolve_model
+from registry.api import RequireReplaySerializer, resolve_model
 
 
 class VariantOutputSerializer(serializers.Serializer):
@@ -103,6 +103,7 @@ class ExperimentPromoteApi(APIView):
     class InputSerializer(StrictSerializer):
         version = serializers.IntegerField(min_value=1)
         reason = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
+        require_replay = RequireReplaySerializer(required=False)
 
     class OutputSerializer(serializers.Serializer):
         experiment = ExperimentOutputSerializer()
@@ -119,5 +120,6 @@ class ExperimentPromoteApi(APIView):
             experiment=experiment,
             version_number=data.validated_data["version"],
             reason=data.validated_data["reason"],
+            require_replay=data.validated_data.get("require_replay"),
         )
         return Response(self.OutputSerializer({"experiment": experiment, "release": release}).data)

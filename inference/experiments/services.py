@@ -173,13 +173,13 @@ def _stop(*, caller: Caller, experiment: Experiment) -> None:
 
 @transaction.atomic
 def promote_winner(
-    *, caller: Caller, experiment: Experiment, version_number: int, reason: str = ""
+    *, caller: Caller, experiment: Experiment, version_number: int, reason: str = "", require_replay: dict | None = None
 ) -> tuple[Experiment, Release | None]:
     """Stop the experiment (if running) and make the chosen variant production, as a release.
 
     Returns the release, or None when that version already was production. The release is
-    made by registry.services.set_stage (the one place production changes) and marked as
-    kind "experiment".
+    made by registry.services.set_stage (the one place production changes, where
+    `require_replay` is checked) and marked as kind "experiment".
     """
     experiment = _locked(experiment)
     if experiment.winner_version_id is not None:
@@ -198,7 +198,11 @@ def promote_winner(
     release = None
     if model.production_version_id != winner.pk:
         registry_services.set_stage(
-            caller=caller, version=winner, stage=Stage.PRODUCTION, reason=reason or f"winner of experiment '{experiment.name}'"
+            caller=caller,
+            version=winner,
+            stage=Stage.PRODUCTION,
+            reason=reason or f"winner of experiment '{experiment.name}'",
+            require_replay=require_replay,
         )
         release = registry_selectors.releases_of(model=model).first()
         Release.objects.filter(pk=release.pk).update(kind=Release.Kind.EXPERIMENT)

@@ -414,14 +414,21 @@ def releases(ctx, model, org) -> None:
 @click.argument("model")
 @click.argument("version", type=click.IntRange(min=1))
 @click.option("--reason", default="", help="Why, for the release log.")
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Promote only if the newest replay or live mirror of VERSION against production agrees on at least this share of rows.",
+)
 @org_option
 @json_option
 @click.pass_context
-def promote(ctx, model, version, reason, org) -> None:
+def promote(ctx, model, version, reason, min_agreement, org) -> None:
     """Make VERSION of MODEL production (a new release)."""
     _subcommand_org(ctx, org)
     client = client_for(ctx)
-    answer = client.promote(model, version, reason=reason)
+    require_replay = {"min_agreement": min_agreement} if min_agreement is not None else None
+    answer = client.promote(model, version, reason=reason, require_replay=require_replay)
     emit(
         ctx,
         answer,

@@ -262,13 +262,25 @@ class Client:
     def releases(self, name: str, *, org: str | None = None) -> list[dict]:
         return self._all_pages(f"{self._model_path(name, org)}/releases")
 
-    def set_stage(self, name: str, number: int, stage: str, *, org: str | None = None, reason: str = "") -> dict:
+    def set_stage(
+        self, name: str, number: int, stage: str, *, org: str | None = None, reason: str = "", require_replay: dict | None = None
+    ) -> dict:
         path = f"{self._model_path(name, org)}/versions/{int(number)}/stage"
-        return self._json("POST", path, json={"stage": stage, "reason": reason})
+        body: dict = {"stage": stage, "reason": reason}
+        if require_replay is not None:
+            body["require_replay"] = require_replay
+        return self._json("POST", path, json=body)
 
-    def promote(self, name: str, number: int, *, org: str | None = None, reason: str = "") -> dict:
-        """Make version `number` production (a new release); answers the version."""
-        return self.set_stage(name, number, "production", org=org, reason=reason)
+    def promote(
+        self, name: str, number: int, *, org: str | None = None, reason: str = "", require_replay: dict | None = None
+    ) -> dict:
+        """Make version `number` production (a new release); answers the version.
+
+        `require_replay={"min_agreement": 0.98}` (optionally "min_rows") promotes only when the newest
+        replay or live mirror of the version against production agrees that much; otherwise the
+        platform answers 409, quoting it (raised as the client's conflict error).
+        """
+        return self.set_stage(name, number, "production", org=org, reason=reason, require_replay=require_replay)
 
     def rollback(self, name: str, *, org: str | None = None, reason: str = "") -> dict:
         """Production goes back to the previous production version; answers the new release."""
