@@ -166,7 +166,14 @@ CELERY_TASK_ROUTES = {
     # default queue, which the analytics worker consumes beside its short scheduled tasks.
     "registry.*": {"queue": "default"},
 }
+# A compile still pending this long after its upload is queued again by beat (a broker that was
+# down at upload); the sweep runs every COMPILE_REQUEUE_SECONDS.
+COMPILE_REQUEUE_AFTER_SECONDS = env.float("COMPILE_REQUEUE_AFTER_SECONDS", default=600.0)
 CELERY_BEAT_SCHEDULE = {
+    "requeue-pending-compiles": {
+        "task": "registry.requeue_pending_compiles",
+        "schedule": env.float("COMPILE_REQUEUE_SECONDS", default=300.0),
+    },
     "drain-prediction-records": {
         "task": "inference.drain_prediction_records",
         "schedule": env.float("RECORD_DRAIN_SECONDS", default=2.0),

@@ -17,3 +17,10 @@ from registry import services
 )
 def compile_version(version_id: int) -> str:
     return services.compile_version(version_id=version_id)
+
+
+@shared_task(name="registry.requeue_pending_compiles", ignore_result=True)
+def requeue_pending_compiles() -> int:
+    """Beat's sweep: queue again the compiles still pending long after their upload (a broker that
+    was down when the upload queued it), so no version stays on scikit-learn for good."""
+    return services.requeue_pending_compiles()

@@ -104,3 +104,34 @@ def test_the_worker_compiles_after_the_upload_and_the_runner_switches_without_a_
     assert "could not warm version" not in logs, logs  # the production version was loaded compiled at once
     assert ModelVersion.objects.get(registered_model__name="kept").compiled_artifact == ""
     print(f"compiled and verified {compiled_after:.2f} s after the upload started")
+
+
+def test_beats_sweep_queues_again_a_compile_lost_long_ago_and_leaves_a_recent_one(tenant_a, compile_worker):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from registry import services
+
+    x, y = f.iris_data()
+    forest = RandomForestClassifier(n_estimators=20, random_state=1).fit(x, y)
+    owner = tenant_a.jwt_client()
+    for name in ("iris", "recent"):
+        assert create_model(owner, name=name).status_code == 201
+        assert upload(owner, f.joblib_bytes(forest), model=name).status_code == 201
+    for name in ("iris", "recent"):
+        wait_compiled(owner, f"/api/v1/models/acme/{name}/versions/1", pool=compile_worker)
+    # As if the broker had been down at both uploads: each version still waiting for its compile,
+    # one uploaded twenty minutes ago, the other just now.
+    pending = {"compiled_sha256": "", "compiled_artifact": "", "compiled_reason": COMPILE_PENDING_REASON}
+    ModelVersion.objects.filter(registered_model__name="iris").update(
+        **pending, created_at=timezone.now() - timedelta(minutes=20)
+    )
+    ModelVersion.objects.filter(registered_model__name="recent").update(**pending)
+
+    assert services.requeue_pending_compiles() == 1
+
+    body = wait_compiled(owner, "/api/v1/models/acme/iris/versions/1", pool=compile_worker)
+    assert (body["runtime"], body["compiled"]["status"]) == ("onnx", "verified"), compile_worker.logs()
+    recent = owner.get("/api/v1/models/acme/recent/versions/1").json()
+    assert recent["compiled"]["status"] == "compiling"  # younger than COMPILE_REQUEUE_AFTER_SECONDS: left to its own task
