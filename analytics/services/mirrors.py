@@ -33,7 +33,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from analytics.models import MirroredPrediction, MirrorReport
-from analytics.services.replays import FIRST_FAILURES, Recorded, Tally, answer_batch, build_report
+from analytics.services.replays import FIRST_FAILURES, Recorded, Tally, answer_batch, build_report, record_batches
 from inference import predictors
 from inference.mirrors import services as mirror_services
 from inference.models import Feedback, Mirror, PredictionRecord
@@ -149,16 +149,12 @@ def _predict_and_store(mirror: Mirror, chosen: list[tuple[Recorded, tuple]]) -> 
     except ModelhostError:
         pass  # each batch below fails the same way and is counted
     objects = []
-    batch_rows = settings.ANALYTICS_REPLAY_BATCH_ROWS
-    start = 0
-    while start < len(chosen):
-        end, size = start, 0
-        while end < len(chosen) and (end == start or size + chosen[end][0].rows <= batch_rows):
-            size += chosen[end][0].rows
-            end += 1
-        batch = chosen[start:end]
-        answers = answer_batch(target, [recorded for recorded, _ in batch], want_proba=False)
-        for index, ((recorded, record), result) in enumerate(zip(batch, answers.results, strict=True)):
+    pairs = iter(chosen)
+    for batch in record_batches([recorded for recorded, _ in chosen], batch_rows=settings.ANALYTICS_REPLAY_BATCH_ROWS):
+        chosen_batch = [next(pairs) for _ in batch]
+        size = sum(recorded.rows for recorded in batch)
+        answers = answer_batch(target, batch, want_proba=False)
+        for index, ((recorded, record), result) in enumerate(zip(chosen_batch, answers.results, strict=True)):
             _, prediction_id, served_at, _, outputs, latency_ms = record
             row = MirroredPrediction(
                 mirror=mirror,
@@ -178,7 +174,6 @@ def _predict_and_store(mirror: Mirror, chosen: list[tuple[Recorded, tuple]]) -> 
                 elif answers.each_ms:  # the batch was split around failing records: each timed alone
                     row.candidate_ms = answers.each_ms[index]
             objects.append(row)
-        start = end
     MirroredPrediction.objects.bulk_create(objects, ignore_conflicts=True)
     return sum(o.rows for o in objects)
 

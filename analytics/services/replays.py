@@ -300,7 +300,8 @@ def recorded_rows(*, replay: Replay) -> list[Recorded]:
     return recorded
 
 
-def _batches(recorded: list[Recorded], *, batch_rows: int) -> list[list[Recorded]]:
+def record_batches(recorded: list[Recorded], *, batch_rows: int) -> list[list[Recorded]]:
+    """Consecutive records in batches of at most `batch_rows` rows (a larger record alone)."""
     batches: list[list[Recorded]] = [[]]
     size = 0
     for record in recorded:
@@ -435,7 +436,7 @@ def measure_replay(*, replay: Replay, on_progress: Callable[[int, int], None] | 
     predictors.warm(target=candidate_target)
     tally = Tally(has_proba=want_proba)
     done = 0
-    for number, batch in enumerate(_batches(recorded, batch_rows=settings.ANALYTICS_REPLAY_BATCH_ROWS)):
+    for number, batch in enumerate(record_batches(recorded, batch_rows=settings.ANALYTICS_REPLAY_BATCH_ROWS)):
         if number % 2 == 0:
             production = answer_batch(production_target, batch, want_proba=want_proba)
             candidate = answer_batch(candidate_target, batch, want_proba=want_proba)
