@@ -20,6 +20,7 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from accounts.keys import hash_key, looks_like_api_key
 from accounts.models import ApiKey
 from accounts.principals import ApiKeyPrincipal, ApiKeyUser
+from platform_site.on_loop import leave_if_on_loop
 
 _MAX_CACHED_KEYS = 10_000
 _cache: dict[str, tuple[float, ApiKeyPrincipal | None, str]] = {}
@@ -79,6 +80,7 @@ def authenticate_api_key(plaintext: str, *, now: float | None = None) -> ApiKeyP
     hashed = hash_key(plaintext)
     entry = _cache.get(hashed)
     if entry is None or entry[0] <= now:
+        leave_if_on_loop()  # a query: platform_site.on_loop
         principal, reason = _load_principal(hashed)
         with _lock:
             if len(_cache) >= _MAX_CACHED_KEYS:
@@ -94,11 +96,28 @@ def authenticate_api_key(plaintext: str, *, now: float | None = None) -> ApiKeyP
     return principal
 
 
+def cached_principal(plaintext: str, *, now: float | None = None) -> ApiKeyPrincipal | None:
+    """The key's principal if this process holds it and can authenticate it without a query
+    (cached, unexpired, its last-use stamp not due); None otherwise. Reads only."""
+    if not looks_like_api_key(plaintext):
+        return None
+    now = time.monotonic() if now is None else now
+    entry = _cache.get(hash_key(plaintext))
+    if entry is None or entry[0] <= now or entry[1] is None:
+        return None
+    principal = entry[1]
+    last = _last_used_written.get(principal.id)
+    if last is None or now - last >= settings.API_KEY_LAST_USED_WRITE_SECONDS:
+        return None
+    return principal
+
+
 def _note_last_used(key_id: int, now: float) -> None:
     # One UPDATE per key per process per window instead of one per request.
     last = _last_used_written.get(key_id)
     if last is not None and now - last < settings.API_KEY_LAST_USED_WRITE_SECONDS:
         return
+    leave_if_on_loop()  # an UPDATE: platform_site.on_loop
     _last_used_written[key_id] = now
     from django.utils import timezone
 

@@ -26,7 +26,7 @@ import numpy as np
 from django.conf import settings
 from django.http import HttpRequest
 
-from accounts.authentication import ApiKeyError, authenticate_api_key, credential_from_headers
+from accounts.authentication import ApiKeyError, authenticate_api_key, cached_principal, credential_from_headers
 from inference import explanations, limits, prediction_cache, predictors, records, routing
 from platform_site.errors import ModelhostError, NotFound, PermissionDenied, Unauthenticated
 from platform_site.metrics import (
@@ -36,8 +36,12 @@ from platform_site.metrics import (
     PREDICTION_REQUESTS,
     PREDICTION_ROWS,
 )
+from platform_site.on_loop import LeaveTheLoop, on_event_loop
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# The environ key under which a run on the event loop hands its limit count to the request
+# thread's run (platform_site.on_loop); a client cannot set a key that is not HTTP_*.
+COUNTED = "modelhost.counted"
 
 
 def new_prediction_id() -> str:
@@ -236,19 +240,30 @@ def run_prediction(
         # refused request is a 429 whatever its body, and an invalid one still counts.
         model_input, invalid = _validate(call, target)
         timings.mark("validate")
+        if model_input is not None and on_event_loop() and not _computed_here(call, target, model_input):
+            raise LeaveTheLoop  # a runner or the reference data: wait on a request thread, not on the loop
         key = _cache_key(route, target, model_input, call)
-        limit_state = limits.check_and_count(
-            subject=identity.subject,
-            org_id=route.org_id,
-            key_limit=identity.key_limit,
-            org_limit=identity.org_limit,
-            key_quota=identity.key_quota,
-            org_quota=identity.org_quota,
-            rows=model_input.n_rows if model_input is not None else 0,
-            cache_key=key,
-        )
-        cached_raw = limit_state.cached
+        counted = request.META.pop(COUNTED, None)
+        if counted is None:
+            limit_state = limits.check_and_count(
+                subject=identity.subject,
+                org_id=route.org_id,
+                key_limit=identity.key_limit,
+                org_limit=identity.org_limit,
+                key_quota=identity.key_quota,
+                org_quota=identity.org_quota,
+                rows=model_input.n_rows if model_input is not None else 0,
+                cache_key=key,
+            )
+            cached_raw = limit_state.cached
+        else:  # counted by a first run on the event loop, which left when the route changed
+            limit_state, counted_key = counted
+            cached_raw = limit_state.cached if counted_key == key else (prediction_cache.lookup(key) if key else None)
         if routing.note_generation(limit_state.route_generation):
+            if on_event_loop():
+                # Resolving again is a query: the request thread's run takes over this count.
+                request.META[COUNTED] = (limit_state, key)
+                raise LeaveTheLoop
             # Another process changed a route: resolve again, and re-check against a new target.
             route, identity = _route_for(identity, org_slug, model_name)
             target, variant = _choose_target(route, version_number, call.unit_id)
@@ -323,6 +338,35 @@ def run_prediction(
     timings.mark("record")
     _observe(outcome=outcome, protocol=protocol, rows=model_input.n_rows)
     return outcome
+
+
+def _computed_here(call: PredictionCall, target: routing.VersionTarget, model_input: ModelInput) -> bool:
+    """Whether this request's answer is computed in this process (no runner, no reference data)."""
+    return not call.explain and predictors.computes_here(
+        target, model_input.x, want_proba=call.want_proba, finite=target.spec.forbids_missing
+    )
+
+
+def computed_here(plaintext: str, org_slug: str | None, model_name: str, number: int | None) -> bool:
+    """Whether a prediction with this API key on this route can be answered from what this process
+    holds (the key, the route, a model it computes), with no query and no runner: then the web's
+    event loop answers it itself (platform_site.on_loop). Reads only; a wrong True is caught by
+    the steps' own leave_if_on_loop."""
+    principal = cached_principal(plaintext)
+    if principal is None or not principal.has_scope("predict"):
+        return False
+    org_slug = org_slug or principal.organization_slug
+    if org_slug != principal.organization_slug:
+        return False
+    route = routing.cached_route(org_slug, model_name)
+    if route is None:
+        return False
+    if number is not None:
+        target = routing.cached_version(route, number)
+        return target is not None and predictors.serves_here(target)
+    if route.experiment is not None:
+        return all(predictors.serves_here(variant.target) for variant in route.experiment.variants)
+    return route.production is not None and predictors.serves_here(route.production)
 
 
 def _validate(call: PredictionCall, target: routing.VersionTarget) -> tuple[ModelInput | None, ModelhostError | None]:

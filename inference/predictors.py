@@ -49,20 +49,37 @@ def _linear_predictor(spec_json: bytes) -> LinearPredictor:
     return LinearPredictor(orjson.loads(spec_json))
 
 
-def predict(*, target, x: Any, want_proba: bool, finite: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predictions (and probabilities when asked and the model has them) of `target` on `x`."""
+def serves_here(target) -> bool:
+    """Whether this process computes the version's answers to well-formed numeric rows: a linear
+    model reduced to numbers, fed a float array without missing values, and able to give the
+    probabilities the version has. `computes_here` is the same question for one request."""
     linear = target.linear
-    if (
+    return (
+        linear is not None
+        and target.spec.forbids_missing
+        and not target.spec.wants_frame
+        and (linear.has_proba or not target.has_proba)
+    )
+
+
+def computes_here(target, x: Any, *, want_proba: bool, finite: bool) -> bool:
+    """Whether `predict` computes this request's answer in this process rather than in a runner."""
+    linear = target.linear
+    return (
         linear is not None
         and finite
         and type(x) is np.ndarray
         and x.dtype == np.float64
         and x.ndim == 2
         and x.shape[1] == linear.width
-    ):
-        answer = linear(x, want_proba=want_proba and target.has_proba)
-        if answer is not None:
-            return answer
+        and not (want_proba and target.has_proba and not linear.has_proba)
+    )
+
+
+def predict(*, target, x: Any, want_proba: bool, finite: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions (and probabilities when asked and the model has them) of `target` on `x`."""
+    if computes_here(target, x, want_proba=want_proba, finite=finite):
+        return target.linear(x, want_proba=want_proba and target.has_proba)
     return runners.predict(
         org_id=target.org_id,
         version_id=target.id,
@@ -82,23 +99,13 @@ def predict_explained(*, target, x: Any, want_proba: bool, finite: bool) -> tupl
     from inference.explanations import linear_explanation, reference_for
 
     reference = reference_for(target)
-    linear = target.linear
-    if (
-        linear is not None
-        and finite
-        and type(x) is np.ndarray
-        and x.dtype == np.float64
-        and x.ndim == 2
-        and x.shape[1] == linear.width
-    ):
-        answer = linear(x, want_proba=want_proba and target.has_proba)
-        if answer is not None:
-            predictions, probabilities = answer
-            return (
-                predictions,
-                probabilities,
-                linear_explanation(spec=linear.spec, x=x, predictions=predictions, mean=reference.mean),
-            )
+    if computes_here(target, x, want_proba=want_proba, finite=finite):
+        predictions, probabilities = target.linear(x, want_proba=want_proba and target.has_proba)
+        return (
+            predictions,
+            probabilities,
+            linear_explanation(spec=target.linear.spec, x=x, predictions=predictions, mean=reference.mean),
+        )
     return runners.predict_explained(
         org_id=target.org_id,
         version_id=target.id,

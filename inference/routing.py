@@ -21,6 +21,7 @@ from django.conf import settings
 
 from inference.validation import InputSpec
 from platform_site.errors import NotFound
+from platform_site.on_loop import leave_if_on_loop
 
 _MAX_ROUTES = 20_000
 
@@ -153,6 +154,7 @@ def _cached(key: tuple, build):
     if entry is not None and entry[0] > now:
         value = entry[1]
     else:
+        leave_if_on_loop()  # a query: platform_site.on_loop
         value = build()
         with _lock:
             if len(_routes) >= _MAX_ROUTES:
@@ -214,6 +216,24 @@ def _build_route(org_slug: str, model_name: str) -> Route | None:
         experiment=experiment,
         mirror=mirror,
     )
+
+
+def _held(key: tuple):
+    """What the cache holds under `key` while fresh, without building it; None otherwise."""
+    entry = _routes.get(key)
+    if entry is None or entry[0] <= time.monotonic():
+        return None
+    return entry[1]
+
+
+def cached_route(org_slug: str, model_name: str) -> Route | None:
+    """The route if this process holds it (no query); None when it would have to load it."""
+    return _held(("route", org_slug, model_name))
+
+
+def cached_version(route: Route, number: int) -> VersionTarget | None:
+    """The pinned version if this process holds it (no query); None otherwise."""
+    return _held(("version", route.model_id, number))
 
 
 def resolve_route(org_slug: str, model_name: str) -> Route:

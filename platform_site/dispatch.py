@@ -157,14 +157,16 @@ class _DjangoSeries:
                 m.requests_latency_by_view_method.labels(view=view, method="POST"),
             )
             self._by_view[(view, transport)] = children
-        self.metrics.requests_total.inc()
-        children[0].inc()
         return children
 
     def finished(self, children: tuple, status: int, seconds: float) -> None:
+        # The request is counted here, with its answer: a run on the event loop that hands the
+        # request to a thread (platform_site.on_loop) never gets here, so it is counted once.
         child = self._by_status.get(status)
         if child is None:
             child = self._by_status[status] = self.metrics.responses_by_status.labels(status=str(status))
+        self.metrics.requests_total.inc()
+        children[0].inc()
         child.inc()
         children[1].observe(seconds)
 
@@ -212,8 +214,12 @@ class PredictionApp:
         # granian in one call instead of iterating a Python object from Rust.
         return [response.content]
 
-    def handle(self, environ: dict, match: re.Match) -> HttpResponse | None:
-        """The response to a prediction request, or None when Django should answer it."""
+    def handle(self, environ: dict, match: re.Match, *, on_loop: bool = False) -> HttpResponse | None:
+        """The response to a prediction request, or None when Django should answer it.
+
+        `on_loop`: the event loop answers it (platform_site.on_loop), where a query leaves the
+        loop before it runs: the loop's thread never holds a database connection, so step 3
+        has nothing to do there."""
         started = time.perf_counter()
         request = WSGIRequest(environ)
         try:
@@ -223,6 +229,11 @@ class PredictionApp:
         secure = request.is_secure()
         if settings.SECURE_SSL_REDIRECT and not secure:
             return None
+        if on_loop:
+            try:
+                return self._respond(request, match, secure, started)
+            finally:
+                request.close()
         self.start()
         try:
             return self._respond(request, match, secure, started)
@@ -271,6 +282,10 @@ class PredictionDispatcher:
     """WSGI application: prediction requests to PredictionApp, everything else to `django_app`."""
 
     def __init__(self, django_app: WSGIHandler | None) -> None:
+        from accounts.authentication import credential_from_headers
+        from inference.hotpath import computed_here
+
+        self.credential_from_headers, self.computed_here = credential_from_headers, computed_here
         self.predictions = PredictionApp(django_app)
         self.django_app = django_app
         self.session_cookie = settings.SESSION_COOKIE_NAME + "="
@@ -282,6 +297,28 @@ class PredictionDispatcher:
             if response is not None:
                 return self.predictions.answer(response, start_response)
         return self.django_app(environ, start_response)
+
+    def on_loop(self, environ: dict, start_response: Callable) -> list[bytes] | None:
+        """The answer, when the event loop may give it itself (platform_site.on_loop), else None
+        (the request goes to a request thread, `__call__`). A step that turns out to need a
+        query or a runner raises LeaveTheLoop, before the request is counted."""
+        match = self.fast_path(environ)
+        if match is None:
+            return None
+        plaintext = self.credential_from_headers(environ)
+        if plaintext is None:  # a JWT: its user is a query
+            return None
+        groups = match.groupdict()
+        if groups["v2model"] is not None:
+            org, model, number = None, groups["v2model"], groups["v2number"]
+        else:
+            org, model, number = groups["org"], groups["model"], groups["number"]
+        if not self.computed_here(plaintext, org, model, int(number) if number is not None else None):
+            return None
+        response = self.predictions.handle(environ, match, on_loop=True)
+        if response is None:  # Django answers (a refused host, plain http): on a request thread
+            return None
+        return self.predictions.answer(response, start_response)
 
     def fast_path(self, environ: dict) -> re.Match | None:
         """The match of a prediction path PredictionApp serves, or None for Django's."""

@@ -45,6 +45,12 @@ RUNNER_PREDICTIONS = Counter(
     "Predictions runners answered, by what computed them: onnx (a tree ensemble's verified compiled form) or sklearn.",
     ["runtime"],
 )
+WEB_ON_LOOP = Counter(
+    "modelhost_web_on_loop_total",
+    "Prediction requests a web worker's event loop took up itself (platform_site.on_loop), by outcome: "
+    "answered there, or left for a request thread (a query, a runner or a changed route was needed).",
+    ["outcome"],
+)
 MODEL_LOAD_SECONDS = Histogram(
     "modelhost_model_load_seconds",
     "Time to send a version's serving artifact to its runner and load it there.",

@@ -19,10 +19,18 @@ memory, larger ones (model uploads) in a temporary file. A response the applicat
 a list (every JSON answer) is sent in one piece; any other iterable (files, CSV downloads) is
 streamed, its chunks produced on a request thread.
 
-What it costs (bench/slow_clients.py, bench/RESULTS.md): the hand-overs between granian, the
-event loop and a request thread take about 0.2 ms of CPU a request more than granian's WSGI
-interface, on a machine this loaded; WEB_INTERFACE=wsgi (platform_site.serve) goes back to it
-where an ingress in front buffers the bodies.
+A prediction the application can answer from memory (an application with an `on_loop`
+method: platform_site.dispatch, platform_site.on_loop) is answered on the event loop itself,
+with no request thread: for a linear model the hand-over to a thread and back, and two
+threads taking turns at the GIL, cost more than the prediction. Such a request never waits on
+anything but a short Redis round trip; one that would (a query, a runner) leaves the loop
+before it has counted anything and goes to a request thread like every other request.
+
+What it costs (bench/slow_clients.py, bench/RESULTS.md): reading bodies on the loop and the
+hand-over to a request thread take about 0.2 ms of CPU a request more than granian's WSGI
+interface on this machine; answering on the loop wins back about half of that for the
+predictions it takes up. WEB_INTERFACE=wsgi (platform_site.serve) goes back to granian's WSGI
+threads where an ingress in front buffers the bodies.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ import threading
 from collections.abc import Callable
 
 from granian.rsgi import ProtocolClosed, ProtocolError
+
+from platform_site.on_loop import LeaveTheLoop, answering_on_loop
 
 SPOOL_BYTES = 256 * 1024
 DEFAULT_WSGI_TARGET = "platform_site.wsgi:application"
@@ -86,6 +96,12 @@ class BufferedWSGI:
 
     def __init__(self, app: Callable, *, threads: int, body_timeout: float) -> None:
         self.app, self.threads, self.body_timeout = app, threads, body_timeout
+        # The application's answer given on the event loop itself, when it has one (platform_site.on_loop).
+        self.on_loop: Callable | None = getattr(app, "on_loop", None)
+        if self.on_loop is not None:
+            from platform_site.metrics import WEB_ON_LOOP
+
+            self.on_loop_counts = (WEB_ON_LOOP.labels(outcome="answered"), WEB_ON_LOOP.labels(outcome="left"))
         self.loop: asyncio.AbstractEventLoop | None = None
         # Work for the request threads: (future, function, args); None stops one. A queue and
         # threads of its own rather than loop.run_in_executor: no concurrent.futures.Future
@@ -133,6 +149,11 @@ class BufferedWSGI:
             protocol.response_bytes(400, [*_PLAIN, ("connection", "close")], INCOMPLETE_BODY)
             return
         environ = self._environ(scope, body)
+        if self.on_loop is not None and isinstance(body, bytes):
+            answer = self._answer_on_loop(environ)
+            if answer is not None:
+                protocol.response_bytes(*answer)
+                return
         status, headers, result = await self._in_thread(self._call, environ)
         if isinstance(result, bytes):
             protocol.response_bytes(status, headers, result)
@@ -207,6 +228,22 @@ class BufferedWSGI:
             environ["CONTENT_LENGTH"] = str(body.seek(0, io.SEEK_END))
             body.seek(0)
         return environ
+
+    def _answer_on_loop(self, environ: dict) -> tuple[int, list, bytes] | None:
+        """The application's own answer on the loop (platform_site.on_loop), or None to hand the
+        request to a request thread (the body is then rewound for it)."""
+        start_response = _StartResponse()
+        try:
+            with answering_on_loop():
+                result = self.on_loop(environ, start_response)
+        except LeaveTheLoop:
+            self.on_loop_counts[1].inc()
+            environ["wsgi.input"].seek(0)
+            return None
+        if result is None:  # not one the loop takes up: nothing was read
+            return None
+        self.on_loop_counts[0].inc()
+        return start_response.status, start_response.headers, b"".join(result)
 
     def _call(self, environ: dict) -> tuple[int, list, bytes | tuple]:
         """Run the application; its answer as bytes, or what _stream needs when it has several chunks."""

@@ -24,8 +24,10 @@ What the environment sets (docs/operations.md lists them):
   WEB_HEADER_TIMEOUT_SECONDS  seconds a client has to send a request's headers (10)
   WEB_BODY_TIMEOUT_SECONDS    the longest pause while a request's body arrives (10); a client
                               that stalls is answered 408 (platform_site.rsgi)
-  WEB_INTERFACE               rsgi (the default: the above) or wsgi: granian's WSGI threads read
-                              the bodies themselves, about 0.2 ms of CPU a request cheaper and
+  WEB_INTERFACE               rsgi (the default: the above; a linear model's predictions are
+                              answered on the loop itself, platform_site.on_loop) or wsgi:
+                              granian's WSGI threads read the bodies themselves, about 0.1-0.2 ms
+                              of CPU a request cheaper and
                               unbounded: only behind an ingress that buffers request bodies
   WEB_WORKERS_LIFETIME        seconds after which a worker is replaced (0: never)
   WEB_WORKERS_MAX_RSS_MB      a worker over this resident memory is replaced (0: no limit)

@@ -35,6 +35,7 @@ from django.conf import settings
 from inference.runners import wire
 from platform_site.errors import ExplanationUnavailable, ModelhostError, PayloadTooLarge, ServiceUnavailable
 from platform_site.metrics import MODEL_LOAD_SECONDS, RUNNER_PREDICTIONS
+from platform_site.on_loop import leave_if_on_loop
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ def close_all() -> None:
 
 
 def _exchange(org_id: int, header: dict, buffers: list[bytes], *, timeout: float, version_id: int) -> tuple[dict, list]:
+    leave_if_on_loop()  # never wait on a runner on the web's event loop (platform_site.on_loop)
     sock = _connection(org_id)
     sock.settimeout(timeout)
     try:

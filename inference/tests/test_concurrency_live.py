@@ -85,6 +85,14 @@ def test_concurrent_predictions_are_right_and_each_recorded_once(tenant_a, tmp_p
         text = requests.get(f"{base}/metrics", headers=METRICS_HEADERS, timeout=10).text
         line = next(s for s in text.splitlines() if s.startswith("modelhost_prediction_requests_total{") and 'model="iris"' in s)
         assert float(line.rsplit(" ", 1)[1]) == len(rows)
+        # Once a worker holds the key and the route, its event loop answers the linear model
+        # itself (platform_site.on_loop); each request above was still counted once.
+        on_loop = {
+            s.split('outcome="', 1)[1].split('"', 1)[0]: float(s.rsplit(" ", 1)[1])
+            for s in text.splitlines()
+            if s.startswith("modelhost_web_on_loop_total{")
+        }
+        assert on_loop.get("answered", 0) >= len(rows) / 2, on_loop
 
         # A forest is predicted in the organization's runner; the web's processes never map
         # scikit-learn's code at all, whatever they answered.
