@@ -68,7 +68,14 @@ def _fresh_key(caller: Caller, org: Organization) -> str:
 
 
 def _production_model(
-    caller: Caller, org: Organization, name: str, artifact: Path, example: list, reference: bytes | None = None
+    caller: Caller,
+    org: Organization,
+    name: str,
+    artifact: Path,
+    example: list,
+    reference: bytes | None = None,
+    *,
+    use_compiled: bool = True,
 ) -> dict:
     data = artifact.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
@@ -82,11 +89,17 @@ def _production_model(
             SimpleUploadedFile("reference.csv", reference, content_type="text/csv") if reference is not None else None
         )
         version = registry_services.upload_version(
-            caller=caller, model=model, file=upload, input_example=example, reference_data=reference_file
+            caller=caller,
+            model=model,
+            file=upload,
+            input_example=example,
+            reference_data=reference_file,
+            use_compiled=use_compiled,
         )
         # The compile a worker runs after an upload, run here: the benches start no worker, and
         # measure a tree ensemble served by its compiled form, as it is once the worker is done.
-        registry_services.compile_version(version_id=version.id)
+        if use_compiled:
+            registry_services.compile_version(version_id=version.id)
         registry_services.set_stage(caller=caller, version=version, stage="production")
         model.refresh_from_db()
         current = model.production_version
@@ -110,6 +123,9 @@ def seed_inference() -> dict:
     for name in ("iris", "rf"):
         rows = json.loads((ARTIFACTS / f"{name}.rows.json").read_text())
         models[name] = _production_model(caller, org, name, ARTIFACTS / f"{name}.joblib", rows[:2])
+    # The same forest served by scikit-learn (its compiled form turned off, as a user can).
+    rows = json.loads((ARTIFACTS / "rf.rows.json").read_text())
+    models["rf-sklearn"] = _production_model(caller, org, "rf-sklearn", ARTIFACTS / "rf.joblib", rows[:2], use_compiled=False)
     return {"orgs": {org.slug: {"key": _fresh_key(caller, org), "models": models}}}
 
 
