@@ -56,3 +56,27 @@ def app(environ, start_response):
 
 
 application = app
+
+
+class _AnsweredOnLoop:
+    """The same application, offering platform_site.rsgi its answers on the event loop (an
+    `on_loop` method, as platform_site.dispatch has): bench/slow_clients.py --floor."""
+
+    def __call__(self, environ, start_response):
+        return app(environ, start_response)
+
+    def on_loop(self, environ, start_response):
+        return app(environ, start_response)
+
+
+class _MinimalRSGI:
+    """The least an RSGI application does, awaiting the body and answering: the RSGI interface's
+    own cost, for bench/slow_clients.py --floor."""
+
+    async def __rsgi__(self, scope, protocol):
+        await protocol()
+        protocol.response_bytes(200, [("content-type", "application/json")], b'{"predictions":[],"rows":1}')
+
+
+loop_app = _AnsweredOnLoop()
+rsgi_app = _MinimalRSGI()

@@ -3,7 +3,9 @@ platform_site.rsgi (the web today) against granian's WSGI interface (the web bef
 
     python3 bench/slow_clients.py [--requests 3000] [--rounds 3] [--clients 4]
     python3 bench/slow_clients.py --floor [--rounds 3]     the servers' own cost: wrk on the
-                                                          floor app's /nopredict, 8 s a round
+                                                          floor app's /nopredict, 8 s a round,
+                                                          also answered on the event loop and
+                                                          by a minimal RSGI application
 
 Seeds the benchmark organization (bench/seed_modelhost.py: iris, predicted in the web), then
 starts each server in turn with the same settings (2 workers, 2 request threads each, one
@@ -84,6 +86,17 @@ def load(port: int, key: str, *, requests: int, clients: int, offset: int) -> fl
     return time.monotonic() - started
 
 
+GRANIAN = [PYTHON, "-m", "granian", "--workers", "2", "--http", "1", "--no-ws", "--host", "127.0.0.1", "--port", "{port}"]
+# Around the floor app: the web's RSGI wrapper through a request thread and on the event loop
+# (platform_site.on_loop), granian's WSGI threads, and the least an RSGI application does.
+FLOOR_SERVERS = {
+    "rsgi (platform_site.serve)": [PYTHON, "-m", "platform_site.serve", "floor_app:app"],
+    "rsgi, answered on the loop": [PYTHON, "-m", "platform_site.serve", "floor_app:loop_app"],
+    "wsgi (granian --interface wsgi)": [*SERVERS["wsgi (granian --interface wsgi)"][:-1], "floor_app:app"],
+    "minimal RSGI application": [*GRANIAN, "--interface", "rsgi", "floor_app:rsgi_app"],
+}
+
+
 def floor(rounds: int) -> dict:
     """CPU per request of each server around bench/floor_app.py's /nopredict (no framework, no model)."""
     script = RUN / "nopredict.lua"
@@ -92,10 +105,9 @@ def floor(rounds: int) -> dict:
         'wrk.method = "POST"\nwrk.path = "/nopredict"\nwrk.headers["Content-Type"] = "application/json"\n'
         "wrk.body = '{\"inputs\": [[5.1, 3.5, 1.4, 0.2]]}'\n"
     )
-    results: dict[str, list[dict]] = {name: [] for name in SERVERS}
+    results: dict[str, list[dict]] = {name: [] for name in FLOOR_SERVERS}
     for _ in range(rounds):
-        for name, argv in SERVERS.items():
-            argv = [*argv[:-1], "floor_app:app"]
+        for name, argv in FLOOR_SERVERS.items():
             port = harness.free_port()
             env = harness.modelhost_web_env(
                 HOST="127.0.0.1",

@@ -26,11 +26,12 @@ threads taking turns at the GIL, cost more than the prediction. Such a request n
 anything but a short Redis round trip; one that would (a query, a runner) leaves the loop
 before it has counted anything and goes to a request thread like every other request.
 
-What it costs (bench/slow_clients.py, bench/RESULTS.md): reading bodies on the loop and the
-hand-over to a request thread take about 0.2 ms of CPU a request more than granian's WSGI
-interface on this machine; answering on the loop wins back about half of that for the
-predictions it takes up. WEB_INTERFACE=wsgi (platform_site.serve) goes back to granian's WSGI
-threads where an ingress in front buffers the bodies.
+What it costs (bench/slow_clients.py --floor, bench/RESULTS.md): around a bare application,
+0.15 ms of CPU a request through a request thread and 0.13 ms answered on the loop, against
+0.04 ms under granian's WSGI interface (0.07 ms for the least an RSGI application does); with a
+prediction, where two threads also take turns at the GIL, answering on the loop saves 0.03-0.05
+ms. WEB_INTERFACE=wsgi (platform_site.serve) goes back to granian's WSGI threads where an
+ingress in front buffers the bodies.
 """
 
 from __future__ import annotations
