@@ -30,8 +30,9 @@ What it costs (bench/slow_clients.py --floor, bench/RESULTS.md): around a bare a
 0.15 ms of CPU a request through a request thread and 0.13 ms answered on the loop, against
 0.04 ms under granian's WSGI interface (0.07 ms for the least an RSGI application does). With
 iris predictions (bench/slow_clients.py) the gap to granian's WSGI interface is 0.14 ms answered
-on the loop (0.59 against 0.46 ms), where through a request thread it was 0.2-0.28 ms. WEB_INTERFACE=wsgi (platform_site.serve) goes back to granian's WSGI threads where an
-ingress in front buffers the bodies.
+on the loop (0.59 against 0.46 ms), where through a request thread it was 0.2-0.28 ms.
+WEB_INTERFACE=wsgi (platform_site.serve) goes back to granian's WSGI threads where an ingress
+in front buffers the bodies.
 """
 
 from __future__ import annotations
