@@ -148,7 +148,7 @@ class _DjangoSeries:
         self._by_view: dict[tuple[str, str], tuple] = {}
         self._by_status: dict[int, object] = {}
 
-    def started(self, view: str, transport: str) -> tuple:
+    def children(self, view: str, transport: str) -> tuple:
         children = self._by_view.get((view, transport))
         if children is None:
             m = self.metrics
@@ -229,17 +229,14 @@ class PredictionApp:
         secure = request.is_secure()
         if settings.SECURE_SSL_REDIRECT and not secure:
             return None
-        if on_loop:
-            try:
-                return self._respond(request, match, secure, started)
-            finally:
-                request.close()
-        self.start()
+        if not on_loop:
+            self.start()
         try:
             return self._respond(request, match, secure, started)
         finally:
             request.close()
-            self.finish()
+            if not on_loop:
+                self.finish()
 
     @staticmethod
     def start() -> None:
@@ -264,7 +261,7 @@ class PredictionApp:
             kwargs = {"org": groups["org"], "model": groups["model"]}
         if number is not None:
             kwargs["number"] = int(number)
-        children = self.series.started(name, "https" if secure else "http")
+        children = self.series.children(name, "https" if secure else "http")
         try:
             response = view(request, **kwargs)
         except (OperationalError, InterfaceError) as exc:

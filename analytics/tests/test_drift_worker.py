@@ -13,12 +13,11 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 
 from analytics.models import DriftReport
 from analytics.tests import factories as af
 from analytics.tests.test_drift_reports import URL, serve, store_reference
-from platform_site.tests.workers import WorkerPool, publishing_to, worker_broker_url
+from platform_site.tests.workers import one_worker
 from registry.tests import factories as rf
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
@@ -26,16 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.
 
 @pytest.fixture
 def analytics_worker(django_db_setup):
-    broker = worker_broker_url()
-    redis.Redis.from_url(broker).flushdb()
-    pool = WorkerPool(broker=broker)
-    try:
-        pool.ensure("analytics", queues="analytics")
-        with publishing_to(broker):
-            yield pool
-    finally:
-        pool.stop()  # before the test database is dropped: the worker holds connections to it
-        redis.Redis.from_url(broker).flushdb()
+    with one_worker("analytics", queues="analytics") as pool:
+        yield pool
 
 
 def test_the_worker_computes_a_report_the_api_queued(tenant_a, analytics_worker):

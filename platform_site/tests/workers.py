@@ -185,3 +185,21 @@ def publishing_to(url: str):
     finally:
         reset()
         app.conf.broker_url = previous
+
+
+@contextmanager
+def one_worker(name: str, *, queues: str):
+    """A real worker consuming `queues` on the suite's own broker (emptied before and after),
+    with this process's Celery app publishing to it: the fixture a test of one worker needs."""
+    import redis
+
+    broker = worker_broker_url()
+    redis.Redis.from_url(broker).flushdb()
+    pool = WorkerPool(broker=broker)
+    try:
+        pool.ensure(name, queues=queues)
+        with publishing_to(broker):
+            yield pool
+    finally:
+        pool.stop()  # before the test database is dropped: the worker holds connections to it
+        redis.Redis.from_url(broker).flushdb()

@@ -11,11 +11,10 @@ import time
 
 import numpy as np
 import pytest
-import redis
 from prometheus_client import REGISTRY
 from sklearn.ensemble import RandomForestClassifier
 
-from platform_site.tests.workers import WorkerPool, publishing_to, worker_broker_url
+from platform_site.tests.workers import WorkerPool, one_worker
 from registry.models import COMPILE_PENDING_REASON, ModelVersion
 from registry.tests import factories as f
 from registry.tests.test_api_registry import create_model, upload
@@ -25,16 +24,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.
 
 @pytest.fixture
 def compile_worker(django_db_setup):
-    broker = worker_broker_url()
-    redis.Redis.from_url(broker).flushdb()
-    pool = WorkerPool(broker=broker)
-    try:
-        pool.ensure("compile", queues="default")
-        with publishing_to(broker):
-            yield pool
-    finally:
-        pool.stop()  # before the test database is dropped: the worker holds connections to it
-        redis.Redis.from_url(broker).flushdb()
+    with one_worker("compile", queues="default") as pool:
+        yield pool
 
 
 def served_by(runtime: str) -> float:
