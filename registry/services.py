@@ -506,26 +506,24 @@ def queue_compile(*, version_id: int) -> None:
     tasks.compile_version.apply_async((version_id,), soft_time_limit=limit, time_limit=limit + 30)
 
 
-def requeue_pending_compiles(*, older_than_seconds: float | None = None) -> int:
-    """Queue again every compile still pending `older_than_seconds` (COMPILE_REQUEUE_AFTER_SECONDS)
-    after its version's upload; returns how many. A compile that is merely slow may run twice:
-    compile_version is idempotent, the second finds it done."""
+def pending_compile_ids(*, older_than_seconds: float = 0) -> list[int]:
+    """The versions still waiting for their compile, uploaded at least `older_than_seconds` ago."""
     from datetime import timedelta
 
     from django.utils import timezone
 
-    from registry.models import COMPILE_PENDING_REASON, ModelVersion
+    waiting = ModelVersion.objects.filter(compiled_sha256="", compiled_reason=COMPILE_PENDING_REASON)
+    if older_than_seconds > 0:
+        waiting = waiting.filter(created_at__lte=timezone.now() - timedelta(seconds=older_than_seconds))
+    return list(waiting.order_by("id").values_list("id", flat=True))
 
+
+def requeue_pending_compiles(*, older_than_seconds: float | None = None) -> int:
+    """Queue again every compile still pending `older_than_seconds` (COMPILE_REQUEUE_AFTER_SECONDS)
+    after its version's upload; returns how many. A compile that is merely slow may run twice:
+    compile_version is idempotent, the second finds it done."""
     age = settings.COMPILE_REQUEUE_AFTER_SECONDS if older_than_seconds is None else older_than_seconds
-    ids = list(
-        ModelVersion.objects.filter(
-            compiled_sha256="",
-            compiled_reason=COMPILE_PENDING_REASON,
-            created_at__lte=timezone.now() - timedelta(seconds=age),
-        )
-        .order_by("id")
-        .values_list("id", flat=True)
-    )
+    ids = pending_compile_ids(older_than_seconds=age)
     for version_id in ids:
         queue_compile(version_id=version_id)
     return len(ids)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand
 
 from registry import services
-from registry.models import COMPILE_PENDING_REASON, ModelVersion
 
 
 class Command(BaseCommand):
@@ -23,11 +22,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, here: bool = False, **options) -> None:
-        ids = list(
-            ModelVersion.objects.filter(compiled_sha256="", compiled_reason=COMPILE_PENDING_REASON)
-            .order_by("id")
-            .values_list("id", flat=True)
-        )
+        ids = services.pending_compile_ids()
         for version_id in ids:
             if here:
                 status = services.compile_version(version_id=version_id)
