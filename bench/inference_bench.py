@@ -2,7 +2,7 @@
 
     python3 bench/inference_bench.py [--seconds 4] [--rounds 3] [--warmup 3] [--connections 8]
                                      [--quiet-wait 3] [--mlserver-workers 2] [--drain-during]
-                                     [--only modelhost,floor,mlserver,mlflow]
+                                     [--only modelhost,floor,mlserver,mlflow] [--cases iris:one,rf:batch]
 
 Sets up what it needs (bench/setup_peers.sh, the models, the bench database), starts every
 server itself on a free loopback port (all at once), and loads each with the same wrk (-t1,
@@ -514,6 +514,12 @@ def run(args) -> list[Outcome]:
                 servers[f"mlflow-{model}"] = stack.enter_context(start_mlflow(model))
                 print(f"mlflow serve {model}: {WORKERS} workers, pids {servers[f'mlflow-{model}'].pids()}", flush=True)
                 plan += [(f"mlflow-{model}", Case("mlflow", model, kind, "/invocations", "native")) for kind in kinds]
+        if args.cases:
+            wanted = {tuple(pair.split(":", 1)) for pair in args.cases.split(",")}
+            unknown = wanted - set(COMPARISON_ORDER)
+            if unknown:
+                raise SystemExit(f"--cases: no such case {sorted(unknown)}; the cases are {COMPARISON_ORDER}")
+            plan = [item for item in plan if (item[1].model, item[1].kind) in wanted]
         plan.sort(key=lambda item: COMPARISON_ORDER.index((item[1].model, item[1].kind)))
         rounds: dict[int, list[Round]] = {i: [] for i in range(len(plan))}
         for number in range(args.rounds):
@@ -721,6 +727,7 @@ def main() -> None:
     )
     parser.add_argument("--drain-during", action="store_true", help="drain the record stream in a side process during the runs")
     parser.add_argument("--only", default="", help="comma-separated subset of modelhost,floor,mlserver,mlflow")
+    parser.add_argument("--cases", default="", help="comma-separated model:kind pairs to run (iris:one,rf:batch); all when empty")
     args = parser.parse_args()
     started = time.monotonic()
     print(

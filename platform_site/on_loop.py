@@ -18,13 +18,26 @@ calls `leave_if_on_loop()` first, which raises LeaveTheLoop when the loop is ans
 request is then run again from the start on a request thread. Every such step comes before
 the request is counted against its limits, except one: a route that changed under the request
 (inference.hotpath), which hands the count it made to the second run instead of counting twice.
+
+The one wait such a request does make, its Redis round trip (the limit script, which also reads
+the prediction cache), does not hold the loop: each request the loop answers runs in a greenlet
+of its own (OnLoopRequest), and platform_site.redis_client, finding itself in one, sends the
+commands and suspends the request (`wait_on_loop`) until the loop has read the replies, while
+the loop reads other requests' bodies and answers them. The code of the request stays the plain
+synchronous code a request thread runs; only the wait is handed to the loop, the way
+SQLAlchemy's asyncio layer runs its synchronous core (greenlet's documented switch/throw). A
+blocking round trip cost the loop more than the wait itself: with the loop thread asleep in
+recv(), granian's threads took the GIL for the next requests and handed it back, about 90 us of
+CPU a request (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import greenlet
 
 
 class LeaveTheLoop(BaseException):  # noqa: N818  (a signal, like GeneratorExit, not an error)
@@ -32,24 +45,55 @@ class LeaveTheLoop(BaseException):  # noqa: N818  (a signal, like GeneratorExit,
     with a problem document, and this one must reach platform_site.rsgi instead."""
 
 
-_state = threading.local()
+class OnLoopRequest(greenlet.greenlet):
+    """A request the event loop answers itself. `loop`: the loop it may suspend on to wait for
+    Redis (`wait_on_loop`); None where it runs to the end at once (`answer_now`)."""
+
+    def __init__(self, run: Callable, loop: asyncio.AbstractEventLoop | None) -> None:
+        super().__init__(run)
+        self.loop = loop
 
 
 def on_event_loop() -> bool:
-    """True while this thread is the event loop answering a request itself."""
-    return getattr(_state, "active", False)
+    """True while the running code is a request the event loop answers itself."""
+    return isinstance(greenlet.getcurrent(), OnLoopRequest)
 
 
 def leave_if_on_loop() -> None:
     """Raise LeaveTheLoop when the event loop is answering this request: the caller is about to wait."""
-    if getattr(_state, "active", False):
+    if isinstance(greenlet.getcurrent(), OnLoopRequest):
         raise LeaveTheLoop
 
 
-@contextmanager
-def answering_on_loop() -> Iterator[None]:
-    _state.active = True
-    try:
-        yield
-    finally:
-        _state.active = False
+def suspendable_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop the running request may suspend on while it waits (`wait_on_loop`), or None: a
+    request thread, or a request the loop runs to the end at once."""
+    current = greenlet.getcurrent()
+    return current.loop if isinstance(current, OnLoopRequest) else None
+
+
+def wait_on_loop(future: asyncio.Future) -> Any:
+    """Suspend the running request until `future` is done, and return its result (or raise its
+    exception). Only where `suspendable_loop()` gave the loop the future belongs to."""
+    return greenlet.getcurrent().parent.switch(future)
+
+
+async def answer_on_loop(function: Callable, *args) -> Any:
+    """`function(*args)` as a request the loop answers: its waits on `wait_on_loop` are awaited
+    here, so the loop goes on with other work meanwhile. Raises what it raises (LeaveTheLoop)."""
+    request = OnLoopRequest(function, asyncio.get_running_loop())
+    step = request.switch(*args)
+    while not request.dead:
+        try:
+            value = await step
+        except BaseException as exc:  # noqa: BLE001  (the request's own code handles or raises it)
+            step = request.throw(exc)
+        else:
+            step = request.switch(value)
+    return step
+
+
+def answer_now(function: Callable, *args) -> Any:
+    """`function(*args)` as a request the loop answers, run to the end at once: its Redis round
+    trip blocks (tests, bench/profile_hotpath.py)."""
+    return OnLoopRequest(function, None).switch(*args)

@@ -8,6 +8,7 @@ request paying the timeout. `modelhost_cache_up` says which state a process is i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from django.conf import settings
 from redis import exceptions as redis_exceptions
 
 from platform_site.metrics import CACHE_UP
+from platform_site.on_loop import suspendable_loop, wait_on_loop
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +112,12 @@ class _HotConnection:
         self.buffer = bytearray(_READ_SIZE)
         self.pid = os.getpid()
         self.pending: deque[tuple[int, Callable[[list | BaseException], None]]] = deque()
+        self.partial: list = []  # the replies read so far for pending[0] (read_available)
+        self.watched_by: asyncio.AbstractEventLoop | None = None  # the loop that reads it (watch)
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.replies_read = 0  # entries settled by read_available, for the watchdog
+        self.pushed_at_check = False
+        self.timeout = client.get_connection_kwargs().get("socket_timeout")
         self.last_used = time.monotonic()
         weakref.finalize(self, _close_socket, self.sock, self.pid)
         try:
@@ -140,7 +148,28 @@ class _HotConnection:
                 raise reply
 
     def close(self) -> None:
+        if self.pid == os.getpid():
+            self._unwatch()
         _close_socket(self.sock, self.pid)
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have `loop` read the replies as they arrive (read_available), for requests it suspended,
+        and look every socket timeout whether any came (_check_progress)."""
+        if self.watched_by is not loop:
+            self._unwatch()  # a loop that has ended (a test's asyncio.run)
+            loop.add_reader(self.sock, _read_when_ready, self)
+            self.watched_by = loop
+        if self.watchdog is None and self.timeout:
+            self.watchdog = loop.call_later(self.timeout, _check_progress, self, self.replies_read)
+
+    def _unwatch(self) -> None:
+        if self.watched_by is None:
+            return
+        if not self.watched_by.is_closed():
+            self.watched_by.remove_reader(self.sock)
+            if self.watchdog is not None:
+                self.watchdog.cancel()
+        self.watched_by = self.watchdog = None
 
     def send(self, commands: tuple) -> None:
         self._write(commands, 0)
@@ -188,11 +217,36 @@ class _HotConnection:
     def read_pending(self) -> None:
         while self.pending:
             count, settle = self.pending[0]
-            replies = self.read(count)
+            replies = self.partial + self.read(count - len(self.partial))
+            self.partial = []
             self.pending.popleft()
+            self.replies_read += 1
+            _settle(settle, replies)
+
+    def read_available(self) -> None:
+        """Read what the socket holds (its loop found it readable) and settle every pending entry
+        whose replies are complete; the rest wait for the next read."""
+        try:
+            received = self.sock.recv_into(self.buffer)
+        except OSError as exc:
+            raise _redis_error(exc, "reading from") from exc
+        if not received:
+            raise redis.ConnectionError("Connection closed by server.")
+        self.reader.feed(self.buffer, 0, received)
+        while self.pending:
+            count, settle = self.pending[0]
+            while len(self.partial) < count:
+                reply = self.reader.gets()
+                if reply is False:
+                    return
+                self.partial.append(reply)
+            replies, self.partial = self.partial, []
+            self.pending.popleft()
+            self.replies_read += 1
             _settle(settle, replies)
 
     def fail_pending(self, exc: BaseException) -> None:
+        self.partial = []
         while self.pending:
             _, settle = self.pending.popleft()
             _settle(settle, exc)
@@ -327,6 +381,33 @@ def _drop(hot: _HotConnection, exc: BaseException | None) -> None:
         _hot.connection = None
 
 
+def _check_progress(hot: _HotConnection, replies_read: int) -> None:
+    """The watchdog of a connection its loop reads: while it owes replies, one must arrive every
+    socket timeout, as a blocking read's timeout asks of each read; otherwise the connection is
+    dropped and every reply it owes is lost (their callers take their fallbacks). Commands
+    held back by send_later's MSG_MORE are pushed out at the first look."""
+    hot.watchdog = None
+    if not hot.pending:
+        return
+    if hot.replies_read == replies_read:
+        if hot.pushed_at_check:
+            _drop(hot, redis.TimeoutError("Timeout reading from socket"))
+            return
+        hot.push()
+        hot.pushed_at_check = True
+    else:
+        hot.pushed_at_check = False
+    hot.watchdog = hot.watched_by.call_later(hot.timeout, _check_progress, hot, hot.replies_read)
+
+
+def _read_when_ready(hot: _HotConnection) -> None:
+    """The loop's reader for a connection it watches: settle what arrived; a broken connection is dropped."""
+    try:
+        hot.read_available()
+    except REDIS_ERRORS as exc:
+        _drop(hot, exc)
+
+
 def round_trip(client: redis.Redis, *commands: tuple) -> list:
     """Send `commands` on this thread's connection and read their replies: one round trip.
 
@@ -340,10 +421,17 @@ def round_trip(client: redis.Redis, *commands: tuple) -> list:
     IDLE_CHECK_SECONDS is checked first (_checked_after_idle). Replies owed to earlier
     send_later() calls are read first (they are usually in the socket already). A connection
     error closes the connection, fails the owed replies and is raised.
+
+    A request the event loop answers (platform_site.on_loop) does not wait here: the commands
+    are sent, and the request is suspended until the loop, which watches the connection, has
+    read their replies (_suspended_round_trip).
     """
     hot = _hot_connection(client)
     if time.monotonic() - hot.last_used > IDLE_CHECK_SECONDS:
         hot = _checked_after_idle(client, hot)
+    loop = suspendable_loop()
+    if loop is not None:
+        return _suspended_round_trip(hot, commands, loop)
     try:
         hot.send(commands)
         hot.read_pending()
@@ -353,6 +441,42 @@ def round_trip(client: redis.Redis, *commands: tuple) -> list:
         raise
     hot.last_used = time.monotonic()
     return replies
+
+
+def _suspended_round_trip(hot: _HotConnection, commands: tuple, loop: asyncio.AbstractEventLoop) -> list:
+    """round_trip for a request the loop answers: send, then suspend it until the loop has read
+    the replies. The loop thread's one connection carries every such request's commands in turn,
+    and the replies come back in the same order (pending). A reply later than the socket timeout
+    drops the connection, as a blocking read's timeout does: every reply it owes is lost."""
+    future = loop.create_future()
+
+    def settle(outcome: list | BaseException) -> None:
+        if future.done():  # the request was cancelled meanwhile
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    _send_owing(hot, commands, settle, more=False)
+    hot.watch(loop)
+    replies = wait_on_loop(future)
+    hot.last_used = time.monotonic()
+    return replies
+
+
+def _send_owing(hot: _HotConnection, commands: tuple, settle: Callable, *, more: bool) -> None:
+    """Send `commands` (held for the next send with `more`), then owe `settle` their replies; a
+    failed send drops the connection and raises."""
+    try:
+        if more:
+            hot.send_more(commands)
+        else:
+            hot.send(commands)
+    except BaseException as exc:
+        _drop(hot, exc)
+        raise
+    hot.pending.append((len(commands), settle))
 
 
 def _checked_after_idle(client: redis.Redis, hot: _HotConnection) -> _HotConnection:
@@ -388,12 +512,7 @@ def send_later(client: redis.Redis, commands: tuple, settle: Callable[[list | Ba
     at once, and `settle` is not called.
     """
     hot = _hot_connection(client)
-    try:
-        hot.send_more(commands)
-    except BaseException as exc:
-        _drop(hot, exc)
-        raise
-    hot.pending.append((len(commands), settle))
+    _send_owing(hot, commands, settle, more=True)
     hot.last_used = time.monotonic()
     if len(hot.pending) >= MAX_PENDING_SENDS:  # a thread that only sends: read what it owes
         settle_pending()

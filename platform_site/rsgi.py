@@ -49,7 +49,7 @@ from collections.abc import Callable
 
 from granian.rsgi import ProtocolClosed, ProtocolError
 
-from platform_site.on_loop import LeaveTheLoop, answering_on_loop
+from platform_site.on_loop import LeaveTheLoop, answer_on_loop
 
 SPOOL_BYTES = 256 * 1024
 DEFAULT_WSGI_TARGET = "platform_site.wsgi:application"
@@ -152,7 +152,7 @@ class BufferedWSGI:
             return
         environ = self._environ(scope, body)
         if self.on_loop is not None and isinstance(body, bytes):
-            answer = self._answer_on_loop(environ)
+            answer = await self._answer_on_loop(environ)
             if answer is not None:
                 protocol.response_bytes(*answer)
                 return
@@ -231,13 +231,12 @@ class BufferedWSGI:
             body.seek(0)
         return environ
 
-    def _answer_on_loop(self, environ: dict) -> tuple[int, list, bytes] | None:
+    async def _answer_on_loop(self, environ: dict) -> tuple[int, list, bytes] | None:
         """The application's own answer on the loop (platform_site.on_loop), or None to hand the
         request to a request thread (the body is then rewound for it)."""
         start_response = _StartResponse()
         try:
-            with answering_on_loop():
-                result = self.on_loop(environ, start_response)
+            result = await answer_on_loop(self.on_loop, environ, start_response)
         except LeaveTheLoop:
             self.on_loop_counts[1].inc()
             environ["wsgi.input"].seek(0)

@@ -16,7 +16,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from inference.hotpath import COUNTED
 from inference.limits import ROUTE_GENERATION_KEY
-from platform_site.on_loop import LeaveTheLoop, answering_on_loop, on_event_loop
+from platform_site.on_loop import LeaveTheLoop, answer_on_loop, on_event_loop
 from platform_site.redis_client import get_redis
 from platform_site.tests.test_dispatch import call, environ
 from platform_site.wsgi import application
@@ -35,8 +35,7 @@ def on_the_loop(env: dict) -> tuple[int, dict, bytes] | None:
 
     async def run():
         assert asyncio.get_running_loop() is not None
-        with answering_on_loop():
-            return application.on_loop(env, start_response)
+        return await answer_on_loop(application.on_loop, env, start_response)
 
     result = asyncio.run(run())
     if result is None:
@@ -171,3 +170,34 @@ def test_a_jwt_an_explanation_and_a_v2_request_take_the_right_path(tenant_a, iri
     answered = on_the_loop(v2)
     assert answered is not None and answered[0] == 200, answered
     assert orjson.loads(answered[2])["outputs"][0]["data"] == [0]
+
+
+@THROUGH_WSGI
+def test_predictions_the_loop_answers_at_once_each_get_their_own_answer_and_count(tenant_a, iris):
+    """Each waits for its Redis round trip suspended (platform_site.on_loop), the loop going on
+    with the others meanwhile; the replies on the loop's one connection reach the right request."""
+    from sklearn.datasets import load_iris as iris_data
+
+    call(predict_env(f.IRIS_ROW, tenant_a.api_key))
+    _, first, _ = call(predict_env([5.0, 3.0, 1.5, 0.2], tenant_a.api_key))
+    rows = [list(map(float, row)) for row in iris_data().data[::15]]  # 10 rows of all three species
+    answers = {}
+
+    async def run():
+        async def one(n, row):
+            def start_response(status, headers, exc_info=None):
+                answers[n] = (int(status.split()[0]), dict(headers))
+
+            body = await answer_on_loop(application.on_loop, predict_env(row, tenant_a.api_key), start_response)
+            answers[n] += (orjson.loads(b"".join(body)),)
+
+        await asyncio.gather(*(one(n, row) for n, row in enumerate(rows)))
+
+    asyncio.run(run())
+    assert all(status == 200 for status, _, _ in answers.values()), answers
+    for n, row in enumerate(rows):
+        _, _, expected = call(predict_env(row, tenant_a.api_key))
+        assert answers[n][2]["predictions"] == orjson.loads(expected)["predictions"], (n, row)
+    seen = sorted(remaining(headers) for _, headers, _ in answers.values())
+    assert seen == list(range(remaining(first) - len(rows), remaining(first)))  # each counted once
+    assert len({payload["id"] for _, _, payload in answers.values()}) == len(rows)
