@@ -8,7 +8,6 @@ is as strong as a slow password hash, and costs ~1 µs on the hot path instead o
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import string
@@ -29,7 +28,8 @@ def generate_key() -> tuple[str, str]:
 
 
 def hash_key(plaintext: str) -> str:
-    return hmac.new(settings.API_KEY_HASH_KEY.encode(), plaintext.encode(), hashlib.sha256).hexdigest()
+    # hmac.digest: the same HMAC-SHA256 in one call (OpenSSL's), without an HMAC object a request.
+    return hmac.digest(settings.API_KEY_HASH_KEY.encode(), plaintext.encode(), "sha256").hex()
 
 
 def looks_like_api_key(value: str) -> bool:
