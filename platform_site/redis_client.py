@@ -9,6 +9,7 @@ request paying the timeout. `modelhost_cache_up` says which state a process is i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import hiredis
 import redis
@@ -115,6 +116,7 @@ class _HotConnection:
         self.partial: list = []  # the replies read so far for pending[0] (read_available)
         self.watched_by: asyncio.AbstractEventLoop | None = None  # the loop that reads it (watch)
         self.watchdog: asyncio.TimerHandle | None = None
+        self.nonblocking = False  # set by watch
         self.replies_read = 0  # entries settled by read_available, for the watchdog
         self.pushed_at_check = False
         self.timeout = client.get_connection_kwargs().get("socket_timeout")
@@ -159,12 +161,21 @@ class _HotConnection:
             self._unwatch()  # a loop that has ended (a test's asyncio.run)
             loop.add_reader(self.sock, _read_when_ready, self)
             self.watched_by = loop
+            if not isinstance(self.sock, ssl.SSLSocket):
+                # The loop reads only when the socket has something, and a small write never
+                # waits: non-blocking, each is one system call, where a socket timeout adds a
+                # poll() before it (and hands the GIL over twice).
+                self.sock.setblocking(False)
+                self.nonblocking = True
         if self.watchdog is None and self.timeout:
             self.watchdog = loop.call_later(self.timeout, _check_progress, self, self.replies_read)
 
     def _unwatch(self) -> None:
         if self.watched_by is None:
             return
+        if self.nonblocking:
+            self.sock.settimeout(self.timeout)
+            self.nonblocking = False
         if not self.watched_by.is_closed():
             self.watched_by.remove_reader(self.sock)
             if self.watchdog is not None:
@@ -175,10 +186,30 @@ class _HotConnection:
         self._write(commands, 0)
 
     def _write(self, commands: tuple, flags: int) -> None:
+        data = b"".join(map(hiredis.pack_command, commands))
         try:
-            self.sock.sendall(b"".join(map(hiredis.pack_command, commands)), flags)
+            if self.nonblocking:
+                sent = _sent(self.sock, data, flags)
+                if sent < len(data):  # the kernel's buffer is full: the rest within the timeout
+                    with self.blocking():
+                        self.sock.sendall(memoryview(data)[sent:], flags)
+            else:
+                self.sock.sendall(data, flags)
         except OSError as exc:
             raise _redis_error(exc, "writing to") from exc
+
+    @contextlib.contextmanager
+    def blocking(self) -> Iterator[None]:
+        """Reads and writes that wait (within the socket timeout) on a socket its loop has made
+        non-blocking (watch): a thread's round trip on the loop's thread, an overfull write."""
+        if not self.nonblocking:
+            yield
+            return
+        self.sock.settimeout(self.timeout)
+        try:
+            yield
+        finally:
+            self.sock.setblocking(False)
 
     def send_more(self, commands: tuple) -> None:
         """Queue `commands` in the kernel's send buffer, to leave with the next send (MSG_MORE).
@@ -198,6 +229,12 @@ class _HotConnection:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def read(self, count: int) -> list:
+        if self.nonblocking:
+            with self.blocking():
+                return self._read(count)
+        return self._read(count)
+
+    def _read(self, count: int) -> list:
         replies = []
         reader, sock, buffer = self.reader, self.sock, self.buffer
         while len(replies) < count:
@@ -228,11 +265,17 @@ class _HotConnection:
         whose replies are complete; the rest wait for the next read."""
         try:
             received = self.sock.recv_into(self.buffer)
+            if not received:
+                raise redis.ConnectionError("Connection closed by server.")
+            self.reader.feed(self.buffer, 0, received)
+            # TLS: records decrypted past what one read returned are not the socket's to signal.
+            while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+                received = self.sock.recv_into(self.buffer)
+                self.reader.feed(self.buffer, 0, received)
+        except (BlockingIOError, ssl.SSLWantReadError):  # nothing after all (a spurious wake-up)
+            pass
         except OSError as exc:
             raise _redis_error(exc, "reading from") from exc
-        if not received:
-            raise redis.ConnectionError("Connection closed by server.")
-        self.reader.feed(self.buffer, 0, received)
         while self.pending:
             count, settle = self.pending[0]
             while len(self.partial) < count:
@@ -379,6 +422,13 @@ def _drop(hot: _HotConnection, exc: BaseException | None) -> None:
         hot.fail_pending(exc)
     if getattr(_hot, "connection", None) is hot:
         _hot.connection = None
+
+
+def _sent(sock: socket.socket, data: bytes, flags: int) -> int:
+    try:
+        return sock.send(data, flags)
+    except BlockingIOError:
+        return 0
 
 
 def _check_progress(hot: _HotConnection, replies_read: int) -> None:

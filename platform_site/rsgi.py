@@ -22,9 +22,10 @@ streamed, its chunks produced on a request thread.
 A prediction the application can answer from memory (an application with an `on_loop`
 method: platform_site.dispatch, platform_site.on_loop) is answered on the event loop itself,
 with no request thread: for a linear model the hand-over to a thread and back, and two
-threads taking turns at the GIL, cost more than the prediction. Such a request never waits on
-anything but a short Redis round trip; one that would (a query, a runner) leaves the loop
-before it has counted anything and goes to a request thread like every other request.
+threads taking turns at the GIL, cost more than the prediction. Such a request waits on
+nothing but its Redis round trip, and that suspended (a greenlet, platform_site.on_loop) while
+the loop goes on with other requests; one that would wait on more (a query, a runner) leaves
+the loop before it has counted anything and goes to a request thread like every other request.
 
 What it costs (bench/slow_clients.py --floor, bench/RESULTS.md): around a bare application,
 0.15 ms of CPU a request through a request thread and 0.13 ms answered on the loop, against

@@ -194,3 +194,19 @@ def test_a_thread_that_runs_a_new_loop_has_it_read_its_connection(client_for):
     client = client_for(settings.REDIS_URL)
     for _ in range(3):  # asyncio.run: a new loop each time, the same thread and connection
         assert _on_loop(lambda: redis_client.round_trip(client, ("ECHO", "again"))) == [[b"again"]]
+
+
+def test_the_loops_connection_is_non_blocking_and_still_writes_more_than_the_kernel_holds(client_for):
+    client = client_for(settings.REDIS_URL)
+    key = f"mh:test:loop:{uuid.uuid4().hex}"
+    big = b"x" * (16 << 20)  # more than a socket's send buffer: the write must finish, waiting
+    try:
+        (replies,) = _on_loop(lambda: redis_client.round_trip(client, ("SET", key, big), ("STRLEN", key)))
+        assert replies == [b"OK", len(big)]
+        connection = redis_client._hot_connection(client)
+        assert connection.sock.gettimeout() == 0.0  # the loop reads only when there is something
+        # The same thread outside any loop: a round trip that waits, on the same connection.
+        assert redis_client.round_trip(client, ("STRLEN", key)) == [len(big)]
+        assert redis_client._hot_connection(client) is connection
+    finally:
+        client.delete(key)
