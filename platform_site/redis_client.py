@@ -168,6 +168,7 @@ class _HotConnection:
                 self.sock.setblocking(False)
                 self.nonblocking = True
         if self.watchdog is None and self.timeout:
+            self.pushed_at_check = False
             self.watchdog = loop.call_later(self.timeout, _check_progress, self, self.replies_read)
 
     def _unwatch(self) -> None:
@@ -443,7 +444,11 @@ def _check_progress(hot: _HotConnection, replies_read: int) -> None:
         if hot.pushed_at_check:
             _drop(hot, redis.TimeoutError("Timeout reading from socket"))
             return
-        hot.push()
+        try:
+            hot.push()
+        except OSError as exc:
+            _drop(hot, _redis_error(exc, "writing to"))
+            return
         hot.pushed_at_check = True
     else:
         hot.pushed_at_check = False
@@ -496,8 +501,9 @@ def round_trip(client: redis.Redis, *commands: tuple) -> list:
 def _suspended_round_trip(hot: _HotConnection, commands: tuple, loop: asyncio.AbstractEventLoop) -> list:
     """round_trip for a request the loop answers: send, then suspend it until the loop has read
     the replies. The loop thread's one connection carries every such request's commands in turn,
-    and the replies come back in the same order (pending). A reply later than the socket timeout
-    drops the connection, as a blocking read's timeout does: every reply it owes is lost."""
+    and the replies come back in the same order (pending). A connection that owes replies and
+    sends none for one to two socket timeouts is dropped (_check_progress), as a blocking read's
+    timeout drops it: every reply it owes is lost, and their callers take their fallbacks."""
     future = loop.create_future()
 
     def settle(outcome: list | BaseException) -> None:
