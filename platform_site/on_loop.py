@@ -27,8 +27,9 @@ the loop reads other requests' bodies and answers them. The code of the request 
 synchronous code a request thread runs; only the wait is handed to the loop, the way
 SQLAlchemy's asyncio layer runs its synchronous core (greenlet's documented switch/throw). A
 blocking round trip cost the loop more than the wait itself: with the loop thread asleep in
-recv(), granian's threads took the GIL for the next requests and handed it back, about 90 us of
-CPU a request (bench/RESULTS.md).
+recv(), granian's threads took the GIL for the next requests and handed it back. Side by side,
+the suspended wait gave 5-17 % more iris requests a second at 2-7 % less CPU each
+(bench/RESULTS.md, 2026-12-07 22:10).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def on_event_loop() -> bool:
 
 def leave_if_on_loop() -> None:
     """Raise LeaveTheLoop when the event loop is answering this request: the caller is about to wait."""
-    if isinstance(greenlet.getcurrent(), OnLoopRequest):
+    if on_event_loop():
         raise LeaveTheLoop
 
 

@@ -237,57 +237,61 @@ class _HotConnection:
 
     def _read(self, count: int) -> list:
         replies = []
-        reader, sock, buffer = self.reader, self.sock, self.buffer
+        reader = self.reader
         while len(replies) < count:
             reply = reader.gets()
             if reply is False:
-                try:
-                    received = sock.recv_into(buffer)
-                except OSError as exc:
-                    raise _redis_error(exc, "reading from") from exc
-                if not received:
-                    raise redis.ConnectionError("Connection closed by server.")
-                reader.feed(buffer, 0, received)
+                self._receive()
             else:
                 replies.append(reply)
         return replies
 
-    def read_pending(self) -> None:
-        while self.pending:
-            count, settle = self.pending[0]
-            replies = self.partial + self.read(count - len(self.partial))
-            self.partial = []
-            self.pending.popleft()
-            self.replies_read += 1
-            _settle(settle, replies)
-
-    def read_available(self) -> None:
-        """Read what the socket holds (its loop found it readable) and settle every pending entry
-        whose replies are complete; the rest wait for the next read."""
+    def _receive(self) -> bool:
+        """One read from the socket into the reader; False when a non-blocking socket had nothing."""
         try:
             received = self.sock.recv_into(self.buffer)
-            if not received:
-                raise redis.ConnectionError("Connection closed by server.")
-            self.reader.feed(self.buffer, 0, received)
-            # TLS: records decrypted past what one read returned are not the socket's to signal.
-            while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-                received = self.sock.recv_into(self.buffer)
-                self.reader.feed(self.buffer, 0, received)
-        except (BlockingIOError, ssl.SSLWantReadError):  # nothing after all (a spurious wake-up)
-            pass
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return False
         except OSError as exc:
             raise _redis_error(exc, "reading from") from exc
+        if not received:
+            raise redis.ConnectionError("Connection closed by server.")
+        self.reader.feed(self.buffer, 0, received)
+        return True
+
+    def _settle_complete(self) -> None:
+        """Settle, in order, every pending entry whose replies the reader holds in full; the
+        replies of a first incomplete one are kept in `partial` for the next read."""
         while self.pending:
-            count, settle = self.pending[0]
+            count, _ = self.pending[0]
             while len(self.partial) < count:
                 reply = self.reader.gets()
                 if reply is False:
                     return
                 self.partial.append(reply)
-            replies, self.partial = self.partial, []
-            self.pending.popleft()
-            self.replies_read += 1
-            _settle(settle, replies)
+            self._settle_first(self.partial)
+
+    def read_pending(self) -> None:
+        """Read until every pending entry is settled (waiting, within the socket timeout)."""
+        while self.pending:
+            count, _ = self.pending[0]
+            self._settle_first(self.partial + self.read(count - len(self.partial)))
+
+    def _settle_first(self, replies: list) -> None:
+        """Hand the first pending entry its replies."""
+        _, settle = self.pending.popleft()
+        self.partial = []
+        self.replies_read += 1
+        _settle(settle, replies)
+
+    def read_available(self) -> None:
+        """Read what the socket holds (its loop found it readable) and settle every pending entry
+        whose replies are complete; the rest wait for the next read."""
+        # TLS: records decrypted past what one read returned are not the socket's to signal.
+        if self._receive():
+            while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+                self._receive()
+        self._settle_complete()
 
     def fail_pending(self, exc: BaseException) -> None:
         self.partial = []
